@@ -1,0 +1,142 @@
+"""ChatEngine: one base model loaded once, adapters attached by name (peft multi-adapter), streamed replies.
+
+Generation stops on Phi-3's end-of-turn tokens (<|end|>, <|endoftext|>, <|assistant|>). Greedy unless a
+temperature above 0 is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ModelError, scrub
+from .modeling import detect_hardware, load_tokenizer, stop_token_ids
+
+
+def resolve_adapter(ref: str, token: str | None = None) -> Path:
+    """A local run folder, or a Hub adapter repo downloaded to the cache."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "adapter_config.json").exists():
+            raise ModelError(f"{ref} has no adapter_config.json", "Point at a finished run folder (it holds adapter_model.safetensors).")
+        return path
+    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise ModelError(f"adapter not found: {ref}", "Give a run folder (runs/NAME) or a Hub repo ID (user/name).")
+    from huggingface_hub import errors as hub_errors
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref, token=token, allow_patterns=["adapter_*", "tokenizer*", "*.jinja", "config.yaml"]))
+    except hub_errors.GatedRepoError:
+        raise ModelError(f"adapter repo {ref} is gated", "Accept its terms on the Hub and sign in.") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise ModelError(f"adapter repo {ref} was not found (or it is private)", "Check the repo ID, or sign in / set HF_TOKEN.") from None
+    except hub_errors.HfHubHTTPError as exc:
+        raise ModelError(f"could not download {ref}: {scrub(str(exc))[:200]}", "Try again in a moment.") from None
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def adapter_name(ref: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", ref)[-60:] or "adapter"
+
+
+class ChatEngine:
+    """Keeps one base model in memory and switches between named adapters for each reply."""
+
+    def __init__(self, base: str, token: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from .modeling import _hub_failure, check_base
+
+        self.base = base
+        self.token = token
+        hw = detect_hardware()
+        check_base(base, token)
+        self.tokenizer = load_tokenizer(base, token)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, hw.dtype), token=token,
+                                                         attn_implementation=hw.attn_implementation)
+        except (OSError, ValueError) as exc:
+            raise _hub_failure(base, exc) from None
+        self.model = model.to(hw.device).eval()
+        self.adapters: dict[str, str] = {}  # name -> ref
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self._lock = threading.Lock()  # one generation at a time: the active adapter is model-wide state
+
+    def attach(self, ref: str) -> str:
+        """Load an adapter (run folder or Hub repo) under a name; already attached ones are reused."""
+        name = adapter_name(ref)
+        if name in self.adapters:
+            return name
+        path = resolve_adapter(ref, self.token)
+        from peft import PeftModel
+
+        with self._lock:
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(path), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise ModelError(f"adapter {ref} does not fit base model {self.base}: {scrub(str(exc)).splitlines()[0][:200]}",
+                                 f"Use the base it was trained on ({adapter_base(path)}) with --base.") from None
+        self.adapters[name] = ref
+        return name
+
+    def stream(self, messages: list[dict], adapter: str | None = None, max_new_tokens: int = 256,
+               temperature: float = 0.0, top_p: float = 1.0) -> Iterator[str]:
+        """Yield the reply's text as it grows (each item is the text so far). ``adapter`` None = the base model."""
+        from transformers import TextIteratorStreamer
+
+        name = self.attach(adapter) if adapter else None
+        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True).to(self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        kwargs = dict(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
+                      pad_token_id=self.tokenizer.pad_token_id, streamer=streamer, **sampling)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                self._generate(name, kwargs)
+            except BaseException as exc:  # re-raised in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        with self._lock:
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            text = ""
+            for chunk in streamer:
+                text += chunk
+                yield text
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _generate(self, name: str | None, kwargs: dict) -> None:
+        import torch
+        from peft import PeftModel
+
+        with torch.inference_mode():
+            if isinstance(self.model, PeftModel):
+                if name is None:
+                    with self.model.disable_adapter():
+                        self.model.generate(**kwargs)
+                    return
+                self.model.set_adapter(name)
+            self.model.generate(**kwargs)
+
+    def reply(self, messages: list[dict], adapter: str | None = None, **kw) -> str:
+        text = ""
+        for text in self.stream(messages, adapter, **kw):
+            pass
+        return text.strip()

@@ -1,0 +1,205 @@
+"""python -m phi3space train | inspect | chat | push
+
+  python -m phi3space train configs/example.yaml --set training.max_steps=50
+  python -m phi3space chat --adapter runs/my-run --prompt "Hello"
+
+Every user mistake exits with status 2 and a message plus a hint; a stopped run exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import Cancelled, Phi3SpaceError
+
+
+def _quiet_libraries() -> None:
+    """Our progress lines replace the libraries' progress bars and warnings."""
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def format_event(e: dict) -> str | None:
+    """One readable line per event, or None for events the CLI does not print."""
+    kind = e["type"]
+    if kind == "progress":
+        parts = [f"step {e['step']}/{e.get('max_steps') or '?'}", f"epoch {e.get('epoch', 0):.2f}", f"loss {e['loss']:.4f}"]
+        if e.get("learning_rate") is not None:
+            parts.append(f"lr {e['learning_rate']:.2e}")
+        if e.get("grad_norm") is not None:
+            parts.append(f"grad {e['grad_norm']:.3f}")
+        if e.get("tokens_per_s"):
+            parts.append(f"{e['tokens_per_s']:.0f} tok/s")
+        parts.append(f"eta {_fmt_time(e.get('eta_s'))}")
+        return " | ".join(parts)
+    if kind == "eval":
+        return f"eval  step {e['step']} | eval_loss {e['eval_loss']:.4f} | perplexity {e.get('perplexity')}"
+    if kind == "run_started":
+        d = e.get("dataset", {})
+        resumed = f" (resumed from {e['resumed_from']})" if e.get("resumed_from") else ""
+        return (f"run started{resumed}: {e.get('hardware')} | {d.get('format')} data, {d.get('kept')} train rows, "
+                f"{d.get('eval_rows')} eval rows | {e['trainable_params']:,} trainable params "
+                f"({e['trainable_pct']:.3f}%) | {e.get('max_steps')} steps")
+    if kind == "checkpoint":
+        return f"checkpoint saved: {e['path']}"
+    if kind == "push":
+        return f"pushed {e.get('what', 'adapter')} to {e.get('url')} (commit {str(e.get('commit'))[:10]})"
+    if kind == "run_finished":
+        m = e.get("metrics") or {}
+        loss = f", eval_loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else ""
+        return f"run {e['status']} at step {e.get('step')}{loss}; adapter: {e.get('adapter') or 'none'}"
+    if kind == "log":
+        return e.get("message")
+    return None
+
+
+def _print_event(e: dict) -> None:
+    line = format_event(e)
+    if line:
+        print(line, flush=True)
+
+
+def cmd_train(args) -> int:
+    from . import config
+    from .hub import resolve_token
+
+    cfg = config.load(args.config, args.set or [])
+    _quiet_libraries()
+    from .training import train
+
+    run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=_print_event)
+    print(f"done: {run_dir}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import config, data
+    from .hub import resolve_token
+
+    cfg = config.from_dict({"data": {"dataset": args.dataset}}, args.set or [])
+    _quiet_libraries()
+    token = resolve_token()
+    train_ds, _, report = data.prepare(cfg.data, cfg.training.seed, token)
+    from .modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.base, token)
+    data.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
+    print("\n".join(report.lines()))
+    print("\nexample (trained tokens between [[ and ]]):\n")
+    print(data.render_marked(train_ds[0], tokenizer))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .chat import ChatEngine, adapter_base, resolve_adapter
+    from .hub import resolve_token
+
+    _quiet_libraries()
+    token = resolve_token()
+    base = args.base
+    if args.adapter and not base:
+        base = adapter_base(resolve_adapter(args.adapter, token))
+    if not base:
+        from .config import DEFAULT_BASE
+
+        base = DEFAULT_BASE
+    engine = ChatEngine(base, token)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+
+    def answer(prompt: str) -> None:
+        history.append({"role": "user", "content": prompt})
+        shown = ""
+        for text in engine.stream(history, args.adapter, **kw):
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+        print()
+        history.append({"role": "assistant", "content": shown.strip()})
+
+    if args.prompt is not None:
+        answer(args.prompt)
+        return 0
+    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            return 0
+        if not prompt.strip():
+            return 0
+        answer(prompt)
+
+
+def cmd_push(args) -> int:
+    from .hub import resolve_token
+    from .push import push_run
+
+    _quiet_libraries()
+    result = push_run(args.run_dir, repo_id=args.to, token=resolve_token(), private=args.private)
+    print(f"pushed {args.run_dir} to {result['url']} (commit {result['commit'][:10]})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m phi3space", description="Fine-tune Phi-3 with LoRA or QLoRA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train from a YAML run config")
+    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. lora.r=8 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of output.dir")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("inspect", help="show how a dataset will be read and trained")
+    p.add_argument("dataset", help="Hub dataset ID or local file/folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. data.split=test, model.base=..., training.max_length=1024")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("chat", help="talk to a trained adapter (or the base model)")
+    p.add_argument("--adapter", help="run folder or Hub repo ID of an adapter")
+    p.add_argument("--base", help="base model (default: the adapter's own base)")
+    p.add_argument("--prompt", help="one message; without it, an interactive loop")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("push", help="push a finished run's adapter to the Hub")
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument("--to", help="repo ID (default: the run's output.push_to, or auto)")
+    p.add_argument("--public", dest="private", action="store_false", default=None, help="create the repo as public")
+    p.set_defaults(func=cmd_push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Cancelled as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130
+    except Phi3SpaceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,360 @@
+"""Datasets: load a Hub ID or a local file, detect its format, normalise it to chat messages, report on it.
+
+Every usable row becomes ``{"messages": [{"role", "content"}, ...]}`` (system/user/assistant, ending on an
+assistant turn), so trl trains on assistant turns only, whatever the source format; plain ``text`` rows stay
+``{"text": ...}`` and are trained on whole. Rows that cannot be used are dropped and counted per reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import DataConfig
+from .errors import DataError, scrub
+
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# Column pairs recognised as prompt -> completion, in order of preference.
+PAIR_COLUMNS = [("prompt", "completion"), ("prompt", "response"), ("question", "answer"), ("query", "response"),
+                ("instruction", "response"), ("input", "output"), ("input", "target"), ("source", "target")]
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
+
+
+@dataclass
+class DatasetReport:
+    """What loading found: format, rows kept and dropped (per reason), and, after ``add_token_stats``, lengths."""
+
+    source: str
+    format: str
+    columns: list[str]
+    total: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    eval_rows: int = 0
+    token_percentiles: dict[str, int] = field(default_factory=dict)
+    over_max_length: float | None = None
+    max_length: int | None = None
+    lengths: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d.pop("lengths")
+        return d
+
+    def lines(self) -> list[str]:
+        out = [f"dataset: {self.source}", f"format: {self.format} (columns: {', '.join(self.columns)})",
+               f"rows: {self.total} read, {self.kept} kept, {self.total - self.kept} dropped"]
+        out += [f"  dropped {n}: {reason}" for reason, n in sorted(self.dropped.items(), key=lambda x: -x[1])]
+        if self.eval_rows:
+            out.append(f"eval rows: {self.eval_rows}")
+        if self.token_percentiles:
+            pct = ", ".join(f"{k} {v}" for k, v in self.token_percentiles.items())
+            out.append(f"tokens per row: {pct}")
+            out.append(f"longer than max_length {self.max_length}: {self.over_max_length:.1%}")
+        return out
+
+
+# ---------------------------------------------------------------- loading
+
+def is_local(ref: str) -> bool:
+    p = Path(ref).expanduser()
+    return p.exists() or ref.startswith((".", "/", "~")) or Path(ref).suffix.lower() in LOCAL_SUFFIXES
+
+
+def _read_json_file(path: Path, broken: Counter) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("[") or (path.suffix == ".json" and stripped.startswith("{") and "\n{" not in stripped):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not valid JSON: {exc}", "Use one JSON object per line (JSONL) or a JSON array of objects.") from None
+        if isinstance(data, dict):  # {"data": [...]} or a dict of columns
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]):
+                return lists[0]
+            if lists and all(isinstance(v, list) for v in data.values()):
+                return [dict(zip(data, row)) for row in zip(*data.values())]
+            return [data]
+        return [r for r in data if isinstance(r, dict)]
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            broken["broken JSON line"] += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            broken["not a JSON object"] += 1
+    return rows
+
+
+def _local_files(path: Path, split: str) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in LOCAL_SUFFIXES and f.is_file())
+    named = [f for f in files if split in f.stem.lower().split("-")[0].split("_") or f.stem.lower().startswith(split)]
+    if named:
+        return named
+    if split == "train":
+        splitish = ("test", "valid", "validation", "eval", "dev")
+        return [f for f in files if not f.stem.lower().startswith(splitish)]
+    return []
+
+
+def _load_local(ref: str, split: str, broken: Counter) -> list[dict]:
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise DataError(f"data file not found: {ref}", "Check the path, or give a Hub dataset ID such as user/dataset.")
+    files = _local_files(path, split)
+    if not files:
+        raise DataError(f"no {split!r} data files (JSON, JSONL, CSV, Parquet) in {ref}",
+                        "Name files after their split (train.jsonl, test.jsonl) or point at one file.")
+    rows: list[dict] = []
+    for f in files:
+        kind = LOCAL_SUFFIXES.get(f.suffix.lower())
+        if kind is None:
+            raise DataError(f"{f.name}: unsupported file type", "Use JSON, JSONL, CSV or Parquet.")
+        if kind == "json":
+            rows += _read_json_file(f, broken)
+        else:
+            import datasets
+
+            rows += datasets.load_dataset(kind, data_files=str(f), split="train").to_list()
+    return rows
+
+
+def _load_hub(ref: str, config_name: str | None, split: str, token: str | None) -> list[dict]:
+    import datasets
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        ds = datasets.load_dataset(ref, config_name, split=split, token=token)
+    except hub_errors.GatedRepoError:
+        raise DataError(f"dataset {ref} is gated: its owner asks users to accept terms first",
+                        f"Open https://huggingface.co/datasets/{ref}, accept the terms, and sign in (or set HF_TOKEN).") from None
+    except (datasets.exceptions.DatasetNotFoundError, hub_errors.RepositoryNotFoundError, FileNotFoundError) as exc:
+        private = token is None
+        raise DataError(f"dataset {ref} was not found" + (" (or it is private)" if private else ""),
+                        "Check the ID (owner/name) and spelling" + ("; sign in or set HF_TOKEN if it is private." if private
+                                                                    else "; your token may not have access to it.")) from exc
+    except ValueError as exc:
+        msg = str(exc)
+        if "split" in msg.lower():
+            raise DataError(f"dataset {ref} has no split {split!r}: {scrub(msg)}", "Set data.split (and data.eval_split) to a split it has.") from None
+        if "config" in msg.lower():
+            raise DataError(f"dataset {ref}: {scrub(msg)}", "Set data.config_name to one of the configurations listed.") from None
+        raise
+    except (ConnectionError, OSError) as exc:
+        if "offline" in str(exc).lower() or "connect" in str(exc).lower():
+            raise DataError(f"could not reach the Hub to load {ref}: {scrub(str(exc))[:200]}", "Check the network and try again.") from None
+        raise
+    return ds.to_list()
+
+
+def load_rows(data: DataConfig, split: str, token: str | None = None) -> tuple[list[dict], Counter]:
+    """Raw rows of one split of ``data.dataset`` and the count of unreadable lines."""
+    broken: Counter = Counter()
+    if is_local(data.dataset):
+        rows = _load_local(data.dataset, split, broken)
+    else:
+        rows = _load_hub(data.dataset, data.config_name, split, token)
+    return rows, broken
+
+
+# ---------------------------------------------------------------- formats
+
+def _rename(rows: list[dict], columns: dict[str, str]) -> list[dict]:
+    if not columns:
+        return rows
+    theirs_to_ours = {v: k for k, v in columns.items()}
+    return [{theirs_to_ours.get(k, k): v for k, v in row.items()} for row in rows]
+
+
+def detect_format(columns: Iterable[str]) -> str:
+    """Name the format of rows with these columns.
+
+    Raises:
+        DataError: preference data, or nothing we recognise (the message lists the columns and how to map them).
+    """
+    cols = set(columns)
+    if {"chosen", "rejected"} <= cols:
+        raise DataError("this is preference data (chosen/rejected pairs), which is for DPO/ORPO, not supervised fine-tuning",
+                        "Use a dataset of conversations or prompt/completion pairs, or map one column with "
+                        "data.columns, e.g. {completion: chosen}.")
+    if "messages" in cols:
+        return "messages"
+    if "conversations" in cols:
+        return "sharegpt"
+    if {"instruction", "output"} <= cols:
+        return "alpaca"
+    if any({p, c} <= cols for p, c in PAIR_COLUMNS):
+        return "prompt_completion"
+    if "text" in cols:
+        return "text"
+    raise DataError(f"could not recognise the dataset format (columns: {', '.join(sorted(cols)) or 'none'})",
+                    "Expected messages, conversations, instruction/output, prompt/completion or text columns. Map yours "
+                    "with data.columns, e.g. --set 'data.columns={prompt: question, completion: answer}'.")
+
+
+def _clean_messages(messages: Any, role_key: str, content_key: str, roles: dict[str, str]) -> tuple[list | None, str]:
+    if not isinstance(messages, list) or not messages:
+        return None, "no messages"
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            return None, "message is not an object"
+        role = roles.get(str(m.get(role_key, "")).lower())
+        if role is None:
+            return None, f"unknown role {m.get(role_key)!r}"
+        content = m.get(content_key)
+        if not isinstance(content, str):
+            return None, "non-text content"
+        if not content.strip():
+            return None, "empty content"
+        out.append({"role": role, "content": content})
+    while out and out[-1]["role"] != "assistant":
+        out.pop()  # a trailing user turn has nothing to learn from
+    if not any(m["role"] == "assistant" for m in out):
+        return None, "no assistant turn"
+    return out, ""
+
+
+def _pair(prompt: Any, completion: Any, system: Any = None) -> tuple[list | None, str]:
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        return None, "non-text content"
+    if not prompt.strip() or not completion.strip():
+        return None, "empty content"
+    msgs = [{"role": "system", "content": system}] if isinstance(system, str) and system.strip() else []
+    return msgs + [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], ""
+
+
+def normalise_row(row: dict, fmt: str) -> tuple[dict | None, str]:
+    """One row -> ``{"messages": [...]}`` (or ``{"text": ...}``), or None and the reason it cannot be used."""
+    if fmt == "messages":
+        msgs, why = _clean_messages(row.get("messages"), "role", "content",
+                                    {"system": "system", "user": "user", "assistant": "assistant"})
+    elif fmt == "sharegpt":
+        msgs, why = _clean_messages(row.get("conversations"), "from", "value", SHAREGPT_ROLES)
+        if msgs is None and why.startswith("unknown role") and isinstance(row.get("conversations"), list):
+            msgs, why = _clean_messages(row["conversations"], "role", "content", SHAREGPT_ROLES)
+    elif fmt == "alpaca":
+        inp = row.get("input")
+        prompt = row.get("instruction")
+        if isinstance(prompt, str) and isinstance(inp, str) and inp.strip():
+            prompt = f"{prompt}\n\n{inp}"
+        msgs, why = _pair(prompt, row.get("output"), row.get("system"))
+    elif fmt == "prompt_completion":
+        p, c = next((p, c) for p, c in PAIR_COLUMNS if p in row and c in row)
+        msgs, why = _pair(row.get(p), row.get(c), row.get("system"))
+    else:
+        text = row.get("text")
+        if not isinstance(text, str):
+            return None, "non-text content"
+        return ({"text": text}, "") if text.strip() else (None, "empty content")
+    return ({"messages": msgs}, "") if msgs else (None, why)
+
+
+def normalise(rows: list[dict], data: DataConfig, source: str, broken: Counter | None = None) -> tuple[list[dict], DatasetReport]:
+    """Normalise rows (after ``data.columns`` renaming) and count what was dropped and why."""
+    rows = _rename(rows, data.columns)
+    columns = sorted({k for r in rows[:1000] for k in r})
+    fmt = detect_format(columns)
+    report = DatasetReport(source=source, format=fmt, columns=columns, total=len(rows) + sum((broken or {}).values()))
+    dropped = Counter(broken or {})
+    kept = []
+    for row in rows:
+        item, why = normalise_row(row, fmt)
+        if item is None:
+            dropped[why] += 1
+        else:
+            kept.append(item)
+    report.kept, report.dropped = len(kept), dict(dropped)
+    if not kept:
+        reasons = ", ".join(f"{n} {r}" for r, n in dropped.most_common()) or "no rows"
+        raise DataError(f"no usable rows in {source}: format {fmt}, columns {', '.join(columns)}; dropped {reasons}",
+                        "Each row needs a user prompt and a non-empty assistant answer. Map other column names with "
+                        "data.columns, e.g. {prompt: question, completion: answer}.")
+    return kept, report
+
+
+def prepare(data: DataConfig, seed: int = 42, token: str | None = None):
+    """Load, normalise and split: returns (train Dataset, eval Dataset or None, DatasetReport)."""
+    import datasets
+
+    rows, broken = load_rows(data, data.split, token)
+    train, report = normalise(rows, data, data.dataset, broken)
+    if data.max_samples:
+        train = train[: data.max_samples]
+    eval_rows: list[dict] = []
+    if data.eval_split:
+        eval_raw, eval_broken = load_rows(data, data.eval_split, token)
+        eval_rows, _ = normalise(eval_raw, data, f"{data.dataset} [{data.eval_split}]", eval_broken)
+    train_ds = datasets.Dataset.from_list(train)
+    if not eval_rows and data.eval_fraction > 0 and len(train) >= 4:
+        n_eval = max(1, round(len(train) * data.eval_fraction))
+        parts = train_ds.train_test_split(test_size=n_eval, seed=seed)
+        train_ds, eval_ds = parts["train"], parts["test"]
+    else:
+        eval_ds = datasets.Dataset.from_list(eval_rows) if eval_rows else None
+    report.kept = len(train_ds)
+    report.eval_rows = len(eval_ds) if eval_ds is not None else 0
+    return train_ds, eval_ds, report
+
+
+# ---------------------------------------------------------------- tokens and rendering
+
+def training_template(tokenizer) -> str:
+    """The chat template with ``{% generation %}`` markers that trl uses for assistant-only loss."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return tokenizer.chat_template
+    return get_training_chat_template(tokenizer)
+
+
+def tokenize_example(item: dict, tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of one normalised row and its mask of trained tokens (1 = in the loss), as trl computes them."""
+    if "text" in item:
+        ids = tokenizer(item["text"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        return ids, [1] * len(ids)
+    enc = tokenizer.apply_chat_template(item["messages"], chat_template=training_template(tokenizer), tokenize=True,
+                                        return_dict=True, return_assistant_tokens_mask=True)
+    return list(enc["input_ids"]), list(enc["assistant_masks"])
+
+
+def add_token_stats(report: DatasetReport, rows: Iterable[dict], tokenizer, max_length: int, limit: int = 2000) -> None:
+    """Fill token-length percentiles and the share of rows over ``max_length`` (on at most ``limit`` rows)."""
+    lengths = sorted(len(tokenize_example(r, tokenizer)[0]) for _, r in zip(range(limit), rows))
+    if not lengths:
+        return
+    pick = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]  # noqa: E731
+    report.token_percentiles = {"min": lengths[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": lengths[-1]}
+    report.over_max_length = sum(n > max_length for n in lengths) / len(lengths)
+    report.max_length = max_length
+    report.lengths = lengths
+
+
+def render_segments(item: dict, tokenizer) -> list[tuple[str, bool]]:
+    """One row rendered with the chat template, as (text, trained) segments."""
+    ids, mask = tokenize_example(item, tokenizer)
+    segments: list[tuple[str, bool]] = []
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or mask[i] != mask[start]:
+            segments.append((tokenizer.decode(ids[start:i], skip_special_tokens=False), bool(mask[start])))
+            start = i
+    return segments
+
+
+def render_marked(item: dict, tokenizer, open_mark: str = "[[", close_mark: str = "]]") -> str:
+    """Rendered row with the trained spans wrapped in markers (for the CLI)."""
+    return "".join(f"{open_mark}{t}{close_mark}" if trained else t for t, trained in render_segments(item, tokenizer))

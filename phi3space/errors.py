@@ -1,0 +1,82 @@
+"""User-facing errors (a message and a hint) and secret scrubbing.
+
+Every mistake a user can make ends in one of these; the CLI prints it and exits non-zero, the UI shows it as a
+``gr.Error``. Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class Phi3SpaceError(Exception):
+    """An error the user can act on: ``message`` says what is wrong, ``hint`` what to do about it."""
+
+    kind = "error"
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message = scrub(message)
+        self.hint = scrub(hint)
+
+    def __str__(self) -> str:
+        return f"{self.message}\nHint: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(Phi3SpaceError):
+    kind = "config"
+
+    def __init__(self, problems: list[str], hint: str = ""):
+        self.problems = problems
+        text = problems[0] if len(problems) == 1 else "Invalid settings:\n" + "\n".join(f"  - {p}" for p in problems)
+        super().__init__(text, hint or "Fix the settings named above and run again.")
+
+
+class DataError(Phi3SpaceError):
+    kind = "data"
+
+
+class ModelError(Phi3SpaceError):
+    kind = "model"
+
+
+class AuthError(Phi3SpaceError):
+    kind = "auth"
+
+
+class HubError(Phi3SpaceError):
+    kind = "hub"
+
+
+class OutOfMemory(Phi3SpaceError):
+    kind = "oom"
+
+
+class Cancelled(Phi3SpaceError):
+    kind = "cancelled"
+
+
+# Hugging Face tokens (hf_...), bearer headers and token= query parameters.
+_SECRET_PATTERNS = [
+    re.compile(r"hf_[A-Za-z0-9]{8,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"(?i)((?:token|access_token|authorization)[\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9._\-]{8,}"),
+]
+_known_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret so that ``scrub`` removes it even when it does not look like a token."""
+    if value and len(value) >= 6:
+        _known_secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    """Replace anything token-shaped (and every registered secret) in ``text`` with ``***``."""
+    if not text:
+        return text
+    for secret in _known_secrets:
+        text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
+    return text

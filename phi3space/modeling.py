@@ -1,0 +1,141 @@
+"""Hardware choice, tokenizer and base model (16/32-bit for LoRA, 4-bit nf4 for QLoRA).
+
+Phi-3 is native in transformers: never ``trust_remote_code``. The pad token is ``<unk>``, not the EOS token, so
+the model still learns to emit EOS/<|end|> where padding would otherwise hide them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError, scrub
+
+PAD_TOKEN = "<unk>"
+STOP_TOKENS = ("<|end|>", "<|endoftext|>", "<|assistant|>")  # ids 32007, 32000, 32001 in Phi-3
+SUPPORTED_MODEL_TYPES = ("phi3",)
+
+
+@dataclass
+class Hardware:
+    device: str  # cuda | mps | cpu
+    dtype: str  # bfloat16 | float16 | float32
+    attn_implementation: str
+    gpu_name: str | None = None
+    gpu_memory_gb: float | None = None
+    gpu_count: int = 0
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bfloat16"
+
+    @property
+    def fp16(self) -> bool:
+        return self.dtype == "float16"
+
+    def describe(self) -> str:
+        if self.device == "cuda":
+            return f"{self.gpu_count} x {self.gpu_name} ({self.gpu_memory_gb:.0f} GB), {self.dtype}, {self.attn_implementation}"
+        return f"{self.device}, {self.dtype}, {self.attn_implementation}"
+
+
+def detect_hardware(attn: str = "auto") -> Hardware:
+    """bf16 + flash-attention-2 on Ampere or newer (when installed, else sdpa); fp16 before Ampere; fp32 on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        ampere = torch.cuda.get_device_capability(0)[0] >= 8
+        dtype = "bfloat16" if ampere else "float16"
+        if attn == "auto":
+            attn = "flash_attention_2" if ampere and importlib.util.find_spec("flash_attn") else "sdpa"
+        return Hardware("cuda", dtype, attn, props.name, props.total_memory / 2**30, torch.cuda.device_count())
+    if attn in ("auto", "flash_attention_2"):
+        attn = "sdpa"
+    return Hardware("cpu", "float32", attn)
+
+
+def _hub_failure(base: str, exc: Exception) -> ModelError:
+    from huggingface_hub import errors as hub_errors
+
+    if isinstance(exc, hub_errors.GatedRepoError):
+        return ModelError(f"model {base} is gated", f"Accept its terms on https://huggingface.co/{base} and sign in (or set HF_TOKEN).")
+    if isinstance(exc, (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError)):
+        return ModelError(f"model {base} was not found (or it is private)", "Check the ID, e.g. microsoft/Phi-3-mini-4k-instruct, or sign in.")
+    return ModelError(f"could not load model {base}: {scrub(str(exc))[:300]}",
+                      "Check the model ID or folder (it needs config.json and tokenizer files) and the network.")
+
+
+def check_base(base: str, token: str | None = None):
+    """Load and check the base model's config before any weights: it must be a native Phi-3."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(base, token=token)
+    except (OSError, ValueError) as exc:
+        raise _hub_failure(base, exc) from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelError(f"{base} is a {config.model_type!r} model; phi3space trains Phi-3 / Phi-3.5 (model_type phi3)",
+                         "Use microsoft/Phi-3-mini-4k-instruct, microsoft/Phi-3-mini-128k-instruct or microsoft/Phi-3.5-mini-instruct.")
+    return config
+
+
+def load_tokenizer(base: str, token: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(base, token=token)
+    except (OSError, ValueError) as exc:
+        raise _hub_failure(base, exc) from None
+    if PAD_TOKEN in tok.get_vocab():
+        tok.pad_token = PAD_TOKEN
+    tok.padding_side = "right"
+    return tok
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in STOP_TOKENS if t in vocab]
+
+
+def quantization_config(hw: Hardware):
+    """4-bit nf4 with double quantisation; compute in the training dtype."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, hw.dtype))
+
+
+def load_model(base: str, method: str, hw: Hardware, token: str | None = None, gradient_checkpointing: bool = False):
+    """The base model ready for a LoRA adapter (``method`` lora) or 4-bit for QLoRA (``method`` qlora)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    check_base(base, token)
+    kwargs = dict(dtype=getattr(torch, hw.dtype), attn_implementation=hw.attn_implementation, token=token)
+    if method == "qlora":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelError("QLoRA needs the bitsandbytes package", "pip install bitsandbytes, or use model.method: lora.")
+        kwargs["quantization_config"] = quantization_config(hw)
+        if hw.device == "cuda":
+            import os
+
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _hub_failure(base, exc) from None
+    except ImportError as exc:
+        raise ModelError(f"missing package to load {base}: {exc}", "Install it, or set model.attn_implementation: sdpa.") from None
+    model.config.use_cache = False  # the KV cache is useless (and warns) during training
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def is_local_model(ref: str) -> bool:
+    return Path(ref).expanduser().is_dir()

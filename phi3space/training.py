@@ -1,0 +1,261 @@
+"""Build and run trl's SFTTrainer from a RunConfig, reporting everything through events.jsonl.
+
+Order matters: cheap checks first (config, run folder, Hub access, data), then the tokenizer (token stats), then
+the model, so that a user's mistake is reported in seconds, before gigabytes of weights are loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+from . import data as data_mod
+from .config import RunConfig
+from .errors import Cancelled, ConfigError, OutOfMemory, Phi3SpaceError
+from .events import EventWriter
+from .modeling import Hardware, detect_hardware, load_model, load_tokenizer
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "huggingface_hub"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _events_callback(writer: EventWriter, stop_flag: dict):
+    """A TrainerCallback that turns trainer logs into progress/eval/checkpoint events and honours Stop."""
+    from transformers import TrainerCallback
+
+    class EventsCallback(TrainerCallback):
+        def __init__(self):
+            self.start = time.time()
+            self.last_tokens = (0.0, self.start)
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = time.time()
+            self.first_step = state.global_step
+            self.last_tokens = (None, self.start)
+
+        def on_step_end(self, args, state, control, **kw):
+            if stop_flag.get("stop"):
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            now = time.time()
+            if "loss" in logs:
+                elapsed = now - self.start
+                done = state.global_step - self.first_step
+                eta = elapsed / done * (state.max_steps - state.global_step) if done else None
+                tokens_per_s = None
+                if "num_tokens" in logs:
+                    prev, t0 = self.last_tokens
+                    if prev is not None and now > t0:
+                        tokens_per_s = round((logs["num_tokens"] - prev) / (now - t0), 1)
+                    self.last_tokens = (logs["num_tokens"], now)
+                writer.emit("progress", step=state.global_step, max_steps=state.max_steps,
+                            epoch=round(state.epoch or 0, 4), loss=logs["loss"], learning_rate=logs.get("learning_rate"),
+                            grad_norm=logs.get("grad_norm"), tokens=logs.get("num_tokens"), tokens_per_s=tokens_per_s,
+                            mean_token_accuracy=logs.get("mean_token_accuracy"),
+                            elapsed_s=round(elapsed, 2), eta_s=round(eta, 1) if eta is not None else None)
+            elif "eval_loss" in logs:
+                writer.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"],
+                            perplexity=_perplexity(logs["eval_loss"]),
+                            eval_token_accuracy=logs.get("eval_mean_token_accuracy"))
+
+        def on_save(self, args, state, control, **kw):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            writer.emit("checkpoint", step=state.global_step, path=str(path))
+
+    return EventsCallback()
+
+
+def _perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    return round(math.exp(loss), 4) if loss < 50 else float("inf")
+
+
+def build_sft_config(cfg: RunConfig, hw: Hardware, has_eval: bool, chat: bool):
+    from trl import SFTConfig
+
+    t = cfg.training
+    eval_steps = t.eval_steps or t.save_steps
+    return SFTConfig(
+        output_dir=str(cfg.run_dir),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        max_length=t.max_length,
+        weight_decay=t.weight_decay,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        bf16=hw.bf16,
+        fp16=hw.fp16,
+        use_cpu=hw.device == "cpu",
+        gradient_checkpointing=t.gradient_checkpointing and hw.device == "cuda",
+        packing=t.packing,
+        assistant_only_loss=chat,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        remove_unused_columns=True,
+    )
+
+
+def lora_config(cfg: RunConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if resume:
+        if ckpt is None:
+            raise ConfigError([f"--resume: no checkpoint-* folder in {run_dir}"],
+                              "Start without --resume, or point output.dir at the run folder you want to continue.")
+        return ckpt
+    if ckpt is not None or (run_dir / "adapter_model.safetensors").exists():
+        raise ConfigError([f"output.dir: {run_dir} already holds a run"],
+                          "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
+    return None
+
+
+def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=None) -> Path:
+    """Run one fine-tuning job; returns the run folder holding the adapter.
+
+    Raises:
+        Phi3SpaceError: for every user mistake (already reported as an ``error`` event).
+    """
+    run_dir = cfg.run_dir
+    writer = EventWriter(run_dir, enabled=is_main_process(), echo=echo)
+    stop_flag: dict = {}
+    step = 0
+
+    def on_signal(signum, frame):  # Stop from the UI/CLI: finish the step, save, end as "cancelled"
+        stop_flag["stop"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        ckpt = _check_run_dir(run_dir, resume)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            cfg.save(run_dir / "config.yaml")
+        train_ds, eval_ds, report = data_mod.prepare(cfg.data, seed=cfg.training.seed, token=token)
+        tokenizer = load_tokenizer(cfg.model.base, token)
+        data_mod.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
+        hw = detect_hardware(cfg.model.attn_implementation)
+        model = load_model(cfg.model.base, cfg.model.method, hw, token, cfg.training.gradient_checkpointing)
+        chat = "messages" in train_ds.column_names
+
+        from trl import SFTTrainer
+
+        trainer = SFTTrainer(model=model, args=build_sft_config(cfg, hw, eval_ds is not None, chat),
+                             train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                             peft_config=lora_config(cfg), callbacks=[_events_callback(writer, stop_flag)])
+        trainable, total = trainer.model.get_nb_trainable_parameters()
+        max_steps = _planned_steps(trainer)
+        writer.emit("run_started", config=cfg.to_dict(), versions=library_versions(), hardware=hw.describe(),
+                    trainable_params=trainable, total_params=total, trainable_pct=round(100 * trainable / total, 4),
+                    dataset=report.to_dict(), max_steps=max_steps, resumed_from=str(ckpt) if ckpt else None)
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        step = trainer.state.global_step
+        cancelled = bool(stop_flag.get("stop"))
+        metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
+                   "steps": step, "tokens": trainer.state.num_input_tokens_seen or _last_tokens(trainer)}
+        if eval_ds is not None and not cancelled:
+            ev = trainer.evaluate()
+            metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]))
+        trainer.save_model(str(run_dir))  # adapter only (peft), even when stopped early: nothing is lost
+        if is_main_process():
+            tokenizer.save_pretrained(str(run_dir))
+            from .card import write_run_artifacts
+
+            write_run_artifacts(cfg, run_dir, hw, metrics=metrics)
+        writer.emit("run_finished", status="cancelled" if cancelled else "completed", step=step, metrics=metrics,
+                    adapter=str(run_dir))
+        if cancelled:
+            raise Cancelled(f"stopped at step {step}; the adapter so far is saved in {run_dir}",
+                            f"Continue with: python -m phi3space train {run_dir / 'config.yaml'} --resume")
+        return run_dir
+    except Cancelled:
+        raise
+    except Phi3SpaceError as exc:
+        _fail(writer, exc, step, run_dir)
+        raise
+    except Exception as exc:
+        oom = _as_oom(exc, cfg)
+        if oom is None:
+            _fail(writer, Phi3SpaceError(f"training crashed: {type(exc).__name__}: {exc}",
+                                         "This looks like a bug; the events file and logs have the details."), step, run_dir)
+            raise
+        _fail(writer, oom, step, run_dir)
+        raise oom from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _planned_steps(trainer) -> int:
+    args = trainer.args
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    per_epoch = math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps)
+    return max(1, math.ceil(per_epoch * args.num_train_epochs))
+
+
+def _last_tokens(trainer) -> int | None:
+    for entry in reversed(trainer.state.log_history):
+        if "num_tokens" in entry:
+            return int(entry["num_tokens"])
+    return None
+
+
+def _as_oom(exc: Exception, cfg: RunConfig) -> OutOfMemory | None:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        hint = ("Lower training.batch_size (raise grad_accum to keep the effective batch), lower training.max_length"
+                + (", or use model.method: qlora." if cfg.model.method == "lora" else "."))
+        return OutOfMemory("the GPU ran out of memory", hint)
+    return None
+
+
+def _fail(writer: EventWriter, exc: Phi3SpaceError, step: int, run_dir: Path) -> None:
+    writer.emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
+    adapter = str(run_dir) if (run_dir / "adapter_model.safetensors").exists() else None
+    writer.emit("run_finished", status="failed", step=step, metrics={}, adapter=adapter)
