@@ -129,7 +129,7 @@ class HubServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", port), type("Handler", (_Handler,), {"hub": self}))
         self._server.daemon_threads = True
         self._port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="hub-server").start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name="hub-server").start()
 
     @property
     def down(self):
