@@ -34,7 +34,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
 
-Request = collections.namedtuple("Request", "method path token")
+
+
+class Request(collections.namedtuple("Request", "method path token")):
+    """One logged request; compares like the tuple (method, path, token) but never shows the token."""
+
+    def __repr__(self):
+        return f"Request({self.method!r}, {self.path!r}, token={'<hidden>' if self.token else None})"
+
+
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -59,7 +67,7 @@ class _Commit:
     def __init__(self, files, message, token, branch, author):
         self.oid = hashlib.sha1(f"{next(_counter)}-{time.time()}-{message}".encode()).hexdigest()
         self.files, self.message, self.token, self.branch = files, message, token, branch
-        self.author, self.date = author, _now()
+        self.author, self.date, self.changed = author, _now(), sorted(files)
 
 
 class _Repo:
@@ -73,6 +81,7 @@ class _Repo:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # avoid 40 ms delayed-ACK stalls on keep-alive connections
     hub = None  # set by HubServer.start on a subclass
 
     def log_message(self, *args):  # keep pytest output (and tokens) quiet
@@ -88,20 +97,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub._conns.discard(self.connection)
         super().finish()
 
-    def do_GET(self):
-        self.hub._dispatch(self, "GET")
+    def _do(self):
+        self.hub._dispatch(self, self.command)
 
-    def do_HEAD(self):
-        self.hub._dispatch(self, "HEAD")
-
-    def do_POST(self):
-        self.hub._dispatch(self, "POST")
-
-    def do_PUT(self):
-        self.hub._dispatch(self, "PUT")
-
-    def do_DELETE(self):
-        self.hub._dispatch(self, "DELETE")
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _do
 
 
 class HubServer:
@@ -229,6 +228,8 @@ class HubServer:
         except _Err as e:
             headers = e.headers + [("X-Error-Message", e.message)] + ([("X-Error-Code", e.code)] if e.code else [])
             status, payload = e.status, {"error": e.message, **e.extra}
+        except Exception as e:  # a bug here or a request we do not understand: answer instead of hanging up
+            status, payload, headers = 500, {"error": f"test hub error: {type(e).__name__}: {e}"}, []
         self._send(h, method, status, payload, headers)
 
     def _take_fault(self, method, path):
@@ -443,7 +444,7 @@ class HubServer:
             else:
                 raise _Err(400, f"test hub: commit operation {key!r} not supported (LFS is never requested)")
         commit = _Commit(files, message, token, branch, user["name"])
-        commit.changed = changed
+        commit.changed = sorted(set(changed))
         repo.branches[branch].append(commit)
         repo.pushed.append(commit)
         url = f"{self.url}/{_PREFIX[repo.type]}{repo.id}/commit/{commit.oid}"
