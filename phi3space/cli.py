@@ -55,7 +55,7 @@ def format_event(e: dict) -> str | None:
     if kind == "run_started":
         d = e.get("dataset", {})
         resumed = f" (resumed from {e['resumed_from']})" if e.get("resumed_from") else ""
-        return (f"run started{resumed}: {e.get('hardware')} | {d.get('format')} data, {d.get('kept')} train rows, "
+        return (f"run started{resumed}: {e.get('hardware')} | {d.get('format')} data, {d.get('train_rows')} train rows, "
                 f"{d.get('eval_rows')} eval rows | {e['trainable_params']:,} trainable params "
                 f"({e['trainable_pct']:.3f}%) | {e.get('max_steps')} steps")
     if kind == "checkpoint":

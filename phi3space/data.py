@@ -34,6 +34,7 @@ class DatasetReport:
     total: int = 0
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    train_rows: int = 0
     eval_rows: int = 0
     token_percentiles: dict[str, int] = field(default_factory=dict)
     over_max_length: float | None = None
@@ -49,8 +50,8 @@ class DatasetReport:
         out = [f"dataset: {self.source}", f"format: {self.format} (columns: {', '.join(self.columns)})",
                f"rows: {self.total} read, {self.kept} kept, {self.total - self.kept} dropped"]
         out += [f"  dropped {n}: {reason}" for reason, n in sorted(self.dropped.items(), key=lambda x: -x[1])]
-        if self.eval_rows:
-            out.append(f"eval rows: {self.eval_rows}")
+        if self.train_rows:
+            out.append(f"training on {self.train_rows} rows, evaluating on {self.eval_rows}")
         if self.token_percentiles:
             pct = ", ".join(f"{k} {v}" for k, v in self.token_percentiles.items())
             out.append(f"tokens per row: {pct}")
@@ -305,7 +306,7 @@ def prepare(data: DataConfig, seed: int = 42, token: str | None = None):
         train_ds, eval_ds = parts["train"], parts["test"]
     else:
         eval_ds = datasets.Dataset.from_list(eval_rows) if eval_rows else None
-    report.kept = len(train_ds)
+    report.train_rows = len(train_ds)
     report.eval_rows = len(eval_ds) if eval_ds is not None else 0
     return train_ds, eval_ds, report
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from . import data as data_mod
 from .config import RunConfig
 from .errors import Cancelled, ConfigError, OutOfMemory, Phi3SpaceError
 from .events import EventWriter
-from .modeling import Hardware, detect_hardware, load_model, load_tokenizer
+from .modeling import Hardware, check_base, detect_hardware, load_model, load_tokenizer
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
@@ -59,6 +60,7 @@ def _events_callback(writer: EventWriter, stop_flag: dict):
         def on_step_end(self, args, state, control, **kw):
             if stop_flag.get("stop"):
                 control.should_training_stop = True
+                control.should_save = True  # a checkpoint to --resume from
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -143,6 +145,25 @@ def lora_config(cfg: RunConfig):
                       target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
+def build_trainer(cfg: RunConfig, token: str | None = None, callbacks=()):
+    """Data, tokenizer, model and SFTTrainer for ``cfg``; returns (trainer, dataset report, hardware)."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    check_base(cfg.model.base, token)  # a wrong or unreachable model fails before the data is read
+    train_ds, eval_ds, report = data_mod.prepare(cfg.data, seed=cfg.training.seed, token=token)
+    tokenizer = load_tokenizer(cfg.model.base, token)
+    data_mod.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
+    hw = detect_hardware(cfg.model.attn_implementation)
+    model = load_model(cfg.model.base, cfg.model.method, hw, token, cfg.training.gradient_checkpointing)
+    chat = "messages" in train_ds.column_names
+    trainer = SFTTrainer(model=model, args=build_sft_config(cfg, hw, eval_ds is not None, chat),
+                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                         peft_config=lora_config(cfg), callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # progress is reported through events, not printed dicts
+    return trainer, report, hw
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
     if resume:
@@ -167,27 +188,21 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
     stop_flag: dict = {}
     step = 0
 
-    def on_signal(signum, frame):  # Stop from the UI/CLI: finish the step, save, end as "cancelled"
+    def on_signal(signum, frame):  # Stop (SIGTERM, Ctrl-C): finish the step, save, end as "cancelled"
+        if stop_flag.get("stop") and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait
         stop_flag["stop"] = True
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # Signals can only be handled in the main thread (the CLI and job subprocesses; not a test's worker thread).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
     try:
         ckpt = _check_run_dir(run_dir, resume)
         run_dir.mkdir(parents=True, exist_ok=True)
         if is_main_process():
             cfg.save(run_dir / "config.yaml")
-        train_ds, eval_ds, report = data_mod.prepare(cfg.data, seed=cfg.training.seed, token=token)
-        tokenizer = load_tokenizer(cfg.model.base, token)
-        data_mod.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
-        hw = detect_hardware(cfg.model.attn_implementation)
-        model = load_model(cfg.model.base, cfg.model.method, hw, token, cfg.training.gradient_checkpointing)
-        chat = "messages" in train_ds.column_names
-
-        from trl import SFTTrainer
-
-        trainer = SFTTrainer(model=model, args=build_sft_config(cfg, hw, eval_ds is not None, chat),
-                             train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                             peft_config=lora_config(cfg), callbacks=[_events_callback(writer, stop_flag)])
+        trainer, report, hw = build_trainer(cfg, token, callbacks=[_events_callback(writer, stop_flag)])
+        eval_ds = trainer.eval_dataset
         trainable, total = trainer.model.get_nb_trainable_parameters()
         max_steps = _planned_steps(trainer)
         writer.emit("run_started", config=cfg.to_dict(), versions=library_versions(), hardware=hw.describe(),
@@ -203,7 +218,7 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
             metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]))
         trainer.save_model(str(run_dir))  # adapter only (peft), even when stopped early: nothing is lost
         if is_main_process():
-            tokenizer.save_pretrained(str(run_dir))
+            trainer.processing_class.save_pretrained(str(run_dir))
             from .card import write_run_artifacts
 
             write_run_artifacts(cfg, run_dir, hw, metrics=metrics)
@@ -227,7 +242,8 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
         _fail(writer, oom, step, run_dir)
         raise oom from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _planned_steps(trainer) -> int:

@@ -1,0 +1,61 @@
+import pytest
+import yaml
+
+from phi3space import config
+from phi3space.errors import ConfigError
+
+
+def test_defaults_are_lora_defaults_for_phi3():
+    cfg = config.from_dict({"data": {"dataset": "user/data"}})
+    assert cfg.model.base == "microsoft/Phi-3-mini-4k-instruct"
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (16, 32, 0.05, "all-linear")
+    t = cfg.training
+    assert (t.learning_rate, t.lr_scheduler, t.epochs, t.max_length) == (2e-4, "cosine", 1.0, 2048)
+    assert 0 < t.warmup_ratio <= 0.1
+    assert cfg.output.dir == "runs/phi-3-mini-4k-instruct-data-lora"
+
+
+def test_overrides_are_typed_and_win_over_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"dataset": "a.jsonl"}, "lora": {"r": 4}}))
+    cfg = config.load(path, ["lora.r=8", "training.learning_rate=1e-4", "model.method=qlora",
+                             "lora.target_modules=qkv_proj,o_proj", "data.columns={prompt: q, completion: a}",
+                             "output.private=false"])
+    assert cfg.lora.r == 8 and cfg.training.learning_rate == 1e-4 and cfg.model.method == "qlora"
+    assert cfg.lora.target_modules == ["qkv_proj", "o_proj"]
+    assert cfg.data.columns == {"prompt": "q", "completion": "a"}
+    assert cfg.output.private is False
+
+
+def test_every_problem_is_reported_at_once_by_key():
+    with pytest.raises(ConfigError) as info:
+        config.from_dict({"model": {"method": "full"}, "lora": {"r": 0, "dropout": 1.0, "target_modules": ["q_proj"]},
+                          "training": {"learning_rate": 0, "bach_size": 2, "max_length": 8}})
+    text = str(info.value)
+    for key in ("model.method", "lora.r", "lora.dropout", "lora.target_modules", "training.learning_rate",
+                "training.max_length", "data.dataset"):
+        assert key in text
+    assert "did you mean training.batch_size" in text
+    assert "qkv_proj" in text  # the cookbook's q_proj names are explained, not silently ignored
+    assert len(info.value.problems) == 8
+
+
+def test_type_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"lora.r: expected int, got 'big'"):
+        config.from_dict({"data": {"dataset": "x"}}, ["lora.r=big"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        config.from_dict({"data": {"dataset": "x"}}, ["lora.r"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.from_dict({"data": {"dataset": "user/data", "columns": {"prompt": "q"}}}, ["lora.r=32"])
+    cfg.save(tmp_path / "config.yaml")
+    assert config.load(tmp_path / "config.yaml") == cfg
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(tmp_path / "bad.yaml")

@@ -1,0 +1,163 @@
+import json
+
+import pytest
+
+from phi3space import data
+from phi3space.config import DataConfig
+from phi3space.errors import DataError
+
+GOLDEN_IDS = [32006, 2184, 2643, 32007, 32010, 15043, 29892, 508, 366, 1246, 777, 8492, 363, 592, 29973, 32007, 32001,
+              18585, 29892, 306, 508, 8147, 278, 2533, 363, 366, 29991, 32007, 32001]
+
+
+def write_jsonl(path, rows, extra_lines=()):
+    with path.open("w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+        for line in extra_lines:
+            fh.write(line + "\n")
+    return path
+
+
+def norm(tmp_path, rows, **columns):
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    raw, broken = data.load_rows(DataConfig(dataset=str(path)), "train")
+    return data.normalise(raw, DataConfig(dataset=str(path), columns=columns), str(path), broken)
+
+
+def test_golden_token_ids_of_the_real_phi3_template(tokenizer):
+    msgs = [{"role": "system", "content": "System message"},
+            {"role": "user", "content": "Hello, can you call some tools for me?"},
+            {"role": "assistant", "content": "Sure, I can calculate the sum for you!"}]
+    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"]
+    assert list(ids) == GOLDEN_IDS
+    assert tokenizer.pad_token == "<unk>" and tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_openai_messages_multi_turn(tmp_path):
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Goodbye."}, {"role": "user", "content": "dangling"}]
+    rows, report = norm(tmp_path, [{"messages": conv}])
+    assert report.format == "messages"
+    assert rows == [{"messages": conv[:5]}]  # the trailing user turn has nothing to learn from
+
+
+def test_sharegpt_conversations(tmp_path):
+    rows, report = norm(tmp_path, [
+        {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+        {"conversations": [{"from": "user", "value": "Q2"}, {"from": "assistant", "value": "A2"}]},
+    ])
+    assert report.format == "sharegpt"
+    assert rows[0]["messages"] == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                                   {"role": "assistant", "content": "A"}]
+    assert rows[1]["messages"][1] == {"role": "assistant", "content": "A2"}
+
+
+def test_alpaca_with_and_without_input(tmp_path):
+    rows, report = norm(tmp_path, [{"instruction": "Add", "input": "1 and 2", "output": "3"},
+                                   {"instruction": "Say hi", "input": "", "output": "hi"}])
+    assert report.format == "alpaca"
+    assert rows[0]["messages"] == [{"role": "user", "content": "Add\n\n1 and 2"}, {"role": "assistant", "content": "3"}]
+    assert rows[1]["messages"][0] == {"role": "user", "content": "Say hi"}
+
+
+@pytest.mark.parametrize("p,c", [("prompt", "completion"), ("question", "answer"), ("prompt", "response")])
+def test_prompt_completion_pairs(tmp_path, p, c):
+    rows, report = norm(tmp_path, [{p: "Q", c: "A"}])
+    assert report.format == "prompt_completion"
+    assert rows == [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}]
+
+
+def test_plain_text_and_column_mapping(tmp_path):
+    rows, report = norm(tmp_path, [{"text": "hello world"}])
+    assert (report.format, rows) == ("text", [{"text": "hello world"}])
+    rows, report = norm(tmp_path, [{"ask": "Q", "reply": "A"}], prompt="ask", completion="reply")
+    assert report.format == "prompt_completion" and rows[0]["messages"][1]["content"] == "A"
+
+
+def test_unusable_rows_are_dropped_and_counted_per_reason(tmp_path):
+    good = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        good,
+        {"messages": [{"role": "user", "content": "only a question"}]},
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "  "}]},
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ["not", "text"]}]},
+        {"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "A"}]},
+    ], extra_lines=['{"messages": [broken'])
+    raw, broken = data.load_rows(DataConfig(dataset=str(path)), "train")
+    rows, report = data.normalise(raw, DataConfig(dataset=str(path)), str(path), broken)
+    assert rows == [good]
+    assert report.total == 6 and report.kept == 1
+    assert report.dropped == {"no assistant turn": 1, "empty content": 1, "non-text content": 1,
+                              "unknown role 'tool'": 1, "broken JSON line": 1}
+
+
+def test_nothing_usable_says_what_was_found_and_how_to_map(tmp_path):
+    with pytest.raises(DataError) as info:
+        norm(tmp_path, [{"q": "a", "a": "b"}])
+    assert "columns: a, q" in info.value.message and "data.columns" in info.value.hint
+    with pytest.raises(DataError) as info:
+        norm(tmp_path, [{"prompt": "", "completion": "x"}])
+    assert "no usable rows" in info.value.message and "1 empty content" in info.value.message
+
+
+def test_preference_data_is_refused(tmp_path):
+    with pytest.raises(DataError, match="preference data"):
+        norm(tmp_path, [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
+
+
+def test_csv_parquet_json_array_and_folder_splits(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"question": ["Q1", "Q2"], "answer": ["A1", "A2"]}).to_csv(tmp_path / "d.csv", index=False)
+    raw, _ = data.load_rows(DataConfig(dataset=str(tmp_path / "d.csv")), "train")
+    assert [r["answer"] for r in raw] == ["A1", "A2"]
+    pd.DataFrame({"prompt": ["P"], "completion": ["C"]}).to_parquet(tmp_path / "d.parquet")
+    assert data.load_rows(DataConfig(dataset=str(tmp_path / "d.parquet")), "train")[0] == [{"prompt": "P", "completion": "C"}]
+    (tmp_path / "arr.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}]))
+    assert len(data.load_rows(DataConfig(dataset=str(tmp_path / "arr.json")), "train")[0]) == 2
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"text": "t"}] * 3)
+    write_jsonl(folder / "test.jsonl", [{"text": "e"}])
+    cfg = DataConfig(dataset=str(folder), eval_split="test")
+    train, evals, report = data.prepare(cfg)
+    assert (len(train), len(evals), report.train_rows, report.eval_rows) == (3, 1, 3, 1)
+
+
+def test_missing_file_and_eval_fraction(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        data.prepare(DataConfig(dataset=str(tmp_path / "missing.jsonl")))
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"Q{i}", "completion": "A"} for i in range(20)])
+    train, evals, report = data.prepare(DataConfig(dataset=str(path), eval_fraction=0.2, max_samples=15))
+    assert (len(train), len(evals)) == (12, 3)
+
+
+def test_assistant_mask_covers_exactly_the_assistant_spans(tokenizer):
+    """The trained span of each assistant turn is its content and the closing <|end|> (and EOS at the end)."""
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Goodbye."}]
+    ids, mask = data.tokenize_example({"messages": msgs}, tokenizer)
+    assert ids == list(tokenizer.apply_chat_template(msgs, tokenize=True)["input_ids"])  # same ids as inference
+    trained = [tokenizer.decode([i for i, m in zip(ids, mask) if m][k:k + 1]) for k in range(sum(mask))]
+    spans, current = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            current.append(i)
+        elif current:
+            spans.append(current)
+            current = []
+    spans.append(current)
+    assert [tokenizer.decode(s) for s in spans] == ["Hello there.<|end|>", "Goodbye.<|end|><|endoftext|>"]
+    assert trained and ids[mask.index(1) - 1] == 32001  # training starts right after <|assistant|>
+
+
+def test_inspect_renders_the_trained_span_and_token_stats(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Question " * n, "completion": "Answer"} for n in (1, 5, 50)])
+    train, _, report = data.prepare(DataConfig(dataset=str(path), eval_fraction=0))
+    data.add_token_stats(report, train, tokenizer, max_length=32)
+    assert report.token_percentiles["min"] < 32 < report.token_percentiles["max"]
+    assert report.over_max_length == pytest.approx(1 / 3)
+    assert "[[Answer<|end|><|endoftext|>]]" in data.render_marked(train[0], tokenizer)

@@ -1,0 +1,188 @@
+"""End to end through the real trainer: a tiny Phi-3 learns Q&A pairs, the CLI trains, chats, resumes, refuses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
+
+from phi3space import cli, config, training
+from phi3space.events import read_events
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "phi3space", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def write_config(path, cfg: dict):
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_trained_adapter_reproduces_the_answers(trained_run):
+    from phi3space.chat import ChatEngine, adapter_base
+
+    engine = ChatEngine(adapter_base(trained_run))
+    for question, answer in QA_PAIRS:
+        assert engine.reply([{"role": "user", "content": question}], adapter=str(trained_run)) == answer
+    # The base model alone has learned nothing: the adapter is what answers.
+    assert engine.reply([{"role": "user", "content": QA_PAIRS[0][0]}], max_new_tokens=8) != QA_PAIRS[0][1]
+
+
+def test_run_folder_and_events(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "events.jsonl",
+            "loss_curve.png", "README.md"} <= names
+    adapter_cfg = json.loads((trained_run / "adapter_config.json").read_text())
+    assert {m.split(".")[-1] for m in adapter_cfg["target_modules"]} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    assert (adapter_cfg["r"], adapter_cfg["lora_alpha"]) == (16, 32)
+
+    events, _ = read_events(trained_run)
+    started = next(e for e in events if e["type"] == "run_started")
+    assert started["config"]["lora"]["r"] == 16 and started["versions"]["trl"]
+    assert 0 < started["trainable_pct"] < 100 and started["trainable_params"] > 0
+    assert started["dataset"]["format"] == "messages" and started["dataset"]["train_rows"] == 4
+    progress = [e for e in events if e["type"] == "progress"]
+    assert {"step", "max_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s"} <= set(progress[-1])
+    assert progress[-1]["step"] == 40 and progress[-1]["loss"] < progress[0]["loss"]
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [20, 40]
+    finished = events[-1]
+    assert finished["type"] == "run_finished" and finished["status"] == "completed"
+    assert finished["adapter"] == str(trained_run) and finished["metrics"]["steps"] == 40
+
+    card = (trained_run / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "peft" and "lora" in front["tags"]
+    assert "PeftModel.from_pretrained" in card and "loss_curve.png" in card
+    assert config.load(trained_run / "config.yaml").lora.r == 16
+
+
+def test_assistant_only_labels_in_the_trainers_batches(tiny_model, tmp_path):
+    """Labels from trl's collator cover exactly the assistant turns: every prompt token is -100."""
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    trainer, _, _ = training.build_trainer(config.from_dict(memorise_config(tiny_model, str(data), tmp_path / "run")))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    tok = trainer.processing_class
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        trained = [i for i, lab in zip(ids, labels) if lab != -100]
+        assert all(lab in (-100, i) for i, lab in zip(ids, labels))
+        text = tok.decode(trained)
+        assert text.endswith("<|end|><|endoftext|>") and text[: -len("<|end|><|endoftext|>")] in {a for _, a in QA_PAIRS}
+        assert 32010 not in trained and 32001 not in trained  # no <|user|> or <|assistant|> in the loss
+
+
+def test_cli_train_prints_progress_and_chat_answers(tiny_model, tmp_path):
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    cfg_path = write_config(tmp_path / "run.yaml", memorise_config(tiny_model, str(data), tmp_path / "run"))
+    result = run_cli("train", str(cfg_path), "--set", "training.save_steps=100")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "run started" in result.stdout and "step 40/40" in result.stdout and "run completed" in result.stdout
+    assert "Traceback" not in result.stderr
+    question, answer = QA_PAIRS[2]
+    chat = run_cli("chat", "--adapter", str(tmp_path / "run"), "--prompt", question)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout.strip() == answer
+
+
+def test_qlora_trains_and_saves(tiny_model, tmp_path):
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    cfg = config.from_dict(memorise_config(tiny_model, str(data), tmp_path / "run", model__method="qlora",
+                                           training__max_steps=4, training__logging_steps=1))
+    run_dir = training.train(cfg)
+    events, _ = read_events(run_dir)
+    assert events[-1]["status"] == "completed" and (run_dir / "adapter_model.safetensors").stat().st_size > 0
+    losses = [e["loss"] for e in events if e["type"] == "progress"]
+    assert len(losses) == 4 and all(loss == loss for loss in losses)  # finite, not NaN
+    assert json.loads((run_dir / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_stop_saves_and_resume_continues_from_the_saved_step(tiny_model, tmp_path):
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    run_dir = tmp_path / "run"
+    cfg_path = write_config(tmp_path / "run.yaml", memorise_config(
+        tiny_model, str(data), run_dir, training__max_steps=100000, training__logging_steps=1, training__save_steps=100000))
+    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(e["type"] == "progress" and e["step"] >= 3 for e in read_events(run_dir)[0]):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    events, _ = read_events(run_dir)
+    stopped = events[-1]
+    assert stopped["type"] == "run_finished" and stopped["status"] == "cancelled"
+    assert (run_dir / "adapter_model.safetensors").exists()  # nothing lost
+    saved_step = stopped["step"]
+    assert (run_dir / f"checkpoint-{saved_step}").is_dir()
+
+    result = run_cli("train", str(cfg_path), "--resume", "--set", f"training.max_steps={saved_step + 3}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    events, _ = read_events(run_dir)
+    restarted = [e for e in events if e["type"] == "run_started"][-1]
+    assert restarted["resumed_from"].endswith(f"checkpoint-{saved_step}")
+    after = [e["step"] for e in events[events.index(restarted):] if e["type"] == "progress"]
+    assert after[0] == saved_step + 1 and after[-1] == saved_step + 3
+    assert events[-1]["status"] == "completed" and events[-1]["step"] == saved_step + 3
+
+
+def _main(capsys, *argv):
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_each_bad_input_gets_its_own_message(tiny_model, tmp_path, capsys):
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    good = memorise_config(tiny_model, str(data), tmp_path / "run")
+    cases = []
+
+    cases.append((["train", str(tmp_path / "nope.yaml")], "config file not found"))
+    bad_settings = write_config(tmp_path / "bad.yaml", {**good, "lora": {"r": 0, "dropout": 2}})
+    cases.append((["train", str(bad_settings)], "lora.dropout: 2.0 is outside [0, 1)"))
+    cases.append((["train", str(write_config(tmp_path / "c1.yaml", good)), "--set", f"data.dataset={tmp_path}/missing.jsonl"],
+                  "data file not found"))
+    (tmp_path / "pref.jsonl").write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    cases.append((["train", str(write_config(tmp_path / "c2.yaml", good)), "--set", f"data.dataset={tmp_path}/pref.jsonl"],
+                  "preference data"))
+    (tmp_path / "odd.jsonl").write_text(json.dumps({"q": "x", "a": "y"}) + "\n")
+    cases.append((["train", str(write_config(tmp_path / "c3.yaml", good)), "--set", f"data.dataset={tmp_path}/odd.jsonl"],
+                  "could not recognise the dataset format"))
+    not_phi = tmp_path / "gpt2"
+    not_phi.mkdir()
+    (not_phi / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    cases.append((["train", str(write_config(tmp_path / "c4.yaml", good)), "--set", f"model.base={not_phi}",
+                   "--set", f"output.dir={tmp_path}/r4"], "'gpt2' model; phi3space trains Phi-3"))
+    cases.append((["train", str(write_config(tmp_path / "c5.yaml", good)), "--resume"], "no checkpoint-* folder"))
+    cases.append((["chat", "--adapter", str(tmp_path / "no-such-run"), "--prompt", "hi"], "adapter not found"))
+    cases.append((["inspect", str(tmp_path / "odd.jsonl")], "could not recognise the dataset format"))
+
+    for argv, expected in cases:
+        code, err = _main(capsys, *argv)
+        assert code == 2, (argv, err)
+        assert expected in err and "hint:" in err, (argv, err)
+
+
+def test_existing_run_folder_is_not_overwritten(trained_run, capsys, tmp_path):
+    cfg_path = write_config(tmp_path / "again.yaml", yaml.safe_load((trained_run / "config.yaml").read_text()))
+    code, err = _main(capsys, "train", str(cfg_path))
+    assert code == 2 and "already holds a run" in err and "--resume" in err
+
+
+def test_inspect_prints_the_report(tmp_path, capsys, tiny_model):
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    with data.open("a") as fh:
+        fh.write("{broken\n")
+    assert cli.main(["inspect", str(data), "--set", f"model.base={tiny_model}", "--set", "training.max_length=16"]) == 0
+    out = capsys.readouterr().out
+    assert "format: messages" in out and "rows: 5 read, 4 kept, 1 dropped" in out and "dropped 1: broken JSON line" in out
+    assert "tokens per row: min" in out and "longer than max_length 16: 100.0%" in out
+    assert "<|assistant|>[[" in out
