@@ -1,0 +1,101 @@
+"""Chat for the web app: which adapter a visitor may use, and one cached ChatEngine per base model.
+
+Adapters are resolved to a local folder here, with the visitor's own token, before they reach the shared engine:
+the engine never downloads with someone else's token, and a visitor never reaches another visitor's run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ModelError
+from ..jobs import JobRunner
+from .services import Visitor
+
+MAX_ENGINES = int(os.environ.get("PHI3SPACE_CHAT_ENGINES", "1"))  # base models kept in memory at once
+
+_engines: "OrderedDict[str, object]" = OrderedDict()
+_engines_lock = threading.Lock()
+
+
+def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bool) -> Path:
+    """A local adapter folder for ``ref``: one of the visitor's job ids or run folders, a Hub repo ID, or (off a
+    Space) any run folder that is not another visitor's.
+
+    Raises:
+        ModelError: unknown, not finished, someone else's, or a server path on a Space.
+    """
+    from ..chat import resolve_adapter
+    from ..hub import resolve_token
+
+    ref = (ref or "").strip()
+    if not ref:
+        raise ModelError("choose an adapter", "Pick one of your finished runs, or type a Hub adapter repo ID (user/name).")
+    jobs = runner.list(visitor.owner) if visitor.owner else []
+    for job in jobs:
+        if ref in (job.id, job.run_dir, job.adapter, job.repo_url, job.push_to):
+            if job.status not in ("completed", "cancelled") or not (Path(job.run_dir) / "adapter_config.json").exists():
+                raise ModelError(f"run {job.name} ({job.id}) has no adapter yet (status: {job.status})",
+                                 "Wait for it to finish, or choose another run.")
+            return Path(job.run_dir)
+    path = Path(ref).expanduser()
+    local = path.exists() or ref.startswith((".", "/", "~"))
+    if local:
+        runs_root = (runner.root / "runs").resolve()
+        if space or path.resolve().is_relative_to(runs_root):
+            raise ModelError(f"{ref} is not one of your runs", "Pick one of your finished runs, or a Hub adapter repo ID.")
+        return resolve_adapter(ref)
+    token = visitor.token if (space or visitor.token) else resolve_token()
+    return resolve_adapter(ref, token)
+
+
+def engine_for(base: str, token: str | None):
+    """The cached ChatEngine for ``base`` (loading it, and dropping the least recently used beyond MAX_ENGINES)."""
+    from ..chat import ChatEngine
+
+    with _engines_lock:
+        if base in _engines:
+            _engines.move_to_end(base)
+            return _engines[base]
+        while len(_engines) >= MAX_ENGINES:
+            _engines.popitem(last=False)
+        engine = ChatEngine(base, token)
+        _engines[base] = engine
+        return engine
+
+
+def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict], visitor: Visitor, space: bool,
+                 **generation) -> Iterator[str]:
+    """Stream a reply (the text so far) from the adapter, or from its base model when ``adapter_dir`` is None."""
+    from ..chat import adapter_base
+    from ..hub import resolve_token
+
+    base = base or adapter_base(adapter_dir)
+    if space and Path(base).expanduser().exists() and not _own_run_base(adapter_dir):
+        raise ModelError(f"the adapter's base model {base} is a path on the server", "Use an adapter trained on a Hub model.")
+    token = visitor.token if (space or visitor.token) else resolve_token()
+    engine = engine_for(base, token)
+    yield from engine.stream(messages, str(adapter_dir) if adapter_dir else None, **generation)
+
+
+def _own_run_base(adapter_dir: Path | None) -> bool:
+    return adapter_dir is not None and (adapter_dir / "events.jsonl").exists()
+
+
+def build_messages(history: list[dict], message: str, system: str | None) -> list[dict]:
+    msgs = [{"role": "system", "content": system}] if system and system.strip() else []
+    msgs += [{"role": m["role"], "content": _text(m["content"])} for m in history if m.get("role") in ("user", "assistant")]
+    return msgs + [{"role": "user", "content": message}]
+
+
+def _text(content) -> str:
+    """gradio 6 chat messages may carry content as a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content)

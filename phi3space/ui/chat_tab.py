@@ -1,0 +1,83 @@
+"""Chat tab: talk to one of your finished runs or any Hub adapter; compare mode answers with the base model too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ..jobs import on_space
+from .chat_service import build_messages, resolve_for_visitor, stream_reply
+from .common import user_errors
+from .services import get_runner, identify
+
+
+@dataclass
+class ChatTab:
+    adapter: gr.Dropdown
+
+
+def adapter_choices(owner: str | None) -> list[tuple[str, str]]:
+    """The visitor's runs that left an adapter, newest first (value: the job id)."""
+    if owner is None:
+        return []
+    jobs = [j for j in get_runner().list(owner) if j.status in ("completed", "cancelled") and j.adapter]
+    return [(f"{j.name} · {j.id}" + (" (stopped early)" if j.status == "cancelled" else ""), j.id) for j in reversed(jobs)]
+
+
+def refresh_choices(current: str | None, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    return gr.Dropdown(choices=adapter_choices(identify(profile, oauth_token).owner), value=current or None)
+
+
+@user_errors
+def respond(adapter: str, system: str, max_new_tokens: float, temperature: float, top_p: float, compare: bool,
+            message: str, history: list, base_history: list,
+            profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """Stream the adapter's reply (then, in compare mode, the base model's) into the chat windows."""
+    if not message or not message.strip():
+        return
+    visitor = identify(profile, oauth_token)
+    space = on_space()
+    adapter_dir = resolve_for_visitor(adapter, visitor, get_runner(), space)
+    settings = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+    history = list(history or []) + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+    base_history = list(base_history or [])
+    if compare:
+        base_history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+    for text in stream_reply(adapter_dir, None, build_messages(history[:-2], message, system), visitor, space, **settings):
+        history[-1]["content"] = text
+        yield history, base_history, ""
+    if compare:
+        from ..chat import adapter_base
+
+        base = adapter_base(adapter_dir)
+        for text in stream_reply(None, base, build_messages(base_history[:-2], message, system), visitor, space, **settings):
+            base_history[-1]["content"] = text
+            yield history, base_history, ""
+
+
+def build() -> ChatTab:
+    with gr.Row():
+        adapter = gr.Dropdown(label="Adapter", info="One of your finished runs, or a Hub adapter repo ID (user/name).",
+                              choices=[], allow_custom_value=True, scale=3, elem_id="chat-adapter")
+        compare = gr.Checkbox(label="Compare with the base model", value=False, scale=1)
+    with gr.Accordion("Generation settings", open=False):
+        system = gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.")
+        with gr.Row():
+            max_new_tokens = gr.Slider(16, 2048, value=256, step=16, label="Max new tokens")
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", info="0 = greedy")
+            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
+    with gr.Row():
+        chatbot = gr.Chatbot(label="Adapter", height=360, buttons=["copy"], elem_id="chat-adapter-replies")
+        base_chatbot = gr.Chatbot(label="Base model", height=360, visible=False, elem_id="chat-base-replies")
+    with gr.Row():
+        message = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5, elem_id="chat-message")
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+        clear = gr.Button("Clear", scale=1)
+    inputs = [adapter, system, max_new_tokens, temperature, top_p, compare, message, chatbot, base_chatbot]
+    outputs = [chatbot, base_chatbot, message]
+    gr.on([send.click, message.submit], respond, inputs, outputs)
+    compare.change(lambda on: gr.Chatbot(visible=on), compare, base_chatbot)
+    clear.click(lambda: ([], []), None, [chatbot, base_chatbot])
+    adapter.focus(refresh_choices, adapter, adapter, show_progress="hidden")
+    return ChatTab(adapter)

@@ -1,0 +1,233 @@
+"""The training form as plain data: which settings it shows, form values <-> RunConfig, the plan (steps and
+warnings) shown before Start, and Inspect. No gradio here; the Train tab lays these out."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_mod
+from ..config import RunConfig
+
+BASE_MODELS = ["microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-128k-instruct", "microsoft/Phi-3.5-mini-instruct"]
+
+# The settings the form shows, in order. The Train tab builds one component per key, in a list in this order.
+MAIN_FIELDS = ["data.dataset", "model.base", "model.method"]
+LORA_FIELDS = ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"]
+TRAINING_FIELDS = ["training.learning_rate", "training.lr_scheduler", "training.warmup_ratio", "training.epochs",
+                   "training.max_steps", "training.batch_size", "training.grad_accum", "training.max_length",
+                   "training.logging_steps", "training.save_steps", "training.eval_steps", "data.eval_fraction",
+                   "data.max_samples", "data.split", "training.seed", "training.gradient_checkpointing"]
+OUTPUT_FIELDS = ["output.push_to", "output.private"]
+FIELDS = MAIN_FIELDS + LORA_FIELDS + TRAINING_FIELDS + OUTPUT_FIELDS
+OPTIONAL = {"training.max_steps", "training.eval_steps", "data.max_samples", "output.push_to"}
+
+MIN_USEFUL_STEPS = 20
+
+
+@dataclass
+class FieldSpec:
+    key: str
+    label: str
+    help: str
+    default: Any
+    kind: str  # text | int | float | bool | choice
+    choices: tuple = ()
+
+
+def field_spec(key: str) -> FieldSpec:
+    section, name = key.split(".")
+    cls = config_mod._SECTION_CLASSES[section]
+    f = next(f for f in fields(cls) if f.name == name)
+    default = getattr(cls(), name)
+    choices = tuple(f.metadata.get("choices", ()))
+    if choices:
+        kind = "choice"
+    elif isinstance(default, bool):
+        kind = "bool"
+    elif isinstance(default, int) or key in ("training.max_steps", "training.eval_steps", "data.max_samples"):
+        kind = "int"
+    elif isinstance(default, float):
+        kind = "float"
+    else:
+        kind = "text"
+    return FieldSpec(key, name.replace("_", " "), f.metadata.get("help", ""), default, kind, choices)
+
+
+def form_values(cfg: RunConfig) -> list:
+    """The form's values for a config, in FIELDS order (to fill the form from an uploaded YAML)."""
+    out = []
+    for key in FIELDS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if key == "lora.target_modules" and isinstance(value, list):
+            value = ", ".join(value)
+        out.append("" if value is None and key == "output.push_to" else value)
+    return out
+
+
+def config_from_form(values: list | tuple, dataset: str | None = None) -> RunConfig:
+    """A validated RunConfig from the form's values (FIELDS order); ``dataset`` overrides data.dataset (uploads).
+
+    Raises:
+        ConfigError: every invalid setting at once.
+    """
+    raw: dict[str, dict] = {}
+    for key, value in zip(FIELDS, values, strict=True):
+        if isinstance(value, str):
+            value = value.strip()
+        if key in OPTIONAL and value in (None, ""):
+            continue
+        if key == "data.dataset" and dataset:
+            value = dataset
+        section, name = key.split(".")
+        raw.setdefault(section, {})[name] = value
+    return config_mod.from_dict(raw)
+
+
+def stash_upload(path: str | Path, owner: str, root: Path) -> Path:
+    """Copy an uploaded data file to the data folder (gradio's upload cache is temporary)."""
+    src = Path(path)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:10]
+    dest = root / "uploads" / owner / f"{digest}-{src.name}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        shutil.copyfile(src, dest)
+    return dest
+
+
+# ---------------------------------------------------------------- inspect
+
+@dataclass
+class Inspection:
+    """What Inspect found, small enough to keep per visitor between clicks."""
+
+    dataset: str
+    text: str
+    rows: int
+    lengths: list[int] = field(default_factory=list)
+    segments: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def histogram(self, bins: int = 20):
+        import pandas as pd
+
+        if not self.lengths:
+            return pd.DataFrame({"tokens": [], "rows": []})
+        top = max(self.lengths)
+        width = max(1, math.ceil((top + 1) / bins))
+        counts: dict[int, int] = {}
+        for n in self.lengths:
+            start = n // width * width
+            counts[start] = counts.get(start, 0) + 1
+        xs = sorted(counts)
+        return pd.DataFrame({"tokens": xs, "rows": [counts[x] for x in xs]})
+
+
+def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
+    """What ``phi3space inspect`` shows: format, rows kept/dropped and why, token lengths, one rendered example."""
+    from .. import data
+    from ..modeling import load_tokenizer
+
+    train_ds, _, report = data.prepare(cfg.data, cfg.training.seed, token)
+    tokenizer = load_tokenizer(cfg.model.base, token)
+    data.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
+    segments = [(text, "trained" if trained else None) for text, trained in data.render_segments(train_ds[0], tokenizer)]
+    return Inspection(cfg.data.dataset, "\n".join(report.lines()), report.kept, report.lengths, segments)
+
+
+# ---------------------------------------------------------------- plan
+
+@dataclass
+class Plan:
+    steps: int | None
+    warnings: list[str]
+
+    def markdown(self) -> str:
+        steps = f"**{self.steps} optimizer steps**" if self.steps else "Steps: press **Inspect** to count the rows."
+        return "\n".join([steps] + [f"- ⚠️ {w}" for w in self.warnings])
+
+
+KNOWN_SIZES = {  # params, hidden, layers, intermediate, vocab
+    "mini": (3.82e9, 3072, 32, 8192, 32064),
+    "small": (7.4e9, 4096, 32, 14336, 100352),
+    "medium": (14e9, 5120, 40, 17920, 32064),
+}
+
+
+def model_size(base: str) -> tuple[float, int, int, int, int]:
+    """Parameters and shape of a base model: from a local config.json, else by name (Phi-3 mini when unknown)."""
+    cfg_file = Path(base).expanduser() / "config.json"
+    if cfg_file.is_file():
+        import json
+
+        c = json.loads(cfg_file.read_text())
+        h, layers, inter, vocab = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
+        return float(2 * vocab * h + layers * (4 * h * h + 3 * h * inter)), h, layers, inter, vocab
+    name = base.lower()
+    return next((v for k, v in KNOWN_SIZES.items() if k in name), KNOWN_SIZES["mini"])
+
+
+def estimate_memory_gb(cfg: RunConfig) -> float:
+    """A rough peak GPU memory for training: weights, LoRA + Adam, activations, fp32 logits, CUDA context."""
+    params, h, layers, inter, vocab = model_size(cfg.model.base)
+    t = cfg.training
+    weights = params * (0.56 if cfg.model.method == "qlora" else 2.0)
+    lora = cfg.lora.r * layers * (7 * h + 3 * inter) * 16
+    tokens = t.batch_size * t.max_length
+    acts = tokens * h * layers * 2 + tokens * 34 * h * 2 if t.gradient_checkpointing else tokens * 34 * h * layers * 2
+    logits = tokens * vocab * 8
+    return (weights + lora + acts + logits) / 2**30 + 1.0
+
+
+@lru_cache(maxsize=1)
+def gpu_memory_gb() -> float | None:
+    """Memory of the first GPU (from nvidia-smi, so that the web server never imports torch for it)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return float(out.splitlines()[0]) / 1024
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def planned_steps(cfg: RunConfig, rows: int | None) -> int | None:
+    t = cfg.training
+    if t.max_steps:
+        return t.max_steps
+    if not rows:
+        return None
+    rows = min(rows, cfg.data.max_samples or rows)
+    per_epoch = math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum)
+    return max(1, math.ceil(per_epoch * t.epochs))
+
+
+def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | None = None) -> Plan:
+    """Steps and the warnings a user needs before pressing Start."""
+    t = cfg.training
+    seen = inspection if inspection is not None and inspection.dataset == cfg.data.dataset else None
+    steps = planned_steps(cfg, seen.rows if seen else None)
+    warnings = []
+    if steps is not None and steps < MIN_USEFUL_STEPS:
+        warnings.append(f"only {steps} steps: too few for the adapter to learn much. Raise epochs or max_steps "
+                        f"(or lower batch size x grad accum).")
+    if seen and seen.lengths:
+        over = sum(n > t.max_length for n in seen.lengths) / len(seen.lengths)
+        if over > 0.5:
+            p90 = sorted(seen.lengths)[int(0.9 * (len(seen.lengths) - 1))]
+            warnings.append(f"{over:.0%} of rows are longer than max_length {t.max_length} and will be truncated "
+                            f"(90% of rows fit in {p90} tokens): raise max_length.")
+    need = estimate_memory_gb(cfg)
+    if gpu_gb is None:
+        if model_size(cfg.model.base)[0] > 5e8:
+            warnings.append("no GPU on this machine: training a Phi-3 on the CPU would take days. Use GPU hardware.")
+    elif need > 0.9 * gpu_gb:
+        fix = "use QLoRA, or lower max_length or batch size" if cfg.model.method == "lora" else "lower max_length or batch size"
+        warnings.append(f"this will likely not fit in this GPU's memory (about {need:.0f} GB needed, {gpu_gb:.0f} GB "
+                        f"available): {fix}.")
+    return Plan(steps, warnings)

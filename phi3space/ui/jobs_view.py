@@ -1,0 +1,116 @@
+"""The visitor's jobs: the followed job's progress, live loss chart and log; the list of their runs; Stop.
+
+A gr.Timer polls; each tick reads only the events appended since the last one (Follower). Reloading the page, or
+opening it elsewhere, follows the visitor's newest unfinished job again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ..errors import AuthError
+from ..jobs import FINAL, Job
+from .common import user_errors
+from .follow import Follower, progress_html
+from .services import get_runner, identify
+
+TABLE_COLUMNS = ["job", "name", "status", "steps", "loss", "eval loss", "adapter / repo", "submitted"]
+
+
+@dataclass
+class JobsView:
+    follower: gr.State
+    job_picker: gr.Dropdown
+    chat_button: gr.Button
+    outputs: list  # what a poll refreshes, in poll()'s return order
+
+
+def _owner(profile, oauth_token) -> str | None:
+    return identify(profile, oauth_token).owner
+
+
+def _rows(jobs: list[Job]) -> list[list]:
+    runner = get_runner()
+    rows = []
+    for job in reversed(jobs):
+        s = runner.state(job)
+        loss = (s["metrics"] or {}).get("train_loss") if job.status in FINAL else s["loss"]
+        fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""  # noqa: E731
+        rows.append([job.id, job.name, job.status, f"{s['step']}/{s['max_steps'] or '?'}", fmt(loss),
+                     fmt((s["metrics"] or {}).get("eval_loss", s["eval_loss"])), s["repo_url"] or s["adapter"] or "",
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created))])
+    return rows
+
+
+def _choices(jobs: list[Job]) -> list[tuple[str, str]]:
+    return [(f"{j.name} · {j.id} · {j.status}", j.id) for j in reversed(jobs)]
+
+
+def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """One timer tick: new events of the followed job, and the job list when a status changed."""
+    owner = _owner(profile, oauth_token)
+    runner = get_runner()
+    jobs = runner.list(owner) if owner else []
+    if follower.job_id is None or follower.job_id not in {j.id for j in jobs}:
+        live = [j for j in jobs if j.status not in FINAL]
+        follower.follow((live or jobs or [None])[-1])
+    job = next((j for j in jobs if j.id == follower.job_id), None)
+    new = follower.poll()
+    signature = (owner, follower.job_id, tuple((j.id, j.status) for j in jobs))
+    changed = signature != seen
+    if not new and not changed and (job is None or job.status in FINAL):
+        return (follower, seen) + (gr.skip(),) * 6
+    summary = follower.summary()
+    html = progress_html(job, summary, runner.queue_position(job.id) if job else None)
+    plot = follower.loss_frame() if new or changed else gr.skip()
+    log = follower.log_text(job) if new or changed else gr.skip()
+    table = _rows(jobs) if changed else gr.skip()
+    picker = gr.Dropdown(choices=_choices(jobs), value=follower.job_id) if changed else gr.skip()
+    stop = gr.Button(interactive=job is not None and job.status not in FINAL)
+    return follower, signature, html, plot, log, table, picker, stop
+
+
+@user_errors
+def pick(job_id: str | None, follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """Follow another of the visitor's jobs (chosen in the list)."""
+    owner = _owner(profile, oauth_token)
+    if not job_id or not owner or job_id == follower.job_id:
+        return follower, gr.skip()
+    job = get_runner().get(job_id, owner)
+    new = Follower()
+    new.follow(job)
+    return new, None  # forget the seen signature: the next tick redraws everything
+
+
+@user_errors
+def stop(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    owner = identify(profile, oauth_token).owner
+    if owner is None:
+        raise AuthError("sign in to stop your jobs", "Press 'Sign in with Hugging Face'.")
+    if follower.job_id is None:
+        return
+    job = get_runner().cancel(follower.job_id, owner)
+    gr.Info(f"Stopping {job.id}: the adapter trained so far is saved." if job.status == "running" else f"{job.id}: {job.status}.")
+
+
+def build(timer: gr.Timer, follower: gr.State) -> JobsView:
+    seen = gr.State(None)
+    gr.Markdown("### Your runs")
+    progress = gr.HTML(progress_html(None, {}, None), elem_id="job-progress")
+    with gr.Row():
+        stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+        chat_btn = gr.Button("Chat with this run", elem_id="open-chat")
+    with gr.Row():
+        plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss", height=260, elem_id="loss-plot",
+                           color_map={"train": "#1f77b4", "eval": "#ff7f0e"})
+        log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="job-log")
+    picker = gr.Dropdown(label="Follow job", choices=[], interactive=True)
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True)
+    outputs = [follower, seen, progress, plot, log, table, picker, stop_btn]
+    timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False)
+    picker.input(pick, [picker, follower], [follower, seen])
+    stop_btn.click(stop, follower, None)
+    return JobsView(follower, picker, chat_btn, outputs)

@@ -1,0 +1,100 @@
+"""What the web app shares across visitors (the job runner, chat engines) and who a visitor is.
+
+Nothing here imports gradio: handlers pass in the OAuth objects gradio injected (``profile.username``,
+``oauth_token.token``), and get back plain values or typed errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AuthError, ConfigError, register_secret
+from ..hub import MOCK_TOKEN
+from ..jobs import JobRunner, on_space
+
+LOCAL_OWNER = "local"
+
+_runner: JobRunner | None = None
+_runner_lock = threading.Lock()
+_whoami_cache: dict[str, str] = {}  # sha256(token) -> username
+
+
+def get_runner() -> JobRunner:
+    """The process's one job runner (the queue is per GPU by nature); built on first use."""
+    global _runner
+    with _runner_lock:
+        if _runner is None:
+            _runner = JobRunner()
+        return _runner
+
+
+def set_runner(runner: JobRunner | None) -> None:
+    """Use another runner (tests), or None to build a fresh one on next use."""
+    global _runner
+    with _runner_lock:
+        _runner = runner
+
+
+@dataclass(frozen=True)
+class Visitor:
+    owner: str | None  # None: an anonymous visitor of a public Space
+    token: str | None  # the visitor's own token; None off a Space means "use HF_TOKEN"
+
+    def require_owner(self) -> str:
+        if self.owner is None:
+            raise AuthError("sign in with Hugging Face to train and to see your jobs",
+                            "Press 'Sign in with Hugging Face' at the top of the page.")
+        return self.owner
+
+
+def whoami_name(token: str) -> str:
+    key = hashlib.sha256(token.encode()).hexdigest()
+    if key not in _whoami_cache:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            _whoami_cache[key] = HfApi().whoami(token=token)["name"]
+        except HfHubHTTPError:
+            raise AuthError("the Hub did not accept your token", "Sign in again, or pass a valid token (oauth_token=...).") from None
+    return _whoami_cache[key]
+
+
+def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
+    """The visitor behind a request: the OAuth profile's username, else the owner of the token an API client
+    passed, else (off a Space) the local owner. gradio's local mock token is not a token."""
+    space = on_space() if space is None else space
+    token = getattr(oauth_token, "token", None)
+    if not token or token == MOCK_TOKEN:
+        token = None
+    register_secret(token)
+    if profile is not None and getattr(profile, "username", None):
+        return Visitor(profile.username, token)
+    if token:
+        return Visitor(whoami_name(token), token)
+    return Visitor(None if space else LOCAL_OWNER, None)
+
+
+def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), space: bool | None = None) -> None:
+    """On a Space, visitors give Hub IDs (or uploads): local paths of the server are refused.
+
+    Args:
+        refs: setting name -> value, e.g. {"data.dataset": "./x.jsonl", "model.base": "microsoft/..."}.
+        allowed: folders whose files are fine anyway (the visitor's uploads).
+    """
+    if not (on_space() if space is None else space):
+        return
+    from ..data import is_local
+
+    problems = []
+    for key, ref in refs.items():
+        if not ref or not (is_local(ref) or Path(ref).is_absolute()):
+            continue
+        path = Path(ref).expanduser().resolve()
+        if not any(path.is_relative_to(a.resolve()) for a in allowed):
+            problems.append(f"{key}: {ref!r} is a path on the server; on a Space give a Hub ID (user/name) or upload a file")
+    if problems:
+        raise ConfigError(problems, "Use a Hub ID such as microsoft/Phi-3-mini-4k-instruct, or the upload box for data.")
