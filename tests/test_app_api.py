@@ -1,0 +1,136 @@
+"""The web app through gradio_client: submit, follow, chat with the trained adapter; cancel; queue; per-visitor
+isolation with OAuth tokens (the Hub stand-in records whose token made each commit)."""
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import memorise_config, write_qa_jsonl
+
+gradio_client = pytest.importorskip("gradio_client")
+
+FINAL = ("completed", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app launched once for the module, on a free port, with its own data folder."""
+    from phi3space.jobs import JobRunner
+    from phi3space.ui import build_app, services
+
+    runner = JobRunner(tmp_path_factory.mktemp("app-data"), slots=1, grace_s=30, poll_s=0.2, space=False)
+    services.set_runner(runner)
+    demo = build_app()
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    yield url, runner
+    demo.close()
+    runner.shutdown()
+    services.set_runner(None)
+
+
+@pytest.fixture(scope="module")
+def qa(tmp_path_factory):
+    return write_qa_jsonl(tmp_path_factory.mktemp("qa") / "qa.jsonl")
+
+
+def client(url, token=None):
+    return gradio_client.Client(url, oauth_token=token, verbose=False)
+
+
+def status(c, job_id) -> dict:
+    return json.loads(c.predict(job_id, api_name="/job_status"))
+
+
+def wait_for(c, job_id, until, timeout=180) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = status(c, job_id)
+        if until(s):
+            return s
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never reached the expected state: {s}")
+
+
+def config_yaml(tiny_model, qa, tmp_path, **overrides) -> str:
+    return yaml.safe_dump(memorise_config(tiny_model, str(qa), tmp_path / "ignored", **overrides))
+
+
+def test_submit_follow_then_chat_with_the_trained_adapter(app, tiny_model, qa, tmp_path):
+    url, runner = app
+    c = client(url)
+    job_id = c.predict(config_yaml(tiny_model, qa, tmp_path), api_name="/submit_job")
+    s = wait_for(c, job_id, lambda s: s["status"] in FINAL)
+    assert s["status"] == "completed", s
+    assert s["step"] == s["max_steps"] == 40 and s["error"] is None
+    assert (tmp_path / "ignored").exists() is False  # the server chooses the run folder
+    job = runner.store.get(job_id)
+    assert s["adapter"] == job.run_dir and job.exit_code == 0 and job.owner == "local"
+
+    stream = c.submit(job_id, "What colour is a snarkle?", api_name="/chat")
+    assert stream.result() == "Bright teal."
+    assert len(stream.outputs()) >= 2  # streamed: the reply grew over several messages
+    assert c.predict(s["adapter"], "How many legs does a drobble have?", api_name="/chat") == "Seven."
+
+
+def test_two_jobs_queue_and_stop_ends_gracefully(app, tiny_model, qa, tmp_path):
+    url, runner = app
+    c = client(url)
+    long = config_yaml(tiny_model, qa, tmp_path, training__max_steps=100000, training__logging_steps=1,
+                       training__save_steps=100000)
+    first = c.predict(long, api_name="/submit_job")
+    second = c.predict(long, api_name="/submit_job")
+    s2 = status(c, second)
+    assert s2["status"] == "queued" and s2["queue_position"] == 1
+
+    wait_for(c, first, lambda s: s["status"] == "running" and s["step"] >= 2)
+    assert status(c, second)["status"] == "queued"
+    c.predict(first, api_name="/cancel_job")
+    s1 = wait_for(c, first, lambda s: s["status"] in FINAL, timeout=60)
+    assert s1["status"] == "cancelled", s1
+    job = runner.store.get(first)
+    assert job.exit_code == 130  # the trainer saw SIGTERM, saved and ended itself (not killed)
+    assert (Path(job.run_dir) / "adapter_model.safetensors").exists()
+
+    wait_for(c, second, lambda s: s["status"] != "queued", timeout=30)
+    c.predict(second, api_name="/cancel_job")
+    assert wait_for(c, second, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
+
+
+def test_visitors_see_and_cancel_only_their_own_jobs(app, hub, tiny_model, qa, tmp_path):
+    url, runner = app
+    hub.add_user("alice", "tok-alice-0123456789")
+    hub.add_user("bob", "tok-bob-0123456789")
+    alice, bob, anonymous = client(url, "tok-alice-0123456789"), client(url, "tok-bob-0123456789"), client(url)
+    cfg = config_yaml(tiny_model, qa, tmp_path, training__max_steps=4, output__push_to="alice/snarkle-adapter")
+    job_id = alice.predict(cfg, api_name="/submit_job")
+    assert runner.store.get(job_id).owner == "alice"
+    for other in (bob, anonymous):
+        with pytest.raises(gradio_client.exceptions.AppError, match="no job"):
+            other.predict(job_id, api_name="/job_status")
+        with pytest.raises(gradio_client.exceptions.AppError, match="no job"):
+            other.predict(job_id, api_name="/cancel_job")
+        with pytest.raises(gradio_client.exceptions.AppError, match="not one of your runs|no adapter|not found"):
+            other.predict(job_id, "hello", api_name="/chat")
+    s = wait_for(alice, job_id, lambda s: s["status"] in FINAL)
+    assert s["status"] == "completed", s
+
+    # The token never reached the job store, the config or the logs.
+    job = runner.store.get(job_id)
+    for path in [runner.store.path, Path(job.run_dir) / "config.yaml", Path(job.run_dir) / "train.log",
+                 Path(job.run_dir) / "events.jsonl"]:
+        assert b"tok-alice" not in path.read_bytes(), path
+
+    commits = hub.commits("alice/snarkle-adapter")
+    if not commits:
+        pytest.skip("the trainer does not push yet (output.push_to); the visitor's token reached it only via env HF_TOKEN")
+    assert {c["token"] for c in commits} == {"tok-alice-0123456789"}
