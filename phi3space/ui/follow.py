@@ -16,6 +16,13 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _line(event: dict) -> str | None:
+    try:
+        return format_event(event)
+    except (KeyError, TypeError, ValueError):  # an event from another version of the trainer: show it raw
+        return f"{event.get('type')}: " + ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "time"))
+
+
 @dataclass
 class Follower:
     """One visitor's view of one job; each poll reads only what was appended since the last one."""
@@ -54,7 +61,7 @@ class Follower:
 
     def log_text(self, job: Job | None = None, lines: int = 200) -> str:
         """Readable lines, one per event; after a crash, the tail of the process output too."""
-        out = [line for line in map(format_event, self.events) if line]
+        out = [line for line in map(_line, self.events) if line]
         for e in self.events:
             if e["type"] == "error":
                 out.append(f"error: {e.get('message')}" + (f"\nhint: {e['hint']}" if e.get("hint") else ""))

@@ -1,0 +1,214 @@
+"""Job store and runner with a stand-in trainer (a few lines of Python that write events and exit as told),
+so that the queue, Stop, status decisions, recovery and token handling are checked in seconds."""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from phi3space import config
+from phi3space.errors import AuthError, ConfigError
+from phi3space.jobs import Job, JobRunner, JobStore, decide_status, job_env
+
+FAKE_TRAINER = r'''
+import json, os, signal, sys, time
+from pathlib import Path
+cfg_path = Path(sys.argv[-1])
+run = cfg_path.parent
+mode = [l.split(":", 1)[1].strip() for l in cfg_path.read_text().splitlines() if l.strip().startswith("dataset:")][0]
+(run / "seen.json").write_text(json.dumps({"hf_token": os.environ.get("HF_TOKEN"), "argv": sys.argv,
+                                           "hf_token_path": os.environ.get("HF_TOKEN_PATH")}))
+def emit(**e):
+    with (run / "events.jsonl").open("a") as fh:
+        fh.write(json.dumps({"time": time.time(), **e}) + "\n")
+def stop(*_):
+    emit(type="run_finished", status="cancelled", step=1, adapter=str(run))
+    sys.exit(130)
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, stop)
+emit(type="run_started", max_steps=3)
+emit(type="progress", step=1, max_steps=3, loss=2.0)
+if mode in ("wait", "stubborn"):
+    print("waiting", flush=True)
+    while True:
+        time.sleep(0.05)
+if mode == "exit0-no-finish":
+    sys.exit(0)
+emit(type="run_finished", status="completed", step=3, adapter=str(run), metrics={"train_loss": 1.5})
+if mode == "crash-after-finish":
+    print("Traceback: boom", flush=True)
+    sys.exit(1)
+'''
+
+
+@pytest.fixture
+def fake(tmp_path):
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    return lambda cfg_path: [sys.executable, str(script), str(cfg_path)]
+
+
+@pytest.fixture
+def make_runner(tmp_path, fake):
+    runners = []
+
+    def make(**kw):
+        kw.setdefault("slots", 1)
+        kw.setdefault("grace_s", 5)
+        kw.setdefault("space", False)
+        runner = JobRunner(tmp_path / "data", poll_s=0.05, command=fake, **kw)
+        runners.append(runner)
+        return runner
+
+    yield make
+    for r in runners:
+        r.shutdown()
+
+
+def cfg(mode: str, **extra):
+    return config.from_dict({"data": {"dataset": mode}, **extra})
+
+
+def wait(runner, job_id, owner="me", until=lambda j: j.status in ("completed", "failed", "cancelled"), timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = runner.get(job_id, owner)
+        if until(job):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: {runner.get(job_id, owner)}")
+
+
+def started(job) -> bool:
+    """Running, with its SIGTERM handler in place (it printed 'waiting')."""
+    log = Path(job.run_dir, "train.log")
+    return job.status == "running" and log.exists() and b"waiting" in log.read_bytes()
+
+
+def test_store_round_trip_and_owner_filter(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    store.add(Job(id="a", owner="alice", name="n", run_dir="/r/a", error={"kind": "x"}))
+    store.add(Job(id="b", owner="bob", name="n", run_dir="/r/b"))
+    store.update("a", status="running", pid=12, cancel_requested=True)
+    a = store.get("a")
+    assert (a.status, a.pid, a.cancel_requested, a.error) == ("running", 12, True, {"kind": "x"})
+    assert [j.id for j in store.list("bob")] == ["b"]
+    assert [j.id for j in store.list(status=("queued",))] == ["b"]
+
+
+@pytest.mark.parametrize("code, events, cancel, expected", [
+    (0, [{"type": "run_finished", "status": "completed"}], False, "completed"),
+    (0, [{"type": "progress", "step": 1}], False, "failed"),  # exit 0 but the run never said it finished
+    (1, [{"type": "run_finished", "status": "completed"}], False, "failed"),  # finished, then crashed
+    (130, [{"type": "run_finished", "status": "cancelled"}], True, "cancelled"),
+    (-9, [], True, "cancelled"),
+    (-9, [], False, "failed"),
+    (2, [{"type": "error", "kind": "data", "message": "bad rows", "hint": "fix"},
+         {"type": "run_finished", "status": "failed"}], False, "failed"),
+])
+def test_status_needs_both_exit_code_and_events(code, events, cancel, expected):
+    status, error = decide_status(code, events, cancel)
+    assert status == expected
+    if expected == "failed":
+        assert error["message"]
+    if code == 2:
+        assert error == {"kind": "data", "message": "bad rows", "hint": "fix"}
+    if code == -9 and not cancel:
+        assert "signal 9" in error["message"] and "memory" in error["hint"]
+
+
+@pytest.mark.parametrize("mode, status", [("complete", "completed"), ("exit0-no-finish", "failed"),
+                                          ("crash-after-finish", "failed")])
+def test_runner_decides_from_the_process(make_runner, mode, status):
+    runner = make_runner()
+    job = wait(runner, runner.submit(cfg(mode), "me").id)
+    assert job.status == status
+    if status == "completed":
+        assert job.metrics == {"train_loss": 1.5} and job.adapter == job.run_dir and job.exit_code == 0
+    assert Path(job.run_dir).parent.name == "me"  # the server chose the run folder
+
+
+def test_one_job_at_a_time_queue_positions_and_stop(make_runner):
+    runner = make_runner()
+    first, second, third = (runner.submit(cfg("wait"), "me") for _ in range(3))
+    wait(runner, first.id, until=started)
+    assert [runner.get(j.id, "me").status for j in (second, third)] == ["queued", "queued"]
+    assert (runner.queue_position(second.id), runner.queue_position(third.id)) == (1, 2)
+
+    assert runner.cancel(second.id, "me").status == "cancelled"  # a queued job is dropped at once
+    assert runner.queue_position(third.id) == 1
+    runner.cancel(first.id, "me")
+    done = wait(runner, first.id)
+    assert (done.status, done.exit_code) == ("cancelled", 130)  # it caught SIGTERM and ended itself
+    wait(runner, third.id, until=started)
+    runner.cancel(third.id, "me")
+    assert wait(runner, third.id).status == "cancelled"
+
+
+def test_stop_escalates_to_sigkill_after_the_grace_period(make_runner):
+    runner = make_runner(grace_s=0.5)
+    job = runner.submit(cfg("stubborn"), "me")
+    wait(runner, job.id, until=started)
+    t0 = time.time()
+    runner.cancel(job.id, "me")
+    done = wait(runner, job.id)
+    assert (done.status, done.exit_code) == ("cancelled", -signal.SIGKILL)
+    assert time.time() - t0 >= 0.5
+
+
+def test_visitors_cannot_see_or_cancel_each_others_jobs(make_runner):
+    runner = make_runner()
+    job = runner.submit(cfg("wait"), "alice")
+    assert runner.list("bob") == []
+    for action in (runner.get, runner.cancel):
+        with pytest.raises(ConfigError, match="no job"):
+            action(job.id, "bob")
+    runner.cancel(job.id, "alice")
+
+
+def test_token_reaches_the_trainer_only_through_its_environment(make_runner, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_OwnerTokenOfTheSpace123")
+    token = "hf_VisitorsOwnToken456789"
+    runner = make_runner()
+    job = wait(runner, runner.submit(cfg("complete", output={"push_to": "alice/x"}), "alice", token).id, "alice")
+    seen = json.loads((Path(job.run_dir) / "seen.json").read_text())
+    assert seen["hf_token"] == token
+    assert not any(token in a for a in seen["argv"])
+    for path in (runner.store.path, Path(job.run_dir) / "config.yaml", Path(job.run_dir) / "train.log"):
+        assert token.encode() not in path.read_bytes()
+    assert job.needs_token and job.push_to == "alice/x"
+
+
+def test_on_a_space_the_owners_token_never_reaches_a_visitors_job(make_runner, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_OwnerTokenOfTheSpace123")
+    runner = make_runner(space=True)
+    job = wait(runner, runner.submit(cfg("complete"), "visitor").id, "visitor")
+    seen = json.loads((Path(job.run_dir) / "seen.json").read_text())
+    assert seen["hf_token"] is None and not Path(seen["hf_token_path"]).exists()
+    with pytest.raises(AuthError, match="sign in"):
+        runner.submit(cfg("complete", output={"push_to": "visitor/x"}), "visitor", None)
+
+
+def test_off_a_space_the_local_token_is_used():
+    env = job_env(None, space=False, base={"HF_TOKEN": "hf_LocalToken1234"})
+    assert env["HF_TOKEN"] == "hf_LocalToken1234" and env["PYTHONUNBUFFERED"] == "1"
+    assert job_env("hf_Visitor123456", space=True, base={"HF_TOKEN": "hf_LocalToken1234"})["HF_TOKEN"] == "hf_Visitor123456"
+
+
+def test_restart_marks_lost_jobs_failed_and_keeps_their_folder(tmp_path, make_runner, fake):
+    store = JobStore(tmp_path / "data" / "jobs.sqlite")
+    run_dir = tmp_path / "data" / "runs" / "me" / "lost"
+    (run_dir / "checkpoint-10").mkdir(parents=True)
+    store.add(Job(id="lost", owner="me", name="n", run_dir=str(run_dir), status="running", pid=2**22 + 12345))
+    store.add(Job(id="tok", owner="me", name="n", run_dir=str(run_dir), needs_token=True))
+    runner = make_runner()
+    lost = runner.get("lost", "me")
+    assert lost.status == "failed" and lost.error["kind"] == "interrupted" and str(run_dir) in lost.error["hint"]
+    assert (run_dir / "checkpoint-10").is_dir()
+    assert runner.get("tok", "me").status == "failed"  # its token was in memory only: it cannot start now
