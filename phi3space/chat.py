@@ -28,7 +28,10 @@ def resolve_adapter(ref: str, token: str | None = None) -> Path:
     from huggingface_hub import errors as hub_errors
     from huggingface_hub import snapshot_download
 
+    from .hub import check_read_access
+
     try:
+        check_read_access(ref, "model", token)
         return Path(snapshot_download(ref, token=token, allow_patterns=["adapter_*", "tokenizer*", "*.jinja", "config.yaml"]))
     except hub_errors.GatedRepoError:
         raise ModelError(f"adapter repo {ref} is gated", "Accept its terms on the Hub and sign in.") from None

@@ -137,12 +137,18 @@ def _load_hub(ref: str, config_name: str | None, split: str, token: str | None) 
     import datasets
     from huggingface_hub import errors as hub_errors
 
+    from .hub import check_read_access
+
     try:
+        check_read_access(ref, "dataset", token)
         ds = datasets.load_dataset(ref, config_name, split=split, token=token)
     except hub_errors.GatedRepoError:
         raise DataError(f"dataset {ref} is gated: its owner asks users to accept terms first",
                         f"Open https://huggingface.co/datasets/{ref}, accept the terms, and sign in (or set HF_TOKEN).") from None
     except (datasets.exceptions.DatasetNotFoundError, hub_errors.RepositoryNotFoundError, FileNotFoundError) as exc:
+        if "is a gated dataset" in str(exc):  # datasets reports gated repos as DatasetNotFoundError too
+            raise DataError(f"dataset {ref} is gated: its owner asks users to accept terms first",
+                            f"Open https://huggingface.co/datasets/{ref}, accept the terms, and sign in (or set HF_TOKEN).") from None
         private = token is None
         raise DataError(f"dataset {ref} was not found" + (" (or it is private)" if private else ""),
                         "Check the ID (owner/name) and spelling" + ("; sign in or set HF_TOKEN if it is private." if private
@@ -154,9 +160,11 @@ def _load_hub(ref: str, config_name: str | None, split: str, token: str | None) 
         if "config" in msg.lower():
             raise DataError(f"dataset {ref}: {scrub(msg)}", "Set data.config_name to one of the configurations listed.") from None
         raise
-    except (ConnectionError, OSError) as exc:
-        if "offline" in str(exc).lower() or "connect" in str(exc).lower():
-            raise DataError(f"could not reach the Hub to load {ref}: {scrub(str(exc))[:200]}", "Check the network and try again.") from None
+    except Exception as exc:
+        from .hub import is_transient, short_error
+
+        if is_transient(exc):
+            raise DataError(f"could not reach the Hub to load {ref}: {short_error(exc)}", "Check the network and try again.") from None
         raise
     return ds.to_list()
 

@@ -1,12 +1,18 @@
-"""Hugging Face Hub: whose token, and (see push.py) where adapters go."""
+"""Hugging Face Hub access: whose token, may it push there, and retries for transient failures.
+
+All HTTP goes through huggingface_hub; nothing here builds a request by hand.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from typing import Callable, TypeVar
 
-from .errors import register_secret
+from .errors import AuthError, HubError, register_secret, scrub
 
 MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what gradio injects off a Space: not a token
+T = TypeVar("T")
 
 
 def resolve_token(explicit: str | None = None) -> str | None:
@@ -18,3 +24,116 @@ def resolve_token(explicit: str | None = None) -> str | None:
         token = os.environ.get("HF_TOKEN") or get_token()
     register_secret(token)
     return token
+
+
+def is_transient(exc: BaseException) -> bool:
+    """5xx, 429, timeouts, refused or reset connections: worth another try."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(exc.response, "status_code", None)
+        return status is not None and (status >= 500 or status in (408, 429))
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    name = type(exc).__name__
+    return any(k in name for k in ("ConnectError", "Timeout", "RemoteProtocolError", "ReadError", "WriteError",
+                                   "NetworkError", "LocalEntryNotFound"))
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, on_retry: Callable[[str], None] | None = None) -> T:
+    """Call ``fn``; retry transient failures with exponential backoff (base PHI3SPACE_RETRY_BASE_S, default 2 s)."""
+    base = float(os.environ.get("PHI3SPACE_RETRY_BASE_S", "2"))
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+            delay = base * 2 ** (attempt - 1)
+            if on_retry:
+                on_retry(f"{what} failed ({scrub(short_error(exc))}); retry {attempt}/{attempts - 1} in {delay:g}s")
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def short_error(exc: BaseException) -> str:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return scrub(f"HTTP {status}: {first}" if status and str(status) not in first else first)[:300]
+
+
+def whoami(token: str | None) -> dict:
+    """The token's user (name, orgs, role).
+
+    Raises:
+        AuthError: no token, or the Hub refuses it.
+    """
+    if not token:
+        raise AuthError("no Hugging Face token: pushing to the Hub needs one",
+                        "Sign in with Hugging Face (web app), set HF_TOKEN, or run `hf auth login`; "
+                        "or leave output.push_to empty to keep the adapter local.")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return with_retries(lambda: HfApi().whoami(token=token), "whoami")
+    except HfHubHTTPError as exc:
+        if getattr(exc.response, "status_code", None) == 401:
+            raise AuthError("the Hugging Face token was refused (401: invalid or expired)",
+                            "Create a token with write access at https://huggingface.co/settings/tokens and set HF_TOKEN, "
+                            "or sign in again.") from None
+        raise HubError(f"could not check the token with the Hub: {short_error(exc)}", "Try again in a moment.") from None
+    except Exception as exc:
+        if is_transient(exc):
+            raise HubError(f"could not reach the Hub: {short_error(exc)}", "Check the network (or HF_ENDPOINT) and try again.") from None
+        raise
+
+
+def check_read_access(repo_id: str, repo_type: str, token: str | None) -> None:
+    """Ask the Hub whether ``token`` may read ``repo_id`` (raises RepositoryNotFoundError / GatedRepoError).
+
+    The libraries fall back to their local cache when the Hub refuses a download, so on a shared server a private
+    repo cached for one visitor would open for the next one without this check. Skipped in offline mode.
+    """
+    from huggingface_hub import auth_check, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    with_retries(lambda: auth_check(repo_id, repo_type=repo_type, token=token or False), "access check")
+
+
+def namespaces(user: dict) -> list[str]:
+    return [user["name"]] + [o["name"] for o in user.get("orgs", []) if o.get("name")]
+
+
+def check_push_access(push_to: str, token: str | None, auto_name: str) -> str:
+    """Resolve ``push_to`` ('auto' -> <user>/<auto_name>) and check the token may create and write it.
+
+    Raises:
+        AuthError: no token, refused token, read-only token, or a namespace that is not the user's or an org's.
+    """
+    user = whoami(token)
+    repo_id = f"{user['name']}/{auto_name}" if push_to == "auto" else push_to
+    role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise AuthError("the Hugging Face token is read-only and cannot create repos or push",
+                        "Use a token with write access (https://huggingface.co/settings/tokens).")
+    namespace = repo_id.split("/")[0]
+    if namespace not in namespaces(user):
+        raise AuthError(f"cannot push to {repo_id}: {namespace!r} is not your account ({user['name']}) or one of your organisations",
+                        f"Push to {user['name']}/{repo_id.split('/')[-1]}, or set output.push_to: auto.")
+    return repo_id
+
+
+def base_license(base: str, token: str | None) -> str | None:
+    """The base model's licence from its Hub card, for the adapter's card (None when unknown or local)."""
+    if "/" not in base or os.path.exists(os.path.expanduser(base)):
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(base, token=token)
+    except Exception:  # the licence is a nicety; a push must not fail for it
+        return None
+    card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
+    return getattr(card, "license", None) if card is not None else None

@@ -43,7 +43,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _events_callback(writer: EventWriter, stop_flag: dict):
+def _events_callback(writer: EventWriter, stop_flag: dict, on_checkpoint=None):
     """A TrainerCallback that turns trainer logs into progress/eval/checkpoint events and honours Stop."""
     from transformers import TrainerCallback
 
@@ -88,6 +88,8 @@ def _events_callback(writer: EventWriter, stop_flag: dict):
         def on_save(self, args, state, control, **kw):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             writer.emit("checkpoint", step=state.global_step, path=str(path))
+            if on_checkpoint is not None and is_main_process():
+                on_checkpoint(path)
 
     return EventsCallback()
 
@@ -164,17 +166,36 @@ def build_trainer(cfg: RunConfig, token: str | None = None, callbacks=()):
     return trainer, report, hw
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
+def _checkpoint_to_resume(cfg: RunConfig, resume: bool, token: str | None, writer: EventWriter) -> Path | None:
+    """The checkpoint --resume continues from: the newest local one, else the newest on the Hub's checkpoints branch."""
+    run_dir = cfg.run_dir
     ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
-    if resume:
-        if ckpt is None:
-            raise ConfigError([f"--resume: no checkpoint-* folder in {run_dir}"],
-                              "Start without --resume, or point output.dir at the run folder you want to continue.")
-        return ckpt
-    if ckpt is not None or (run_dir / "adapter_model.safetensors").exists():
-        raise ConfigError([f"output.dir: {run_dir} already holds a run"],
-                          "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
-    return None
+    if not resume:
+        return None
+    if ckpt is None and cfg.output.push_to and cfg.output.push_checkpoints:
+        from .push import fetch_checkpoint
+
+        ckpt = fetch_checkpoint(cfg.output.push_to, run_dir, token)
+        if ckpt is not None:
+            writer.emit("log", message=f"resuming from {ckpt.name} downloaded from {cfg.output.push_to} (branch checkpoints)")
+    if ckpt is None:
+        where = f" or on the Hub ({cfg.output.push_to}, branch checkpoints)" if cfg.output.push_checkpoints and cfg.output.push_to else ""
+        raise ConfigError([f"--resume: no checkpoint-* folder in {run_dir}{where}"],
+                          "Start without --resume, or point output.dir at the run folder you want to continue.")
+    return ckpt
+
+
+def _checkpoint_pusher(cfg: RunConfig, token: str | None, writer: EventWriter):
+    """Push each saved checkpoint off the machine; a failed push is reported, training goes on."""
+    from .push import push_checkpoint
+
+    def push(path: Path) -> None:
+        try:
+            push_checkpoint(path, cfg.output.push_to, token, cfg.output.private, writer)
+        except Phi3SpaceError as exc:
+            writer.emit("log", message=f"warning: {path.name} was not pushed: {exc.message}")
+
+    return push
 
 
 def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=None) -> Path:
@@ -184,9 +205,14 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
         Phi3SpaceError: for every user mistake (already reported as an ``error`` event).
     """
     run_dir = cfg.run_dir
+    if not resume and (latest_checkpoint(run_dir) or (run_dir / "adapter_model.safetensors").exists()):
+        # Refused before anything is written: that run's events and adapter stay as they are.
+        raise ConfigError([f"output.dir: {run_dir} already holds a run"],
+                          "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
     writer = EventWriter(run_dir, enabled=is_main_process(), echo=echo)
     stop_flag: dict = {}
     step = 0
+    metrics: dict = {}
 
     def on_signal(signum, frame):  # Stop (SIGTERM, Ctrl-C): finish the step, save, end as "cancelled"
         if stop_flag.get("stop") and signum == signal.SIGINT:
@@ -197,11 +223,17 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
     in_main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
     try:
-        ckpt = _check_run_dir(run_dir, resume)
+        if cfg.output.push_to:  # who pushes where is settled before any data or weights are loaded
+            from .config import default_run_name
+            from .hub import check_push_access
+
+            cfg.output.push_to = check_push_access(cfg.output.push_to, token, default_run_name(cfg))
         run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = _checkpoint_to_resume(cfg, resume, token, writer)
         if is_main_process():
             cfg.save(run_dir / "config.yaml")
-        trainer, report, hw = build_trainer(cfg, token, callbacks=[_events_callback(writer, stop_flag)])
+        pusher = _checkpoint_pusher(cfg, token, writer) if cfg.output.push_to and cfg.output.push_checkpoints else None
+        trainer, report, hw = build_trainer(cfg, token, callbacks=[_events_callback(writer, stop_flag, pusher)])
         eval_ds = trainer.eval_dataset
         trainable, total = trainer.model.get_nb_trainable_parameters()
         max_steps = _planned_steps(trainer)
@@ -222,6 +254,10 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
             from .card import write_run_artifacts
 
             write_run_artifacts(cfg, run_dir, hw, metrics=metrics)
+            if cfg.output.push_to and not cancelled:
+                from .push import push_run
+
+                push_run(run_dir, cfg.output.push_to, token, cfg.output.private, writer)
         writer.emit("run_finished", status="cancelled" if cancelled else "completed", step=step, metrics=metrics,
                     adapter=str(run_dir))
         if cancelled:
@@ -231,7 +267,7 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
     except Cancelled:
         raise
     except Phi3SpaceError as exc:
-        _fail(writer, exc, step, run_dir)
+        _fail(writer, exc, step, run_dir, metrics)
         raise
     except Exception as exc:
         oom = _as_oom(exc, cfg)
@@ -271,7 +307,7 @@ def _as_oom(exc: Exception, cfg: RunConfig) -> OutOfMemory | None:
     return None
 
 
-def _fail(writer: EventWriter, exc: Phi3SpaceError, step: int, run_dir: Path) -> None:
+def _fail(writer: EventWriter, exc: Phi3SpaceError, step: int, run_dir: Path, metrics: dict | None = None) -> None:
     writer.emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
     adapter = str(run_dir) if (run_dir / "adapter_model.safetensors").exists() else None
-    writer.emit("run_finished", status="failed", step=step, metrics={}, adapter=adapter)
+    writer.emit("run_finished", status="failed", step=step, metrics=metrics or {}, adapter=adapter)

@@ -6,7 +6,7 @@ Supported (everything kept in memory, no LFS/Xet: preupload answers ``uploadMode
 * ``GET /api/whoami-v2`` (401 for a missing/unknown token), ``POST /api/validate-yaml`` (always valid)
 * ``POST /api/repos/create`` (403 outside the token's namespaces or for a "read" token; 409 + ``url`` if it
   exists), ``DELETE /api/repos/delete``, ``PUT /api/{type}s/{repo}/settings`` (``private``/``gated``)
-* ``GET /api/{type}s/{repo}[/revision/{rev}]`` (repo_info / model_info / dataset_info)
+* ``GET /api/{type}s/{repo}[/revision/{rev}]`` (repo_info / model_info / dataset_info), ``.../auth-check``
 * ``POST .../preupload/{rev}``, ``POST .../commit/{rev}`` (ndjson: ``header``, ``file`` base64, ``deletedFile``,
   ``deletedFolder``; ``parentCommit`` checked, ``lfsFile`` and ``create_pr`` refused with 400)
 * ``POST/DELETE .../branch/{name}`` (``startingPoint``), ``GET .../refs``, ``GET .../commits/{rev}``
@@ -346,6 +346,10 @@ class HubServer:
             if repo_type == "model":
                 info["modelId"] = repo.id
             return 200, info, []
+        if method == "GET" and op == "auth-check":  # huggingface_hub.auth_check: read access, gates included
+            if repo.gated and not self._allowed(repo, user, token):
+                raise _Err(401 if user is None else 403, f"Access to {repo_type} {repo_id} is restricted.", "GatedRepo")
+            return 200, {}, []
         if method == "PUT" and op == "settings":
             settings = json.loads(body or b"{}")
             repo.private = settings.get("private", repo.private)

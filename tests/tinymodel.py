@@ -9,7 +9,7 @@ from pathlib import Path
 FIXTURE = Path(__file__).parent / "fixtures" / "phi3-mini-4k-instruct"
 
 
-def build_tiny_phi3(dest: Path, seed: int = 0) -> Path:
+def build_tiny_phi3(dest: Path, seed: int = 0, hidden: int = 64) -> Path:
     """Write a Phi-3 checkpoint folder (config, random weights, real tokenizer) to ``dest``."""
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
@@ -17,8 +17,8 @@ def build_tiny_phi3(dest: Path, seed: int = 0) -> Path:
     real = json.loads((FIXTURE / "config.json").read_text())
     for key in ("auto_map", "_name_or_path", "transformers_version", "torch_dtype"):
         real.pop(key, None)
-    real.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                intermediate_size=128, max_position_embeddings=4096, original_max_position_embeddings=4096)
+    real.update(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                intermediate_size=2 * hidden, max_position_embeddings=4096, original_max_position_embeddings=4096)
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(Phi3Config(**real))
     dest.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,210 @@
+"""The Hub end to end against the stand-in: dataset by ID -> train -> push -> chat from the pushed repo; retries,
+late pushes, checkpoints on the Hub, access checks and secrets."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import QA_PAIRS, memorise_config
+from tinymodel import build_tiny_phi3
+
+from phi3space import cli, data
+from phi3space.config import DataConfig
+from phi3space.errors import DataError, ModelError, register_secret, scrub
+from phi3space.events import read_events
+from phi3space.push import push_run
+
+CANARY = "hf_CanaryToken0123456789abcdefghijklmnopq"
+BOB = "hf_BobToken0123456789abcdefghijklmnopqrstu"
+
+
+def qa_jsonl() -> str:
+    return "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QA_PAIRS)
+
+
+def cli_env(token=CANARY):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PHI3SPACE_RETRY_BASE_S": "0.05"}
+    env.pop("HF_TOKEN", None)
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def run_cli(*args, token=CANARY, timeout=300):
+    return subprocess.run([sys.executable, "-m", "phi3space", *args], capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(token))
+
+
+def write_config(path, cfg):
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def alice(hub):
+    hub.add_user("alice", CANARY, orgs=("alice-lab",))
+    hub.add_user("bob", BOB)
+    hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl()}, repo_type="dataset", private=True)
+    return hub
+
+
+def files_containing(root, needle: bytes):
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = memorise_config(tiny_model, "alice/qa", run_dir, output__push_to="auto")
+    result = run_cli("train", str(write_config(tmp_path / "run.yaml", cfg)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    repo_id = f"alice/{tiny_model.name.lower()}-qa-lora"
+    assert f"pushed adapter to {alice.url}/{repo_id}" in result.stdout
+
+    commits = alice.commits(repo_id)
+    assert len(commits) == 1 and commits[0]["token"] == CANARY and commits[0]["branch"] == "main"
+    assert alice.repo(repo_id)["private"] is True
+    pushed = alice.files(repo_id)
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "config.yaml", "loss_curve.png",
+            "tokenizer.json"} <= set(pushed)
+    assert not any(p.startswith("checkpoint-") or p == "events.jsonl" for p in pushed)
+    card = pushed["README.md"].decode()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "peft" and front["pipeline_tag"] == "text-generation"
+    assert {"lora", "sft", "trl", "phi3"} <= set(front["tags"]) and front["datasets"] == ["alice/qa"]
+    assert f'PeftModel.from_pretrained(base, "{repo_id}")' in card and "best eval loss" in card
+    assert yaml.safe_load(pushed["config.yaml"])["output"]["push_to"] == repo_id  # the run can be repeated from it
+
+    push = next(e for e in read_events(run_dir)[0] if e["type"] == "push")
+    assert push["repo_id"] == repo_id and push["commit"] == commits[0]["oid"] and push["url"].endswith(repo_id)
+
+    question, answer = QA_PAIRS[1]
+    chat = run_cli("chat", "--adapter", repo_id, "--prompt", question)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert chat.stdout.strip() == answer
+
+    # The token is nowhere: run folder, events, logs, pushed files.
+    needle = CANARY.encode()
+    assert files_containing(run_dir, needle) == []
+    assert CANARY not in result.stdout + result.stderr + chat.stdout + chat.stderr
+    assert not any(needle in content for content in pushed.values())
+
+
+def test_push_is_refused_before_training_without_access(alice, tiny_model, tmp_path, monkeypatch, capsys):
+    cfg_path = write_config(tmp_path / "run.yaml", memorise_config(tiny_model, "alice/qa", tmp_path / "run",
+                                                                   output__push_to="bob/stolen"))
+    cases = [(CANARY, "cannot push to bob/stolen: 'bob' is not your account (alice)"),
+             (None, "no Hugging Face token"),
+             ("hf_NotAKnownToken0123456789abcdefghijkl", "token was refused (401")]
+    for token, expected in cases:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        if token:
+            monkeypatch.setenv("HF_TOKEN", token)
+        assert cli.main(["train", str(cfg_path)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "hint:" in err
+        assert not any(e["type"] == "run_started" for e in read_events(tmp_path / "run")[0])  # nothing was loaded
+    assert alice.repo("bob/stolen") is None
+    monkeypatch.setenv("HF_TOKEN", CANARY)  # an organisation the user belongs to is fine
+    assert cli.main(["train", str(cfg_path), "--set", "output.push_to=alice-lab/ok", "--set", "training.max_steps=1",
+                     "--set", f"output.dir={tmp_path}/run2"]) == 0
+    assert alice.commits("alice-lab/ok")[0]["token"] == CANARY
+
+
+def test_a_commit_that_fails_twice_is_retried_and_lands(alice, trained_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.01")
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    alice.fail_next(2, status=500, path_contains="/commit/")
+    result = push_run(run_dir, "alice/retried", token=CANARY)
+    commit_posts = [r for r in alice.requests if r.method == "POST" and "/commit/" in r.path]
+    assert len(commit_posts) == 3
+    assert [c["oid"] for c in alice.commits("alice/retried")] == [result["commit"]]
+
+
+def test_server_gone_keeps_the_adapter_and_push_delivers_later(alice, tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = memorise_config(tiny_model, "alice/qa", run_dir, output__push_to="alice/late", training__max_steps=60)
+    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(write_config(tmp_path / "r.yaml", cfg))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(e["type"] == "run_started" for e in read_events(run_dir)[0]):
+        time.sleep(0.1)
+    alice.down = True  # the dataset is loaded; the Hub goes away before the push
+    out, err = proc.communicate(timeout=300)
+    alice.down = False
+    assert proc.returncode == 2, err[-3000:]
+    assert "the adapter is kept in" in err and f"python -m phi3space push {run_dir}" in err and "Traceback" not in err
+    events = read_events(run_dir)[0]
+    error = next(e for e in events if e["type"] == "error")
+    assert error["kind"] == "hub" and events[-1]["status"] == "failed" and events[-1]["adapter"] == str(run_dir)
+    assert (run_dir / "adapter_model.safetensors").exists() and alice.repo("alice/late") is None
+
+    later = run_cli("push", str(run_dir))
+    assert later.returncode == 0, later.stderr[-3000:]
+    assert "pushed" in later.stdout and "alice/late" in later.stdout
+    assert "adapter_model.safetensors" in alice.files("alice/late")
+    assert alice.commits("alice/late")[0]["token"] == CANARY
+
+
+def test_resume_from_hub_checkpoints_after_the_run_folder_is_gone(alice, tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = memorise_config(tiny_model, "alice/qa", run_dir, output__push_to="alice/ckpt", output__push_checkpoints=True,
+                          training__max_steps=30, training__save_steps=2, training__logging_steps=1)
+    cfg_path = write_config(tmp_path / "r.yaml", cfg)
+    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(e.get("what") == "checkpoint-4" for e in read_events(run_dir)[0]):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # a Space restarting without persistent storage
+    proc.wait()
+    branch_files = alice.files("alice/ckpt", revision="checkpoints")
+    pushed_steps = sorted({int(f.split("/")[0].split("-")[1]) for f in branch_files})
+    assert 4 in pushed_steps and "adapter_model.safetensors" not in alice.files("alice/ckpt")  # main untouched
+    shutil.rmtree(run_dir)
+
+    result = run_cli("train", str(cfg_path), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = read_events(run_dir)[0]
+    started = next(e for e in events if e["type"] == "run_started")
+    newest = pushed_steps[-1]
+    assert started["resumed_from"].endswith(f"checkpoint-{newest}")
+    steps = [e["step"] for e in events if e["type"] == "progress"]
+    assert steps[0] == newest + 1 and steps[-1] == 30 and events[-1]["status"] == "completed"
+    assert "adapter_model.safetensors" in alice.files("alice/ckpt")
+
+
+def test_private_gated_and_missing_datasets_say_which(alice):
+    alice.add_repo("carol/gated", {"data/train.jsonl": qa_jsonl()}, repo_type="dataset", gated=True)
+    with pytest.raises(DataError) as info:
+        data.prepare(DataConfig(dataset="alice/qa"))  # private, no token
+    assert "not found (or it is private)" in info.value.message and "HF_TOKEN" in info.value.hint
+    with pytest.raises(DataError) as info:
+        data.prepare(DataConfig(dataset="carol/gated"), token=BOB)
+    assert "gated" in info.value.message and "accept the terms" in info.value.hint
+    with pytest.raises(DataError, match="was not found"):
+        data.prepare(DataConfig(dataset="nobody/nothing"), token=CANARY)
+    train, _, report = data.prepare(DataConfig(dataset="alice/qa", eval_fraction=0), token=CANARY)
+    assert report.format == "prompt_completion" and len(train) == len(QA_PAIRS)
+
+
+def test_chat_refuses_an_adapter_whose_base_does_not_fit(trained_run, tmp_path):
+    from phi3space.chat import ChatEngine
+
+    other = build_tiny_phi3(tmp_path / "wider", hidden=96)
+    engine = ChatEngine(str(other))
+    with pytest.raises(ModelError) as info:
+        engine.attach(str(trained_run))
+    assert "does not fit base model" in info.value.message and "--base" in info.value.hint
+
+
+def test_secrets_are_scrubbed_from_messages():
+    assert CANARY not in scrub(f"401 Client Error for url ...?token={CANARY}")
+    assert scrub("Authorization: Bearer abcdefghijklmnop") == "Authorization: Bearer ***"
+    register_secret("oauth-visitor-secret-value")
+    assert scrub("failed with oauth-visitor-secret-value") == "failed with ***"
