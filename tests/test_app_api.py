@@ -2,40 +2,24 @@
 isolation with OAuth tokens (the Hub stand-in records whose token made each commit)."""
 
 import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import memorise_config, write_qa_jsonl
+from ui_app import running_app
 
 gradio_client = pytest.importorskip("gradio_client")
 
 FINAL = ("completed", "failed", "cancelled")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """The app launched once for the module, on a free port, with its own data folder."""
-    from phi3space.jobs import JobRunner
-    from phi3space.ui import build_app, services
-
-    runner = JobRunner(tmp_path_factory.mktemp("app-data"), slots=1, grace_s=30, poll_s=0.2, space=False)
-    services.set_runner(runner)
-    demo = build_app()
-    demo.queue(default_concurrency_limit=4)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
-    yield url, runner
-    demo.close()
-    runner.shutdown()
-    services.set_runner(None)
+    with running_app(tmp_path_factory.mktemp("app-data")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,9 @@ class Follower:
 
         rows = [(e["step"], e["loss"], "train") for e in self.events if e["type"] == "progress" and e.get("loss") is not None]
         rows += [(e["step"], e["eval_loss"], "eval") for e in self.events if e["type"] == "eval" and e.get("eval_loss") is not None]
-        return pd.DataFrame(rows, columns=["step", "loss", "split"])
+        frame = pd.DataFrame(rows, columns=["step", "loss", "split"])
+        # typed even when empty: the chart keeps the axis types of its first value
+        return frame.astype({"step": "int64", "loss": "float64", "split": "str"})
 
     def log_text(self, job: Job | None = None, lines: int = 200) -> str:
         """Readable lines, one per event; after a crash, the tail of the process output too."""

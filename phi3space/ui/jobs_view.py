@@ -65,7 +65,9 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
         return (follower, seen) + (gr.skip(),) * 6
     summary = follower.summary()
     html = progress_html(job, summary, runner.queue_position(job.id) if job else None)
-    plot = follower.loss_frame() if new or changed else gr.skip()
+    frame = follower.loss_frame()
+    # An empty frame would fix the chart's colour scale with no series (and no line would show later).
+    plot = (frame if len(frame) else None) if new or changed else gr.skip()
     log = follower.log_text(job) if new or changed else gr.skip()
     table = _rows(jobs) if changed else gr.skip()
     picker = gr.Dropdown(choices=_choices(jobs), value=follower.job_id) if changed else gr.skip()

@@ -30,6 +30,12 @@ class TrainTab:
 
 
 def _component(spec: forms.FieldSpec):
+    component = _make(spec)
+    component.elem_id = spec.key.replace(".", "-")  # stable hooks for the browser test
+    return component
+
+
+def _make(spec: forms.FieldSpec):
     info = spec.help
     if spec.key == "model.base":
         return gr.Dropdown(forms.BASE_MODELS, value=spec.default, label="Base model", info=info, allow_custom_value=True)
@@ -39,6 +45,8 @@ def _component(spec: forms.FieldSpec):
         return gr.Textbox(label="Dataset", info=info, placeholder="user/dataset, or upload a file →")
     if spec.key == "output.push_to":
         return gr.Textbox(label="Destination repo", info=info + " Empty: keep the adapter here only.", placeholder="you/my-adapter")
+    if spec.key == "output.private":
+        return gr.Checkbox(value=spec.default, label="Private repo", info=info)
     if spec.kind == "choice":
         return gr.Dropdown(list(spec.choices), value=spec.default, label=spec.label, info=info)
     if spec.kind == "bool":
@@ -120,13 +128,13 @@ def build(follower: gr.State) -> TrainTab:
             fields["data.dataset"] = _component(specs["data.dataset"])
         with gr.Column(scale=2):
             upload = gr.File(label="…or upload a data file", file_types=[".jsonl", ".json", ".csv", ".parquet"], height=90)
-        inspect_btn = gr.Button("Inspect", scale=1)
+        inspect_btn = gr.Button("Inspect", scale=1, elem_id="inspect")
     with gr.Accordion("Dataset inspection", open=False) as inspect_box:
         report = gr.Markdown()
         with gr.Row():
             histogram = gr.BarPlot(x="tokens", y="rows", label="Tokens per row", height=220)
             example = gr.HighlightedText(label="One example (highlighted: the tokens the model is trained on)",
-                                         color_map={"trained": "green"}, combine_adjacent=True)
+                                         color_map={"trained": "green"}, combine_adjacent=True, elem_id="example")
     inspection = gr.State(None)
     with gr.Row():
         fields["model.base"] = _component(specs["model.base"])
@@ -141,12 +149,13 @@ def build(follower: gr.State) -> TrainTab:
                 fields[key] = _component(specs[key])
     with gr.Row():
         fields["output.push_to"] = _component(specs["output.push_to"])
-        fields["output.private"] = gr.Checkbox(value=True, label="Private repo", info=specs["output.private"].help)
-    with gr.Accordion("Config file (YAML)", open=False):
+        fields["output.private"] = _component(specs["output.private"])
+    with gr.Accordion("Config file (YAML)", open=False, elem_id="config-accordion"):
         with gr.Row():
-            yaml_upload = gr.File(label="Load a config file into the form", file_types=[".yaml", ".yml"], height=90)
+            yaml_upload = gr.File(label="Load a config file into the form", file_types=[".yaml", ".yml"], height=90,
+                                  elem_id="config-upload")
             download = gr.DownloadButton("Download config.yaml")
-        yaml_preview = gr.Code(language="yaml", label="Config preview", interactive=False)
+        yaml_preview = gr.Code(language="yaml", label="Config preview", interactive=False, elem_id="config-preview")
     plan_md = gr.Markdown("Steps: press **Inspect** to count the rows.", elem_id="plan")
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="start")

@@ -1,0 +1,31 @@
+"""Launch the web app in-process on a free port, with its own job runner and data folder (for the app tests)."""
+
+import contextlib
+import socket
+
+from phi3space.jobs import JobRunner
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(data_dir, **runner_kw):
+    """Yields (url, runner); closes the server and ends the runner's jobs afterwards."""
+    from phi3space.ui import build_app, services
+
+    runner_kw = {"slots": 1, "grace_s": 30, "poll_s": 0.2, "space": False, **runner_kw}
+    runner = JobRunner(data_dir, **runner_kw)
+    services.set_runner(runner)
+    demo = build_app()
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        yield url, runner
+    finally:
+        demo.close()
+        runner.shutdown()
+        services.set_runner(None)
