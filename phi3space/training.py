@@ -129,7 +129,7 @@ def build_sft_config(cfg: RunConfig, hw: Hardware, has_eval: bool, chat: bool):
         bf16=hw.bf16,
         fp16=hw.fp16,
         use_cpu=hw.device == "cpu",
-        gradient_checkpointing=t.gradient_checkpointing and hw.device == "cuda",
+        activation_checkpointing=t.gradient_checkpointing and hw.device == "cuda",
         packing=t.packing,
         assistant_only_loss=chat,
         report_to="none",
