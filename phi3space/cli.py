@@ -17,8 +17,10 @@ from .errors import Cancelled, Phi3SpaceError
 
 def _quiet_libraries() -> None:
     """Our progress lines replace the libraries' progress bars and warnings."""
+    import logging
     import warnings
 
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "kernels package missing" on CPU: harmless
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
     import datasets
@@ -85,7 +87,13 @@ def cmd_train(args) -> int:
     _quiet_libraries()
     from .training import train
 
-    run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=_print_event)
+    try:
+        run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=_print_event)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # under accelerate launch / torchrun
+            dist.destroy_process_group()
     print(f"done: {run_dir}")
     return 0
 

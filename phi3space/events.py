@@ -37,7 +37,7 @@ class EventWriter:
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
-        if self.echo is not None:
+        if self.echo is not None and self.enabled:  # one progress line per run, not one per process
             self.echo(json.loads(line))
         return event
 
