@@ -78,6 +78,15 @@ def test_train_watch_and_chat_in_the_browser(browser, tiny_model, tmp_path):
         page.locator("#chat-message textarea").fill("What colour is a snarkle?")
         page.locator("#chat-send").click()
         expect(page.locator("#chat-adapter-replies")).to_contain_text("Bright teal.", timeout=60_000)
+
+        # Compare mode, in a fresh conversation: the same question to the base model, side by side.
+        page.locator("#chat-clear").click()
+        page.get_by_label("Compare with the base model").check()
+        page.locator("#chat-message textarea").fill("How many legs does a drobble have?")
+        page.locator("#chat-send").click()
+        expect(page.locator("#chat-adapter-replies")).to_contain_text("Seven.", timeout=60_000)
+        expect(page.locator("#chat-base-replies")).to_contain_text("How many legs does a drobble have?")
+        expect(page.locator("#chat-base-replies .message.bot, #chat-base-replies [data-testid=bot]").first).to_be_visible(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "4-chat.png"), full_page=True)
 
         # Reloading the page reattaches to the visitor's runs.

@@ -2,7 +2,6 @@
 so that the queue, Stop, status decisions, recovery and token handling are checked in seconds."""
 
 import json
-import os
 import signal
 import sys
 import time

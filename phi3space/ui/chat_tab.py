@@ -73,7 +73,7 @@ def build() -> ChatTab:
     with gr.Row():
         message = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5, elem_id="chat-message")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-        clear = gr.Button("Clear", scale=1)
+        clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
     inputs = [adapter, system, max_new_tokens, temperature, top_p, compare, message, chatbot, base_chatbot]
     outputs = [chatbot, base_chatbot, message]
     gr.on([send.click, message.submit], respond, inputs, outputs)
