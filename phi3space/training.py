@@ -157,6 +157,10 @@ def build_trainer(cfg: RunConfig, token: str | None = None, callbacks=()):
     tokenizer = load_tokenizer(cfg.model.base, token)
     data_mod.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
     hw = detect_hardware(cfg.model.attn_implementation)
+    if cfg.training.packing and hw.attn_implementation != "flash_attention_2":
+        # Packed rows share one sequence; only flash-attention's varlen kernels keep them from attending to each other.
+        raise ConfigError([f"training.packing: needs flash_attention_2, but this machine uses {hw.attn_implementation}"],
+                          "Set training.packing: false, or install flash-attn on an Ampere or newer GPU.")
     model = load_model(cfg.model.base, cfg.model.method, hw, token, cfg.training.gradient_checkpointing)
     chat = "messages" in train_ds.column_names
     trainer = SFTTrainer(model=model, args=build_sft_config(cfg, hw, eval_ds is not None, chat),

@@ -162,6 +162,8 @@ def test_each_bad_input_gets_its_own_message(tiny_model, tmp_path, capsys):
     cases.append((["train", str(write_config(tmp_path / "c4.yaml", good)), "--set", f"model.base={not_phi}",
                    "--set", f"output.dir={tmp_path}/r4"], "'gpt2' model; phi3space trains Phi-3"))
     cases.append((["train", str(write_config(tmp_path / "c5.yaml", good)), "--resume"], "no checkpoint-* folder"))
+    cases.append((["train", str(write_config(tmp_path / "c6.yaml", good)), "--set", "training.packing=true",
+                   "--set", f"output.dir={tmp_path}/r6"], "training.packing: needs flash_attention_2"))
     cases.append((["chat", "--adapter", str(tmp_path / "no-such-run"), "--prompt", "hi"], "adapter not found"))
     cases.append((["inspect", str(tmp_path / "odd.jsonl")], "could not recognise the dataset format"))
 
