@@ -118,3 +118,12 @@ def test_visitors_see_and_cancel_only_their_own_jobs(app, hub, tiny_model, qa, t
     if not commits:
         pytest.skip("the trainer does not push yet (output.push_to); the visitor's token reached it only via env HF_TOKEN")
     assert {c["token"] for c in commits} == {"tok-alice-0123456789"}
+
+
+def test_mistakes_come_back_as_readable_messages(app):
+    url, _ = app
+    c = client(url)
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"training.lora_r: unknown setting[\s\S]*Hint"):
+        c.predict("data: {dataset: x}\ntraining: {lora_r: 3}", api_name="/submit_job")
+    with pytest.raises(gradio_client.exceptions.AppError, match="no job 'nope'"):
+        c.predict("nope", api_name="/job_status")

@@ -18,6 +18,7 @@ POLL_S = 1.0
 
 def build_app() -> gr.Blocks:
     from . import api, chat_tab, jobs_view, train_tab
+    from .common import UI_ONLY
 
     with gr.Blocks(title="phi3space") as demo:
         with gr.Row():
@@ -36,10 +37,11 @@ def build_app() -> gr.Blocks:
                 chat = chat_tab.build()
         api.build()
 
-        demo.load(jobs_view.poll, [follower, gr.State(None)], jobs.outputs)
-        demo.load(train_tab.default_push_to, train.push_to, train.push_to)
-        demo.load(chat_tab.refresh_choices, chat.adapter, chat.adapter)
-        jobs.chat_button.click(open_in_chat, [jobs.follower], [chat.adapter, tabs])
+        # Page load (and reload, on any device): follow the visitor's newest job again.
+        demo.load(jobs_view.poll, [follower, gr.State(None)], jobs.outputs, api_visibility=UI_ONLY)
+        demo.load(train_tab.default_push_to, train.push_to, train.push_to, api_visibility=UI_ONLY)
+        demo.load(chat_tab.refresh_choices, chat.adapter, chat.adapter, api_visibility=UI_ONLY)
+        jobs.chat_button.click(open_in_chat, [jobs.follower], [chat.adapter, tabs], api_visibility=UI_ONLY)
     return demo
 
 

@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..jobs import on_space
 from .chat_service import build_messages, resolve_for_visitor, stream_reply
-from .common import user_errors
+from .common import UI_ONLY, user_errors
 from .services import get_runner, identify
 
 
@@ -76,8 +76,8 @@ def build() -> ChatTab:
         clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
     inputs = [adapter, system, max_new_tokens, temperature, top_p, compare, message, chatbot, base_chatbot]
     outputs = [chatbot, base_chatbot, message]
-    gr.on([send.click, message.submit], respond, inputs, outputs)
-    compare.change(lambda on: gr.Chatbot(visible=on), compare, base_chatbot)
-    clear.click(lambda: ([], []), None, [chatbot, base_chatbot])
-    adapter.focus(refresh_choices, adapter, adapter, show_progress="hidden")
+    gr.on([send.click, message.submit], respond, inputs, outputs, api_visibility=UI_ONLY)
+    compare.change(lambda on: gr.Chatbot(visible=on), compare, base_chatbot, api_visibility=UI_ONLY)
+    clear.click(lambda: ([], []), None, [chatbot, base_chatbot], api_visibility=UI_ONLY)
+    adapter.focus(refresh_choices, adapter, adapter, show_progress="hidden", api_visibility=UI_ONLY)
     return ChatTab(adapter)

@@ -9,6 +9,9 @@ import gradio as gr
 
 from ..errors import Phi3SpaceError
 
+# Page events are not API endpoints: the API is /submit_job, /job_status, /cancel_job and /chat (api.py).
+UI_ONLY = "private"
+
 
 def as_gr_error(exc: Phi3SpaceError) -> gr.Error:
     text = exc.message + (f"\n\nHint: {exc.hint}" if exc.hint else "")

@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..errors import AuthError
 from ..jobs import FINAL, Job
-from .common import user_errors
+from .common import UI_ONLY, user_errors
 from .follow import Follower, progress_html
 from .services import get_runner, identify
 
@@ -112,7 +112,7 @@ def build(timer: gr.Timer, follower: gr.State) -> JobsView:
     picker = gr.Dropdown(label="Follow job", choices=[], interactive=True)
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True)
     outputs = [follower, seen, progress, plot, log, table, picker, stop_btn]
-    timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False)
-    picker.input(pick, [picker, follower], [follower, seen])
-    stop_btn.click(stop, follower, None)
+    timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
+    picker.input(pick, [picker, follower], [follower, seen], api_visibility=UI_ONLY)
+    stop_btn.click(stop, follower, None, api_visibility=UI_ONLY)
     return JobsView(follower, picker, chat_btn, outputs)

@@ -16,7 +16,7 @@ from .. import config as config_mod
 from ..errors import Phi3SpaceError
 from ..jobs import on_space
 from . import forms
-from .common import user_errors
+from .common import UI_ONLY, user_errors
 from .follow import Follower
 from .services import check_inputs_allowed, get_runner, identify
 
@@ -162,10 +162,10 @@ def build(follower: gr.State) -> TrainTab:
     components = [fields[key] for key in forms.FIELDS]
 
     form_inputs = [upload, *components]
-    inspect_btn.click(lambda: gr.Accordion(open=True), None, inspect_box).then(
-        inspect_click, form_inputs, [report, histogram, example, inspection, plan_md])
+    inspect_btn.click(lambda: gr.Accordion(open=True), None, inspect_box, api_visibility=UI_ONLY).then(
+        inspect_click, form_inputs, [report, histogram, example, inspection, plan_md], api_visibility=UI_ONLY)
     gr.on([c.change for c in components] + [upload.change, inspection.change], preview, [inspection, *form_inputs],
-          [yaml_preview, plan_md, download], show_progress="hidden", trigger_mode="always_last")
-    yaml_upload.upload(load_yaml, yaml_upload, components)
-    start_btn.click(start, [follower, *form_inputs], follower)
+          [yaml_preview, plan_md, download], show_progress="hidden", trigger_mode="always_last", api_visibility=UI_ONLY)
+    yaml_upload.upload(load_yaml, yaml_upload, components, api_visibility=UI_ONLY)
+    start_btn.click(start, [follower, *form_inputs], follower, api_visibility=UI_ONLY)
     return TrainTab(components, upload, fields["output.push_to"], start_btn)
