@@ -6,6 +6,7 @@ temperature above 0 is given.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -25,14 +26,23 @@ def resolve_adapter(ref: str, token: str | None = None) -> Path:
         return path
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
         raise ModelError(f"adapter not found: {ref}", "Give a run folder (runs/NAME) or a Hub repo ID (user/name).")
-    from huggingface_hub import errors as hub_errors
     from huggingface_hub import snapshot_download
 
     from .hub import check_read_access
 
-    try:
+    def download() -> Path:
         check_read_access(ref, "model", token)
         return Path(snapshot_download(ref, token=token, allow_patterns=["adapter_*", "tokenizer*", "*.jinja", "config.yaml"]))
+
+    return _hub_access(download, ref)
+
+
+def _hub_access(fn, ref: str):
+    """Run a Hub call for adapter ``ref``, turning refusals into ModelError."""
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        return fn()
     except hub_errors.GatedRepoError:
         raise ModelError(f"adapter repo {ref} is gated", "Accept its terms on the Hub and sign in.") from None
     except hub_errors.RepositoryNotFoundError:
@@ -46,7 +56,8 @@ def adapter_base(adapter_dir: Path) -> str:
 
 
 def adapter_name(ref: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", ref)[-60:] or "adapter"
+    """A peft adapter name for ``ref``: readable, and distinct for distinct refs."""
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', ref)[-40:]}_{hashlib.sha1(ref.encode()).hexdigest()[:8]}"
 
 
 class ChatEngine:
@@ -58,8 +69,7 @@ class ChatEngine:
 
         from .modeling import _hub_failure, check_base
 
-        self.base = base
-        self.token = token
+        self.base = base  # the token loads the base only: the engine is shared and keeps no one's token
         hw = detect_hardware()
         check_base(base, token)
         self.tokenizer = load_tokenizer(base, token)
@@ -73,12 +83,16 @@ class ChatEngine:
         self.stop_ids = stop_token_ids(self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time: the active adapter is model-wide state
 
-    def attach(self, ref: str) -> str:
-        """Load an adapter (run folder or Hub repo) under a name; already attached ones are reused."""
+    def attach(self, ref: str, token: str | None = None) -> str:
+        """Load an adapter (run folder, or Hub repo read with the caller's ``token``) under a name; reused after."""
         name = adapter_name(ref)
         if name in self.adapters:
+            if not Path(ref).expanduser().is_dir():  # attached for someone else: this caller must be allowed too
+                from .hub import check_read_access
+
+                _hub_access(lambda: check_read_access(ref, "model", token), ref)
             return name
-        path = resolve_adapter(ref, self.token)
+        path = resolve_adapter(ref, token)
         from peft import PeftModel
 
         with self._lock:
@@ -94,11 +108,11 @@ class ChatEngine:
         return name
 
     def stream(self, messages: list[dict], adapter: str | None = None, max_new_tokens: int = 256,
-               temperature: float = 0.0, top_p: float = 1.0) -> Iterator[str]:
+               temperature: float = 0.0, top_p: float = 1.0, token: str | None = None) -> Iterator[str]:
         """Yield the reply's text as it grows (each item is the text so far). ``adapter`` None = the base model."""
         from transformers import TextIteratorStreamer
 
-        name = self.attach(adapter) if adapter else None
+        name = self.attach(adapter, token) if adapter else None
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -43,7 +43,8 @@ def format_event(e: dict) -> str | None:
     """One readable line per event, or None for events the CLI does not print."""
     kind = e["type"]
     if kind == "progress":
-        parts = [f"step {e['step']}/{e.get('max_steps') or '?'}", f"epoch {e.get('epoch', 0):.2f}", f"loss {e['loss']:.4f}"]
+        parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}", f"epoch {e.get('epoch') or 0:.2f}",
+                 f"loss {e.get('loss') or float('nan'):.4f}"]
         if e.get("learning_rate") is not None:
             parts.append(f"lr {e['learning_rate']:.2e}")
         if e.get("grad_norm") is not None:
@@ -53,21 +54,21 @@ def format_event(e: dict) -> str | None:
         parts.append(f"eta {_fmt_time(e.get('eta_s'))}")
         return " | ".join(parts)
     if kind == "eval":
-        return f"eval  step {e['step']} | eval_loss {e['eval_loss']:.4f} | perplexity {e.get('perplexity')}"
+        return f"eval  step {e.get('step')} | eval_loss {e.get('eval_loss') or float('nan'):.4f} | perplexity {e.get('perplexity')}"
     if kind == "run_started":
         d = e.get("dataset", {})
         resumed = f" (resumed from {e['resumed_from']})" if e.get("resumed_from") else ""
         return (f"run started{resumed}: {e.get('hardware')} | {d.get('format')} data, {d.get('train_rows')} train rows, "
-                f"{d.get('eval_rows')} eval rows | {e['trainable_params']:,} trainable params "
-                f"({e['trainable_pct']:.3f}%) | {e.get('max_steps')} steps")
+                f"{d.get('eval_rows')} eval rows | {e.get('trainable_params') or 0:,} trainable params "
+                f"({e.get('trainable_pct') or 0:.3f}%) | {e.get('max_steps')} steps")
     if kind == "checkpoint":
-        return f"checkpoint saved: {e['path']}"
+        return f"checkpoint saved: {e.get('path')}"
     if kind == "push":
         return f"pushed {e.get('what', 'adapter')} to {e.get('url')} (commit {str(e.get('commit'))[:10]})"
     if kind == "run_finished":
         m = e.get("metrics") or {}
         loss = f", eval_loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else ""
-        return f"run {e['status']} at step {e.get('step')}{loss}; adapter: {e.get('adapter') or 'none'}"
+        return f"run {e.get('status')} at step {e.get('step')}{loss}; adapter: {e.get('adapter') or 'none'}"
     if kind == "log":
         return e.get("message")
     return None
@@ -136,7 +137,7 @@ def cmd_chat(args) -> int:
     def answer(prompt: str) -> None:
         history.append({"role": "user", "content": prompt})
         shown = ""
-        for text in engine.stream(history, args.adapter, **kw):
+        for text in engine.stream(history, args.adapter, token=token, **kw):
             sys.stdout.write(text[len(shown):])
             sys.stdout.flush()
             shown = text

@@ -193,6 +193,20 @@ def test_private_gated_and_missing_datasets_say_which(alice):
     assert report.format == "prompt_completion" and len(train) == len(QA_PAIRS)
 
 
+def test_a_cached_private_adapter_stays_private(alice, trained_run, tmp_path):
+    """One engine serves every visitor: an adapter attached for its owner must not answer someone else."""
+    from phi3space.chat import ChatEngine, adapter_base
+
+    push_run(shutil.copytree(trained_run, tmp_path / "run"), "alice/private-adapter", token=CANARY)
+    engine = ChatEngine(adapter_base(trained_run))
+    question, answer = QA_PAIRS[0]
+    ask = [{"role": "user", "content": question}]
+    assert engine.reply(ask, adapter="alice/private-adapter", token=CANARY) == answer
+    for stranger in (BOB, None):
+        with pytest.raises(ModelError, match="not found \\(or it is private\\)"):
+            engine.reply(ask, adapter="alice/private-adapter", token=stranger)
+
+
 def test_chat_refuses_an_adapter_whose_base_does_not_fit(trained_run, tmp_path):
     from phi3space.chat import ChatEngine
 

@@ -50,7 +50,7 @@ def test_run_folder_and_events(trained_run):
     assert started["dataset"]["format"] == "messages" and started["dataset"]["train_rows"] == 4
     progress = [e for e in events if e["type"] == "progress"]
     assert {"step", "max_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s"} <= set(progress[-1])
-    assert progress[-1]["step"] == 40 and progress[-1]["loss"] < progress[0]["loss"]
+    assert progress[-1]["step"] == 40 and progress[-1]["loss"] < 0.3 * progress[0]["loss"]  # it learned
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == [20, 40]
     finished = events[-1]
     assert finished["type"] == "run_finished" and finished["status"] == "completed"
