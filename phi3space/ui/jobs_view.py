@@ -17,7 +17,7 @@ from .common import UI_ONLY, user_errors
 from .follow import Follower, progress_html
 from .services import get_runner, identify
 
-TABLE_COLUMNS = ["job", "name", "status", "steps", "loss", "eval loss", "adapter / repo", "submitted"]
+TABLE_COLUMNS = ["job", "name", "status", "steps", "loss", "eval_loss", "adapter / repo", "submitted"]
 
 
 @dataclass
@@ -37,9 +37,8 @@ def _rows(jobs: list[Job]) -> list[list]:
     rows = []
     for job in reversed(jobs):
         s = runner.state(job)
-        loss = (s["metrics"] or {}).get("train_loss") if job.status in FINAL else s["loss"]
         fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""  # noqa: E731
-        rows.append([job.id, job.name, job.status, f"{s['step']}/{s['max_steps'] or '?'}", fmt(loss),
+        rows.append([job.id, job.name, job.status, f"{s['step']}/{s['max_steps'] or '?'}", fmt(s["loss"]),  # last logged
                      fmt((s["metrics"] or {}).get("eval_loss", s["eval_loss"])), s["repo_url"] or s["adapter"] or "",
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created))])
     return rows
