@@ -126,14 +126,12 @@ def check_push_access(push_to: str, token: str | None, auto_name: str) -> str:
 
 
 def base_license(base: str, token: str | None) -> str | None:
-    """The base model's licence from its Hub card, for the adapter's card (None when unknown or local)."""
+    """The base model's licence from its Hub model card, for the adapter's card (None when unknown or local)."""
     if "/" not in base or os.path.exists(os.path.expanduser(base)):
         return None
-    from huggingface_hub import HfApi
+    from huggingface_hub import ModelCard
 
     try:
-        info = HfApi().model_info(base, token=token)
+        return ModelCard.load(base, token=token).data.license
     except Exception:  # the licence is a nicety; a push must not fail for it
         return None
-    card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
-    return getattr(card, "license", None) if card is not None else None

@@ -59,11 +59,14 @@ def files_containing(root, needle: bytes):
 
 
 def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_path):
+    """Base model and dataset by Hub ID -> train -> push -> chat from the pushed repo (base taken from the adapter)."""
+    base_files = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()}
+    alice.add_repo("acme/tiny-phi3", {**base_files, "README.md": "---\nlicense: mit\n---\n# tiny\n"})
     run_dir = tmp_path / "run"
-    cfg = memorise_config(tiny_model, "alice/qa", run_dir, output__push_to="auto")
+    cfg = memorise_config("acme/tiny-phi3", "alice/qa", run_dir, output__push_to="auto")
     result = run_cli("train", str(write_config(tmp_path / "run.yaml", cfg)))
     assert result.returncode == 0, result.stderr[-3000:]
-    repo_id = f"alice/{tiny_model.name.lower()}-qa-lora"
+    repo_id = "alice/tiny-phi3-qa-lora"
     assert f"pushed adapter to {alice.url}/{repo_id}" in result.stdout
 
     commits = alice.commits(repo_id)
@@ -77,6 +80,7 @@ def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "peft" and front["pipeline_tag"] == "text-generation"
     assert {"lora", "sft", "trl", "phi3"} <= set(front["tags"]) and front["datasets"] == ["alice/qa"]
+    assert front["base_model"] == "acme/tiny-phi3" and front["license"] == "mit"
     assert f'PeftModel.from_pretrained(base, "{repo_id}")' in card and "best eval loss" in card
     assert yaml.safe_load(pushed["config.yaml"])["output"]["push_to"] == repo_id  # the run can be repeated from it
 

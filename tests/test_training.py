@@ -188,3 +188,13 @@ def test_inspect_prints_the_report(tmp_path, capsys, tiny_model):
     assert "format: messages" in out and "rows: 5 read, 4 kept, 1 dropped" in out and "dropped 1: broken JSON line" in out
     assert "tokens per row: min" in out and "longer than max_length 16: 100.0%" in out
     assert "<|assistant|>[[" in out
+
+
+def test_out_of_memory_is_a_message_with_a_hint():
+    import torch
+
+    cfg = config.from_dict({"data": {"dataset": "x.jsonl"}})
+    err = training._as_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), cfg)
+    assert err.kind == "oom" and "ran out of memory" in err.message
+    assert "batch_size" in err.hint and "qlora" in err.hint and "max_length" in err.hint
+    assert training._as_oom(ValueError("shapes do not match"), cfg) is None  # a bug stays a bug
