@@ -150,7 +150,7 @@ def cmd_chat(args) -> int:
     print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
     while True:
         try:
-            prompt = input("> ")
+            prompt = input("> " if sys.stdin.isatty() else "")  # piped input gets replies only
         except EOFError:
             return 0
         if not prompt.strip():

@@ -88,18 +88,33 @@ def test_cli_train_prints_progress_and_chat_answers(tiny_model, tmp_path):
     chat = run_cli("chat", "--adapter", str(tmp_path / "run"), "--prompt", question)
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert chat.stdout.strip() == answer
+    # Without --prompt: an interactive loop on stdin (an empty line ends it).
+    loop = subprocess.run([sys.executable, "-m", "phi3space", "chat", "--adapter", str(tmp_path / "run")],
+                          input=f"{QA_PAIRS[0][0]}\n\n", capture_output=True, text=True, timeout=300)
+    assert loop.returncode == 0, loop.stderr[-2000:]
+    assert loop.stdout.strip() == QA_PAIRS[0][1]
 
 
-def test_qlora_trains_and_saves(tiny_model, tmp_path):
-    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+def test_qlora_trains_evaluates_and_saves(tiny_model, tmp_path):
+    import math
+
+    data = write_qa_jsonl(tmp_path / "qa.jsonl", QA_PAIRS * 2)
     cfg = config.from_dict(memorise_config(tiny_model, str(data), tmp_path / "run", model__method="qlora",
-                                           training__max_steps=4, training__logging_steps=1))
+                                           data__eval_fraction=0.25, training__max_steps=4, training__logging_steps=1,
+                                           training__eval_steps=2))
     run_dir = training.train(cfg)
     events, _ = read_events(run_dir)
     assert events[-1]["status"] == "completed" and (run_dir / "adapter_model.safetensors").stat().st_size > 0
     losses = [e["loss"] for e in events if e["type"] == "progress"]
-    assert len(losses) == 4 and all(loss == loss for loss in losses)  # finite, not NaN
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
     assert json.loads((run_dir / "adapter_config.json").read_text())["r"] == 16
+    started = next(e for e in events if e["type"] == "run_started")
+    assert (started["dataset"]["train_rows"], started["dataset"]["eval_rows"]) == (6, 2)
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["step"] for e in evals][:2] == [2, 4]  # during training, then once more at the end
+    assert all(e["perplexity"] == pytest.approx(math.exp(e["eval_loss"]), rel=1e-3) for e in evals)
+    final = events[-1]["metrics"]
+    assert final["eval_loss"] == pytest.approx(evals[-1]["eval_loss"]) and final["perplexity"] > 1
 
 
 def test_stop_saves_and_resume_continues_from_the_saved_step(tiny_model, tmp_path):
