@@ -70,9 +70,8 @@ def summarize(events: list[dict]) -> dict:
                              "eta_s": None, "adapter": None, "error": None, "repo_url": None, "epoch": None}
     for e in events:
         kind = e.get("type")
-        if kind == "run_started":
-            state["status"] = "running"
-            state["max_steps"] = e.get("max_steps")
+        if kind == "run_started":  # also a resumed run: what an earlier attempt ended with no longer holds
+            state.update(status="running", max_steps=e.get("max_steps"), error=None, adapter=None)
         elif kind == "progress":
             for k in ("step", "max_steps", "loss", "eta_s", "epoch"):
                 if e.get(k) is not None:

@@ -69,6 +69,7 @@ class Job:
     metrics: dict | None = None
     adapter: str | None = None
     repo_url: str | None = None
+    resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
 
     @property
     def config_path(self) -> Path:
@@ -92,6 +93,10 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({', '.join(_COLUMNS)}, PRIMARY KEY (id))")
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column in _COLUMNS:  # a store written by an older version gains the new columns
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -132,6 +137,7 @@ class JobStore:
                 row[c] = json.loads(row[c]) if row[c] else None
             row["cancel_requested"] = bool(row["cancel_requested"])
             row["needs_token"] = bool(row["needs_token"])
+            row["resume"] = bool(row["resume"])
             jobs.append(Job(**row))
         return jobs
 
@@ -247,6 +253,31 @@ class JobRunner:
                 self._kill_at[job_id] = time.time() + self.grace_s
         return self.get(job_id, owner)
 
+    def resume(self, job_id: str, owner: str, token: str | None = None) -> Job:
+        """Queue a failed or stopped job again; its trainer continues from the newest checkpoint (--resume).
+
+        Raises:
+            ConfigError: the job is still queued/running or finished well, or it left no checkpoint to continue from.
+        """
+        from .training import latest_checkpoint
+
+        with self._lock:
+            job = self.get(job_id, owner)
+            if job.status not in ("failed", "cancelled"):
+                raise ConfigError([f"job {job_id} is {job.status}: only a failed or stopped job can be resumed"],
+                                  "Stop it first, or start a new run.")
+            if latest_checkpoint(Path(job.run_dir)) is None:
+                raise ConfigError([f"job {job_id} saved no checkpoint to continue from"],
+                                  "Submit it again to train from the start (lower training.save_steps to save sooner).")
+            if self.space and job.push_to and not token:
+                raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+            register_secret(token)
+            self._tokens[job_id] = token
+            self.store.update(job_id, status="queued", resume=True, needs_token=bool(token), cancel_requested=False,
+                              error=None, exit_code=None, finished=None, pid=None)
+            self._tick()
+        return self.get(job_id, owner)
+
     def state(self, job: Job) -> dict:
         """Status plus what the events say (step, loss, ETA, ...), for the API and the jobs list."""
         events, _ = read_events(job.run_dir)
@@ -323,8 +354,9 @@ class JobRunner:
         env = job_env(token, self.space)
         if self.slots > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
+        command = self.command(job.config_path) + (["--resume"] if job.resume else [])
         with job.log_path.open("ab") as log:
-            proc = subprocess.Popen(self.command(job.config_path), env=env, cwd=job.run_dir, stdout=log,
+            proc = subprocess.Popen(command, env=env, cwd=job.run_dir, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         proc.slot = slot  # type: ignore[attr-defined]
         self._procs[job.id] = proc

@@ -10,6 +10,8 @@ import yaml
 from conftest import memorise_config, write_qa_jsonl
 from ui_app import running_app
 
+from phi3space.events import read_events
+
 gradio_client = pytest.importorskip("gradio_client")
 
 FINAL = ("completed", "failed", "cancelled")
@@ -86,8 +88,17 @@ def test_two_jobs_queue_and_stop_ends_gracefully(app, tiny_model, qa, tmp_path):
     assert (Path(job.run_dir) / "adapter_model.safetensors").exists()
 
     wait_for(c, second, lambda s: s["status"] != "queued", timeout=30)
+    saved = s1["step"]  # Stop saved a checkpoint there: Resume continues from it, behind the running job
+    assert status(c, first)["error"] is None and (Path(job.run_dir) / f"checkpoint-{saved}").is_dir()
+    assert json.loads(c.predict(first, api_name="/resume_job"))["status"] == "queued"
     c.predict(second, api_name="/cancel_job")
     assert wait_for(c, second, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
+    wait_for(c, first, lambda s: s["status"] == "running" and s["step"] > saved, timeout=60)
+    restarted = [e for e in read_events(job.run_dir)[0] if e["type"] == "run_started"][-1]
+    assert restarted["resumed_from"].endswith(f"checkpoint-{saved}")
+    c.predict(first, api_name="/cancel_job")
+    assert wait_for(c, first, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
+
 
 
 def test_visitors_see_and_cancel_only_their_own_jobs(app, hub, tiny_model, qa, tmp_path):

@@ -16,7 +16,7 @@ from phi3space.jobs import Job, JobRunner, JobStore, decide_status, job_env
 FAKE_TRAINER = r'''
 import json, os, signal, sys, time
 from pathlib import Path
-cfg_path = Path(sys.argv[-1])
+cfg_path = Path(next(a for a in sys.argv if a.endswith(".yaml")))
 run = cfg_path.parent
 mode = [l.split(":", 1)[1].strip() for l in cfg_path.read_text().splitlines() if l.strip().startswith("dataset:")][0]
 (run / "seen.json").write_text(json.dumps({"hf_token": os.environ.get("HF_TOKEN"), "argv": sys.argv,
@@ -33,6 +33,11 @@ else:
     signal.signal(signal.SIGTERM, stop)
 emit(type="run_started", max_steps=3)
 emit(type="progress", step=1, max_steps=3, loss=2.0)
+if mode == "checkpoint-then-crash" and "--resume" not in sys.argv:
+    (run / "checkpoint-1").mkdir(exist_ok=True)
+    emit(type="error", kind="crash", message="boom", hint="")
+    emit(type="run_finished", status="failed", step=1)
+    sys.exit(1)
 if mode in ("wait", "stubborn"):
     print("waiting", flush=True)
     while True:
@@ -211,3 +216,41 @@ def test_restart_marks_lost_jobs_failed_and_keeps_their_folder(tmp_path, make_ru
     assert lost.status == "failed" and lost.error["kind"] == "interrupted" and str(run_dir) in lost.error["hint"]
     assert (run_dir / "checkpoint-10").is_dir()
     assert runner.get("tok", "me").status == "failed"  # its token was in memory only: it cannot start now
+
+
+def test_a_failed_job_resumes_from_its_checkpoint(make_runner):
+    runner = make_runner()
+    job = runner.submit(cfg("checkpoint-then-crash"), "me", token="tok-resume-0123456789")
+    assert wait(runner, job.id).status == "failed"
+    with pytest.raises(ConfigError, match="no job"):
+        runner.resume(job.id, "someone-else")
+    job = runner.resume(job.id, "me", token="tok-resume-0123456789")
+    assert job.status in ("queued", "running") and job.resume
+    done = wait(runner, job.id)
+    assert done.status == "completed" and done.error is None and done.exit_code == 0
+    seen = json.loads((Path(done.run_dir) / "seen.json").read_text())
+    assert "--resume" in seen["argv"] and seen["hf_token"] == "tok-resume-0123456789"
+    assert "tok-resume-0123456789" not in " ".join(seen["argv"])
+    with pytest.raises(ConfigError, match="only a failed or stopped job"):
+        runner.resume(job.id, "me")
+
+
+def test_a_job_without_a_checkpoint_cannot_resume(make_runner):
+    runner = make_runner()
+    job = runner.submit(cfg("exit0-no-finish"), "me")
+    assert wait(runner, job.id).status == "failed"
+    with pytest.raises(ConfigError, match="saved no checkpoint"):
+        runner.resume(job.id, "me")
+
+
+def test_a_store_from_an_older_version_gains_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE jobs (id, owner, name, run_dir, status, created, started, finished, pid, exit_code, "
+                   "cancel_requested, needs_token, push_to, error, metrics, adapter, repo_url, PRIMARY KEY (id))")
+        db.execute("INSERT INTO jobs (id, owner, name, run_dir, status, created, cancel_requested, needs_token) "
+                   "VALUES ('old', 'me', 'n', '/tmp/x', 'completed', 1.0, 0, 0)")
+    job = JobStore(path).get("old")
+    assert job.status == "completed" and job.resume is False

@@ -1,4 +1,4 @@
-"""Named API endpoints for gradio_client: /submit_job, /job_status, /cancel_job, /chat.
+"""Named API endpoints for gradio_client: /submit_job, /job_status, /cancel_job, /resume_job, /chat.
 
 Identity as in the page: the session's OAuth profile, else the owner of the token a client passes with
 ``Client(url, oauth_token=...)``, else (off a Space) the local owner. Every endpoint checks that the job is the
@@ -48,6 +48,14 @@ def cancel_job(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAu
 
 
 @user_errors
+def resume_job(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
+    """Queue a failed or stopped job again, continuing from its newest checkpoint; returns its status as JSON."""
+    visitor = identify(profile, oauth_token)
+    runner = get_runner()
+    return json.dumps(runner.state(runner.resume(job_id, visitor.require_owner(), visitor.token)))
+
+
+@user_errors
 def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, profile: gr.OAuthProfile | None = None,
          oauth_token: gr.OAuthToken | None = None) -> Iterator[str]:
@@ -63,4 +71,5 @@ def build() -> None:
     gr.api(submit_job, api_name="submit_job")
     gr.api(job_status, api_name="job_status")
     gr.api(cancel_job, api_name="cancel_job")
+    gr.api(resume_job, api_name="resume_job")
     gr.api(chat, api_name="chat")

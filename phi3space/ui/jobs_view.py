@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -61,7 +62,7 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     signature = (owner, follower.job_id, tuple((j.id, j.status) for j in jobs))
     changed = signature != seen
     if not new and not changed and (job is None or job.status in FINAL):
-        return (follower, seen) + (gr.skip(),) * 6
+        return (follower, seen) + (gr.skip(),) * 7
     summary = follower.summary()
     html = progress_html(job, summary, runner.queue_position(job.id) if job else None)
     frame = follower.loss_frame()
@@ -71,7 +72,14 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     table = _rows(jobs) if changed else gr.skip()
     picker = gr.Dropdown(choices=_choices(jobs), value=follower.job_id) if changed else gr.skip()
     stop = gr.Button(interactive=job is not None and job.status not in FINAL)
-    return follower, signature, html, plot, log, table, picker, stop
+    resume = gr.Button(visible=job is not None and job.status in ("failed", "cancelled") and can_resume(job))
+    return follower, signature, html, plot, log, table, picker, stop, resume
+
+
+def can_resume(job: Job) -> bool:
+    from ..training import latest_checkpoint
+
+    return latest_checkpoint(Path(job.run_dir)) is not None
 
 
 @user_errors
@@ -97,12 +105,24 @@ def stop(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OA
     gr.Info(f"Stopping {job.id}: the adapter trained so far is saved." if job.status == "running" else f"{job.id}: {job.status}.")
 
 
+@user_errors
+def resume(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """Continue the followed (failed or stopped) job from its newest checkpoint."""
+    visitor = identify(profile, oauth_token)
+    if follower.job_id is None:
+        return None
+    job = get_runner().resume(follower.job_id, visitor.require_owner(), visitor.token)
+    gr.Info(f"{job.id} is queued again: it continues from its newest checkpoint.")
+    return None  # forget the seen signature: the next tick redraws everything
+
+
 def build(timer: gr.Timer, follower: gr.State) -> JobsView:
     seen = gr.State(None)
     gr.Markdown("### Your runs")
     progress = gr.HTML(progress_html(None, {}, None), elem_id="job-progress")
     with gr.Row():
         stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+        resume_btn = gr.Button("Resume from last checkpoint", visible=False, elem_id="resume")
         chat_btn = gr.Button("Chat with this run", elem_id="open-chat")
     with gr.Row():
         plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss", height=260, elem_id="loss-plot",
@@ -110,8 +130,9 @@ def build(timer: gr.Timer, follower: gr.State) -> JobsView:
         log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="job-log")
     picker = gr.Dropdown(label="Follow job", choices=[], interactive=True)
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True)
-    outputs = [follower, seen, progress, plot, log, table, picker, stop_btn]
+    outputs = [follower, seen, progress, plot, log, table, picker, stop_btn, resume_btn]
     timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
     picker.input(pick, [picker, follower], [follower, seen], api_visibility=UI_ONLY)
     stop_btn.click(stop, follower, None, api_visibility=UI_ONLY)
+    resume_btn.click(resume, follower, seen, api_visibility=UI_ONLY)
     return JobsView(follower, picker, chat_btn, outputs)
