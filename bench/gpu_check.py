@@ -72,6 +72,8 @@ def run(method: str, base: Path, data: Path, out: Path, steps: int, batch: int, 
                      "logging_steps": 5, "save_steps": steps, "eval_steps": steps},
         "output": {"dir": str(out)},
     })
+    from phi3space.modeling import estimate_memory_gb
+
     t0 = time.time()
     training.train(cfg)
     events, _ = read_events(out)
@@ -85,6 +87,7 @@ def run(method: str, base: Path, data: Path, out: Path, steps: int, batch: int, 
         "trainable_pct": started["trainable_pct"], "first_loss": progress[0]["loss"], "last_loss": progress[-1]["loss"],
         "eval_loss": finished["metrics"].get("eval_loss"), "tokens_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
         "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "estimated_gb": round(estimate_memory_gb(cfg), 2),  # what the web form's memory warning assumes
         "adapter_mb": round((out / "adapter_model.safetensors").stat().st_size / 2**20, 1),
     }
 
@@ -95,6 +98,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--words", type=int, default=300, help="answer length in words (~1.2 tokens each)")
     args = parser.parse_args()
     import torch
 
@@ -110,7 +114,8 @@ def main() -> None:
         n, secs = build_model(base, args.tiny)
         report["model_params"], report["build_s"] = n, round(secs, 1)
         data = work / "data.jsonl"
-        write_data(data, rows=args.steps * args.batch + 50, words=300)
+        write_data(data, rows=args.steps * args.batch + 50, words=args.words)
+        report["settings"] = {"steps": args.steps, "batch": args.batch, "max_length": args.max_length, "words": args.words}
         for method in ("lora", "qlora"):
             try:
                 report[method] = run(method, base, data, work / f"run-{method}", args.steps, args.batch, args.max_length)

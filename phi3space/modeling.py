@@ -162,3 +162,36 @@ def load_model(base: str, method: str, hw: Hardware, token: str | None = None, g
 
 def is_local_model(ref: str) -> bool:
     return Path(ref).expanduser().is_dir()
+
+
+KNOWN_SIZES = {  # params, hidden, layers, intermediate, vocab
+    "mini": (3.82e9, 3072, 32, 8192, 32064),
+    "small": (7.4e9, 4096, 32, 14336, 100352),
+    "medium": (14e9, 5120, 40, 17920, 32064),
+}
+
+
+def model_size(base: str) -> tuple[float, int, int, int, int]:
+    """Parameters and shape of a base model: from a local config.json, else by name (Phi-3 mini when unknown)."""
+    cfg_file = Path(base).expanduser() / "config.json"
+    if cfg_file.is_file():
+        import json
+
+        c = json.loads(cfg_file.read_text())
+        h, layers, inter, vocab = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
+        return float(2 * vocab * h + layers * (4 * h * h + 3 * h * inter)), h, layers, inter, vocab
+    name = base.lower()
+    return next((v for k, v in KNOWN_SIZES.items() if k in name), KNOWN_SIZES["mini"])
+
+
+def estimate_memory_gb(cfg) -> float:
+    """A rough, worst-case peak GPU memory for training a RunConfig (every row max_length long): weights, LoRA +
+    Adam, activations, fp32 logits, CUDA context. bench/gpu_check.py prints it beside the measured peak."""
+    params, h, layers, inter, vocab = model_size(cfg.model.base)
+    t = cfg.training
+    weights = params * (0.56 if cfg.model.method == "qlora" else 2.0)
+    lora = cfg.lora.r * layers * (7 * h + 3 * inter) * 16
+    tokens = t.batch_size * t.max_length
+    acts = tokens * h * layers * 2 + tokens * 34 * h * 2 if t.gradient_checkpointing else tokens * 34 * h * layers * 2
+    logits = tokens * vocab * 8
+    return (weights + lora + acts + logits) / 2**30 + 1.0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import write_qa_jsonl
 
-from phi3space import config
+from phi3space import config, modeling
 from phi3space.errors import AuthError, ConfigError, ModelError
 from phi3space.events import EventWriter
 from phi3space.hub import MOCK_TOKEN
@@ -79,7 +79,7 @@ def test_plan_warns_when_the_model_will_not_fit():
     small = config.from_dict({"data": {"dataset": "d"}, "model": {"method": "qlora"},
                               "training": {"max_steps": 500, "batch_size": 1, "max_length": 1024}})
     assert forms.plan(small, None, gpu_gb=16).warnings == []
-    assert forms.estimate_memory_gb(small) < forms.estimate_memory_gb(big)
+    assert modeling.estimate_memory_gb(small) < modeling.estimate_memory_gb(big)
     assert any("no GPU" in w for w in forms.plan(small, None, gpu_gb=None).warnings)
 
 
