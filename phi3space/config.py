@@ -290,6 +290,8 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"training.eval_steps: {t.eval_steps} must be at least 1 (or empty)")
     if not 16 <= t.max_length <= 131072:
         p.append(f"training.max_length: {t.max_length} is outside [16, 131072] (Phi-3-mini-4k: up to 4096)")
+    if o.push_checkpoints and not o.push_to:
+        p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", o.push_to):
         p.append(f"output.push_to: {o.push_to!r} is not a repo ID like your-name/my-adapter (or 'auto')")
     return p

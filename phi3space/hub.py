@@ -93,13 +93,20 @@ def check_read_access(repo_id: str, repo_type: str, token: str | None) -> None:
     """Ask the Hub whether ``token`` may read ``repo_id`` (raises RepositoryNotFoundError / GatedRepoError).
 
     The libraries fall back to their local cache when the Hub refuses a download, so on a shared server a private
-    repo cached for one visitor would open for the next one without this check. Skipped in offline mode.
+    repo cached for one visitor would open for the next one without this check. When the Hub cannot be reached,
+    a Space refuses (fail closed) and a personal machine goes on to its cache (offline work keeps working).
     """
     from huggingface_hub import auth_check, constants
 
     if constants.HF_HUB_OFFLINE:
         return
-    with_retries(lambda: auth_check(repo_id, repo_type=repo_type, token=token or False), "access check")
+    on_space = bool(os.environ.get("SPACE_ID"))
+    try:
+        with_retries(lambda: auth_check(repo_id, repo_type=repo_type, token=token or False), "access check",
+                     attempts=4 if on_space else 1)
+    except Exception as exc:
+        if on_space or not is_transient(exc):
+            raise
 
 
 def namespaces(user: dict) -> list[str]:

@@ -71,10 +71,18 @@ def check_base(base: str, token: str | None = None):
     """Load and check the base model's config before any weights: it must be a native Phi-3."""
     from transformers import AutoConfig
 
+    from .hub import check_read_access, is_transient
+
     try:
+        if not is_local_model(base):  # the cache is shared: ask the Hub whether *this* token may read it
+            check_read_access(base, "model", token)
         config = AutoConfig.from_pretrained(base, token=token)
     except (OSError, ValueError) as exc:
         raise _hub_failure(base, exc) from None
+    except Exception as exc:
+        if is_transient(exc):
+            raise _hub_failure(base, exc) from None
+        raise
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(f"{base} is a {config.model_type!r} model; phi3space trains Phi-3 / Phi-3.5 (model_type phi3)",
                          "Use microsoft/Phi-3-mini-4k-instruct, microsoft/Phi-3-mini-128k-instruct or microsoft/Phi-3.5-mini-instruct.")

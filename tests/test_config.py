@@ -36,6 +36,8 @@ def test_every_problem_is_reported_at_once_by_key():
                 "training.max_length", "data.dataset"):
         assert key in text
     assert "did you mean training.batch_size" in text
+    with pytest.raises(ConfigError, match="output.push_checkpoints: needs output.push_to"):
+        config.from_dict({"data": {"dataset": "x"}, "output": {"push_checkpoints": True}})
     assert "qkv_proj" in text  # the cookbook's q_proj names are explained, not silently ignored
     assert len(info.value.problems) == 8
 

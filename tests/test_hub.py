@@ -193,6 +193,14 @@ def test_private_gated_and_missing_datasets_say_which(alice):
     assert "gated" in info.value.message and "accept the terms" in info.value.hint
     with pytest.raises(DataError, match="was not found"):
         data.prepare(DataConfig(dataset="nobody/nothing"), token=CANARY)
+    alice.add_repo("alice/private-base", {"config.json": json.dumps({"model_type": "phi3"})}, private=True)
+    from phi3space.modeling import check_base
+
+    with pytest.raises(ModelError, match="not found \\(or it is private\\)"):
+        check_base("alice/private-base", token=BOB)
+    assert check_base("alice/private-base", token=CANARY).model_type == "phi3"
+    with pytest.raises(ModelError, match="not found"):  # cached for alice now, still closed to bob
+        check_base("alice/private-base", token=BOB)
     train, _, report = data.prepare(DataConfig(dataset="alice/qa", eval_fraction=0), token=CANARY)
     assert report.format == "prompt_completion" and len(train) == len(QA_PAIRS)
 
@@ -226,3 +234,18 @@ def test_secrets_are_scrubbed_from_messages():
     assert scrub("Authorization: Bearer abcdefghijklmnop") == "Authorization: Bearer ***"
     register_secret("oauth-visitor-secret-value")
     assert scrub("failed with oauth-visitor-secret-value") == "failed with ***"
+
+
+def test_access_check_fails_closed_on_a_space_and_open_offline_elsewhere(alice, monkeypatch):
+    from phi3space.hub import check_read_access
+
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.01")
+    alice.down = True
+    try:
+        check_read_access("alice/qa", "dataset", CANARY)  # a laptop without network goes on to its cache
+        monkeypatch.setenv("SPACE_ID", "someone/phi3space")
+        with pytest.raises(Exception) as info:
+            check_read_access("alice/qa", "dataset", CANARY)  # a shared server does not
+        assert "Connect" in type(info.value).__name__
+    finally:
+        alice.down = False
