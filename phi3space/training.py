@@ -27,7 +27,8 @@ def is_main_process() -> bool:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    """The newest checkpoint-N folder of a run folder (None when there is none, or no folder)."""
+    ckpts = [p for p in Path(run_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
@@ -172,10 +173,10 @@ def build_trainer(cfg: RunConfig, token: str | None = None, callbacks=()):
 
 def _checkpoint_to_resume(cfg: RunConfig, resume: bool, token: str | None, writer: EventWriter) -> Path | None:
     """The checkpoint --resume continues from: the newest local one, else the newest on the Hub's checkpoints branch."""
-    run_dir = cfg.run_dir
-    ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
     if not resume:
         return None
+    run_dir = cfg.run_dir
+    ckpt = latest_checkpoint(run_dir)
     if ckpt is None and cfg.output.push_to and cfg.output.push_checkpoints:
         from .push import fetch_checkpoint
 
@@ -215,7 +216,7 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
                           "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
     writer = EventWriter(run_dir, enabled=is_main_process(), echo=echo)
     stop_flag: dict = {}
-    step = 0
+    trainer = None
     metrics: dict = {}
 
     def on_signal(signum, frame):  # Stop (SIGTERM, Ctrl-C): finish the step, save, end as "cancelled"
@@ -271,15 +272,15 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
     except Cancelled:
         raise
     except Phi3SpaceError as exc:
-        _fail(writer, exc, step, run_dir, metrics)
+        _fail(writer, exc, trainer, run_dir, metrics)
         raise
     except Exception as exc:
-        oom = _as_oom(exc, cfg)
+        oom = _as_oom(exc, cfg, run_dir)
         if oom is None:
             _fail(writer, Phi3SpaceError(f"training crashed: {type(exc).__name__}: {exc}",
-                                         "This looks like a bug; the events file and logs have the details."), step, run_dir)
+                                         "This looks like a bug; the events file and logs have the details."), trainer, run_dir)
             raise
-        _fail(writer, oom, step, run_dir)
+        _fail(writer, oom, trainer, run_dir)
         raise oom from None
     finally:
         for sig, handler in previous.items():
@@ -301,17 +302,20 @@ def _last_tokens(trainer) -> int | None:
     return None
 
 
-def _as_oom(exc: Exception, cfg: RunConfig) -> OutOfMemory | None:
+def _as_oom(exc: Exception, cfg: RunConfig, run_dir: Path | None = None) -> OutOfMemory | None:
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
         hint = ("Lower training.batch_size (raise grad_accum to keep the effective batch), lower training.max_length"
                 + (", or use model.method: qlora." if cfg.model.method == "lora" else "."))
+        if run_dir is not None and latest_checkpoint(run_dir) is not None:
+            hint += " Then add --resume to continue from the last checkpoint."
         return OutOfMemory("the GPU ran out of memory", hint)
     return None
 
 
-def _fail(writer: EventWriter, exc: Phi3SpaceError, step: int, run_dir: Path, metrics: dict | None = None) -> None:
+def _fail(writer: EventWriter, exc: Phi3SpaceError, trainer, run_dir: Path, metrics: dict | None = None) -> None:
+    step = trainer.state.global_step if trainer is not None else 0
     writer.emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
     adapter = str(run_dir) if (run_dir / "adapter_model.safetensors").exists() else None
     writer.emit("run_finished", status="failed", step=step, metrics=metrics or {}, adapter=adapter)
