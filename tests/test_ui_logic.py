@@ -31,11 +31,13 @@ class Token:
 
 
 def test_form_round_trips_a_config():
-    cfg = config.from_dict({"data": {"dataset": "user/data"}, "lora": {"r": 8, "target_modules": ["qkv_proj", "o_proj"]},
-                            "training": {"max_steps": 30}, "output": {"push_to": "me/x", "private": False}})
+    cfg = config.from_dict({"data": {"dataset": "user/data", "config_name": "en", "eval_split": "test"},
+                            "lora": {"r": 8, "target_modules": ["qkv_proj", "o_proj"]}, "training": {"max_steps": 30},
+                            "output": {"push_to": "me/x", "private": False, "push_checkpoints": True}})
     values = forms.form_values(cfg)
     assert len(values) == len(forms.FIELDS)
     again = forms.config_from_form(values)
+    assert again.data == cfg.data and again.output.push_checkpoints is True
     assert again.lora.r == 8 and again.lora.target_modules == ["qkv_proj", "o_proj"]
     assert again.training.max_steps == 30 and again.output.push_to == "me/x" and again.output.private is False
 
@@ -48,6 +50,7 @@ def test_form_numbers_and_empty_optionals():
     cfg = forms.config_from_form(values, dataset="/uploads/qa.jsonl")
     assert cfg.lora.r == 32 and isinstance(cfg.lora.r, int)
     assert cfg.training.max_steps is None and cfg.output.push_to is None and cfg.data.dataset == "/uploads/qa.jsonl"
+    assert cfg.data.eval_split is None and cfg.data.config_name is None
     values[forms.FIELDS.index("lora.dropout")] = 1.5
     with pytest.raises(ConfigError, match="lora.dropout"):
         forms.config_from_form(values)

@@ -24,10 +24,12 @@ LORA_FIELDS = ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"]
 TRAINING_FIELDS = ["training.learning_rate", "training.lr_scheduler", "training.warmup_ratio", "training.epochs",
                    "training.max_steps", "training.batch_size", "training.grad_accum", "training.max_length",
                    "training.logging_steps", "training.save_steps", "training.eval_steps", "data.eval_fraction",
-                   "data.max_samples", "data.split", "training.seed", "training.gradient_checkpointing"]
-OUTPUT_FIELDS = ["output.push_to", "output.private"]
+                   "data.max_samples", "data.config_name", "data.split", "data.eval_split", "training.seed",
+                   "training.gradient_checkpointing"]
+OUTPUT_FIELDS = ["output.push_to", "output.private", "output.push_checkpoints"]
 FIELDS = MAIN_FIELDS + LORA_FIELDS + TRAINING_FIELDS + OUTPUT_FIELDS
-OPTIONAL = {"training.max_steps", "training.eval_steps", "data.max_samples", "output.push_to"}
+OPTIONAL = {"training.max_steps", "training.eval_steps", "data.max_samples", "output.push_to", "data.config_name",
+            "data.eval_split"}
 
 MIN_USEFUL_STEPS = 20
 
@@ -69,7 +71,7 @@ def form_values(cfg: RunConfig) -> list:
         value = getattr(getattr(cfg, section), name)
         if key == "lora.target_modules" and isinstance(value, list):
             value = ", ".join(value)
-        out.append("" if value is None and key == "output.push_to" else value)
+        out.append("" if value is None and key in OPTIONAL and field_spec(key).kind == "text" else value)
     return out
 
 

@@ -148,8 +148,8 @@ def build(follower: gr.State) -> TrainTab:
             for key in forms.TRAINING_FIELDS:
                 fields[key] = _component(specs[key])
     with gr.Row():
-        fields["output.push_to"] = _component(specs["output.push_to"])
-        fields["output.private"] = _component(specs["output.private"])
+        for key in forms.OUTPUT_FIELDS:
+            fields[key] = _component(specs[key])
     with gr.Accordion("Config file (YAML)", open=False, elem_id="config-accordion"):
         with gr.Row():
             yaml_upload = gr.File(label="Load a config file into the form", file_types=[".yaml", ".yml"], height=90,
