@@ -78,7 +78,7 @@ def model_card(cfg: RunConfig, events: list[dict], hardware: str = "", license: 
 # {repo_id.split('/')[-1] if repo_id else Path(cfg.output.dir).name}
 
 A {'QLoRA' if cfg.model.method == 'qlora' else 'LoRA'} adapter for [{cfg.model.base}]({_link(cfg.model.base)}),
-fine-tuned on `{cfg.data.dataset}` with [phi3space](https://github.com/) (trl's SFTTrainer, loss on assistant turns only).
+fine-tuned on `{cfg.data.dataset}` with phi3space (trl's SFTTrainer, loss on assistant turns only).
 
 ## Results
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import scrub
 
@@ -58,10 +58,6 @@ def read_events(run_dir: str | Path, offset: int = 0) -> tuple[list[dict], int]:
         except json.JSONDecodeError:
             continue
     return events, offset + end
-
-
-def iter_events(run_dir: str | Path) -> Iterator[dict]:
-    yield from read_events(run_dir)[0]
 
 
 def summarize(events: list[dict]) -> dict:

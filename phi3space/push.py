@@ -11,7 +11,7 @@ from pathlib import Path
 from . import config as config_mod
 from .card import write_run_artifacts
 from .errors import HubError, Phi3SpaceError
-from .events import EventWriter, read_events
+from .events import EventWriter
 from .hub import base_license, check_push_access, short_error, with_retries
 
 CHECKPOINT_BRANCH = "checkpoints"
@@ -107,9 +107,3 @@ def fetch_checkpoint(repo_id: str, run_dir: Path, token: str | None) -> Path | N
     with_retries(lambda: snapshot_download(repo_id, revision=CHECKPOINT_BRANCH, allow_patterns=[f"{name}/*"],
                                            local_dir=str(run_dir), token=token), f"download {name}")
     return run_dir / name
-
-
-def pushed_repo(run_dir: Path) -> str | None:
-    """The repo a run folder was pushed to, from its events."""
-    pushes = [e for e in read_events(run_dir)[0] if e.get("type") == "push" and e.get("what") == "adapter"]
-    return pushes[-1]["repo_id"] if pushes else None
