@@ -44,6 +44,9 @@ def results(events: list[dict]) -> dict:
     """Final metrics for the card: final and best eval loss, steps, tokens, time."""
     finished = [e for e in events if e.get("type") == "run_finished"]
     metrics = dict(finished[-1].get("metrics", {})) if finished else {}
+    losses = [e["loss"] for e in events if e.get("type") == "progress" and e.get("loss") is not None]
+    if losses:
+        metrics["final_train_loss"] = losses[-1]
     evals = [e["eval_loss"] for e in events if e.get("type") == "eval" and e.get("eval_loss") is not None]
     if evals:
         metrics.setdefault("eval_loss", evals[-1])
@@ -87,7 +90,8 @@ fine-tuned on `{cfg.data.dataset}` with phi3space (trl's SFTTrainer, loss on ass
 | final eval loss | {fmt(m.get('eval_loss'))} |
 | best eval loss | {fmt(m.get('best_eval_loss'))} |
 | eval perplexity | {fmt(m.get('perplexity'))} |
-| final train loss | {fmt(m.get('train_loss'))} |
+| final train loss | {fmt(m.get('final_train_loss'))} |
+| mean train loss (whole run) | {fmt(m.get('train_loss'))} |
 | steps | {fmt(m.get('steps'))} |
 | tokens | {fmt(m.get('tokens'))} |
 | training time (s) | {fmt(m.get('train_runtime_s'), '.0f')} |

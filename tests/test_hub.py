@@ -87,6 +87,12 @@ def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_
     push = next(e for e in read_events(run_dir)[0] if e["type"] == "push")
     assert push["repo_id"] == repo_id and push["commit"] == commits[0]["oid"] and push["url"].endswith(repo_id)
 
+    # The card's usage snippet works as written (with a question it was trained on).
+    snippet = card.split("```python\n")[1].split("```")[0].replace('"Hello!"', json.dumps(QA_PAIRS[3][0]))
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, env=cli_env())
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip() == QA_PAIRS[3][1]
+
     question, answer = QA_PAIRS[1]
     chat = run_cli("chat", "--adapter", repo_id, "--prompt", question)
     assert chat.returncode == 0, chat.stderr[-3000:]
@@ -95,7 +101,7 @@ def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_
     # The token is nowhere: run folder, events, logs, pushed files.
     needle = CANARY.encode()
     assert files_containing(run_dir, needle) == []
-    assert CANARY not in result.stdout + result.stderr + chat.stdout + chat.stderr
+    assert CANARY not in result.stdout + result.stderr + chat.stdout + chat.stderr + ran.stderr
     assert not any(needle in content for content in pushed.values())
 
 
