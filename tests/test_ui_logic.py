@@ -123,9 +123,13 @@ def test_follower_reads_only_new_events(tmp_path):
     assert "number 2 in the queue" in progress_html(Job(id="q", owner="me", name="q", run_dir="x"), {}, 2)
 
 
-def test_identity():
+def test_identity(monkeypatch):
     assert identify(Profile("alice"), Token("hf_abcdefgh12345"), space=True) == Visitor("alice", "hf_abcdefgh12345")
     assert identify(None, Token(MOCK_TOKEN), space=False) == Visitor("local", None)  # the mock is not a token
+    monkeypatch.setenv("HF_TOKEN", "hf_localLogin0123456789")
+    assert Visitor("local", None).hub_token(space=False) == "hf_localLogin0123456789"  # off a Space: your login
+    assert Visitor(None, None).hub_token(space=True) is None  # on a Space: never the owner's
+    assert Visitor("alice", "hf_alice0123456789").hub_token(space=True) == "hf_alice0123456789"
     assert identify(Profile("me"), Token(MOCK_TOKEN), space=False) == Visitor("me", None)
     assert identify(None, None, space=True).owner is None
     with pytest.raises(AuthError, match="sign in"):

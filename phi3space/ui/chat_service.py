@@ -30,7 +30,6 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
         ModelError: unknown, not finished, someone else's, or a server path on a Space.
     """
     from ..chat import resolve_adapter
-    from ..hub import resolve_token
 
     ref = (ref or "").strip()
     if not ref:
@@ -49,8 +48,7 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
         if space or path.resolve().is_relative_to(runs_root):
             raise ModelError(f"{ref} is not one of your runs", "Pick one of your finished runs, or a Hub adapter repo ID.")
         return resolve_adapter(ref)
-    token = visitor.token if (space or visitor.token) else resolve_token()
-    return resolve_adapter(ref, token)
+    return resolve_adapter(ref, visitor.hub_token(space))
 
 
 def engine_for(base: str, token: str | None):
@@ -72,13 +70,11 @@ def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict
                  **generation) -> Iterator[str]:
     """Stream a reply (the text so far) from the adapter, or from its base model when ``adapter_dir`` is None."""
     from ..chat import adapter_base
-    from ..hub import resolve_token
 
     base = base or adapter_base(adapter_dir)
     if space and Path(base).expanduser().exists() and not _own_run_base(adapter_dir):
         raise ModelError(f"the adapter's base model {base} is a path on the server", "Use an adapter trained on a Hub model.")
-    token = visitor.token if (space or visitor.token) else resolve_token()
-    engine = engine_for(base, token)
+    engine = engine_for(base, visitor.hub_token(space))
     yield from engine.stream(messages, str(adapter_dir) if adapter_dir else None, **generation)
 
 

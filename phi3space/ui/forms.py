@@ -141,7 +141,7 @@ def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
     tokenizer = load_tokenizer(cfg.model.base, token)
     data.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
     segments = [(text, "trained" if trained else None) for text, trained in data.render_segments(train_ds[0], tokenizer)]
-    return Inspection(cfg.data.dataset, "\n".join(report.lines()), report.kept, report.lengths, segments)
+    return Inspection(cfg.data.dataset, "\n".join(report.lines()), report.train_rows, report.lengths, segments)
 
 
 # ---------------------------------------------------------------- plan

@@ -43,6 +43,14 @@ class Visitor:
     owner: str | None  # None: an anonymous visitor of a public Space
     token: str | None  # the visitor's own token; None off a Space means "use HF_TOKEN"
 
+    def hub_token(self, space: bool | None = None) -> str | None:
+        """The token for Hub reads on this visitor's behalf: their own; off a Space, the local login (HF_TOKEN)."""
+        if self.token or (on_space() if space is None else space):
+            return self.token
+        from ..hub import resolve_token
+
+        return resolve_token()
+
     def require_owner(self) -> str:
         if self.owner is None:
             raise AuthError("sign in with Hugging Face to train and to see your jobs",

@@ -74,7 +74,7 @@ def _config(profile, oauth_token, upload, values):
 @user_errors
 def inspect_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, *values):
     visitor, cfg = _config(profile, oauth_token, upload, values)
-    found = forms.inspect_dataset(cfg, visitor.token)
+    found = forms.inspect_dataset(cfg, visitor.hub_token())
     plan = forms.plan(cfg, found, forms.gpu_memory_gb())
     return f"```\n{found.text}\n```", found.histogram(), found.segments, found, plan.markdown()
 
