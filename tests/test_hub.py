@@ -20,8 +20,8 @@ from phi3space.errors import DataError, ModelError, register_secret, scrub
 from phi3space.events import read_events
 from phi3space.push import push_run
 
-CANARY = "hf_CanaryToken0123456789abcdefghijklmnopq"
-BOB = "hf_BobToken0123456789abcdefghijklmnopqrstu"
+CANARY = "hf_CanaryToken0123456789abcdefg"  # token-shaped, shorter than a real one
+BOB = "hf_BobToken0123456789abcdefghijk"
 
 
 def qa_jsonl() -> str:
@@ -110,7 +110,7 @@ def test_push_is_refused_before_training_without_access(alice, tiny_model, tmp_p
                                                                    output__push_to="bob/stolen"))
     cases = [(CANARY, "cannot push to bob/stolen: 'bob' is not your account (alice)"),
              (None, "no Hugging Face token"),
-             ("hf_NotAKnownToken0123456789abcdefghijkl", "token was refused (401")]
+             ("hf_NotAKnownToken0123456789abcd", "token was refused (401")]
     for token, expected in cases:
         monkeypatch.delenv("HF_TOKEN", raising=False)
         if token:
