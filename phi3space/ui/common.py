@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..errors import Phi3SpaceError
 
-# Page events are not API endpoints: the API is /submit_job, /job_status, /cancel_job and /chat (api.py).
+# Page events are not API endpoints: the API is /submit_job, /job_status, /cancel_job, /resume_job and /chat (api.py).
 UI_ONLY = "private"
 
 
