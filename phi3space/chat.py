@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ModelError, scrub
-from .modeling import detect_hardware, load_tokenizer, stop_token_ids
+from .modeling import load_for_inference, load_tokenizer, stop_token_ids
 
 
 def resolve_adapter(ref: str, token: str | None = None) -> Path:
@@ -51,6 +51,11 @@ def _hub_access(fn, ref: str):
         raise ModelError(f"could not download {ref}: {scrub(str(exc))[:200]}", "Try again in a moment.") from None
 
 
+def _does_not_fit(ref: str, base: str, path: Path, exc: Exception) -> ModelError:
+    return ModelError(f"adapter {ref} does not fit base model {base}: {scrub(str(exc)).splitlines()[0][:200]}",
+                      f"Use the base it was trained on ({adapter_base(path)}) with --base.")
+
+
 def adapter_base(adapter_dir: Path) -> str:
     return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
 
@@ -64,21 +69,9 @@ class ChatEngine:
     """Keeps one base model in memory and switches between named adapters for each reply."""
 
     def __init__(self, base: str, token: str | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        from .modeling import _hub_failure, check_base
-
         self.base = base  # the token loads the base only: the engine is shared and keeps no one's token
-        hw = detect_hardware()
-        check_base(base, token)
+        self.model = load_for_inference(base, token)  # checks first that the base is a Phi-3
         self.tokenizer = load_tokenizer(base, token)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, hw.dtype), token=token,
-                                                         attn_implementation=hw.attn_implementation)
-        except (OSError, ValueError) as exc:
-            raise _hub_failure(base, exc) from None
-        self.model = model.to(hw.device).eval()
         self.adapters: dict[str, str] = {}  # name -> ref
         self.stop_ids = stop_token_ids(self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time: the active adapter is model-wide state
@@ -102,8 +95,7 @@ class ChatEngine:
                 else:
                     self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
             except (RuntimeError, ValueError, KeyError) as exc:
-                raise ModelError(f"adapter {ref} does not fit base model {self.base}: {scrub(str(exc)).splitlines()[0][:200]}",
-                                 f"Use the base it was trained on ({adapter_base(path)}) with --base.") from None
+                raise _does_not_fit(ref, self.base, path, exc) from None
         self.adapters[name] = ref
         return name
 
@@ -157,3 +149,27 @@ class ChatEngine:
         for text in self.stream(messages, adapter, **kw):
             pass
         return text.strip()
+
+
+def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, token: str | None = None) -> Path:
+    """Fold an adapter into its base model's weights (peft's merge_and_unload) and save a plain transformers model.
+
+    QLoRA adapters are merged into the 16-bit base, not the 4-bit one, so nothing is lost to quantisation.
+
+    Raises:
+        ModelError: adapter or base not found, or the adapter does not fit the base.
+    """
+    from peft import PeftModel
+
+    path = resolve_adapter(adapter, token)
+    base = base or adapter_base(path)
+    model = load_for_inference(base, token)
+    try:
+        merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise _does_not_fit(adapter, base, path, exc) from None
+    out = Path(out_dir)
+    merged.save_pretrained(out)
+    tokenizer_source = path if (path / "tokenizer_config.json").exists() else base
+    load_tokenizer(str(tokenizer_source), token).save_pretrained(out)
+    return out

@@ -1,4 +1,4 @@
-"""python -m phi3space train | inspect | chat | push
+"""python -m phi3space train | inspect | chat | merge | push
 
   python -m phi3space train configs/example.yaml --set training.max_steps=50
   python -m phi3space chat --adapter runs/my-run --prompt "Hello"
@@ -158,6 +158,16 @@ def cmd_chat(args) -> int:
         answer(prompt)
 
 
+def cmd_merge(args) -> int:
+    from .chat import merge_adapter
+    from .hub import resolve_token
+
+    _quiet_libraries()
+    out = merge_adapter(args.adapter, args.out, base=args.base, token=resolve_token())
+    print(f"merged model saved in {out} (load it with AutoModelForCausalLM.from_pretrained, no peft needed)")
+    return 0
+
+
 def cmd_push(args) -> int:
     from .hub import resolve_token
     from .push import push_run
@@ -189,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("merge", help="fold an adapter into its base model and save a standalone model")
+    p.add_argument("adapter", help="run folder or Hub repo ID of an adapter")
+    p.add_argument("--out", required=True, help="folder for the merged model")
+    p.add_argument("--base", help="base model (default: the adapter's own base)")
+    p.set_defaults(func=cmd_merge)
     p = sub.add_parser("push", help="push a finished run's adapter to the Hub")
     p.add_argument("run_dir", help="run folder")
     p.add_argument("--to", help="repo ID (default: the run's output.push_to, or auto)")

@@ -168,6 +168,21 @@ def load_model(base: str, method: str, hw: Hardware, token: str | None = None, g
     return model
 
 
+def load_for_inference(base: str, token: str | None = None, dtype: str | None = None):
+    """The base model for generation or merging, in the hardware's dtype (or ``dtype``), on its device, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hw = detect_hardware()
+    check_base(base, token)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype or hw.dtype), token=token,
+                                                     attn_implementation=hw.attn_implementation)
+    except (OSError, ValueError) as exc:
+        raise _hub_failure(base, exc) from None
+    return model.to(hw.device).eval()
+
+
 def is_local_model(ref: str) -> bool:
     return Path(ref).expanduser().is_dir()
 

@@ -213,3 +213,19 @@ def test_out_of_memory_is_a_message_with_a_hint():
     assert err.kind == "oom" and "ran out of memory" in err.message
     assert "batch_size" in err.hint and "qlora" in err.hint and "max_length" in err.hint
     assert training._as_oom(ValueError("shapes do not match"), cfg) is None  # a bug stays a bug
+
+
+def test_merged_model_answers_without_peft(trained_run, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert cli.main(["merge", str(trained_run), "--out", str(tmp_path / "merged")]) == 0
+    assert "merged model saved" in capsys.readouterr().out
+    merged = tmp_path / "merged"
+    assert not (merged / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tok = AutoTokenizer.from_pretrained(merged)
+    question, answer = QA_PAIRS[3]
+    inputs = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=[32000, 32001, 32007])
+    assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == answer
