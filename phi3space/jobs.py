@@ -46,6 +46,15 @@ def data_dir() -> Path:
     return Path("data").resolve()
 
 
+def gpu_count() -> int:
+    """GPUs on this machine (nvidia-smi, so that the web server never imports torch for it); 0 when none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "user"
 
@@ -191,7 +200,7 @@ class JobRunner:
                  poll_s: float = 0.5, command: Callable[[Path], list[str]] = train_command, space: bool | None = None):
         self.root = Path(root) if root is not None else data_dir()
         self.store = JobStore(self.root / "jobs.sqlite")
-        self.slots = slots or int(os.environ.get("PHI3SPACE_SLOTS", "1"))
+        self.slots = slots or int(os.environ.get("PHI3SPACE_SLOTS") or gpu_count() or 1)
         self.grace_s = grace_s if grace_s is not None else float(os.environ.get("PHI3SPACE_STOP_GRACE_S", "60"))
         self.poll_s = poll_s
         self.command = command

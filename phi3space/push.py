@@ -73,8 +73,10 @@ def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None 
     return result
 
 
-def push_checkpoint(checkpoint: Path, repo_id: str, token: str | None, private: bool, writer: EventWriter | None = None) -> dict:
-    """Upload one checkpoint folder to ``checkpoints/<name>`` on the repo's checkpoints branch."""
+def push_checkpoint(checkpoint: Path, repo_id: str, token: str | None, private: bool, writer: EventWriter | None = None,
+                    keep: int | None = None) -> dict:
+    """Upload one checkpoint folder to the repo's checkpoints branch (as ``checkpoint-N/``); with ``keep``, older
+    checkpoints beyond the newest ``keep`` are deleted from the branch in the same commit."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
@@ -83,6 +85,16 @@ def push_checkpoint(checkpoint: Path, repo_id: str, token: str | None, private: 
     info = _hub_call(lambda: api.upload_folder(folder_path=str(checkpoint), repo_id=repo_id, revision=CHECKPOINT_BRANCH,
                                                path_in_repo=checkpoint.name, commit_message=f"phi3space: {checkpoint.name}"),
                      f"upload {checkpoint.name}", writer)
+    if keep:  # after the upload, so that the branch always holds a checkpoint to resume from
+        from huggingface_hub import CommitOperationDelete
+
+        files = _hub_call(lambda: api.list_repo_files(repo_id, revision=CHECKPOINT_BRANCH), "list checkpoints", writer)
+        older = sorted(s for s in _checkpoint_steps(files) if s < _step(checkpoint.name))
+        stale = [CommitOperationDelete(f"checkpoint-{s}/", is_folder=True) for s in older[: max(0, len(older) - (keep - 1))]]
+        if stale:
+            _hub_call(lambda: api.create_commit(repo_id, stale, revision=CHECKPOINT_BRANCH,
+                                                commit_message=f"phi3space: keep the newest {keep} checkpoints"),
+                      "remove old checkpoints", writer)
     result = {"repo_id": repo_id, "url": f"{str(getattr(info, 'repo_url', '') or repo_id).rstrip('/')}/tree/{CHECKPOINT_BRANCH}",
               "commit": getattr(info, "oid", None) or "", "what": checkpoint.name}
     if writer:
@@ -99,11 +111,20 @@ def fetch_checkpoint(repo_id: str, run_dir: Path, token: str | None) -> Path | N
         files = with_retries(lambda: HfApi(token=token).list_repo_files(repo_id, revision=CHECKPOINT_BRANCH), "list checkpoints")
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return None
-    steps = {int(f.split("/")[0].split("-")[-1]) for f in files
-             if f.startswith("checkpoint-") and "/" in f and f.split("/")[0].split("-")[-1].isdigit()}
+    steps = _checkpoint_steps(files)
     if not steps:
         return None
     name = f"checkpoint-{max(steps)}"
     with_retries(lambda: snapshot_download(repo_id, revision=CHECKPOINT_BRANCH, allow_patterns=[f"{name}/*"],
                                            local_dir=str(run_dir), token=token), f"download {name}")
     return run_dir / name
+
+
+def _step(name: str) -> int:
+    return int(name.split("-")[-1])
+
+
+def _checkpoint_steps(files: list[str]) -> set[int]:
+    """Steps of the checkpoint-N/ folders among a branch's file paths."""
+    return {_step(f.split("/")[0]) for f in files
+            if f.startswith("checkpoint-") and "/" in f and f.split("/")[0].split("-")[-1].isdigit()}

@@ -196,7 +196,8 @@ def _checkpoint_pusher(cfg: RunConfig, token: str | None, writer: EventWriter):
 
     def push(path: Path) -> None:
         try:
-            push_checkpoint(path, cfg.output.push_to, token, cfg.output.private, writer)
+            push_checkpoint(path, cfg.output.push_to, token, cfg.output.private, writer,
+                            keep=cfg.training.save_total_limit)
         except Phi3SpaceError as exc:
             writer.emit("log", message=f"warning: {path.name} was not pushed: {exc.message}")
 

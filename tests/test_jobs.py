@@ -254,3 +254,27 @@ def test_a_store_from_an_older_version_gains_new_columns(tmp_path):
                    "VALUES ('old', 'me', 'n', '/tmp/x', 'completed', 1.0, 0, 0)")
     job = JobStore(path).get("old")
     assert job.status == "completed" and job.resume is False
+
+
+def test_one_slot_per_gpu_unless_told(tmp_path, monkeypatch):
+    from phi3space import jobs
+
+    monkeypatch.delenv("PHI3SPACE_SLOTS", raising=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-1)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-2)'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    assert jobs.gpu_count() == 2
+    runner = JobRunner(tmp_path / "data", space=False)
+    try:
+        assert runner.slots == 2
+    finally:
+        runner.shutdown()
+    monkeypatch.setenv("PHI3SPACE_SLOTS", "1")
+    runner = JobRunner(tmp_path / "data2", space=False)
+    try:
+        assert runner.slots == 1
+    finally:
+        runner.shutdown()
