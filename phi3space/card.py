@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .config import RunConfig
 from .events import read_events
+from .hub import is_hub_id
 
 LOSS_PNG = "loss_curve.png"
 
@@ -54,10 +55,6 @@ def results(events: list[dict]) -> dict:
     return metrics
 
 
-def _is_hub_id(ref: str) -> bool:
-    return "/" in ref and not Path(ref).expanduser().exists() and not ref.startswith((".", "/", "~"))
-
-
 def model_card(cfg: RunConfig, events: list[dict], hardware: str = "", license: str | None = None,
                repo_id: str | None = None, metrics: dict | None = None) -> str:
     """Model card text (YAML front matter + markdown); no secrets, only the resolved config."""
@@ -65,9 +62,9 @@ def model_card(cfg: RunConfig, events: list[dict], hardware: str = "", license: 
 
     m = {**results(events), **{k: v for k, v in (metrics or {}).items() if v is not None}}
     tags = [cfg.model.method, "sft", "trl", "peft", "phi3", "phi3space"]
-    data = ModelCardData(base_model=cfg.model.base if _is_hub_id(cfg.model.base) else None, library_name="peft",
+    data = ModelCardData(base_model=cfg.model.base if is_hub_id(cfg.model.base) else None, library_name="peft",
                          pipeline_tag="text-generation", tags=tags, license=license,
-                         datasets=[cfg.data.dataset] if _is_hub_id(cfg.data.dataset) else None)
+                         datasets=[cfg.data.dataset] if is_hub_id(cfg.data.dataset) else None)
     fmt = lambda v, spec=".4f": "n/a" if v is None else format(v, spec) if isinstance(v, float) else str(v)  # noqa: E731
     t, lo = cfg.training, cfg.lora
     adapter = repo_id or "path/to/this/folder"
@@ -128,7 +125,7 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 
 
 def _link(ref: str) -> str:
-    return f"https://huggingface.co/{ref}" if _is_hub_id(ref) else ref
+    return f"https://huggingface.co/{ref}" if is_hub_id(ref) else ref
 
 
 def write_run_artifacts(cfg: RunConfig, run_dir: Path, hardware=None, license: str | None = None,

@@ -32,11 +32,12 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _fmt_time(seconds: float | None) -> str:
+def fmt_duration(seconds: float | None) -> str:
+    """ETA as m:ss, or h:mm:ss from an hour up."""
     if seconds is None:
         return "?"
     s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def format_event(e: dict) -> str | None:
@@ -51,7 +52,7 @@ def format_event(e: dict) -> str | None:
             parts.append(f"grad {e['grad_norm']:.3f}")
         if e.get("tokens_per_s"):
             parts.append(f"{e['tokens_per_s']:.0f} tok/s")
-        parts.append(f"eta {_fmt_time(e.get('eta_s'))}")
+        parts.append(f"eta {fmt_duration(e.get('eta_s'))}")
         return " | ".join(parts)
     if kind == "eval":
         return f"eval  step {e.get('step')} | eval_loss {e.get('eval_loss') or float('nan'):.4f} | perplexity {e.get('perplexity')}"

@@ -15,6 +15,16 @@ MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what gradio injects off a Space
 T = TypeVar("T")
 
 
+def on_space() -> bool:
+    """True inside a Hugging Face Space (the Hub sets SPACE_ID there)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def is_hub_id(ref: str) -> bool:
+    """'owner/name' that is not a path on this machine."""
+    return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(ref))
+
+
 def resolve_token(explicit: str | None = None) -> str | None:
     """The caller's token (the web app passes the visitor's OAuth token), else HF_TOKEN, else the saved login."""
     token = explicit if explicit and explicit != MOCK_TOKEN else None
@@ -100,12 +110,12 @@ def check_read_access(repo_id: str, repo_type: str, token: str | None) -> None:
 
     if constants.HF_HUB_OFFLINE:
         return
-    on_space = bool(os.environ.get("SPACE_ID"))
+    shared = on_space()
     try:
         with_retries(lambda: auth_check(repo_id, repo_type=repo_type, token=token or False), "access check",
-                     attempts=4 if on_space else 1)
+                     attempts=4 if shared else 1)
     except Exception as exc:
-        if on_space or not is_transient(exc):
+        if shared or not is_transient(exc):
             raise
 
 
@@ -134,7 +144,7 @@ def check_push_access(push_to: str, token: str | None, auto_name: str) -> str:
 
 def base_license(base: str, token: str | None) -> str | None:
     """The base model's licence from its Hub model card, for the adapter's card (None when unknown or local)."""
-    if "/" not in base or os.path.exists(os.path.expanduser(base)):
+    if not is_hub_id(base):
         return None
     from huggingface_hub import ModelCard
 

@@ -25,15 +25,11 @@ from typing import Callable
 from .config import RunConfig
 from .errors import AuthError, ConfigError, register_secret, scrub
 from .events import read_events, summarize
+from .hub import on_space
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FINAL = ("completed", "failed", "cancelled")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def on_space() -> bool:
-    """True inside a Hugging Face Space (the Hub sets SPACE_ID there)."""
-    return bool(os.environ.get("SPACE_ID"))
 
 
 def data_dir() -> Path:
@@ -419,4 +415,4 @@ def log_tail(job: Job, lines: int = 40) -> str:
 
 
 __all__ = ["Job", "JobStore", "JobRunner", "data_dir", "decide_status", "job_env", "log_tail",
-           "on_space", "train_command"]
+           "train_command"]

@@ -121,6 +121,10 @@ def test_follower_reads_only_new_events(tmp_path):
     html = progress_html(job, f.summary(), None)
     assert "step 2/4" in html and "ETA 0:20" in html and 'value="2" max="4"' in html
     assert "number 2 in the queue" in progress_html(Job(id="q", owner="me", name="q", run_dir="x"), {}, 2)
+    failed = Job(id="f", owner="me", name="f", run_dir="x", status="failed",
+                 error={"kind": "data", "message": "data file not found: <img src=x onerror=alert(1)>", "hint": "a & b"})
+    html = progress_html(failed, {}, None)
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html and "a &amp; b" in html
 
 
 def test_identity(monkeypatch):

@@ -61,7 +61,7 @@ def open_in_chat(follower: Follower, profile: gr.OAuthProfile | None, oauth_toke
 def login_available() -> bool:
     """On a Space, always. Locally gradio mocks the login with the machine's own token (and asks the Hub who that
     is while building the page), so the button appears only when that works."""
-    from ..jobs import on_space
+    from ..hub import on_space
 
     if on_space():
         return True

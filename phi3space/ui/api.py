@@ -13,7 +13,7 @@ from typing import Iterator
 import gradio as gr
 
 from .. import config as config_mod
-from ..jobs import on_space
+from ..hub import on_space
 from .chat_service import build_messages, resolve_for_visitor, stream_reply
 from .common import user_errors
 from .services import check_inputs_allowed, get_runner, identify

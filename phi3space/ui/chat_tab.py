@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..jobs import on_space
+from ..hub import on_space
 from .chat_service import build_messages, resolve_for_visitor, stream_reply
 from .common import UI_ONLY, user_errors
 from .services import get_runner, identify

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..cli import format_event
+from html import escape
+
+from ..cli import fmt_duration, format_event
 from ..events import read_events, summarize
 from ..jobs import Job, log_tail
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _line(event: dict) -> str | None:
@@ -82,7 +77,7 @@ def progress_html(job: Job | None, summary: dict, queue_position: int | None) ->
         return "<p>No job yet: fill in the form and press <b>Start</b>.</p>"
     if job.status == "queued":
         ahead = (queue_position or 1) - 1
-        return (f"<p>⏳ <b>{job.name}</b> is waiting: number {queue_position} in the queue "
+        return (f"<p>⏳ <b>{escape(job.name)}</b> is waiting: number {queue_position} in the queue "
                 f"({ahead} job{'s' if ahead != 1 else ''} ahead of it, plus the one training now).</p>")
     step, total = summary.get("step") or 0, summary.get("max_steps")
     bar = f'<progress value="{step}" max="{total}" style="width:100%"></progress>' if total else "<progress style='width:100%'></progress>"
@@ -94,9 +89,10 @@ def progress_html(job: Job | None, summary: dict, queue_position: int | None) ->
     if job.status == "running":
         parts.append("loading data and model…" if not total else f"ETA {fmt_duration(summary.get('eta_s'))}")
     icon = {"running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️"}.get(job.status, "")
-    head = f"<p>{icon} <b>{job.name}</b> ({job.id}): <b class='job-status'>{job.status}</b> · {' · '.join(parts)}</p>"
+    head = f"<p>{icon} <b>{escape(job.name)}</b> ({job.id}): <b class='job-status'>{job.status}</b> · {' · '.join(parts)}</p>"
     if job.status == "failed" and job.error:
-        head += f"<p>{job.error.get('message')}<br><i>{job.error.get('hint') or ''}</i></p>"
+        head += f"<p>{escape(str(job.error.get('message')))}<br><i>{escape(job.error.get('hint') or '')}</i></p>"
     if job.repo_url:
-        head += f"<p>Adapter on the Hub: <a href='{job.repo_url}' target='_blank'>{job.repo_url}</a></p>"
+        url = escape(job.repo_url, quote=True)
+        head += f"<p>Adapter on the Hub: <a href='{url}' target='_blank'>{url}</a></p>"
     return head + bar

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..errors import AuthError, ConfigError, register_secret
 from ..hub import MOCK_TOKEN
-from ..jobs import JobRunner, on_space
+from ..hub import on_space
+from ..jobs import JobRunner
 
 LOCAL_OWNER = "local"
 

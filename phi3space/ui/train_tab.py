@@ -6,6 +6,7 @@ list aligned with forms.FIELDS, so a handler receives their values in that order
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import gradio as gr
 
 from .. import config as config_mod
 from ..errors import Phi3SpaceError
-from ..jobs import on_space
+from ..hub import on_space
 from . import forms
 from .common import UI_ONLY, user_errors
 from .follow import Follower
@@ -56,7 +57,7 @@ def _make(spec: forms.FieldSpec):
     return gr.Textbox(value=spec.default, label=spec.label, info=info)
 
 
-def _dataset_ref(upload, typed: str, owner: str | None) -> str | None:
+def _dataset_ref(upload, owner: str | None) -> str | None:
     if not upload:
         return None
     return str(forms.stash_upload(upload, owner or "anonymous", get_runner().root))
@@ -64,7 +65,7 @@ def _dataset_ref(upload, typed: str, owner: str | None) -> str | None:
 
 def _config(profile, oauth_token, upload, values):
     visitor = identify(profile, oauth_token)
-    dataset = _dataset_ref(upload, values[0], visitor.owner)
+    dataset = _dataset_ref(upload, visitor.owner)
     cfg = forms.config_from_form(values, dataset)
     allowed = (get_runner().root / "uploads",)
     check_inputs_allowed({"data.dataset": cfg.data.dataset, "model.base": cfg.model.base}, allowed)
@@ -87,8 +88,11 @@ def preview(inspection, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthTo
         return gr.skip(), f"**Settings to fix:**\n\n```\n{exc.message}\n```", gr.skip()
     cfg.output.dir = ""
     text = cfg.to_yaml()
-    path = Path(tempfile.mkdtemp(prefix="phi3space-config-")) / "config.yaml"
-    path.write_text(text, encoding="utf-8")
+    folder = Path(tempfile.gettempdir()) / "phi3space-configs" / hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = folder / "config.yaml"  # the preview runs on every change: one file per distinct config
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     return text, forms.plan(cfg, inspection, forms.gpu_memory_gb()).markdown(), str(path)
 
 
