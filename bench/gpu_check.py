@@ -61,7 +61,7 @@ def run(method: str, base: Path, data: Path, out: Path, steps: int, batch: int, 
     import torch
 
     from phi3space import config, training
-    from phi3space.events import read_events
+    from phi3space.run import RunDir
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -76,7 +76,8 @@ def run(method: str, base: Path, data: Path, out: Path, steps: int, batch: int, 
 
     t0 = time.time()
     training.train(cfg)
-    events, _ = read_events(out)
+    run_dir = RunDir(out)
+    events, _ = run_dir.read_events()
     started = next(e for e in events if e["type"] == "run_started")
     progress = [e for e in events if e["type"] == "progress"]
     finished = events[-1]
@@ -88,7 +89,7 @@ def run(method: str, base: Path, data: Path, out: Path, steps: int, batch: int, 
         "eval_loss": finished["metrics"].get("eval_loss"), "tokens_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
         "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "estimated_gb": round(estimate_memory_gb(cfg), 2),  # what the web form's memory warning assumes
-        "adapter_mb": round((out / "adapter_model.safetensors").stat().st_size / 2**20, 1),
+        "adapter_mb": round(run_dir.adapter_weights.stat().st_size / 2**20, 1),
     }
 
 

@@ -1,36 +1,26 @@
-"""Run artifacts built from events.jsonl: the loss-curve PNG and the model card (README.md)."""
+"""A run's model card (README.md) and loss-curve PNG, rendered from its RunState."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .config import RunConfig
-from .events import read_events
 from .hub import is_hub_id
-
-LOSS_PNG = "loss_curve.png"
-
-
-def loss_series(events: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    train = [(e["step"], e["loss"]) for e in events if e.get("type") == "progress" and e.get("loss") is not None]
-    evals = [(e["step"], e["eval_loss"]) for e in events if e.get("type") == "eval" and e.get("eval_loss") is not None]
-    return train, evals
+from .run import RunDir, RunState
 
 
-def plot_loss(events: list[dict], path: Path) -> Path | None:
-    train, evals = loss_series(events)
-    if not train and not evals:
-        return None
+def plot_loss(state: RunState, path) -> bool:
+    """Write the train/eval loss curve as a PNG; False when there is nothing to plot yet."""
+    if not state.train_losses and not state.eval_losses:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
+    if state.train_losses:
+        ax.plot(*zip(*state.train_losses), label="train loss")
+    if state.eval_losses:
+        ax.plot(*zip(*state.eval_losses), "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -38,29 +28,17 @@ def plot_loss(events: list[dict], path: Path) -> Path | None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return path
+    return True
 
 
-def results(events: list[dict]) -> dict:
-    """Final metrics for the card: final and best eval loss, steps, tokens, time."""
-    finished = [e for e in events if e.get("type") == "run_finished"]
-    metrics = dict(finished[-1].get("metrics", {})) if finished else {}
-    losses = [e["loss"] for e in events if e.get("type") == "progress" and e.get("loss") is not None]
-    if losses:
-        metrics["final_train_loss"] = losses[-1]
-    evals = [e["eval_loss"] for e in events if e.get("type") == "eval" and e.get("eval_loss") is not None]
-    if evals:
-        metrics.setdefault("eval_loss", evals[-1])
-        metrics["best_eval_loss"] = min(evals)
-    return metrics
-
-
-def model_card(cfg: RunConfig, events: list[dict], hardware: str = "", license: str | None = None,
-               repo_id: str | None = None, metrics: dict | None = None) -> str:
-    """Model card text (YAML front matter + markdown); no secrets, only the resolved config."""
+def model_card(cfg: RunConfig, state: RunState, license: str | None = None, repo_id: str | None = None,
+               metrics: dict | None = None) -> str:
+    """Model card text (YAML front matter + markdown); no secrets, only the resolved config. ``metrics``: the final
+    ones, when the run is finishing and its run_finished event is not written yet."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    m = {**results(events), **{k: v for k, v in (metrics or {}).items() if v is not None}}
+    m = state.results(metrics)
+    hardware = state.hardware
     tags = [cfg.model.method, "sft", "trl", "peft", "phi3", "phi3space"]
     data = ModelCardData(base_model=cfg.model.base if is_hub_id(cfg.model.base) else None, library_name="peft",
                          pipeline_tag="text-generation", tags=tags, license=license,
@@ -75,7 +53,7 @@ def model_card(cfg: RunConfig, events: list[dict], hardware: str = "", license: 
             ("batch size x grad accum", f"{t.batch_size} x {t.grad_accum}"), ("max length", t.max_length),
             ("seed", t.seed)]
     body = f"""
-# {repo_id.split('/')[-1] if repo_id else Path(cfg.output.dir).name}
+# {repo_id.split('/')[-1] if repo_id else RunDir(cfg.output.dir).path.name}
 
 A {'QLoRA' if cfg.model.method == 'qlora' else 'LoRA'} adapter for [{cfg.model.base}]({_link(cfg.model.base)}),
 fine-tuned on `{cfg.data.dataset}` with phi3space (trl's SFTTrainer, loss on assistant turns only).
@@ -94,14 +72,14 @@ fine-tuned on `{cfg.data.dataset}` with phi3space (trl's SFTTrainer, loss on ass
 | training time (s) | {fmt(m.get('train_runtime_s'), '.0f')} |
 | hardware | {hardware or 'n/a'} |
 
-![loss curve]({LOSS_PNG})
+![loss curve]({RunDir.PLOT})
 
 ## Hyperparameters
 
 | setting | value |
 |---|---|
 """ + "".join(f"| {k} | {v} |\n" for k, v in rows) + f"""
-The full resolved configuration is in `config.yaml`; `python -m phi3space train config.yaml` repeats the run.
+The full resolved configuration is in `{RunDir.CONFIG}`; `python -m phi3space train {RunDir.CONFIG}` repeats the run.
 
 ## Usage
 
@@ -128,12 +106,9 @@ def _link(ref: str) -> str:
     return f"https://huggingface.co/{ref}" if is_hub_id(ref) else ref
 
 
-def write_run_artifacts(cfg: RunConfig, run_dir: Path, hardware=None, license: str | None = None,
-                        repo_id: str | None = None, metrics: dict | None = None) -> None:
-    """(Re)write loss_curve.png and README.md in the run folder from its events."""
-    events, _ = read_events(run_dir)
-    plot_loss(events, run_dir / LOSS_PNG)
-    hw = hardware.describe() if hasattr(hardware, "describe") else (hardware or "")
-    if not hw:
-        hw = next((e.get("hardware", "") for e in reversed(events) if e.get("type") == "run_started"), "")
-    (run_dir / "README.md").write_text(model_card(cfg, events, hw, license, repo_id, metrics), encoding="utf-8")
+def write_card(cfg: RunConfig, run: RunDir, license: str | None = None, repo_id: str | None = None,
+               metrics: dict | None = None) -> None:
+    """(Re)write the run folder's loss curve and model card from its events (plus ``metrics``, see model_card)."""
+    state = run.state()
+    plot_loss(state, run.plot)
+    run.card.write_text(model_card(cfg, state, license, repo_id, metrics), encoding="utf-8")

@@ -7,48 +7,36 @@ temperature above 0 is given.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import ModelError, scrub
 from .modeling import load_for_inference, load_tokenizer, stop_token_ids
+from .run import RunDir
 
 
 def resolve_adapter(ref: str, token: str | None = None) -> Path:
-    """A local run folder, or a Hub adapter repo downloaded to the cache."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "adapter_config.json").exists():
-            raise ModelError(f"{ref} has no adapter_config.json", "Point at a finished run folder (it holds adapter_model.safetensors).")
-        return path
-    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise ModelError(f"adapter not found: {ref}", "Give a run folder (runs/NAME) or a Hub repo ID (user/name).")
-    from huggingface_hub import snapshot_download
+    """A local run folder, or a Hub adapter repo downloaded to the cache (after asking the Hub whether ``token``
+    may read it: the cache is shared)."""
+    from .hub import call, check_read_access, is_local_ref
 
-    from .hub import check_read_access
+    if is_local_ref(ref):
+        path = Path(ref).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"adapter not found: {ref}", "Give a run folder (runs/NAME) or a Hub repo ID (user/name).")
+        if not RunDir(path).adapter_config.exists():
+            raise ModelError(f"{ref} holds no adapter (no {RunDir.ADAPTER_CONFIG})",
+                             "Point at the folder of a finished run (it holds the adapter's weights and config).")
+        return path
+    from huggingface_hub import snapshot_download
 
     def download() -> Path:
         check_read_access(ref, "model", token)
-        return Path(snapshot_download(ref, token=token, allow_patterns=["adapter_*", "tokenizer*", "*.jinja", "config.yaml"]))
+        return Path(snapshot_download(ref, token=token, allow_patterns=["adapter_*", "tokenizer*", "*.jinja", RunDir.CONFIG]))
 
-    return _hub_access(download, ref)
-
-
-def _hub_access(fn, ref: str):
-    """Run a Hub call for adapter ``ref``, turning refusals into ModelError."""
-    from huggingface_hub import errors as hub_errors
-
-    try:
-        return fn()
-    except hub_errors.GatedRepoError:
-        raise ModelError(f"adapter repo {ref} is gated", "Accept its terms on the Hub and sign in.") from None
-    except hub_errors.RepositoryNotFoundError:
-        raise ModelError(f"adapter repo {ref} was not found (or it is private)", "Check the repo ID, or sign in / set HF_TOKEN.") from None
-    except hub_errors.HfHubHTTPError as exc:
-        raise ModelError(f"could not download {ref}: {scrub(str(exc))[:200]}", "Try again in a moment.") from None
+    return call(download, f"download adapter {ref}", ModelError, ref)
 
 
 def _does_not_fit(ref: str, base: str, path: Path, exc: Exception) -> ModelError:
@@ -57,7 +45,7 @@ def _does_not_fit(ref: str, base: str, path: Path, exc: Exception) -> ModelError
 
 
 def adapter_base(adapter_dir: Path) -> str:
-    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return RunDir(adapter_dir).adapter_base()
 
 
 def adapter_name(ref: str) -> str:
@@ -81,9 +69,9 @@ class ChatEngine:
         name = adapter_name(ref)
         if name in self.adapters:
             if not Path(ref).expanduser().is_dir():  # attached for someone else: this caller must be allowed too
-                from .hub import check_read_access
+                from .hub import call, check_read_access
 
-                _hub_access(lambda: check_read_access(ref, "model", token), ref)
+                call(lambda: check_read_access(ref, "model", token), f"read adapter {ref}", ModelError, ref, attempts=1)
             return name
         path = resolve_adapter(ref, token)
         from peft import PeftModel
@@ -145,9 +133,7 @@ class ChatEngine:
             self.model.generate(**kwargs)
 
     def reply(self, messages: list[dict], adapter: str | None = None, **kw) -> str:
-        text = ""
-        for text in self.stream(messages, adapter, **kw):
-            pass
+        *_, text = self.stream(messages, adapter, **kw)  # each item is the whole reply so far
         return text.strip()
 
 
@@ -170,6 +156,6 @@ def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, to
         raise _does_not_fit(adapter, base, path, exc) from None
     out = Path(out_dir)
     merged.save_pretrained(out)
-    tokenizer_source = path if (path / "tokenizer_config.json").exists() else base
+    tokenizer_source = path if RunDir(path).has_tokenizer() else base
     load_tokenizer(str(tokenizer_source), token).save_pretrained(out)
     return out

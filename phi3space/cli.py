@@ -1,4 +1,4 @@
-"""python -m phi3space train | inspect | chat | merge | push
+"""python -m phi3space train | inspect | chat | merge | push | config
 
   python -m phi3space train configs/example.yaml --set training.max_steps=50
   python -m phi3space chat --adapter runs/my-run --prompt "Hello"
@@ -106,15 +106,11 @@ def cmd_inspect(args) -> int:
 
     cfg = config.from_dict({"data": {"dataset": args.dataset}}, args.set or [])
     _quiet_libraries()
-    token = resolve_token()
-    train_ds, _, report = data.prepare(cfg.data, cfg.training.seed, token)
-    from .modeling import load_tokenizer
-
-    tokenizer = load_tokenizer(cfg.model.base, token)
-    data.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
-    print("\n".join(report.lines()))
+    found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed,
+                                        resolve_token())
+    print("\n".join(found.report.lines()))
     print("\nexample (trained tokens between [[ and ]]):\n")
-    print(data.render_marked(train_ds[0], tokenizer))
+    print(data.render_marked(found.train[0], found.tokenizer))
     return 0
 
 
@@ -179,6 +175,13 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from .config import reference
+
+    print(reference(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m phi3space", description="Fine-tune Phi-3 with LoRA or QLoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="repo ID (default: the run's output.push_to, or auto)")
     p.add_argument("--public", dest="private", action="store_false", default=None, help="create the repo as public")
     p.set_defaults(func=cmd_push)
+    p = sub.add_parser("config", help="print the run config reference (every key, its default and meaning)")
+    p.set_defaults(func=cmd_config)
     return parser
 
 

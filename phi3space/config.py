@@ -295,3 +295,24 @@ def _validate(cfg: RunConfig) -> list[str]:
     if o.push_to and o.push_to != "auto" and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", o.push_to):
         p.append(f"output.push_to: {o.push_to!r} is not a repo ID like your-name/my-adapter (or 'auto')")
     return p
+
+
+def reference() -> str:
+    """The run config reference as a markdown table, from each field's default and help text (the README's
+    "Run config reference" is this text; ``python -m phi3space config`` prints it)."""
+    def shown(value: Any) -> str:
+        if value in (None, "", {}) and not isinstance(value, bool):
+            return ""
+        return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, cls in _SECTION_CLASSES.items():
+        defaults = cls()
+        for f in fields(cls):
+            help = f.metadata.get("help", "")
+            choices = f.metadata.get("choices")
+            if choices:
+                help += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
+            help = help.replace("<", "&lt;").replace(">", "&gt;")
+            lines.append(f"| `{section}.{f.name}` | {shown(getattr(defaults, f.name))} | {help} |")
+    return "\n".join(lines) + "\n"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .config import DataConfig
 from .errors import DataError, scrub
@@ -21,7 +22,6 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 # Column pairs recognised as prompt -> completion, in order of preference.
 PAIR_COLUMNS = [("prompt", "completion"), ("prompt", "response"), ("question", "answer"), ("query", "response"),
                 ("instruction", "response"), ("input", "output"), ("input", "target"), ("source", "target")]
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 
 
 @dataclass
@@ -61,11 +61,6 @@ class DatasetReport:
 
 # ---------------------------------------------------------------- loading
 
-def is_local(ref: str) -> bool:
-    p = Path(ref).expanduser()
-    return p.exists() or ref.startswith((".", "/", "~")) or Path(ref).suffix.lower() in LOCAL_SUFFIXES
-
-
 def _read_json_file(path: Path, broken: Counter) -> list[dict]:
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
@@ -73,7 +68,8 @@ def _read_json_file(path: Path, broken: Counter) -> list[dict]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON: {exc}", "Use one JSON object per line (JSONL) or a JSON array of objects.") from None
+            raise DataError(f"{path} is not valid JSON: {exc}",
+                            "Use one JSON object per line (JSONL) or a JSON array of objects.") from None
         if isinstance(data, dict):  # {"data": [...]} or a dict of columns
             lists = [v for v in data.values() if isinstance(v, list)]
             if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]):
@@ -137,18 +133,16 @@ def _load_hub(ref: str, config_name: str | None, split: str, token: str | None) 
     import datasets
     from huggingface_hub import errors as hub_errors
 
-    from .hub import check_read_access
+    from .hub import check_read_access, gated, hub_error, is_transient
 
     try:
         check_read_access(ref, "dataset", token)
         ds = datasets.load_dataset(ref, config_name, split=split, token=token)
     except hub_errors.GatedRepoError:
-        raise DataError(f"dataset {ref} is gated: its owner asks users to accept terms first",
-                        f"Open https://huggingface.co/datasets/{ref}, accept the terms, and sign in (or set HF_TOKEN).") from None
+        raise gated(f"datasets/{ref}", DataError) from None
     except (datasets.exceptions.DatasetNotFoundError, hub_errors.RepositoryNotFoundError, FileNotFoundError) as exc:
         if "is a gated dataset" in str(exc):  # datasets reports gated repos as DatasetNotFoundError too
-            raise DataError(f"dataset {ref} is gated: its owner asks users to accept terms first",
-                            f"Open https://huggingface.co/datasets/{ref}, accept the terms, and sign in (or set HF_TOKEN).") from None
+            raise gated(f"datasets/{ref}", DataError) from None
         private = token is None
         raise DataError(f"dataset {ref} was not found" + (" (or it is private)" if private else ""),
                         "Check the ID (owner/name) and spelling" + ("; sign in or set HF_TOKEN if it is private." if private
@@ -156,15 +150,14 @@ def _load_hub(ref: str, config_name: str | None, split: str, token: str | None) 
     except ValueError as exc:
         msg = str(exc)
         if "split" in msg.lower():
-            raise DataError(f"dataset {ref} has no split {split!r}: {scrub(msg)}", "Set data.split (and data.eval_split) to a split it has.") from None
+            raise DataError(f"dataset {ref} has no split {split!r}: {scrub(msg)}",
+                            "Set data.split (and data.eval_split) to a split it has.") from None
         if "config" in msg.lower():
             raise DataError(f"dataset {ref}: {scrub(msg)}", "Set data.config_name to one of the configurations listed.") from None
         raise
     except Exception as exc:
-        from .hub import is_transient, short_error
-
         if is_transient(exc):
-            raise DataError(f"could not reach the Hub to load {ref}: {short_error(exc)}", "Check the network and try again.") from None
+            raise hub_error(exc, f"load dataset {ref}", f"datasets/{ref}", DataError) from None
         raise
     return ds.to_list()
 
@@ -172,7 +165,9 @@ def _load_hub(ref: str, config_name: str | None, split: str, token: str | None) 
 def load_rows(data: DataConfig, split: str, token: str | None = None) -> tuple[list[dict], Counter]:
     """Raw rows of one split of ``data.dataset`` and the count of unreadable lines."""
     broken: Counter = Counter()
-    if is_local(data.dataset):
+    from .hub import is_local_ref
+
+    if is_local_ref(data.dataset):
         rows = _load_local(data.dataset, split, broken)
     else:
         rows = _load_hub(data.dataset, data.config_name, split, token)
@@ -317,6 +312,28 @@ def prepare(data: DataConfig, seed: int = 42, token: str | None = None):
     report.train_rows = len(train_ds)
     report.eval_rows = len(eval_ds) if eval_ds is not None else 0
     return train_ds, eval_ds, report
+
+
+@dataclass
+class Prepared:
+    """A dataset ready to train on: rows (normalised and split), the report, and the tokenizer that measured it."""
+
+    train: Any
+    eval: Any
+    report: DatasetReport
+    tokenizer: Any
+
+
+def prepare_with_tokenizer(data: DataConfig, base: str, max_length: int, seed: int = 42,
+                           token: str | None = None) -> Prepared:
+    """The one path from settings to tokens, shared by ``inspect``, the web form and the trainer: load, normalise
+    and split the rows, load ``base``'s tokenizer, and measure token lengths."""
+    from .modeling import load_tokenizer
+
+    train_ds, eval_ds, report = prepare(data, seed, token)
+    tokenizer = load_tokenizer(base, token)
+    add_token_stats(report, train_ds, tokenizer, max_length)
+    return Prepared(train_ds, eval_ds, report, tokenizer)
 
 
 # ---------------------------------------------------------------- tokens and rendering

@@ -1,15 +1,20 @@
-"""Hugging Face Hub access: whose token, may it push there, and retries for transient failures.
+"""Hugging Face Hub access: whose token, may it push there, is a name a Hub ID or a path, retries for transient
+failures, and the one place where Hub errors become messages a person can act on.
 
 All HTTP goes through huggingface_hub; nothing here builds a request by hand.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
-from .errors import AuthError, HubError, register_secret, scrub
+from .errors import AuthError, HubError, Phi3SpaceError, register_secret, scrub
 
 MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what gradio injects off a Space: not a token
 T = TypeVar("T")
@@ -20,9 +25,21 @@ def on_space() -> bool:
     return bool(os.environ.get("SPACE_ID"))
 
 
+# Names ending like this are files, never Hub IDs (a Hub ID has no such suffix in practice).
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".yaml", ".yml", ".txt", ".safetensors")
+
+
+def is_local_ref(ref: str) -> bool:
+    """The one rule for "a path on this machine, or a Hub ID?": a path exists here, starts like one (/ . ~), has
+    more than one '/', or ends like a file; everything else (owner/name, or a bare legacy name) is a Hub ID."""
+    ref = (ref or "").strip()
+    return (ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or ref.lower().endswith(FILE_SUFFIXES)
+            or Path(ref).expanduser().exists())
+
+
 def is_hub_id(ref: str) -> bool:
     """'owner/name' that is not a path on this machine."""
-    return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(ref))
+    return bool(ref) and ref.count("/") == 1 and not is_local_ref(ref)
 
 
 def resolve_token(explicit: str | None = None) -> str | None:
@@ -72,31 +89,89 @@ def short_error(exc: BaseException) -> str:
     return scrub(f"HTTP {status}: {first}" if status and str(status) not in first else first)[:300]
 
 
+WHOAMI_TTL_S = 300
+_whoami_cache: dict[str, tuple[float, dict]] = {}  # sha256(token) -> (time, answer); never the token itself
+_whoami_lock = threading.Lock()
+
+
 def whoami(token: str | None) -> dict:
-    """The token's user (name, orgs, role).
+    """The token's user (name, orgs, role), asked of the Hub at most once per WHOAMI_TTL_S per token.
 
     Raises:
         AuthError: no token, or the Hub refuses it.
     """
+    if token:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with _whoami_lock:
+            cached = _whoami_cache.get(key)
+        if cached and time.time() - cached[0] < WHOAMI_TTL_S:
+            return cached[1]
+        user = _ask_whoami(token)
+        with _whoami_lock:
+            _whoami_cache[key] = (time.time(), user)
+        return user
+    return _ask_whoami(token)
+
+
+def _ask_whoami(token: str | None) -> dict:
     if not token:
         raise AuthError("no Hugging Face token: pushing to the Hub needs one",
                         "Sign in with Hugging Face (web app), set HF_TOKEN, or run `hf auth login`; "
                         "or leave output.push_to empty to keep the adapter local.")
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
+    return call(lambda: HfApi().whoami(token=token), "check the token", HubError)
+
+
+def hub_error(exc: BaseException, what: str, ref: str | None = None,
+              error: type[Phi3SpaceError] = HubError) -> Phi3SpaceError | None:
+    """The one mapping from a Hub failure to a message and a hint; None for an exception that is not a Hub
+    failure (a bug, which keeps its traceback). ``what`` names the operation, ``ref`` the repo it was about."""
+    from huggingface_hub import errors as hub_errors
+
+    name = ref or "the repo"
+    if isinstance(exc, Phi3SpaceError):
+        return exc
+    if isinstance(exc, hub_errors.GatedRepoError):
+        return gated(ref, error)
+    if isinstance(exc, (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError)):
+        return error(f"{name} was not found (or it is private)",
+                     "Check the ID (owner/name) and its spelling; sign in or set HF_TOKEN if it is private.")
+    if isinstance(exc, hub_errors.HfHubHTTPError):
+        status = getattr(exc.response, "status_code", None)
+        if status == 401:
+            return AuthError(f"{what}: the Hugging Face token was refused (401: invalid or expired)",
+                             "Sign in again, or create a token at https://huggingface.co/settings/tokens and set HF_TOKEN.")
+        if status == 403:
+            return AuthError(f"{what}: the Hub refused it ({short_error(exc)})",
+                             "Check that your token has write access to that namespace (for an organisation, that "
+                             "you granted this app access to it when signing in).")
+        return error(f"{what} failed: {short_error(exc)}", "Try again in a moment.")
+    if is_transient(exc):
+        return error(f"{what}: could not reach the Hub ({short_error(exc)})",
+                     "Check the network (or HF_ENDPOINT) and try again.")
+    if isinstance(exc, (OSError, ValueError)):  # transformers and peft report a missing repo or file like this
+        return error(f"{what} failed: {short_error(exc)}",
+                     "Check the ID or folder (owner/name, or a folder with the expected files) and the network.")
+    return None
+
+
+def gated(ref: str | None, error: type[Phi3SpaceError] = HubError) -> Phi3SpaceError:
+    page = f"https://huggingface.co/{ref}" if ref else "the repo's page"
+    return error(f"{ref or 'the repo'} is gated: its owner asks users to accept terms first",
+                 f"Open {page}, accept the terms, and sign in (or set HF_TOKEN).")
+
+
+def call(fn: Callable[[], T], what: str, error: type[Phi3SpaceError] = HubError, ref: str | None = None,
+         on_retry: Callable[[str], None] | None = None, attempts: int = 4) -> T:
+    """``fn`` with retries for transient failures; a final failure becomes a typed error (see ``hub_error``)."""
     try:
-        return with_retries(lambda: HfApi().whoami(token=token), "whoami")
-    except HfHubHTTPError as exc:
-        if getattr(exc.response, "status_code", None) == 401:
-            raise AuthError("the Hugging Face token was refused (401: invalid or expired)",
-                            "Create a token with write access at https://huggingface.co/settings/tokens and set HF_TOKEN, "
-                            "or sign in again.") from None
-        raise HubError(f"could not check the token with the Hub: {short_error(exc)}", "Try again in a moment.") from None
+        return with_retries(fn, what, attempts=attempts, on_retry=on_retry)
     except Exception as exc:
-        if is_transient(exc):
-            raise HubError(f"could not reach the Hub: {short_error(exc)}", "Check the network (or HF_ENDPOINT) and try again.") from None
-        raise
+        mapped = hub_error(exc, what, ref, error)
+        if mapped is None:
+            raise
+        raise mapped from None
 
 
 def check_read_access(repo_id: str, repo_type: str, token: str | None) -> None:

@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError, scrub
+from .errors import ModelError
 
 PAD_TOKEN = "<unk>"
 STOP_TOKENS = ("<|end|>", "<|endoftext|>", "<|assistant|>")  # ids 32007, 32000, 32001 in Phi-3
@@ -56,33 +56,31 @@ def detect_hardware(attn: str = "auto") -> Hardware:
     return Hardware("cpu", "float32", attn)
 
 
-def _hub_failure(base: str, exc: Exception) -> ModelError:
-    from huggingface_hub import errors as hub_errors
+def _failure(base: str, exc: Exception) -> ModelError:
+    from .hub import hub_error
 
-    if isinstance(exc, hub_errors.GatedRepoError):
-        return ModelError(f"model {base} is gated", f"Accept its terms on https://huggingface.co/{base} and sign in (or set HF_TOKEN).")
-    if isinstance(exc, (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError)):
-        return ModelError(f"model {base} was not found (or it is private)", "Check the ID, e.g. microsoft/Phi-3-mini-4k-instruct, or sign in.")
-    return ModelError(f"could not load model {base}: {scrub(str(exc))[:300]}",
-                      "Check the model ID or folder (it needs config.json and tokenizer files) and the network.")
+    mapped = hub_error(exc, f"load model {base}", base, ModelError)
+    if mapped is None:
+        raise exc
+    return mapped
 
 
 def check_base(base: str, token: str | None = None):
     """Load and check the base model's config before any weights: it must be a native Phi-3."""
     from transformers import AutoConfig
 
-    from .hub import check_read_access, is_transient
+    from .hub import check_read_access, is_local_ref
 
+    if is_local_ref(base) and not Path(base).expanduser().is_dir():
+        raise ModelError(f"model folder not found: {base}",
+                         "Give a Hub model ID such as microsoft/Phi-3-mini-4k-instruct, or a folder holding config.json, "
+                         "the weights and the tokenizer files.")
     try:
-        if not is_local_model(base):  # the cache is shared: ask the Hub whether *this* token may read it
+        if not is_local_ref(base):  # the cache is shared: ask the Hub whether *this* token may read it
             check_read_access(base, "model", token)
         config = AutoConfig.from_pretrained(base, token=token)
-    except (OSError, ValueError) as exc:
-        raise _hub_failure(base, exc) from None
     except Exception as exc:
-        if is_transient(exc):
-            raise _hub_failure(base, exc) from None
-        raise
+        raise _failure(base, exc) from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelError(f"{base} is a {config.model_type!r} model; phi3space trains Phi-3 / Phi-3.5 (model_type phi3)",
                          "Use microsoft/Phi-3-mini-4k-instruct, microsoft/Phi-3-mini-128k-instruct or microsoft/Phi-3.5-mini-instruct.")
@@ -95,7 +93,7 @@ def load_tokenizer(base: str, token: str | None = None):
     try:
         tok = AutoTokenizer.from_pretrained(base, token=token)
     except (OSError, ValueError) as exc:
-        raise _hub_failure(base, exc) from None
+        raise _failure(base, exc) from None
     if PAD_TOKEN in tok.get_vocab():
         tok.pad_token = PAD_TOKEN
     tok.padding_side = "right"
@@ -140,11 +138,11 @@ def quantization_config(hw: Hardware):
 
 
 def load_model(base: str, method: str, hw: Hardware, token: str | None = None, gradient_checkpointing: bool = False):
-    """The base model ready for a LoRA adapter (``method`` lora) or 4-bit for QLoRA (``method`` qlora)."""
+    """The base model ready for a LoRA adapter (``method`` lora) or 4-bit for QLoRA (``method`` qlora); the caller
+    has run ``check_base`` first."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    check_base(base, token)
     kwargs = dict(dtype=getattr(torch, hw.dtype), attn_implementation=hw.attn_implementation, token=token)
     if method == "qlora":
         if importlib.util.find_spec("bitsandbytes") is None:
@@ -157,7 +155,7 @@ def load_model(base: str, method: str, hw: Hardware, token: str | None = None, g
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _hub_failure(base, exc) from None
+        raise _failure(base, exc) from None
     except ImportError as exc:
         raise ModelError(f"missing package to load {base}: {exc}", "Install it, or set model.attn_implementation: sdpa.") from None
     model.config.use_cache = False  # the KV cache is useless (and warns) during training
@@ -179,12 +177,8 @@ def load_for_inference(base: str, token: str | None = None, dtype: str | None = 
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype or hw.dtype), token=token,
                                                      attn_implementation=hw.attn_implementation)
     except (OSError, ValueError) as exc:
-        raise _hub_failure(base, exc) from None
+        raise _failure(base, exc) from None
     return model.to(hw.device).eval()
-
-
-def is_local_model(ref: str) -> bool:
-    return Path(ref).expanduser().is_dir()
 
 
 KNOWN_SIZES = {  # params, hidden, layers, intermediate, vocab

@@ -8,69 +8,64 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import config as config_mod
-from .card import write_run_artifacts
-from .errors import HubError, Phi3SpaceError
-from .events import EventWriter
-from .hub import base_license, check_push_access, short_error, with_retries
+from .errors import HubError
+from .hub import base_license, call, check_push_access, with_retries
+from .run import EventWriter, RunDir, checkpoint_name, checkpoint_step
 
 CHECKPOINT_BRANCH = "checkpoints"
-ADAPTER_PATTERNS = ["adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json", "chat_template.jinja", "config.yaml", "README.md", "loss_curve.png"]
 
 
-def _hub_call(fn, what: str, writer: EventWriter | None):
-    """Run one Hub operation with retries; a final failure becomes a HubError (authorisation errors stay theirs)."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    log = (lambda msg: writer.emit("log", message=msg)) if writer else None
-    try:
-        return with_retries(fn, what, on_retry=log)
-    except Phi3SpaceError:
-        raise
-    except HfHubHTTPError as exc:
-        status = getattr(exc.response, "status_code", None)
-        if status in (401, 403):
-            raise HubError(f"{what}: the Hub refused it ({short_error(exc)})",
-                           "Check that your token has write access to that namespace.") from None
-        raise HubError(f"{what} failed: {short_error(exc)}", "") from None
-    except Exception as exc:
-        raise HubError(f"{what} failed: {short_error(exc)}", "") from None
+def _retry_log(writer: EventWriter | None):
+    return (lambda msg: writer.emit("log", message=msg)) if writer else None
 
 
-def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None = None, private: bool | None = None,
-             writer: EventWriter | None = None) -> dict:
-    """Push a run folder's adapter, tokenizer, config, loss curve and model card; returns {repo_id, url, commit}.
+def upload_adapter(run: RunDir, repo_id: str, token: str | None, private: bool, writer: EventWriter) -> dict:
+    """Upload the run folder's adapter, tokenizer, config, loss curve and model card (as already rendered) to
+    ``repo_id``, and record it as a ``push`` event; returns {repo_id, url, commit}.
+
+    Raises:
+        HubError / AuthError: the push failed after retries (the run folder is untouched).
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    log = _retry_log(writer)
+    url = call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", ref=repo_id, on_retry=log)
+    info = call(lambda: api.upload_folder(folder_path=str(run.path), repo_id=repo_id, allow_patterns=RunDir.PUSHED,
+                                          commit_message="phi3space: adapter"), "upload", ref=repo_id, on_retry=log)
+    result = {"repo_id": repo_id, "url": str(url).rstrip("/") if url else f"https://huggingface.co/{repo_id}",
+              "commit": getattr(info, "oid", None) or ""}
+    writer.emit("push", what="adapter", **result)
+    return result
+
+
+def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None = None,
+             private: bool | None = None) -> dict:
+    """Push a finished run folder later (``python -m phi3space push``): checks access, renders the card for that
+    repo from the run's events, uploads, and records the push in the run's events.
 
     Raises:
         AuthError: no/refused token or a namespace that is not the user's.
         HubError: the push failed after retries (the run folder is untouched; run this again later).
     """
-    from huggingface_hub import HfApi
+    from . import config as config_mod
+    from .card import write_card
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "adapter_model.safetensors").exists() or not (run_dir / "config.yaml").exists():
-        raise HubError(f"{run_dir} holds no finished adapter (adapter_model.safetensors + config.yaml)",
+    run = RunDir(run_dir)
+    if not run.has_adapter() or not run.config.exists():
+        raise HubError(f"{run_dir} holds no finished adapter",
                        "Pass the run folder of a finished run, e.g. runs/NAME.")
-    cfg = config_mod.load(run_dir / "config.yaml")
+    cfg = run.load_config()
     target = repo_id or cfg.output.push_to or "auto"
     private = cfg.output.private if private is None else private
-    api = HfApi(token=token)
     try:
-        repo_id = check_push_access(target, token, config_mod.default_run_name(cfg))
-        url = _hub_call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", writer)
-        write_run_artifacts(cfg, run_dir, license=base_license(cfg.model.base, token), repo_id=repo_id)
-        info = _hub_call(lambda: api.upload_folder(folder_path=str(run_dir), repo_id=repo_id, allow_patterns=ADAPTER_PATTERNS,
-                                                   commit_message=f"phi3space: {cfg.model.method} adapter"), "upload", writer)
+        resolved = check_push_access(target, token, config_mod.default_run_name(cfg))
+        write_card(cfg, run, license=base_license(cfg.model.base, token), repo_id=resolved)
+        return upload_adapter(run, resolved, token, private, run.writer())
     except HubError as exc:
         raise HubError(f"push to {target} failed: {exc.message}; the adapter is kept in {run_dir}",
                        f"Push it later with: python -m phi3space push {run_dir}"
-                       + (f" --to {repo_id}" if repo_id != (cfg.output.push_to or "auto") else "")) from None
-    result = {"repo_id": repo_id, "url": str(url).rstrip("/") if url else f"https://huggingface.co/{repo_id}",
-              "commit": getattr(info, "oid", None) or ""}
-    if writer:
-        writer.emit("push", what="adapter", **result)
-    return result
+                       + (f" --to {target}" if target != (cfg.output.push_to or "auto") else "")) from None
 
 
 def push_checkpoint(checkpoint: Path, repo_id: str, token: str | None, private: bool, writer: EventWriter | None = None,
@@ -80,21 +75,24 @@ def push_checkpoint(checkpoint: Path, repo_id: str, token: str | None, private: 
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    _hub_call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", writer)
-    _hub_call(lambda: api.create_branch(repo_id, branch=CHECKPOINT_BRANCH, exist_ok=True), "create branch", writer)
-    info = _hub_call(lambda: api.upload_folder(folder_path=str(checkpoint), repo_id=repo_id, revision=CHECKPOINT_BRANCH,
-                                               path_in_repo=checkpoint.name, commit_message=f"phi3space: {checkpoint.name}"),
-                     f"upload {checkpoint.name}", writer)
+    log = _retry_log(writer)
+    call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", ref=repo_id, on_retry=log)
+    call(lambda: api.create_branch(repo_id, branch=CHECKPOINT_BRANCH, exist_ok=True), "create branch", ref=repo_id,
+         on_retry=log)
+    info = call(lambda: api.upload_folder(folder_path=str(checkpoint), repo_id=repo_id, revision=CHECKPOINT_BRANCH,
+                                          path_in_repo=checkpoint.name, commit_message=f"phi3space: {checkpoint.name}"),
+                f"upload {checkpoint.name}", ref=repo_id, on_retry=log)
     if keep:  # after the upload, so that the branch always holds a checkpoint to resume from
         from huggingface_hub import CommitOperationDelete
 
-        files = _hub_call(lambda: api.list_repo_files(repo_id, revision=CHECKPOINT_BRANCH), "list checkpoints", writer)
-        older = sorted(s for s in _checkpoint_steps(files) if s < _step(checkpoint.name))
-        stale = [CommitOperationDelete(f"checkpoint-{s}/", is_folder=True) for s in older[: max(0, len(older) - (keep - 1))]]
+        files = call(lambda: api.list_repo_files(repo_id, revision=CHECKPOINT_BRANCH), "list checkpoints", ref=repo_id,
+                     on_retry=log)
+        older = sorted(s for s in _checkpoint_steps(files) if s < checkpoint_step(checkpoint.name))
+        stale = [CommitOperationDelete(f"{checkpoint_name(s)}/", is_folder=True) for s in older[: max(0, len(older) - (keep - 1))]]
         if stale:
-            _hub_call(lambda: api.create_commit(repo_id, stale, revision=CHECKPOINT_BRANCH,
-                                                commit_message=f"phi3space: keep the newest {keep} checkpoints"),
-                      "remove old checkpoints", writer)
+            call(lambda: api.create_commit(repo_id, stale, revision=CHECKPOINT_BRANCH,
+                                           commit_message=f"phi3space: keep the newest {keep} checkpoints"),
+                 "remove old checkpoints", ref=repo_id, on_retry=log)
     result = {"repo_id": repo_id, "url": f"{str(getattr(info, 'repo_url', '') or repo_id).rstrip('/')}/tree/{CHECKPOINT_BRANCH}",
               "commit": getattr(info, "oid", None) or "", "what": checkpoint.name}
     if writer:
@@ -102,8 +100,8 @@ def push_checkpoint(checkpoint: Path, repo_id: str, token: str | None, private: 
     return result
 
 
-def fetch_checkpoint(repo_id: str, run_dir: Path, token: str | None) -> Path | None:
-    """Download the newest checkpoint from the repo's checkpoints branch into ``run_dir``; None when there is none."""
+def fetch_checkpoint(repo_id: str, run: RunDir, token: str | None) -> Path | None:
+    """Download the newest checkpoint from the repo's checkpoints branch into the run folder; None when there is none."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -114,17 +112,12 @@ def fetch_checkpoint(repo_id: str, run_dir: Path, token: str | None) -> Path | N
     steps = _checkpoint_steps(files)
     if not steps:
         return None
-    name = f"checkpoint-{max(steps)}"
-    with_retries(lambda: snapshot_download(repo_id, revision=CHECKPOINT_BRANCH, allow_patterns=[f"{name}/*"],
-                                           local_dir=str(run_dir), token=token), f"download {name}")
-    return run_dir / name
-
-
-def _step(name: str) -> int:
-    return int(name.split("-")[-1])
+    name = checkpoint_name(max(steps))
+    call(lambda: snapshot_download(repo_id, revision=CHECKPOINT_BRANCH, allow_patterns=[f"{name}/*"],
+                                   local_dir=str(run.path), token=token), f"download {name}", ref=repo_id)
+    return run.checkpoint(max(steps))
 
 
 def _checkpoint_steps(files: list[str]) -> set[int]:
     """Steps of the checkpoint-N/ folders among a branch's file paths."""
-    return {_step(f.split("/")[0]) for f in files
-            if f.startswith("checkpoint-") and "/" in f and f.split("/")[0].split("-")[-1].isdigit()}
+    return {s for f in files if "/" in f and (s := checkpoint_step(f)) is not None}

@@ -1,7 +1,9 @@
-"""Build and run trl's SFTTrainer from a RunConfig, reporting everything through events.jsonl.
+"""A fine-tuning run in three stages, as a recipe: ``preflight`` (every cheap check, then data and tokenizer),
+``fit`` (the model and trl's SFTTrainer), ``finish`` (final metrics, adapter, card, push). Everything is reported
+through the run's events.
 
-Order matters: cheap checks first (config, run folder, Hub access, data), then the tokenizer (token stats), then
-the model, so that a user's mistake is reported in seconds, before gigabytes of weights are loaded.
+Order matters: cheap checks first (run folder, Hub access, base model config, data), then the tokenizer (token
+stats), then the model, so that a user's mistake is reported in seconds, before gigabytes of weights are loaded.
 """
 
 from __future__ import annotations
@@ -11,25 +13,19 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_mod
 from .config import RunConfig
 from .errors import Cancelled, ConfigError, OutOfMemory, Phi3SpaceError
-from .events import EventWriter
-from .modeling import Hardware, check_base, detect_hardware, load_model, load_tokenizer
-
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+from .modeling import Hardware, check_base, detect_hardware, load_model
+from .run import EventWriter, RunDir
 
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint-N folder of a run folder (None when there is none, or no folder)."""
-    ckpts = [p for p in Path(run_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def library_versions() -> dict[str, str]:
@@ -87,7 +83,7 @@ def _events_callback(writer: EventWriter, stop_flag: dict, on_checkpoint=None):
                             eval_token_accuracy=logs.get("eval_mean_token_accuracy"))
 
         def on_save(self, args, state, control, **kw):
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            path = RunDir(args.output_dir).checkpoint(state.global_step)
             writer.emit("checkpoint", step=state.global_step, path=str(path))
             if on_checkpoint is not None and is_main_process():
                 on_checkpoint(path)
@@ -148,56 +144,147 @@ def lora_config(cfg: RunConfig):
                       target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
-def build_trainer(cfg: RunConfig, token: str | None = None, callbacks=()):
-    """Data, tokenizer, model and SFTTrainer for ``cfg``; returns (trainer, dataset report, hardware)."""
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
+@dataclass
+class Preflight:
+    """What the cheap checks settled before any weights load."""
 
+    run: RunDir
+    repo_id: str | None  # where the adapter will be pushed (resolved from 'auto'), None to keep it local
+    checkpoint: Path | None  # what --resume continues from
+    data: data_mod.Prepared
+    hardware: Hardware
+
+
+@dataclass
+class Fitted:
+    metrics: dict
+    cancelled: bool
+
+
+@contextmanager
+def stop_requests():
+    """Stop (SIGTERM, Ctrl-C) sets a flag that the trainer checks after each step; it then saves and ends as
+    "cancelled". A second Ctrl-C does not wait. Signals can only be handled in the main thread (the CLI and job
+    processes), so elsewhere (a test's worker thread) nothing is installed."""
+    flag: dict = {}
+
+    def on_signal(signum, frame):
+        if flag.get("stop") and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writer: EventWriter) -> Preflight:
+    """Who pushes where, what to resume from, the base model's config, the data and the tokenizer."""
+    repo_id = None
+    if cfg.output.push_to:  # settled before any data or weights are loaded
+        from .config import default_run_name
+        from .hub import check_push_access
+
+        repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, default_run_name(cfg))
+    run.path.mkdir(parents=True, exist_ok=True)
+    ckpt = _checkpoint_to_resume(cfg, run, resume, token, writer)
+    if is_main_process():
+        cfg.save(run.config)
     check_base(cfg.model.base, token)  # a wrong or unreachable model fails before the data is read
-    train_ds, eval_ds, report = data_mod.prepare(cfg.data, seed=cfg.training.seed, token=token)
-    tokenizer = load_tokenizer(cfg.model.base, token)
-    data_mod.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
+    prepared = data_mod.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token)
     hw = detect_hardware(cfg.model.attn_implementation)
     if cfg.training.packing and hw.attn_implementation != "flash_attention_2":
         # Packed rows share one sequence; only flash-attention's varlen kernels keep them from attending to each other.
         raise ConfigError([f"training.packing: needs flash_attention_2, but this machine uses {hw.attn_implementation}"],
                           "Set training.packing: false, or install flash-attn on an Ampere or newer GPU.")
-    model = load_model(cfg.model.base, cfg.model.method, hw, token, cfg.training.gradient_checkpointing)
-    chat = "messages" in train_ds.column_names
-    trainer = SFTTrainer(model=model, args=build_sft_config(cfg, hw, eval_ds is not None, chat),
-                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+    return Preflight(run, repo_id, ckpt, prepared, hw)
+
+
+def build_trainer(cfg: RunConfig, pre: Preflight, token: str | None = None, callbacks=()):
+    """The base model (LoRA or 4-bit) and trl's SFTTrainer over the prepared data."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    model = load_model(cfg.model.base, cfg.model.method, pre.hardware, token, cfg.training.gradient_checkpointing)
+    data = pre.data
+    chat = "messages" in data.train.column_names
+    trainer = SFTTrainer(model=model, args=build_sft_config(cfg, pre.hardware, data.eval is not None, chat),
+                         train_dataset=data.train, eval_dataset=data.eval, processing_class=data.tokenizer,
                          peft_config=lora_config(cfg), callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # progress is reported through events, not printed dicts
-    return trainer, report, hw
+    return trainer
 
 
-def _checkpoint_to_resume(cfg: RunConfig, resume: bool, token: str | None, writer: EventWriter) -> Path | None:
+def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict) -> Fitted:
+    """Train (from the checkpoint, when resuming) and evaluate; the trainer stops after the step when asked."""
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    writer.emit("run_started", config=cfg.to_dict(), versions=library_versions(), hardware=pre.hardware.describe(),
+                trainable_params=trainable, total_params=total, trainable_pct=round(100 * trainable / total, 4),
+                dataset=pre.data.report.to_dict(), max_steps=_planned_steps(trainer),
+                resumed_from=str(pre.checkpoint) if pre.checkpoint else None)
+    result = trainer.train(resume_from_checkpoint=str(pre.checkpoint) if pre.checkpoint else None)
+    cancelled = bool(stop.get("stop"))
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
+               "steps": trainer.state.global_step, "tokens": trainer.state.num_input_tokens_seen or _last_tokens(trainer)}
+    if trainer.eval_dataset is not None and not cancelled:
+        ev = trainer.evaluate()
+        metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]))
+    return Fitted(metrics, cancelled)
+
+
+def finish(cfg: RunConfig, pre: Preflight, trainer, fitted: Fitted, token: str | None, writer: EventWriter) -> None:
+    """Save the adapter (also when stopped early: nothing is lost), render the card once with the final metrics,
+    push that card with the adapter, and write the run's last word."""
+    run = pre.run
+    trainer.save_model(str(run.path))  # adapter only (peft)
+    if is_main_process():
+        from .card import write_card
+        from .hub import base_license
+
+        trainer.processing_class.save_pretrained(str(run.path))
+        license = base_license(cfg.model.base, token) if pre.repo_id else None
+        write_card(cfg, run, license=license, repo_id=pre.repo_id, metrics=fitted.metrics)
+        if pre.repo_id and not fitted.cancelled:
+            from .push import upload_adapter
+
+            try:
+                upload_adapter(run, pre.repo_id, token, cfg.output.private, writer)
+            except Phi3SpaceError as exc:
+                raise type(exc)(f"push to {pre.repo_id} failed: {exc.message}; the adapter is kept in {run.path}",
+                                f"Push it later with: python -m phi3space push {run.path}") from None
+    writer.emit("run_finished", status="cancelled" if fitted.cancelled else "completed", step=trainer.state.global_step,
+                metrics=fitted.metrics, adapter=str(run.path))
+
+
+def _checkpoint_to_resume(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writer: EventWriter) -> Path | None:
     """The checkpoint --resume continues from: the newest local one, else the newest on the Hub's checkpoints branch."""
     if not resume:
         return None
-    run_dir = cfg.run_dir
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = run.latest_checkpoint()
     if ckpt is None and cfg.output.push_to and cfg.output.push_checkpoints:
         from .push import fetch_checkpoint
 
-        ckpt = fetch_checkpoint(cfg.output.push_to, run_dir, token)
+        ckpt = fetch_checkpoint(cfg.output.push_to, run, token)
         if ckpt is not None:
             writer.emit("log", message=f"resuming from {ckpt.name} downloaded from {cfg.output.push_to} (branch checkpoints)")
     if ckpt is None:
         where = f" or on the Hub ({cfg.output.push_to}, branch checkpoints)" if cfg.output.push_checkpoints and cfg.output.push_to else ""
-        raise ConfigError([f"--resume: no checkpoint-* folder in {run_dir}{where}"],
+        raise ConfigError([f"--resume: no checkpoint in {run.path}{where}"],
                           "Start without --resume, or point output.dir at the run folder you want to continue.")
     return ckpt
 
 
-def _checkpoint_pusher(cfg: RunConfig, token: str | None, writer: EventWriter):
+def _checkpoint_pusher(cfg: RunConfig, repo_id: str, token: str | None, writer: EventWriter):
     """Push each saved checkpoint off the machine; a failed push is reported, training goes on."""
     from .push import push_checkpoint
 
     def push(path: Path) -> None:
         try:
-            push_checkpoint(path, cfg.output.push_to, token, cfg.output.private, writer,
-                            keep=cfg.training.save_total_limit)
+            push_checkpoint(path, repo_id, token, cfg.output.private, writer, keep=cfg.training.save_total_limit)
         except Phi3SpaceError as exc:
             writer.emit("log", message=f"warning: {path.name} was not pushed: {exc.message}")
 
@@ -205,87 +292,43 @@ def _checkpoint_pusher(cfg: RunConfig, token: str | None, writer: EventWriter):
 
 
 def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=None) -> Path:
-    """Run one fine-tuning job; returns the run folder holding the adapter.
+    """Run one fine-tuning job: preflight, fit, finish. Returns the run folder holding the adapter.
 
     Raises:
         Phi3SpaceError: for every user mistake (already reported as an ``error`` event).
+        Cancelled: stopped by a signal (the adapter so far and a checkpoint are saved).
     """
-    run_dir = cfg.run_dir
-    if not resume and (latest_checkpoint(run_dir) or (run_dir / "adapter_model.safetensors").exists()):
+    run = RunDir(cfg.output.dir)
+    if not resume and run.holds_run():
         # Refused before anything is written: that run's events and adapter stay as they are.
-        raise ConfigError([f"output.dir: {run_dir} already holds a run"],
+        raise ConfigError([f"output.dir: {run.path} already holds a run"],
                           "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
-    writer = EventWriter(run_dir, enabled=is_main_process(), echo=echo)
-    stop_flag: dict = {}
-    trainer = None
-    metrics: dict = {}
-
-    def on_signal(signum, frame):  # Stop (SIGTERM, Ctrl-C): finish the step, save, end as "cancelled"
-        if stop_flag.get("stop") and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C does not wait
-        stop_flag["stop"] = True
-
-    # Signals can only be handled in the main thread (the CLI and job subprocesses; not a test's worker thread).
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
-    try:
-        if cfg.output.push_to:  # who pushes where is settled before any data or weights are loaded
-            from .config import default_run_name
-            from .hub import check_push_access
-
-            cfg.output.push_to = check_push_access(cfg.output.push_to, token, default_run_name(cfg))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = _checkpoint_to_resume(cfg, resume, token, writer)
-        if is_main_process():
-            cfg.save(run_dir / "config.yaml")
-        pusher = _checkpoint_pusher(cfg, token, writer) if cfg.output.push_to and cfg.output.push_checkpoints else None
-        trainer, report, hw = build_trainer(cfg, token, callbacks=[_events_callback(writer, stop_flag, pusher)])
-        eval_ds = trainer.eval_dataset
-        trainable, total = trainer.model.get_nb_trainable_parameters()
-        max_steps = _planned_steps(trainer)
-        writer.emit("run_started", config=cfg.to_dict(), versions=library_versions(), hardware=hw.describe(),
-                    trainable_params=trainable, total_params=total, trainable_pct=round(100 * trainable / total, 4),
-                    dataset=report.to_dict(), max_steps=max_steps, resumed_from=str(ckpt) if ckpt else None)
-        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-        step = trainer.state.global_step
-        cancelled = bool(stop_flag.get("stop"))
-        metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
-                   "steps": step, "tokens": trainer.state.num_input_tokens_seen or _last_tokens(trainer)}
-        if eval_ds is not None and not cancelled:
-            ev = trainer.evaluate()
-            metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]))
-        trainer.save_model(str(run_dir))  # adapter only (peft), even when stopped early: nothing is lost
-        if is_main_process():
-            trainer.processing_class.save_pretrained(str(run_dir))
-            from .card import write_run_artifacts
-
-            write_run_artifacts(cfg, run_dir, hw, metrics=metrics)
-            if cfg.output.push_to and not cancelled:
-                from .push import push_run
-
-                push_run(run_dir, cfg.output.push_to, token, cfg.output.private, writer)
-        writer.emit("run_finished", status="cancelled" if cancelled else "completed", step=step, metrics=metrics,
-                    adapter=str(run_dir))
-        if cancelled:
-            raise Cancelled(f"stopped at step {step}; the adapter so far is saved in {run_dir}",
-                            f"Continue with: python -m phi3space train {run_dir / 'config.yaml'} --resume")
-        return run_dir
-    except Cancelled:
-        raise
-    except Phi3SpaceError as exc:
-        _fail(writer, exc, trainer, run_dir, metrics)
-        raise
-    except Exception as exc:
-        oom = _as_oom(exc, cfg, run_dir)
-        if oom is None:
-            _fail(writer, Phi3SpaceError(f"training crashed: {type(exc).__name__}: {exc}",
-                                         "This looks like a bug; the events file and logs have the details."), trainer, run_dir)
+    writer = run.writer(enabled=is_main_process(), echo=echo)
+    trainer = fitted = None
+    with stop_requests() as stop:
+        try:
+            pre = preflight(cfg, run, resume, token, writer)
+            pusher = _checkpoint_pusher(cfg, pre.repo_id, token, writer) if pre.repo_id and cfg.output.push_checkpoints else None
+            trainer = build_trainer(cfg, pre, token, callbacks=[_events_callback(writer, stop, pusher)])
+            fitted = fit(cfg, pre, trainer, writer, stop)
+            finish(cfg, pre, trainer, fitted, token, writer)
+        except Phi3SpaceError as exc:
+            _fail(writer, exc, trainer, fitted, run)
             raise
-        _fail(writer, oom, trainer, run_dir)
-        raise oom from None
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        except Exception as exc:
+            oom = _as_oom(exc, cfg, run)
+            if oom is None:
+                _fail(writer, Phi3SpaceError(f"training crashed: {type(exc).__name__}: {exc}",
+                                             "This looks like a bug; the events file and logs have the details."),
+                      trainer, fitted, run)
+                raise
+            _fail(writer, oom, trainer, fitted, run)
+            raise oom from None
+    if fitted.cancelled:
+        step = trainer.state.global_step
+        raise Cancelled(f"stopped at step {step}; the adapter so far is saved in {run.path}",
+                        f"Continue with: python -m phi3space train {run.config} --resume")
+    return run.path
 
 
 def _planned_steps(trainer) -> int:
@@ -303,20 +346,21 @@ def _last_tokens(trainer) -> int | None:
     return None
 
 
-def _as_oom(exc: Exception, cfg: RunConfig, run_dir: Path | None = None) -> OutOfMemory | None:
+def _as_oom(exc: Exception, cfg: RunConfig, run: RunDir) -> OutOfMemory | None:
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
         hint = ("Lower training.batch_size (raise grad_accum to keep the effective batch), lower training.max_length"
                 + (", or use model.method: qlora." if cfg.model.method == "lora" else "."))
-        if run_dir is not None and latest_checkpoint(run_dir) is not None:
+        if run.latest_checkpoint() is not None:
             hint += " Then add --resume to continue from the last checkpoint."
         return OutOfMemory("the GPU ran out of memory", hint)
     return None
 
 
-def _fail(writer: EventWriter, exc: Phi3SpaceError, trainer, run_dir: Path, metrics: dict | None = None) -> None:
-    step = trainer.state.global_step if trainer is not None else 0
+def _fail(writer: EventWriter, exc: Phi3SpaceError, trainer, fitted: Fitted | None, run: RunDir) -> None:
+    """The error and the run's last word: the step reached and, when one was saved, where the adapter is."""
     writer.emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
-    adapter = str(run_dir) if (run_dir / "adapter_model.safetensors").exists() else None
-    writer.emit("run_finished", status="failed", step=step, metrics=metrics or {}, adapter=adapter)
+    step = trainer.state.global_step if trainer is not None else 0
+    writer.emit("run_finished", status="failed", step=step, metrics=fitted.metrics if fitted else {},
+                adapter=str(run.path) if run.has_adapter() else None)

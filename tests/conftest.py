@@ -6,10 +6,7 @@ conftest, before any other import of the project.
 """
 
 import os
-import sys
 import tempfile
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 from hub_server import HubServer  # noqa: E402
 

@@ -35,7 +35,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
 
 
-
 class Request(collections.namedtuple("Request", "method path token")):
     """One logged request; compares like the tuple (method, path, token) but never shows the token."""
 

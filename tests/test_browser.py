@@ -71,7 +71,7 @@ def test_train_watch_and_chat_in_the_browser(browser, tiny_model, tmp_path):
         expect(progress).to_contain_text("step 40/40")
         expect(page.locator("#job-log textarea")).to_have_value(re.compile("run completed at step 40"))
         page.screenshot(path=str(ARTIFACTS / "3-finished.png"), full_page=True)
-        assert [j.status for j in runner.list("local")] == ["completed"]
+        assert [runner.status(j)[0] for j in runner.list("local")] == ["completed"]
 
         page.locator("#open-chat").click()
         expect(page.locator("#chat-adapter input")).to_have_value(re.compile(runner.list("local")[0].id))

@@ -17,8 +17,8 @@ from tinymodel import build_tiny_phi3
 from phi3space import cli, data
 from phi3space.config import DataConfig
 from phi3space.errors import DataError, ModelError, register_secret, scrub
-from phi3space.events import read_events
 from phi3space.push import push_run
+from phi3space.run import RunDir
 
 CANARY = "hf_CanaryToken0123456789abcdefg"  # token-shaped, shorter than a real one
 BOB = "hf_BobToken0123456789abcdefghijk"
@@ -50,8 +50,16 @@ def write_config(path, cfg):
 def alice(hub):
     hub.add_user("alice", CANARY, orgs=("alice-lab",))
     hub.add_user("bob", BOB)
-    hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl()}, repo_type="dataset", private=True)
+    hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl(), "data/test.jsonl": qa_jsonl()}, repo_type="dataset",
+                 private=True)
     return hub
+
+
+def card_results(card: str) -> dict:
+    """The model card's Results table as {metric: value}."""
+    table = card.split("## Results")[1].split("##")[0]
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    return {k.strip(): v.strip() for k, v in rows[1:]}
 
 
 def files_containing(root, needle: bytes):
@@ -63,7 +71,7 @@ def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_
     base_files = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()}
     alice.add_repo("acme/tiny-phi3", {**base_files, "README.md": "---\nlicense: mit\n---\n# tiny\n"})
     run_dir = tmp_path / "run"
-    cfg = memorise_config("acme/tiny-phi3", "alice/qa", run_dir, output__push_to="auto")
+    cfg = memorise_config("acme/tiny-phi3", "alice/qa", run_dir, output__push_to="auto", data__eval_split="test")
     result = run_cli("train", str(write_config(tmp_path / "run.yaml", cfg)))
     assert result.returncode == 0, result.stderr[-3000:]
     repo_id = "alice/tiny-phi3-qa-lora"
@@ -84,8 +92,17 @@ def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_
     assert f'PeftModel.from_pretrained(base, "{repo_id}")' in card and "best eval loss" in card
     assert yaml.safe_load(pushed["config.yaml"])["output"]["push_to"] == repo_id  # the run can be repeated from it
 
-    push = next(e for e in read_events(run_dir)[0] if e["type"] == "push")
+    push = next(e for e in RunDir(run_dir).read_events()[0] if e["type"] == "push")
     assert push["repo_id"] == repo_id and push["commit"] == commits[0]["oid"] and push["url"].endswith(repo_id)
+
+    # The pushed card carries the run's real results: the numbers of its run_finished event.
+    results = card_results(card)
+    metrics = RunDir(run_dir).state().metrics
+    assert results["steps"] == "40" and results["tokens"] == str(metrics["tokens"]) and metrics["tokens"] > 0
+    assert results["training time (s)"] == format(metrics["train_runtime_s"], ".0f")
+    assert results["final eval loss"] == format(metrics["eval_loss"], ".4f") and results["eval perplexity"] != "n/a"
+    assert results["mean train loss (whole run)"] == format(metrics["train_loss"], ".4f")
+    assert "n/a" not in [results[k] for k in ("best eval loss", "final train loss", "hardware")]
 
     # The card's usage snippet works as written (with a question it was trained on).
     snippet = card.split("```python\n")[1].split("```")[0].replace('"Hello!"', json.dumps(QA_PAIRS[3][0]))
@@ -118,7 +135,7 @@ def test_push_is_refused_before_training_without_access(alice, tiny_model, tmp_p
         assert cli.main(["train", str(cfg_path)]) == 2
         err = capsys.readouterr().err
         assert expected in err and "hint:" in err
-        assert not any(e["type"] == "run_started" for e in read_events(tmp_path / "run")[0])  # nothing was loaded
+        assert not any(e["type"] == "run_started" for e in RunDir(tmp_path / "run").read_events()[0])  # nothing was loaded
     assert alice.repo("bob/stolen") is None
     monkeypatch.setenv("HF_TOKEN", CANARY)  # an organisation the user belongs to is fine
     assert cli.main(["train", str(cfg_path), "--set", "output.push_to=alice-lab/ok", "--set", "training.max_steps=1",
@@ -142,14 +159,14 @@ def test_server_gone_keeps_the_adapter_and_push_delivers_later(alice, tiny_model
     proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(write_config(tmp_path / "r.yaml", cfg))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     deadline = time.time() + 120
-    while time.time() < deadline and not any(e["type"] == "run_started" for e in read_events(run_dir)[0]):
+    while time.time() < deadline and not any(e["type"] == "run_started" for e in RunDir(run_dir).read_events()[0]):
         time.sleep(0.1)
     alice.down = True  # the dataset is loaded; the Hub goes away before the push
     out, err = proc.communicate(timeout=300)
     alice.down = False
     assert proc.returncode == 2, err[-3000:]
     assert "the adapter is kept in" in err and f"python -m phi3space push {run_dir}" in err and "Traceback" not in err
-    events = read_events(run_dir)[0]
+    events = RunDir(run_dir).read_events()[0]
     error = next(e for e in events if e["type"] == "error")
     assert error["kind"] == "hub" and events[-1]["status"] == "failed" and events[-1]["adapter"] == str(run_dir)
     assert (run_dir / "adapter_model.safetensors").exists() and alice.repo("alice/late") is None
@@ -169,7 +186,7 @@ def test_resume_from_hub_checkpoints_after_the_run_folder_is_gone(alice, tiny_mo
     proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     deadline = time.time() + 120
-    while time.time() < deadline and not any(e.get("what") == "checkpoint-4" for e in read_events(run_dir)[0]):
+    while time.time() < deadline and not any(e.get("what") == "checkpoint-4" for e in RunDir(run_dir).read_events()[0]):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # a Space restarting without persistent storage
     proc.wait()
@@ -181,7 +198,7 @@ def test_resume_from_hub_checkpoints_after_the_run_folder_is_gone(alice, tiny_mo
 
     result = run_cli("train", str(cfg_path), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
-    events = read_events(run_dir)[0]
+    events = RunDir(run_dir).read_events()[0]
     started = next(e for e in events if e["type"] == "run_started")
     newest = pushed_steps[-1]
     assert started["resumed_from"].endswith(f"checkpoint-{newest}")

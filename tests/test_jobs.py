@@ -11,7 +11,8 @@ import pytest
 
 from phi3space import config
 from phi3space.errors import AuthError, ConfigError
-from phi3space.jobs import Job, JobRunner, JobStore, decide_status, job_env
+from phi3space.jobs import Job, JobRunner, JobStore, job_env, last_word
+from phi3space.run import RunDir, RunState
 
 FAKE_TRAINER = r'''
 import json, os, signal, sys, time
@@ -44,6 +45,13 @@ if mode in ("wait", "stubborn"):
         time.sleep(0.05)
 if mode == "exit0-no-finish":
     sys.exit(0)
+if mode == "checkpoint-pushed-then-fail":
+    emit(type="push", what="checkpoint-1", repo_id="me/x", url="https://hub/me/x/tree/checkpoints", commit="c1")
+    emit(type="error", kind="oom", message="the GPU ran out of memory", hint="lower batch_size")
+    emit(type="run_finished", status="failed", step=1, adapter=None)
+    sys.exit(2)
+if mode == "pushed":
+    emit(type="push", what="adapter", repo_id="me/x", url="https://hub/me/x", commit="c2")
 emit(type="run_finished", status="completed", step=3, adapter=str(run), metrics={"train_loss": 1.5})
 if mode == "crash-after-finish":
     print("Traceback: boom", flush=True)
@@ -79,80 +87,115 @@ def cfg(mode: str, **extra):
     return config.from_dict({"data": {"dataset": mode}, **extra})
 
 
-def wait(runner, job_id, owner="me", until=lambda j: j.status in ("completed", "failed", "cancelled"), timeout=20):
+def wait(runner, job_id, owner="me", until=lambda s: s["status"] in ("completed", "failed", "cancelled"), timeout=20):
+    """The job's /job_status answer once ``until`` holds for it."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        job = runner.get(job_id, owner)
-        if until(job):
-            return job
+        s = runner.state(runner.get(job_id, owner))
+        if until(s):
+            return s
         time.sleep(0.05)
-    raise AssertionError(f"timed out: {runner.get(job_id, owner)}")
+    raise AssertionError(f"timed out: {runner.state(runner.get(job_id, owner))}")
 
 
-def started(job) -> bool:
+def started(s) -> bool:
     """Running, with its SIGTERM handler in place (it printed 'waiting')."""
-    log = Path(job.run_dir, "train.log")
-    return job.status == "running" and log.exists() and b"waiting" in log.read_bytes()
+    log = RunDir(s["run_dir"]).log
+    return s["status"] == "running" and log.exists() and b"waiting" in log.read_bytes()
 
 
 def test_store_round_trip_and_owner_filter(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite")
-    store.add(Job(id="a", owner="alice", name="n", run_dir="/r/a", error={"kind": "x"}))
+    store.add(Job(id="a", owner="alice", name="n", run_dir="/r/a"))
     store.add(Job(id="b", owner="bob", name="n", run_dir="/r/b"))
-    store.update("a", status="running", pid=12, cancel_requested=True)
+    store.update("a", phase="running", pid=12, slot=0, cancel_requested=True)
     a = store.get("a")
-    assert (a.status, a.pid, a.cancel_requested, a.error) == ("running", 12, True, {"kind": "x"})
+    assert (a.phase, a.pid, a.slot, a.cancel_requested) == ("running", 12, 0, True)
     assert [j.id for j in store.list("bob")] == ["b"]
-    assert [j.id for j in store.list(status=("queued",))] == ["b"]
+    assert [j.id for j in store.list(phase=("queued",))] == ["b"]
+    with pytest.raises(ValueError, match="not a job column"):
+        store.update("a", status="completed")  # the store keeps scheduling facts only
+
+
+FINISHED = {"type": "run_finished", "status": "completed", "time": 10}
 
 
 @pytest.mark.parametrize("code, events, cancel, expected", [
-    (0, [{"type": "run_finished", "status": "completed"}], False, "completed"),
+    (0, [FINISHED], False, "completed"),
+    (None, [FINISHED], False, "completed"),  # ended while the server was down: its events tell
     (0, [{"type": "progress", "step": 1}], False, "failed"),  # exit 0 but the run never said it finished
-    (1, [{"type": "run_finished", "status": "completed"}], False, "failed"),  # finished, then crashed
+    (1, [FINISHED], False, "failed"),  # finished, then crashed
     (130, [{"type": "run_finished", "status": "cancelled"}], True, "cancelled"),
     (-9, [], True, "cancelled"),
     (-9, [], False, "failed"),
+    (None, [{"type": "run_started"}], False, "failed"),
     (2, [{"type": "error", "kind": "data", "message": "bad rows", "hint": "fix"},
          {"type": "run_finished", "status": "failed"}], False, "failed"),
 ])
-def test_status_needs_both_exit_code_and_events(code, events, cancel, expected):
-    status, error = decide_status(code, events, cancel)
-    assert status == expected
+def test_the_supervisors_last_word_needs_both_exit_code_and_events(code, events, cancel, expected):
+    state = RunState.from_events(events)
+    for type, fields in last_word(code, state, cancel):
+        state.fold({"type": type, **fields})
+    assert state.status == expected
     if expected == "failed":
-        assert error["message"]
+        assert state.error["message"]
     if code == 2:
-        assert error == {"kind": "data", "message": "bad rows", "hint": "fix"}
+        assert state.error == {"kind": "data", "message": "bad rows", "hint": "fix"}  # its own word stands
     if code == -9 and not cancel:
-        assert "signal 9" in error["message"] and "memory" in error["hint"]
+        assert "signal 9" in state.error["message"] and "memory" in state.error["hint"]
+    if code is None and expected == "failed":
+        assert "while the server was down" in state.error["message"]
+
+
+def test_an_earlier_attempts_last_word_does_not_count():
+    state = RunState.from_events([{"type": "run_finished", "status": "failed", "time": 5}])
+    assert last_word(-9, state, False, since=8)[0][1]["message"] == "the training process was killed by signal 9"
 
 
 @pytest.mark.parametrize("mode, status", [("complete", "completed"), ("exit0-no-finish", "failed"),
                                           ("crash-after-finish", "failed")])
 def test_runner_decides_from_the_process(make_runner, mode, status):
     runner = make_runner()
-    job = wait(runner, runner.submit(cfg(mode), "me").id)
-    assert job.status == status
+    s = wait(runner, runner.submit(cfg(mode), "me").id)
+    assert s["status"] == status
+    job = runner.get(s["id"], "me")
     if status == "completed":
-        assert job.metrics == {"train_loss": 1.5} and job.adapter == job.run_dir and job.exit_code == 0
+        assert s["metrics"] == {"train_loss": 1.5} and s["adapter"] == job.run_dir and job.exit_code == 0
+    else:  # the supervisor wrote the last word into the run's own events
+        assert RunDir(job.run_dir).state().status == "failed" and s["error"]["kind"] == "crash"
     assert Path(job.run_dir).parent.name == "me"  # the server chose the run folder
+
+
+def status_of(runner, job_id, owner="me") -> str:
+    return runner.state(runner.get(job_id, owner))["status"]
+
+
+def test_job_status_names_the_adapters_hub_repo_never_a_checkpoint_push(make_runner):
+    runner = make_runner()
+    s = wait(runner, runner.submit(cfg("pushed"), "me").id)
+    assert (s["status"], s["adapter"], s["repo_url"]) == ("completed", "me/x", "https://hub/me/x")
+    s = wait(runner, runner.submit(cfg("checkpoint-pushed-then-fail"), "me").id)
+    assert (s["status"], s["adapter"], s["repo_url"]) == ("failed", None, None)
+    assert s["checkpoint_url"].endswith("/tree/checkpoints") and s["error"]["kind"] == "oom"
 
 
 def test_one_job_at_a_time_queue_positions_and_stop(make_runner):
     runner = make_runner()
     first, second, third = (runner.submit(cfg("wait"), "me") for _ in range(3))
     wait(runner, first.id, until=started)
-    assert [runner.get(j.id, "me").status for j in (second, third)] == ["queued", "queued"]
+    assert [status_of(runner, j.id) for j in (second, third)] == ["queued", "queued"]
     assert (runner.queue_position(second.id), runner.queue_position(third.id)) == (1, 2)
 
-    assert runner.cancel(second.id, "me").status == "cancelled"  # a queued job is dropped at once
+    runner.cancel(second.id, "me")
+    assert status_of(runner, second.id) == "cancelled"  # a queued job is dropped at once
+    assert RunDir(second.run_dir).state().status == "cancelled"  # and its run's file says so
     assert runner.queue_position(third.id) == 1
     runner.cancel(first.id, "me")
-    done = wait(runner, first.id)
-    assert (done.status, done.exit_code) == ("cancelled", 130)  # it caught SIGTERM and ended itself
+    assert wait(runner, first.id)["status"] == "cancelled"
+    assert runner.get(first.id, "me").exit_code == 130  # it caught SIGTERM and ended itself
     wait(runner, third.id, until=started)
     runner.cancel(third.id, "me")
-    assert wait(runner, third.id).status == "cancelled"
+    assert wait(runner, third.id)["status"] == "cancelled"
 
 
 def test_stop_escalates_to_sigkill_after_the_grace_period(make_runner):
@@ -161,8 +204,8 @@ def test_stop_escalates_to_sigkill_after_the_grace_period(make_runner):
     wait(runner, job.id, until=started)
     t0 = time.time()
     runner.cancel(job.id, "me")
-    done = wait(runner, job.id)
-    assert (done.status, done.exit_code) == ("cancelled", -signal.SIGKILL)
+    assert wait(runner, job.id)["status"] == "cancelled"
+    assert runner.get(job.id, "me").exit_code == -signal.SIGKILL
     assert time.time() - t0 >= 0.5
 
 
@@ -180,20 +223,21 @@ def test_token_reaches_the_trainer_only_through_its_environment(make_runner, mon
     monkeypatch.setenv("HF_TOKEN", "hf_OwnerTokenOfTheSpace123")
     token = "hf_VisitorsOwnToken456789"
     runner = make_runner()
-    job = wait(runner, runner.submit(cfg("complete", output={"push_to": "alice/x"}), "alice", token).id, "alice")
-    seen = json.loads((Path(job.run_dir) / "seen.json").read_text())
+    s = wait(runner, runner.submit(cfg("complete", output={"push_to": "alice/x"}), "alice", token).id, "alice")
+    run = RunDir(s["run_dir"])
+    seen = json.loads((run.path / "seen.json").read_text())
     assert seen["hf_token"] == token
     assert not any(token in a for a in seen["argv"])
-    for path in (runner.store.path, Path(job.run_dir) / "config.yaml", Path(job.run_dir) / "train.log"):
+    for path in (runner.store.path, run.config, run.log, run.events):
         assert token.encode() not in path.read_bytes()
-    assert job.needs_token and job.push_to == "alice/x"
+    assert runner.get(s["id"], "alice").needs_token
 
 
 def test_on_a_space_the_owners_token_never_reaches_a_visitors_job(make_runner, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_OwnerTokenOfTheSpace123")
     runner = make_runner(space=True)
-    job = wait(runner, runner.submit(cfg("complete"), "visitor").id, "visitor")
-    seen = json.loads((Path(job.run_dir) / "seen.json").read_text())
+    s = wait(runner, runner.submit(cfg("complete"), "visitor").id, "visitor")
+    seen = json.loads((RunDir(s["run_dir"]).path / "seen.json").read_text())
     assert seen["hf_token"] is None and not Path(seen["hf_token_path"]).exists()
     with pytest.raises(AuthError, match="sign in"):
         runner.submit(cfg("complete", output={"push_to": "visitor/x"}), "visitor", None)
@@ -202,33 +246,52 @@ def test_on_a_space_the_owners_token_never_reaches_a_visitors_job(make_runner, m
 def test_off_a_space_the_local_token_is_used():
     env = job_env(None, space=False, base={"HF_TOKEN": "hf_LocalToken1234"})
     assert env["HF_TOKEN"] == "hf_LocalToken1234" and env["PYTHONUNBUFFERED"] == "1"
+    assert "PYTHONPATH" not in env  # the job finds the package as the server does
     assert job_env("hf_Visitor123456", space=True, base={"HF_TOKEN": "hf_LocalToken1234"})["HF_TOKEN"] == "hf_Visitor123456"
 
 
-def test_restart_marks_lost_jobs_failed_and_keeps_their_folder(tmp_path, make_runner, fake):
+def test_restart_writes_the_last_word_of_lost_jobs_into_their_runs(tmp_path, make_runner):
     store = JobStore(tmp_path / "data" / "jobs.sqlite")
-    run_dir = tmp_path / "data" / "runs" / "me" / "lost"
-    (run_dir / "checkpoint-10").mkdir(parents=True)
-    store.add(Job(id="lost", owner="me", name="n", run_dir=str(run_dir), status="running", pid=2**22 + 12345))
-    store.add(Job(id="tok", owner="me", name="n", run_dir=str(run_dir), needs_token=True))
+    lost = RunDir(tmp_path / "data" / "runs" / "me" / "lost")
+    lost.checkpoint(10).mkdir(parents=True)
+    lost.append("run_started", max_steps=20)
+    lost.append("progress", step=10, max_steps=20, loss=1.0)
+    done = RunDir(tmp_path / "data" / "runs" / "me" / "done")
+    done.append("run_started", max_steps=20)
+    done.append("run_finished", status="completed", step=20, adapter=str(done.path), metrics={"train_loss": 0.5})
+    tok = RunDir(tmp_path / "data" / "runs" / "me" / "tok")
+    store.add(Job(id="lost", owner="me", name="n", run_dir=str(lost.path), phase="running", pid=2**22 + 12345, started=1))
+    store.add(Job(id="done", owner="me", name="n", run_dir=str(done.path), phase="running", pid=2**22 + 12346, started=1))
+    store.add(Job(id="tok", owner="me", name="n", run_dir=str(tok.path), needs_token=True))
     runner = make_runner()
-    lost = runner.get("lost", "me")
-    assert lost.status == "failed" and lost.error["kind"] == "interrupted" and str(run_dir) in lost.error["hint"]
-    assert (run_dir / "checkpoint-10").is_dir()
-    assert runner.get("tok", "me").status == "failed"  # its token was in memory only: it cannot start now
+    s = runner.state(runner.get("lost", "me"))
+    assert s["status"] == "failed" and "while the server was down" in s["error"]["message"] and s["step"] == 10
+    assert lost.state().status == "failed" and lost.latest_checkpoint() == lost.checkpoint(10)  # the file says so
+    s = runner.state(runner.get("done", "me"))  # it finished while no server watched: its events say completed
+    assert (s["status"], s["adapter"], s["error"]) == ("completed", str(done.path), None)
+    assert status_of(runner, "tok") == "failed"  # its token was in memory only: it cannot start now
+    assert "never stored" in tok.state().error["hint"]
+
+
+def test_a_second_server_on_the_same_data_folder_is_refused(make_runner, tmp_path):
+    from phi3space.jobs import DataDirBusy
+
+    make_runner()
+    with pytest.raises(DataDirBusy, match="in use by pid"):
+        JobRunner(tmp_path / "data", space=False)
 
 
 def test_a_failed_job_resumes_from_its_checkpoint(make_runner):
     runner = make_runner()
     job = runner.submit(cfg("checkpoint-then-crash"), "me", token="tok-resume-0123456789")
-    assert wait(runner, job.id).status == "failed"
+    assert wait(runner, job.id)["status"] == "failed"
     with pytest.raises(ConfigError, match="no job"):
         runner.resume(job.id, "someone-else")
     job = runner.resume(job.id, "me", token="tok-resume-0123456789")
-    assert job.status in ("queued", "running") and job.resume
+    assert status_of(runner, job.id) in ("queued", "running") and job.resume
     done = wait(runner, job.id)
-    assert done.status == "completed" and done.error is None and done.exit_code == 0
-    seen = json.loads((Path(done.run_dir) / "seen.json").read_text())
+    assert done["status"] == "completed" and done["error"] is None and runner.get(job.id, "me").exit_code == 0
+    seen = json.loads((RunDir(done["run_dir"]).path / "seen.json").read_text())
     assert "--resume" in seen["argv"] and seen["hf_token"] == "tok-resume-0123456789"
     assert "tok-resume-0123456789" not in " ".join(seen["argv"])
     with pytest.raises(ConfigError, match="only a failed or stopped job"):
@@ -238,7 +301,7 @@ def test_a_failed_job_resumes_from_its_checkpoint(make_runner):
 def test_a_job_without_a_checkpoint_cannot_resume(make_runner):
     runner = make_runner()
     job = runner.submit(cfg("exit0-no-finish"), "me")
-    assert wait(runner, job.id).status == "failed"
+    assert wait(runner, job.id)["status"] == "failed"
     with pytest.raises(ConfigError, match="saved no checkpoint"):
         runner.resume(job.id, "me")
 
@@ -252,8 +315,11 @@ def test_a_store_from_an_older_version_gains_new_columns(tmp_path):
                    "cancel_requested, needs_token, push_to, error, metrics, adapter, repo_url, PRIMARY KEY (id))")
         db.execute("INSERT INTO jobs (id, owner, name, run_dir, status, created, cancel_requested, needs_token) "
                    "VALUES ('old', 'me', 'n', '/tmp/x', 'completed', 1.0, 0, 0)")
-    job = JobStore(path).get("old")
-    assert job.status == "completed" and job.resume is False
+    store = JobStore(path)
+    job = store.get("old")
+    assert job.phase == "done" and job.resume is False
+    store.add(Job(id="new", owner="me", name="n", run_dir="/tmp/y"))
+    assert store.get("new").phase == "queued"
 
 
 def test_one_slot_per_gpu_unless_told(tmp_path, monkeypatch):

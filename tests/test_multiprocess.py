@@ -7,7 +7,7 @@ import sys
 import yaml
 from conftest import memorise_config, write_qa_jsonl
 
-from phi3space.events import read_events
+from phi3space.run import RunDir
 
 
 def test_two_processes_share_the_data_and_write_one_run(tiny_model, tmp_path):
@@ -21,7 +21,7 @@ def test_two_processes_share_the_data_and_write_one_run(tiny_model, tmp_path):
                              "-m", "phi3space", "train", str(tmp_path / "run.yaml")],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    events, _ = read_events(run_dir)
+    events, _ = RunDir(run_dir).read_events()
     assert [e["type"] for e in events].count("run_started") == 1 and events[-1]["status"] == "completed"
     progress = [e for e in events if e["type"] == "progress"]
     assert [e["step"] for e in progress] == [1, 2, 3, 4]  # written once, by the main process

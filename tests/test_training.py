@@ -12,7 +12,7 @@ import yaml
 from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
 
 from phi3space import cli, config, training
-from phi3space.events import read_events
+from phi3space.run import RunDir
 
 
 def run_cli(*args, timeout=300):
@@ -43,7 +43,7 @@ def test_run_folder_and_events(trained_run):
     assert {m.split(".")[-1] for m in adapter_cfg["target_modules"]} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
     assert (adapter_cfg["r"], adapter_cfg["lora_alpha"]) == (16, 32)
 
-    events, _ = read_events(trained_run)
+    events, _ = RunDir(trained_run).read_events()
     started = next(e for e in events if e["type"] == "run_started")
     assert started["config"]["lora"]["r"] == 16 and started["versions"]["trl"]
     assert 0 < started["trainable_pct"] < 100 and started["trainable_params"] > 0
@@ -66,7 +66,9 @@ def test_run_folder_and_events(trained_run):
 def test_assistant_only_labels_in_the_trainers_batches(tiny_model, tmp_path):
     """Labels from trl's collator cover exactly the assistant turns: every prompt token is -100."""
     data = write_qa_jsonl(tmp_path / "qa.jsonl")
-    trainer, _, _ = training.build_trainer(config.from_dict(memorise_config(tiny_model, str(data), tmp_path / "run")))
+    cfg = config.from_dict(memorise_config(tiny_model, str(data), tmp_path / "run"))
+    run = RunDir(cfg.output.dir)
+    trainer = training.build_trainer(cfg, training.preflight(cfg, run, False, None, run.writer()))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     tok = trainer.processing_class
     for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
@@ -103,7 +105,7 @@ def test_qlora_trains_evaluates_and_saves(tiny_model, tmp_path):
                                            data__eval_fraction=0.25, training__max_steps=4, training__logging_steps=1,
                                            training__eval_steps=2))
     run_dir = training.train(cfg)
-    events, _ = read_events(run_dir)
+    events, _ = RunDir(run_dir).read_events()
     assert events[-1]["status"] == "completed" and (run_dir / "adapter_model.safetensors").stat().st_size > 0
     losses = [e["loss"] for e in events if e["type"] == "progress"]
     assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
@@ -125,13 +127,13 @@ def test_stop_saves_and_resume_continues_from_the_saved_step(tiny_model, tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 120
-    while time.time() < deadline and not any(e["type"] == "progress" and e["step"] >= 3 for e in read_events(run_dir)[0]):
+    while time.time() < deadline and not any(e["type"] == "progress" and e["step"] >= 3 for e in RunDir(run_dir).read_events()[0]):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and "Traceback" not in err
-    events, _ = read_events(run_dir)
+    events, _ = RunDir(run_dir).read_events()
     stopped = events[-1]
     assert stopped["type"] == "run_finished" and stopped["status"] == "cancelled"
     assert (run_dir / "adapter_model.safetensors").exists()  # nothing lost
@@ -140,7 +142,7 @@ def test_stop_saves_and_resume_continues_from_the_saved_step(tiny_model, tmp_pat
 
     result = run_cli("train", str(cfg_path), "--resume", "--set", f"training.max_steps={saved_step + 3}")
     assert result.returncode == 0, result.stderr[-2000:]
-    events, _ = read_events(run_dir)
+    events, _ = RunDir(run_dir).read_events()
     restarted = [e for e in events if e["type"] == "run_started"][-1]
     assert restarted["resumed_from"].endswith(f"checkpoint-{saved_step}")
     after = [e["step"] for e in events[events.index(restarted):] if e["type"] == "progress"]
@@ -176,7 +178,7 @@ def test_each_bad_input_gets_its_own_message(tiny_model, tmp_path, capsys):
     (not_phi / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     cases.append((["train", str(write_config(tmp_path / "c4.yaml", good)), "--set", f"model.base={not_phi}",
                    "--set", f"output.dir={tmp_path}/r4"], "'gpt2' model; phi3space trains Phi-3"))
-    cases.append((["train", str(write_config(tmp_path / "c5.yaml", good)), "--resume"], "no checkpoint-* folder"))
+    cases.append((["train", str(write_config(tmp_path / "c5.yaml", good)), "--resume"], "--resume: no checkpoint in"))
     cases.append((["train", str(write_config(tmp_path / "c6.yaml", good)), "--set", "training.packing=true",
                    "--set", f"output.dir={tmp_path}/r6"], "training.packing: needs flash_attention_2"))
     cases.append((["chat", "--adapter", str(tmp_path / "no-such-run"), "--prompt", "hi"], "adapter not found"))
@@ -205,14 +207,17 @@ def test_inspect_prints_the_report(tmp_path, capsys, tiny_model):
     assert "<|assistant|>[[" in out
 
 
-def test_out_of_memory_is_a_message_with_a_hint():
+def test_out_of_memory_is_a_message_with_a_hint(tmp_path):
     import torch
 
     cfg = config.from_dict({"data": {"dataset": "x.jsonl"}})
-    err = training._as_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), cfg)
+    run = RunDir(tmp_path)
+    err = training._as_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), cfg, run)
     assert err.kind == "oom" and "ran out of memory" in err.message
-    assert "batch_size" in err.hint and "qlora" in err.hint and "max_length" in err.hint
-    assert training._as_oom(ValueError("shapes do not match"), cfg) is None  # a bug stays a bug
+    assert "batch_size" in err.hint and "qlora" in err.hint and "max_length" in err.hint and "--resume" not in err.hint
+    run.checkpoint(3).mkdir()
+    assert "--resume" in training._as_oom(torch.OutOfMemoryError("CUDA out of memory"), cfg, run).hint
+    assert training._as_oom(ValueError("shapes do not match"), cfg, run) is None  # a bug stays a bug
 
 
 def test_merged_model_answers_without_peft(trained_run, tmp_path, capsys):

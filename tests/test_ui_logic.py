@@ -9,9 +9,9 @@ from conftest import write_qa_jsonl
 
 from phi3space import config, modeling
 from phi3space.errors import AuthError, ConfigError, ModelError
-from phi3space.events import EventWriter
 from phi3space.hub import MOCK_TOKEN
 from phi3space.jobs import Job, JobRunner
+from phi3space.run import RunDir, RunState
 from phi3space.ui import forms
 from phi3space.ui.chat_service import build_messages, resolve_for_visitor
 from phi3space.ui.follow import Follower, progress_html
@@ -105,11 +105,11 @@ def test_inspect_shows_format_rows_and_the_trained_span(tmp_path):
 
 
 def test_follower_reads_only_new_events(tmp_path):
-    w = EventWriter(tmp_path)
+    w = RunDir(tmp_path).writer()
     w.emit("run_started", max_steps=4)
     w.emit("progress", step=1, max_steps=4, loss=3.0, eta_s=30)
     f = Follower()
-    job = Job(id="j", owner="me", name="run", run_dir=str(tmp_path), status="running")
+    job = Job(id="j", owner="me", name="run", run_dir=str(tmp_path), phase="running")
     assert f.follow(job) and not f.follow(job)
     assert f.poll() and not f.poll()
     w.emit("progress", step=2, max_steps=4, loss=2.0, eta_s=20)
@@ -118,12 +118,13 @@ def test_follower_reads_only_new_events(tmp_path):
     frame = f.loss_frame()
     assert list(frame["split"]) == ["train", "train", "eval"] and list(frame["loss"]) == [3.0, 2.0, 2.5]
     assert "step 2/4" in f.log_text()
-    html = progress_html(job, f.summary(), None)
+    html = progress_html(job, "running", f.state, None)
     assert "step 2/4" in html and "ETA 0:20" in html and 'value="2" max="4"' in html
-    assert "number 2 in the queue" in progress_html(Job(id="q", owner="me", name="q", run_dir="x"), {}, 2)
-    failed = Job(id="f", owner="me", name="f", run_dir="x", status="failed",
-                 error={"kind": "data", "message": "data file not found: <img src=x onerror=alert(1)>", "hint": "a & b"})
-    html = progress_html(failed, {}, None)
+    assert "number 2 in the queue" in progress_html(Job(id="q", owner="me", name="q", run_dir="x"), "queued", RunState(), 2)
+    failed = Job(id="f", owner="me", name="f", run_dir="x", phase="done")
+    state = RunState(status="failed",
+                     error={"kind": "data", "message": "data file not found: <img src=x onerror=alert(1)>", "hint": "a & b"})
+    html = progress_html(failed, "failed", state, None)
     assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html and "a &amp; b" in html
 
 
@@ -164,10 +165,13 @@ def test_chat_adapters_are_the_visitors_own(tmp_path):
     (trained_run / "adapter_config.json").write_text("{}")
     runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
     try:
-        run_dir = runner.root / "runs" / "alice" / "j1"
-        run_dir.mkdir(parents=True)
-        (run_dir / "adapter_config.json").write_text("{}")
-        runner.store.add(Job(id="j1", owner="alice", name="n", run_dir=str(run_dir), status="completed", adapter=str(run_dir)))
+        run = RunDir(runner.root / "runs" / "alice" / "j1")
+        run.path.mkdir(parents=True)
+        run.adapter_config.write_text("{}")
+        run.adapter_weights.write_bytes(b"weights")
+        run.append("run_finished", status="completed", step=4, adapter=str(run.path))
+        run_dir = run.path
+        runner.store.add(Job(id="j1", owner="alice", name="n", run_dir=str(run_dir), phase="done"))
         alice, bob = Visitor("alice", None), Visitor("bob", None)
         assert resolve_for_visitor("j1", alice, runner, space=True) == run_dir
         assert resolve_for_visitor(str(run_dir), alice, runner, space=True) == run_dir

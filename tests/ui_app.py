@@ -13,7 +13,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(data_dir, **runner_kw):
+def running_app(data_dir, port=None, **runner_kw):
     """Yields (url, runner); closes the server and ends the runner's jobs afterwards."""
     from phi3space.ui import build_app, services
 
@@ -22,10 +22,19 @@ def running_app(data_dir, **runner_kw):
     services.set_runner(runner)
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port or free_port(), quiet=True)
     try:
         yield url, runner
     finally:
         demo.close()
         runner.shutdown()
         services.set_runner(None)
+
+
+if __name__ == "__main__":  # python tests/ui_app.py DATA_DIR PORT: serve until killed (restart tests)
+    import sys
+    import threading
+
+    with running_app(sys.argv[1], port=int(sys.argv[2])) as (url, _):
+        print(url, flush=True)
+        threading.Event().wait()

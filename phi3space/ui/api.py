@@ -8,7 +8,7 @@ caller's; another visitor's job reads as "not found".
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import gradio as gr
 

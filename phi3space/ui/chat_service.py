@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import ModelError
 from ..jobs import JobRunner
+from ..run import RunDir
 from .services import Visitor
 
 MAX_ENGINES = int(os.environ.get("PHI3SPACE_CHAT_ENGINES", "1"))  # base models kept in memory at once
 
-_engines: "OrderedDict[str, object]" = OrderedDict()
+_engines: OrderedDict[str, object] = OrderedDict()
 _engines_lock = threading.Lock()
 
 
@@ -36,11 +37,13 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
         raise ModelError("choose an adapter", "Pick one of your finished runs, or type a Hub adapter repo ID (user/name).")
     jobs = runner.list(visitor.owner) if visitor.owner else []
     for job in jobs:
-        if ref in (job.id, job.run_dir, job.adapter, job.repo_url, job.push_to):
-            if job.status not in ("completed", "cancelled") or not (Path(job.run_dir) / "adapter_config.json").exists():
-                raise ModelError(f"run {job.name} ({job.id}) has no adapter yet (status: {job.status})",
-                                 "Wait for it to finish, or choose another run.")
-            return Path(job.run_dir)
+        status, state = runner.status(job)
+        if ref in (job.id, job.run_dir, state.adapter_repo, state.adapter_url):
+            if status not in ("completed", "cancelled") or not job.run.has_adapter():
+                hint = ("Wait for it to finish, or choose another run." if status in ("queued", "running") else
+                        "It ended without an adapter: resume it or start it again, or choose another run.")
+                raise ModelError(f"run {job.name} ({job.id}) has no adapter (status: {status})", hint)
+            return job.run.path
     path = Path(ref).expanduser()
     local = path.exists() or ref.startswith((".", "/", "~"))
     if local:
@@ -79,7 +82,7 @@ def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict
 
 
 def _own_run_base(adapter_dir: Path | None) -> bool:
-    return adapter_dir is not None and (adapter_dir / "events.jsonl").exists()
+    return adapter_dir is not None and RunDir(adapter_dir).events.exists()
 
 
 def build_messages(history: list[dict], message: str, system: str | None) -> list[dict]:

@@ -21,8 +21,13 @@ def adapter_choices(owner: str | None) -> list[tuple[str, str]]:
     """The visitor's runs that left an adapter, newest first (value: the job id)."""
     if owner is None:
         return []
-    jobs = [j for j in get_runner().list(owner) if j.status in ("completed", "cancelled") and j.adapter]
-    return [(f"{j.name} · {j.id}" + (" (stopped early)" if j.status == "cancelled" else ""), j.id) for j in reversed(jobs)]
+    runner = get_runner()
+    out = []
+    for job in reversed(runner.list(owner)):
+        status, state = runner.status(job)
+        if status in ("completed", "cancelled") and state.adapter:
+            out.append((f"{job.name} · {job.id}" + (" (stopped early)" if status == "cancelled" else ""), job.id))
+    return out
 
 
 def refresh_choices(current: str | None, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):

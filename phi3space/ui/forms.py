@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
-from ..modeling import estimate_memory_gb, model_size
 from ..config import RunConfig
+from ..modeling import estimate_memory_gb, model_size
 
 BASE_MODELS = ["microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-128k-instruct", "microsoft/Phi-3.5-mini-instruct"]
 
@@ -135,12 +135,11 @@ class Inspection:
 def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
     """What ``phi3space inspect`` shows: format, rows kept/dropped and why, token lengths, one rendered example."""
     from .. import data
-    from ..modeling import load_tokenizer
 
-    train_ds, _, report = data.prepare(cfg.data, cfg.training.seed, token)
-    tokenizer = load_tokenizer(cfg.model.base, token)
-    data.add_token_stats(report, train_ds, tokenizer, cfg.training.max_length)
-    segments = [(text, "trained" if trained else None) for text, trained in data.render_segments(train_ds[0], tokenizer)]
+    found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token)
+    segments = [(text, "trained" if trained else None)
+                for text, trained in data.render_segments(found.train[0], found.tokenizer)]
+    report = found.report
     return Inspection(cfg.data.dataset, "\n".join(report.lines()), report.train_rows, report.lengths, segments)
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
 from ..errors import AuthError
-from ..jobs import FINAL, Job
+from ..jobs import Job
+from ..run import FINAL, RunState
 from .common import UI_ONLY, user_errors
 from .follow import Follower, progress_html
 from .services import get_runner, identify
@@ -33,20 +33,20 @@ def _owner(profile, oauth_token) -> str | None:
     return identify(profile, oauth_token).owner
 
 
-def _rows(jobs: list[Job]) -> list[list]:
+def _rows(jobs: list[Job], statuses: dict[str, str]) -> list[list]:
     runner = get_runner()
     rows = []
     for job in reversed(jobs):
         s = runner.state(job)
         fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""  # noqa: E731
-        rows.append([job.id, job.name, job.status, f"{s['step']}/{s['max_steps'] or '?'}", fmt(s["loss"]),  # last logged
+        rows.append([job.id, job.name, statuses[job.id], f"{s['step']}/{s['max_steps'] or '?'}", fmt(s["loss"]),  # last logged
                      fmt((s["metrics"] or {}).get("eval_loss", s["eval_loss"])), s["repo_url"] or s["adapter"] or "",
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created))])
     return rows
 
 
-def _choices(jobs: list[Job]) -> list[tuple[str, str]]:
-    return [(f"{j.name} · {j.id} · {j.status}", j.id) for j in reversed(jobs)]
+def _choices(jobs: list[Job], statuses: dict[str, str]) -> list[tuple[str, str]]:
+    return [(f"{j.name} · {j.id} · {statuses[j.id]}", j.id) for j in reversed(jobs)]
 
 
 def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
@@ -54,32 +54,27 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     owner = _owner(profile, oauth_token)
     runner = get_runner()
     jobs = runner.list(owner) if owner else []
-    if follower.job_id is None or follower.job_id not in {j.id for j in jobs}:
-        live = [j for j in jobs if j.status not in FINAL]
+    statuses = {j.id: runner.status(j)[0] for j in jobs}
+    if follower.job_id is None or follower.job_id not in statuses:
+        live = [j for j in jobs if statuses[j.id] not in FINAL]
         follower.follow((live or jobs or [None])[-1])
     job = next((j for j in jobs if j.id == follower.job_id), None)
+    status = statuses.get(follower.job_id)
     new = follower.poll()
-    signature = (owner, follower.job_id, tuple((j.id, j.status) for j in jobs))
+    signature = (owner, follower.job_id, tuple(statuses.items()))
     changed = signature != seen
-    if not new and not changed and (job is None or job.status in FINAL):
+    if not new and not changed and (job is None or status in FINAL):
         return (follower, seen) + (gr.skip(),) * 7
-    summary = follower.summary()
-    html = progress_html(job, summary, runner.queue_position(job.id) if job else None)
+    html = progress_html(job, status, follower.state, runner.queue_position(job.id) if job else None)
     frame = follower.loss_frame()
     # An empty frame would fix the chart's colour scale with no series (and no line would show later).
     plot = (frame if len(frame) else None) if new or changed else gr.skip()
-    log = follower.log_text(job) if new or changed else gr.skip()
-    table = _rows(jobs) if changed else gr.skip()
-    picker = gr.Dropdown(choices=_choices(jobs), value=follower.job_id) if changed else gr.skip()
-    stop = gr.Button(interactive=job is not None and job.status not in FINAL)
-    resume = gr.Button(visible=job is not None and job.status in ("failed", "cancelled") and can_resume(job))
+    log = follower.log_text(job, status) if new or changed else gr.skip()
+    table = _rows(jobs, statuses) if changed else gr.skip()
+    picker = gr.Dropdown(choices=_choices(jobs, statuses), value=follower.job_id) if changed else gr.skip()
+    stop = gr.Button(interactive=job is not None and status not in FINAL)
+    resume = gr.Button(visible=job is not None and status in ("failed", "cancelled") and job.run.latest_checkpoint() is not None)
     return follower, signature, html, plot, log, table, picker, stop, resume
-
-
-def can_resume(job: Job) -> bool:
-    from ..training import latest_checkpoint
-
-    return latest_checkpoint(Path(job.run_dir)) is not None
 
 
 @user_errors
@@ -101,8 +96,10 @@ def stop(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OA
         raise AuthError("sign in to stop your jobs", "Press 'Sign in with Hugging Face'.")
     if follower.job_id is None:
         return
-    job = get_runner().cancel(follower.job_id, owner)
-    gr.Info(f"Stopping {job.id}: the adapter trained so far is saved." if job.status == "running" else f"{job.id}: {job.status}.")
+    runner = get_runner()
+    job = runner.cancel(follower.job_id, owner)
+    status, _ = runner.status(job)
+    gr.Info(f"Stopping {job.id}: the adapter trained so far is saved." if status == "running" else f"{job.id}: {status}.")
 
 
 @user_errors
@@ -119,7 +116,7 @@ def resume(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.
 def build(timer: gr.Timer, follower: gr.State) -> JobsView:
     seen = gr.State(None)
     gr.Markdown("### Your runs")
-    progress = gr.HTML(progress_html(None, {}, None), elem_id="job-progress")
+    progress = gr.HTML(progress_html(None, None, RunState(), None), elem_id="job-progress")
     with gr.Row():
         stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
         resume_btn = gr.Button("Resume from last checkpoint", visible=False, elem_id="resume")

@@ -6,21 +6,18 @@ Nothing here imports gradio: handlers pass in the OAuth objects gradio injected 
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AuthError, ConfigError, register_secret
-from ..hub import MOCK_TOKEN
-from ..hub import on_space
+from ..hub import MOCK_TOKEN, on_space
 from ..jobs import JobRunner
 
 LOCAL_OWNER = "local"
 
 _runner: JobRunner | None = None
 _runner_lock = threading.Lock()
-_whoami_cache: dict[str, str] = {}  # sha256(token) -> username
 
 
 def get_runner() -> JobRunner:
@@ -59,19 +56,6 @@ class Visitor:
         return self.owner
 
 
-def whoami_name(token: str) -> str:
-    key = hashlib.sha256(token.encode()).hexdigest()
-    if key not in _whoami_cache:
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import HfHubHTTPError
-
-        try:
-            _whoami_cache[key] = HfApi().whoami(token=token)["name"]
-        except HfHubHTTPError:
-            raise AuthError("the Hub did not accept your token", "Sign in again, or pass a valid token (oauth_token=...).") from None
-    return _whoami_cache[key]
-
-
 def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
     """The visitor behind a request: the OAuth profile's username, else the owner of the token an API client
     passed, else (off a Space) the local owner. gradio's local mock token is not a token."""
@@ -83,7 +67,12 @@ def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
     if profile is not None and getattr(profile, "username", None):
         return Visitor(profile.username, token)
     if token:
-        return Visitor(whoami_name(token), token)
+        from ..hub import whoami
+
+        try:
+            return Visitor(whoami(token)["name"], token)
+        except AuthError:
+            raise AuthError("the Hub did not accept your token", "Sign in again, or pass a valid token (oauth_token=...).") from None
     return Visitor(None if space else LOCAL_OWNER, None)
 
 
@@ -96,11 +85,11 @@ def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), s
     """
     if not (on_space() if space is None else space):
         return
-    from ..data import is_local
+    from ..hub import is_local_ref
 
     problems = []
     for key, ref in refs.items():
-        if not ref or not (is_local(ref) or Path(ref).is_absolute()):
+        if not ref or not is_local_ref(ref):
             continue
         path = Path(ref).expanduser().resolve()
         if not any(path.is_relative_to(a.resolve()) for a in allowed):

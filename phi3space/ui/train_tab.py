@@ -16,6 +16,7 @@ import gradio as gr
 from .. import config as config_mod
 from ..errors import Phi3SpaceError
 from ..hub import on_space
+from ..run import RunDir
 from . import forms
 from .common import UI_ONLY, user_errors
 from .follow import Follower
@@ -89,7 +90,7 @@ def preview(inspection, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthTo
     cfg.output.dir = ""
     text = cfg.to_yaml()
     folder = Path(tempfile.gettempdir()) / "phi3space-configs" / hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = folder / "config.yaml"  # the preview runs on every change: one file per distinct config
+    path = folder / RunDir.CONFIG  # the preview runs on every change: one file per distinct config
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -158,7 +159,7 @@ def build(follower: gr.State) -> TrainTab:
         with gr.Row():
             yaml_upload = gr.File(label="Load a config file into the form", file_types=[".yaml", ".yml"], height=90,
                                   elem_id="config-upload")
-            download = gr.DownloadButton("Download config.yaml")
+            download = gr.DownloadButton(f"Download {RunDir.CONFIG}")
         yaml_preview = gr.Code(language="yaml", label="Config preview", interactive=False, elem_id="config-preview")
     plan_md = gr.Markdown("Steps: press **Inspect** to count the rows.", elem_id="plan")
     with gr.Row():

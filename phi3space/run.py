@@ -1,0 +1,277 @@
+"""A run's folder and its state: the one module that knows the folder's layout and reads events.jsonl.
+
+``RunDir`` names every file of a run (config, events, log, adapter, checkpoints, card, plot). ``events.jsonl`` is
+the one contract between a training process and everything that shows it: one JSON object per line, append-only,
+each with ``type`` and ``time``. ``RunState`` folds those events into what a view needs (status, step, losses,
+metrics, error, where the adapter is). Every reader (CLI lines, web views, /job_status, the model card, the runs
+table) asks this module; when a training process dies without a last word, the job supervisor appends it here too,
+so the file stays the truth and survives a restart unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import scrub
+
+EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log")
+FINAL = ("completed", "failed", "cancelled")
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint saved at ``step`` (the name trl's Trainer uses)."""
+    return f"checkpoint-{step}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """12 for 'checkpoint-12' (or a path inside it, as on the Hub's checkpoints branch); None for anything else."""
+    m = _CHECKPOINT.fullmatch(name.split("/")[0])
+    return int(m.group(1)) if m else None
+
+
+class RunDir:
+    """The layout of one run folder. Nobody else builds a path inside it."""
+
+    CONFIG = "config.yaml"
+    EVENTS = "events.jsonl"
+    LOG = "train.log"
+    ADAPTER_WEIGHTS = "adapter_model.safetensors"
+    ADAPTER_CONFIG = "adapter_config.json"
+    CARD = "README.md"
+    PLOT = "loss_curve.png"
+    TOKENIZER_CONFIG = "tokenizer_config.json"
+    # What a pushed adapter repo holds: the adapter, its tokenizer, the resolved config, card and loss curve.
+    PUSHED = [ADAPTER_WEIGHTS, ADAPTER_CONFIG, "tokenizer.json", TOKENIZER_CONFIG, "special_tokens_map.json",
+              "chat_template.jinja", CONFIG, CARD, PLOT]
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def events(self) -> Path:
+        return self.path / self.EVENTS
+
+    @property
+    def log(self) -> Path:
+        return self.path / self.LOG
+
+    @property
+    def adapter_weights(self) -> Path:
+        return self.path / self.ADAPTER_WEIGHTS
+
+    @property
+    def adapter_config(self) -> Path:
+        return self.path / self.ADAPTER_CONFIG
+
+    @property
+    def card(self) -> Path:
+        return self.path / self.CARD
+
+    @property
+    def plot(self) -> Path:
+        return self.path / self.PLOT
+
+    def checkpoint(self, step: int) -> Path:
+        return self.path / checkpoint_name(step)
+
+    def checkpoints(self) -> list[Path]:
+        """checkpoint-N folders, oldest first."""
+        found = [(checkpoint_step(p.name), p) for p in self.path.glob("checkpoint-*") if p.is_dir()]
+        return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpts = self.checkpoints()
+        return ckpts[-1] if ckpts else None
+
+    def has_tokenizer(self) -> bool:
+        return (self.path / self.TOKENIZER_CONFIG).exists()
+
+    def has_adapter(self) -> bool:
+        return self.adapter_weights.exists() and self.adapter_config.exists()
+
+    def holds_run(self) -> bool:
+        """A trained adapter or a checkpoint is here already (a new run would overwrite it)."""
+        return self.adapter_weights.exists() or self.latest_checkpoint() is not None
+
+    def adapter_base(self) -> str:
+        """The base model the adapter in this folder was trained on."""
+        return json.loads(self.adapter_config.read_text())["base_model_name_or_path"]
+
+    def load_config(self):
+        from . import config
+
+        return config.load(self.config)
+
+    # ------------------------------------------------------------ events
+
+    def writer(self, enabled: bool = True, echo: Callable[[dict], None] | None = None) -> EventWriter:
+        return EventWriter(self.events, enabled, echo)
+
+    def append(self, type: str, **fields: Any) -> dict:
+        """Add one event (the job supervisor's last word for a process that died without one)."""
+        return self.writer().emit(type, **fields)
+
+    def read_events(self, offset: int = 0) -> tuple[list[dict], int]:
+        """Events written after byte ``offset``, and the offset to pass next time (a partial last line waits)."""
+        try:
+            with self.events.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return [], offset
+        end = data.rfind(b"\n") + 1
+        events = []
+        for raw in data[:end].splitlines():
+            try:
+                event = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and "type" in event:
+                events.append(event)
+        return events, offset + end
+
+    def state(self) -> RunState:
+        """The run's state now, folded from its events (incrementally: only new lines are read)."""
+        key = str(self.path.resolve())
+        with _cache_lock:
+            offset, state = _cache.get(key, (0, None))
+            state = state or RunState()
+            events, new_offset = self.read_events(offset)
+            if new_offset < offset:  # the file was replaced: fold from the start
+                events, new_offset, state = *self.read_events(0), RunState()
+            for e in events:
+                state.fold(e)
+            _cache[key] = (new_offset, state)
+            return deepcopy(state)
+
+
+_cache: dict[str, tuple[int, RunState]] = {}
+_cache_lock = threading.Lock()
+
+
+class EventWriter:
+    """Appends events to a run's events.jsonl (only on the main process under multi-GPU). Each line is written
+    with one ``write`` call on a file opened for appending, so a reader never sees two events interleaved."""
+
+    def __init__(self, path: Path, enabled: bool = True, echo: Callable[[dict], None] | None = None):
+        self.path = path
+        self.enabled = enabled
+        self.echo = echo  # the CLI prints a progress line per event
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, type: str, **fields: Any) -> dict:
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}")
+        # Secrets never reach the file, whatever a message or a config carried.
+        line = scrub(json.dumps({"type": type, "time": round(time.time(), 3), **fields}, default=str, ensure_ascii=False))
+        event = json.loads(line)
+        if self.enabled:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (line + "\n").encode("utf-8"))
+            finally:
+                os.close(fd)
+            if self.echo is not None:  # one progress line per run, not one per process
+                self.echo(event)
+        return event
+
+
+@dataclass
+class RunState:
+    """What a run's events say so far. ``status`` is queued until run_started, then running, then final."""
+
+    status: str = "queued"
+    step: int = 0
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    eta_s: float | None = None
+    tokens_per_s: float | None = None
+    train_losses: list = field(default_factory=list)  # (step, loss)
+    eval_losses: list = field(default_factory=list)  # (step, eval loss)
+    metrics: dict = field(default_factory=dict)  # the run_finished metrics
+    error: dict | None = None  # {kind, message, hint}
+    adapter: str | None = None  # the local folder holding the adapter, once the run ended with one
+    adapter_repo: str | None = None  # the Hub repo the adapter was pushed to (never a checkpoint push)
+    adapter_url: str | None = None
+    checkpoint_url: str | None = None  # the Hub branch the newest checkpoint was pushed to
+    hardware: str = ""
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def fold(self, e: dict) -> None:
+        kind = e.get("type")
+        if kind == "run_started":  # also a resumed run: what an earlier attempt ended with no longer holds
+            self.status, self.error, self.adapter, self.finished = "running", None, None, None
+            self.max_steps = e.get("max_steps")
+            self.hardware = e.get("hardware") or self.hardware
+            self.started = e.get("time")
+        elif kind == "progress":
+            for k in ("step", "max_steps", "loss", "eta_s", "epoch", "tokens_per_s"):
+                if e.get(k) is not None:
+                    setattr(self, k, e[k])
+            if e.get("loss") is not None and e.get("step") is not None:
+                self.train_losses.append((e["step"], e["loss"]))
+        elif kind == "eval":
+            self.eval_loss = e.get("eval_loss")
+            if e.get("eval_loss") is not None and e.get("step") is not None:
+                self.eval_losses.append((e["step"], e["eval_loss"]))
+        elif kind == "push":
+            if e.get("what", "adapter") == "adapter":
+                self.adapter_repo, self.adapter_url = e.get("repo_id"), e.get("url")
+            else:
+                self.checkpoint_url = e.get("url")
+        elif kind == "error":
+            self.error = {k: e.get(k) for k in ("kind", "message", "hint")}
+        elif kind == "run_finished":
+            self.status = e.get("status") if e.get("status") in FINAL else "failed"
+            self.adapter = e.get("adapter")
+            self.step = e.get("step", self.step)
+            self.metrics = e.get("metrics") or {}
+            self.finished = e.get("time")
+            if self.status != "failed":
+                self.error = None
+
+    @classmethod
+    def from_events(cls, events: list[dict]) -> RunState:
+        state = cls()
+        for e in events:
+            state.fold(e)
+        return state
+
+    def results(self, metrics: dict | None = None) -> dict:
+        """Final metrics (the run_finished ones, or ``metrics`` when the run is just finishing), with the final
+        and best losses of the curve."""
+        out = {**self.metrics, **{k: v for k, v in (metrics or {}).items() if v is not None}}
+        if self.train_losses:
+            out["final_train_loss"] = self.train_losses[-1][1]
+        if self.eval_losses:
+            out.setdefault("eval_loss", self.eval_losses[-1][1])
+            out["best_eval_loss"] = min(loss for _, loss in self.eval_losses)
+        return out

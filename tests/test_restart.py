@@ -1,0 +1,69 @@
+"""The app process dies while a job trains; the job finishes on its own; a new app process finds the run
+completed (from the run's own events) and chats with its adapter."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
+from ui_app import free_port
+
+from phi3space.jobs import JobStore
+from phi3space.run import RunDir
+
+gradio_client = pytest.importorskip("gradio_client")
+HERE = Path(__file__).parent
+
+
+def start_app(data_dir: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(HERE / "ui_app.py"), str(data_dir), str(port)], cwd=HERE.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    line = proc.stdout.readline()  # the URL, once it serves
+    assert line.startswith("http"), "the app did not start"
+    return proc
+
+
+def status(c, job_id) -> dict:
+    return json.loads(c.predict(job_id, api_name="/job_status"))
+
+
+def test_a_job_that_finishes_while_the_app_is_down_is_completed_after_restart(tiny_model, tmp_path):
+    data_dir, port = tmp_path / "data", free_port()
+    qa = write_qa_jsonl(tmp_path / "qa.jsonl")
+    cfg = memorise_config(tiny_model, str(qa), tmp_path / "ignored", training__logging_steps=1)
+    app = start_app(data_dir, port)
+    try:
+        c = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        job_id = c.predict(yaml.safe_dump(cfg), api_name="/submit_job")
+        deadline = time.time() + 120
+        while time.time() < deadline and status(c, job_id)["step"] < 2:
+            time.sleep(0.3)
+        assert status(c, job_id)["status"] == "running"
+    finally:
+        app.send_signal(signal.SIGKILL)  # no clean shutdown: the trainer runs on, unwatched
+        app.wait()
+
+    job = JobStore(data_dir / "jobs.sqlite").get(job_id)
+    assert job.phase == "running"  # what the dead server last knew
+    deadline = time.time() + 180
+    while time.time() < deadline and not RunDir(job.run_dir).state().final:
+        time.sleep(0.5)
+    assert RunDir(job.run_dir).state().status == "completed"
+
+    app = start_app(data_dir, port)
+    try:
+        c = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        s = status(c, job_id)
+        assert (s["status"], s["step"], s["error"]) == ("completed", 40, None)
+        assert s["adapter"] == job.run_dir and s["metrics"]["steps"] == 40
+        question, answer = QA_PAIRS[2]
+        assert c.predict(job_id, question, api_name="/chat") == answer
+    finally:
+        app.send_signal(signal.SIGTERM)
+        app.wait(30)
