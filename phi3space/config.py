@@ -7,9 +7,13 @@ Each field carries its help text in ``metadata["help"]``: that is the reference 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
+import errno
+import math
 import re
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,8 @@ DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+# A run config is a few dozen settings; anything bigger is the wrong file (or an attempt to exhaust memory).
+MAX_CONFIG_BYTES = 64 * 1024
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -122,32 +128,266 @@ def default_run_name(cfg: RunConfig) -> str:
     return f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric setting: [low, high], with either end open when marked so."""
+
+    low: float
+    high: float
+    note: str = ""
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        num = lambda x: str(int(x)) if float(x).is_integer() else str(x)  # noqa: E731
+        return f"{'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}{')' if self.high_open else ']'}"
+
+
+# Every numeric setting and its allowed range, checked before any model loads. The upper ends sit far above any
+# useful value: they catch a typo (lora.r: 1e9) before it becomes an out-of-memory error an hour into a run.
+RANGES = {
+    "data.eval_fraction": Range(0, 1, high_open=True),
+    "data.max_samples": Range(1, 1_000_000_000, "or empty for all rows"),
+    "lora.r": Range(1, 1024, "typical: 8-64"),
+    "lora.alpha": Range(1, 4096, "typical: 2 x r"),
+    "lora.dropout": Range(0, 1, high_open=True),
+    "training.learning_rate": Range(0, 1, "LoRA typical: 1e-4 to 3e-4", low_open=True),
+    "training.warmup_ratio": Range(0, 1, high_open=True),
+    "training.epochs": Range(0, 1000, low_open=True),
+    "training.max_steps": Range(1, 10_000_000, "or empty to use epochs"),
+    "training.batch_size": Range(1, 4096),
+    "training.grad_accum": Range(1, 4096),
+    "training.max_length": Range(16, 131072, "Phi-3-mini-4k: up to 4096"),
+    "training.weight_decay": Range(0, 10, "typical: 0-0.1"),
+    "training.seed": Range(0, 2**32 - 1),
+    "training.logging_steps": Range(1, 10_000_000),
+    "training.eval_steps": Range(1, 10_000_000, "or empty to evaluate at each checkpoint"),
+    "training.save_steps": Range(1, 10_000_000),
+    "training.save_total_limit": Range(1, 1000),
+}
+
+# What other tools (transformers, trl, axolotl, ...) call our settings; checked before spelling suggestions.
+ALIASES = {
+    "lr": "training.learning_rate",
+    "num_train_epochs": "training.epochs", "num_epochs": "training.epochs", "epoch": "training.epochs",
+    "max_seq_length": "training.max_length", "max_seq_len": "training.max_length", "seq_len": "training.max_length",
+    "sequence_len": "training.max_length", "cutoff_len": "training.max_length", "max_len": "training.max_length",
+    "per_device_train_batch_size": "training.batch_size", "micro_batch_size": "training.batch_size",
+    "train_batch_size": "training.batch_size",
+    "gradient_accumulation_steps": "training.grad_accum", "gradient_accumulation": "training.grad_accum",
+    "lr_scheduler_type": "training.lr_scheduler", "scheduler": "training.lr_scheduler",
+    "warmup": "training.warmup_ratio", "warmup_steps": "training.warmup_ratio",
+    "num_steps": "training.max_steps", "steps": "training.max_steps", "max_iters": "training.max_steps",
+    "lora_r": "lora.r", "rank": "lora.r", "lora_rank": "lora.r",
+    "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules",
+    "model_name_or_path": "model.base", "base_model": "model.base", "model_name": "model.base",
+    "model_id": "model.base",
+    "load_in_4bit": "model.method", "quantization": "model.method",
+    "dataset_name": "data.dataset", "dataset_path": "data.dataset", "train_file": "data.dataset",
+    "dataset_config_name": "data.config_name", "subset": "data.config_name", "max_train_samples": "data.max_samples",
+    "output_dir": "output.dir", "hub_model_id": "output.push_to", "repo_id": "output.push_to",
+    "hub_private_repo": "output.private",
+}
+
+# A Hugging Face access token pasted into a setting. Configs are saved beside the run and pushed with the adapter,
+# so such a value is refused, and never echoed.
+HF_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+TOKEN_HINT = ("Remove it: tokens go in HF_TOKEN or the sign-in, never in a config "
+              "(and revoke it at https://huggingface.co/settings/tokens if the config was shared).")
+_FILE_HINT = "Pass the path of a YAML run config, e.g. configs/example.yaml."
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for a one-line message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name(key: str) -> str:
+    """A setting name for a message (names in a YAML file can be anything)."""
+    return key if len(key) <= 60 and key.isprintable() else _show(key)
+
+
+def _holds_token(value: Any) -> bool:
+    if isinstance(value, str):
+        return HF_TOKEN_PATTERN.search(value) is not None
+    if isinstance(value, dict):
+        return any(_holds_token(k) or _holds_token(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return any(_holds_token(v) for v in value)
+    return False
+
+
+class _AliasRefused(yaml.MarkedYAMLError):
+    """An alias (*name) in a run config: refused before it is expanded."""
+
+    def __init__(self, anchor: str, mark):
+        super().__init__(problem=f"alias *{anchor}", problem_mark=mark)
+        self.anchor, self.line, self.column = anchor, mark.line + 1, mark.column + 1
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (*name) while composing, before anything can expand, and reports values
+    YAML cannot build (a date like 2024-13-45, an integer of 5000 digits) at their line."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(event.anchor, event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            why = str(exc).split(";")[0]  # not Python's advice on sys.set_int_max_str_digits
+            raise yaml.constructor.ConstructorError(problem=f"cannot read the value: {why}",
+                                                    problem_mark=node.start_mark) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: 'line 3, column 7: expected ...'."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
+
+
+def _too_big(where: str, size: int) -> ConfigError:
+    return ConfigError([f"{where} is {size:,} bytes, over the {MAX_CONFIG_BYTES // 1024} KiB limit for a run config"],
+                       "A run config holds a few dozen settings: is this the right file?")
+
+
+def _parse_yaml(text: str, where: str) -> dict:
+    """YAML text -> a dict, refusing what a run config never needs: a huge text, aliases, deep nesting."""
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_CONFIG_BYTES:
+        raise _too_big(where, size)
+    try:
+        raw = yaml.load(text, Loader=_ConfigLoader)
+    except _AliasRefused as exc:
+        raise ConfigError([f"{where} uses the YAML alias *{exc.anchor} (line {exc.line}, column {exc.column}): "
+                           "aliases are refused in run configs"],
+                          "Write each value out in full: anchors and aliases (&name, *name) let a few bytes expand "
+                          "into gigabytes.") from None
+    except RecursionError:
+        raise ConfigError([f"{where} is nested too deeply to be a run config"],
+                          "A run config is two levels deep (section: setting: value): is this the right file?"
+                          ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{where} is not valid YAML ({_yaml_problem(exc)})"],
+                          "Check the indentation and brackets near that line, e.g. training: {learning_rate: 2e-4}."
+                          ) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        what = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+        raise ConfigError([f"{where} must hold a mapping (model:, data:, lora:, training:, output:), not "
+                           f"{what.get(type(raw), type(raw).__name__)} ({_show(raw, 30)})"],
+                          "See configs/example.yaml for the layout.")
+    return raw
+
+
+def _decode(raw: bytes, where: str) -> str:
+    hint = "Save the config as UTF-8 text (any editor's 'Save with encoding: UTF-8')."
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError([f"{where} is UTF-16 text; a run config must be UTF-8"], hint)
+    if b"\0" in raw:
+        raise ConfigError([f"{where} is a binary file, not YAML text"], "Is this the right file? " + _FILE_HINT)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})"], hint) from None
+
+
+def _read_config_file(p: Path) -> str:
+    """The text of a config file, or a ConfigError that says what the path really is."""
+    try:
+        info = p.stat()
+    except FileNotFoundError:
+        problem = f"config file {p} is a link to a missing file" if p.is_symlink() else f"config file not found: {p}"
+        raise ConfigError([problem], _FILE_HINT) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError([f"config path {p} is a symlink loop (following it leads back to itself)"],
+                              "Point at the YAML file itself, or repair the link.") from None
+        raise ConfigError([f"cannot read config file {p}: {exc.strerror}"], _FILE_HINT) from None
+    if stat.S_ISDIR(info.st_mode):
+        from .run import RunDir
+
+        raise ConfigError([f"config path {p} is a folder, not a file"],
+                          f"Pass the YAML file inside it, e.g. {RunDir(p).config} for a run folder.")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError([f"config path {p} is not a regular file"], _FILE_HINT)
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise _too_big(str(p), info.st_size)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file {p}: {exc.strerror}"], _FILE_HINT) from None
+    return _decode(raw, str(p))
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ConfigError([f"--set {item!r}: expected KEY=VALUE, e.g. --set lora.r=8"])
-    key, raw = item.split("=", 1)
+        raise ConfigError([f"--set {_show(item)}: expected KEY=VALUE, e.g. --set lora.r=8"])
+    key, raw = (part.strip() for part in item.split("=", 1))
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _too_big(f"--set {_name(key)}", len(raw))
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+        value = yaml.load(raw, Loader=_ConfigLoader) if raw else None
+    except _AliasRefused:
+        raise ConfigError([f"--set {_name(key)}: the value uses a YAML alias (*name); aliases are refused"],
+                          "Write the value out in full.") from None
+    except (yaml.YAMLError, RecursionError):
+        value = raw  # not YAML: the text itself (a path, a name)
+    return key, value
 
 
 def _allowed_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in fields(cls)]
 
 
-def _coerce(value: Any, default: Any, key: str, problems: list[str]) -> Any:
-    """Coerce YAML/--set values to the field's type (numbers written as strings, '1e-4', ...)."""
-    if value is None:
-        return None
-    if key == "lora.target_modules":
+def _suggest(key: str) -> str | None:
+    """The setting someone probably meant: a known alias (lr), the same name in another section, or a near spelling."""
+    allowed = _allowed_keys()
+    name = key.rsplit(".", 1)[-1].lower().replace("-", "_")
+    if name in ALIASES:
+        return ALIASES[name]
+    same_name = [k for k in allowed if k.endswith("." + name)]
+    if len(same_name) == 1:
+        return same_name[0]
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return close[0] if close else None
+
+
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict}
+
+
+def _coerce(value: Any, f: dataclasses.Field, key: str, default: Any, problems: list[str]) -> Any:
+    """Coerce a YAML/--set value to the field's type (numbers written as strings, '1e-4', ...).
+
+    The type comes from the annotation: 'int | None' is an int that may be empty; 'Any' is checked in _validate.
+    """
+    names = [n.strip() for n in str(f.type).split("|")]
+    kind = _KINDS.get(names[0])
+    if kind is None:
         return value
-    kind = type(default) if default is not None else None
-    if key in ("training.max_steps", "data.max_samples", "training.eval_steps"):
-        kind = int
-    if key == "data.eval_fraction":
-        kind = float
+    if kind is dict:
+        return {} if value is None else value  # checked in _validate, with an example
+    if value is None:
+        if "None" in names:
+            return None
+        if default == "":
+            return ""  # an empty text setting (data.dataset then reports itself as required)
+        problems.append(f"{key}: needs a value (default: {default!r})")
+        return default
     try:
         if kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
@@ -155,20 +395,16 @@ def _coerce(value: Any, default: Any, key: str, problems: list[str]) -> Any:
             if not isinstance(value, bool):
                 raise ValueError
             return value
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError  # true for a number, a list for a name, ...
         if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(float(value)) if isinstance(value, str) else int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind is str:
-            return str(value)
-    except (TypeError, ValueError):
-        problems.append(f"{key}: expected {kind.__name__}, got {value!r}")
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        problems.append(f"{key}: expected {kind.__name__}, got {_show(value)}")
         return default
-    return value
 
 
 def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -178,122 +414,101 @@ def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> 
         ConfigError: listing every unknown key and invalid value at once.
     """
     raw = dict(raw or {})
-    problems: list[str] = []
     flat: dict[str, Any] = {}
     for section, values in raw.items():
-        if section not in _SECTION_CLASSES:
-            flat[str(section)] = values
-        elif values is None:
-            continue
-        elif not isinstance(values, dict):
-            problems.append(f"{section}: expected a mapping of settings, got {values!r}")
-        else:
+        if section in _SECTION_CLASSES and isinstance(values, dict):
             for k, v in values.items():
                 flat[f"{section}.{k}"] = v
+        elif values is not None or section not in _SECTION_CLASSES:
+            flat[str(section)] = values  # an unknown name, or a section that is not a mapping: reported below
     for item in overrides:
         key, value = _parse_override(item)
         flat[key] = value
 
-    allowed = _allowed_keys()
+    problems: list[str] = []
+    refused: set[str] = set()  # keys already reported; _validate says nothing more about them
+    tokens = False
+    field_of = {f"{s}.{f.name}": f for s, cls in _SECTION_CLASSES.items() for f in fields(cls)}
     cfg = RunConfig()
     for key, value in flat.items():
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            problems.append(f"{key}: unknown setting" + (f" (did you mean {close[0]}?)" if close else
-                                                          f"; known sections: {', '.join(_SECTION_CLASSES)}"))
-            continue
-        section, name = key.split(".", 1)
-        part = getattr(cfg, section)
-        setattr(part, name, _coerce(value, getattr(part, name), key, problems))
-    problems += _validate(cfg)
+        if _holds_token(key) or _holds_token(value):
+            tokens = True
+            refused.add(key)
+            problems.append(f"{_name(key)}: holds what looks like a Hugging Face access token (not shown here)")
+        elif key in _SECTION_CLASSES:
+            problems.append(f"{key}: expected a mapping of settings, got {_show(value)}")
+        elif key not in field_of:
+            guess = _suggest(key)
+            problems.append(f"{_name(key)}: unknown setting" + (f" (did you mean {guess}?)" if guess else
+                                                                 f"; known sections: {', '.join(_SECTION_CLASSES)}"))
+        else:
+            section, name = key.split(".", 1)
+            part = getattr(cfg, section)
+            setattr(part, name, _coerce(value, field_of[key], key, getattr(part, name), problems))
+    problems += [p for p in _validate(cfg) if p.split(":", 1)[0] not in refused]
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, TOKEN_HINT if tokens else "")
     if not cfg.output.dir:
         cfg.output.dir = str(Path("runs") / default_run_name(cfg))
     return cfg
 
 
 def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML run config (or start from defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML run config (or start from defaults when ``path`` is None) and apply overrides.
+
+    The file must be UTF-8 YAML of at most MAX_CONFIG_BYTES, without aliases (*name).
+    """
     raw: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError([f"config file not found: {p}"], "Pass the path of a YAML run config, e.g. configs/example.yaml.")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{p} is not valid YAML: {exc}"]) from None
-        if not isinstance(raw, dict):
-            raise ConfigError([f"{p} must hold a mapping (model:, data:, lora:, training:, output:)"])
+        raw = _parse_yaml(_read_config_file(p), str(p))
     return from_dict(raw, overrides)
 
 
 def loads(text: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Like ``load`` for YAML text (the web form and the API)."""
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"config is not valid YAML: {exc}"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(["config must be a mapping (model:, data:, lora:, training:, output:)"])
-    return from_dict(raw, overrides)
+    return from_dict(_parse_yaml(text, "config"), overrides)
 
 
 def _validate(cfg: RunConfig) -> list[str]:
     p: list[str] = []
-    m, d, lo, t, o = cfg.model, cfg.data, cfg.lora, cfg.training, cfg.output
+    m, d, lo, o = cfg.model, cfg.data, cfg.lora, cfg.output
     for section, cls in _SECTION_CLASSES.items():
         for f in fields(cls):
             choices = f.metadata.get("choices")
             value = getattr(getattr(cfg, section), f.name)
             if choices and value not in choices:
-                p.append(f"{section}.{f.name}: {value!r} is not one of {', '.join(choices)}")
+                p.append(f"{section}.{f.name}: {_show(value)} is not one of {', '.join(choices)}")
+    for key, allowed in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            p.append(f"{key}: {value} is not a finite number; use a value in {allowed}")
+        elif not allowed.allows(value):
+            p.append(f"{key}: {_show(value)} is outside {allowed}" + (f" ({allowed.note})" if allowed.note else ""))
     if not m.base or not isinstance(m.base, str):
         p.append("model.base: required (a Hub ID such as microsoft/Phi-3-mini-4k-instruct, or a local folder)")
     if not d.dataset:
         p.append("data.dataset: required (a Hub dataset ID or a local JSON/JSONL/CSV/Parquet file)")
-    if not 0 <= d.eval_fraction < 1:
-        p.append(f"data.eval_fraction: {d.eval_fraction} is outside [0, 1)")
-    if d.max_samples is not None and d.max_samples < 1:
-        p.append(f"data.max_samples: {d.max_samples} must be at least 1 (or empty for all rows)")
-    if not isinstance(d.columns, dict) or not all(isinstance(v, str) for v in d.columns.values()):
+    if not isinstance(d.columns, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in d.columns.items()):
         p.append("data.columns: expected a mapping of our column names to yours, e.g. {prompt: question}")
-    if lo.r < 1:
-        p.append(f"lora.r: {lo.r} must be at least 1 (typical: 8-64)")
-    if lo.alpha < 1:
-        p.append(f"lora.alpha: {lo.alpha} must be at least 1 (typical: 2 x r)")
-    if not 0 <= lo.dropout < 1:
-        p.append(f"lora.dropout: {lo.dropout} is outside [0, 1)")
     tm = lo.target_modules
     if isinstance(tm, str) and "," in tm:
         lo.target_modules = tm = [x.strip() for x in tm.split(",") if x.strip()]
     if isinstance(tm, list):
         bad = [x for x in tm if x not in PHI3_TARGET_MODULES]
         if bad or not tm:
-            p.append(f"lora.target_modules: {bad or tm} not Phi-3 linear layers; use all-linear or some of "
+            p.append(f"lora.target_modules: {_show(bad or tm)} not Phi-3 linear layers; use all-linear or some of "
                      + ", ".join(PHI3_TARGET_MODULES) + " (Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj)")
     elif tm != "all-linear":
-        p.append(f"lora.target_modules: {tm!r}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
-    if t.learning_rate <= 0 or t.learning_rate > 1:
-        p.append(f"training.learning_rate: {t.learning_rate} must be in (0, 1] (LoRA typical: 1e-4 to 3e-4)")
-    if not 0 <= t.warmup_ratio < 1:
-        p.append(f"training.warmup_ratio: {t.warmup_ratio} is outside [0, 1)")
-    if t.epochs <= 0:
-        p.append(f"training.epochs: {t.epochs} must be greater than 0")
-    if t.max_steps is not None and t.max_steps < 1:
-        p.append(f"training.max_steps: {t.max_steps} must be at least 1 (or empty to use epochs)")
-    for key in ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"):
-        if getattr(t, key) < 1:
-            p.append(f"training.{key}: {getattr(t, key)} must be at least 1")
-    if t.eval_steps is not None and t.eval_steps < 1:
-        p.append(f"training.eval_steps: {t.eval_steps} must be at least 1 (or empty)")
-    if not 16 <= t.max_length <= 131072:
-        p.append(f"training.max_length: {t.max_length} is outside [16, 131072] (Phi-3-mini-4k: up to 4096)")
+        p.append(f"lora.target_modules: {_show(tm)}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
     if o.push_checkpoints and not o.push_to:
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", o.push_to):
-        p.append(f"output.push_to: {o.push_to!r} is not a repo ID like your-name/my-adapter (or 'auto')")
+        p.append(f"output.push_to: {_show(o.push_to)} is not a repo ID like your-name/my-adapter (or 'auto')")
     return p
 
 

@@ -7,9 +7,14 @@ assistant turn), so trl trains on assistant turns only, whatever the source form
 
 from __future__ import annotations
 
+import codecs
+import errno
 import json
+import logging
+import stat
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,37 +66,173 @@ class DatasetReport:
 
 # ---------------------------------------------------------------- loading
 
+def _check_path(path: Path, ref: str) -> None:
+    """A DataError unless ``path`` is a file or folder we can read: say what it really is."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DataError(f"data path {ref} is a link to a missing file",
+                            "Repair the link, or point at the file itself.") from None
+        raise DataError(f"data file not found: {ref}",
+                        "Check the path, or give a Hub dataset ID such as user/dataset.") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(f"data path {ref} is a symlink loop (following it leads back to itself)",
+                            "Point at the data file itself, or repair the link.") from None
+        raise DataError(f"cannot read data path {ref}: {exc.strerror}", "Check the path and its permissions.") from None
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise DataError(f"data path {ref} is not a regular file or folder",
+                        "Point at a JSON, JSONL, CSV or Parquet file.")
+
+
+_EMPTY_HINT = "Point at a file with rows in it: is the export or download complete?"
+_WRONG_FILE_HINT = "Is this the right file? Give a file the suffix of its real format (.jsonl, .json, .csv, .parquet)."
+_JSON_HINT = ('Use one JSON object per line (JSONL), e.g. {"prompt": "...", "completion": "..."}, '
+              "or a JSON array of such objects.")
+
+
+def _read_bytes(path: Path, size: int = -1) -> bytes:
+    """The file's bytes (the first ``size`` of them), never none."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(size)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}", "Check the file's permissions.") from None
+    if not raw:
+        raise DataError(f"{path} is empty (0 bytes)", _EMPTY_HINT)
+    return raw
+
+
+def _read_text(path: Path, kind: str) -> str:
+    """A JSON/JSONL/CSV file's text, or a DataError saying why it is not UTF-8 text (empty, binary, UTF-16, ...)."""
+    raw = _read_bytes(path)
+    if not raw.strip():
+        raise DataError(f"{path} is empty (only blank lines)", _EMPTY_HINT)
+    hint = f"Save it again as UTF-8 {kind}" + (" (in Excel: CSV UTF-8)." if kind == "CSV" else
+                                               " (in an editor: encoding UTF-8).")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path} is UTF-16 text; {kind} files must be UTF-8", hint)
+    if b"\0" in raw[:8192]:
+        raise DataError(f"{path} is a binary file, not {kind} text", _WRONG_FILE_HINT)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})", hint) from None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _read_json_file(path: Path, broken: Counter) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path, "JSON")
     stripped = text.lstrip()
     if stripped.startswith("[") or (path.suffix == ".json" and stripped.startswith("{") and "\n{" not in stripped):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON: {exc}",
-                            "Use one JSON object per line (JSONL) or a JSON array of objects.") from None
+            raise DataError(f"{path} is not valid JSON: {exc}", _JSON_HINT) from None
+        except RecursionError:
+            raise DataError(f"{path} is nested too deeply to be a dataset", _JSON_HINT) from None
         if isinstance(data, dict):  # {"data": [...]} or a dict of columns
             lists = [v for v in data.values() if isinstance(v, list)]
             if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]):
                 return lists[0]
             if lists and all(isinstance(v, list) for v in data.values()):
+                if len({len(v) for v in lists}) > 1:
+                    sizes = ", ".join(f"{k}: {len(v)}" for k, v in data.items())
+                    raise DataError(f"{path} holds columns of different lengths ({sizes})",
+                                    "Each column needs one value per row; or use JSONL, one object per row.")
                 return [dict(zip(data, row)) for row in zip(*data.values())]
             return [data]
-        return [r for r in data if isinstance(r, dict)]
+        if not data:
+            raise DataError(f"{path} holds an empty JSON array: no rows", _JSON_HINT)
+        rows = [r for r in data if isinstance(r, dict)]
+        if not rows:
+            kinds = " and ".join(sorted({_json_kind(r) + "s" for r in data}))
+            raise DataError(f"{path} is a JSON array of {kinds}, not of objects (one per row)", _JSON_HINT)
+        if len(rows) < len(data):
+            broken["not a JSON object"] += len(data) - len(rows)
+        return rows
     rows = []
-    for line in text.splitlines():
+    first_problem = ""
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError) as exc:
             broken["broken JSON line"] += 1
+            why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            first_problem = first_problem or f"{path} is not JSON: line {number} does not parse ({why})"
             continue
         if isinstance(row, dict):
             rows.append(row)
         else:
             broken["not a JSON object"] += 1
+            first_problem = first_problem or (f"{path} holds a JSON {_json_kind(row)} on line {number}, "
+                                              "not an object (a row)")
+    if not rows:  # not one usable line: the whole file is something else
+        raise DataError(first_problem, _JSON_HINT)
     return rows
+
+
+@contextmanager
+def _datasets_errors_silenced():
+    """datasets logs a reader's exception before raising it; we report it once, as a DataError."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _read_with_datasets(path: Path, kind: str) -> list[dict]:
+    """Rows of a CSV or Parquet file; the file was checked first, so errors here are about its contents."""
+    import datasets
+    import pyarrow
+
+    name = "CSV" if kind == "csv" else "Parquet"
+    hint = ("Check that every quoted field ends with its closing quote and each row has the header's columns; "
+            "or export the file again as CSV (UTF-8)." if kind == "csv" else
+            "The file may be truncated or written by something else: export or download it again.")
+    try:
+        with _datasets_errors_silenced():
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except (datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException, OSError) as exc:
+        cause = exc
+        while cause.__cause__ is not None:  # DatasetGenerationError wraps what the reader (pandas, pyarrow) raised
+            cause = cause.__cause__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise  # the disk (full, unreadable), not the file's contents
+        raise DataError(f"{path} is not valid {name}: {' '.join(str(cause).split())}", hint) from None
+    except ValueError as exc:
+        if "corresponds to no data" not in str(exc):
+            raise
+        raise DataError(f"{path} holds no rows", _EMPTY_HINT) from None
+    if any(c.startswith("__index_level_") for c in ds.column_names):  # pandas' reading of rows longer than the header
+        raise DataError(f"{path} has rows with more fields than its header", hint)
+    return ds.to_list()
+
+
+def _read_csv(path: Path) -> list[dict]:
+    text = _read_text(path, "CSV")
+    if sum(1 for line in text.splitlines() if line.strip()) < 2:
+        raise DataError(f"{path} has a header line but no rows", "Point at a CSV file with rows under its header.")
+    return _read_with_datasets(path, "csv")
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    if _read_bytes(path, 4) != b"PAR1":
+        raise DataError(f"{path} is not a Parquet file (it does not start with PAR1)", _WRONG_FILE_HINT)
+    return _read_with_datasets(path, "parquet")
 
 
 def _local_files(path: Path, split: str) -> list[Path]:
@@ -109,8 +250,7 @@ def _local_files(path: Path, split: str) -> list[Path]:
 
 def _load_local(ref: str, split: str, broken: Counter) -> list[dict]:
     path = Path(ref).expanduser()
-    if not path.exists():
-        raise DataError(f"data file not found: {ref}", "Check the path, or give a Hub dataset ID such as user/dataset.")
+    _check_path(path, ref)
     files = _local_files(path, split)
     if not files:
         raise DataError(f"no {split!r} data files (JSON, JSONL, CSV, Parquet) in {ref}",
@@ -122,10 +262,10 @@ def _load_local(ref: str, split: str, broken: Counter) -> list[dict]:
             raise DataError(f"{f.name}: unsupported file type", "Use JSON, JSONL, CSV or Parquet.")
         if kind == "json":
             rows += _read_json_file(f, broken)
+        elif kind == "csv":
+            rows += _read_csv(f)
         else:
-            import datasets
-
-            rows += datasets.load_dataset(kind, data_files=str(f), split="train").to_list()
+            rows += _read_parquet(f)
     return rows
 
 
@@ -176,9 +316,18 @@ def load_rows(data: DataConfig, split: str, token: str | None = None) -> tuple[l
 
 # ---------------------------------------------------------------- formats
 
-def _rename(rows: list[dict], columns: dict[str, str]) -> list[dict]:
+def _rename(rows: list[dict], columns: dict[str, str], source: str) -> list[dict]:
+    """Rows with the dataset's column names replaced by ours (``columns`` maps ours to theirs)."""
     if not columns:
         return rows
+    present = {k for r in rows[:1000] for k in r}
+    missing = {ours: theirs for ours, theirs in columns.items() if theirs not in present}
+    if missing:
+        asked = ", ".join(f"{ours}: {theirs}" for ours, theirs in missing.items())
+        raise DataError(f"data.columns names columns that {source} does not have ({asked}); "
+                        f"its columns are: {', '.join(sorted(present))}",
+                        "data.columns maps our names to the dataset's own columns, "
+                        "e.g. {prompt: question, completion: answer}.")
     theirs_to_ours = {v: k for k, v in columns.items()}
     return [{theirs_to_ours.get(k, k): v for k, v in row.items()} for row in rows]
 
@@ -269,7 +418,9 @@ def normalise_row(row: dict, fmt: str) -> tuple[dict | None, str]:
 
 def normalise(rows: list[dict], data: DataConfig, source: str, broken: Counter | None = None) -> tuple[list[dict], DatasetReport]:
     """Normalise rows (after ``data.columns`` renaming) and count what was dropped and why."""
-    rows = _rename(rows, data.columns)
+    if not rows:
+        raise DataError(f"no rows in {source}", "Check the file (or data.split): it holds no records.")
+    rows = _rename(rows, data.columns, source)
     columns = sorted({k for r in rows[:1000] for k in r})
     fmt = detect_format(columns)
     report = DatasetReport(source=source, format=fmt, columns=columns, total=len(rows) + sum((broken or {}).values()))

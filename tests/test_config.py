@@ -61,3 +61,42 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(tmp_path / "bad.yaml")
+
+
+def test_every_numeric_setting_has_a_range_that_holds_its_default():
+    cfg = config.RunConfig()
+    numeric = {f"{s}.{f.name}" for s, cls in config._SECTION_CLASSES.items() for f in config.fields(cls)
+               if str(f.type).split("|")[0].strip() in ("int", "float")}
+    assert numeric == set(config.RANGES)
+    for key, allowed in config.RANGES.items():
+        section, name = key.split(".")
+        default = getattr(getattr(cfg, section), name)
+        assert default is None or allowed.allows(default), key
+    assert str(config.RANGES["lora.dropout"]) == "[0, 1)" and str(config.RANGES["training.epochs"]) == "(0, 1000]"
+
+
+def test_aliases_point_at_real_settings():
+    assert set(config.ALIASES.values()) <= set(config._allowed_keys())
+    with pytest.raises(ConfigError, match=r"training.lr: unknown setting \(did you mean training.learning_rate\?\)"):
+        config.from_dict({"data": {"dataset": "x"}, "training": {"lr": 1e-4}})
+
+
+def test_anchors_are_fine_aliases_are_not():
+    assert config.loads("data: {dataset: &d x.jsonl}").data.dataset == "x.jsonl"
+    with pytest.raises(ConfigError, match=r"config uses the YAML alias \*d \(line 2, column 19\)"):
+        config.loads("data: {dataset: &d x.jsonl}\noutput: {push_to: *d}")
+
+
+def test_a_token_anywhere_is_refused_and_never_echoed():
+    token = "hf_" + "Ab1" * 10
+    with pytest.raises(ConfigError) as info:
+        config.from_dict({"data": {"dataset": "x"}, "lora": {"target_modules": ["qkv_proj", f"{token}"]}})
+    assert info.value.problems == [
+        "lora.target_modules: holds what looks like a Hugging Face access token (not shown here)"]
+    assert token not in str(info.value) and "HF_TOKEN" in info.value.hint
+    assert config.from_dict({"data": {"dataset": "hf_short_name"}}).data.dataset == "hf_short_name"
+
+
+def test_config_text_is_capped():
+    with pytest.raises(ConfigError, match="over the 64 KiB limit"):
+        config.loads("data: {dataset: x}\n" + "#" * config.MAX_CONFIG_BYTES)

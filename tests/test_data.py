@@ -161,3 +161,15 @@ def test_inspect_renders_the_trained_span_and_token_stats(tmp_path, tokenizer):
     assert report.token_percentiles["min"] < 32 < report.token_percentiles["max"]
     assert report.over_max_length == pytest.approx(1 / 3)
     assert "[[Answer<|end|><|endoftext|>]]" in data.render_marked(train[0], tokenizer)
+
+
+def test_column_mapping_must_name_real_columns(tmp_path):
+    with pytest.raises(DataError) as info:
+        norm(tmp_path, [{"ask": "Q", "reply": "A"}], prompt="ask", completion="answer")
+    assert "(completion: answer); its columns are: ask, reply" in info.value.message
+
+
+def test_non_objects_in_a_json_array_are_counted(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, 3, "x"]))
+    raw, broken = data.load_rows(DataConfig(dataset=str(tmp_path / "d.json")), "train")
+    assert raw == [{"text": "a"}] and broken == {"not a JSON object": 2}
