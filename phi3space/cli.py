@@ -115,9 +115,10 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import ChatEngine, adapter_base, resolve_adapter
+    from .chat import ChatEngine, adapter_base, check_generation, resolve_adapter
     from .hub import resolve_token
 
+    check_generation(args.max_new_tokens, args.temperature, args.top_p)  # before any model loads
     _quiet_libraries()
     token = resolve_token()
     base = args.base

@@ -86,7 +86,8 @@ class TrainingConfig:
 @dataclass
 class OutputConfig:
     dir: str = _f("", "Run folder (default: runs/<base>-<dataset>-<method>).")
-    push_to: str | None = _f(None, "Hub repo for the adapter (user/name), or 'auto' for <you>/<base>-<dataset>-<method>.")
+    push_to: str | None = _f(None, "Hub repo for the adapter (user/name), or 'auto' for "
+                                   "<you>/<base>-<dataset>-<method>-<date>-<time> (a new repo per run).")
     private: bool = _f(True, "Create the Hub repo as private.")
     push_checkpoints: bool = _f(False, "Also push each checkpoint (to the repo's 'checkpoints' branch).")
 
@@ -126,6 +127,15 @@ def short_name(ref: str) -> str:
 
 def default_run_name(cfg: RunConfig) -> str:
     return f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
+
+
+def auto_repo_name(cfg: RunConfig) -> str:
+    """The repo name ``output.push_to: auto`` resolves to: the run's name and the time it was resolved, so that
+    two runs on the same base and data never overwrite each other's adapter (a resumed run keeps its repo: the
+    resolved name is saved in its config)."""
+    import time
+
+    return f"{default_run_name(cfg)[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass(frozen=True)

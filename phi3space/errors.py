@@ -52,6 +52,14 @@ class OutOfMemory(Phi3SpaceError):
     kind = "oom"
 
 
+class DiskFull(Phi3SpaceError):
+    kind = "disk"
+
+
+class Diverged(Phi3SpaceError):
+    kind = "diverged"
+
+
 class Cancelled(Phi3SpaceError):
     kind = "cancelled"
 

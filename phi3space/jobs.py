@@ -81,11 +81,28 @@ _BOOL_COLUMNS = ("cancel_requested", "needs_token", "resume")
 
 
 class JobStore:
-    """Jobs in one SQLite file on local disk. A connection per call keeps it safe across the server's threads."""
+    """Jobs in one SQLite file on local disk. A connection per call keeps it safe across the server's threads.
+
+    A store that SQLite cannot read (a corrupt or foreign file) is set aside as ``<name>.corrupt-<time>`` and a
+    fresh one started; ``set_aside`` then names it, so the runner can list the runs again from their folders."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.set_aside: Path | None = None
+        try:
+            self._create()
+        except sqlite3.DatabaseError as exc:
+            self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                extra = Path(f"{self.path}{suffix}")
+                if extra.exists():
+                    extra.rename(f"{self.set_aside}{suffix}")
+            print(f"phi3space jobs: the job store {self.path} could not be read ({exc}); it was moved to "
+                  f"{self.set_aside} and a new one started", file=sys.stderr)
+            self._create()
+
+    def _create(self) -> None:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({', '.join(_COLUMNS)}, PRIMARY KEY (id))")
@@ -236,6 +253,8 @@ class JobRunner:
         self.root = Path(root) if root is not None else data_dir()
         self._lock_file = lock_data_dir(self.root)
         self.store = JobStore(self.root / "jobs.sqlite")
+        if self.store.set_aside is not None:
+            self._relist_runs()
         self.slots = slots or int(os.environ.get("PHI3SPACE_SLOTS") or gpu_count() or 1)
         self.grace_s = grace_s if grace_s is not None else float(os.environ.get("PHI3SPACE_STOP_GRACE_S", "60"))
         self.poll_s = poll_s
@@ -378,6 +397,22 @@ class JobRunner:
                                hint="Sign-in tokens are never stored: submit the job again.")
                 job.run.append("run_finished", status="failed", step=job.run.state().step)
                 self._finish(job, None)
+
+    def _relist_runs(self) -> None:
+        """After the store was set aside: every run folder under runs/<owner>/<job id> is listed again, ended (its
+        process, if any, can no longer be followed); its status is whatever its events say."""
+        for config in sorted((self.root / "runs").glob(f"*/*/{RunDir.CONFIG}")):
+            run = RunDir(config.parent)
+            owner, job_id = run.path.parent.name, run.path.name
+            try:
+                from .config import default_run_name
+
+                name = default_run_name(run.load_config())
+            except Phi3SpaceError:
+                name = job_id
+            created = config.stat().st_mtime
+            self.store.add(Job(id=job_id, owner=owner, name=name, run_dir=str(run.path), phase="done",
+                               created=created, finished=time.time()))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -59,7 +59,7 @@ def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None 
     target = repo_id or cfg.output.push_to or "auto"
     private = cfg.output.private if private is None else private
     try:
-        resolved = check_push_access(target, token, config_mod.default_run_name(cfg))
+        resolved = check_push_access(target, token, config_mod.auto_repo_name(cfg))
         write_card(cfg, run, license=base_license(cfg.model.base, token), repo_id=resolved)
         return upload_adapter(run, resolved, token, private, run.writer())
     except HubError as exc:

@@ -10,6 +10,7 @@ so the file stays the truth and survives a restart unchanged.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -50,6 +51,7 @@ class RunDir:
     CARD = "README.md"
     PLOT = "loss_curve.png"
     TOKENIZER_CONFIG = "tokenizer_config.json"
+    TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkpoint: its presence marks a whole one
     # What a pushed adapter repo holds: the adapter, its tokenizer, the resolved config, card and loss curve.
     PUSHED = [ADAPTER_WEIGHTS, ADAPTER_CONFIG, "tokenizer.json", TOKENIZER_CONFIG, "special_tokens_map.json",
               "chat_template.jinja", CONFIG, CARD, PLOT]
@@ -95,13 +97,31 @@ class RunDir:
         return self.path / checkpoint_name(step)
 
     def checkpoints(self) -> list[Path]:
-        """checkpoint-N folders, oldest first."""
+        """checkpoint-N folders, oldest first, whole or not."""
         found = [(checkpoint_step(p.name), p) for p in self.path.glob("checkpoint-*") if p.is_dir()]
         return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
 
+    def checkpoint_is_whole(self, path: Path) -> bool:
+        """The Trainer finished writing it: adapter weights, and the trainer state (written last) readable."""
+        try:
+            json.loads((path / self.TRAINER_STATE).read_text())
+        except (OSError, ValueError):
+            return False
+        return (path / self.ADAPTER_WEIGHTS).is_file()
+
+    def checkpoint_progress(self, path: Path) -> int:
+        """The optimizer step a whole checkpoint was saved at (from its trainer state)."""
+        return int(json.loads((path / self.TRAINER_STATE).read_text()).get("global_step", checkpoint_step(path.name)))
+
     def latest_checkpoint(self) -> Path | None:
-        ckpts = self.checkpoints()
-        return ckpts[-1] if ckpts else None
+        """The newest whole checkpoint (one cut short by a kill or a full disk is never resumed from)."""
+        return next((p for p in reversed(self.checkpoints()) if self.checkpoint_is_whole(p)), None)
+
+    def partial_checkpoints(self) -> list[Path]:
+        """Checkpoints newer than the newest whole one: left half-written by a kill or a full disk."""
+        latest = self.latest_checkpoint()
+        newest = checkpoint_step(latest.name) if latest else -1
+        return [p for p in self.checkpoints() if checkpoint_step(p.name) > newest]
 
     def has_tokenizer(self) -> bool:
         return (self.path / self.TOKENIZER_CONFIG).exists()
@@ -177,24 +197,46 @@ class EventWriter:
         self.path = path
         self.enabled = enabled
         self.echo = echo  # the CLI prints a progress line per event
+        self._cut = None  # unknown until the first write: did an earlier write stop mid-line (a full disk)?
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(self, type: str, **fields: Any) -> dict:
+        """Append one event. Raises OSError when the disk refuses it (the file keeps only whole lines)."""
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r}")
         # Secrets never reach the file, whatever a message or a config carried.
         line = scrub(json.dumps({"type": type, "time": round(time.time(), 3), **fields}, default=str, ensure_ascii=False))
         event = json.loads(line)
         if self.enabled:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, (line + "\n").encode("utf-8"))
-            finally:
-                os.close(fd)
+            self._append((line + "\n").encode("utf-8"))
             if self.echo is not None:  # one progress line per run, not one per process
                 self.echo(event)
         return event
+
+    def _append(self, data: bytes) -> None:
+        """One whole line or nothing: a write the disk cuts short is taken back (and a line an earlier process left
+        cut is ended before the next one, so it cannot swallow it)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if self._cut is None:
+                self._cut = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            if self._cut:
+                data = b"\n" + data
+            try:
+                written = os.write(fd, data)
+                if written < len(data):
+                    raise OSError(errno.ENOSPC, "No space left on device (an event was cut short)", str(self.path))
+            except OSError:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    self._cut = None  # could not take it back: look at the end of the file next time
+                raise
+            self._cut = False
+        finally:
+            os.close(fd)
 
 
 @dataclass

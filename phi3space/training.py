@@ -8,8 +8,10 @@ stats), then the model, so that a user's mistake is reported in seconds, before 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from . import data as data_mod
 from .config import RunConfig
-from .errors import Cancelled, ConfigError, OutOfMemory, Phi3SpaceError
+from .errors import Cancelled, ConfigError, DiskFull, Diverged, OutOfMemory, Phi3SpaceError
 from .modeling import Hardware, check_base, detect_hardware, load_model
 from .run import EventWriter, RunDir
 
@@ -55,13 +57,17 @@ def _events_callback(writer: EventWriter, stop_flag: dict, on_checkpoint=None):
             self.last_tokens = (None, self.start)
 
         def on_step_end(self, args, state, control, **kw):
-            if stop_flag.get("stop"):
+            if stop_flag.get("stop") and not stop_flag.get("diverged"):
                 control.should_training_stop = True
                 control.should_save = True  # a checkpoint to --resume from
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
             now = time.time()
+            if any(k in logs and not math.isfinite(logs[k]) for k in ("loss", "grad_norm")):
+                # The weights are ruined from here on: stop, and keep no checkpoint of them.
+                stop_flag["diverged"] = state.global_step
+                control.should_training_stop, control.should_save = True, False
             if "loss" in logs:
                 elapsed = now - self.start
                 done = state.global_step - self.first_step
@@ -118,6 +124,7 @@ def build_sft_config(cfg: RunConfig, hw: Hardware, has_eval: bool, chat: bool):
         data_seed=t.seed,
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (and stops the run), not averaged away
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
@@ -186,10 +193,10 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
     """Who pushes where, what to resume from, the base model's config, the data and the tokenizer."""
     repo_id = None
     if cfg.output.push_to:  # settled before any data or weights are loaded
-        from .config import default_run_name
+        from .config import auto_repo_name
         from .hub import check_push_access
 
-        repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, default_run_name(cfg))
+        repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg))
     run.path.mkdir(parents=True, exist_ok=True)
     ckpt = _checkpoint_to_resume(cfg, run, resume, token, writer)
     if is_main_process():
@@ -222,18 +229,43 @@ def build_trainer(cfg: RunConfig, pre: Preflight, token: str | None = None, call
 def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict) -> Fitted:
     """Train (from the checkpoint, when resuming) and evaluate; the trainer stops after the step when asked."""
     trainable, total = trainer.model.get_nb_trainable_parameters()
+    max_steps = _planned_steps(trainer)
+    earlier = pre.run.state()  # before this attempt's events
     writer.emit("run_started", config=cfg.to_dict(), versions=library_versions(), hardware=pre.hardware.describe(),
                 trainable_params=trainable, total_params=total, trainable_pct=round(100 * trainable / total, 4),
-                dataset=pre.data.report.to_dict(), max_steps=_planned_steps(trainer),
+                dataset=pre.data.report.to_dict(), max_steps=max_steps,
                 resumed_from=str(pre.checkpoint) if pre.checkpoint else None)
-    result = trainer.train(resume_from_checkpoint=str(pre.checkpoint) if pre.checkpoint else None)
-    cancelled = bool(stop.get("stop"))
-    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
-               "steps": trainer.state.global_step, "tokens": trainer.state.num_input_tokens_seen or _last_tokens(trainer)}
+    if pre.checkpoint and pre.run.checkpoint_progress(pre.checkpoint) >= max_steps:
+        # Training had finished (its push failed, say): no step past the end, straight on to evaluation and saving.
+        writer.emit("log", message=f"{pre.checkpoint.name} already holds all {max_steps} steps: finishing without training")
+        _load_checkpoint_adapter(trainer, pre.run, pre.checkpoint)
+        trainer.state.global_step = max_steps
+        metrics = {**earlier.metrics, "steps": max_steps}
+        cancelled = False
+    else:
+        result = trainer.train(resume_from_checkpoint=str(pre.checkpoint) if pre.checkpoint else None)
+        if stop.get("diverged") is not None:
+            raise Diverged(f"the loss became NaN or infinite at step {stop['diverged']}: training stopped, no adapter "
+                           "was saved from it",
+                           "Lower training.learning_rate (e.g. 1e-4) or training.max_length; "
+                           + ("--resume continues from the last checkpoint before it." if pre.run.latest_checkpoint()
+                              else "then start again."))
+        cancelled = bool(stop.get("stop"))
+        metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
+                   "steps": trainer.state.global_step,
+                   "tokens": trainer.state.num_input_tokens_seen or _last_tokens(trainer)}
     if trainer.eval_dataset is not None and not cancelled:
         ev = trainer.evaluate()
         metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]))
     return Fitted(metrics, cancelled)
+
+
+def _load_checkpoint_adapter(trainer, run: RunDir, checkpoint: Path) -> None:
+    """Put a checkpoint's adapter weights into the trainer's model (peft's own state-dict loader)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(trainer.model, load_file(str(RunDir(checkpoint).adapter_weights)))
 
 
 def finish(cfg: RunConfig, pre: Preflight, trainer, fitted: Fitted, token: str | None, writer: EventWriter) -> None:
@@ -265,6 +297,10 @@ def _checkpoint_to_resume(cfg: RunConfig, run: RunDir, resume: bool, token: str 
     if not resume:
         return None
     ckpt = run.latest_checkpoint()
+    for partial in run.partial_checkpoints():  # cut short by a kill or a full disk: never resumed from
+        writer.emit("log", message=f"{partial.name} is incomplete (its save was interrupted): removed; "
+                                   f"resuming from {ckpt.name if ckpt else 'an earlier checkpoint'}")
+        shutil.rmtree(partial, ignore_errors=True)
     if ckpt is None and cfg.output.push_to and cfg.output.push_checkpoints:
         from .push import fetch_checkpoint
 
@@ -299,10 +335,16 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
         Cancelled: stopped by a signal (the adapter so far and a checkpoint are saved).
     """
     run = RunDir(cfg.output.dir)
+    _check_output_dir(run)
+    # Refused before anything is written: that run's events and adapter stay as they are.
     if not resume and run.holds_run():
-        # Refused before anything is written: that run's events and adapter stay as they are.
         raise ConfigError([f"output.dir: {run.path} already holds a run"],
                           "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
+    done = run.state()
+    if resume and done.status == "completed" and (cfg.training.max_steps or 0) <= done.step:
+        raise ConfigError([f"--resume: the run in {run.path} already completed its {done.step} steps"],
+                          f"Nothing to continue: push it with `python -m phi3space push {run.path}`, train further with "
+                          f"--set training.max_steps=MORE, or start a new run in another folder.")
     writer = run.writer(enabled=is_main_process(), echo=echo)
     trainer = fitted = None
     with stop_requests() as stop:
@@ -316,14 +358,14 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
             _fail(writer, exc, trainer, fitted, run)
             raise
         except Exception as exc:
-            oom = _as_oom(exc, cfg, run)
-            if oom is None:
+            known = _as_oom(exc, cfg, run) or _as_disk_full(exc, run)
+            if known is None:
                 _fail(writer, Phi3SpaceError(f"training crashed: {type(exc).__name__}: {exc}",
                                              "This looks like a bug; the events file and logs have the details."),
                       trainer, fitted, run)
                 raise
-            _fail(writer, oom, trainer, fitted, run)
-            raise oom from None
+            _fail(writer, known, trainer, fitted, run)
+            raise known from None
     if fitted.cancelled:
         step = trainer.state.global_step
         raise Cancelled(f"stopped at step {step}; the adapter so far is saved in {run.path}",
@@ -358,9 +400,38 @@ def _as_oom(exc: Exception, cfg: RunConfig, run: RunDir) -> OutOfMemory | None:
     return None
 
 
+def _check_output_dir(run: RunDir) -> None:
+    """output.dir must be a folder this process can write (checked before anything is written)."""
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError([f"output.dir: {run.path} is a file, not a folder"],
+                          "Choose a folder for the run, e.g. --set output.dir=runs/NEW.")
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError([f"output.dir: cannot create {run.path} ({exc.strerror})"],
+                          "Choose a folder you can write to, e.g. --set output.dir=runs/NEW.") from None
+    if not os.access(run.path, os.W_OK | os.X_OK):
+        raise ConfigError([f"output.dir: {run.path} is not writable"],
+                          "Choose a folder you can write to, e.g. --set output.dir=runs/NEW.")
+
+
+def _as_disk_full(exc: Exception, run: RunDir) -> DiskFull | None:
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+        hint = "Free some space"
+        if run.latest_checkpoint() is not None:
+            hint += f", then continue with --resume (from {run.latest_checkpoint().name})"
+        return DiskFull(f"the disk is full (while writing the run in {run.path})", hint + ".")
+    return None
+
+
 def _fail(writer: EventWriter, exc: Phi3SpaceError, trainer, fitted: Fitted | None, run: RunDir) -> None:
-    """The error and the run's last word: the step reached and, when one was saved, where the adapter is."""
-    writer.emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
+    """The error and the run's last word: the step reached and, when one was saved, where the adapter is. When even
+    that cannot be written (a full disk), the message still reaches the caller, and the job supervisor writes the
+    last word once it sees the process end."""
     step = trainer.state.global_step if trainer is not None else 0
-    writer.emit("run_finished", status="failed", step=step, metrics=fitted.metrics if fitted else {},
-                adapter=str(run.path) if run.has_adapter() else None)
+    try:
+        writer.emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
+        writer.emit("run_finished", status="failed", step=step, metrics=fitted.metrics if fitted else {},
+                    adapter=str(run.path) if run.has_adapter() else None)
+    except OSError:
+        pass

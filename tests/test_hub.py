@@ -3,6 +3,7 @@ late pushes, checkpoints on the Hub, access checks and secrets."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,7 +75,8 @@ def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_
     cfg = memorise_config("acme/tiny-phi3", "alice/qa", run_dir, output__push_to="auto", data__eval_split="test")
     result = run_cli("train", str(write_config(tmp_path / "run.yaml", cfg)))
     assert result.returncode == 0, result.stderr[-3000:]
-    repo_id = "alice/tiny-phi3-qa-lora"
+    repo_id = yaml.safe_load((run_dir / "config.yaml").read_text())["output"]["push_to"]  # auto, resolved
+    assert re.fullmatch(r"alice/tiny-phi3-qa-lora-\d{8}-\d{6}", repo_id)  # a new repo per run
     assert f"pushed adapter to {alice.url}/{repo_id}" in result.stdout
 
     commits = alice.commits(repo_id)

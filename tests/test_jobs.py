@@ -36,6 +36,8 @@ emit(type="run_started", max_steps=3)
 emit(type="progress", step=1, max_steps=3, loss=2.0)
 if mode == "checkpoint-then-crash" and "--resume" not in sys.argv:
     (run / "checkpoint-1").mkdir(exist_ok=True)
+    (run / "checkpoint-1" / "adapter_model.safetensors").write_bytes(b"w")
+    (run / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1}')
     emit(type="error", kind="crash", message="boom", hint="")
     emit(type="run_finished", status="failed", step=1)
     sys.exit(1)
@@ -166,6 +168,13 @@ def test_runner_decides_from_the_process(make_runner, mode, status):
     assert Path(job.run_dir).parent.name == "me"  # the server chose the run folder
 
 
+def whole_checkpoint(run: RunDir, step: int):
+    """A checkpoint as the Trainer leaves it once saved: adapter weights, and the trainer state written last."""
+    run.checkpoint(step).mkdir(parents=True)
+    (run.checkpoint(step) / run.ADAPTER_WEIGHTS).write_bytes(b"weights")
+    (run.checkpoint(step) / run.TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+
+
 def status_of(runner, job_id, owner="me") -> str:
     return runner.state(runner.get(job_id, owner))["status"]
 
@@ -253,7 +262,7 @@ def test_off_a_space_the_local_token_is_used():
 def test_restart_writes_the_last_word_of_lost_jobs_into_their_runs(tmp_path, make_runner):
     store = JobStore(tmp_path / "data" / "jobs.sqlite")
     lost = RunDir(tmp_path / "data" / "runs" / "me" / "lost")
-    lost.checkpoint(10).mkdir(parents=True)
+    whole_checkpoint(lost, 10)
     lost.append("run_started", max_steps=20)
     lost.append("progress", step=10, max_steps=20, loss=1.0)
     done = RunDir(tmp_path / "data" / "runs" / "me" / "done")

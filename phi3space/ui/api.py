@@ -14,7 +14,7 @@ import gradio as gr
 
 from .. import config as config_mod
 from ..hub import on_space
-from .chat_service import build_messages, resolve_for_visitor, stream_reply
+from .chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
 from .common import user_errors
 from .services import check_inputs_allowed, get_runner, identify
 
@@ -64,7 +64,7 @@ def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = 256
     space = on_space()
     adapter_dir = resolve_for_visitor(adapter, visitor, get_runner(), space)
     yield from stream_reply(adapter_dir, None, build_messages([], message, system), visitor, space,
-                            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+                            **generation_settings(max_new_tokens, temperature, top_p))
 
 
 def build() -> None:

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..jobs import JobRunner
 from ..run import RunDir
 from .services import Visitor
 
 MAX_ENGINES = int(os.environ.get("PHI3SPACE_CHAT_ENGINES", "1"))  # base models kept in memory at once
+CHATS_PER_VISITOR = 2  # replies being written at once for one signed-in visitor (two tabs, or compare mode)
+ANONYMOUS_CHATS = 1  # for all anonymous callers of a public Space together
+ANONYMOUS_MAX_NEW_TOKENS = 256
+ANONYMOUS_MAX_SECONDS = 30.0
+
+_in_flight: Counter = Counter()
+_slots_lock = threading.Lock()
 
 _engines: OrderedDict[str, object] = OrderedDict()
 _engines_lock = threading.Lock()
@@ -69,20 +77,58 @@ def engine_for(base: str, token: str | None):
         return engine
 
 
+@contextmanager
+def chat_slot(visitor: Visitor):
+    """At most CHATS_PER_VISITOR replies at once per visitor, and ANONYMOUS_CHATS for all anonymous callers together.
+
+    Raises:
+        ModelError: the visitor already has that many replies on their way.
+    """
+    key = visitor.owner or ""  # anonymous callers share one allowance
+    limit = CHATS_PER_VISITOR if visitor.owner else ANONYMOUS_CHATS
+    with _slots_lock:
+        if _in_flight[key] >= limit:
+            raise ModelError(f"{'you already have' if visitor.owner else 'anonymous visitors already have'} {limit} "
+                             f"repl{'y' if limit == 1 else 'ies'} being written",
+                             "Wait for it to finish (or stop it)." + ("" if visitor.owner else " Sign in for more."))
+        _in_flight[key] += 1
+    try:
+        yield
+    finally:
+        with _slots_lock:
+            _in_flight[key] -= 1
+
+
 def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict], visitor: Visitor, space: bool,
-                 **generation) -> Iterator[str]:
-    """Stream a reply (the text so far) from the adapter, or from its base model when ``adapter_dir`` is None."""
-    from ..chat import adapter_base
+                 max_new_tokens: int = 256, **generation) -> Iterator[str]:
+    """Stream a reply (the text so far) from the adapter, or from its base model when ``adapter_dir`` is None.
+    Anonymous visitors get shorter replies and less time."""
+    from ..chat import MAX_NEW_TOKENS, MAX_SECONDS, adapter_base
 
     base = base or adapter_base(adapter_dir)
     if space and Path(base).expanduser().exists() and not _own_run_base(adapter_dir):
         raise ModelError(f"the adapter's base model {base} is a path on the server", "Use an adapter trained on a Hub model.")
-    engine = engine_for(base, visitor.hub_token(space))
-    yield from engine.stream(messages, str(adapter_dir) if adapter_dir else None, **generation)
+    anonymous = visitor.owner is None
+    cap, seconds = (ANONYMOUS_MAX_NEW_TOKENS, ANONYMOUS_MAX_SECONDS) if anonymous else (MAX_NEW_TOKENS, MAX_SECONDS)
+    with chat_slot(visitor):
+        engine = engine_for(base, visitor.hub_token(space))
+        yield from engine.stream(messages, str(adapter_dir) if adapter_dir else None, max_seconds=seconds,
+                                 max_new_tokens=max_new_tokens if max_new_tokens < 1 else min(max_new_tokens, cap),
+                                 **generation)
 
 
 def _own_run_base(adapter_dir: Path | None) -> bool:
     return adapter_dir is not None and RunDir(adapter_dir).events.exists()
+
+
+def generation_settings(max_new_tokens, temperature, top_p) -> dict:
+    """The generation settings of a request as numbers (the API takes what a client sends)."""
+    try:
+        return dict(max_new_tokens=int(float(max_new_tokens)), temperature=float(temperature), top_p=float(top_p))
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError([f"generation settings must be numbers (max_new_tokens={max_new_tokens!r}, "
+                           f"temperature={temperature!r}, top_p={top_p!r})"],
+                          "Send max_new_tokens as an integer and temperature, top_p as numbers.") from None
 
 
 def build_messages(history: list[dict], message: str, system: str | None) -> list[dict]:

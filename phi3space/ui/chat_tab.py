@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from ..chat import MAX_NEW_TOKENS
 from ..hub import on_space
-from .chat_service import build_messages, resolve_for_visitor, stream_reply
+from .chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
 from .common import UI_ONLY, user_errors
 from .services import get_runner, identify
 
@@ -44,7 +45,7 @@ def respond(adapter: str, system: str, max_new_tokens: float, temperature: float
     visitor = identify(profile, oauth_token)
     space = on_space()
     adapter_dir = resolve_for_visitor(adapter, visitor, get_runner(), space)
-    settings = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+    settings = generation_settings(max_new_tokens, temperature, top_p)
     history = list(history or []) + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     base_history = list(base_history or [])
     if compare:
@@ -69,7 +70,7 @@ def build() -> ChatTab:
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.")
         with gr.Row():
-            max_new_tokens = gr.Slider(16, 2048, value=256, step=16, label="Max new tokens")
+            max_new_tokens = gr.Slider(16, MAX_NEW_TOKENS, value=256, step=16, label="Max new tokens")
             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", info="0 = greedy")
             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
     with gr.Row():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 
 import gradio as gr
@@ -14,7 +15,8 @@ UI_ONLY = "private"
 
 
 def as_gr_error(exc: Phi3SpaceError) -> gr.Error:
-    text = exc.message + (f"\n\nHint: {exc.hint}" if exc.hint else "")
+    # Messages quote dataset names, columns and paths a visitor chose: shown as text, never as HTML.
+    text = html.escape(exc.message) + (f"\n\nHint: {html.escape(exc.hint)}" if exc.hint else "")
     return gr.Error(text, title=f"{exc.kind.capitalize()} problem" if exc.kind != "error" else "Error",
                     duration=None, print_exception=False)
 
