@@ -1,8 +1,20 @@
 """Hugging Face Space entry point: the phi3space web app (python app.py, or `gradio app.py` while developing)."""
 
 import os
+import sys
 
-from phi3space.ui import build_app, launch_kwargs
+from phi3space.hub import keep_owner_token_out
+
+keep_owner_token_out()  # before gradio loads huggingface_hub: no visitor's call may carry the owner's token
+
+from phi3space.errors import Phi3SpaceError  # noqa: E402
+from phi3space.ui import build_app, launch_kwargs, services  # noqa: E402
+
+try:
+    services.get_runner()  # takes the data folder's lock now: a second app on the same folder stops here
+except Phi3SpaceError as exc:
+    print(f"error: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
+    sys.exit(2)
 
 demo = build_app()
 

@@ -538,6 +538,8 @@ def reference() -> str:
             choices = f.metadata.get("choices")
             if choices:
                 help += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
+            if f"{section}.{f.name}" in RANGES:
+                help += f" Range: {RANGES[f'{section}.{f.name}']}."
             help = help.replace("<", "&lt;").replace(">", "&gt;")
             lines.append(f"| `{section}.{f.name}` | {shown(getattr(defaults, f.name))} | {help} |")
     return "\n".join(lines) + "\n"

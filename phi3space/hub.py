@@ -53,6 +53,29 @@ def resolve_token(explicit: str | None = None) -> str | None:
     return token
 
 
+_owner_token: str | None = None
+
+
+def keep_owner_token_out() -> None:
+    """On a Space, the owner's HF_TOKEN must never ride along on a visitor's Hub calls, even those a library makes
+    without passing a token (transformers lists files and models that way). Call before huggingface_hub is
+    imported: the token leaves the environment (kept here for the owner's own operations) and implicit tokens are
+    switched off."""
+    global _owner_token
+    if not on_space():
+        return
+    _owner_token = os.environ.pop("HF_TOKEN", None) or _owner_token
+    os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
+    os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    os.environ["HF_TOKEN_PATH"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), "phi3space-no-token", "token")
+    register_secret(_owner_token)
+
+
+def owner_token() -> str | None:
+    """The Space owner's token, for the owner's own operations only (never a visitor's work)."""
+    return _owner_token
+
+
 def is_transient(exc: BaseException) -> bool:
     """5xx, 429, timeouts, refused or reset connections: worth another try."""
     from huggingface_hub.errors import HfHubHTTPError

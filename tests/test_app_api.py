@@ -138,3 +138,70 @@ def test_mistakes_come_back_as_readable_messages(app):
         c.predict("data: {dataset: x}\ntraining: {lora_r: 3}", api_name="/submit_job")
     with pytest.raises(gradio_client.exceptions.AppError, match="no job 'nope'"):
         c.predict("nope", api_name="/job_status")
+
+
+ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join(f"*{chr(97 + i)}" for _ in range(9)) + "]\n" for i in range(8))
+
+
+@pytest.mark.parametrize("args, api_name, message", [
+    ((ALIAS_BOMB,), "/submit_job", "alias"),
+    (("x" * 70_000,), "/submit_job", "over the 64 KiB limit"),
+    (("data: {dataset: user/x}\noutput: {push_to: 'hf_AbCdEfGhIjKlMnOpQrStUvWx12'}",), "/submit_job",
+     "looks like a Hugging Face access token"),
+    (("data: {dataset: user/x}\ntraining: {learning_rate: .nan}",), "/submit_job", "training.learning_rate"),
+    (("data: {dataset: user/x}\nlora: {r: 1000000000}",), "/submit_job", "lora.r"),
+    (("data: {dataset: user/x}\ntraining: {lr: 0.1}",), "/submit_job", "did you mean training.learning_rate"),
+    (("[1, 2]",), "/submit_job", "mapping"),
+    (("nope",), "/cancel_job", "no job 'nope'"),
+    (("nope",), "/resume_job", "no job 'nope'"),
+    (("", "hi"), "/chat", "choose an adapter"),
+    (("/no/such/run", "hi"), "/chat", "adapter not found"),
+    (("TRAINED", "hi", "", -5), "/chat", "max_new_tokens"),
+    (("TRAINED", "hi", "", "lots"), "/chat", "must be numbers"),
+    (("TRAINED", "hi", "", 16, -1.0), "/chat", "temperature"),
+    (("TRAINED", "hi", "", 16, 0.5, 0.0), "/chat", "top_p"),
+])
+def test_bad_api_calls_come_back_as_messages_with_a_hint(app, trained_run, args, api_name, message):
+    url, _ = app
+    args = tuple(str(trained_run) if a == "TRAINED" else a for a in args)
+    with pytest.raises(gradio_client.exceptions.AppError, match=rf"(?s){message}.*Hint"):
+        client(url).predict(*args, api_name=api_name)
+
+
+def _untrained_adapter(base, folder):
+    """An adapter that changes nothing yet: the tiny random base speaks through it, endlessly."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(folder)
+    return folder
+
+
+def test_a_million_token_chat_does_not_hold_up_a_short_one(app, tiny_model, trained_run, tmp_path):
+    from phi3space.chat import MAX_NEW_TOKENS
+
+    url, _ = app
+    short, long = client(url), client(url)
+    question, answer = "What colour is a snarkle?", "Bright teal."
+    alone = []
+    for _ in range(3):
+        t0 = time.time()
+        assert short.predict(str(trained_run), question, api_name="/chat") == answer
+        alone.append(time.time() - t0)
+    rambler = long.submit(str(_untrained_adapter(tiny_model, tmp_path / "untrained")), "Tell me everything.", "",
+                          1_000_000, api_name="/chat")
+    deadline = time.time() + 60
+    while time.time() < deadline and not rambler.outputs():
+        time.sleep(0.02)
+    assert rambler.outputs(), "the long reply never started"
+    t0 = time.time()
+    assert short.predict(str(trained_run), question, api_name="/chat") == answer
+    beside = time.time() - t0
+    assert not rambler.done()  # the long reply was still being written, a slice at a time
+    assert beside <= max(3 * max(alone), 1.0), (beside, alone)
+    from transformers import AutoTokenizer
+
+    reply = rambler.result(timeout=180)
+    # capped at MAX_NEW_TOKENS (re-tokenising random text can count a few more)
+    assert 16 < len(AutoTokenizer.from_pretrained(tiny_model)(reply)["input_ids"]) <= MAX_NEW_TOKENS * 1.2

@@ -353,3 +353,20 @@ def test_one_slot_per_gpu_unless_told(tmp_path, monkeypatch):
         assert runner.slots == 1
     finally:
         runner.shutdown()
+
+
+def test_a_corrupt_job_store_is_set_aside_and_the_runs_are_listed_again(tmp_path, make_runner):
+    root = tmp_path / "data"
+    done = RunDir(root / "runs" / "alice" / "job1")
+    done.path.mkdir(parents=True)
+    done.config.write_text("data: {dataset: qa.jsonl}\n")
+    done.append("run_started", max_steps=4)
+    done.append("run_finished", status="completed", step=4, adapter=str(done.path), metrics={"train_loss": 0.5})
+    (root / "jobs.sqlite").write_bytes(b"this is not a database" * 100)
+    runner = make_runner()
+    assert list(root.glob("jobs.sqlite.corrupt-*"))  # kept for a look, out of the way
+    s = runner.state(runner.get("job1", "alice"))
+    assert (s["status"], s["adapter"], s["metrics"]) == ("completed", str(done.path), {"train_loss": 0.5})
+    assert runner.get("job1", "alice").name == "phi-3-mini-4k-instruct-qa-lora"
+    s = wait(runner, runner.submit(cfg("complete"), "alice").id, "alice")  # and the new store works
+    assert s["status"] == "completed"

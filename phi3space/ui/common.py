@@ -16,7 +16,7 @@ UI_ONLY = "private"
 
 def as_gr_error(exc: Phi3SpaceError) -> gr.Error:
     # Messages quote dataset names, columns and paths a visitor chose: shown as text, never as HTML.
-    text = html.escape(exc.message) + (f"\n\nHint: {html.escape(exc.hint)}" if exc.hint else "")
+    text = html.escape(exc.message, quote=False) + (f"\n\nHint: {html.escape(exc.hint, quote=False)}" if exc.hint else "")
     return gr.Error(text, title=f"{exc.kind.capitalize()} problem" if exc.kind != "error" else "Error",
                     duration=None, print_exception=False)
 
