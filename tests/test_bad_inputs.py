@@ -152,6 +152,17 @@ CASES = [
      "ragged.json holds columns of different lengths (prompt: 2, completion: 1)"),
     ("data-unknown-columns", inspect_args("odd.jsonl"), "could not recognise the dataset format (columns: a, q)"),
     ("data-preference", inspect_args("pref.jsonl"), "this is preference data (chosen/rejected pairs)"),
+    # ---- runs, chat and push
+    ("train-output-dir-is-a-file", T("output.dir={d}/notes.txt"), "output.dir: {d}/notes.txt is a file, not a folder"),
+    ("chat-negative-max-new-tokens", ["chat", "--adapter", "{d}/adapter", "--max-new-tokens", "-5", "--prompt", "hi"],
+     "max_new_tokens: -5 must be at least 1"),
+    ("chat-negative-temperature", ["chat", "--adapter", "{d}/adapter", "--temperature", "-1", "--prompt", "hi"],
+     "temperature: -1.0 must be in [0, 5] (0 = greedy)"),
+    ("chat-top-p-zero", ["chat", "--adapter", "{d}/adapter", "--top-p", "0", "--prompt", "hi"], "top_p: 0.0 must be in (0, 1]"),
+    ("chat-folder-without-adapter", ["chat", "--adapter", "{d}/nofiles", "--prompt", "hi"], "nofiles holds no adapter"),
+    ("chat-missing-adapter", ["chat", "--adapter", "{d}/no-such-run", "--prompt", "hi"], "adapter not found: {d}/no-such-run"),
+    ("chat-truncated-adapter", ["chat", "--adapter", "{d}/adapter", "--prompt", "hi"], "/adapter are damaged"),
+    ("push-no-adapter", ["push", "{d}/nofiles"], "{d}/nofiles holds no finished adapter"),
 ]
 
 
@@ -238,10 +249,21 @@ def write_inputs(d):
     write("pref.jsonl", json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
 
 
+def write_truncated_adapter(folder, base):
+    """An adapter whose weights file was cut short (a copy that stopped, a full disk)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules="all-linear")).save_pretrained(folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+
+
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, tiny_model):
     d = tmp_path_factory.mktemp("bad-inputs")
     write_inputs(d)
+    write_truncated_adapter(d / "adapter", tiny_model)
     return d
 
 
@@ -266,7 +288,7 @@ def test_bad_input_is_one_error_and_one_hint(folder, capsys, argv, fragment):
 
 
 def test_cases_are_distinct_and_plenty():
-    assert len(CASES) >= 45
+    assert len(CASES) >= 60
     assert len({c[0] for c in CASES}) == len(CASES) and len({c[2] for c in CASES}) == len(CASES)
 
 

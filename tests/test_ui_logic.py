@@ -190,3 +190,12 @@ def test_chat_messages():
     assert build_messages(history, "next", "be brief") == [
         {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "yo"}, {"role": "user", "content": "next"}]
+
+
+def test_error_pop_ups_show_dataset_text_as_text():
+    from phi3space.errors import DataError
+    from phi3space.ui.common import as_gr_error
+
+    err = as_gr_error(DataError("columns: <img src=x onerror=alert(1)>, q", "map 'q' & friends"))
+    assert "<img" not in err.message and "&lt;img src=x onerror=alert(1)&gt;" in err.message
+    assert "map 'q' &amp; friends" in err.message  # quotes stay readable for API clients
