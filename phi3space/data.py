@@ -12,10 +12,12 @@ import errno
 import json
 import logging
 import stat
+import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ class DatasetReport:
     token_percentiles: dict[str, int] = field(default_factory=dict)
     over_max_length: float | None = None
     max_length: int | None = None
+    rows_in_split: int | None = None  # set when only a sample was read (Inspect): the split's size
+    rows_in_split_exact: bool = True  # False when counted by lines (JSON lines)
     lengths: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -51,11 +55,23 @@ class DatasetReport:
         d.pop("lengths")
         return d
 
+    def estimated_train_rows(self) -> int:
+        """Training rows in the whole split: counted, or, after a sample, scaled from it."""
+        if self.rows_in_split is None or not self.total:
+            return self.train_rows
+        return round(self.train_rows * self.rows_in_split / self.total)
+
     def lines(self) -> list[str]:
-        out = [f"dataset: {self.source}", f"format: {self.format} (columns: {', '.join(self.columns)})",
-               f"rows: {self.total} read, {self.kept} kept, {self.total - self.kept} dropped"]
+        out = [f"dataset: {self.source}", f"format: {self.format} (columns: {', '.join(self.columns)})"]
+        if self.rows_in_split is not None:
+            size = f"{self.rows_in_split:,}" if self.rows_in_split_exact else f"about {self.rows_in_split:,}"
+            out.append(f"a sample: the first {self.total:,} rows of {size} (training reads them all)")
+        out.append(f"rows: {self.total} read, {self.kept} kept, {self.total - self.kept} dropped")
         out += [f"  dropped {n}: {reason}" for reason, n in sorted(self.dropped.items(), key=lambda x: -x[1])]
-        if self.train_rows:
+        if self.train_rows and self.rows_in_split is not None:
+            out.append(f"in the sample: {self.train_rows} rows to train on, {self.eval_rows} to evaluate on; "
+                       f"in the split: about {self.estimated_train_rows():,} to train on")
+        elif self.train_rows:
             out.append(f"training on {self.train_rows} rows, evaluating on {self.eval_rows}")
         if self.token_percentiles:
             pct = ", ".join(f"{k} {v}" for k, v in self.token_percentiles.items())
@@ -90,6 +106,7 @@ _EMPTY_HINT = "Point at a file with rows in it: is the export or download comple
 _WRONG_FILE_HINT = "Is this the right file? Give a file the suffix of its real format (.jsonl, .json, .csv, .parquet)."
 _JSON_HINT = ('Use one JSON object per line (JSONL), e.g. {"prompt": "...", "completion": "..."}, '
               "or a JSON array of such objects.")
+_CHUNK = 1 << 20
 
 
 def _read_bytes(path: Path, size: int = -1) -> bytes:
@@ -104,22 +121,44 @@ def _read_bytes(path: Path, size: int = -1) -> bytes:
     return raw
 
 
-def _read_text(path: Path, kind: str) -> str:
-    """A JSON/JSONL/CSV file's text, or a DataError saying why it is not UTF-8 text (empty, binary, UTF-16, ...)."""
-    raw = _read_bytes(path)
-    if not raw.strip():
-        raise DataError(f"{path} is empty (only blank lines)", _EMPTY_HINT)
-    hint = f"Save it again as UTF-8 {kind}" + (" (in Excel: CSV UTF-8)." if kind == "CSV" else
-                                               " (in an editor: encoding UTF-8).")
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise DataError(f"{path} is UTF-16 text; {kind} files must be UTF-8", hint)
-    if b"\0" in raw[:8192]:
+def _encoding_hint(kind: str) -> str:
+    return f"Save it again as UTF-8 {kind}" + (" (in Excel: CSV UTF-8)." if kind == "CSV" else " (in an editor: encoding UTF-8).")
+
+
+def _check_head(path: Path, kind: str) -> bytes:
+    """The first bytes of a JSON/JSONL/CSV file, after refusing an empty, UTF-16 or binary one."""
+    head = _read_bytes(path, 8192)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path} is UTF-16 text; {kind} files must be UTF-8", _encoding_hint(kind))
+    if b"\0" in head:
         raise DataError(f"{path} is a binary file, not {kind} text", _WRONG_FILE_HINT)
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})", hint) from None
+    return head
+
+
+def _not_utf8(path: Path, kind: str, line: int, byte: int) -> DataError:
+    return DataError(f"{path} is not UTF-8 text (byte 0x{byte:02x} on line {line})", _encoding_hint(kind))
+
+
+def _check_text(path: Path, kind: str) -> int:
+    """Refuse a file that is not UTF-8 text, reading it in chunks (never whole); returns its non-blank line count,
+    counted up to 2 (enough to tell a header alone from a header with rows)."""
+    _check_head(path, kind)
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    line, nonblank, pending = 1, 0, b""
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:  # exc.object: the bytes the decoder held back, then this chunk
+                raise _not_utf8(path, kind, line + exc.object.count(b"\n", 0, exc.start), exc.object[exc.start]) from None
+            line += chunk.count(b"\n")
+            if nonblank < 2:
+                *whole, pending = (pending + chunk).split(b"\n")
+                nonblank += sum(1 for x in whole if x.strip())
+    nonblank += bool(pending.strip())
+    if nonblank == 0:
+        raise DataError(f"{path} is empty (only blank lines)", _EMPTY_HINT)
+    return nonblank
 
 
 def _json_kind(value: Any) -> str:
@@ -129,57 +168,103 @@ def _json_kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _read_json_file(path: Path, broken: Counter) -> list[dict]:
-    text = _read_text(path, "JSON")
-    stripped = text.lstrip()
-    if stripped.startswith("[") or (path.suffix == ".json" and stripped.startswith("{") and "\n{" not in stripped):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON: {exc}", _JSON_HINT) from None
-        except RecursionError:
-            raise DataError(f"{path} is nested too deeply to be a dataset", _JSON_HINT) from None
-        if isinstance(data, dict):  # {"data": [...]} or a dict of columns
-            lists = [v for v in data.values() if isinstance(v, list)]
-            if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]):
-                return lists[0]
-            if lists and all(isinstance(v, list) for v in data.values()):
-                if len({len(v) for v in lists}) > 1:
-                    sizes = ", ".join(f"{k}: {len(v)}" for k, v in data.items())
-                    raise DataError(f"{path} holds columns of different lengths ({sizes})",
-                                    "Each column needs one value per row; or use JSONL, one object per row.")
-                return [dict(zip(data, row)) for row in zip(*data.values())]
-            return [data]
-        if not data:
-            raise DataError(f"{path} holds an empty JSON array: no rows", _JSON_HINT)
-        rows = [r for r in data if isinstance(r, dict)]
-        if not rows:
-            kinds = " and ".join(sorted({_json_kind(r) + "s" for r in data}))
-            raise DataError(f"{path} is a JSON array of {kinds}, not of objects (one per row)", _JSON_HINT)
-        if len(rows) < len(data):
-            broken["not a JSON object"] += len(data) - len(rows)
-        return rows
-    rows = []
-    first_problem = ""
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            broken["broken JSON line"] += 1
-            why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-            first_problem = first_problem or f"{path} is not JSON: line {number} does not parse ({why})"
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            broken["not a JSON object"] += 1
-            first_problem = first_problem or (f"{path} holds a JSON {_json_kind(row)} on line {number}, "
-                                              "not an object (a row)")
-    if not rows:  # not one usable line: the whole file is something else
-        raise DataError(first_problem, _JSON_HINT)
+def _is_whole_json(path: Path, head: bytes) -> bool:
+    """A JSON document (an array, or one object in a .json file), not JSON lines."""
+    first = head.removeprefix(codecs.BOM_UTF8).lstrip()
+    if first.startswith(b"["):
+        return True
+    if path.suffix != ".json" or not first.startswith(b"{"):
+        return False
+    with path.open("rb") as fh:  # objects on lines of their own: JSON lines after all
+        tail = b""
+        while chunk := fh.read(_CHUNK):
+            if b"\n{" in tail + chunk:
+                return False
+            tail = chunk[-1:]
+    return True
+
+
+def _read_json_document(path: Path, broken: Counter) -> list[dict]:
+    raw = _read_bytes(path)
+    if not raw.strip():
+        raise DataError(f"{path} is empty (only blank lines)", _EMPTY_HINT)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, "JSON", raw.count(b"\n", 0, exc.start) + 1, raw[exc.start]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}", _JSON_HINT) from None
+    except RecursionError:
+        raise DataError(f"{path} is nested too deeply to be a dataset", _JSON_HINT) from None
+    if isinstance(data, dict):  # {"data": [...]} or a dict of columns
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) == 1 and all(isinstance(r, dict) for r in lists[0]):
+            return lists[0]
+        if lists and all(isinstance(v, list) for v in data.values()):
+            if len({len(v) for v in lists}) > 1:
+                sizes = ", ".join(f"{k}: {len(v)}" for k, v in data.items())
+                raise DataError(f"{path} holds columns of different lengths ({sizes})",
+                                "Each column needs one value per row; or use JSONL, one object per row.")
+            return [dict(zip(data, row)) for row in zip(*data.values())]
+        return [data]
+    if not data:
+        raise DataError(f"{path} holds an empty JSON array: no rows", _JSON_HINT)
+    rows = [r for r in data if isinstance(r, dict)]
+    if not rows:
+        kinds = " and ".join(sorted({_json_kind(r) + "s" for r in data}))
+        raise DataError(f"{path} is a JSON array of {kinds}, not of objects (one per row)", _JSON_HINT)
+    if len(rows) < len(data):
+        broken["not a JSON object"] += len(data) - len(rows)
     return rows
+
+
+def _iter_json_lines(path: Path, broken: Counter) -> Iterator[dict]:
+    """Rows of a JSON-lines file, one line at a time (a file of any size in little memory). Lines that do not
+    parse, or hold something other than an object, are counted in ``broken``."""
+    first_problem, found, nonblank = "", False, False
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}", "Check the file's permissions.") from None
+    with fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, "JSON", number, raw[exc.start]) from None
+            if not line.strip():
+                continue
+            nonblank = True
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                broken["broken JSON line"] += 1
+                why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                first_problem = first_problem or f"{path} is not JSON: line {number} does not parse ({why})"
+                continue
+            if isinstance(row, dict):
+                found = True
+                yield row
+            else:
+                broken["not a JSON object"] += 1
+                first_problem = first_problem or (f"{path} holds a JSON {_json_kind(row)} on line {number}, "
+                                                  "not an object (a row)")
+    if not nonblank:
+        raise DataError(f"{path} is empty (only blank lines)", _EMPTY_HINT)
+    if not found:  # not one usable line: the whole file is something else
+        raise DataError(first_problem, _JSON_HINT)
+
+
+def _count_lines(path: Path) -> int:
+    """Lines in a file, counted in chunks (the size of a JSON-lines split, without parsing it)."""
+    n, last = 0, b"\n"
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
 
 
 @contextmanager
@@ -194,8 +279,9 @@ def _datasets_errors_silenced():
         logger.setLevel(level)
 
 
-def _read_with_datasets(path: Path, kind: str) -> list[dict]:
-    """Rows of a CSV or Parquet file; the file was checked first, so errors here are about its contents."""
+def _read_with_datasets(path: Path, kind: str):
+    """A CSV or Parquet file as an Arrow-backed Dataset (memory-mapped, not held as Python objects); the file was
+    checked first, so errors here are about its contents."""
     import datasets
     import pyarrow
 
@@ -219,17 +305,16 @@ def _read_with_datasets(path: Path, kind: str) -> list[dict]:
         raise DataError(f"{path} holds no rows", _EMPTY_HINT) from None
     if any(c.startswith("__index_level_") for c in ds.column_names):  # pandas' reading of rows longer than the header
         raise DataError(f"{path} has rows with more fields than its header", hint)
-    return ds.to_list()
+    return ds
 
 
-def _read_csv(path: Path) -> list[dict]:
-    text = _read_text(path, "CSV")
-    if sum(1 for line in text.splitlines() if line.strip()) < 2:
+def _read_csv(path: Path):
+    if _check_text(path, "CSV") < 2:
         raise DataError(f"{path} has a header line but no rows", "Point at a CSV file with rows under its header.")
     return _read_with_datasets(path, "csv")
 
 
-def _read_parquet(path: Path) -> list[dict]:
+def _read_parquet(path: Path):
     if _read_bytes(path, 4) != b"PAR1":
         raise DataError(f"{path} is not a Parquet file (it does not start with PAR1)", _WRONG_FILE_HINT)
     return _read_with_datasets(path, "parquet")
@@ -248,28 +333,49 @@ def _local_files(path: Path, split: str) -> list[Path]:
     return []
 
 
-def _load_local(ref: str, split: str, broken: Counter) -> list[dict]:
+@dataclass
+class Source:
+    """One split, read lazily: ``rows`` yields raw rows, ``broken`` counts unreadable lines as they are met."""
+
+    rows: Iterator[dict]
+    broken: Counter
+    known: int = 0  # rows of the parts whose size is known without reading them (Arrow files, JSON documents)
+    uncounted: list[Path] = field(default_factory=list)  # JSON-lines files: sized by their lines, on demand
+
+    def size(self) -> tuple[int, bool]:
+        """The split's row count, and whether it is exact (JSON lines are counted by lines, blank ones too)."""
+        return self.known + sum(_count_lines(f) for f in self.uncounted), not self.uncounted
+
+
+def _open_local(ref: str, split: str) -> Source:
     path = Path(ref).expanduser()
     _check_path(path, ref)
     files = _local_files(path, split)
     if not files:
         raise DataError(f"no {split!r} data files (JSON, JSONL, CSV, Parquet) in {ref}",
                         "Name files after their split (train.jsonl, test.jsonl) or point at one file.")
-    rows: list[dict] = []
     for f in files:
-        kind = LOCAL_SUFFIXES.get(f.suffix.lower())
-        if kind is None:
+        if LOCAL_SUFFIXES.get(f.suffix.lower()) is None:
             raise DataError(f"{f.name}: unsupported file type", "Use JSON, JSONL, CSV or Parquet.")
+    source = Source(iter(()), Counter())
+    parts = []
+    for f in files:  # each file is opened and checked now; JSON lines are read later, as the rows are asked for
+        kind = LOCAL_SUFFIXES[f.suffix.lower()]
+        if kind == "json" and not _is_whole_json(f, _check_head(f, "JSON")):
+            parts.append(_iter_json_lines(f, source.broken))
+            source.uncounted.append(f)
+            continue
         if kind == "json":
-            rows += _read_json_file(f, broken)
-        elif kind == "csv":
-            rows += _read_csv(f)
+            rows = _read_json_document(f, source.broken)
         else:
-            rows += _read_parquet(f)
-    return rows
+            rows = _read_csv(f) if kind == "csv" else _read_parquet(f)
+        parts.append(rows)
+        source.known += len(rows)
+    source.rows = chain.from_iterable(parts)
+    return source
 
 
-def _load_hub(ref: str, config_name: str | None, split: str, token: str | None) -> list[dict]:
+def _open_hub(ref: str, config_name: str | None, split: str, token: str | None) -> Source:
     import datasets
     from huggingface_hub import errors as hub_errors
 
@@ -299,28 +405,34 @@ def _load_hub(ref: str, config_name: str | None, split: str, token: str | None) 
         if is_transient(exc):
             raise hub_error(exc, f"load dataset {ref}", f"datasets/{ref}", DataError) from None
         raise
-    return ds.to_list()
+    return Source(iter(ds), Counter(), len(ds))  # Arrow rows, one at a time: never the whole split as Python objects
 
 
-def load_rows(data: DataConfig, split: str, token: str | None = None) -> tuple[list[dict], Counter]:
-    """Raw rows of one split of ``data.dataset`` and the count of unreadable lines."""
-    broken: Counter = Counter()
+def open_split(data: DataConfig, split: str, token: str | None = None) -> Source:
+    """One split of ``data.dataset`` (a Hub ID or a local file or folder), ready to be read row by row."""
     from .hub import is_local_ref
 
     if is_local_ref(data.dataset):
-        rows = _load_local(data.dataset, split, broken)
-    else:
-        rows = _load_hub(data.dataset, data.config_name, split, token)
-    return rows, broken
+        return _open_local(data.dataset, split)
+    return _open_hub(data.dataset, data.config_name, split, token)
+
+
+def load_rows(data: DataConfig, split: str, token: str | None = None) -> tuple[list[dict], Counter]:
+    """Raw rows of one split of ``data.dataset`` and the count of unreadable lines (all in memory: small data)."""
+    source = open_split(data, split, token)
+    rows = list(source.rows)
+    return rows, source.broken
 
 
 # ---------------------------------------------------------------- formats
 
-def _rename(rows: list[dict], columns: dict[str, str], source: str) -> list[dict]:
-    """Rows with the dataset's column names replaced by ours (``columns`` maps ours to theirs)."""
+def _renamer(columns: dict[str, str], head: list[dict], source: str):
+    """A function that gives a row our column names instead of the dataset's (``columns`` maps ours to theirs),
+    after checking on the first rows (``head``) that the dataset has those columns; None when there is nothing to
+    rename."""
     if not columns:
-        return rows
-    present = {k for r in rows[:1000] for k in r}
+        return None
+    present = {k for r in head for k in r}
     missing = {ours: theirs for ours, theirs in columns.items() if theirs not in present}
     if missing:
         asked = ", ".join(f"{ours}: {theirs}" for ours, theirs in missing.items())
@@ -329,7 +441,7 @@ def _rename(rows: list[dict], columns: dict[str, str], source: str) -> list[dict
                         "data.columns maps our names to the dataset's own columns, "
                         "e.g. {prompt: question, completion: answer}.")
     theirs_to_ours = {v: k for k, v in columns.items()}
-    return [{theirs_to_ours.get(k, k): v for k, v in row.items()} for row in rows]
+    return lambda row: {theirs_to_ours.get(k, k): v for k, v in row.items()}
 
 
 def detect_format(columns: Iterable[str]) -> str:
@@ -416,50 +528,146 @@ def normalise_row(row: dict, fmt: str) -> tuple[dict | None, str]:
     return ({"messages": msgs}, "") if msgs else (None, why)
 
 
-def normalise(rows: list[dict], data: DataConfig, source: str, broken: Counter | None = None) -> tuple[list[dict], DatasetReport]:
-    """Normalise rows (after ``data.columns`` renaming) and count what was dropped and why."""
-    if not rows:
+def _normalise_stream(rows: Iterable[dict], data: DataConfig, source: str, broken: Counter, keep) -> DatasetReport:
+    """Normalise rows one at a time (after ``data.columns`` renaming), handing each usable one to ``keep``, and
+    count what was read and dropped, and why. The format is told from the first 1,000 rows."""
+    it = iter(rows)
+    head = list(islice(it, 1000))
+    if not head:
         raise DataError(f"no rows in {source}", "Check the file (or data.split): it holds no records.")
-    rows = _rename(rows, data.columns, source)
-    columns = sorted({k for r in rows[:1000] for k in r})
+    rename = _renamer(data.columns, head, source)
+    if rename is not None:
+        head, it = [rename(r) for r in head], map(rename, it)
+    columns = sorted({k for r in head for k in r})
     fmt = detect_format(columns)
-    report = DatasetReport(source=source, format=fmt, columns=columns, total=len(rows) + sum((broken or {}).values()))
-    dropped = Counter(broken or {})
-    kept = []
-    for row in rows:
+    reasons: Counter = Counter()
+    total = kept = 0
+    for row in chain(head, it):
+        total += 1
         item, why = normalise_row(row, fmt)
         if item is None:
-            dropped[why] += 1
+            reasons[why] += 1
         else:
-            kept.append(item)
-    report.kept, report.dropped = len(kept), dict(dropped)
+            kept += 1
+            keep(item)
+    dropped = Counter(broken)  # counted while the rows were read, so only complete now
+    dropped.update(reasons)
+    report = DatasetReport(source=source, format=fmt, columns=columns, total=total + sum(broken.values()), kept=kept,
+                           dropped=dict(dropped))
     if not kept:
-        reasons = ", ".join(f"{n} {r}" for r, n in dropped.most_common()) or "no rows"
-        raise DataError(f"no usable rows in {source}: format {fmt}, columns {', '.join(columns)}; dropped {reasons}",
+        reasons_text = ", ".join(f"{n} {r}" for r, n in dropped.most_common()) or "no rows"
+        raise DataError(f"no usable rows in {source}: format {fmt}, columns {', '.join(columns)}; dropped {reasons_text}",
                         "Each row needs a user prompt and a non-empty assistant answer. Map other column names with "
                         "data.columns, e.g. {prompt: question, completion: answer}.")
+    return report
+
+
+def normalise(rows: Iterable[dict], data: DataConfig, source: str, broken: Counter | None = None) -> tuple[list[dict], DatasetReport]:
+    """Normalise rows (after ``data.columns`` renaming) and count what was dropped and why (in memory: small data)."""
+    kept: list[dict] = []
+    report = _normalise_stream(rows, data, source, Counter(broken or {}), kept.append)
     return kept, report
 
 
-def prepare(data: DataConfig, seed: int = 42, token: str | None = None):
-    """Load, normalise and split: returns (train Dataset, eval Dataset or None, DatasetReport)."""
+# Inspect reads this many rows of a split, not all of them: a dataset of any size is inspected in about a second.
+SAMPLE_ROWS = 10_000
+class _ArrowRows:
+    """Normalised rows written to an Arrow file as they come, a thousand at a time, then memory-mapped as a
+    Dataset: what a split holds is never all in memory at once. The file lives in a folder of this process's that
+    is removed when it exits."""
+
+    def __init__(self):
+        self.path = _work_dir() / f"rows-{uuid.uuid4().hex}.arrow"
+        self.batch: list[dict] = []
+        self.writer = self.sink = self.schema = None
+
+    def add(self, item: dict) -> None:
+        self.batch.append(item)
+        if len(self.batch) >= 1000:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.writer is None:
+            key = "messages" if "messages" in self.batch[0] else "text"
+            role = pa.struct([("role", pa.string()), ("content", pa.string())])
+            self.schema = pa.schema([("messages", pa.list_(role))] if key == "messages" else [("text", pa.string())])
+            self.sink = pa.OSFile(str(self.path), "wb")
+            self.writer = pa.ipc.new_stream(self.sink, self.schema)
+        self.writer.write_batch(pa.RecordBatch.from_pylist(self.batch, schema=self.schema))
+        self.batch.clear()
+
+    def finish(self):
+        import datasets
+
+        if self.batch:
+            self._flush()
+        self.writer.close()
+        self.sink.close()
+        return datasets.Dataset.from_file(str(self.path))
+
+
+_WORK_DIR: Path | None = None
+
+
+def _work_dir() -> Path:
+    """This process's folder for Arrow files (normalised rows, token ids), removed at exit."""
+    global _WORK_DIR
+    if _WORK_DIR is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _WORK_DIR = Path(tempfile.mkdtemp(prefix="phi3space-data-"))
+        atexit.register(shutil.rmtree, _WORK_DIR, True)
+    return _WORK_DIR
+
+
+def _read_split(data: DataConfig, split: str, source: str, token: str | None, sample: int | None,
+                limit: int | None = None):
+    """One split, normalised: (Dataset, DatasetReport). ``sample``: read only the first rows (kept in memory);
+    otherwise all of them, into Arrow. ``limit``: keep at most this many usable rows (all are still counted)."""
     import datasets
 
-    rows, broken = load_rows(data, data.split, token)
-    train, report = normalise(rows, data, data.dataset, broken)
-    if data.max_samples:
-        train = train[: data.max_samples]
-    eval_rows: list[dict] = []
+    opened = open_split(data, split, token)
+    rows = opened.rows if sample is None else islice(opened.rows, sample + 1)
+    cut = False
+    if sample is not None:
+        head = list(rows)
+        cut = len(head) > sample
+        rows = head[:sample]
+    sink: list[dict] | _ArrowRows = [] if sample is not None else _ArrowRows()
+    add = sink.append if isinstance(sink, list) else sink.add
+    kept = 0
+
+    def keep(item: dict) -> None:
+        nonlocal kept
+        if limit is None or kept < limit:
+            add(item)
+        kept += 1
+
+    report = _normalise_stream(rows, data, source, opened.broken, keep)
+    ds = datasets.Dataset.from_list(sink) if isinstance(sink, list) else sink.finish()
+    if cut:
+        report.rows_in_split, report.rows_in_split_exact = opened.size()
+    return ds, report
+
+
+def prepare(data: DataConfig, seed: int = 42, token: str | None = None, sample: int | None = None):
+    """Load, normalise and split: returns (train Dataset, eval Dataset or None, DatasetReport).
+
+    Rows are read and normalised one at a time and stored in Arrow (memory-mapped), so a split of a million rows
+    takes little memory. With ``sample`` (Inspect), only the first ``sample`` rows of each split are read and the
+    report says so."""
+    train_ds, report = _read_split(data, data.split, data.dataset, token, sample, limit=data.max_samples)
+    eval_ds = None
     if data.eval_split:
-        eval_raw, eval_broken = load_rows(data, data.eval_split, token)
-        eval_rows, _ = normalise(eval_raw, data, f"{data.dataset} [{data.eval_split}]", eval_broken)
-    train_ds = datasets.Dataset.from_list(train)
-    if not eval_rows and data.eval_fraction > 0 and len(train) >= 4:
-        n_eval = max(1, round(len(train) * data.eval_fraction))
+        eval_ds, _ = _read_split(data, data.eval_split, f"{data.dataset} [{data.eval_split}]", token, sample)
+    elif data.eval_fraction > 0 and len(train_ds) >= 4:
+        n_eval = max(1, round(len(train_ds) * data.eval_fraction))
         parts = train_ds.train_test_split(test_size=n_eval, seed=seed)
         train_ds, eval_ds = parts["train"], parts["test"]
-    else:
-        eval_ds = datasets.Dataset.from_list(eval_rows) if eval_rows else None
     report.train_rows = len(train_ds)
     report.eval_rows = len(eval_ds) if eval_ds is not None else 0
     return train_ds, eval_ds, report
@@ -467,7 +675,8 @@ def prepare(data: DataConfig, seed: int = 42, token: str | None = None):
 
 @dataclass
 class Prepared:
-    """A dataset ready to train on: rows (normalised and split), the report, and the tokenizer that measured it."""
+    """A dataset ready to train on: rows (normalised and split; token ids and labels too when prepared for
+    training), the report, and the tokenizer that measured it."""
 
     train: Any
     eval: Any
@@ -476,14 +685,38 @@ class Prepared:
 
 
 def prepare_with_tokenizer(data: DataConfig, base: str, max_length: int, seed: int = 42,
-                           token: str | None = None) -> Prepared:
-    """The one path from settings to tokens, shared by ``inspect``, the web form and the trainer: load, normalise
-    and split the rows, load ``base``'s tokenizer, and measure token lengths."""
+                           token: str | None = None, sample: int | None = SAMPLE_ROWS) -> Prepared:
+    """What ``inspect`` and the web form show: load, normalise and split the first ``sample`` rows (None: all),
+    load ``base``'s tokenizer, and measure token lengths."""
+    from .modeling import load_tokenizer
+
+    train_ds, eval_ds, report = prepare(data, seed, token, sample=sample)
+    tokenizer = load_tokenizer(base, token)
+    add_token_stats(report, train_ds, tokenizer, max_length)
+    return Prepared(train_ds, eval_ds, report, tokenizer)
+
+
+def prepare_for_training(data: DataConfig, base: str, max_length: int, seed: int = 42,
+                         token: str | None = None) -> Prepared:
+    """Every row, normalised, split and tokenised once (trl takes the token ids as they are): the report's token
+    lengths are measured on all the training rows."""
     from .modeling import load_tokenizer
 
     train_ds, eval_ds, report = prepare(data, seed, token)
     tokenizer = load_tokenizer(base, token)
-    add_token_stats(report, train_ds, tokenizer, max_length)
+    train_ds = tokenize(train_ds, tokenizer, max_length)
+    _set_token_stats(report, sorted(train_ds["tokens"]), max_length, keep_lengths=False)
+    train_ds = drop_untrained(train_ds)
+    eval_ds = drop_untrained(tokenize(eval_ds, tokenizer, max_length)) if eval_ds is not None else None
+    eval_ds = eval_ds if eval_ds is not None and len(eval_ds) else None
+    empty = report.train_rows - len(train_ds)
+    if empty:  # nothing of the answer fits in max_length: trl would drop them too
+        report.dropped[f"no trained tokens within max_length {max_length}"] = empty
+        report.kept -= empty
+    report.train_rows, report.eval_rows = len(train_ds), len(eval_ds) if eval_ds is not None else 0
+    if not len(train_ds):
+        raise DataError(f"no row of {data.dataset} has an answer token within training.max_length {max_length}",
+                        "Raise training.max_length: the prompts alone fill it.")
     return Prepared(train_ds, eval_ds, report, tokenizer)
 
 
@@ -498,26 +731,78 @@ def training_template(tokenizer) -> str:
     return get_training_chat_template(tokenizer)
 
 
-def tokenize_example(item: dict, tokenizer) -> tuple[list[int], list[int]]:
-    """Token ids of one normalised row and its mask of trained tokens (1 = in the loss), as trl computes them."""
+def tokenize_example(item: dict, tokenizer, template: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of one normalised row and its mask of trained tokens (1 = in the loss), as trl computes them.
+    ``template``: the training template, when the caller has it already."""
     if "text" in item:
         ids = tokenizer(item["text"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
         return ids, [1] * len(ids)
-    enc = tokenizer.apply_chat_template(item["messages"], chat_template=training_template(tokenizer), tokenize=True,
-                                        return_dict=True, return_assistant_tokens_mask=True)
+    enc = tokenizer.apply_chat_template(item["messages"], chat_template=template or training_template(tokenizer),
+                                        tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     return list(enc["input_ids"]), list(enc["assistant_masks"])
 
 
-def add_token_stats(report: DatasetReport, rows: Iterable[dict], tokenizer, max_length: int, limit: int = 2000) -> None:
-    """Fill token-length percentiles and the share of rows over ``max_length`` (on at most ``limit`` rows)."""
-    lengths = sorted(len(tokenize_example(r, tokenizer)[0]) for _, r in zip(range(limit), rows))
+def tokenize_batch(items: list[dict], tokenizer, template: str | None) -> list[tuple[list[int], list[int]]]:
+    """``tokenize_example`` for many rows at once (one call to the tokenizer: twice as fast)."""
+    if not items:
+        return []
+    if "text" in items[0]:
+        encoded = tokenizer([item["text"] + tokenizer.eos_token for item in items], add_special_tokens=False)["input_ids"]
+        return [(ids, [1] * len(ids)) for ids in encoded]
+    enc = tokenizer.apply_chat_template([item["messages"] for item in items], chat_template=template, tokenize=True,
+                                        return_dict=True, return_assistant_tokens_mask=True)
+    return [(list(ids), list(mask)) for ids, mask in zip(enc["input_ids"], enc["assistant_masks"])]
+
+
+def tokenize(ds, tokenizer, max_length: int):
+    """Every row's token ids and labels (-100 outside the trained spans), cut at ``max_length``, with its whole
+    length in ``tokens`` and its trained ``length`` (0 when no trained token is left within ``max_length``: see
+    ``drop_untrained``). Batched, into Arrow files (bounded memory); trl's SFTTrainer then takes the ids as they are
+    instead of tokenising again."""
+    template = training_template(tokenizer) if "messages" in ds.column_names else None
+
+    def rows(batch: dict) -> dict:
+        out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "tokens": []}
+        key = "messages" if template else "text"
+        for ids, mask in tokenize_batch([{key: value} for value in batch[key]], tokenizer, template):
+            labels = [i if m else -100 for i, m in zip(ids[:max_length], mask[:max_length])]
+            out["input_ids"].append(ids[:max_length])
+            out["labels"].append(labels)
+            out["length"].append(len(labels) if any(label != -100 for label in labels[1:]) else 0)
+            out["tokens"].append(len(ids))
+        return out
+
+    return ds.map(rows, batched=True, remove_columns=ds.column_names, new_fingerprint=f"tokens-{uuid.uuid4().hex}",
+                  desc="Tokenising")
+
+
+def drop_untrained(ds):
+    """The rows with something to learn within max_length (trl drops the others too)."""
+    if 0 not in ds.unique("length"):
+        return ds
+    return ds.filter(lambda lengths: [n > 0 for n in lengths], input_columns="length", batched=True,
+                     new_fingerprint=f"trained-{uuid.uuid4().hex}")
+
+
+def _set_token_stats(report: DatasetReport, lengths: list[int], max_length: int, keep_lengths: bool = True) -> None:
+    """Token-length percentiles and the share of rows over ``max_length``, from sorted ``lengths``."""
     if not lengths:
         return
     pick = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]  # noqa: E731
     report.token_percentiles = {"min": lengths[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": lengths[-1]}
     report.over_max_length = sum(n > max_length for n in lengths) / len(lengths)
     report.max_length = max_length
-    report.lengths = lengths
+    if keep_lengths:
+        report.lengths = lengths
+
+
+def add_token_stats(report: DatasetReport, rows: Iterable[dict], tokenizer, max_length: int, limit: int = 2000) -> None:
+    """Fill token-length percentiles and the share of rows over ``max_length`` (on at most ``limit`` rows)."""
+    sample = [r for _, r in zip(range(limit), rows)]
+    template = training_template(tokenizer) if sample and "messages" in sample[0] else None
+    lengths = [len(ids) for start in range(0, len(sample), 500)
+               for ids, _ in tokenize_batch(sample[start:start + 500], tokenizer, template)]
+    _set_token_stats(report, sorted(lengths), max_length)
 
 
 def render_segments(item: dict, tokenizer) -> list[tuple[str, bool]]:

@@ -202,7 +202,8 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
     if is_main_process():
         cfg.save(run.config)
     check_base(cfg.model.base, token)  # a wrong or unreachable model fails before the data is read
-    prepared = data_mod.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token)
+    prepared = data_mod.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token,
+                                               sample=None)  # every row (Inspect reads a sample)
     hw = detect_hardware(cfg.model.attn_implementation)
     if cfg.training.packing and hw.attn_implementation != "flash_attention_2":
         # Packed rows share one sequence; only flash-attention's varlen kernels keep them from attending to each other.

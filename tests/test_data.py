@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from tinymodel import FIXTURE
 
 from phi3space import data
 from phi3space.config import DataConfig
@@ -173,3 +174,38 @@ def test_non_objects_in_a_json_array_are_counted(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, 3, "x"]))
     raw, broken = data.load_rows(DataConfig(dataset=str(tmp_path / "d.json")), "train")
     assert raw == [{"text": "a"}] and broken == {"not a JSON object": 2}
+
+
+def test_a_large_split_is_inspected_from_a_sample_that_says_so(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"Q{i}", "completion": "A"} for i in range(30)],
+                       extra_lines=["{broken"])
+    train, evals, report = data.prepare(DataConfig(dataset=str(path), eval_fraction=0.2), sample=10)
+    assert (report.total, report.kept, len(train), len(evals)) == (10, 10, 8, 2)
+    assert (report.rows_in_split, report.rows_in_split_exact) == (31, False)  # counted by lines: the broken one too
+    assert report.estimated_train_rows() == 25
+    assert "a sample: the first 10 rows of about 31 (training reads them all)" in report.lines()
+    _, _, whole = data.prepare(DataConfig(dataset=str(path), eval_fraction=0.2), sample=100)
+    assert whole.rows_in_split is None and (whole.total, whole.kept, whole.train_rows) == (31, 30, 24)
+    assert not any("sample" in line for line in whole.lines())
+
+
+def test_rows_are_normalised_into_arrow_not_held_as_python_objects(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"Q{i}", "completion": "A"} for i in range(2500)]
+                       + [{"prompt": "", "completion": "A"}])
+    train, evals, report = data.prepare(DataConfig(dataset=str(path), eval_fraction=0, max_samples=2100))
+    assert train.cache_files and not evals  # a memory-mapped Arrow file
+    assert (report.total, report.kept, report.dropped, len(train)) == (2501, 2500, {"empty content": 1}, 2100)
+    assert train[2099]["messages"] == [{"role": "user", "content": "Q2099"}, {"role": "assistant", "content": "A"}]
+
+
+def test_token_ids_for_training_match_the_rendering(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Question " * n, "completion": "Answer"} for n in (1, 5, 50)]
+)
+    found = data.prepare_for_training(DataConfig(dataset=str(path), eval_fraction=0), str(FIXTURE), max_length=32)
+    assert len(found.train) == 2  # the 50-word question leaves no room for the answer within 32 tokens
+    assert found.report.dropped == {"no trained tokens within max_length 32": 1} and found.report.train_rows == 2
+    assert found.report.over_max_length == pytest.approx(1 / 3)  # measured on all rows, before the cut
+    first = found.train[0]
+    ids, mask = data.tokenize_example({"messages": [{"role": "user", "content": "Question "},
+                                                    {"role": "assistant", "content": "Answer"}]}, tokenizer)
+    assert first["input_ids"] == ids and first["labels"] == [i if m else -100 for i, m in zip(ids, mask)]
