@@ -79,8 +79,9 @@ class TrainingConfig:
     eval_steps: int | None = _f(None, "Evaluate every N steps (default: at each checkpoint).")
     save_steps: int = _f(100, "Save a checkpoint every N steps.")
     save_total_limit: int = _f(2, "Checkpoints kept in the run folder.")
-    gradient_checkpointing: bool = _f(True, "Trade compute for memory (GPU only; ignored on CPU).")
-    packing: bool = _f(False, "Pack short rows together (needs flash-attention to stay correct).")
+    gradient_checkpointing: bool = _f(True, "Trade compute for memory (GPU only; off on CPU).")
+    packing: bool = _f(False, "Pack short rows into max_length sequences (fewer, fuller steps; rows stay apart with "
+                              "flash-attention, sdpa or eager).")
 
 
 @dataclass

@@ -79,6 +79,79 @@ def test_assistant_only_labels_in_the_trainers_batches(tiny_model, tmp_path):
         assert 32010 not in trained and 32001 not in trained  # no <|user|> or <|assistant|> in the loss
 
 
+def test_rows_are_tokenised_once_and_trl_takes_them_as_they_are(tiny_model, tmp_path):
+    from phi3space import data
+
+    path = write_qa_jsonl(tmp_path / "qa.jsonl")
+    cfg = config.from_dict(memorise_config(tiny_model, str(path), tmp_path / "run", training__max_length=16))
+    run = RunDir(cfg.output.dir)
+    pre = training.preflight(cfg, run, False, None, run.writer())
+    trainer = training.build_trainer(cfg, pre)
+    assert trainer.train_dataset is pre.data.train  # no second pass: the same Arrow rows
+    tok = pre.data.tokenizer
+    for row, item in zip(pre.data.train, data.load_rows(cfg.data, "train")[0]):
+        ids, mask = data.tokenize_example(item, tok)
+        assert row["input_ids"] == ids[:16] and row["tokens"] == len(ids) and row["length"] == len(row["labels"])
+        assert row["labels"] == [i if m else -100 for i, m in zip(ids[:16], mask[:16])]
+    assert pre.data.report.over_max_length == 1.0  # measured on every row, before the cut
+
+
+def test_packed_rows_do_not_attend_to_each_other_with_sdpa_or_eager(tiny_model):
+    """Packing and padding-free batches put several rows in one sequence, their positions restarting at 0. With
+    transformers 5's sdpa and eager attention the mask built from those positions keeps the rows apart: each row's
+    logits are the ones it gets alone (which is why packing no longer needs flash-attention). Training runs without a
+    KV cache; with one, transformers does not look for packed rows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    rows = [torch.randint(0, 32000, (n,)) for n in (7, 13, 5)]
+    positions = torch.cat([torch.arange(len(r)) for r in rows])[None]
+    for attn in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
+        with torch.no_grad():
+            alone = torch.cat([model(input_ids=r[None]).logits[0] for r in rows])
+            packed = model(input_ids=torch.cat(rows)[None], position_ids=positions, use_cache=False).logits[0]
+            run_on = model(input_ids=torch.cat(rows)[None], use_cache=False).logits[0]  # no restart: the rows see each other
+        assert (packed - alone).abs().max() < 1e-4, attn
+        assert (run_on - alone).abs().max() > 1e-2, attn
+
+
+def test_cpu_loss_equals_trls_and_packing_keeps_rows_apart(tiny_model, tmp_path):
+    """The CPU loss (only trained positions through the LM head) equals trl's fused loss on the same batch; a
+    packed batch of the same rows (sdpa, no flash-attention) gives the same loss again; nothing is checkpointed."""
+    import torch
+
+    path = write_qa_jsonl(tmp_path / "qa.jsonl", QA_PAIRS * 2)
+    losses = {}
+    for packing in (False, True):
+        cfg = config.from_dict(memorise_config(tiny_model, str(path), tmp_path / f"run{packing}", training__packing=packing))
+        run = RunDir(cfg.output.dir)
+        trainer = training.build_trainer(cfg, training.preflight(cfg, run, False, None, run.writer()))
+        assert not trainer.args.gradient_checkpointing and not trainer.model.base_model.model.is_activation_checkpointing
+        if packing:
+            batch = trainer.data_collator(list(trainer.train_dataset))
+            assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) == 8  # 8 rows, one sequence
+        else:
+            batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+            assert batch["input_ids"].shape[0] == 8 and "attention_mask" in batch
+        trainer.model.eval()
+        with torch.no_grad():
+            trainer.compact_loss = True
+            losses[packing] = float(trainer.compute_loss(trainer.model, dict(batch)))
+            trainer.compact_loss = False
+            assert float(trainer.compute_loss(trainer.model, dict(batch))) == pytest.approx(losses[packing], rel=1e-5)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_qlora_on_cpu_is_not_checkpointed(tiny_model, tmp_path):
+    cfg = config.from_dict(memorise_config(tiny_model, str(write_qa_jsonl(tmp_path / "qa.jsonl")), tmp_path / "run",
+                                           model__method="qlora"))
+    run = RunDir(cfg.output.dir)
+    trainer = training.build_trainer(cfg, training.preflight(cfg, run, False, None, run.writer()))
+    assert not trainer.args.gradient_checkpointing and not trainer.model.base_model.model.is_activation_checkpointing
+
+
 def test_cli_train_prints_progress_and_chat_answers(tiny_model, tmp_path):
     data = write_qa_jsonl(tmp_path / "qa.jsonl")
     cfg_path = write_config(tmp_path / "run.yaml", memorise_config(tiny_model, str(data), tmp_path / "run"))
@@ -179,8 +252,6 @@ def test_each_bad_input_gets_its_own_message(tiny_model, tmp_path, capsys):
     cases.append((["train", str(write_config(tmp_path / "c4.yaml", good)), "--set", f"model.base={not_phi}",
                    "--set", f"output.dir={tmp_path}/r4"], "'gpt2' model; phi3space trains Phi-3"))
     cases.append((["train", str(write_config(tmp_path / "c5.yaml", good)), "--resume"], "--resume: no checkpoint in"))
-    cases.append((["train", str(write_config(tmp_path / "c6.yaml", good)), "--set", "training.packing=true",
-                   "--set", f"output.dir={tmp_path}/r6"], "training.packing: needs flash_attention_2"))
     cases.append((["chat", "--adapter", str(tmp_path / "no-such-run"), "--prompt", "hi"], "adapter not found"))
     cases.append((["inspect", str(tmp_path / "odd.jsonl")], "could not recognise the dataset format"))
 
