@@ -1,4 +1,5 @@
-"""ChatEngine: one base model loaded once, adapters attached by name (peft multi-adapter), streamed replies.
+"""ChatEngine: one base model loaded once, adapters attached by name (peft multi-adapter), streamed replies written
+together: the replies under way share batched forward passes, each with its own adapter.
 
 Generation stops on Phi-3's end-of-turn tokens (<|end|>, <|endoftext|>, <|assistant|>). Greedy unless a
 temperature above 0 is given.
@@ -7,13 +8,16 @@ temperature above 0 is given.
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, ModelError, scrub
 from .modeling import load_for_inference, load_tokenizer, stop_token_ids
@@ -56,12 +60,17 @@ def adapter_name(ref: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_]', '_', ref)[-40:]}_{hashlib.sha1(ref.encode()).hexdigest()[:8]}"
 
 
-# Limits for a shared server (the README states them). A reply is generated in slices of SLICE_TOKENS tokens; the
-# engine serves the slices of all waiting replies in turn, so a long reply never holds up a short one for longer
-# than a slice, and each reply is bounded in tokens and in time.
+# Limits for a shared server (the README states them). Replies are generated together, a slice of SLICE_TOKENS
+# tokens at a time: all the replies under way (up to MAX_BATCH, and MAX_BATCH_TOKENS of context between them) share
+# one batched forward pass per token, each with its own adapter (peft's mixed-adapter batches), and a reply that
+# arrives joins at the next slice: a long reply never holds up a short one for longer than a slice. Each reply is
+# bounded in tokens and in time.
 SLICE_TOKENS = 16
 MAX_NEW_TOKENS = 1024
 MAX_SECONDS = 120.0
+MAX_BATCH = 16
+MAX_BATCH_TOKENS = 32768
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 def check_generation(max_new_tokens: int, temperature: float, top_p: float) -> None:
@@ -104,35 +113,97 @@ class FairLock:
                 self._cv.notify_all()
 
 
-def _slice_streamer(tokenizer):
-    """transformers' TextIteratorStreamer for a reply generated in several calls: each call's prompt (the
-    conversation so far) is skipped, and only ``finish()`` ends the stream."""
-    from transformers import TextIteratorStreamer
+@dataclass(eq=False)
+class _Reply:
+    """One reply being written: its tokens so far (prompt first) and where they go."""
 
-    class SliceStreamer(TextIteratorStreamer):
-        def start_slice(self) -> None:
-            self.next_tokens_are_prompt = True
+    ids: list[int]
+    prompt_len: int
+    adapter: str  # a peft adapter name, or BASE
+    budget: int  # new tokens it may have
+    deadline: float  # time.monotonic() after which it ends
+    sampling: tuple  # (do_sample, temperature, top_p): replies are batched with others of the same
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # token ids, then None (or an exception)
+    done: bool = False
+    gone: bool = False  # the visitor stopped reading
 
-        def end(self) -> None:  # called by generate() after each slice: the reply goes on
+    @property
+    def generated(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.out.put(error)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """The replies of the last slice of one sampling group, as generate() left them: ids, mask and KV cache."""
+
+    replies: list[_Reply]
+    ids: Any
+    mask: Any
+    cache: Any
+
+
+def _ended(replies: list[_Reply]):
+    """A generate() stopping criterion: a row is finished once its reply has ended (stop token, budget), its
+    visitor has gone or its time is up; generate() stops when every row is."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Ended(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            now = time.monotonic()
+            for r in replies:
+                if r.gone or now >= r.deadline:
+                    r.finish()
+            return torch.tensor([r.done for r in replies], device=input_ids.device)
+
+    return Ended()
+
+
+def _dispatcher(replies: list[_Reply], stop_ids: list[int]):
+    """A generate() streamer for a batch: hands each new token to its reply as soon as it exists, and ends a reply at
+    a stop token or at its budget (the batch goes on; its later tokens are not that reply's)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    stops = set(stop_ids)
+
+    class Dispatch(BaseStreamer):
+        def put(self, value):
+            if value.dim() > 1:  # the prompt (the conversations so far)
+                return
+            for reply, token in zip(replies, value.tolist()):
+                if reply.done:
+                    continue
+                reply.ids.append(token)
+                reply.out.put(token)
+                if token in stops or reply.generated >= reply.budget:
+                    reply.finish()
+
+        def end(self):
             pass
 
-        def finish(self) -> None:
-            super().end()
-
-    return SliceStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return Dispatch()
 
 
 class ChatEngine:
-    """Keeps one base model in memory and switches between named adapters, a slice of a reply at a time."""
+    """Keeps one base model in memory, adapters attached by name, and writes every reply under way in one batch."""
 
     def __init__(self, base: str, token: str | None = None):
         self.base = base  # the token loads the base only: the engine is shared and keeps no one's token
         self.model = load_for_inference(base, token)  # checks first that the base is a Phi-3
-        self.tokenizer = load_tokenizer(base, token)
+        self.tokenizer = load_tokenizer(base, token, training=False)
         self.adapters: dict[str, str] = {}  # name -> ref
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.context = getattr(self.model.config, "max_position_embeddings", 4096)
-        self._turn = FairLock()  # the active adapter is model-wide state: one slice at a time, in turn
+        self._model_turn = FairLock()  # attaching an adapter changes the model: never during a slice
+        self._cv = threading.Condition()
+        self._replies: deque[_Reply] = deque()  # under way, in turn
+        self._worker: threading.Thread | None = None
+        self._batches: dict[tuple, _Batch] = {}  # per sampling group, for the next slice to continue from
 
     def attach(self, ref: str, token: str | None = None) -> str:
         """Load an adapter (run folder, or Hub repo read with the caller's ``token``) under a name; reused after."""
@@ -147,7 +218,7 @@ class ChatEngine:
         from peft import PeftModel
         from safetensors import SafetensorError
 
-        with self._turn():
+        with self._model_turn():
             try:
                 if isinstance(self.model, PeftModel):
                     self.model.load_adapter(str(path), adapter_name=name)
@@ -168,65 +239,132 @@ class ChatEngine:
         The reply ends at a stop token, after ``max_new_tokens`` (at most MAX_NEW_TOKENS and what the context
         leaves), or after ``max_seconds``."""
         check_generation(max_new_tokens, temperature, top_p)
-        name = self.attach(adapter, token) if adapter else None
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True).to(self.model.device)
-        room = self.context - inputs["input_ids"].shape[1]
+        name = self.attach(adapter, token) if adapter else BASE
+        ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+        room = self.context - len(ids)
         if room < 1:
             raise ModelError(f"the conversation is longer than the model's context ({self.context} tokens)",
                              "Clear the chat, or shorten the system prompt and the message.")
-        budget = min(max_new_tokens, MAX_NEW_TOKENS, room)
-        streamer = _slice_streamer(self.tokenizer)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-        errors: list[BaseException] = []
+        sampling = (True, float(temperature), float(top_p)) if temperature > 0 else (False, 0.0, 1.0)
+        reply = _Reply(ids, len(ids), name, min(max_new_tokens, MAX_NEW_TOKENS, room),
+                       time.monotonic() + max_seconds, sampling)
+        self._submit(reply)
+        tokens: list[int] = []
+        text, ended = "", False
+        try:
+            while not ended:
+                items = [reply.out.get()]
+                while not reply.out.empty():  # decode what has arrived together, not each token on its own
+                    items.append(reply.out.get_nowait())
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is None:
+                        ended = True
+                    else:
+                        tokens.append(item)
+                grown = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                if grown != text and (ended or not grown.endswith("\ufffd")):  # not half of a character
+                    text = grown
+                    yield text
+        finally:
+            reply.gone = True  # a visitor who stops reading frees the place at the next slice
 
-        def run():
-            try:
-                self._generate(name, inputs, budget, time.monotonic() + max_seconds, streamer, sampling)
-            except BaseException as exc:  # re-raised in the caller's thread below
-                errors.append(exc)
-            finally:
-                streamer.finish()
+    def reply(self, messages: list[dict], adapter: str | None = None, **kw) -> str:
+        last = ""
+        for text in self.stream(messages, adapter, **kw):  # each item is the whole reply so far
+            last = text
+        return last.strip()
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        text = ""
-        for chunk in streamer:
-            text += chunk
-            yield text
-        thread.join()
-        if errors:
-            raise errors[0]
+    # ------------------------------------------------------------ the batches
 
-    def _generate(self, name: str | None, inputs, budget: int, deadline: float, streamer, sampling: dict) -> None:
-        """Generate up to ``budget`` tokens, SLICE_TOKENS per turn, reusing the KV cache between slices."""
+    def _submit(self, reply: _Reply) -> None:
+        with self._cv:
+            self._replies.append(reply)
+            if self._worker is None:  # not a daemon: a process that exits lets the slice under way end (one step)
+                self._worker = threading.Thread(target=self._serve, name="chat-batches")
+                self._worker.start()
+
+    def _serve(self) -> None:
+        """Write every reply under way, a slice at a time, until none is left."""
+        while True:
+            with self._cv:
+                for r in self._replies:
+                    if r.gone and not r.done:
+                        r.finish()
+                live = [r for r in self._replies if not r.done]
+                if not live:
+                    self._replies.clear()
+                    self._batches.clear()
+                    self._worker = None
+                    return
+                taken, tokens = [], 0
+                for r in live:  # in turn: who was served last goes to the back
+                    if taken and (len(taken) >= MAX_BATCH or tokens + len(r.ids) + SLICE_TOKENS > MAX_BATCH_TOKENS):
+                        break
+                    taken.append(r)
+                    tokens += len(r.ids) + SLICE_TOKENS
+                self._replies = deque([r for r in live if r not in taken] + taken)
+            groups: dict[tuple, list[_Reply]] = {}
+            for r in taken:
+                groups.setdefault(r.sampling, []).append(r)
+            for sampling, replies in groups.items():
+                self._slice(sampling, replies)
+            for key in [k for k in self._batches if k not in groups]:
+                del self._batches[key]
+
+    def _slice(self, sampling: tuple, replies: list[_Reply]) -> None:
+        """Up to SLICE_TOKENS more tokens for each of ``replies`` (same sampling), in one batched generate()."""
+        now = time.monotonic()
+        for r in replies:
+            if now >= r.deadline:
+                r.finish()
+        replies = [r for r in replies if not r.done]
+        if not replies:
+            return
+        try:
+            self._generate(sampling, replies)
+        except BaseException as exc:  # re-raised in each reader's thread
+            self._batches.pop(sampling, None)
+            for r in replies:
+                r.finish(exc)
+
+    def _generate(self, sampling: tuple, replies: list[_Reply]) -> None:
         import torch
         from peft import PeftModel
         from transformers import DynamicCache
 
-        ids, cache, done = inputs["input_ids"], DynamicCache(), 0
-        while done < budget and time.monotonic() < deadline:
-            n = min(SLICE_TOKENS, budget - done)
-            streamer.start_slice()
-            with self._turn(), torch.inference_mode():
-                args = dict(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, max_new_tokens=n,
-                            eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
-                            **sampling)
-                if isinstance(self.model, PeftModel) and name is None:
-                    with self.model.disable_adapter():
-                        out = self.model.generate(**args)
-                else:
-                    if isinstance(self.model, PeftModel):
-                        self.model.set_adapter(name)
-                    out = self.model.generate(**args)
-            new = out.shape[1] - ids.shape[1]
-            ids, done = out, done + new
-            if new < n or int(out[0, -1]) in self.stop_ids:
-                return
-
-    def reply(self, messages: list[dict], adapter: str | None = None, **kw) -> str:
-        *_, text = self.stream(messages, adapter, **kw)  # each item is the whole reply so far
-        return text.strip()
+        last = self._batches.get(sampling)
+        if last is not None and all(r in last.replies for r in replies):
+            # The same replies as last time, or some of them: continue from the cache (dropping the rows that ended).
+            rows = [i for i, r in enumerate(last.replies) if r in replies]
+            replies = [last.replies[i] for i in rows]
+            ids, mask, cache = last.ids, last.mask, last.cache
+            if len(rows) < len(last.replies):
+                index = torch.tensor(rows)
+                ids, mask = ids[index], mask[index]
+                cache.batch_select_indices(index)
+        else:  # someone joined: start the batch again from the conversations so far (left-padded)
+            width = max(len(r.ids) for r in replies)
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in replies], device=self.model.device)
+            mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in replies], device=self.model.device)
+            cache = DynamicCache()
+        do_sample, temperature, top_p = sampling
+        args = dict(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=SLICE_TOKENS,
+                    eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                    streamer=_dispatcher(replies, self.stop_ids), stopping_criteria=[_ended(replies)], do_sample=do_sample,
+                    **(dict(temperature=temperature, top_p=top_p) if do_sample else {}))
+        with self._model_turn(), torch.inference_mode():
+            if isinstance(self.model, PeftModel):
+                args["adapter_names"] = [r.adapter for r in replies]
+            out = self.model.generate(**args)
+        grown = out.shape[1] - ids.shape[1]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], grown)], dim=1)
+        self._batches[sampling] = _Batch(replies, out, mask, cache)
+        for r in replies:
+            if grown < SLICE_TOKENS or r.generated >= r.budget:  # generate() stopped: every row has ended
+                r.finish()
 
 
 def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, token: str | None = None) -> Path:

@@ -15,19 +15,22 @@ import sys
 from .errors import Cancelled, Phi3SpaceError
 
 
-def _quiet_libraries() -> None:
-    """Our progress lines replace the libraries' progress bars and warnings."""
+def _quiet_libraries(data: bool = True) -> None:
+    """Our progress lines replace the libraries' progress bars and warnings. ``data``: datasets too (chat never
+    imports it)."""
     import logging
     import warnings
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "kernels package missing" on CPU: harmless
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
-    import datasets
     import transformers
 
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    if data:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
@@ -119,7 +122,7 @@ def cmd_chat(args) -> int:
     from .hub import resolve_token
 
     check_generation(args.max_new_tokens, args.temperature, args.top_p)  # before any model loads
-    _quiet_libraries()
+    _quiet_libraries(data=False)
     token = resolve_token()
     base = args.base
     if args.adapter and not base:

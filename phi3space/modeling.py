@@ -87,7 +87,9 @@ def check_base(base: str, token: str | None = None):
     return config
 
 
-def load_tokenizer(base: str, token: str | None = None):
+def load_tokenizer(base: str, token: str | None = None, training: bool = True):
+    """``base``'s tokenizer, padding with <unk> on the right, with a Phi-3 chat template; for ``training``, one that
+    trl can mask for assistant-only loss (chat leaves trl, and the datasets and pandas it imports, unloaded)."""
     from transformers import AutoTokenizer
 
     try:
@@ -97,21 +99,24 @@ def load_tokenizer(base: str, token: str | None = None):
     if PAD_TOKEN in tok.get_vocab():
         tok.pad_token = PAD_TOKEN
     tok.padding_side = "right"
-    _ensure_phi3_template(tok)
+    _ensure_phi3_template(tok, training)
     return tok
 
 
-def _ensure_phi3_template(tok) -> None:
-    """Use the Phi-3 chat template when the checkpoint has none or one trl cannot mask for assistant-only loss.
+def _ensure_phi3_template(tok, training: bool = True) -> None:
+    """Use the Phi-3 chat template when the checkpoint has none or (for training) one trl cannot mask for
+    assistant-only loss.
 
     Every Phi-3 / Phi-3.5 instruct checkpoint speaks the same <|user|> ... <|end|> <|assistant|> format; trl ships
     it with {% generation %} markers, which is what puts the loss on assistant turns only.
     """
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers, phi3_chat_template
-
     if "<|assistant|>" not in tok.get_vocab():
         raise ModelError("the tokenizer has no Phi-3 chat tokens (<|user|>, <|assistant|>, <|end|>)",
                          "Use a Phi-3 instruct checkpoint's tokenizer, e.g. microsoft/Phi-3-mini-4k-instruct.")
+    if tok.chat_template and not training:
+        return
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers, phi3_chat_template
+
     if tok.chat_template and has_generation_markers(tok.chat_template):
         return
     try:

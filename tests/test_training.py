@@ -35,6 +35,34 @@ def test_trained_adapter_reproduces_the_answers(trained_run):
     assert engine.reply([{"role": "user", "content": QA_PAIRS[0][0]}], max_new_tokens=8) != QA_PAIRS[0][1]
 
 
+def test_replies_written_together_each_with_its_own_adapter(trained_run):
+    """Replies under way at once share batched forward passes (peft's mixed-adapter batches): each still gets what
+    its own adapter (or the base) writes alone; a visitor who stops reading frees the engine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phi3space.chat import ChatEngine, adapter_base
+
+    engine = ChatEngine(adapter_base(trained_run))
+    engine.attach(str(trained_run))
+    base_alone = engine.reply([{"role": "user", "content": QA_PAIRS[0][0]}], max_new_tokens=8)
+    batch_sizes = []
+    generate = engine._generate
+    engine._generate = lambda sampling, replies: (batch_sizes.append(len(replies)), generate(sampling, replies))[1]
+    asks = [(q, str(trained_run)) for q, _ in QA_PAIRS] + [(QA_PAIRS[0][0], None)]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        got = list(pool.map(lambda ask: engine.reply([{"role": "user", "content": ask[0]}], adapter=ask[1],
+                                                     max_new_tokens=8), asks))
+    assert got == [a for _, a in QA_PAIRS] + [base_alone]
+    assert max(batch_sizes) > 1
+    long = engine.stream([{"role": "user", "content": "Tell me everything."}], max_new_tokens=1000)
+    next(long)
+    long.close()
+    deadline = time.time() + 60
+    while engine._worker is not None and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine._worker is None
+
+
 def test_run_folder_and_events(trained_run):
     names = {p.name for p in trained_run.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "events.jsonl",
