@@ -83,9 +83,17 @@ def run_project(a) -> dict:
     started = next(e for e in events if e["type"] == "run_started")
     progress = [e for e in events if e["type"] == "progress"]
     finished = events[-1]["metrics"]
-    return {"steps": finished["steps"], "train_runtime_s": finished["train_runtime_s"], "train_loss": finished["train_loss"],
-            "final_train_loss": progress[-1]["loss"], "train_begin": started["time"], "first_step": progress[0]["time"],
-            "hardware": started["hardware"]}
+    out = {"steps": finished["steps"], "train_runtime_s": finished["train_runtime_s"], "train_loss": finished["train_loss"],
+           "final_train_loss": progress[-1]["loss"], "train_begin": started["time"], "first_step": progress[0]["time"],
+           "hardware": started["hardware"]}
+    import torch
+
+    if torch.cuda.is_available():
+        from phi3space import config
+        from phi3space.modeling import estimate_memory_gb
+
+        out["estimated_gb"] = round(estimate_memory_gb(config.load(path, a.set)), 2)  # the web form's warning
+    return out
 
 
 def child(a) -> None:
@@ -202,6 +210,7 @@ def compare(a) -> dict:
             "first_step_gap_s_best": round(p["to_first_step_s"]["best"] - r["to_first_step_s"]["best"], 2),
         }
         if "peak_gpu_mem_gb" in p:
+            p["estimated_gb"] = next((x.get("estimated_gb") for x in runs["project"] if "estimated_gb" in x), None)
             report["ratio"]["peak_gpu_mem_best"] = round(p["peak_gpu_mem_gb"]["best"] / r["peak_gpu_mem_gb"]["best"], 3)
     b = report.get("baseline")
     if b and b["train_tokens_per_s"] and p["train_tokens_per_s"]:
