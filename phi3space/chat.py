@@ -251,6 +251,8 @@ class ChatEngine:
         self._submit(reply)
         tokens: list[int] = []
         text, ended = "", False
+        prefix = read = 0  # decoded from tokens[prefix:]: a few tokens of context, then what is new (O(1) a token)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         try:
             while not ended:
                 items = [reply.out.get()]
@@ -263,10 +265,14 @@ class ChatEngine:
                         ended = True
                     else:
                         tokens.append(item)
-                grown = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                if grown != text and (ended or not grown.endswith("\ufffd")):  # not half of a character
-                    text = grown
+                before, now = decode(tokens[prefix:read]), decode(tokens[prefix:])
+                if len(now) > len(before) and not now.endswith("\ufffd"):  # not half of a character
+                    text += now[len(before):]
+                    prefix, read = read, len(tokens)
                     yield text
+            whole = decode(tokens)
+            if whole != text:  # what a piecewise decoding cannot show (bytes that are no character)
+                yield whole
         finally:
             reply.gone = True  # a visitor who stops reading frees the place at the next slice
 
@@ -341,7 +347,7 @@ class ChatEngine:
             replies = [last.replies[i] for i in rows]
             ids, mask, cache = last.ids, last.mask, last.cache
             if len(rows) < len(last.replies):
-                index = torch.tensor(rows)
+                index = torch.tensor(rows, device=ids.device)
                 ids, mask = ids[index], mask[index]
                 cache.batch_select_indices(index)
         else:  # someone joined: start the batch again from the conversations so far (left-padded)
