@@ -238,7 +238,7 @@ def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict
     if pre.checkpoint and pre.run.checkpoint_progress(pre.checkpoint) >= max_steps:
         # Training had finished (its push failed, say): no step past the end, straight on to evaluation and saving.
         writer.emit("log", message=f"{pre.checkpoint.name} already holds all {max_steps} steps: finishing without training")
-        _load_checkpoint_adapter(trainer, pre.run, pre.checkpoint)
+        _load_checkpoint_adapter(trainer, pre.checkpoint)
         trainer.state.global_step = max_steps
         metrics = {**earlier.metrics, "steps": max_steps}
         cancelled = False
@@ -260,7 +260,7 @@ def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict
     return Fitted(metrics, cancelled)
 
 
-def _load_checkpoint_adapter(trainer, run: RunDir, checkpoint: Path) -> None:
+def _load_checkpoint_adapter(trainer, checkpoint: Path) -> None:
     """Put a checkpoint's adapter weights into the trainer's model (peft's own state-dict loader)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -297,7 +297,7 @@ def _checkpoint_to_resume(cfg: RunConfig, run: RunDir, resume: bool, token: str 
     if not resume:
         return None
     ckpt = run.latest_checkpoint()
-    for partial in run.partial_checkpoints():  # cut short by a kill or a full disk: never resumed from
+    for partial in run.partial_checkpoints() if is_main_process() else []:  # never resumed from
         writer.emit("log", message=f"{partial.name} is incomplete (its save was interrupted): removed; "
                                    f"resuming from {ckpt.name if ckpt else 'an earlier checkpoint'}")
         shutil.rmtree(partial, ignore_errors=True)
