@@ -259,6 +259,10 @@ class JobRunner:
         self.poll_s = poll_s
         self.command = command
         self.idle = IdlePause.from_env(space_id()) if self.space else None
+        from .bucket import BucketSync
+        from .hub import resolve_token
+
+        self.bucket = BucketSync.from_env(self.store.path, set_owner_token_apart if self.space else resolve_token)
         self.before_start: list[Callable[[Job], None]] = []  # e.g. chat gives the GPU back before a job trains
         self._tokens: dict[str, str | None] = {}  # job id -> token, until the job starts
         self._procs: dict[str, subprocess.Popen | _Adopted] = {}
@@ -603,6 +607,8 @@ class JobRunner:
         for type, fields in last_word(code, job.run.state(), job.cancel_requested, since=job.started):
             job.run.append(type, **fields)
         self.store.update(job.id, phase="done", exit_code=code, finished=time.time())
+        if self.bucket is not None:  # a copy for the owner; never the live store
+            self.bucket.sync_job(job.run, job.owner, job.id)
 
     def _signal(self, job_id: str, sig: int) -> None:
         proc = self._procs.get(job_id)

@@ -328,3 +328,41 @@ def test_the_final_card_and_push_again_carry_the_jobs_record(trained_run, hub, t
     from huggingface_hub import HfApi
 
     assert [m.id for m in HfApi(token=ALICE).list_models(author="alice", filter="phi3space")] == ["alice/done"]
+
+
+def test_finished_runs_and_job_records_are_copied_to_a_bucket_as_whole_files(tmp_path, monkeypatch):
+    """huggingface_hub's bucket API uploads through Xet, which the Hub stand-in does not speak: the one call is
+    recorded here instead."""
+    import sqlite3
+
+    from huggingface_hub import HfApi
+
+    sent = []
+
+    def batch_bucket_files(self, bucket_id, *, add=None, **kw):
+        snapshot = next(src for src, dest in add if dest == "jobs.sqlite")
+        with sqlite3.connect(snapshot) as db:  # a consistent copy, readable on its own (no -wal beside it)
+            rows = db.execute("SELECT id, owner, phase FROM jobs").fetchall()
+        sent.append((bucket_id, self.token, sorted(dest for _, dest in add), rows))
+
+    monkeypatch.setattr(HfApi, "batch_bucket_files", batch_bucket_files)
+    monkeypatch.setenv("PHI3SPACE_BUCKET", "hf://buckets/owner/phi3space-records")
+    monkeypatch.setenv("HF_TOKEN", OWNER)
+    script = tmp_path / "job.py"
+    script.write_text("import json, sys, time\nfrom pathlib import Path\nrun = Path(sys.argv[1]).parent\n"
+                      "(run / 'checkpoint-1').mkdir()\n(run / 'checkpoint-1' / 'optimizer.pt').write_bytes(b'x')\n"
+                      "with (run / 'events.jsonl').open('a') as fh:\n"
+                      "    fh.write(json.dumps({'type': 'run_finished', 'status': 'completed', 'step': 1, 'time': time.time()}) + '\\n')\n")
+    runner = JobRunner(tmp_path / "data", space=False, poll_s=0.05, command=lambda p: [sys.executable, str(script), str(p)])
+    try:
+        job = runner.submit(cfg(), "alice")
+        deadline = time.time() + 30
+        while time.time() < deadline and not sent:
+            time.sleep(0.05)
+    finally:
+        runner.shutdown()
+    [(bucket, token, paths, rows)] = sent
+    assert bucket == "owner/phi3space-records" and token == OWNER
+    assert rows == [(job.id, "alice", "done")]
+    assert paths == sorted(["jobs.sqlite", f"runs/alice/{job.id}/config.yaml", f"runs/alice/{job.id}/events.jsonl",
+                            f"runs/alice/{job.id}/train.log"])  # whole files; no checkpoint, no live database
