@@ -8,6 +8,10 @@ last word (killed, crashed, out of memory), or contradicts it with its exit code
 
 A visitor's token travels only in that process's environment: it is held in memory (job id -> token) until the
 job starts and is never written to the store, the config or argv. Nothing here knows about gradio.
+
+On a Space the local disk does not survive a restart: every job pushes its adapter and its checkpoints to the
+visitor's repo, whose card records the job (phi3space.records), and ``restore_from_hub`` brings a visitor's runs
+back from there. The store and the run folders stay on local disk, never on a bucket mount.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from pathlib import Path
 
 from .config import RunConfig
 from .errors import AuthError, ConfigError, Phi3SpaceError, register_secret, scrub
-from .hub import is_local_ref, on_space
+from .hub import is_local_ref, keep_owner_token_out, on_space, owner_token, space_id
 from .run import RunDir, RunState
+from .runtime import IdlePause, first_gpu_name, fuse_mount, gpu_count, training_refusal, training_seconds
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `import phi3space` finds this very code
 
@@ -37,15 +42,6 @@ PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `import phi3spa
 def data_dir() -> Path:
     """PHI3SPACE_DATA_DIR, else ./data."""
     return Path(os.environ.get("PHI3SPACE_DATA_DIR") or "data").resolve()
-
-
-def gpu_count() -> int:
-    """GPUs on this machine (nvidia-smi, so that the web server never imports torch for it); 0 when none."""
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
 def safe_name(text: str) -> str:
@@ -211,6 +207,20 @@ class DataDirBusy(Phi3SpaceError):
     kind = "busy"
 
 
+TOKEN_MARGIN_S = 300  # a sign-in must outlast the estimated run by this much
+
+
+def human_duration(seconds: float | None) -> str:
+    """'45 min', '2 h 05 min', '3 d 4 h'."""
+    if seconds is None:
+        return "?"
+    minutes = max(0, round(seconds / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
+
+
 def lock_data_dir(root: Path):
     """Hold an exclusive lock on the data folder for this process's life: a second app on the same folder would
     adopt, stop and double-book the first one's jobs.
@@ -251,6 +261,14 @@ class JobRunner:
     def __init__(self, root: str | Path | None = None, slots: int | None = None, grace_s: float | None = None,
                  poll_s: float = 0.5, command: Callable[[Path], list[str]] = train_command, space: bool | None = None):
         self.root = Path(root) if root is not None else data_dir()
+        self.space = on_space() if space is None else space
+        if self.space:  # the web server never sends the owner's token on a visitor's behalf
+            keep_owner_token_out(space=True)
+        if self.space and (fstype := fuse_mount(self.root)):
+            raise DataDirBusy(f"the data folder {self.root} is on a {fstype} mount (a Storage Bucket?): the job store "
+                              "(SQLite) needs a local disk with file locking",
+                              "Leave PHI3SPACE_DATA_DIR on the Space's own disk (the default ./data): the Hub keeps "
+                              "what must survive a restart; see README, 'What survives a restart'.")
         self._lock_file = lock_data_dir(self.root)
         self.store = JobStore(self.root / "jobs.sqlite")
         if self.store.set_aside is not None:
@@ -259,7 +277,12 @@ class JobRunner:
         self.grace_s = grace_s if grace_s is not None else float(os.environ.get("PHI3SPACE_STOP_GRACE_S", "60"))
         self.poll_s = poll_s
         self.command = command
-        self.space = on_space() if space is None else space
+        self.idle = IdlePause.from_env(space_id()) if self.space else None
+        from .bucket import BucketSync
+        from .hub import resolve_token
+
+        self.bucket = BucketSync.from_env(self.store.path, owner_token if self.space else resolve_token)
+        self.before_start: list[Callable[[Job], None]] = []  # e.g. chat gives the GPU back before a job trains
         self._tokens: dict[str, str | None] = {}  # job id -> token, until the job starts
         self._procs: dict[str, subprocess.Popen | _Adopted] = {}
         self._kill_at: dict[str, float] = {}
@@ -271,15 +294,40 @@ class JobRunner:
 
     # ------------------------------------------------------------ public
 
-    def submit(self, cfg: RunConfig, owner: str, token: str | None = None) -> Job:
-        """Queue a run for ``owner``; its run folder is chosen here, under the data folder."""
-        if self.space and cfg.output.push_to and not token:
-            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face', or clear the destination repo.")
+    def submit(self, cfg: RunConfig, owner: str, token: str | None = None, expires_at: float | None = None) -> Job:
+        """Queue a run for ``owner``; its run folder is chosen here, under the data folder.
+
+        On a Space the run always goes to the Hub (the destination defaults to ``auto``, checkpoints are pushed):
+        write access is proven now (create_repo, then auth_check(write=True)), and the job is recorded on the repo's
+        card, so that it can be found again after a restart.
+
+        Raises:
+            AuthError: no sign-in where one is needed, no write access, or a sign-in (``expires_at``, a Unix time)
+                that will expire before the run can end.
+            ConfigError: this machine cannot train (ZeroGPU, a GPU torch cannot use), or the repo is in use.
+        """
+        refusal = training_refusal()
+        if refusal is not None:
+            raise refusal
+        from .config import default_run_name
+
+        if self.space:  # nothing on this disk survives a restart: the Hub keeps the run
+            cfg.output.push_to = cfg.output.push_to or "auto"
+            cfg.output.push_checkpoints = True
+        if self.space and not token:
+            raise AuthError("training here needs you to sign in with Hugging Face",
+                            "Press 'Sign in with Hugging Face': on a Space every run is kept in your Hub account (the "
+                            "Space's own disk does not survive a restart).")
+        self.check_token_lasts(cfg, expires_at)
+        if self.space:
+            from .hub import check_push_access
+
+            cfg.output.push_to = check_push_access(cfg.output.push_to, token, default_run_name(cfg), cfg.output.private)
+            self._check_repo_free(cfg.output.push_to, owner)
         for part, key in ((cfg.data, "dataset"), (cfg.model, "base")):  # the trainer runs elsewhere: no relative paths
             value = getattr(part, key)
             if is_local_ref(value) and Path(value).expanduser().exists():
                 setattr(part, key, str(Path(value).expanduser().resolve()))
-        from .config import default_run_name
 
         job_id = uuid.uuid4().hex[:12]
         run = RunDir(self.root / "runs" / safe_name(owner) / job_id)
@@ -288,11 +336,55 @@ class JobRunner:
         cfg.save(run.config)
         register_secret(token)
         job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), needs_token=bool(token))
+        if self.space:
+            from .records import publish_queued
+
+            publish_queued(cfg, cfg.output.push_to, job_id, owner, token, job.created)
         with self._lock:
             self._tokens[job_id] = token
             self.store.add(job)
             self._tick()
         return self.get(job_id, owner)
+
+    def _check_repo_free(self, repo_id: str, owner: str) -> None:
+        """One unfinished job per repo: the card records one job, and the checkpoints branch holds one run."""
+        for other in self.store.list(owner, phase=("queued", "running")):
+            if other.run.load_config().output.push_to == repo_id:
+                raise ConfigError([f"{repo_id} is the destination of your job {other.id}, which has not finished"],
+                                  "Wait for it, stop it, or choose another destination repo.")
+
+    def queue_wait_s(self) -> float:
+        """About how long a job submitted now waits: what the running jobs have left and the queued ones need,
+        shared among the slots (unknown durations count as nothing)."""
+        gpu, total = first_gpu_name(), 0.0
+        for job in self.store.list(phase=("running", "queued")):
+            state = job.run.state()
+            left = state.eta_s if job.phase == "running" and state.eta_s is not None else None
+            if left is None:
+                left = training_seconds(job.run.load_config(), gpu) or 0.0
+            total += left
+        return total / max(1, self.slots)
+
+    def check_token_lasts(self, cfg: RunConfig, expires_at: float | None) -> None:
+        """Refuse a sign-in that will expire before the run can end: checkpoints and the final push use it.
+
+        Raises:
+            AuthError: expired, or expiring before the queue wait + the estimated training time (+ 5 minutes).
+        """
+        if not expires_at:
+            return
+        left = expires_at - time.time()
+        wait, train = self.queue_wait_s(), training_seconds(cfg, first_gpu_name())
+        need = wait + (train or 0.0) + TOKEN_MARGIN_S
+        if left > need:
+            return
+        hint = ("Sign out and sign in again for a fresh token, then start again"
+                + (", or shorten the run (training.max_steps)." if train else "."))
+        if left <= 0:
+            raise AuthError("your Hugging Face sign-in has expired", hint)
+        detail = f"queue ~{human_duration(wait)}" + (f", training ~{human_duration(train)}" if train else "")
+        raise AuthError(f"your Hugging Face sign-in expires in {human_duration(left)}, before this run can end "
+                        f"({detail}): its checkpoints and adapter could not be pushed", hint)
 
     def get(self, job_id: str, owner: str) -> Job:
         """The job, if it belongs to ``owner``; anyone else gets the same 'not found' as for a missing job."""
@@ -330,23 +422,33 @@ class JobRunner:
                 self._kill_at[job_id] = time.time() + self.grace_s
         return self.get(job_id, owner)
 
-    def resume(self, job_id: str, owner: str, token: str | None = None) -> Job:
-        """Queue a failed or stopped job again; its trainer continues from the newest checkpoint (--resume).
+    def resume(self, job_id: str, owner: str, token: str | None = None, expires_at: float | None = None) -> Job:
+        """Queue a failed or stopped job again; its trainer continues from the newest checkpoint (--resume): the
+        run folder's, else the last one pushed to its repo's checkpoints branch (after a Space restart).
 
         Raises:
             ConfigError: the job is still queued/running or finished well, or it left no checkpoint to continue from.
+            AuthError: no sign-in where one is needed, or one that expires too soon.
         """
+        refusal = training_refusal()
+        if refusal is not None:
+            raise refusal
+        job = self.get(job_id, owner)
+        status, _ = self.status(job)
+        if status not in ("failed", "cancelled"):
+            raise ConfigError([f"job {job_id} is {status}: only a failed or stopped job can be resumed"],
+                              "Stop it first, or start a new run.")
+        cfg = job.run.load_config()
+        if self.space and cfg.output.push_to and not token:
+            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+        if job.run.latest_checkpoint() is None and not self._hub_checkpoint(cfg, token):
+            raise ConfigError([f"job {job_id} saved no checkpoint to continue from"],
+                              "Submit it again to train from the start (lower training.save_steps to save sooner).")
+        self.check_token_lasts(cfg, expires_at)
         with self._lock:
             job = self.get(job_id, owner)
-            status, _ = self.status(job)
-            if status not in ("failed", "cancelled"):
-                raise ConfigError([f"job {job_id} is {status}: only a failed or stopped job can be resumed"],
-                                  "Stop it first, or start a new run.")
-            if job.run.latest_checkpoint() is None:
-                raise ConfigError([f"job {job_id} saved no checkpoint to continue from"],
-                                  "Submit it again to train from the start (lower training.save_steps to save sooner).")
-            if self.space and job.run.load_config().output.push_to and not token:
-                raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+            if self.status(job)[0] not in ("failed", "cancelled"):
+                raise ConfigError([f"job {job_id} was resumed already"], "Follow it in the list of your runs.")
             register_secret(token)
             self._tokens[job_id] = token
             self.store.update(job_id, phase="queued", resume=True, needs_token=bool(token), cancel_requested=False,
@@ -354,16 +456,88 @@ class JobRunner:
             self._tick()
         return self.get(job_id, owner)
 
+    def _hub_checkpoint(self, cfg: RunConfig, token: str | None) -> bool:
+        if not (cfg.output.push_to and cfg.output.push_checkpoints):
+            return False
+        from .hub import resolve_token
+        from .push import hub_checkpoint_steps
+
+        return bool(hub_checkpoint_steps(cfg.output.push_to, token if (token or self.space) else resolve_token()))
+
+    def push_pending(self, job: Job, state: RunState | None = None) -> bool:
+        """The run trained and saved its adapter, but the push failed (Hub down, token expired): "Push again"."""
+        s = state or job.run.state()
+        return (s.status == "failed" and bool(s.adapter) and not s.adapter_repo and job.run.has_adapter()
+                and (s.error or {}).get("kind") in ("hub", "auth"))
+
+    def push_again(self, job_id: str, owner: str, token: str | None = None) -> Job:
+        """Push a run whose push failed, with the caller's current token (no retraining); the job then completes.
+
+        Raises:
+            ConfigError: nothing waits to be pushed. AuthError / HubError: the push failed again.
+        """
+        from .hub import resolve_token
+        from .push import push_run
+        from .records import record
+
+        job = self.get(job_id, owner)
+        state = job.run.state()
+        if job.phase != "done" or not self.push_pending(job, state):
+            raise ConfigError([f"job {job_id} has no adapter waiting to be pushed"],
+                              "Push again is for a finished run whose push failed.")
+        if self.space and not token:
+            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+        register_secret(token)
+        rec = record(job.id, job.owner, "completed", state.step, state.max_steps, state.metrics, job.created) if self.space else None
+        push_run(job.run.path, token=token if (token or self.space) else resolve_token(), record=rec)
+        job.run.append("run_finished", status="completed", step=state.step, metrics=state.metrics, adapter=state.adapter)
+        return self.get(job_id, owner)
+
+    def restore_from_hub(self, owner: str, token: str) -> list[str]:
+        """Bring back ``owner``'s runs that this Space recorded on the Hub and that the local store lacks (after a
+        restart wiped the disk); returns their job ids. An interrupted one is failed and can be resumed.
+
+        Raises:
+            HubError / AuthError: the Hub could not be asked.
+        """
+        from .config import default_run_name
+        from .records import hub_runs, rebuild
+
+        restored = []
+        for hub_run in hub_runs(owner, token):
+            job_id = safe_name(hub_run.job_id)
+            if self.store.get(job_id) is not None:
+                continue
+            run = RunDir(self.root / "runs" / safe_name(owner) / job_id)
+            rebuild(run, hub_run, token)
+            created = float(hub_run.record.get("created") or time.time())
+            with self._lock:
+                if self.store.get(job_id) is None:
+                    self.store.add(Job(id=job_id, owner=owner, name=default_run_name(run.load_config()),
+                                       run_dir=str(run.path), phase="done", created=created, finished=time.time()))
+                    restored.append(job_id)
+        return restored
+
+    def touch(self) -> None:
+        """A visitor used the Space (chat): the idle pause waits again."""
+        if self.idle is not None:
+            self.idle.touch()
+
+    def gpu_jobs(self) -> list[Job]:
+        """Jobs training now (on a GPU machine, they share the GPU with chat)."""
+        return self.store.list(phase=("running",))
+
     def state(self, job: Job) -> dict:
         """What /job_status answers: the status, and what the events say (step, loss, ETA, metrics, adapter, ...)."""
         status, s = self.status(job)
-        finished_with_adapter = status in ("completed", "cancelled") and s.adapter
+        finished_with_adapter = status in ("completed", "cancelled") and (s.adapter or s.adapter_repo)
         return {"id": job.id, "name": job.name, "status": status, "step": s.step, "max_steps": s.max_steps,
                 "loss": s.loss, "eval_loss": s.eval_loss, "eta_s": s.eta_s,
                 # the adapter to chat with: its Hub repo once pushed, else the run folder
                 "adapter": (s.adapter_repo or s.adapter) if finished_with_adapter else None,
                 "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": job.run_dir,
                 "metrics": s.metrics or None, "error": s.error if status == "failed" else None,
+                "push_pending": job.phase == "done" and self.push_pending(job, s),
                 "queue_position": self.queue_position(job.id), "created": job.created, "started": job.started,
                 "finished": job.finished}
 
@@ -433,16 +607,27 @@ class JobRunner:
                 self._signal(job_id, signal.SIGKILL)
                 self._kill_at.pop(job_id)
         free = self.slots - len(self._procs)
-        for job in self.store.list(phase=("queued",))[:max(0, free)]:
+        queued = self.store.list(phase=("queued",))
+        for job in queued[:max(0, free)]:
             self._start(job)
+        if self.idle is not None:
+            self.idle.tick(busy=bool(self._procs or queued))
 
     def _start(self, job: Job) -> None:
         token = self._tokens.pop(job.id, None)
         used = {p.slot for p in self._procs.values()}
         slot = next(i for i in range(self.slots) if i not in used)
         env = job_env(token, self.space)
+        from .records import JOB_ENV, OWNER_ENV
+
+        env[JOB_ENV], env[OWNER_ENV] = job.id, job.owner  # for the record on the final card
         if self.slots > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
+        for listener in self.before_start:
+            try:
+                listener(job)
+            except Exception as exc:  # a listener must not keep a job from starting
+                print(f"phi3space jobs: before-start listener failed: {scrub(repr(exc))}", file=sys.stderr)
         command = self.command(job.run.config) + (["--resume"] if job.resume else [])
         with job.run.log.open("ab") as log:
             # cwd: where `import phi3space` finds this code, so the job runs exactly what the server runs
@@ -457,6 +642,8 @@ class JobRunner:
         for type, fields in last_word(code, job.run.state(), job.cancel_requested, since=job.started):
             job.run.append(type, **fields)
         self.store.update(job.id, phase="done", exit_code=code, finished=time.time())
+        if self.bucket is not None:  # a copy for the owner; never the live store
+            self.bucket.sync_job(job.run, job.owner, job.id)
 
     def _signal(self, job_id: str, sig: int) -> None:
         proc = self._procs.get(job_id)

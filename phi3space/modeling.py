@@ -41,8 +41,20 @@ class Hardware:
 
 
 def detect_hardware(attn: str = "auto") -> Hardware:
-    """bf16 + flash-attention-2 on Ampere or newer (when installed, else sdpa); fp16 before Ampere; fp32 on CPU."""
+    """bf16 + flash-attention-2 on Ampere or newer (when installed, else sdpa); fp16 before Ampere; fp32 on CPU.
+
+    Raises:
+        ModelError: nvidia-smi sees a GPU that this torch cannot use (never train on the CPU by mistake).
+    """
+    import os
+
     import torch
+
+    from .runtime import ALLOW_CPU_ENV, cuda_mismatch, gpu_count, gpus, zero_gpu
+
+    if not torch.cuda.is_available() and not zero_gpu() and os.environ.get(ALLOW_CPU_ENV) != "1" and (seen := gpu_count()):
+        found = gpus()
+        raise cuda_mismatch(seen, torch.__version__, torch.version.cuda, found[0].driver if found else None)
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

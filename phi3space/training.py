@@ -196,7 +196,8 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
         from .config import auto_repo_name
         from .hub import check_push_access
 
-        repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg))
+        repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg),
+                                                         cfg.output.private)
     run.path.mkdir(parents=True, exist_ok=True)
     ckpt = _checkpoint_to_resume(cfg, run, resume, token, writer)
     if is_main_process():
@@ -276,10 +277,13 @@ def finish(cfg: RunConfig, pre: Preflight, trainer, fitted: Fitted, token: str |
     if is_main_process():
         from .card import write_card
         from .hub import base_license
+        from .records import job_record
 
         trainer.processing_class.save_pretrained(str(run.path))
         license = base_license(cfg.model.base, token) if pre.repo_id else None
-        write_card(cfg, run, license=license, repo_id=pre.repo_id, metrics=fitted.metrics)
+        status = "cancelled" if fitted.cancelled else "completed"
+        record = job_record(status, trainer.state.global_step, trainer.state.max_steps, fitted.metrics)
+        write_card(cfg, run, license=license, repo_id=pre.repo_id, metrics=fitted.metrics, record=record)
         if pre.repo_id and not fitted.cancelled:
             from .push import upload_adapter
 

@@ -242,14 +242,17 @@ def test_token_reaches_the_trainer_only_through_its_environment(make_runner, mon
     assert runner.get(s["id"], "alice").needs_token
 
 
-def test_on_a_space_the_owners_token_never_reaches_a_visitors_job(make_runner, monkeypatch):
+def test_on_a_space_the_owners_token_never_reaches_a_visitors_job(make_runner, monkeypatch, hub):
     monkeypatch.setenv("HF_TOKEN", "hf_OwnerTokenOfTheSpace123")
+    hub.add_user("visitor", "tok-visitor-0123456789")
     runner = make_runner(space=True)
-    s = wait(runner, runner.submit(cfg("complete"), "visitor").id, "visitor")
+    s = wait(runner, runner.submit(cfg("complete"), "visitor", "tok-visitor-0123456789").id, "visitor")
     seen = json.loads((RunDir(s["run_dir"]).path / "seen.json").read_text())
-    assert seen["hf_token"] is None and not Path(seen["hf_token_path"]).exists()
-    with pytest.raises(AuthError, match="sign in"):
-        runner.submit(cfg("complete", output={"push_to": "visitor/x"}), "visitor", None)
+    assert seen["hf_token"] == "tok-visitor-0123456789" and not Path(seen["hf_token_path"]).exists()
+    assert not [r for r in hub.requests if r.token == "hf_OwnerTokenOfTheSpace123"]
+    for push_to in (None, "visitor/x"):  # on a Space every run goes to the visitor's account: a sign-in is needed
+        with pytest.raises(AuthError, match="sign in"):
+            runner.submit(cfg("complete", output={"push_to": push_to}), "visitor", None)
 
 
 def test_off_a_space_the_local_token_is_used():

@@ -31,10 +31,11 @@ def running_app(data_dir, port=None, **runner_kw):
         services.set_runner(None)
 
 
-if __name__ == "__main__":  # python tests/ui_app.py DATA_DIR PORT: serve until killed (restart tests)
+if __name__ == "__main__":  # python tests/ui_app.py DATA_DIR PORT [--space]: serve until killed (restart tests)
     import sys
     import threading
 
-    with running_app(sys.argv[1], port=int(sys.argv[2])) as (url, _):
+    # --space: the runner decides from the environment (SYSTEM=spaces, SPACE_ID), as on a real Space
+    with running_app(sys.argv[1], port=int(sys.argv[2]), **({"space": None} if "--space" in sys.argv else {})) as (url, _):
         print(url, flush=True)
         threading.Event().wait()

@@ -27,6 +27,8 @@ def build_app() -> gr.Blocks:
                 gr.LoginButton(scale=0, min_width=220)
             else:
                 gr.Markdown("Local mode: runs use your HF_TOKEN (no sign-in here).", elem_id="local-mode")
+        for problem in platform_problems():
+            gr.Markdown(f"⚠️ **{problem}**", elem_id="platform-banner")
         follower = gr.State(Follower())
         timer = gr.Timer(POLL_S)
         with gr.Tabs() as tabs:
@@ -56,6 +58,13 @@ def open_in_chat(follower: Follower, profile: gr.OAuthProfile | None, oauth_toke
         gr.Warning("This run has no adapter yet: wait for it to finish.")
         return gr.skip(), gr.skip()
     return gr.Dropdown(choices=choices, value=value), gr.Tabs(selected="chat")
+
+
+def platform_problems() -> list[str]:
+    """What this machine cannot do (ZeroGPU, a GPU torch cannot use), said once at start in the log and on the page."""
+    from ..runtime import startup_report
+
+    return startup_report()
 
 
 def login_available() -> bool:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
-import subprocess
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -155,15 +153,13 @@ class Plan:
         return "\n".join([steps] + [f"- ⚠️ {w}" for w in self.warnings])
 
 
-@lru_cache(maxsize=1)
 def gpu_memory_gb() -> float | None:
-    """Memory of the first GPU (from nvidia-smi, so that the web server never imports torch for it)."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return float(out.splitlines()[0]) / 1024
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    """GPU memory the next job can use: free now on the first GPU (nvidia-smi: the web server never imports torch
+    for it), plus what the chat models hold, since they give the GPU back when a job starts. None without a GPU."""
+    from ..runtime import memory_for_training_gb
+    from .chat_service import held_gb
+
+    return memory_for_training_gb(held_gb())
 
 
 def planned_steps(cfg: RunConfig, rows: int | None) -> int | None:
@@ -199,5 +195,5 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
     elif need > 0.9 * gpu_gb:
         fix = "use QLoRA, or lower max_length or batch size" if cfg.model.method == "lora" else "lower max_length or batch size"
         warnings.append(f"this will likely not fit in this GPU's memory (about {need:.0f} GB needed, {gpu_gb:.0f} GB "
-                        f"available): {fix}.")
+                        f"free): {fix}.")
     return Plan(steps, warnings)

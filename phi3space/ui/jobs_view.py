@@ -16,7 +16,7 @@ from ..jobs import Job
 from ..run import FINAL, RunState
 from .common import UI_ONLY, user_errors
 from .follow import Follower, progress_html
-from .services import get_runner, identify
+from .services import get_runner, identify, signed_in
 
 TABLE_COLUMNS = ["job", "name", "status", "steps", "loss", "eval_loss", "adapter / repo", "submitted"]
 
@@ -30,7 +30,7 @@ class JobsView:
 
 
 def _owner(profile, oauth_token) -> str | None:
-    return identify(profile, oauth_token).owner
+    return signed_in(profile, oauth_token).owner  # on a Space, also brings back the visitor's runs after a restart
 
 
 def _rows(jobs: list[Job], statuses: dict[str, str]) -> list[list]:
@@ -64,7 +64,7 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     signature = (owner, follower.job_id, tuple(statuses.items()))
     changed = signature != seen
     if not new and not changed and (job is None or status in FINAL):
-        return (follower, seen) + (gr.skip(),) * 7
+        return (follower, seen) + (gr.skip(),) * 8
     html = progress_html(job, status, follower.state, runner.queue_position(job.id) if job else None)
     frame = follower.loss_frame()
     # An empty frame would fix the chart's colour scale with no series (and no line would show later).
@@ -74,7 +74,8 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     picker = gr.Dropdown(choices=_choices(jobs, statuses), value=follower.job_id) if changed else gr.skip()
     stop = gr.Button(interactive=job is not None and status not in FINAL)
     resume = gr.Button(visible=job is not None and status in ("failed", "cancelled") and job.run.latest_checkpoint() is not None)
-    return follower, signature, html, plot, log, table, picker, stop, resume
+    push = gr.Button(visible=job is not None and job.phase == "done" and runner.push_pending(job))
+    return follower, signature, html, plot, log, table, picker, stop, resume, push
 
 
 @user_errors
@@ -113,6 +114,17 @@ def resume(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.
     return None  # forget the seen signature: the next tick redraws everything
 
 
+@user_errors
+def push_again_click(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """Push the followed run's adapter (its push failed) with the visitor's current sign-in."""
+    visitor = identify(profile, oauth_token)
+    if follower.job_id is None:
+        return None
+    job = get_runner().push_again(follower.job_id, visitor.require_owner(), visitor.token)
+    gr.Info(f"{job.id}: the adapter is on the Hub now.")
+    return None  # forget the seen signature: the next tick redraws everything
+
+
 def build(timer: gr.Timer, follower: gr.State) -> JobsView:
     seen = gr.State(None)
     gr.Markdown("### Your runs")
@@ -120,6 +132,7 @@ def build(timer: gr.Timer, follower: gr.State) -> JobsView:
     with gr.Row():
         stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
         resume_btn = gr.Button("Resume from last checkpoint", visible=False, elem_id="resume")
+        push_btn = gr.Button("Push again", visible=False, elem_id="push-again")
         chat_btn = gr.Button("Chat with this run", elem_id="open-chat")
     with gr.Row():
         plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss", height=260, elem_id="loss-plot",
@@ -127,9 +140,10 @@ def build(timer: gr.Timer, follower: gr.State) -> JobsView:
         log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="job-log")
     picker = gr.Dropdown(label="Follow job", choices=[], interactive=True)
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True)
-    outputs = [follower, seen, progress, plot, log, table, picker, stop_btn, resume_btn]
+    outputs = [follower, seen, progress, plot, log, table, picker, stop_btn, resume_btn, push_btn]
     timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
     picker.input(pick, [picker, follower], [follower, seen], api_visibility=UI_ONLY)
     stop_btn.click(stop, follower, None, api_visibility=UI_ONLY)
     resume_btn.click(resume, follower, seen, api_visibility=UI_ONLY)
+    push_btn.click(push_again_click, follower, seen, api_visibility=UI_ONLY)
     return JobsView(follower, picker, chat_btn, outputs)

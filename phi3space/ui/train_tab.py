@@ -111,7 +111,7 @@ def start(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, fo
     visitor, cfg = _config(profile, oauth_token, upload, values)
     owner = visitor.require_owner()
     runner = get_runner()
-    job = runner.submit(cfg, owner, visitor.token)
+    job = runner.submit(cfg, owner, visitor.token, visitor.expires_at)
     follower = Follower()
     follower.follow(job)
     where = "starting now" if runner.queue_position(job.id) is None else f"number {runner.queue_position(job.id)} in the queue"
