@@ -13,6 +13,7 @@ job starts and is never written to the store, the config or argv. Nothing here k
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import signal
@@ -70,6 +71,7 @@ class Job:
     cancel_requested: bool = False
     needs_token: bool = False
     resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
+    argv: str = ""  # a job that is not a training run: its `python -m phi3space` arguments, as JSON (see submit_merge)
 
     @property
     def run(self) -> RunDir:
@@ -252,8 +254,9 @@ class JobRunner:
 
     # ------------------------------------------------------------ public
 
-    def submit(self, cfg: RunConfig, owner: str, token: str | None = None) -> Job:
-        """Queue a run for ``owner``; its run folder is chosen here, under the data folder."""
+    def submit(self, cfg: RunConfig, owner: str, token: str | None = None, name: str | None = None) -> Job:
+        """Queue a run for ``owner`` (named ``name``, else <base>-<dataset>-<method>); its run folder is chosen here,
+        under the data folder."""
         if self.space and cfg.output.push_to and not token:
             raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face', or clear the destination repo.")
         for part, key in ((cfg.data, "dataset"), (cfg.model, "base")):  # the trainer runs elsewhere: no relative paths
@@ -267,13 +270,39 @@ class JobRunner:
         cfg.output.dir = str(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
+        return self._queue(Job(id=job_id, owner=owner, name=name or default_run_name(cfg), run_dir=str(run.path),
+                               needs_token=bool(token)), token)
+
+    def submit_merge(self, job_id: str, push_to: str, owner: str, token: str | None = None, private: bool = True,
+                     name: str | None = None) -> Job:
+        """Queue a job that folds a finished job's adapter into its base model and pushes the merged 16-bit model
+        to ``push_to`` (``python -m phi3space merge ... --push-to``); it runs, queues and stops like training.
+
+        Raises:
+            ConfigError: the job is not the owner's, or it left no adapter.
+            AuthError: on a Space, without the visitor's token.
+        """
+        source = self.get(job_id, owner)
+        status, _ = self.status(source)
+        if status not in ("completed", "cancelled") or not source.run.has_adapter():
+            raise ConfigError([f"job {job_id} has no adapter to merge (status: {status})"],
+                              "Merge a finished run (or one stopped after it saved its adapter).")
+        if self.space and not token:
+            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+        merge_id = uuid.uuid4().hex[:12]
+        run = RunDir(self.root / "runs" / safe_name(owner) / merge_id)
+        run.path.mkdir(parents=True, exist_ok=True)
+        argv = ["merge", source.run_dir, "--push-to", push_to, "--run-dir", str(run.path)] + ([] if private else ["--public"])
+        return self._queue(Job(id=merge_id, owner=owner, name=name or f"{source.name}-merged", run_dir=str(run.path),
+                               needs_token=bool(token), argv=json.dumps(argv)), token)
+
+    def _queue(self, job: Job, token: str | None) -> Job:
         register_secret(token)
-        job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), needs_token=bool(token))
         with self._lock:
-            self._tokens[job_id] = token
+            self._tokens[job.id] = token
             self.store.add(job)
             self._tick()
-        return self.get(job_id, owner)
+        return self.get(job.id, job.owner)
 
     def get(self, job_id: str, owner: str) -> Job:
         """The job, if it belongs to ``owner``; anyone else gets the same 'not found' as for a missing job."""
@@ -319,6 +348,9 @@ class JobRunner:
         """
         with self._lock:
             job = self.get(job_id, owner)
+            if job.argv:
+                raise ConfigError([f"job {job_id} is not a training run: only training runs can be resumed"],
+                                  "Start it again instead.")
             status, _ = self.status(job)
             if status not in ("failed", "cancelled"):
                 raise ConfigError([f"job {job_id} is {status}: only a failed or stopped job can be resumed"],
@@ -408,7 +440,10 @@ class JobRunner:
         env = job_env(token, self.space)
         if self.slots > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
-        command = self.command(job.run.config) + (["--resume"] if job.resume else [])
+        if job.argv:
+            command = [sys.executable, "-u", "-m", "phi3space", *json.loads(job.argv)]
+        else:
+            command = self.command(job.run.config) + (["--resume"] if job.resume else [])
         with job.run.log.open("ab") as log:
             # cwd: where `import phi3space` finds this code, so the job runs exactly what the server runs
             proc = subprocess.Popen(command, env=env, cwd=PACKAGE_PARENT, stdout=log,
@@ -434,12 +469,12 @@ class JobRunner:
 
 
 def _is_our_process(job: Job) -> bool:
-    """The pid still runs *this* job's trainer (and is not a reused pid, nor a zombie)."""
+    """The pid still runs *this* job's process (its command names the run folder; not a reused pid, nor a zombie)."""
     try:
         cmdline = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
-    return str(job.run.config) in cmdline
+    return str(job.run.path) in cmdline
 
 
 def log_tail(job: Job, lines: int = 40) -> str:
