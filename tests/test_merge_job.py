@@ -5,12 +5,15 @@ queues, runs and reports like training, with the visitor's token only in its env
 import json
 import time
 
+import gradio as gr
 import pytest
 
 from phi3space import cli
 from phi3space.errors import AuthError, ConfigError
 from phi3space.jobs import Job, JobRunner
 from phi3space.run import RunDir
+from phi3space.ui import jobs_view, services
+from phi3space.ui.follow import Follower
 
 ALICE = "tok-alice-merge-123456"
 
@@ -116,3 +119,23 @@ def test_a_merge_job_needs_a_finished_run_of_the_owner_and_on_a_space_a_sign_in(
     with pytest.raises(ConfigError, match="no adapter to merge"):
         runner.submit_merge("failed1", "alice/x", "alice", ALICE)
 
+
+def test_the_merge_button_checks_the_destination_before_queueing(trained_run, alice, tmp_path, monkeypatch):
+    """Off a Space the page merges with the machine's login; without one, or to a repo outside that account, it
+    refuses at once."""
+    runner = JobRunner(tmp_path / "data", slots=1, space=False)
+    services.set_runner(runner)
+    try:
+        source = finished_training_job(runner, trained_run, owner="local")
+        follower = Follower()
+        follower.follow(source)
+        with pytest.raises(gr.Error, match="needs a Hugging Face token"):
+            jobs_view.merge(follower, "alice/x", True, None, None)
+        monkeypatch.setenv("HF_TOKEN", ALICE)
+        for repo, message in (("not a repo", "is not a Hub repo ID"), ("bob/x", "cannot push to bob/x")):
+            with pytest.raises(gr.Error, match=message):
+                jobs_view.merge(follower, repo, True, None, None)
+        assert [j.id for j in runner.list("local")] == [source.id]
+    finally:
+        runner.shutdown()
+        services.set_runner(None)
