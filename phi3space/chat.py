@@ -147,10 +147,10 @@ def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, to
     Raises:
         ModelError: adapter or base not found, or the adapter does not fit the base.
     """
+    stage = on_stage or (lambda text: None)
+    stage(f"loading the adapter {adapter}")  # (importing peft and torch takes a while on its own)
     from peft import PeftModel
 
-    stage = on_stage or (lambda text: None)
-    stage(f"loading the adapter {adapter}")
     path = resolve_adapter(adapter, token)
     base = base or adapter_base(path)
     stage(f"loading the base model {base} (16-bit)")

@@ -100,7 +100,9 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     follower.remembered = follower.job_id
     if not new and not changed and (job is None or status in FINAL):
         return (follower, seen, memory) + (gr.skip(),) * 9
-    stage = (follower.stage or "starting") if job is not None and job.argv else None
+    stage = None
+    if job is not None and job.argv:  # a merge job: what it is doing, rather than steps and losses
+        stage = "done" if status == "completed" else (follower.stage or "starting")
     html = progress_html(job, status, follower.state, runner.queue_position(job.id) if job else None, stage)
     plot = _plot(follower) if new or changed else gr.skip()
     log = follower.log_text(job, status) if new or changed else gr.skip()
