@@ -444,13 +444,16 @@ class JobRunner:
             command = [sys.executable, "-u", "-m", "phi3space", *json.loads(job.argv)]
         else:
             command = self.command(job.run.config) + (["--resume"] if job.resume else [])
+        # Taken before the process starts: a fast process may write its last word before Popen returns here, and a
+        # last word older than `started` counts as an earlier attempt's (last_word).
+        started = time.time()
         with job.run.log.open("ab") as log:
             # cwd: where `import phi3space` finds this code, so the job runs exactly what the server runs
             proc = subprocess.Popen(command, env=env, cwd=PACKAGE_PARENT, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         proc.slot = slot  # type: ignore[attr-defined]
         self._procs[job.id] = proc
-        self.store.update(job.id, phase="running", started=time.time(), pid=proc.pid, slot=slot)
+        self.store.update(job.id, phase="running", started=started, pid=proc.pid, slot=slot)
 
     def _finish(self, job: Job, code: int | None) -> None:
         """The process ended (or a queued job was dropped): append the last word its events lack, mark it done."""
