@@ -132,6 +132,9 @@ def test_a_form_filled_by_hand_trains_a_mapped_csv_survives_a_reload_and_chats(a
         open_panel(page, title)
     for key in ("training.max_steps", "training.eval_steps", "data.max_samples"):
         expect(field(page, key)).to_have_value("")
+    expect(field(page, "training.learning_rate")).to_have_attribute("step", "0.00001")
+    for upload in ("#data-upload", "#config-upload"):
+        text_fits(page, upload, "Click to Upload")
 
     # Every field by hand; the uploaded file takes the dataset box's place.
     field(page, "data.dataset").fill("someone/not-this-dataset")
@@ -212,6 +215,9 @@ def test_a_form_filled_by_hand_trains_a_mapped_csv_survives_a_reload_and_chats(a
     chart = page.locator("#loss-plot").screenshot()
     assert colour_pixels(chart, TRAIN_RGB) > 150 and colour_pixels(chart, EVAL_RGB) > 150
     expect(page.locator("#runs-table")).to_contain_text("40/40")
+    table = page.locator("#runs-table").bounding_box()  # every column fits at 1280 px (the last one was cut off)
+    last = page.locator("#runs-table th").last.bounding_box()
+    assert last["x"] + last["width"] <= table["x"] + table["width"] + 0.5, (last, table)
     # Merge and push checks the destination before it queues anything (this machine has no Hub login).
     open_panel(page, "Merge and push the full model")
     page.locator("#merge-repo textarea").fill("someone/merged")
@@ -245,10 +251,10 @@ def inside_screen(page, selector: str, width: int = 390) -> None:
     assert overflow <= 1, f"{selector} clips {overflow}px of its content"
 
 
-def text_fits(page, container: str, text: str) -> None:
+def text_fits(page, container: str, text: str, exact: bool = False) -> None:
     """A text inside ``container`` is drawn inside the container's box (not cut off by it)."""
     outer = page.locator(container).first.bounding_box()
-    inner = page.locator(container).get_by_text(text).first.bounding_box()
+    inner = page.locator(container).get_by_text(text, exact=exact).first.bounding_box()
     assert inner is not None, f"{text!r} is not shown in {container}"
     assert (inner["x"] >= outer["x"] - 0.5 and inner["y"] >= outer["y"] - 0.5
             and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 0.5
