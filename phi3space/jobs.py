@@ -17,6 +17,7 @@ back from there. The store and the run folders stay on local disk, never on a bu
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import signal
@@ -66,6 +67,7 @@ class Job:
     cancel_requested: bool = False
     needs_token: bool = False
     resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
+    argv: str = ""  # a job that is not a training run: its `python -m phi3space` arguments, as JSON (see submit_merge)
 
     @property
     def run(self) -> RunDir:
@@ -294,8 +296,10 @@ class JobRunner:
 
     # ------------------------------------------------------------ public
 
-    def submit(self, cfg: RunConfig, owner: str, token: str | None = None, expires_at: float | None = None) -> Job:
-        """Queue a run for ``owner``; its run folder is chosen here, under the data folder.
+    def submit(self, cfg: RunConfig, owner: str, token: str | None = None, expires_at: float | None = None,
+               name: str | None = None) -> Job:
+        """Queue a run for ``owner`` (named ``name``, else <base>-<dataset>-<method>); its run folder is chosen here,
+        under the data folder.
 
         On a Space the run always goes to the Hub (the destination defaults to ``auto``, checkpoints are pushed):
         write access is proven now (create_repo, then auth_check(write=True)), and the job is recorded on the repo's
@@ -320,9 +324,10 @@ class JobRunner:
                             "Space's own disk does not survive a restart).")
         self.check_token_lasts(cfg, expires_at)
         if self.space:
+            from .config import auto_repo_name
             from .hub import check_push_access
 
-            cfg.output.push_to = check_push_access(cfg.output.push_to, token, default_run_name(cfg), cfg.output.private)
+            cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg), cfg.output.private)
             self._check_repo_free(cfg.output.push_to, owner)
         for part, key in ((cfg.data, "dataset"), (cfg.model, "base")):  # the trainer runs elsewhere: no relative paths
             value = getattr(part, key)
@@ -334,17 +339,44 @@ class JobRunner:
         cfg.output.dir = str(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
-        register_secret(token)
-        job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), needs_token=bool(token))
+        job = Job(id=job_id, owner=owner, name=name or default_run_name(cfg), run_dir=str(run.path),
+                  needs_token=bool(token))
         if self.space:
             from .records import publish_queued
 
             publish_queued(cfg, cfg.output.push_to, job_id, owner, token, job.created)
+        return self._queue(job, token)
+
+    def submit_merge(self, job_id: str, push_to: str, owner: str, token: str | None = None, private: bool = True,
+                     name: str | None = None) -> Job:
+        """Queue a job that folds a finished job's adapter into its base model and pushes the merged 16-bit model
+        to ``push_to`` (``python -m phi3space merge ... --push-to``); it runs, queues and stops like training.
+
+        Raises:
+            ConfigError: the job is not the owner's, or it left no adapter.
+            AuthError: on a Space, without the visitor's token.
+        """
+        source = self.get(job_id, owner)
+        status, _ = self.status(source)
+        if status not in ("completed", "cancelled") or not source.run.has_adapter():
+            raise ConfigError([f"job {job_id} has no adapter to merge (status: {status})"],
+                              "Merge a finished run (or one stopped after it saved its adapter).")
+        if self.space and not token:
+            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+        merge_id = uuid.uuid4().hex[:12]
+        run = RunDir(self.root / "runs" / safe_name(owner) / merge_id)
+        run.path.mkdir(parents=True, exist_ok=True)
+        argv = ["merge", source.run_dir, "--push-to", push_to, "--run-dir", str(run.path)] + ([] if private else ["--public"])
+        return self._queue(Job(id=merge_id, owner=owner, name=name or f"{source.name}-merged", run_dir=str(run.path),
+                               needs_token=bool(token), argv=json.dumps(argv)), token)
+
+    def _queue(self, job: Job, token: str | None) -> Job:
+        register_secret(token)
         with self._lock:
-            self._tokens[job_id] = token
+            self._tokens[job.id] = token
             self.store.add(job)
             self._tick()
-        return self.get(job_id, owner)
+        return self.get(job.id, job.owner)
 
     def _check_repo_free(self, repo_id: str, owner: str) -> None:
         """One unfinished job per repo: the card records one job, and the checkpoints branch holds one run."""
@@ -434,6 +466,9 @@ class JobRunner:
         if refusal is not None:
             raise refusal
         job = self.get(job_id, owner)
+        if job.argv:
+            raise ConfigError([f"job {job_id} is not a training run: only training runs can be resumed"],
+                              "Start it again instead.")
         status, _ = self.status(job)
         if status not in ("failed", "cancelled"):
             raise ConfigError([f"job {job_id} is {status}: only a failed or stopped job can be resumed"],
@@ -628,14 +663,20 @@ class JobRunner:
                 listener(job)
             except Exception as exc:  # a listener must not keep a job from starting
                 print(f"phi3space jobs: before-start listener failed: {scrub(repr(exc))}", file=sys.stderr)
-        command = self.command(job.run.config) + (["--resume"] if job.resume else [])
+        if job.argv:
+            command = [sys.executable, "-u", "-m", "phi3space", *json.loads(job.argv)]
+        else:
+            command = self.command(job.run.config) + (["--resume"] if job.resume else [])
+        # Taken before the process starts: a fast process may write its last word before Popen returns here, and a
+        # last word older than `started` counts as an earlier attempt's (last_word).
+        started = time.time()
         with job.run.log.open("ab") as log:
             # cwd: where `import phi3space` finds this code, so the job runs exactly what the server runs
             proc = subprocess.Popen(command, env=env, cwd=PACKAGE_PARENT, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         proc.slot = slot  # type: ignore[attr-defined]
         self._procs[job.id] = proc
-        self.store.update(job.id, phase="running", started=time.time(), pid=proc.pid, slot=slot)
+        self.store.update(job.id, phase="running", started=started, pid=proc.pid, slot=slot)
 
     def _finish(self, job: Job, code: int | None) -> None:
         """The process ended (or a queued job was dropped): append the last word its events lack, mark it done."""
@@ -656,12 +697,12 @@ class JobRunner:
 
 
 def _is_our_process(job: Job) -> bool:
-    """The pid still runs *this* job's trainer (and is not a reused pid, nor a zombie)."""
+    """The pid still runs *this* job's process (its command names the run folder; not a reused pid, nor a zombie)."""
     try:
         cmdline = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
-    return str(job.run.config) in cmdline
+    return str(job.run.path) in cmdline
 
 
 def log_tail(job: Job, lines: int = 40) -> str:

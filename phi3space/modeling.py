@@ -77,16 +77,23 @@ def _failure(base: str, exc: Exception) -> ModelError:
     return mapped
 
 
+def _check_folder(base: str) -> None:
+    """A base given as a path must be a folder here (before the libraries mistake it for a malformed Hub ID)."""
+    from .hub import is_local_ref
+
+    if is_local_ref(base) and not Path(base).expanduser().is_dir():
+        raise ModelError(f"model folder not found: {base}",
+                         "Give a Hub model ID such as microsoft/Phi-3-mini-4k-instruct, or a folder holding config.json, "
+                         "the weights and the tokenizer files.")
+
+
 def check_base(base: str, token: str | None = None):
     """Load and check the base model's config before any weights: it must be a native Phi-3."""
     from transformers import AutoConfig
 
     from .hub import check_read_access, is_local_ref
 
-    if is_local_ref(base) and not Path(base).expanduser().is_dir():
-        raise ModelError(f"model folder not found: {base}",
-                         "Give a Hub model ID such as microsoft/Phi-3-mini-4k-instruct, or a folder holding config.json, "
-                         "the weights and the tokenizer files.")
+    _check_folder(base)
     try:
         if not is_local_ref(base):  # the cache is shared: ask the Hub whether *this* token may read it
             check_read_access(base, "model", token)
@@ -102,6 +109,7 @@ def check_base(base: str, token: str | None = None):
 def load_tokenizer(base: str, token: str | None = None):
     from transformers import AutoTokenizer
 
+    _check_folder(base)
     try:
         tok = AutoTokenizer.from_pretrained(base, token=token)
     except (OSError, ValueError) as exc:

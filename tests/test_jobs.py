@@ -285,6 +285,27 @@ def test_restart_writes_the_last_word_of_lost_jobs_into_their_runs(tmp_path, mak
     assert "never stored" in tok.state().error["hint"]
 
 
+def test_a_resumed_job_that_finishes_before_popen_returns_is_completed(make_runner, monkeypatch):
+    """On a busy machine the server thread may get the CPU back only after a fast job has finished: its own last
+    word is newer than the start of that attempt, so it counts (it was taken as an earlier attempt's)."""
+    import subprocess as sp
+
+    from phi3space import jobs as jobs_mod
+
+    runner = make_runner()
+    job = runner.submit(cfg("checkpoint-then-crash"), "me")
+    assert wait(runner, job.id)["status"] == "failed"
+
+    class SlowToReturn(sp.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.wait()  # the child writes its last word before the server notes the start
+
+    monkeypatch.setattr(jobs_mod.subprocess, "Popen", SlowToReturn)
+    runner.resume(job.id, "me")
+    assert wait(runner, job.id)["status"] == "completed"
+
+
 def test_a_second_server_on_the_same_data_folder_is_refused(make_runner, tmp_path):
     from phi3space.jobs import DataDirBusy
 

@@ -4,6 +4,7 @@ expire, write access proven before any weights load, the idle pause, SQLite kept
 that pin the Space's torch build."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -236,13 +237,14 @@ def test_on_a_space_write_access_is_proven_at_submit(hub, tmp_path, monkeypatch)
         assert runner.list("alice") == []
         job = runner.submit(cfg(), "alice", ALICE)  # on a Space: pushed to the visitor's account by default
         pushed = runner.get(job.id, "alice").run.load_config().output
-        assert pushed.push_to == "alice/phi-3-mini-4k-instruct-qa-lora" and pushed.push_checkpoints is True
+        assert re.fullmatch(r"alice/phi-3-mini-4k-instruct-qa-lora-\d{8}-\d{6}", pushed.push_to)  # a repo per run
+        assert pushed.push_checkpoints is True
         card = hub.files(pushed.push_to)["README.md"].decode()  # the job's record: how it is found after a restart
         record = yaml.safe_load(card.split("---")[1])["phi3space"]
         assert record["job"] == job.id and record["owner"] == "alice" and record["status"] == "queued"
         assert "phi3space" in yaml.safe_load(card.split("---")[1])["tags"]
         with pytest.raises(ConfigError, match="has not finished"):  # one unfinished job per repo
-            runner.submit(cfg(), "alice", ALICE)
+            runner.submit(cfg(output={"push_to": pushed.push_to}), "alice", ALICE)
     finally:
         runner.shutdown()
 

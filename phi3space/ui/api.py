@@ -17,11 +17,11 @@ import gradio as gr
 from .. import config as config_mod
 from ..hub import on_space
 from .chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
-from .common import user_errors
+from .common import api_errors
 from .services import check_inputs_allowed, get_runner, signed_in
 
 
-@user_errors
+@api_errors
 def submit_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """Queue a training run from a YAML run config (the format of `python -m phi3space train`); returns the job id.
     output.dir is chosen by the server."""
@@ -32,7 +32,7 @@ def submit_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: g
     return get_runner().submit(cfg, owner, visitor.token, visitor.expires_at).id
 
 
-@user_errors
+@api_errors
 def job_status(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """JSON: status (queued|running|completed|failed|cancelled), step, max_steps, loss, eval_loss, eta_s,
     adapter (run folder, or the Hub repo when pushed), repo_url, metrics, error, queue_position, push_pending."""
@@ -41,7 +41,7 @@ def job_status(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAu
     return json.dumps(runner.state(runner.get(job_id, owner)))
 
 
-@user_errors
+@api_errors
 def cancel_job(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """Stop a job (a running one saves its adapter and ends as cancelled); returns its status as JSON."""
     owner = signed_in(profile, oauth_token).require_owner()
@@ -49,7 +49,7 @@ def cancel_job(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAu
     return json.dumps(runner.state(runner.cancel(job_id, owner)))
 
 
-@user_errors
+@api_errors
 def resume_job(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """Queue a failed or stopped job again, continuing from its newest checkpoint; returns its status as JSON."""
     visitor = signed_in(profile, oauth_token)
@@ -57,7 +57,7 @@ def resume_job(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAu
     return json.dumps(runner.state(runner.resume(job_id, visitor.require_owner(), visitor.token, visitor.expires_at)))
 
 
-@user_errors
+@api_errors
 def list_jobs(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """JSON list of your jobs, oldest first, each as /job_status answers it (on a Space, also the runs brought
     back from your Hub repos after a restart)."""
@@ -66,7 +66,7 @@ def list_jobs(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None
     return json.dumps([runner.state(job) for job in runner.list(owner)])
 
 
-@user_errors
+@api_errors
 def push_again(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """Push a finished run whose push failed (status failed, push_pending true) with your current token; no
     retraining. Returns its status as JSON (completed once delivered)."""
@@ -75,7 +75,7 @@ def push_again(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAu
     return json.dumps(runner.state(runner.push_again(job_id, visitor.require_owner(), visitor.token)))
 
 
-@user_errors
+@api_errors
 def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, profile: gr.OAuthProfile | None = None,
          oauth_token: gr.OAuthToken | None = None) -> Iterator[str]:
