@@ -70,6 +70,7 @@ class Job:
     cancel_requested: bool = False
     needs_token: bool = False
     resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
+    remote: str | None = None  # "namespace/id" of its Hugging Face job (compute.backend: hf-jobs; see remote_jobs.py)
 
     @property
     def run(self) -> RunDir:
@@ -265,6 +266,9 @@ class JobRunner:
         self._kill_at: dict[str, float] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        from .remote_jobs import RemoteJobs
+
+        self.remote = RemoteJobs(self)
         self.recover()
         self._thread = threading.Thread(target=self._loop, name="phi3space-jobs", daemon=True)
         self._thread.start()
@@ -273,6 +277,8 @@ class JobRunner:
 
     def submit(self, cfg: RunConfig, owner: str, token: str | None = None) -> Job:
         """Queue a run for ``owner``; its run folder is chosen here, under the data folder."""
+        if cfg.compute.backend == "hf-jobs":  # started on Hugging Face Jobs at once: no slot, no queue
+            return self.remote.submit(cfg, owner, token)
         if self.space and cfg.output.push_to and not token:
             raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face', or clear the destination repo.")
         for part, key in ((cfg.data, "dataset"), (cfg.model, "base")):  # the trainer runs elsewhere: no relative paths
@@ -324,6 +330,9 @@ class JobRunner:
                 self._tokens.pop(job_id, None)
                 self.store.update(job_id, cancel_requested=True)
                 self._finish(self.store.get(job_id), None)
+            elif job.phase == "running" and not job.cancel_requested and job.remote:
+                self.remote.cancel(job)  # the platform stops it; its follower writes how it ended
+                self.store.update(job_id, cancel_requested=True)
             elif job.phase == "running" and not job.cancel_requested:
                 self.store.update(job_id, cancel_requested=True)
                 self._signal(job_id, signal.SIGTERM)
@@ -336,6 +345,8 @@ class JobRunner:
         Raises:
             ConfigError: the job is still queued/running or finished well, or it left no checkpoint to continue from.
         """
+        if self.get(job_id, owner).remote:  # continued on Hugging Face Jobs, from the checkpoint it pushed
+            return self.remote.resume(self.get(job_id, owner), token)
         with self._lock:
             job = self.get(job_id, owner)
             status, _ = self.status(job)
@@ -370,6 +381,7 @@ class JobRunner:
     def shutdown(self, timeout: float = 10) -> None:
         """Stop the supervisor thread and end running jobs (tests and server exit)."""
         self._stop.set()
+        self.remote.shutdown()
         self._thread.join(timeout)
         for proc in list(self._procs.values()):
             if isinstance(proc, subprocess.Popen) and proc.poll() is None:
@@ -387,7 +399,9 @@ class JobRunner:
         while no one watched gets its last word from its events (the supervisor adds one if it has none); queued
         jobs that needed a sign-in token cannot start any more (tokens are never stored)."""
         for job in self.store.list(phase=("running",)):
-            if job.pid and _is_our_process(job):
+            if job.remote:  # on Hugging Face Jobs: followed again once its owner's token is at hand
+                self.remote.recover(job)
+            elif job.pid and _is_our_process(job):
                 self._procs[job.id] = _Adopted(job)
             else:
                 self._finish(job, None)

@@ -367,9 +367,9 @@ def parse_event(line: str) -> dict | None:
     return event if ok else None
 
 
-# The newest event mirrored per run folder and job in this process: two followers of one job (a restarted runner
-# beside the thread of the old one) never write an event twice.
-_mirrored: dict[tuple[str, str], int] = {}
+# The newest event mirrored per events file and job in this process: two followers of one job (a restarted runner
+# beside the thread of the old one) never write an event twice. A file replaced since (a wiped disk) starts afresh.
+_mirrored: dict[tuple[str, int | None, str], int] = {}
 _mirrored_lock = threading.Lock()
 
 
@@ -379,7 +379,11 @@ class Mirror:
     def __init__(self, run: RunDir, ref: JobRef, writer: EventWriter | None = None):
         self.run, self.ref = run, ref
         self.writer = writer or run.writer()
-        self.key = (str(run.path.resolve()), ref.id)
+        try:
+            inode = run.events.stat().st_ino
+        except OSError:
+            inode = None
+        self.key = (str(run.path.resolve()), inode, ref.id)
         with _mirrored_lock:
             if self.key not in _mirrored:
                 events, _ = run.read_events()
@@ -496,7 +500,11 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
                 return False
             info = inspect(ref, token)
             if str(info.status.stage) in TERMINAL:
-                _write_last_word(writer, last_word(info, run.state(), cfg))
+                state = run.state()
+                if info.created_at and (state.started or 0) < info.created_at.timestamp() - 5:
+                    # what the events say is an earlier attempt's (this job never started training)
+                    state = RunState(step=state.step, checkpoint_url=state.checkpoint_url)
+                _write_last_word(writer, last_word(info, state, cfg))
                 return True
         except KeyboardInterrupt:
             if on_interrupt is None:

@@ -47,6 +47,8 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
     for job in jobs:
         status, state = runner.status(job)
         if ref in (job.id, job.run_dir, state.adapter_repo, state.adapter_url):
+            if status == "completed" and job.remote and state.adapter_repo:  # trained on Jobs: pushed, not here
+                return resolve_adapter(state.adapter_repo, visitor.hub_token(space))
             if status not in ("completed", "cancelled") or not job.run.has_adapter():
                 hint = ("Wait for it to finish, or choose another run." if status in ("queued", "running") else
                         "It ended without an adapter: resume it or start it again, or choose another run.")

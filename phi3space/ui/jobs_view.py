@@ -73,7 +73,8 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     table = _rows(jobs, statuses) if changed else gr.skip()
     picker = gr.Dropdown(choices=_choices(jobs, statuses), value=follower.job_id) if changed else gr.skip()
     stop = gr.Button(interactive=job is not None and status not in FINAL)
-    resume = gr.Button(visible=job is not None and status in ("failed", "cancelled") and job.run.latest_checkpoint() is not None)
+    resume = gr.Button(visible=job is not None and status in ("failed", "cancelled")
+                       and (job.run.latest_checkpoint() is not None or bool(job.remote and follower.state.checkpoint_url)))
     return follower, signature, html, plot, log, table, picker, stop, resume
 
 

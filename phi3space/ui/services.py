@@ -65,15 +65,22 @@ def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
         token = None
     register_secret(token)
     if profile is not None and getattr(profile, "username", None):
-        return Visitor(profile.username, token)
+        return _seen(Visitor(profile.username, token))
     if token:
         from ..hub import whoami
 
         try:
-            return Visitor(whoami(token)["name"], token)
+            return _seen(Visitor(whoami(token)["name"], token))
         except AuthError:
             raise AuthError("the Hub did not accept your token", "Sign in again, or pass a valid token (oauth_token=...).") from None
     return Visitor(None if space else LOCAL_OWNER, None)
+
+
+def _seen(visitor: Visitor) -> Visitor:
+    """A visitor with a token: their runs on Hugging Face Jobs can be followed (again) with it."""
+    if visitor.token and _runner is not None:
+        _runner.remote.seen(visitor.owner, visitor.token)
+    return visitor
 
 
 def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), space: bool | None = None) -> None:
