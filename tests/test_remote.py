@@ -178,3 +178,35 @@ def test_the_platforms_last_word(stage, message, events, expected):
             assert "Resume continues from the last checkpoint it pushed (https://hub/alice/x/tree/checkpoints)" in \
                 state.error["hint"]
     assert json.dumps(words)  # plain data, ready for the events file
+
+
+def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
+    from phi3space.ui import compute_box, forms
+
+    monkeypatch.setattr(remote, "_hardware", None)
+    values = forms.form_values(jobs_cfg(flavor="l4x4", timeout="90m"))
+    assert values[-3:] == ["hf-jobs", "l4x4", "90m"]
+    assert forms.config_from_form(values).compute == jobs_cfg(flavor="l4x4", timeout="90m").compute
+
+    inspection = forms.Inspection("alice/qa", "", rows=8000, lengths=[300] * 50)
+    cfg = jobs_cfg(flavor="l4x4", timeout="90m")
+    cfg.data.eval_fraction = 0.0
+    p = forms.plan(cfg, inspection, gpu_gb=None)
+    assert p.steps == 125  # 8,000 rows / (4 per GPU x 4 GPUs) / 4 accumulated
+    assert "**Hugging Face Jobs:** l4x4 · 4× L4 24 GB · $3.80/h · about" in p.markdown()
+    assert "at most $5.70 (timeout 1.5 h), billed to you" in p.markdown()
+    assert not any("no GPU on this machine" in w for w in p.warnings)
+    big = jobs_cfg(flavor="t4-small")
+    big.training.max_length, big.training.batch_size = 4096, 16
+    assert any("not fit in this GPU's memory" in w and "16 GB available" in w for w in forms.plan(big).warnings)
+    assert forms.plan(jobs_cfg(flavor="cpu-upgrade")).warnings[0].startswith("cpu-upgrade has no GPU")
+    assert forms.plan(config.from_dict({"data": {"dataset": "x"}})).cost is None  # this machine: no price tag
+
+    offline = compute_box.flavor_choices(fetch=False)
+    assert ("a10g-largex2", "a10g-largex2") in offline and not any(v.startswith("cpu") for _, v in offline)
+    priced = dict((v, label) for label, v in compute_box.flavor_choices())
+    assert priced["a10g-large"] == "a10g-large · 1× A10G 24 GB · $1.50/h" and "cpu-basic" not in priced
+    dropdown, push = compute_box.on_backend("hf-jobs", "l4x1", None)
+    assert push is True and ("l4x1 · 1× L4 24 GB · $0.80/h", "l4x1") in dropdown.choices
+    assert compute_box.on_backend("local", "l4x1", None)[1] is not True
+    monkeypatch.setattr(remote, "_hardware", None)
