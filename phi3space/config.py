@@ -102,6 +102,8 @@ class ComputeConfig:
                                    "several GPUs (a10g-largex2, l4x4, h200x8) train data-parallel with accelerate.")
     timeout: str = _f("4h", "hf-jobs: the job is stopped after this long (s, m, h or d; e.g. 90m, 6h), which also "
                             "caps its cost; Resume continues from the last pushed checkpoint.")
+    gpus: str = _f("1", "local, in the app's queue: GPUs (slots) the run takes, 1, N or all; more than one trains "
+                        "data-parallel under accelerate launch. (hf-jobs: the flavor decides; CLI: accelerate launch.)")
 
 
 @dataclass
@@ -561,6 +563,8 @@ def _validate_compute(c: ComputeConfig, o: OutputConfig) -> list[str]:
         p.append(f"compute.timeout: {_show(c.timeout)} is not a duration; write e.g. 90m, 4h or 1d")
     elif not low <= seconds <= high:
         p.append(f"compute.timeout: {_show(c.timeout)} is outside 1m to 7d")
+    if not re.fullmatch(r"all|[1-9]\d?", str(c.gpus)):
+        p.append(f"compute.gpus: {_show(c.gpus)} is not 1, a number of GPUs or all")
     if c.backend == "hf-jobs" and not o.push_to:
         p.append("compute.backend: hf-jobs needs output.push_to (the job's disk is gone when it ends: the adapter "
                  "must go to the Hub); e.g. output.push_to: auto")

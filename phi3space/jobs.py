@@ -71,6 +71,7 @@ class Job:
     needs_token: bool = False
     resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
     remote: str | None = None  # "namespace/id" of its Hugging Face job (compute.backend: hf-jobs; see remote_jobs.py)
+    gpus: int = 1  # slots it takes from ``slot`` on (compute.gpus); more than one: accelerate launch
 
     @property
     def run(self) -> RunDir:
@@ -158,7 +159,11 @@ class JobStore:
         return jobs
 
 
-def train_command(config_path: Path) -> list[str]:
+def train_command(config_path: Path, gpus: int = 1) -> list[str]:
+    """One training process, or one per GPU under accelerate (data-parallel)."""
+    if gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+                "--num_machines", "1", "-m", "phi3space", "train", str(config_path)]
     return [sys.executable, "-u", "-m", "phi3space", "train", str(config_path)]
 
 
@@ -240,7 +245,7 @@ class _Adopted:
     """A training process started by an earlier server process: watched through its pid, not waited for."""
 
     def __init__(self, job: Job):
-        self.pid, self.slot, self._job = job.pid, job.slot or 0, job
+        self.pid, self.slot, self.gpus, self._job = job.pid, job.slot or 0, job.gpus or 1, job
 
     def poll(self) -> int | None:
         return None if _is_our_process(self._job) else -1  # the exit code is unknown: events decide
@@ -287,13 +292,18 @@ class JobRunner:
                 setattr(part, key, str(Path(value).expanduser().resolve()))
         from .config import default_run_name
 
+        gpus = self.slots if cfg.compute.gpus == "all" else int(cfg.compute.gpus)
+        if gpus > self.slots:
+            raise ConfigError([f"compute.gpus: {gpus}, but this server trains on {self.slots} GPU slot(s)"],
+                              "Ask for fewer (or all), or train on Hugging Face Jobs with a multi-GPU flavor.")
         job_id = uuid.uuid4().hex[:12]
         run = RunDir(self.root / "runs" / safe_name(owner) / job_id)
         cfg.output.dir = str(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
         register_secret(token)
-        job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), needs_token=bool(token))
+        job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), needs_token=bool(token),
+                  gpus=gpus)
         with self._lock:
             self._tokens[job_id] = token
             self.store.add(job)
@@ -446,23 +456,30 @@ class JobRunner:
             elif job_id in self._kill_at and time.time() > self._kill_at[job_id]:
                 self._signal(job_id, signal.SIGKILL)
                 self._kill_at.pop(job_id)
-        free = self.slots - len(self._procs)
-        for job in self.store.list(phase=("queued",))[:max(0, free)]:
-            self._start(job)
+        for job in self.store.list(phase=("queued",)):
+            slot = self._free_slots(min(job.gpus or 1, self.slots))
+            if slot is None:
+                break  # first come, first served: later jobs wait behind one that waits for GPUs
+            self._start(job, slot)
 
-    def _start(self, job: Job) -> None:
+    def _free_slots(self, n: int) -> int | None:
+        """The first of ``n`` free slots in a row, or None."""
+        used = {s for p in self._procs.values() for s in range(p.slot, p.slot + getattr(p, "gpus", 1))}
+        return next((i for i in range(self.slots - n + 1) if not used & set(range(i, i + n))), None)
+
+    def _start(self, job: Job, slot: int) -> None:
         token = self._tokens.pop(job.id, None)
-        used = {p.slot for p in self._procs.values()}
-        slot = next(i for i in range(self.slots) if i not in used)
+        gpus = min(job.gpus or 1, self.slots)
         env = job_env(token, self.space)
         if self.slots > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot)
-        command = self.command(job.run.config) + (["--resume"] if job.resume else [])
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(s) for s in range(slot, slot + gpus))
+        command = (self.command(job.run.config) if gpus == 1 else train_command(job.run.config, gpus)) + \
+            (["--resume"] if job.resume else [])
         with job.run.log.open("ab") as log:
             # cwd: where `import phi3space` finds this code, so the job runs exactly what the server runs
             proc = subprocess.Popen(command, env=env, cwd=PACKAGE_PARENT, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        proc.slot = slot  # type: ignore[attr-defined]
+        proc.slot, proc.gpus = slot, gpus  # type: ignore[attr-defined]
         self._procs[job.id] = proc
         self.store.update(job.id, phase="running", started=time.time(), pid=proc.pid, slot=slot)
 

@@ -185,7 +185,7 @@ def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
 
     monkeypatch.setattr(remote, "_hardware", None)
     values = forms.form_values(jobs_cfg(flavor="l4x4", timeout="90m"))
-    assert values[-3:] == ["hf-jobs", "l4x4", "90m"]
+    assert values[-4:] == ["hf-jobs", "l4x4", "90m", "1"]
     assert forms.config_from_form(values).compute == jobs_cfg(flavor="l4x4", timeout="90m").compute
 
     inspection = forms.Inspection("alice/qa", "", rows=8000, lengths=[300] * 50)

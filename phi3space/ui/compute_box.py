@@ -31,8 +31,10 @@ def on_backend(backend: str, flavor: str, oauth_token: gr.OAuthToken | None):
 
 
 def build(specs: dict, push_checkpoints: gr.Checkbox) -> dict:
-    """The three compute.* components, keyed by setting name."""
-    backend_spec, flavor_spec, timeout_spec = (specs[k] for k in ("compute.backend", "compute.flavor", "compute.timeout"))
+    """The compute.* components, keyed by setting name."""
+    from .services import get_runner
+
+    backend_spec, flavor_spec, timeout_spec, gpus_spec = (specs[f"compute.{k}"] for k in ("backend", "flavor", "timeout", "gpus"))
     with gr.Accordion("Hardware: this machine or Hugging Face Jobs", open=False, elem_id="compute"):
         with gr.Row():
             backend = gr.Radio([("This machine (queued)", "local"), ("Hugging Face Jobs (billed to you)", "hf-jobs")],
@@ -42,5 +44,7 @@ def build(specs: dict, push_checkpoints: gr.Checkbox) -> dict:
                                  label="Jobs hardware (price per hour)", info=flavor_spec.help, elem_id="compute-flavor")
             timeout = gr.Textbox(value=timeout_spec.default, label="Time limit", info=timeout_spec.help,
                                  elem_id="compute-timeout")
+            gpus = gr.Textbox(value=gpus_spec.default, label="GPUs on this machine", info=gpus_spec.help,
+                              visible=get_runner().slots > 1, elem_id="compute-gpus")  # a multi-GPU server
     backend.input(on_backend, [backend, flavor], [flavor, push_checkpoints], api_visibility=UI_ONLY)
-    return {"compute.backend": backend, "compute.flavor": flavor, "compute.timeout": timeout}
+    return {"compute.backend": backend, "compute.flavor": flavor, "compute.timeout": timeout, "compute.gpus": gpus}

@@ -27,7 +27,7 @@ TRAINING_FIELDS = ["training.learning_rate", "training.lr_scheduler", "training.
                    "data.max_samples", "data.config_name", "data.split", "data.eval_split", "training.seed",
                    "training.gradient_checkpointing"]
 OUTPUT_FIELDS = ["output.push_to", "output.private", "output.push_checkpoints"]
-COMPUTE_FIELDS = ["compute.backend", "compute.flavor", "compute.timeout"]  # laid out by compute_box.py
+COMPUTE_FIELDS = ["compute.backend", "compute.flavor", "compute.timeout", "compute.gpus"]  # laid out by compute_box.py
 FIELDS = MAIN_FIELDS + LORA_FIELDS + TRAINING_FIELDS + OUTPUT_FIELDS + COMPUTE_FIELDS
 OPTIONAL = {"training.max_steps", "training.eval_steps", "data.max_samples", "output.push_to", "data.config_name",
             "data.eval_split"}
