@@ -175,6 +175,12 @@ def test_a_job_killed_for_memory_or_time_fails_with_the_reason_and_a_hint(alice,
     else:
         assert "error: the Hugging Face job reached its time limit (1m) and was stopped (Job timeout" in err
         assert "hint: Raise compute.timeout." in err
+    if fault == "oom":  # the checkpoint it pushed continues the run here, on this machine
+        again = run_cli("train", str(run_dir / "config.yaml"), "--resume", "--set", "compute.backend=local",
+                        "--set", "training.max_steps=40")
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert "downloaded from alice/snarkle (branch checkpoints)" in again.stdout
+        assert RunDir(run_dir).state().status == "completed" and RunDir(run_dir).has_adapter()
 
 
 def test_ctrl_c_cancels_the_job_then_resume_continues_on_jobs_from_the_pushed_checkpoint(alice, tmp_path):
@@ -218,3 +224,22 @@ def test_two_processes_under_accelerate_in_one_job_write_one_run_and_one_event_s
     assert result.stdout.count("step 4/4") == 1
     inside = list(Path(job["folder"]).rglob("events.jsonl"))  # the job's own run folder: one, written once
     assert len(inside) == 1 and sum('"run_started"' in line for line in inside[0].read_text().splitlines()) == 1
+
+
+def test_the_cli_run_again_on_the_same_folder_follows_its_running_job_instead_of_starting_another(alice, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = jobs_config(tmp_path, run_dir, training__max_steps=60, training__logging_steps=1)
+    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=cli_env())
+    job_id = _submitted(alice)
+    _until_line(alice, job_id, "step 3/60")
+    proc.kill()  # the terminal closed; the job runs on
+    proc.wait()
+    result = run_cli("train", str(cfg))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"following job alice/{job_id} again" in result.stdout and alice.jobs.ids() == [job_id]
+    events, _ = RunDir(run_dir).read_events()
+    assert [e["step"] for e in events if e["type"] == "progress"] == list(range(1, 61))  # each once
+    assert RunDir(run_dir).state().status == "completed"
+    again = run_cli("train", str(cfg))
+    assert again.returncode == 2 and "already holds a run" in again.stderr
