@@ -83,12 +83,12 @@ def _print_event(e: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from . import config, remote
+    from . import config, job_protocol, remote
     from .hub import resolve_token
 
     echo = _print_event
-    if remote.inside_job(args.config):  # in a Hugging Face job: the config came in an environment value
-        cfg, echo = remote.job_config(args.config, args.set or []), remote.job_echo(_print_event)
+    if job_protocol.inside_job(args.config):  # in a Hugging Face job: the config came in an environment value
+        cfg, echo = job_protocol.job_config(args.config, args.set or []), job_protocol.job_echo(_print_event)
     else:
         cfg = config.load(args.config, args.set or [])
         if cfg.compute.backend == "hf-jobs":  # submit the job, follow it, and end like a local run

@@ -9,8 +9,8 @@ A run with ``compute.backend: hf-jobs`` is submitted with huggingface_hub's ``ru
 - env: the resolved run config as YAML (it never holds a token: config validation refuses token-shaped values);
 - secrets: the token, as ``HF_TOKEN``; never in env values, argv, labels or logs.
 
-Inside the job each event is also printed as one line, ``@phi3space-event {json}`` (numbered by ``seq``). Here a
-``Mirror`` follows the job's log stream and appends those events to the local run folder, so the CLI lines, the
+Inside the job each event is also printed as one line, ``@phi3space-event {json}`` (numbered by ``seq``; see
+job_protocol.py). Here a ``Mirror`` follows the job's log stream and appends those events to the local run folder, so the CLI lines, the
 page, /job_status and the card read a remote run exactly like a local one; other lines go to the run's log. The job
 pushes the adapter, and its checkpoints to the ``checkpoints`` branch, itself: nothing depends on this machine's
 disk. When the job ends, the platform's verdict (its stage and message) is the run's last word where the run's own
@@ -19,14 +19,12 @@ events lack one.
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import re
 import signal
-import tempfile
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,12 +32,11 @@ from pathlib import Path
 
 from .config import RunConfig, timeout_seconds
 from .errors import AuthError, Cancelled, ConfigError, Phi3SpaceError, register_secret, scrub
+from .flavors import Flavor, check_flavor
 from .hub import hub_error, is_local_ref, on_space, whoami
-from .run import EVENT_TYPES, EventWriter, RunDir, RunState
+from .job_protocol import CONFIG_ARG, CONFIG_VAR, parse_event
+from .run import EventWriter, RunDir, RunState
 
-EVENT_PREFIX = "@phi3space-event "
-CONFIG_VAR = "PHI3SPACE_RUN_CONFIG"
-CONFIG_ARG = f"env:{CONFIG_VAR}"  # what `python -m phi3space train` is given inside a job
 IMAGE_VAR = "PHI3SPACE_JOBS_IMAGE"
 LABEL_ORIGIN = "phi3space"  # which app (or the CLI) submitted the job: an app re-finds its own jobs by it
 LABEL_RUN = "phi3space-run"  # the run's id in that app
@@ -49,169 +46,6 @@ BILLING_URL = "https://huggingface.co/settings/billing"
 
 class JobsError(Phi3SpaceError):
     kind = "jobs"
-
-
-# ---------------------------------------------------------------- hardware and cost
-
-@dataclass(frozen=True)
-class Flavor:
-    """One Jobs hardware flavor, as list_jobs_hardware describes it."""
-
-    name: str
-    gpus: int
-    gpu: str = ""  # accelerator model (A10G, L4, ...); "" for CPU flavors
-    memory_gb: float | None = None  # GPU memory per GPU
-    price_per_hour: float | None = None  # USD
-
-    def label(self) -> str:
-        """'a10g-large · 1× A10G 24 GB · $1.50/h' (for the form's dropdown)."""
-        parts = [self.name]
-        if self.gpus:
-            parts.append(f"{self.gpus}× {self.gpu or 'GPU'}" + (f" {self.memory_gb:g} GB" if self.memory_gb else ""))
-        else:
-            parts.append("CPU only")
-        if self.price_per_hour is not None:
-            parts.append(f"${self.price_per_hour:.2f}/h")
-        return " · ".join(parts)
-
-
-_PER_HOUR = {"second": 3600, "minute": 60, "hour": 1}
-
-
-def gpus_in_name(name: str) -> int:
-    """GPUs a flavor's name promises: 'a10g-largex2' -> 2, 'l4x4' -> 4, 'a10g-large' -> 1, 'cpu-basic' -> 0."""
-    if name.startswith("cpu"):
-        return 0
-    m = re.search(r"x(\d+)$", name)
-    return int(m.group(1)) if m else 1
-
-
-def _flavor(info) -> Flavor:
-    acc = info.accelerator
-    gpus = int(acc.quantity) if acc is not None and str(acc.quantity).isdigit() else gpus_in_name(info.name)
-    memory = None
-    if acc is not None:
-        m = re.match(r"([\d.]+)\s*GB", str(acc.vram or ""))
-        # The Hub gives a flavor's total GPU memory (4x L4: 96 GB); each process of a data-parallel run has one GPU.
-        memory = float(m.group(1)) / max(gpus, 1) if m else None
-    per_hour = _PER_HOUR.get(str(info.unit_label).lower())
-    price = round(info.unit_cost_usd * per_hour, 4) if per_hour and info.unit_cost_usd is not None else None
-    return Flavor(info.name, gpus, acc.model if acc is not None else "", memory, price)
-
-
-_hardware: tuple[float, list[Flavor]] | None = None
-_hardware_lock = threading.Lock()
-HARDWARE_TTL_S = 3600
-
-
-def hardware(token: str | None = None) -> list[Flavor]:
-    """The Jobs flavors with their prices (asked of the Hub at most once an hour). When the Hub cannot be asked,
-    the flavor names huggingface_hub knows, without prices (and asked again a minute later)."""
-    global _hardware
-    with _hardware_lock:
-        if _hardware and time.time() < _hardware[0]:
-            return _hardware[1]
-    from huggingface_hub import HfApi
-
-    try:
-        found = [_flavor(h) for h in HfApi().list_jobs_hardware(token=token or False)]
-        ttl = HARDWARE_TTL_S
-    except Exception as exc:
-        if hub_error(exc, "list Jobs hardware") is None:
-            raise
-        from huggingface_hub import JobHardware
-
-        found = [Flavor(h.value, gpus_in_name(h.value)) for h in JobHardware]
-        ttl = 60
-    with _hardware_lock:
-        _hardware = (time.time() + ttl, found)
-    return found
-
-
-def find_flavor(name: str, token: str | None = None) -> Flavor:
-    """The flavor called ``name``, or one made from its name when the Hub's list does not say (offline)."""
-    return next((f for f in hardware(token) if f.name == name), Flavor(name, gpus_in_name(name)))
-
-
-def check_flavor(name: str, token: str | None) -> Flavor:
-    """Raises ConfigError when the Hub's list of flavors is known and ``name`` is not in it."""
-    flavors = hardware(token)
-    known = [f for f in flavors if f.price_per_hour is not None]
-    if known and name not in {f.name for f in known}:
-        gpus = [f.name for f in known if f.gpus]
-        raise ConfigError([f"compute.flavor: {name!r} is not a Hugging Face Jobs hardware flavor"],
-                          f"Use one of: {', '.join(gpus or [f.name for f in known])}.")
-    return find_flavor(name, token)
-
-
-# Rough LoRA throughput of Phi-3-mini per GPU, relative to one H200 (bench/results: ~4,300 tokens/s on ~500-token
-# rows, ~9,800 on 2,048-token rows), scaled by each GPU's dense bf16 tensor throughput. An estimate for a price
-# tag, not a promise.
-H200_TOKENS_PER_S = ((500, 4300.0), (2048, 9800.0))
-GPU_SPEED = {"H200": 1.0, "H100": 1.0, "A100": 0.32, "L40S": 0.37, "RTX PRO 6000": 0.5, "A10G": 0.13, "L4": 0.12,
-             "T4": 0.066}
-QLORA_SPEED = 0.82  # QLoRA / LoRA on the same GPU (bench: ~3,500 vs ~4,300 tokens/s)
-DATA_PARALLEL_EFFICIENCY = 0.9
-STARTUP_S = 10 * 60  # image pull, model download and load, before the first step
-
-
-@dataclass
-class Estimate:
-    flavor: Flavor
-    timeout_s: int
-    hours: float | None  # training time, startup included; None when the steps are not known yet
-
-    @property
-    def cost(self) -> float | None:
-        price = self.flavor.price_per_hour
-        return None if price is None or self.hours is None else price * min(self.hours, self.timeout_s / 3600)
-
-    @property
-    def max_cost(self) -> float | None:
-        price = self.flavor.price_per_hour
-        return None if price is None else price * self.timeout_s / 3600
-
-    def warnings(self) -> list[str]:
-        out = []
-        if self.hours is not None and self.hours * 3600 > self.timeout_s:
-            out.append(f"the run needs about {_hours(self.hours)} but compute.timeout stops it after "
-                       f"{_hours(self.timeout_s / 3600)}: raise the timeout (a stopped run resumes from its last "
-                       "pushed checkpoint).")
-        if self.flavor.gpus == 0:
-            out.append(f"{self.flavor.name} has no GPU: training a Phi-3 on CPUs would take days. Pick a GPU flavor.")
-        return out
-
-    def markdown(self) -> str:
-        head = f"**Hugging Face Jobs:** {self.flavor.label()}"
-        if self.flavor.price_per_hour is None:
-            return head + " · price unknown (the Hub's hardware list could not be read)"
-        time_part = f" · about {_hours(self.hours)} → **about ${self.cost:.2f}**" if self.hours is not None else ""
-        return head + time_part + f" · at most ${self.max_cost:.2f} (timeout {_hours(self.timeout_s / 3600)}), billed to you"
-
-
-def _hours(h: float) -> str:
-    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
-
-
-def estimate(cfg: RunConfig, rows: int | None = None, lengths: list[int] | None = None,
-             token: str | None = None) -> Estimate:
-    """Time and cost of ``cfg`` on its flavor, from the planned tokens and a per-GPU throughput table."""
-    flavor = find_flavor(cfg.compute.flavor, token)
-    t = cfg.training
-    mean = min(sum(lengths) / len(lengths), t.max_length) if lengths else min(512, t.max_length)
-    gpus = max(flavor.gpus, 1)
-    if t.max_steps:
-        tokens = t.max_steps * t.batch_size * t.grad_accum * gpus * mean
-    elif rows:
-        tokens = min(rows, cfg.data.max_samples or rows) * (1 - cfg.data.eval_fraction) * t.epochs * mean
-    else:
-        return Estimate(flavor, timeout_seconds(cfg.compute.timeout) or 0, None)
-    (x0, y0), (x1, y1) = H200_TOKENS_PER_S
-    per_gpu = min(max(y0 + (mean - x0) * (y1 - y0) / (x1 - x0), y0), y1) * GPU_SPEED.get(flavor.gpu.upper(), 0.13)
-    if cfg.model.method == "qlora":
-        per_gpu *= QLORA_SPEED
-    speed = per_gpu * gpus * (DATA_PARALLEL_EFFICIENCY if gpus > 1 else 1)
-    return Estimate(flavor, timeout_seconds(cfg.compute.timeout) or 0, (STARTUP_S + tokens / speed) / 3600)
 
 
 # ---------------------------------------------------------------- the job's spec
@@ -300,7 +134,7 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
     job_cfg = _copy(cfg)
     job_cfg.output.dir = run_id  # the job puts its run folder under its own temp folder (see job_config)
     env = {CONFIG_VAR: job_cfg.to_yaml(), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if constants.ENDPOINT.rstrip("/") != constants._HF_DEFAULT_ENDPOINT:
+    if constants.ENDPOINT.rstrip("/") != "https://huggingface.co":
         env["HF_ENDPOINT"] = constants.ENDPOINT  # a private Hub deployment (or a test's stand-in)
     namespace = whoami(token)["name"]
     register_secret(token)
@@ -354,18 +188,6 @@ def start_error(exc: BaseException, cfg: RunConfig, namespace: str) -> Phi3Space
 
 
 # ---------------------------------------------------------------- following a job
-
-def parse_event(line: str) -> dict | None:
-    """The event a job's log line carries, or None for any other line."""
-    if not line.startswith(EVENT_PREFIX):
-        return None
-    try:
-        event = json.loads(line[len(EVENT_PREFIX):])
-    except json.JSONDecodeError:
-        return None
-    ok = isinstance(event, dict) and event.get("type") in EVENT_TYPES and isinstance(event.get("seq"), int)
-    return event if ok else None
-
 
 # The newest event mirrored per events file and job in this process: two followers of one job (a restarted runner
 # beside the thread of the old one) never write an event twice. A file replaced since (a wiped disk) starts afresh.
@@ -443,9 +265,7 @@ def last_word(info, state: RunState, cfg: RunConfig | None = None) -> list[tuple
     stage, said = str(info.status.stage), scrub(info.status.message or "")
     step = {"step": state.step, "adapter": state.adapter_repo if state.status != "failed" else None}
     if stage == "COMPLETED":
-        if state.status in ("completed", "cancelled") and (state.adapter_repo or state.status == "cancelled"):
-            return []
-        if state.status == "failed":
+        if state.status in ("cancelled", "failed") or (state.status == "completed" and state.adapter_repo):
             return []
         what = "completed without pushing an adapter" if state.status == "completed" else "ended without finishing its run"
         return [("error", {"kind": "jobs", "message": f"the Hugging Face job {what}",
@@ -460,9 +280,8 @@ def last_word(info, state: RunState, cfg: RunConfig | None = None) -> list[tuple
 
 
 def _diagnose(info, said: str, state: RunState, cfg: RunConfig | None) -> tuple[str, str, str]:
-    resume = ("Resume continues from the last checkpoint it pushed" + (f" ({state.checkpoint_url})." if state.checkpoint_url
-                                                                        else ".")) if state.checkpoint_url else \
-        "It pushed no checkpoint: submit it again."
+    resume = (f"Resume continues from the last checkpoint it pushed ({state.checkpoint_url})." if state.checkpoint_url
+              else "It pushed no checkpoint: submit it again.")
     timeout = timeout_seconds(cfg.compute.timeout) if cfg else None
     ran = getattr(getattr(info, "durations", None), "running_secs", None)
     text = said.lower()
@@ -487,38 +306,55 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
                   stop: threading.Event | None = None, on_interrupt: Callable[[], None] | None = None,
                   retry_s: float = 5.0) -> bool:
     """Mirror the job until it ends, then write the platform's last word where the events lack one. Returns False
-    when ``stop`` was set first. A dropped stream is followed again (the replay skips what was mirrored).
+    when ``stop`` was set first. A dropped stream is followed again (the replay skips what was mirrored); Ctrl-C
+    calls ``on_interrupt`` once, and following goes on until the job has ended.
 
     Raises:
         AuthError: the token was refused (expired): follow again with a new one.
     """
     mirror = Mirror(run, ref, writer)
-    while True:
+    while stop is None or not stop.is_set():
         try:
             mirror.follow(token, stop)
             if stop is not None and stop.is_set():
-                return False
+                break
             info = inspect(ref, token)
             if str(info.status.stage) in TERMINAL:
-                state = run.state()
-                if info.created_at and (state.started or 0) < info.created_at.timestamp() - 5:
-                    # what the events say is an earlier attempt's (this job never started training)
-                    state = RunState(step=state.step, checkpoint_url=state.checkpoint_url)
-                _write_last_word(writer, last_word(info, state, cfg))
+                _write_last_word(writer, last_word(info, _this_attempt(run.state(), info), cfg))
                 return True
         except KeyboardInterrupt:
             if on_interrupt is None:
                 raise
             on_interrupt()
             on_interrupt = None  # a second Ctrl-C leaves at once
+            continue
         except Exception as exc:
+            if getattr(getattr(exc, "response", None), "status_code", None) == 404:  # the job is gone
+                gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message="not found"),
+                                             url=f"{ref}", durations=None)
+                _write_last_word(writer, last_word(gone, run.state(), cfg))
+                return True
             mapped = hub_error(exc, f"follow job {ref}", error=JobsError)
             if mapped is None or isinstance(mapped, AuthError):
                 raise mapped or exc from None
-        if stop is None:
-            time.sleep(retry_s)
-        elif stop.wait(retry_s):
-            return False
+        try:
+            if stop is None:
+                time.sleep(retry_s)
+            else:
+                stop.wait(retry_s)
+        except KeyboardInterrupt:
+            if on_interrupt is None:
+                raise
+            on_interrupt()
+            on_interrupt = None
+    return False
+
+
+def _this_attempt(state: RunState, info) -> RunState:
+    """``state``, or a blank one when its events are an earlier attempt's (this job never started training)."""
+    if info.created_at and (state.started or 0) < info.created_at.timestamp() - 5:
+        return RunState(step=state.step, checkpoint_url=state.checkpoint_url)
+    return state
 
 
 # ---------------------------------------------------------------- the CLI: submit, follow, exit like a local run
@@ -545,7 +381,7 @@ def train_cli(cfg: RunConfig, resume: bool, token: str | None, echo: Callable[[d
         if echo:
             echo({"type": "log", "message": f"following job {ref} again"})
     else:
-        if not resume and (run.holds_run() or earlier.status != "queued"):
+        if not resume and (run.holds_run() or earlier.started is not None):  # (one that never started may go again)
             raise ConfigError([f"output.dir: {run.path} already holds a run"],
                               "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
         if resume and cfg.output.push_to == "auto" and run.config.exists():
@@ -556,8 +392,11 @@ def train_cli(cfg: RunConfig, resume: bool, token: str | None, echo: Callable[[d
         ref = start(cfg, token, flavor, uuid.uuid4().hex[:12], writer, resume=resume)
 
     def interrupt() -> None:
-        print(f"stopping: cancelling job {ref} (Ctrl-C again to leave it running)", flush=True)
-        cancel(ref, token)
+        print(f"stopping: cancelling job {ref}; waiting for it to end (Ctrl-C again to stop waiting)", flush=True)
+        try:
+            cancel(ref, token)
+        except Phi3SpaceError as exc:  # it may have ended already: following tells
+            print(f"warning: {exc.message}", flush=True)
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
@@ -588,41 +427,5 @@ def outcome(run: RunDir) -> Path:
     raise failure
 
 
-# ---------------------------------------------------------------- inside the job
-
-def inside_job(config_arg: str) -> bool:
-    return config_arg.startswith("env:")
-
-
-def job_config(config_arg: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The run config a job was given in an environment value; its run folder goes under the container's temp
-    folder (the same path in every process of a multi-GPU job)."""
-    from . import config
-
-    name = config_arg.removeprefix("env:")
-    text = os.environ.get(name, "")
-    if not text.strip():
-        raise ConfigError([f"{config_arg}: the environment value {name} is empty"],
-                          "Inside a Hugging Face job the run config comes in that value; elsewhere pass a YAML file.")
-    cfg = config.loads(text, overrides)
-    cfg.output.dir = str(Path(tempfile.gettempdir()) / "phi3space" / Path(cfg.output.dir).name)
-    return cfg
-
-
-def job_echo(human: Callable[[dict], None] | None = None) -> Callable[[dict], None]:
-    """An event echo for inside a job: the readable line (for the job's page), then the event as one numbered
-    ``@phi3space-event`` line that the submitter mirrors."""
-    seq = itertools.count(1)
-
-    def echo(event: dict) -> None:
-        if human is not None:
-            human(event)
-        print(EVENT_PREFIX + json.dumps({"seq": next(seq), **event}, default=str, ensure_ascii=False,
-                                        allow_nan=True), flush=True)
-
-    return echo
-
-
-__all__ = ["CONFIG_ARG", "EVENT_PREFIX", "Estimate", "Flavor", "JobRef", "JobsError", "Mirror", "cancel", "estimate",
-           "find_flavor", "follow_to_end", "gpus_in_name", "hardware", "inspect", "job_config", "job_echo", "job_image",
-           "last_word", "launch_command", "parse_event", "prepare", "start", "train_cli"]
+__all__ = ["JobRef", "JobsError", "Mirror", "cancel", "follow_to_end", "inspect", "job_image", "last_word",
+           "launch_command", "prepare", "start", "train_cli"]

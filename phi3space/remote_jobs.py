@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 from . import remote
 from .config import RunConfig, default_run_name
 from .errors import AuthError, ConfigError, Phi3SpaceError, register_secret, scrub
+from .hub import on_space
+from .job_protocol import CONFIG_VAR
 from .run import RunDir
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 class RemoteJobs:
     def __init__(self, runner: JobRunner):
         self.runner = runner
-        self.origin = remote.safe_label(remote.origin() if remote.on_space() else
+        self.origin = remote.safe_label(remote.origin() if on_space() else
                                         "app-" + hashlib.sha256(str(runner.root).encode()).hexdigest()[:8])
         self._tokens: dict[str, str] = {}  # owner -> their newest token (memory only)
         self._following: dict[str, threading.Thread] = {}
@@ -149,10 +151,11 @@ class RemoteJobs:
         was lost (a Space's disk is wiped on restart) and that still runs is listed again first."""
         from huggingface_hub import HfApi
 
-        from .hub import call
+        from .hub import call, whoami
 
         try:
-            found = list(call(lambda: HfApi().list_jobs(labels=self._labels(), token=token),
+            namespace = whoami(token)["name"]
+            found = list(call(lambda: HfApi().list_jobs(labels=self._labels(), namespace=namespace, token=token),
                               "list your Hugging Face jobs", remote.JobsError))
         except Phi3SpaceError as exc:
             print(f"phi3space jobs: could not list {owner}'s jobs: {exc.message}", file=sys.stderr)
@@ -172,7 +175,7 @@ class RemoteJobs:
         from .jobs import Job, safe_name
 
         try:
-            cfg = config.loads((info.environment or {}).get(remote.CONFIG_VAR, ""))
+            cfg = config.loads((info.environment or {}).get(CONFIG_VAR, ""))
         except Phi3SpaceError:
             return None
         run = RunDir(self.runner.root / "runs" / safe_name(owner) / job_id)

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from phi3space import config, remote
+from phi3space import config, flavors, job_protocol, remote
 from phi3space.errors import ConfigError
 from phi3space.run import RunDir, RunState
 
@@ -47,7 +47,7 @@ def test_the_jobs_command_is_the_same_engine_one_process_per_gpu():
         "accelerate", "launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1",
         "-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG", "--resume"]
     names = ["cpu-basic", "t4-small", "l4x1", "l4x4", "a10g-large", "a10g-largex2", "a100x8", "h200x2", "rtx-pro-6000x4"]
-    assert [remote.gpus_in_name(n) for n in names] == [0, 1, 1, 4, 1, 2, 8, 2, 4]
+    assert [flavors.gpus_in_name(n) for n in names] == [0, 1, 1, 4, 1, 2, 8, 2, 4]
 
 
 def test_image_is_the_spaces_own_or_the_setting_else_refused(monkeypatch):
@@ -63,51 +63,51 @@ def test_image_is_the_spaces_own_or_the_setting_else_refused(monkeypatch):
 
 
 def test_flavors_prices_and_the_cost_estimate_from_the_hubs_hardware_list(hub, monkeypatch):
-    monkeypatch.setattr(remote, "_hardware", None)
-    flavors = {f.name: f for f in remote.hardware()}
-    a10g, two = flavors["a10g-large"], flavors["a10g-largex2"]
+    monkeypatch.setattr(flavors, "_hardware", None)
+    listed = {f.name: f for f in flavors.hardware()}
+    a10g, two = listed["a10g-large"], listed["a10g-largex2"]
     assert (a10g.gpus, a10g.gpu, a10g.memory_gb, a10g.price_per_hour) == (1, "A10G", 24.0, 1.5)
     assert (two.gpus, two.memory_gb, two.price_per_hour) == (2, 24.0, 3.0)  # memory per GPU: each process has one
-    assert a10g.label() == "a10g-large · 1× A10G 24 GB · $1.50/h" and flavors["cpu-basic"].gpus == 0
+    assert a10g.label() == "a10g-large · 1× A10G 24 GB · $1.50/h" and listed["cpu-basic"].gpus == 0
     with pytest.raises(ConfigError, match="'a10g-huge' is not a Hugging Face Jobs hardware flavor"):
-        remote.check_flavor("a10g-huge", None)
+        flavors.check_flavor("a10g-huge", None)
 
     cfg = jobs_cfg(flavor="a10g-large", timeout="4h")
     cfg.training.max_steps = None
-    est = remote.estimate(cfg, rows=10_000, lengths=[500] * 100)
+    est = flavors.estimate(cfg, rows=10_000, lengths=[500] * 100)
     # 9,000 training rows x 500 tokens at 4,300 x 0.13 tokens/s, plus 10 minutes of start-up.
     assert est.hours == pytest.approx((600 + 9000 * 500 / (4300 * 0.13)) / 3600)
     assert est.cost == pytest.approx(1.5 * est.hours) and est.max_cost == pytest.approx(6.0)
     assert "about $" in est.markdown() and "at most $6.00 (timeout 4.0 h)" in est.markdown() and not est.warnings()
-    slow = remote.estimate(jobs_cfg(flavor="t4-small", timeout="1h"), rows=100_000, lengths=[2000] * 10)
+    slow = flavors.estimate(jobs_cfg(flavor="t4-small", timeout="1h"), rows=100_000, lengths=[2000] * 10)
     assert slow.cost == pytest.approx(0.4) and "raise the timeout" in slow.warnings()[0]  # capped at the timeout
-    assert remote.estimate(cfg).hours is None and "about" not in remote.estimate(cfg).markdown()
+    assert flavors.estimate(cfg).hours is None and "about" not in flavors.estimate(cfg).markdown()
     doubled = jobs_cfg(flavor="a10g-largex2")
     doubled.training.max_steps = 100
     single = jobs_cfg(flavor="a10g-large")
     single.training.max_steps = 100
-    assert remote.estimate(doubled).hours - 600 / 3600 == pytest.approx((remote.estimate(single).hours - 600 / 3600) / 0.9)
+    assert flavors.estimate(doubled).hours - 600 / 3600 == pytest.approx((flavors.estimate(single).hours - 600 / 3600) / 0.9)
 
     hub.fail_all(503)  # the Hub's list cannot be read: the names huggingface_hub knows, no prices
-    monkeypatch.setattr(remote, "_hardware", None)
-    offline = {f.name: f for f in remote.hardware()}
+    monkeypatch.setattr(flavors, "_hardware", None)
+    offline = {f.name: f for f in flavors.hardware()}
     assert offline["l4x4"].gpus == 4 and offline["l4x4"].price_per_hour is None
-    assert remote.check_flavor("a10g-huge", None).name == "a10g-huge"  # the platform decides then
+    assert flavors.check_flavor("a10g-huge", None).name == "a10g-huge"  # the platform decides then
     hub.heal()
-    monkeypatch.setattr(remote, "_hardware", None)
+    monkeypatch.setattr(flavors, "_hardware", None)
 
 
 def test_event_lines_of_a_job_and_their_mirror(tmp_path, capsys, monkeypatch):
-    echo = remote.job_echo()
+    echo = job_protocol.job_echo()
     echo({"type": "progress", "step": 1, "loss": float("nan")})
     echo({"type": "run_finished", "status": "completed", "adapter": "/tmp/phi3space/x"})
     lines = capsys.readouterr().out.splitlines()
     assert all(line.startswith("@phi3space-event {") for line in lines)
-    events = [remote.parse_event(line) for line in lines]
+    events = [job_protocol.parse_event(line) for line in lines]
     assert [e["seq"] for e in events] == [1, 2] and events[0]["loss"] != events[0]["loss"]  # NaN survives
-    assert remote.parse_event("step 1/3 | loss 2.0") is None
-    assert remote.parse_event('@phi3space-event {"type": "nonsense", "seq": 1}') is None
-    assert remote.parse_event('@phi3space-event {"type": "progress", "seq": 3') is None  # a cut line
+    assert job_protocol.parse_event("step 1/3 | loss 2.0") is None
+    assert job_protocol.parse_event('@phi3space-event {"type": "nonsense", "seq": 1}') is None
+    assert job_protocol.parse_event('@phi3space-event {"type": "progress", "seq": 3') is None  # a cut line
 
     run = RunDir(tmp_path / "run")
     ref = remote.JobRef("alice", "job1")
@@ -127,12 +127,12 @@ def test_event_lines_of_a_job_and_their_mirror(tmp_path, capsys, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
-    inside = remote.job_config("env:PHI3SPACE_RUN_CONFIG", ["training.max_steps=3"])
+    inside = job_protocol.job_config("env:PHI3SPACE_RUN_CONFIG", ["training.max_steps=3"])
     assert inside.output.dir == str(tmp_path / "container-tmp" / "phi3space" / "phi-3-mini-4k-instruct-qa-lora")
     assert inside.training.max_steps == 3
     monkeypatch.setenv("PHI3SPACE_RUN_CONFIG", "")
     with pytest.raises(ConfigError, match="PHI3SPACE_RUN_CONFIG is empty"):
-        remote.job_config("env:PHI3SPACE_RUN_CONFIG")
+        job_protocol.job_config("env:PHI3SPACE_RUN_CONFIG")
 
 
 def _info(stage, message=None, running_secs=10):
@@ -183,7 +183,7 @@ def test_the_platforms_last_word(stage, message, events, expected):
 def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
     from phi3space.ui import compute_box, forms
 
-    monkeypatch.setattr(remote, "_hardware", None)
+    monkeypatch.setattr(flavors, "_hardware", None)
     values = forms.form_values(jobs_cfg(flavor="l4x4", timeout="90m"))
     assert values[-4:] == ["hf-jobs", "l4x4", "90m", "1"]
     assert forms.config_from_form(values).compute == jobs_cfg(flavor="l4x4", timeout="90m").compute
@@ -209,4 +209,4 @@ def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
     dropdown, push = compute_box.on_backend("hf-jobs", "l4x1", None)
     assert push is True and ("l4x1 · 1× L4 24 GB · $0.80/h", "l4x1") in dropdown.choices
     assert compute_box.on_backend("local", "l4x1", None)[1] is not True
-    monkeypatch.setattr(remote, "_hardware", None)
+    monkeypatch.setattr(flavors, "_hardware", None)

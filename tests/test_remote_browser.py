@@ -14,9 +14,9 @@ from ui_app import running_app
 def test_choose_hugging_face_jobs_see_the_price_start_and_follow(browser, hub, tiny_model, tmp_path, monkeypatch):  # noqa: F811
     from playwright.sync_api import expect
 
-    from phi3space import remote
+    from phi3space import flavors
 
-    monkeypatch.setattr(remote, "_hardware", None)
+    monkeypatch.setattr(flavors, "_hardware", None)
     monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", IMAGE)
     hub.add_user("alice", CANARY)
     hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl()}, repo_type="dataset", private=True)

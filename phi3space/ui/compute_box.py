@@ -1,12 +1,12 @@
 """The Train form's hardware group: where the run trains (this machine, or Hugging Face Jobs on the visitor's
 account), the Jobs flavor with its price per hour, and the time limit. The estimated cost shows in the plan under
-the form (forms.plan). Layout and wiring only: flavors and prices come from phi3space.remote."""
+the form (forms.plan). Layout and wiring only: flavors and prices come from phi3space.flavors."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from .. import remote
+from .. import flavors
 from ..hub import MOCK_TOKEN
 from .common import UI_ONLY
 
@@ -17,8 +17,8 @@ def flavor_choices(token: str | None = None, fetch: bool = True) -> list[tuple[s
     if not fetch:
         from huggingface_hub import JobHardware
 
-        return [(h.value, h.value) for h in JobHardware if remote.gpus_in_name(h.value)]
-    return [(f.label(), f.name) for f in remote.hardware(token) if f.gpus]
+        return [(h.value, h.value) for h in JobHardware if flavors.gpus_in_name(h.value)]
+    return [(f.label(), f.name) for f in flavors.hardware(token) if f.gpus]
 
 
 def on_backend(backend: str, flavor: str, oauth_token: gr.OAuthToken | None):

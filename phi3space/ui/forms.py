@@ -185,7 +185,7 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
     seen = inspection if inspection is not None and inspection.dataset == cfg.data.dataset else None
     jobs = None
     if cfg.compute.backend == "hf-jobs":  # the flavor's GPUs, not this machine's, and what they will cost
-        from ..remote import estimate
+        from ..flavors import estimate
 
         jobs = estimate(cfg, seen.rows if seen else None, seen.lengths if seen else None)
         gpu_gb = jobs.flavor.memory_gb
