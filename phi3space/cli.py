@@ -13,6 +13,7 @@ import os
 import sys
 
 from .errors import Cancelled, Phi3SpaceError
+from .run import RunDir
 
 
 def _quiet_libraries() -> None:
@@ -95,15 +96,23 @@ def _print_event(e: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from . import config
+    from . import config, job_protocol, remote
     from .hub import resolve_token
 
-    cfg = config.load(args.config, args.set or [])
+    echo = _print_event
+    if job_protocol.inside_job(args.config):  # in a Hugging Face job: the config came in an environment value
+        cfg, echo = job_protocol.job_config(args.config, args.set or []), job_protocol.job_echo(_print_event)
+    else:
+        cfg = config.load(args.config, args.set or [])
+        if cfg.compute.backend == "hf-jobs":  # submit the job, follow it, and end like a local run
+            run_dir = remote.train_cli(cfg, args.resume, resolve_token(), echo=_print_event)
+            print(f"done: {run_dir} (adapter: {RunDir(run_dir).state().adapter_url})")
+            return 0
     _quiet_libraries()
     from .training import train
 
     try:
-        run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=_print_event)
+        run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=echo)
     finally:
         import torch.distributed as dist
 
@@ -218,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m phi3space", description="Fine-tune Phi-3 with LoRA or QLoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train from a YAML run config")
-    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("config", help="YAML run config (see configs/); compute.backend: hf-jobs trains on Hugging Face Jobs")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. lora.r=8 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of output.dir")
     p.set_defaults(func=cmd_train)

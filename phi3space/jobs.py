@@ -68,6 +68,8 @@ class Job:
     needs_token: bool = False
     resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
     argv: str = ""  # a job that is not a training run: its `python -m phi3space` arguments, as JSON (see submit_merge)
+    remote: str | None = None  # "namespace/id" of its Hugging Face job (compute.backend: hf-jobs; see remote_jobs.py)
+    gpus: int = 1  # slots it takes from ``slot`` on (compute.gpus); more than one: accelerate launch
 
     @property
     def run(self) -> RunDir:
@@ -155,7 +157,11 @@ class JobStore:
         return jobs
 
 
-def train_command(config_path: Path) -> list[str]:
+def train_command(config_path: Path, gpus: int = 1) -> list[str]:
+    """One training process, or one per GPU under accelerate (data-parallel)."""
+    if gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+                "--num_machines", "1", "-m", "phi3space", "train", str(config_path)]
     return [sys.executable, "-u", "-m", "phi3space", "train", str(config_path)]
 
 
@@ -251,7 +257,7 @@ class _Adopted:
     """A training process started by an earlier server process: watched through its pid, not waited for."""
 
     def __init__(self, job: Job):
-        self.pid, self.slot, self._job = job.pid, job.slot or 0, job
+        self.pid, self.slot, self.gpus, self._job = job.pid, job.slot or 0, job.gpus or 1, job
 
     def poll(self) -> int | None:
         return None if _is_our_process(self._job) else -1  # the exit code is unknown: events decide
@@ -290,6 +296,9 @@ class JobRunner:
         self._kill_at: dict[str, float] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        from .remote_jobs import RemoteJobs
+
+        self.remote = RemoteJobs(self)
         self.recover()
         self._thread = threading.Thread(target=self._loop, name="phi3space-jobs", daemon=True)
         self._thread.start()
@@ -310,6 +319,8 @@ class JobRunner:
                 that will expire before the run can end.
             ConfigError: this machine cannot train (ZeroGPU, a GPU torch cannot use), or the repo is in use.
         """
+        if cfg.compute.backend == "hf-jobs":  # started on Hugging Face Jobs at once: no slot, no queue
+            return self.remote.submit(cfg, owner, token)
         refusal = training_refusal()
         if refusal is not None:
             raise refusal
@@ -334,13 +345,17 @@ class JobRunner:
             if is_local_ref(value) and Path(value).expanduser().exists():
                 setattr(part, key, str(Path(value).expanduser().resolve()))
 
+        gpus = self.slots if cfg.compute.gpus == "all" else int(cfg.compute.gpus)
+        if gpus > self.slots:
+            raise ConfigError([f"compute.gpus: {gpus}, but this server trains on {self.slots} GPU slot(s)"],
+                              "Ask for fewer (or all), or train on Hugging Face Jobs with a multi-GPU flavor.")
         job_id = uuid.uuid4().hex[:12]
         run = RunDir(self.root / "runs" / safe_name(owner) / job_id)
         cfg.output.dir = str(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
         job = Job(id=job_id, owner=owner, name=name or default_run_name(cfg), run_dir=str(run.path),
-                  needs_token=bool(token))
+                  needs_token=bool(token), gpus=gpus)
         if self.space:
             from .records import publish_queued
 
@@ -448,6 +463,9 @@ class JobRunner:
                 self._tokens.pop(job_id, None)
                 self.store.update(job_id, cancel_requested=True)
                 self._finish(self.store.get(job_id), None)
+            elif job.phase == "running" and not job.cancel_requested and job.remote:
+                self.remote.cancel(job)  # the platform stops it; its follower writes how it ended
+                self.store.update(job_id, cancel_requested=True)
             elif job.phase == "running" and not job.cancel_requested:
                 self.store.update(job_id, cancel_requested=True)
                 self._signal(job_id, signal.SIGTERM)
@@ -462,6 +480,8 @@ class JobRunner:
             ConfigError: the job is still queued/running or finished well, or it left no checkpoint to continue from.
             AuthError: no sign-in where one is needed, or one that expires too soon.
         """
+        if self.get(job_id, owner).remote:  # continued on Hugging Face Jobs, from the checkpoint it pushed
+            return self.remote.resume(self.get(job_id, owner), token)
         refusal = training_refusal()
         if refusal is not None:
             raise refusal
@@ -579,6 +599,7 @@ class JobRunner:
     def shutdown(self, timeout: float = 10) -> None:
         """Stop the supervisor thread and end running jobs (tests and server exit)."""
         self._stop.set()
+        self.remote.shutdown()
         self._thread.join(timeout)
         for proc in list(self._procs.values()):
             if isinstance(proc, subprocess.Popen) and proc.poll() is None:
@@ -596,7 +617,9 @@ class JobRunner:
         while no one watched gets its last word from its events (the supervisor adds one if it has none); queued
         jobs that needed a sign-in token cannot start any more (tokens are never stored)."""
         for job in self.store.list(phase=("running",)):
-            if job.pid and _is_our_process(job):
+            if job.remote:  # on Hugging Face Jobs: followed again once its owner's token is at hand
+                self.remote.recover(job)
+            elif job.pid and _is_our_process(job):
                 self._procs[job.id] = _Adopted(job)
             else:
                 self._finish(job, None)
@@ -641,23 +664,28 @@ class JobRunner:
             elif job_id in self._kill_at and time.time() > self._kill_at[job_id]:
                 self._signal(job_id, signal.SIGKILL)
                 self._kill_at.pop(job_id)
-        free = self.slots - len(self._procs)
-        queued = self.store.list(phase=("queued",))
-        for job in queued[:max(0, free)]:
-            self._start(job)
+        for job in self.store.list(phase=("queued",)):
+            slot = self._free_slots(min(job.gpus or 1, self.slots))
+            if slot is None:
+                break  # first come, first served: later jobs wait behind one that waits for GPUs
+            self._start(job, slot)
         if self.idle is not None:
-            self.idle.tick(busy=bool(self._procs or queued))
+            self.idle.tick(busy=bool(self._procs or self.store.list(phase=("queued",))))
 
-    def _start(self, job: Job) -> None:
+    def _free_slots(self, n: int) -> int | None:
+        """The first of ``n`` free slots in a row, or None."""
+        used = {s for p in self._procs.values() for s in range(p.slot, p.slot + getattr(p, "gpus", 1))}
+        return next((i for i in range(self.slots - n + 1) if not used & set(range(i, i + n))), None)
+
+    def _start(self, job: Job, slot: int) -> None:
         token = self._tokens.pop(job.id, None)
-        used = {p.slot for p in self._procs.values()}
-        slot = next(i for i in range(self.slots) if i not in used)
+        gpus = min(job.gpus or 1, self.slots)
         env = job_env(token, self.space)
         from .records import JOB_ENV, OWNER_ENV
 
         env[JOB_ENV], env[OWNER_ENV] = job.id, job.owner  # for the record on the final card
         if self.slots > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(s) for s in range(slot, slot + gpus))
         for listener in self.before_start:
             try:
                 listener(job)
@@ -666,7 +694,8 @@ class JobRunner:
         if job.argv:
             command = [sys.executable, "-u", "-m", "phi3space", *json.loads(job.argv)]
         else:
-            command = self.command(job.run.config) + (["--resume"] if job.resume else [])
+            command = (self.command(job.run.config) if gpus == 1 else train_command(job.run.config, gpus)) + \
+                (["--resume"] if job.resume else [])
         # Taken before the process starts: a fast process may write its last word before Popen returns here, and a
         # last word older than `started` counts as an earlier attempt's (last_word).
         started = time.time()
@@ -674,7 +703,7 @@ class JobRunner:
             # cwd: where `import phi3space` finds this code, so the job runs exactly what the server runs
             proc = subprocess.Popen(command, env=env, cwd=PACKAGE_PARENT, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        proc.slot = slot  # type: ignore[attr-defined]
+        proc.slot, proc.gpus = slot, gpus  # type: ignore[attr-defined]
         self._procs[job.id] = proc
         self.store.update(job.id, phase="running", started=started, pid=proc.pid, slot=slot)
 

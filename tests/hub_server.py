@@ -23,6 +23,7 @@ Errors carry the ``X-Error-Code``/``X-Error-Message`` headers that ``hf_raise_fo
 ``RepoNotFound`` (401 without a token, 404 with one, as the Hub does: unknown *or* private repo),
 ``GatedRepo`` (401 without a token, 403 with one, on file downloads only), ``RevisionNotFound``,
 ``EntryNotFound``. An unknown token answers 401 "Invalid credentials in Authorization header" everywhere.
+Hugging Face Jobs (``/api/jobs/...``) are stood in for by ``hub.jobs`` (tests/jobs_server.py).
 Private and gated repos are open to the user named like the namespace, to members of that org and to
 ``owner_token``. Writing needs a "write" token and, in an organisation, a write role there (``org_roles``).
 Branch names and revisions may be a branch or a full commit sha.
@@ -39,6 +40,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
+
+from jobs_server import JobsStandIn
 
 
 class Request(collections.namedtuple("Request", "method path token")):
@@ -114,6 +117,7 @@ class HubServer:
     def __init__(self):
         self._lock = threading.RLock()
         self._server, self._port, self._down, self._conns = None, None, False, set()
+        self.jobs = JobsStandIn(self)
         self.reset()
 
     # ----------------------------------------------------------------- public API
@@ -167,6 +171,7 @@ class HubServer:
             self.paused = []  # (space id, token) of each accepted pause request
             self.requests = []  # Request(method, path incl. query, token or None) for every request
             self.down, self._fail_all = False, None
+        self.jobs.reset()
 
     def add_user(self, name, token, orgs=(), role="write", org_roles=None):
         """Register user ``name`` with access token ``token`` (role "write" or "read") and org memberships;
@@ -228,6 +233,8 @@ class HubServer:
         if status:
             return self._send(h, method, status, {"error": f"injected fault {status}"})
         path, _, query = h.path.partition("?")
+        if path.startswith("/api/jobs/"):  # answered (and logs streamed) outside the lock
+            return self.jobs.dispatch(h, method, unquote(path), parse_qs(query), body, token)
         try:
             with self._lock:
                 status, payload, headers = self._route(method, path.split("/")[1:], parse_qs(query), body,

@@ -29,7 +29,8 @@ TRAINING_FIELDS = ["training.learning_rate", "training.lr_scheduler", "training.
 ADVANCED_FIELDS = ["training.logging_steps", "training.eval_steps", "training.save_steps", "training.save_total_limit",
                    "training.gradient_checkpointing", "training.packing", "model.attn_implementation"]
 OUTPUT_FIELDS = ["output.push_to", "output.private", "output.push_checkpoints"]
-FIELDS = MAIN_FIELDS + DATA_FIELDS + LORA_FIELDS + TRAINING_FIELDS + ADVANCED_FIELDS + OUTPUT_FIELDS
+COMPUTE_FIELDS = ["compute.backend", "compute.flavor", "compute.timeout", "compute.gpus"]  # laid out by compute_box.py
+FIELDS = MAIN_FIELDS + DATA_FIELDS + LORA_FIELDS + TRAINING_FIELDS + ADVANCED_FIELDS + OUTPUT_FIELDS + COMPUTE_FIELDS
 SERVER_CHOSEN = {"output.dir"}
 
 # What an empty optional field means, shown inside it (a gr.Number without a placeholder turns "empty" into 0).
@@ -261,13 +262,14 @@ def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
 class Plan:
     steps: int | None
     warnings: list[str]
+    cost: str | None = None  # on Hugging Face Jobs: the flavor, its price and the estimated cost
 
     def markdown(self) -> str:
         if self.steps:
             steps = f"**{self.steps} optimizer step{'s' if self.steps != 1 else ''}**"
         else:
             steps = "Steps: press **Inspect** to count the rows."
-        return "\n".join([steps] + [f"- ⚠️ {w}" for w in self.warnings])
+        return "\n".join([steps] + ([f"\n{self.cost}"] if self.cost else []) + [f"- ⚠️ {w}" for w in self.warnings])
 
 
 def gpu_memory_gb() -> float | None:
@@ -279,14 +281,14 @@ def gpu_memory_gb() -> float | None:
     return memory_for_training_gb(held_gb())
 
 
-def planned_steps(cfg: RunConfig, rows: int | None) -> int | None:
+def planned_steps(cfg: RunConfig, rows: int | None, devices: int = 1) -> int | None:
     t = cfg.training
     if t.max_steps:
         return t.max_steps
     if not rows:
         return None
     rows = min(rows, cfg.data.max_samples or rows)
-    per_epoch = math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum)
+    per_epoch = math.ceil(math.ceil(rows / t.batch_size / max(devices, 1)) / t.grad_accum)
     return max(1, math.ceil(per_epoch * t.epochs))
 
 
@@ -294,8 +296,14 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
     """Steps and the warnings a user needs before pressing Start."""
     t = cfg.training
     seen = inspection if inspection is not None and inspection.dataset == cfg.data.dataset else None
-    steps = planned_steps(cfg, seen.rows if seen else None)
-    warnings = []
+    jobs = None
+    if cfg.compute.backend == "hf-jobs":  # the flavor's GPUs, not this machine's, and what they will cost
+        from ..flavors import estimate
+
+        jobs = estimate(cfg, seen.rows if seen else None, seen.lengths if seen else None)
+        gpu_gb = jobs.flavor.memory_gb
+    steps = planned_steps(cfg, seen.rows if seen else None, jobs.flavor.gpus if jobs else 1)
+    warnings = jobs.warnings() if jobs else []
     if steps is not None and steps < MIN_USEFUL_STEPS:
         warnings.append(f"only {steps} steps: too few for the adapter to learn much. Raise epochs or max_steps "
                         f"(or lower batch size x grad accum).")
@@ -307,10 +315,10 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
                             f"(90% of rows fit in {p90} tokens): raise max_length.")
     need = estimate_memory_gb(cfg)
     if gpu_gb is None:
-        if model_size(cfg.model.base)[0] > 5e8:
+        if jobs is None and model_size(cfg.model.base)[0] > 5e8:
             warnings.append("no GPU on this machine: training a Phi-3 on the CPU would take days. Use GPU hardware.")
     elif need > 0.9 * gpu_gb:
         fix = "use QLoRA, or lower max_length or batch size" if cfg.model.method == "lora" else "lower max_length or batch size"
         warnings.append(f"this will likely not fit in this GPU's memory (about {need:.0f} GB needed, {gpu_gb:.0f} GB "
                         f"free): {fix}.")
-    return Plan(steps, warnings)
+    return Plan(steps, warnings, jobs.markdown() if jobs else None)

@@ -111,7 +111,7 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     live = job is not None and status not in FINAL
     stop = gr.Button("Cancel" if status == "queued" else "Stop", interactive=live)
     resume = gr.Button(visible=job is not None and not job.argv and status in ("failed", "cancelled")
-                       and job.run.latest_checkpoint() is not None)
+                       and (job.run.latest_checkpoint() is not None or bool(job.remote and follower.state.checkpoint_url)))
     done = _has_adapter(job, status, follower.state)
     push = gr.Button(visible=job is not None and not job.argv and job.phase == "done" and runner.push_pending(job))
     return (follower, signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),

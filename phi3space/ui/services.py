@@ -68,15 +68,22 @@ def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
     register_secret(token)
     expires_at = (getattr(oauth_token, "expires_at", None) or None) if token else None  # API clients: 0, unknown
     if profile is not None and getattr(profile, "username", None):
-        return Visitor(profile.username, token, expires_at)
+        return _seen(Visitor(profile.username, token, expires_at))
     if token:
         from ..hub import whoami
 
         try:
-            return Visitor(whoami(token)["name"], token)
+            return _seen(Visitor(whoami(token)["name"], token))
         except AuthError:
             raise AuthError("the Hub did not accept your token", "Sign in again, or pass a valid token (oauth_token=...).") from None
     return Visitor(None if space else LOCAL_OWNER, None)
+
+
+def _seen(visitor: Visitor) -> Visitor:
+    """A visitor with a token: their runs on Hugging Face Jobs can be followed (again) with it."""
+    if visitor.token and _runner is not None:
+        _runner.remote.seen(visitor.owner, visitor.token)
+    return visitor
 
 
 _restored: set[str] = set()  # owners whose Hub runs this process has brought back

@@ -20,7 +20,7 @@ from .. import config as config_mod
 from ..errors import Phi3SpaceError
 from ..hub import on_space
 from ..run import RunDir
-from . import forms
+from . import compute_box, forms
 from .common import UI_ONLY, code_block, page_text, user_errors
 from .follow import Follower
 from .jobs_view import following
@@ -209,6 +209,7 @@ def build(follower: gr.State, seen: gr.State) -> TrainTab:
     with gr.Row(elem_id="output-row", equal_height=False):
         for key in forms.OUTPUT_FIELDS:
             fields[key] = _component(specs[key])
+    fields.update(compute_box.build(specs, fields["output.push_checkpoints"]))  # this machine or Hugging Face Jobs
     with gr.Accordion("Config file (YAML)", open=False, elem_id="config-accordion"):
         with gr.Row():
             yaml_upload = gr.File(label="Load a config file into the form", file_types=[".yaml", ".yml"],
