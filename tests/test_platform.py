@@ -307,7 +307,7 @@ def test_the_space_pins_a_cuda_torch_without_touching_the_development_install():
     front = yaml.safe_load((ROOT / "README.md").read_text().split("---")[1])
     assert "suggested_storage" not in front
     assert front["hf_oauth"] is True and 480 < front["hf_oauth_expiration_minutes"] <= 43200
-    assert set(front["hf_oauth_scopes"]) == {"contribute-repos", "read-repos", "gated-repos"}
+    assert set(front["hf_oauth_scopes"]) == {"contribute-repos", "read-repos", "gated-repos", "jobs"}
     assert front["python_version"] in ("3.10.13", "3.12.12")  # the versions ZeroGPU runs
 
 

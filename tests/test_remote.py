@@ -56,6 +56,7 @@ def test_image_is_the_spaces_own_or_the_setting_else_refused(monkeypatch):
     with pytest.raises(ConfigError, match="needs an image") as info:
         remote.job_image()
     assert "PHI3SPACE_JOBS_IMAGE=hf.co/spaces/OWNER/NAME" in info.value.hint
+    monkeypatch.setenv("SYSTEM", "spaces")
     monkeypatch.setenv("SPACE_ID", "alice/phi3space")
     assert remote.job_image() == "hf.co/spaces/alice/phi3space" and remote.origin() == "alice--phi3space"
     monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", "ghcr.io/acme/phi3space:abc123")
@@ -198,7 +199,7 @@ def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
     assert not any("no GPU on this machine" in w for w in p.warnings)
     big = jobs_cfg(flavor="t4-small")
     big.training.max_length, big.training.batch_size = 4096, 16
-    assert any("not fit in this GPU's memory" in w and "16 GB available" in w for w in forms.plan(big).warnings)
+    assert any("not fit in this GPU's memory" in w and "16 GB free" in w for w in forms.plan(big).warnings)
     assert forms.plan(jobs_cfg(flavor="cpu-upgrade")).warnings[0].startswith("cpu-upgrade has no GPU")
     assert forms.plan(config.from_dict({"data": {"dataset": "x"}})).cost is None  # this machine: no price tag
 
