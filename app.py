@@ -1,6 +1,8 @@
-"""Hugging Face Space entry point: the phi3space web app (python app.py, or `gradio app.py` while developing)."""
+"""Hugging Face Space entry point: the phi3space web app (python app.py, or `gradio app.py` while developing).
 
-import os
+It listens on 127.0.0.1 off a Space (GRADIO_SERVER_NAME=0.0.0.0 opens it to the network) and on 0.0.0.0 on a Space.
+"""
+
 import sys
 
 from phi3space.hub import keep_owner_token_out
@@ -19,5 +21,4 @@ except Phi3SpaceError as exc:
 demo = build_app()
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=4).launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-                                                   **launch_kwargs())
+    demo.queue(default_concurrency_limit=4).launch(**launch_kwargs())

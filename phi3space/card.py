@@ -31,18 +31,46 @@ def plot_loss(state: RunState, path) -> bool:
     return True
 
 
+def _card_data(cfg: RunConfig, license: str | None, record: dict | None):
+    """The front matter: what the Hub indexes (tags, base model, datasets) and, for a web app job, its record
+    (phi3space.records: which job, of which Space, how far it got), which is how a run is found again."""
+    from huggingface_hub import ModelCardData
+
+    from .records import RECORD_KEY, RECORD_TAG
+
+    tags = [cfg.model.method, "sft", "trl", "peft", "phi3", RECORD_TAG]
+    extra = {RECORD_KEY: record} if record else {}
+    return ModelCardData(base_model=cfg.model.base if is_hub_id(cfg.model.base) else None, library_name="peft",
+                         pipeline_tag="text-generation", tags=tags, license=license,
+                         datasets=[cfg.data.dataset] if is_hub_id(cfg.data.dataset) else None, **extra)
+
+
+def pending_card(cfg: RunConfig, repo_id: str, record: dict) -> str:
+    """The card a web app job puts on its repo when it is queued: the record that lets the visitor find the run
+    again after the Space restarts, until the final card replaces it."""
+    from huggingface_hub import ModelCard
+
+    body = f"""
+# {repo_id.split('/')[-1]}
+
+A {'QLoRA' if cfg.model.method == 'qlora' else 'LoRA'} adapter for [{cfg.model.base}]({_link(cfg.model.base)}) on
+`{cfg.data.dataset}`, being trained with phi3space (job `{record.get('job')}`). The adapter and its results appear
+here when the run ends; until then, checkpoints go to the `checkpoints` branch. `{RunDir.CONFIG}` holds the run's
+settings.
+"""
+    return str(ModelCard.from_template(_card_data(cfg, None, record), template_str="---\n{{ card_data }}\n---\n" + body))
+
+
 def model_card(cfg: RunConfig, state: RunState, license: str | None = None, repo_id: str | None = None,
-               metrics: dict | None = None) -> str:
+               metrics: dict | None = None, record: dict | None = None) -> str:
     """Model card text (YAML front matter + markdown); no secrets, only the resolved config. ``metrics``: the final
-    ones, when the run is finishing and its run_finished event is not written yet."""
-    from huggingface_hub import ModelCard, ModelCardData
+    ones, when the run is finishing and its run_finished event is not written yet. ``record``: a web app job's
+    record for the front matter (see phi3space.records)."""
+    from huggingface_hub import ModelCard
 
     m = state.results(metrics)
     hardware = state.hardware
-    tags = [cfg.model.method, "sft", "trl", "peft", "phi3", "phi3space"]
-    data = ModelCardData(base_model=cfg.model.base if is_hub_id(cfg.model.base) else None, library_name="peft",
-                         pipeline_tag="text-generation", tags=tags, license=license,
-                         datasets=[cfg.data.dataset] if is_hub_id(cfg.data.dataset) else None)
+    data = _card_data(cfg, license, record)
     fmt = lambda v, spec=".4f": "n/a" if v is None else format(v, spec) if isinstance(v, float) else str(v)  # noqa: E731
     t, lo = cfg.training, cfg.lora
     adapter = repo_id or "path/to/this/folder"
@@ -107,8 +135,9 @@ def _link(ref: str) -> str:
 
 
 def write_card(cfg: RunConfig, run: RunDir, license: str | None = None, repo_id: str | None = None,
-               metrics: dict | None = None) -> None:
-    """(Re)write the run folder's loss curve and model card from its events (plus ``metrics``, see model_card)."""
+               metrics: dict | None = None, record: dict | None = None) -> None:
+    """(Re)write the run folder's loss curve and model card from its events (plus ``metrics`` and ``record``, see
+    model_card)."""
     state = run.state()
     plot_loss(state, run.plot)
-    run.card.write_text(model_card(cfg, state, license, repo_id, metrics), encoding="utf-8")
+    run.card.write_text(model_card(cfg, state, license, repo_id, metrics, record), encoding="utf-8")

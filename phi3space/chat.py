@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,24 +373,31 @@ class ChatEngine:
                 r.finish()
 
 
-def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, token: str | None = None) -> Path:
+def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, token: str | None = None,
+                  on_stage: Callable[[str], None] | None = None) -> Path:
     """Fold an adapter into its base model's weights (peft's merge_and_unload) and save a plain transformers model.
 
     QLoRA adapters are merged into the 16-bit base, not the 4-bit one, so nothing is lost to quantisation.
+    ``on_stage`` hears each of the four stages (adapter, base model, merge, save) as it starts.
 
     Raises:
         ModelError: adapter or base not found, or the adapter does not fit the base.
     """
+    stage = on_stage or (lambda text: None)
+    stage(f"loading the adapter {adapter}")  # (importing peft and torch takes a while on its own)
     from peft import PeftModel
 
     path = resolve_adapter(adapter, token)
     base = base or adapter_base(path)
+    stage(f"loading the base model {base} (16-bit)")
     model = load_for_inference(base, token)
+    stage("merging the adapter into the base weights")
     try:
         merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as exc:
         raise _does_not_fit(adapter, base, path, exc) from None
     out = Path(out_dir)
+    stage(f"saving the merged model to {out}")
     merged.save_pretrained(out)
     tokenizer_source = path if RunDir(path).has_tokenizer() else base
     load_tokenizer(str(tokenizer_source), token).save_pretrained(out)

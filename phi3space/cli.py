@@ -13,6 +13,7 @@ import os
 import sys
 
 from .errors import Cancelled, Phi3SpaceError
+from .run import RunDir
 
 
 def _quiet_libraries(data: bool = True) -> None:
@@ -46,6 +47,8 @@ def fmt_duration(seconds: float | None) -> str:
 def format_event(e: dict) -> str | None:
     """One readable line per event, or None for events the CLI does not print."""
     kind = e["type"]
+    if e.get("task") == "merge":
+        return _format_merge_event(e)
     if kind == "progress":
         parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}", f"epoch {e.get('epoch') or 0:.2f}",
                  f"loss {e.get('loss') or float('nan'):.4f}"]
@@ -78,6 +81,17 @@ def format_event(e: dict) -> str | None:
     return None
 
 
+def _format_merge_event(e: dict) -> str | None:
+    kind = e["type"]
+    if kind == "run_started":
+        return f"merge started: {e.get('adapter')}" + (f" -> {e['push_to']}" if e.get("push_to") else "")
+    if kind == "progress":
+        return f"[{e.get('step')}/{e.get('max_steps')}] {e.get('stage')}"
+    if kind == "run_finished":
+        return f"merge {e.get('status')}" + (f": {e['model']}" if e.get("model") else "")
+    return None
+
+
 def _print_event(e: dict) -> None:
     line = format_event(e)
     if line:
@@ -85,15 +99,23 @@ def _print_event(e: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from . import config
+    from . import config, job_protocol, remote
     from .hub import resolve_token
 
-    cfg = config.load(args.config, args.set or [])
+    echo = _print_event
+    if job_protocol.inside_job(args.config):  # in a Hugging Face job: the config came in an environment value
+        cfg, echo = job_protocol.job_config(args.config, args.set or []), job_protocol.job_echo(_print_event)
+    else:
+        cfg = config.load(args.config, args.set or [])
+        if cfg.compute.backend == "hf-jobs":  # submit the job, follow it, and end like a local run
+            run_dir = remote.train_cli(cfg, args.resume, resolve_token(), echo=_print_event)
+            print(f"done: {run_dir} (adapter: {RunDir(run_dir).state().adapter_url})")
+            return 0
     _quiet_libraries()
     from .training import train
 
     try:
-        run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=_print_event)
+        run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=echo)
     finally:
         import torch.distributed as dist
 
@@ -160,12 +182,30 @@ def cmd_chat(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .chat import merge_adapter
-    from .hub import resolve_token
+    import signal
 
+    from .errors import ConfigError
+    from .hub import is_hub_id, resolve_token
+    from .merge import merge_and_push
+    from .run import RunDir
+
+    if not args.out and not args.push_to:
+        raise ConfigError(["merge needs --out DIR, --push-to REPO, or both"],
+                          "e.g. python -m phi3space merge runs/my-run --out merged/ (or --push-to you/my-model)")
+    if args.push_to and not is_hub_id(args.push_to):
+        raise ConfigError([f"--push-to {args.push_to!r} is not a repo ID like your-name/my-model"])
+
+    def stop(signum, frame):  # Stop in the web app: end cleanly, removing the temporary folder
+        raise Cancelled("the merge was stopped")
+
+    signal.signal(signal.SIGTERM, stop)
     _quiet_libraries()
-    out = merge_adapter(args.adapter, args.out, base=args.base, token=resolve_token())
-    print(f"merged model saved in {out} (load it with AutoModelForCausalLM.from_pretrained, no peft needed)")
+    emit = RunDir(args.run_dir).writer(echo=_print_event).emit if args.run_dir else \
+        (lambda type, **fields: _print_event({"type": type, **fields}))
+    result = merge_and_push(args.adapter, emit, out=args.out, push_to=args.push_to, base=args.base,
+                            token=resolve_token(), private=args.private)
+    if result["out"]:
+        print(f"merged model saved in {result['out']} (load it with AutoModelForCausalLM.from_pretrained, no peft needed)")
     return 0
 
 
@@ -190,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m phi3space", description="Fine-tune Phi-3 with LoRA or QLoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train from a YAML run config")
-    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("config", help="YAML run config (see configs/); compute.backend: hf-jobs trains on Hugging Face Jobs")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. lora.r=8 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of output.dir")
     p.set_defaults(func=cmd_train)
@@ -209,8 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
     p = sub.add_parser("merge", help="fold an adapter into its base model and save a standalone model")
     p.add_argument("adapter", help="run folder or Hub repo ID of an adapter")
-    p.add_argument("--out", required=True, help="folder for the merged model")
+    p.add_argument("--out", help="folder for the merged model")
+    p.add_argument("--push-to", metavar="REPO", help="upload the merged model to this Hub repo (user/name); "
+                   "without --out it is built in a temporary folder, removed after the upload")
+    p.add_argument("--public", dest="private", action="store_false", default=True, help="create the repo as public")
     p.add_argument("--base", help="base model (default: the adapter's own base)")
+    p.add_argument("--run-dir", help="also write progress events to this folder's events file (the web app's jobs)")
     p.set_defaults(func=cmd_merge)
     p = sub.add_parser("push", help="push a finished run's adapter to the Hub")
     p.add_argument("run_dir", help="run folder")

@@ -26,6 +26,7 @@ DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+BACKENDS = ("local", "hf-jobs")
 # A run config is a few dozen settings; anything bigger is the wrong file (or an attempt to exhaust memory).
 MAX_CONFIG_BYTES = 64 * 1024
 
@@ -94,12 +95,26 @@ class OutputConfig:
 
 
 @dataclass
+class ComputeConfig:
+    backend: str = _f("local", "Where the run trains: local (this machine's GPUs, in the app's queue) or hf-jobs (a "
+                               "Hugging Face Job on rented hardware, billed to you; needs output.push_to).",
+                      choices=BACKENDS)
+    flavor: str = _f("a10g-large", "Hugging Face Jobs hardware for hf-jobs, e.g. l4x1, a10g-large, a100-large; "
+                                   "several GPUs (a10g-largex2, l4x4, h200x8) train data-parallel with accelerate.")
+    timeout: str = _f("4h", "hf-jobs: the job is stopped after this long (s, m, h or d; e.g. 90m, 6h), which also "
+                            "caps its cost; Resume continues from the last pushed checkpoint.")
+    gpus: str = _f("1", "local, in the app's queue: GPUs (slots) the run takes, 1, N or all; more than one trains "
+                        "data-parallel under accelerate launch. (hf-jobs: the flavor decides; CLI: accelerate launch.)")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,7 +131,7 @@ class RunConfig:
 
 
 _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "training": TrainingConfig,
-                    "output": OutputConfig}
+                    "output": OutputConfig, "compute": ComputeConfig}
 
 
 def short_name(ref: str) -> str:
@@ -203,6 +218,7 @@ ALIASES = {
     "dataset_config_name": "data.config_name", "subset": "data.config_name", "max_train_samples": "data.max_samples",
     "output_dir": "output.dir", "hub_model_id": "output.push_to", "repo_id": "output.push_to",
     "hub_private_repo": "output.private",
+    "hardware": "compute.flavor", "gpu": "compute.flavor", "instance_type": "compute.flavor",
 }
 
 # A Hugging Face access token pasted into a setting. Configs are saved beside the run and pushed with the adapter,
@@ -456,6 +472,8 @@ def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> 
             section, name = key.split(".", 1)
             part = getattr(cfg, section)
             setattr(part, name, _coerce(value, field_of[key], key, getattr(part, name), problems))
+    if cfg.compute.backend == "hf-jobs" and "output.push_checkpoints" not in flat:
+        cfg.output.push_checkpoints = True  # a job's disk is gone when it ends: the Hub keeps what Resume needs
     problems += [p for p in _validate(cfg) if p.split(":", 1)[0] not in refused]
     if problems:
         raise ConfigError(problems, TOKEN_HINT if tokens else "")
@@ -520,6 +538,37 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", o.push_to):
         p.append(f"output.push_to: {_show(o.push_to)} is not a repo ID like your-name/my-adapter (or 'auto')")
+    p += _validate_compute(cfg.compute, o)
+    return p
+
+
+# A job's time limit: a number of seconds, or a number with s, m, h or d (the forms huggingface_hub's run_job takes).
+_TIMEOUT = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+TIMEOUT_RANGE_S = (60, 7 * 86400)
+
+
+def timeout_seconds(text: str | int | float) -> int | None:
+    """'90m' -> 5400, '4h' -> 14400, '3600' -> 3600; None when it is not a duration."""
+    m = _TIMEOUT.fullmatch(str(text).strip().lower())
+    return int(float(m.group(1)) * _UNIT_S[m.group(2)]) if m else None
+
+
+def _validate_compute(c: ComputeConfig, o: OutputConfig) -> list[str]:
+    p = []
+    if not isinstance(c.flavor, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", c.flavor or ""):
+        p.append(f"compute.flavor: {_show(c.flavor)} is not a Jobs hardware name like a10g-large or l4x1")
+    seconds = timeout_seconds(c.timeout)
+    low, high = TIMEOUT_RANGE_S
+    if seconds is None:
+        p.append(f"compute.timeout: {_show(c.timeout)} is not a duration; write e.g. 90m, 4h or 1d")
+    elif not low <= seconds <= high:
+        p.append(f"compute.timeout: {_show(c.timeout)} is outside 1m to 7d")
+    if not re.fullmatch(r"all|[1-9]\d?", str(c.gpus)):
+        p.append(f"compute.gpus: {_show(c.gpus)} is not 1, a number of GPUs or all")
+    if c.backend == "hf-jobs" and not o.push_to:
+        p.append("compute.backend: hf-jobs needs output.push_to (the job's disk is gone when it ends: the adapter "
+                 "must go to the Hub); e.g. output.push_to: auto")
     return p
 
 

@@ -21,8 +21,14 @@ T = TypeVar("T")
 
 
 def on_space() -> bool:
-    """True inside a Hugging Face Space (the Hub sets SPACE_ID there)."""
-    return bool(os.environ.get("SPACE_ID"))
+    """True inside a Hugging Face Space, decided as gradio decides it: SYSTEM=spaces and a SPACE_ID (a SPACE_ID
+    alone, e.g. copied into a developer's shell, is not a Space)."""
+    return os.environ.get("SYSTEM") == "spaces" and bool(os.environ.get("SPACE_ID"))
+
+
+def space_id() -> str | None:
+    """owner/name of the Space this app runs in; None elsewhere."""
+    return os.environ.get("SPACE_ID") if on_space() else None
 
 
 # Names ending like this are files, never Hub IDs (a Hub ID has no such suffix in practice).
@@ -56,19 +62,20 @@ def resolve_token(explicit: str | None = None) -> str | None:
 _owner_token: str | None = None
 
 
-def keep_owner_token_out() -> None:
+def keep_owner_token_out(space: bool | None = None) -> str | None:
     """On a Space, the owner's HF_TOKEN must never ride along on a visitor's Hub calls, even those a library makes
-    without passing a token (transformers lists files and models that way). Call before huggingface_hub is
-    imported: the token leaves the environment (kept here for the owner's own operations) and implicit tokens are
-    switched off."""
+    without passing a token (transformers lists a model's files that way while loading it). The token leaves the
+    environment (kept here for the owner's own operations: the idle pause, the bucket copy) and implicit tokens are
+    switched off. app.py calls it before huggingface_hub is imported; the job runner again. Returns the owner's token."""
     global _owner_token
-    if not on_space():
-        return
-    _owner_token = os.environ.pop("HF_TOKEN", None) or _owner_token
-    os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
+    if not (on_space() if space is None else space):
+        return None
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        _owner_token = os.environ.pop(name, None) or _owner_token
     os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
     os.environ["HF_TOKEN_PATH"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), "phi3space-no-token", "token")
     register_secret(_owner_token)
+    return _owner_token
 
 
 def owner_token() -> str | None:
@@ -221,11 +228,15 @@ def namespaces(user: dict) -> list[str]:
     return [user["name"]] + [o["name"] for o in user.get("orgs", []) if o.get("name")]
 
 
-def check_push_access(push_to: str, token: str | None, auto_name: str) -> str:
-    """Resolve ``push_to`` ('auto' -> <user>/<auto_name>) and check the token may create and write it.
+def check_push_access(push_to: str, token: str | None, auto_name: str, private: bool = True) -> str:
+    """Resolve ``push_to`` ('auto' -> <user>/<auto_name>) and prove the token may write there, the way the Hub
+    will judge the push: ``create_repo(exist_ok=True)``, then ``auth_check(write=True)``. An organisation the token
+    was not granted (an OAuth sign-in picks organisations at consent), or a read-only membership, is refused here,
+    in seconds, before any weights load.
 
     Raises:
-        AuthError: no token, refused token, read-only token, or a namespace that is not the user's or an org's.
+        AuthError: no token, refused token, read-only token, a namespace that is not the user's or an org's, or no
+            write access to the repo.
     """
     user = whoami(token)
     repo_id = f"{user['name']}/{auto_name}" if push_to == "auto" else push_to
@@ -237,7 +248,27 @@ def check_push_access(push_to: str, token: str | None, auto_name: str) -> str:
     if namespace not in namespaces(user):
         raise AuthError(f"cannot push to {repo_id}: {namespace!r} is not your account ({user['name']}) or one of your organisations",
                         f"Push to {user['name']}/{repo_id.split('/')[-1]}, or set output.push_to: auto.")
+    prove_write_access(repo_id, token, private)
     return repo_id
+
+
+def prove_write_access(repo_id: str, token: str | None, private: bool = True) -> None:
+    """Create the repo if needed and ask the Hub whether ``token`` may write to it.
+
+    Raises:
+        AuthError: the Hub refuses (no rights in that namespace, an organisation not granted to this sign-in).
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token or False)
+    hint = (f"Check that you may write to {repo_id.split('/')[0]}: for an organisation, a write role in it and, when "
+            "signing in on a Space, that you granted this app access to it at the consent screen (sign out, sign in "
+            "again and tick it); or push to your own account.")
+    try:
+        call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", ref=repo_id)
+        call(lambda: api.auth_check(repo_id, write=True), "check write access", ref=repo_id)
+    except AuthError as exc:
+        raise AuthError(f"cannot push to {repo_id}: {exc.message}", hint) from None
 
 
 def base_license(base: str, token: str | None) -> str | None:

@@ -8,11 +8,16 @@ last word (killed, crashed, out of memory), or contradicts it with its exit code
 
 A visitor's token travels only in that process's environment: it is held in memory (job id -> token) until the
 job starts and is never written to the store, the config or argv. Nothing here knows about gradio.
+
+On a Space the local disk does not survive a restart: every job pushes its adapter and its checkpoints to the
+visitor's repo, whose card records the job (phi3space.records), and ``restore_from_hub`` brings a visitor's runs
+back from there. The store and the run folders stay on local disk, never on a bucket mount.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import signal
@@ -28,8 +33,9 @@ from pathlib import Path
 
 from .config import RunConfig
 from .errors import AuthError, ConfigError, Phi3SpaceError, register_secret, scrub
-from .hub import is_local_ref, on_space
+from .hub import is_local_ref, keep_owner_token_out, on_space, owner_token, space_id
 from .run import RunDir, RunState
+from .runtime import IdlePause, first_gpu_name, fuse_mount, gpu_count, training_refusal, training_seconds
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `import phi3space` finds this very code
 
@@ -37,15 +43,6 @@ PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `import phi3spa
 def data_dir() -> Path:
     """PHI3SPACE_DATA_DIR, else ./data."""
     return Path(os.environ.get("PHI3SPACE_DATA_DIR") or "data").resolve()
-
-
-def gpu_count() -> int:
-    """GPUs on this machine (nvidia-smi, so that the web server never imports torch for it); 0 when none."""
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
 def safe_name(text: str) -> str:
@@ -70,6 +67,9 @@ class Job:
     cancel_requested: bool = False
     needs_token: bool = False
     resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
+    argv: str = ""  # a job that is not a training run: its `python -m phi3space` arguments, as JSON (see submit_merge)
+    remote: str | None = None  # "namespace/id" of its Hugging Face job (compute.backend: hf-jobs; see remote_jobs.py)
+    gpus: int = 1  # slots it takes from ``slot`` on (compute.gpus); more than one: accelerate launch
 
     @property
     def run(self) -> RunDir:
@@ -157,7 +157,11 @@ class JobStore:
         return jobs
 
 
-def train_command(config_path: Path) -> list[str]:
+def train_command(config_path: Path, gpus: int = 1) -> list[str]:
+    """One training process, or one per GPU under accelerate (data-parallel)."""
+    if gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+                "--num_machines", "1", "-m", "phi3space", "train", str(config_path)]
     return [sys.executable, "-u", "-m", "phi3space", "train", str(config_path)]
 
 
@@ -211,6 +215,20 @@ class DataDirBusy(Phi3SpaceError):
     kind = "busy"
 
 
+TOKEN_MARGIN_S = 300  # a sign-in must outlast the estimated run by this much
+
+
+def human_duration(seconds: float | None) -> str:
+    """'45 min', '2 h 05 min', '3 d 4 h'."""
+    if seconds is None:
+        return "?"
+    minutes = max(0, round(seconds / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
+
+
 def lock_data_dir(root: Path):
     """Hold an exclusive lock on the data folder for this process's life: a second app on the same folder would
     adopt, stop and double-book the first one's jobs.
@@ -239,7 +257,7 @@ class _Adopted:
     """A training process started by an earlier server process: watched through its pid, not waited for."""
 
     def __init__(self, job: Job):
-        self.pid, self.slot, self._job = job.pid, job.slot or 0, job
+        self.pid, self.slot, self.gpus, self._job = job.pid, job.slot or 0, job.gpus or 1, job
 
     def poll(self) -> int | None:
         return None if _is_our_process(self._job) else -1  # the exit code is unknown: events decide
@@ -251,6 +269,14 @@ class JobRunner:
     def __init__(self, root: str | Path | None = None, slots: int | None = None, grace_s: float | None = None,
                  poll_s: float = 0.5, command: Callable[[Path], list[str]] = train_command, space: bool | None = None):
         self.root = Path(root) if root is not None else data_dir()
+        self.space = on_space() if space is None else space
+        if self.space:  # the web server never sends the owner's token on a visitor's behalf
+            keep_owner_token_out(space=True)
+        if self.space and (fstype := fuse_mount(self.root)):
+            raise DataDirBusy(f"the data folder {self.root} is on a {fstype} mount (a Storage Bucket?): the job store "
+                              "(SQLite) needs a local disk with file locking",
+                              "Leave PHI3SPACE_DATA_DIR on the Space's own disk (the default ./data): the Hub keeps "
+                              "what must survive a restart; see README, 'What survives a restart'.")
         self._lock_file = lock_data_dir(self.root)
         self.store = JobStore(self.root / "jobs.sqlite")
         if self.store.set_aside is not None:
@@ -259,40 +285,153 @@ class JobRunner:
         self.grace_s = grace_s if grace_s is not None else float(os.environ.get("PHI3SPACE_STOP_GRACE_S", "60"))
         self.poll_s = poll_s
         self.command = command
-        self.space = on_space() if space is None else space
+        self.idle = IdlePause.from_env(space_id()) if self.space else None
+        from .bucket import BucketSync
+        from .hub import resolve_token
+
+        self.bucket = BucketSync.from_env(self.store.path, owner_token if self.space else resolve_token)
+        self.before_start: list[Callable[[Job], None]] = []  # e.g. chat gives the GPU back before a job trains
         self._tokens: dict[str, str | None] = {}  # job id -> token, until the job starts
         self._procs: dict[str, subprocess.Popen | _Adopted] = {}
         self._kill_at: dict[str, float] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        from .remote_jobs import RemoteJobs
+
+        self.remote = RemoteJobs(self)
         self.recover()
         self._thread = threading.Thread(target=self._loop, name="phi3space-jobs", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------ public
 
-    def submit(self, cfg: RunConfig, owner: str, token: str | None = None) -> Job:
-        """Queue a run for ``owner``; its run folder is chosen here, under the data folder."""
-        if self.space and cfg.output.push_to and not token:
-            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face', or clear the destination repo.")
+    def submit(self, cfg: RunConfig, owner: str, token: str | None = None, expires_at: float | None = None,
+               name: str | None = None) -> Job:
+        """Queue a run for ``owner`` (named ``name``, else <base>-<dataset>-<method>); its run folder is chosen here,
+        under the data folder.
+
+        On a Space the run always goes to the Hub (the destination defaults to ``auto``, checkpoints are pushed):
+        write access is proven now (create_repo, then auth_check(write=True)), and the job is recorded on the repo's
+        card, so that it can be found again after a restart.
+
+        Raises:
+            AuthError: no sign-in where one is needed, no write access, or a sign-in (``expires_at``, a Unix time)
+                that will expire before the run can end.
+            ConfigError: this machine cannot train (ZeroGPU, a GPU torch cannot use), or the repo is in use.
+        """
+        if cfg.compute.backend == "hf-jobs":  # started on Hugging Face Jobs at once: no slot, no queue
+            return self.remote.submit(cfg, owner, token)
+        refusal = training_refusal()
+        if refusal is not None:
+            raise refusal
+        from .config import default_run_name
+
+        if self.space:  # nothing on this disk survives a restart: the Hub keeps the run
+            cfg.output.push_to = cfg.output.push_to or "auto"
+            cfg.output.push_checkpoints = True
+        if self.space and not token:
+            raise AuthError("training here needs you to sign in with Hugging Face",
+                            "Press 'Sign in with Hugging Face': on a Space every run is kept in your Hub account (the "
+                            "Space's own disk does not survive a restart).")
+        self.check_token_lasts(cfg, expires_at)
+        if self.space:
+            from .config import auto_repo_name
+            from .hub import check_push_access
+
+            cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg), cfg.output.private)
+            self._check_repo_free(cfg.output.push_to, owner)
         for part, key in ((cfg.data, "dataset"), (cfg.model, "base")):  # the trainer runs elsewhere: no relative paths
             value = getattr(part, key)
             if is_local_ref(value) and Path(value).expanduser().exists():
                 setattr(part, key, str(Path(value).expanduser().resolve()))
-        from .config import default_run_name
 
+        gpus = self.slots if cfg.compute.gpus == "all" else int(cfg.compute.gpus)
+        if gpus > self.slots:
+            raise ConfigError([f"compute.gpus: {gpus}, but this server trains on {self.slots} GPU slot(s)"],
+                              "Ask for fewer (or all), or train on Hugging Face Jobs with a multi-GPU flavor.")
         job_id = uuid.uuid4().hex[:12]
         run = RunDir(self.root / "runs" / safe_name(owner) / job_id)
         cfg.output.dir = str(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
+        job = Job(id=job_id, owner=owner, name=name or default_run_name(cfg), run_dir=str(run.path),
+                  needs_token=bool(token), gpus=gpus)
+        if self.space:
+            from .records import publish_queued
+
+            publish_queued(cfg, cfg.output.push_to, job_id, owner, token, job.created)
+        return self._queue(job, token)
+
+    def submit_merge(self, job_id: str, push_to: str, owner: str, token: str | None = None, private: bool = True,
+                     name: str | None = None) -> Job:
+        """Queue a job that folds a finished job's adapter into its base model and pushes the merged 16-bit model
+        to ``push_to`` (``python -m phi3space merge ... --push-to``); it runs, queues and stops like training.
+
+        Raises:
+            ConfigError: the job is not the owner's, or it left no adapter.
+            AuthError: on a Space, without the visitor's token.
+        """
+        source = self.get(job_id, owner)
+        status, _ = self.status(source)
+        if status not in ("completed", "cancelled") or not source.run.has_adapter():
+            raise ConfigError([f"job {job_id} has no adapter to merge (status: {status})"],
+                              "Merge a finished run (or one stopped after it saved its adapter).")
+        if self.space and not token:
+            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+        merge_id = uuid.uuid4().hex[:12]
+        run = RunDir(self.root / "runs" / safe_name(owner) / merge_id)
+        run.path.mkdir(parents=True, exist_ok=True)
+        argv = ["merge", source.run_dir, "--push-to", push_to, "--run-dir", str(run.path)] + ([] if private else ["--public"])
+        return self._queue(Job(id=merge_id, owner=owner, name=name or f"{source.name}-merged", run_dir=str(run.path),
+                               needs_token=bool(token), argv=json.dumps(argv)), token)
+
+    def _queue(self, job: Job, token: str | None) -> Job:
         register_secret(token)
-        job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), needs_token=bool(token))
         with self._lock:
-            self._tokens[job_id] = token
+            self._tokens[job.id] = token
             self.store.add(job)
             self._tick()
-        return self.get(job_id, owner)
+        return self.get(job.id, job.owner)
+
+    def _check_repo_free(self, repo_id: str, owner: str) -> None:
+        """One unfinished job per repo: the card records one job, and the checkpoints branch holds one run."""
+        for other in self.store.list(owner, phase=("queued", "running")):
+            if other.run.load_config().output.push_to == repo_id:
+                raise ConfigError([f"{repo_id} is the destination of your job {other.id}, which has not finished"],
+                                  "Wait for it, stop it, or choose another destination repo.")
+
+    def queue_wait_s(self) -> float:
+        """About how long a job submitted now waits: what the running jobs have left and the queued ones need,
+        shared among the slots (unknown durations count as nothing)."""
+        gpu, total = first_gpu_name(), 0.0
+        for job in self.store.list(phase=("running", "queued")):
+            state = job.run.state()
+            left = state.eta_s if job.phase == "running" and state.eta_s is not None else None
+            if left is None:
+                left = training_seconds(job.run.load_config(), gpu) or 0.0
+            total += left
+        return total / max(1, self.slots)
+
+    def check_token_lasts(self, cfg: RunConfig, expires_at: float | None) -> None:
+        """Refuse a sign-in that will expire before the run can end: checkpoints and the final push use it.
+
+        Raises:
+            AuthError: expired, or expiring before the queue wait + the estimated training time (+ 5 minutes).
+        """
+        if not expires_at:
+            return
+        left = expires_at - time.time()
+        wait, train = self.queue_wait_s(), training_seconds(cfg, first_gpu_name())
+        need = wait + (train or 0.0) + TOKEN_MARGIN_S
+        if left > need:
+            return
+        hint = ("Sign out and sign in again for a fresh token, then start again"
+                + (", or shorten the run (training.max_steps)." if train else "."))
+        if left <= 0:
+            raise AuthError("your Hugging Face sign-in has expired", hint)
+        detail = f"queue ~{human_duration(wait)}" + (f", training ~{human_duration(train)}" if train else "")
+        raise AuthError(f"your Hugging Face sign-in expires in {human_duration(left)}, before this run can end "
+                        f"({detail}): its checkpoints and adapter could not be pushed", hint)
 
     def get(self, job_id: str, owner: str) -> Job:
         """The job, if it belongs to ``owner``; anyone else gets the same 'not found' as for a missing job."""
@@ -324,29 +463,47 @@ class JobRunner:
                 self._tokens.pop(job_id, None)
                 self.store.update(job_id, cancel_requested=True)
                 self._finish(self.store.get(job_id), None)
+            elif job.phase == "running" and not job.cancel_requested and job.remote:
+                self.remote.cancel(job)  # the platform stops it; its follower writes how it ended
+                self.store.update(job_id, cancel_requested=True)
             elif job.phase == "running" and not job.cancel_requested:
                 self.store.update(job_id, cancel_requested=True)
                 self._signal(job_id, signal.SIGTERM)
                 self._kill_at[job_id] = time.time() + self.grace_s
         return self.get(job_id, owner)
 
-    def resume(self, job_id: str, owner: str, token: str | None = None) -> Job:
-        """Queue a failed or stopped job again; its trainer continues from the newest checkpoint (--resume).
+    def resume(self, job_id: str, owner: str, token: str | None = None, expires_at: float | None = None) -> Job:
+        """Queue a failed or stopped job again; its trainer continues from the newest checkpoint (--resume): the
+        run folder's, else the last one pushed to its repo's checkpoints branch (after a Space restart).
 
         Raises:
             ConfigError: the job is still queued/running or finished well, or it left no checkpoint to continue from.
+            AuthError: no sign-in where one is needed, or one that expires too soon.
         """
+        if self.get(job_id, owner).remote:  # continued on Hugging Face Jobs, from the checkpoint it pushed
+            return self.remote.resume(self.get(job_id, owner), token)
+        refusal = training_refusal()
+        if refusal is not None:
+            raise refusal
+        job = self.get(job_id, owner)
+        if job.argv:
+            raise ConfigError([f"job {job_id} is not a training run: only training runs can be resumed"],
+                              "Start it again instead.")
+        status, _ = self.status(job)
+        if status not in ("failed", "cancelled"):
+            raise ConfigError([f"job {job_id} is {status}: only a failed or stopped job can be resumed"],
+                              "Stop it first, or start a new run.")
+        cfg = job.run.load_config()
+        if self.space and cfg.output.push_to and not token:
+            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+        if job.run.latest_checkpoint() is None and not self._hub_checkpoint(cfg, token):
+            raise ConfigError([f"job {job_id} saved no checkpoint to continue from"],
+                              "Submit it again to train from the start (lower training.save_steps to save sooner).")
+        self.check_token_lasts(cfg, expires_at)
         with self._lock:
             job = self.get(job_id, owner)
-            status, _ = self.status(job)
-            if status not in ("failed", "cancelled"):
-                raise ConfigError([f"job {job_id} is {status}: only a failed or stopped job can be resumed"],
-                                  "Stop it first, or start a new run.")
-            if job.run.latest_checkpoint() is None:
-                raise ConfigError([f"job {job_id} saved no checkpoint to continue from"],
-                                  "Submit it again to train from the start (lower training.save_steps to save sooner).")
-            if self.space and job.run.load_config().output.push_to and not token:
-                raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+            if self.status(job)[0] not in ("failed", "cancelled"):
+                raise ConfigError([f"job {job_id} was resumed already"], "Follow it in the list of your runs.")
             register_secret(token)
             self._tokens[job_id] = token
             self.store.update(job_id, phase="queued", resume=True, needs_token=bool(token), cancel_requested=False,
@@ -354,22 +511,95 @@ class JobRunner:
             self._tick()
         return self.get(job_id, owner)
 
+    def _hub_checkpoint(self, cfg: RunConfig, token: str | None) -> bool:
+        if not (cfg.output.push_to and cfg.output.push_checkpoints):
+            return False
+        from .hub import resolve_token
+        from .push import hub_checkpoint_steps
+
+        return bool(hub_checkpoint_steps(cfg.output.push_to, token if (token or self.space) else resolve_token()))
+
+    def push_pending(self, job: Job, state: RunState | None = None) -> bool:
+        """The run trained and saved its adapter, but the push failed (Hub down, token expired): "Push again"."""
+        s = state or job.run.state()
+        return (s.status == "failed" and bool(s.adapter) and not s.adapter_repo and job.run.has_adapter()
+                and (s.error or {}).get("kind") in ("hub", "auth"))
+
+    def push_again(self, job_id: str, owner: str, token: str | None = None) -> Job:
+        """Push a run whose push failed, with the caller's current token (no retraining); the job then completes.
+
+        Raises:
+            ConfigError: nothing waits to be pushed. AuthError / HubError: the push failed again.
+        """
+        from .hub import resolve_token
+        from .push import push_run
+        from .records import record
+
+        job = self.get(job_id, owner)
+        state = job.run.state()
+        if job.phase != "done" or not self.push_pending(job, state):
+            raise ConfigError([f"job {job_id} has no adapter waiting to be pushed"],
+                              "Push again is for a finished run whose push failed.")
+        if self.space and not token:
+            raise AuthError("pushing to the Hub needs you to sign in", "Press 'Sign in with Hugging Face'.")
+        register_secret(token)
+        rec = record(job.id, job.owner, "completed", state.step, state.max_steps, state.metrics, job.created) if self.space else None
+        push_run(job.run.path, token=token if (token or self.space) else resolve_token(), record=rec)
+        job.run.append("run_finished", status="completed", step=state.step, metrics=state.metrics, adapter=state.adapter)
+        return self.get(job_id, owner)
+
+    def restore_from_hub(self, owner: str, token: str) -> list[str]:
+        """Bring back ``owner``'s runs that this Space recorded on the Hub and that the local store lacks (after a
+        restart wiped the disk); returns their job ids. An interrupted one is failed and can be resumed.
+
+        Raises:
+            HubError / AuthError: the Hub could not be asked.
+        """
+        from .config import default_run_name
+        from .records import hub_runs, rebuild
+
+        restored = []
+        for hub_run in hub_runs(owner, token):
+            job_id = safe_name(hub_run.job_id)
+            if self.store.get(job_id) is not None:
+                continue
+            run = RunDir(self.root / "runs" / safe_name(owner) / job_id)
+            rebuild(run, hub_run, token)
+            created = float(hub_run.record.get("created") or time.time())
+            with self._lock:
+                if self.store.get(job_id) is None:
+                    self.store.add(Job(id=job_id, owner=owner, name=default_run_name(run.load_config()),
+                                       run_dir=str(run.path), phase="done", created=created, finished=time.time()))
+                    restored.append(job_id)
+        return restored
+
+    def touch(self) -> None:
+        """A visitor used the Space (chat): the idle pause waits again."""
+        if self.idle is not None:
+            self.idle.touch()
+
+    def gpu_jobs(self) -> list[Job]:
+        """Jobs training now (on a GPU machine, they share the GPU with chat)."""
+        return self.store.list(phase=("running",))
+
     def state(self, job: Job) -> dict:
         """What /job_status answers: the status, and what the events say (step, loss, ETA, metrics, adapter, ...)."""
         status, s = self.status(job)
-        finished_with_adapter = status in ("completed", "cancelled") and s.adapter
+        finished_with_adapter = status in ("completed", "cancelled") and (s.adapter or s.adapter_repo)
         return {"id": job.id, "name": job.name, "status": status, "step": s.step, "max_steps": s.max_steps,
                 "loss": s.loss, "eval_loss": s.eval_loss, "eta_s": s.eta_s,
                 # the adapter to chat with: its Hub repo once pushed, else the run folder
                 "adapter": (s.adapter_repo or s.adapter) if finished_with_adapter else None,
                 "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": job.run_dir,
                 "metrics": s.metrics or None, "error": s.error if status == "failed" else None,
+                "push_pending": job.phase == "done" and self.push_pending(job, s),
                 "queue_position": self.queue_position(job.id), "created": job.created, "started": job.started,
                 "finished": job.finished}
 
     def shutdown(self, timeout: float = 10) -> None:
         """Stop the supervisor thread and end running jobs (tests and server exit)."""
         self._stop.set()
+        self.remote.shutdown()
         self._thread.join(timeout)
         for proc in list(self._procs.values()):
             if isinstance(proc, subprocess.Popen) and proc.poll() is None:
@@ -387,7 +617,9 @@ class JobRunner:
         while no one watched gets its last word from its events (the supervisor adds one if it has none); queued
         jobs that needed a sign-in token cannot start any more (tokens are never stored)."""
         for job in self.store.list(phase=("running",)):
-            if job.pid and _is_our_process(job):
+            if job.remote:  # on Hugging Face Jobs: followed again once its owner's token is at hand
+                self.remote.recover(job)
+            elif job.pid and _is_our_process(job):
                 self._procs[job.id] = _Adopted(job)
             else:
                 self._finish(job, None)
@@ -432,31 +664,56 @@ class JobRunner:
             elif job_id in self._kill_at and time.time() > self._kill_at[job_id]:
                 self._signal(job_id, signal.SIGKILL)
                 self._kill_at.pop(job_id)
-        free = self.slots - len(self._procs)
-        for job in self.store.list(phase=("queued",))[:max(0, free)]:
-            self._start(job)
+        for job in self.store.list(phase=("queued",)):
+            slot = self._free_slots(min(job.gpus or 1, self.slots))
+            if slot is None:
+                break  # first come, first served: later jobs wait behind one that waits for GPUs
+            self._start(job, slot)
+        if self.idle is not None:
+            self.idle.tick(busy=bool(self._procs or self.store.list(phase=("queued",))))
 
-    def _start(self, job: Job) -> None:
+    def _free_slots(self, n: int) -> int | None:
+        """The first of ``n`` free slots in a row, or None."""
+        used = {s for p in self._procs.values() for s in range(p.slot, p.slot + getattr(p, "gpus", 1))}
+        return next((i for i in range(self.slots - n + 1) if not used & set(range(i, i + n))), None)
+
+    def _start(self, job: Job, slot: int) -> None:
         token = self._tokens.pop(job.id, None)
-        used = {p.slot for p in self._procs.values()}
-        slot = next(i for i in range(self.slots) if i not in used)
+        gpus = min(job.gpus or 1, self.slots)
         env = job_env(token, self.space)
+        from .records import JOB_ENV, OWNER_ENV
+
+        env[JOB_ENV], env[OWNER_ENV] = job.id, job.owner  # for the record on the final card
         if self.slots > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot)
-        command = self.command(job.run.config) + (["--resume"] if job.resume else [])
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(s) for s in range(slot, slot + gpus))
+        for listener in self.before_start:
+            try:
+                listener(job)
+            except Exception as exc:  # a listener must not keep a job from starting
+                print(f"phi3space jobs: before-start listener failed: {scrub(repr(exc))}", file=sys.stderr)
+        if job.argv:
+            command = [sys.executable, "-u", "-m", "phi3space", *json.loads(job.argv)]
+        else:
+            command = (self.command(job.run.config) if gpus == 1 else train_command(job.run.config, gpus)) + \
+                (["--resume"] if job.resume else [])
+        # Taken before the process starts: a fast process may write its last word before Popen returns here, and a
+        # last word older than `started` counts as an earlier attempt's (last_word).
+        started = time.time()
         with job.run.log.open("ab") as log:
             # cwd: where `import phi3space` finds this code, so the job runs exactly what the server runs
             proc = subprocess.Popen(command, env=env, cwd=PACKAGE_PARENT, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        proc.slot = slot  # type: ignore[attr-defined]
+        proc.slot, proc.gpus = slot, gpus  # type: ignore[attr-defined]
         self._procs[job.id] = proc
-        self.store.update(job.id, phase="running", started=time.time(), pid=proc.pid, slot=slot)
+        self.store.update(job.id, phase="running", started=started, pid=proc.pid, slot=slot)
 
     def _finish(self, job: Job, code: int | None) -> None:
         """The process ended (or a queued job was dropped): append the last word its events lack, mark it done."""
         for type, fields in last_word(code, job.run.state(), job.cancel_requested, since=job.started):
             job.run.append(type, **fields)
         self.store.update(job.id, phase="done", exit_code=code, finished=time.time())
+        if self.bucket is not None:  # a copy for the owner; never the live store
+            self.bucket.sync_job(job.run, job.owner, job.id)
 
     def _signal(self, job_id: str, sig: int) -> None:
         proc = self._procs.get(job_id)
@@ -469,12 +726,12 @@ class JobRunner:
 
 
 def _is_our_process(job: Job) -> bool:
-    """The pid still runs *this* job's trainer (and is not a reused pid, nor a zombie)."""
+    """The pid still runs *this* job's process (its command names the run folder; not a reused pid, nor a zombie)."""
     try:
         cmdline = Path(f"/proc/{job.pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
-    return str(job.run.config) in cmdline
+    return str(job.run.path) in cmdline
 
 
 def log_tail(job: Job, lines: int = 40) -> str:

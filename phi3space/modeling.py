@@ -41,8 +41,20 @@ class Hardware:
 
 
 def detect_hardware(attn: str = "auto") -> Hardware:
-    """bf16 + flash-attention-2 on Ampere or newer (when installed, else sdpa); fp16 before Ampere; fp32 on CPU."""
+    """bf16 + flash-attention-2 on Ampere or newer (when installed, else sdpa); fp16 before Ampere; fp32 on CPU.
+
+    Raises:
+        ModelError: nvidia-smi sees a GPU that this torch cannot use (never train on the CPU by mistake).
+    """
+    import os
+
     import torch
+
+    from .runtime import ALLOW_CPU_ENV, cuda_mismatch, gpu_count, gpus, zero_gpu
+
+    if not torch.cuda.is_available() and not zero_gpu() and os.environ.get(ALLOW_CPU_ENV) != "1" and (seen := gpu_count()):
+        found = gpus()
+        raise cuda_mismatch(seen, torch.__version__, torch.version.cuda, found[0].driver if found else None)
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -65,16 +77,23 @@ def _failure(base: str, exc: Exception) -> ModelError:
     return mapped
 
 
+def _check_folder(base: str) -> None:
+    """A base given as a path must be a folder here (before the libraries mistake it for a malformed Hub ID)."""
+    from .hub import is_local_ref
+
+    if is_local_ref(base) and not Path(base).expanduser().is_dir():
+        raise ModelError(f"model folder not found: {base}",
+                         "Give a Hub model ID such as microsoft/Phi-3-mini-4k-instruct, or a folder holding config.json, "
+                         "the weights and the tokenizer files.")
+
+
 def check_base(base: str, token: str | None = None):
     """Load and check the base model's config before any weights: it must be a native Phi-3."""
     from transformers import AutoConfig
 
     from .hub import check_read_access, is_local_ref
 
-    if is_local_ref(base) and not Path(base).expanduser().is_dir():
-        raise ModelError(f"model folder not found: {base}",
-                         "Give a Hub model ID such as microsoft/Phi-3-mini-4k-instruct, or a folder holding config.json, "
-                         "the weights and the tokenizer files.")
+    _check_folder(base)
     try:
         if not is_local_ref(base):  # the cache is shared: ask the Hub whether *this* token may read it
             check_read_access(base, "model", token)
@@ -92,6 +111,7 @@ def load_tokenizer(base: str, token: str | None = None, training: bool = True):
     trl can mask for assistant-only loss (chat leaves trl, and the datasets and pandas it imports, unloaded)."""
     from transformers import AutoTokenizer
 
+    _check_folder(base)
     try:
         tok = AutoTokenizer.from_pretrained(base, token=token)
     except (OSError, ValueError) as exc:

@@ -1,7 +1,8 @@
 """Put adapters and checkpoints on the Hub (huggingface_hub's create_repo / upload_folder, with retries).
 
 The final adapter goes to the repo's main branch with our own model card; checkpoints go to a separate
-``checkpoints`` branch so they never overwrite it, and ``fetch_checkpoint`` brings the newest one back for --resume.
+``checkpoints`` branch so they never overwrite it, each with the run's events so far (what a Space that restarted
+rebuilds the run from, see phi3space.records), and ``fetch_checkpoint`` brings the newest one back for --resume.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ def upload_adapter(run: RunDir, repo_id: str, token: str | None, private: bool, 
 
 
 def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None = None,
-             private: bool | None = None) -> dict:
-    """Push a finished run folder later (``python -m phi3space push``): checks access, renders the card for that
-    repo from the run's events, uploads, and records the push in the run's events.
+             private: bool | None = None, record: dict | None = None) -> dict:
+    """Push a finished run folder later (``python -m phi3space push``, or the web app's "Push again"): checks
+    access, renders the card for that repo from the run's events (with a web app job's ``record``), uploads, and
+    records the push in the run's events.
 
     Raises:
         AuthError: no/refused token or a namespace that is not the user's.
@@ -59,8 +61,8 @@ def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None 
     target = repo_id or cfg.output.push_to or "auto"
     private = cfg.output.private if private is None else private
     try:
-        resolved = check_push_access(target, token, config_mod.auto_repo_name(cfg))
-        write_card(cfg, run, license=base_license(cfg.model.base, token), repo_id=resolved)
+        resolved = check_push_access(target, token, config_mod.auto_repo_name(cfg), private)
+        write_card(cfg, run, license=base_license(cfg.model.base, token), repo_id=resolved, record=record)
         return upload_adapter(run, resolved, token, private, run.writer())
     except HubError as exc:
         raise HubError(f"push to {target} failed: {exc.message}; the adapter is kept in {run_dir}",
@@ -70,29 +72,28 @@ def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None 
 
 def push_checkpoint(checkpoint: Path, repo_id: str, token: str | None, private: bool, writer: EventWriter | None = None,
                     keep: int | None = None) -> dict:
-    """Upload one checkpoint folder to the repo's checkpoints branch (as ``checkpoint-N/``); with ``keep``, older
-    checkpoints beyond the newest ``keep`` are deleted from the branch in the same commit."""
-    from huggingface_hub import HfApi
+    """Upload one checkpoint folder to the repo's checkpoints branch (as ``checkpoint-N/``), with the run's events so
+    far, in one commit; with ``keep``, older checkpoints beyond the newest ``keep`` are deleted in that commit."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     api = HfApi(token=token)
     log = _retry_log(writer)
     call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", ref=repo_id, on_retry=log)
     call(lambda: api.create_branch(repo_id, branch=CHECKPOINT_BRANCH, exist_ok=True), "create branch", ref=repo_id,
          on_retry=log)
-    info = call(lambda: api.upload_folder(folder_path=str(checkpoint), repo_id=repo_id, revision=CHECKPOINT_BRANCH,
-                                          path_in_repo=checkpoint.name, commit_message=f"phi3space: {checkpoint.name}"),
-                f"upload {checkpoint.name}", ref=repo_id, on_retry=log)
-    if keep:  # after the upload, so that the branch always holds a checkpoint to resume from
-        from huggingface_hub import CommitOperationDelete
-
+    ops: list = [CommitOperationAdd(f"{checkpoint.name}/{f.relative_to(checkpoint).as_posix()}", str(f))
+                 for f in sorted(checkpoint.rglob("*")) if f.is_file()]
+    events = RunDir(checkpoint.parent).events
+    if events.exists():  # a snapshot of whole lines: the trainer goes on appending
+        data = events.read_bytes()
+        ops.append(CommitOperationAdd(RunDir.EVENTS, data[: data.rfind(b"\n") + 1]))
+    if keep:  # in the same commit, so that the branch always holds a checkpoint to resume from
         files = call(lambda: api.list_repo_files(repo_id, revision=CHECKPOINT_BRANCH), "list checkpoints", ref=repo_id,
                      on_retry=log)
         older = sorted(s for s in _checkpoint_steps(files) if s < checkpoint_step(checkpoint.name))
-        stale = [CommitOperationDelete(f"{checkpoint_name(s)}/", is_folder=True) for s in older[: max(0, len(older) - (keep - 1))]]
-        if stale:
-            call(lambda: api.create_commit(repo_id, stale, revision=CHECKPOINT_BRANCH,
-                                           commit_message=f"phi3space: keep the newest {keep} checkpoints"),
-                 "remove old checkpoints", ref=repo_id, on_retry=log)
+        ops += [CommitOperationDelete(f"{checkpoint_name(s)}/", is_folder=True) for s in older[: max(0, len(older) - (keep - 1))]]
+    info = call(lambda: api.create_commit(repo_id, ops, revision=CHECKPOINT_BRANCH, commit_message=f"phi3space: {checkpoint.name}"),
+                f"upload {checkpoint.name}", ref=repo_id, on_retry=log)
     result = {"repo_id": repo_id, "url": f"{str(getattr(info, 'repo_url', '') or repo_id).rstrip('/')}/tree/{CHECKPOINT_BRANCH}",
               "commit": getattr(info, "oid", None) or "", "what": checkpoint.name}
     if writer:
@@ -116,6 +117,24 @@ def fetch_checkpoint(repo_id: str, run: RunDir, token: str | None) -> Path | Non
     call(lambda: snapshot_download(repo_id, revision=CHECKPOINT_BRANCH, allow_patterns=[f"{name}/*"],
                                    local_dir=str(run.path), token=token), f"download {name}", ref=repo_id)
     return run.checkpoint(max(steps))
+
+
+def hub_checkpoint_steps(repo_id: str, token: str | None) -> list[int]:
+    """Steps of the checkpoints on the repo's checkpoints branch, oldest first (none when there is no branch).
+
+    Raises:
+        HubError / AuthError: the Hub refused or could not be reached.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    def listing() -> list[str]:
+        try:
+            return HfApi(token=token or False).list_repo_files(repo_id, revision=CHECKPOINT_BRANCH)
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            return []
+
+    return sorted(_checkpoint_steps(call(listing, "list checkpoints", ref=repo_id)))
 
 
 def _checkpoint_steps(files: list[str]) -> set[int]:

@@ -259,6 +259,7 @@ class RunState:
     adapter_repo: str | None = None  # the Hub repo the adapter was pushed to (never a checkpoint push)
     adapter_url: str | None = None
     checkpoint_url: str | None = None  # the Hub branch the newest checkpoint was pushed to
+    model_url: str | None = None  # a merge job's merged model, once pushed
     hardware: str = ""
     started: float | None = None
     finished: float | None = None
@@ -287,6 +288,8 @@ class RunState:
         elif kind == "push":
             if e.get("what", "adapter") == "adapter":
                 self.adapter_repo, self.adapter_url = e.get("repo_id"), e.get("url")
+            elif e.get("what") == "model":
+                self.model_url = e.get("url")
             else:
                 self.checkpoint_url = e.get("url")
         elif kind == "error":

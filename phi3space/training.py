@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from functools import cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,7 +204,8 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
         from .config import auto_repo_name
         from .hub import check_push_access
 
-        repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg))
+        repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg),
+                                                         cfg.output.private)
     run.path.mkdir(parents=True, exist_ok=True)
     ckpt = _checkpoint_to_resume(cfg, run, resume, token, writer)
     if is_main_process():
@@ -231,6 +233,7 @@ def build_trainer(cfg: RunConfig, pre: Preflight, token: str | None = None, call
     return trainer
 
 
+@cache
 def _trainer_class():
     """trl's SFTTrainer, with two changes chosen by measurement (bench/train_vs_recipe.py):
 
@@ -300,7 +303,7 @@ def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict
     if pre.checkpoint and pre.run.checkpoint_progress(pre.checkpoint) >= max_steps:
         # Training had finished (its push failed, say): no step past the end, straight on to evaluation and saving.
         writer.emit("log", message=f"{pre.checkpoint.name} already holds all {max_steps} steps: finishing without training")
-        _load_checkpoint_adapter(trainer, pre.run, pre.checkpoint)
+        _load_checkpoint_adapter(trainer, pre.checkpoint)
         trainer.state.global_step = max_steps
         metrics = {**earlier.metrics, "steps": max_steps}
         cancelled = False
@@ -322,7 +325,7 @@ def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict
     return Fitted(metrics, cancelled)
 
 
-def _load_checkpoint_adapter(trainer, run: RunDir, checkpoint: Path) -> None:
+def _load_checkpoint_adapter(trainer, checkpoint: Path) -> None:
     """Put a checkpoint's adapter weights into the trainer's model (peft's own state-dict loader)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -338,10 +341,13 @@ def finish(cfg: RunConfig, pre: Preflight, trainer, fitted: Fitted, token: str |
     if is_main_process():
         from .card import write_card
         from .hub import base_license
+        from .records import job_record
 
         trainer.processing_class.save_pretrained(str(run.path))
         license = base_license(cfg.model.base, token) if pre.repo_id else None
-        write_card(cfg, run, license=license, repo_id=pre.repo_id, metrics=fitted.metrics)
+        status = "cancelled" if fitted.cancelled else "completed"
+        record = job_record(status, trainer.state.global_step, trainer.state.max_steps, fitted.metrics)
+        write_card(cfg, run, license=license, repo_id=pre.repo_id, metrics=fitted.metrics, record=record)
         if pre.repo_id and not fitted.cancelled:
             from .push import upload_adapter
 
@@ -359,7 +365,7 @@ def _checkpoint_to_resume(cfg: RunConfig, run: RunDir, resume: bool, token: str 
     if not resume:
         return None
     ckpt = run.latest_checkpoint()
-    for partial in run.partial_checkpoints():  # cut short by a kill or a full disk: never resumed from
+    for partial in run.partial_checkpoints() if is_main_process() else []:  # never resumed from
         writer.emit("log", message=f"{partial.name} is incomplete (its save was interrupted): removed; "
                                    f"resuming from {ckpt.name if ckpt else 'an earlier checkpoint'}")
         shutil.rmtree(partial, ignore_errors=True)

@@ -13,13 +13,20 @@ Supported (everything kept in memory, no LFS/Xet: preupload answers ``uploadMode
 * ``GET .../tree/{rev}[/{path}]?recursive=&expand=`` (one page), ``POST .../paths-info/{rev}``
 * ``HEAD/GET /[datasets/|spaces/]{repo}/resolve/{rev}/{path}`` with ``ETag`` (git blob sha1), ``X-Repo-Commit``,
   ``Content-Length`` and single ``Range: bytes=a-b`` requests.
+* ``GET .../auth-check/write`` (403 without write access), ``GET /api/models?author=&filter=&cardData=`` (tags and
+  card data read from each repo's README.md front matter; private repos only for those who may read them),
+  ``POST /api/spaces/{repo}/pause`` (the Space's namespace only; recorded in ``paused``)
+* ``GET /.well-known/openid-configuration``: the OpenID discovery document a Space's sign-in reads from
+  ``OPENID_PROVIDER_URL`` (its endpoints live under ``/oauth/``; ``/oauth/authorize`` is recorded and answers 400).
 
 Errors carry the ``X-Error-Code``/``X-Error-Message`` headers that ``hf_raise_for_status`` maps to exceptions:
 ``RepoNotFound`` (401 without a token, 404 with one, as the Hub does: unknown *or* private repo),
 ``GatedRepo`` (401 without a token, 403 with one, on file downloads only), ``RevisionNotFound``,
 ``EntryNotFound``. An unknown token answers 401 "Invalid credentials in Authorization header" everywhere.
+Hugging Face Jobs (``/api/jobs/...``) are stood in for by ``hub.jobs`` (tests/jobs_server.py).
 Private and gated repos are open to the user named like the namespace, to members of that org and to
-``owner_token``. Branch names and revisions may be a branch or a full commit sha.
+``owner_token``. Writing needs a "write" token and, in an organisation, a write role there (``org_roles``).
+Branch names and revisions may be a branch or a full commit sha.
 """
 
 import base64
@@ -33,6 +40,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
+
+from jobs_server import JobsStandIn
 
 
 class Request(collections.namedtuple("Request", "method path token")):
@@ -108,6 +117,7 @@ class HubServer:
     def __init__(self):
         self._lock = threading.RLock()
         self._server, self._port, self._down, self._conns = None, None, False, set()
+        self.jobs = JobsStandIn(self)
         self.reset()
 
     # ----------------------------------------------------------------- public API
@@ -158,13 +168,16 @@ class HubServer:
         """Drop all repos, users, faults and the request log; the server keeps running."""
         with self._lock:
             self._repos, self._users, self._faults = {}, {}, []
+            self.paused = []  # (space id, token) of each accepted pause request
             self.requests = []  # Request(method, path incl. query, token or None) for every request
             self.down, self._fail_all = False, None
+        self.jobs.reset()
 
-    def add_user(self, name, token, orgs=(), role="write"):
-        """Register user ``name`` with access token ``token`` (role "write" or "read") and org memberships."""
+    def add_user(self, name, token, orgs=(), role="write", org_roles=None):
+        """Register user ``name`` with access token ``token`` (role "write" or "read") and org memberships;
+        ``org_roles`` ({org: "read"}) makes a membership read-only (as an org the token was not granted for)."""
         with self._lock:
-            self._users[token] = {"name": name, "orgs": list(orgs), "role": role}
+            self._users[token] = {"name": name, "orgs": list(orgs), "role": role, "org_roles": dict(org_roles or {})}
 
     def add_repo(self, repo_id, files=None, repo_type="model", private=False, gated=False, owner_token=None):
         """Seed a repo whose ``main`` holds ``files`` ({path: bytes|str}); not listed by ``commits()``."""
@@ -220,6 +233,8 @@ class HubServer:
         if status:
             return self._send(h, method, status, {"error": f"injected fault {status}"})
         path, _, query = h.path.partition("?")
+        if path.startswith("/api/jobs/"):  # answered (and logs streamed) outside the lock
+            return self.jobs.dispatch(h, method, unquote(path), parse_qs(query), body, token)
         try:
             with self._lock:
                 status, payload, headers = self._route(method, path.split("/")[1:], parse_qs(query), body,
@@ -266,11 +281,19 @@ class HubServer:
     def _allowed(self, repo, user, token):
         return self._member(user, repo.namespace) or (token is not None and token == repo.owner_token)
 
+    @staticmethod
+    def _writer(user, namespace):
+        """May ``user`` create and write repos in ``namespace``?"""
+        if user is None or user["role"] != "write" or not HubServer._member(user, namespace):
+            return False
+        return user["name"] == namespace or user.get("org_roles", {}).get(namespace, "write") == "write"
+
     def _get_repo(self, repo_type, repo_id, user, token, write=False):
         repo = self._repos.get((repo_type, repo_id))
         if repo is None or (repo.private and not self._allowed(repo, user, token)):
             raise _Err(401 if user is None else 404, "Repository not found", "RepoNotFound")
-        if write and (user is None or user["role"] != "write" or not self._allowed(repo, user, token)):
+        if write and not (self._writer(user, repo.namespace) or (token is not None and token == repo.owner_token
+                                                                  and user["role"] == "write")):
             raise _Err(403, f"You don't have the rights to write to {repo_type}s/{repo_id}")
         return repo
 
@@ -293,13 +316,22 @@ class HubServer:
             if user is None:
                 raise _Err(401, "Invalid credentials in Authorization header")
             return 200, {"type": "user", "id": user["name"], "name": user["name"], "fullname": user["name"],
-                         "orgs": [{"name": o, "type": "org"} for o in user["orgs"]],
+                         "orgs": [{"name": o, "type": "org", "roleInOrg": user.get("org_roles", {}).get(o, "write")}
+                                  for o in user["orgs"]],
                          "auth": {"type": "access_token",
                                   "accessToken": {"displayName": "test", "role": user["role"]}}}, []
         if seg[:2] == ["api", "agent-harnesses"]:  # huggingface_hub's best-effort agent detection
             return 200, {"standardEnvVars": [], "harnesses": {}}, []
         if seg[:2] == ["api", "validate-yaml"]:
             return 200, {"errors": [], "warnings": []}, []
+        if seg == [".well-known", "openid-configuration"]:
+            return 200, self._openid_configuration(), []
+        if seg[:1] == ["oauth"]:
+            raise _Err(400, "test hub: sign-in is not simulated past the discovery document")
+        if seg == ["api", "models"] and method == "GET":
+            return 200, self._list_models(query, user, token), []
+        if seg[:2] == ["api", "spaces"] and len(seg) == 5 and seg[4] == "pause" and method == "POST":
+            return self._pause(f"{seg[2]}/{seg[3]}", user, token)
         if seg[:2] == ["api", "repos"] and len(seg) == 3:
             return self._repos_op(seg[2], json.loads(body or b"{}"), user, token)
         if len(seg) >= 4 and seg[0] == "api" and seg[1] in _TYPES:
@@ -323,7 +355,11 @@ class HubServer:
             return 200, {}, []
         if op != "create":
             raise _Err(404, f"test hub: no route for /api/repos/{op}")
-        if user["role"] != "write" or not self._member(user, namespace):
+        existing = self._repos.get(key)
+        if existing is not None and (not existing.private or self._allowed(existing, user, token)):
+            raise _Err(409, f"You already created this {repo_type} repo: {repo_id}",
+                       url=f"{self.url}/{_PREFIX[repo_type]}{repo_id}")
+        if not self._writer(user, namespace):
             raise _Err(403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"')
         url = f"{self.url}/{_PREFIX[repo_type]}{repo_id}"
         if key in self._repos:
@@ -345,6 +381,9 @@ class HubServer:
             if repo_type == "model":
                 info["modelId"] = repo.id
             return 200, info, []
+        if method == "GET" and op == "auth-check" and rest[1:] == ["write"]:  # auth_check(write=True)
+            self._get_repo(repo_type, repo_id, user, token, write=True)
+            return 200, {}, []
         if method == "GET" and op == "auth-check":  # huggingface_hub.auth_check: read access, gates included
             if repo.gated and not self._allowed(repo, user, token):
                 raise _Err(401 if user is None else 403, f"Access to {repo_type} {repo_id} is restricted.", "GatedRepo")
@@ -392,6 +431,60 @@ class HubServer:
             wanted = {p.strip("/") for p in form.get("paths", [])}
             return 200, [e for e in entries if e["path"] in wanted], []
         raise _Err(404, f"test hub: no route for {method} {op}")
+
+    def _openid_configuration(self):
+        base = self.url
+        return {"issuer": base, "authorization_endpoint": f"{base}/oauth/authorize",
+                "token_endpoint": f"{base}/oauth/token", "userinfo_endpoint": f"{base}/oauth/userinfo",
+                "jwks_uri": f"{base}/oauth/jwks", "response_types_supported": ["code"],
+                "scopes_supported": ["openid", "profile", "email", "read-repos", "gated-repos", "contribute-repos",
+                                     "write-repos", "manage-repos", "inference-api", "jobs"],
+                "id_token_signing_alg_values_supported": ["RS256"], "subject_types_supported": ["public"]}
+
+    @staticmethod
+    def _front_matter(files):
+        text = files.get("README.md", b"").decode("utf-8", "replace")
+        if not text.startswith("---"):
+            return {}
+        import yaml
+
+        try:
+            data = yaml.safe_load(text.split("---", 2)[1])
+        except yaml.YAMLError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _list_models(self, query, user, token):
+        """list_models: ``author``, ``filter`` (every one must be among the repo's tags), ``search``, ``cardData``."""
+        author, search = query.get("author", [None])[0], query.get("search", [""])[0]
+        wanted = set(query.get("filter", []))
+        out = []
+        for (repo_type, repo_id), repo in sorted(self._repos.items()):
+            if repo_type != "model" or (author and repo.namespace != author) or search not in repo_id:
+                continue
+            if repo.private and not self._allowed(repo, user, token):
+                continue
+            head = repo.branches["main"][-1]
+            card = self._front_matter(head.files)
+            tags = [t for t in card.get("tags") or [] if isinstance(t, str)]
+            tags += [t for t in (card.get("library_name"), card.get("pipeline_tag")) if isinstance(t, str)]
+            if not wanted <= set(tags):
+                continue
+            item = {"id": repo.id, "_id": repo.id, "modelId": repo.id, "author": repo.namespace, "private": repo.private,
+                    "tags": tags, "sha": head.oid, "createdAt": repo.created, "lastModified": head.date,
+                    "downloads": 0, "likes": 0}
+            if query.get("cardData", ["false"])[0].lower() in ("1", "true"):
+                item["cardData"] = card
+            out.append(item)
+        return out
+
+    def _pause(self, space_id, user, token):
+        repo = self._get_repo("space", space_id, user, token)
+        if not self._writer(user, repo.namespace):
+            raise _Err(403, "Only the owner of a Space can pause it")
+        self.paused.append((space_id, token))
+        return 200, {"stage": "PAUSED", "hardware": {"current": None, "requested": "l4x1"}, "storage": None,
+                     "gcTimeout": None, "replicas": None, "sdk": "gradio", "sdkVersion": "6.31.0"}, []
 
     def _tree(self, chain, prefix, recursive, expand):
         files, head, prefix = chain[-1].files, chain[-1], prefix.strip("/")

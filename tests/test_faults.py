@@ -104,9 +104,8 @@ def test_nan_loss_fails_the_run_and_keeps_no_adapter(tiny_model, tmp_path, monke
     data = write_qa_jsonl(tmp_path / "qa.jsonl")
     cfg = config.from_dict(memorise_config(tiny_model, str(data), tmp_path / "run", training__max_steps=6,
                                            training__logging_steps=1))
-    from trl import SFTTrainer
-
-    real = SFTTrainer.compute_loss
+    trainer = training._trainer_class()  # trl's SFTTrainer as the project runs it
+    real = trainer.compute_loss
 
     def poisoned(self, model, inputs, *a, **kw):  # the third step's loss is NaN, as an overflow would make it
         result = real(self, model, inputs, *a, **kw)
@@ -114,7 +113,7 @@ def test_nan_loss_fails_the_run_and_keeps_no_adapter(tiny_model, tmp_path, monke
             return result
         return (result[0] * float("nan"), *result[1:]) if isinstance(result, tuple) else result * float("nan")
 
-    monkeypatch.setattr(SFTTrainer, "compute_loss", poisoned)
+    monkeypatch.setattr(trainer, "compute_loss", poisoned)
     with pytest.raises(Diverged, match="NaN or infinite at step 3"):
         training.train(cfg)
     run = RunDir(cfg.output.dir)
@@ -204,3 +203,28 @@ def test_a_line_left_cut_by_another_process_cannot_swallow_the_next_event(tmp_pa
     lines = run.events.read_text().splitlines()
     assert len(lines) == 3 and lines[1].endswith('"st') and json.loads(lines[2])["step"] == 2
     assert run.state().step == 2
+
+
+def test_sigkill_while_a_checkpoint_is_being_saved_then_resume(tiny_model, tmp_path):
+    """A real kill: the moment checkpoint-3's folder appears (the Trainer is writing into it), SIGKILL."""
+    import signal
+
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    run = RunDir(tmp_path / "run")
+    cfg_path = write_config(tmp_path / "run.yaml", memorise_config(
+        tiny_model, str(data), run.path, training__max_steps=8, training__save_steps=1, training__logging_steps=1,
+        training__save_total_limit=10))
+    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not run.checkpoint(3).exists():
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cut_short = not run.checkpoint_is_whole(run.checkpoint(3))
+
+    result = cli_run("train", str(cfg_path), "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("checkpoint-3 is incomplete" in result.stdout) == cut_short
+    assert run.state().status == "completed" and run.state().step == 8
+    assert all(run.checkpoint_is_whole(p) for p in run.checkpoints())

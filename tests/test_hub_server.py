@@ -47,7 +47,7 @@ def model_folder(tmp_path):
 
 def test_whoami_ok_and_unknown_token(users):
     me = HfApi(token=ALICE).whoami()
-    assert me["name"] == "alice" and me["orgs"] == [{"name": "team", "type": "org"}]
+    assert me["name"] == "alice" and me["orgs"] == [{"name": "team", "type": "org", "roleInOrg": "write"}]
     assert me["auth"]["accessToken"]["role"] == "write"
     with pytest.raises(HfHubHTTPError) as err:
         HfApi(token="hf_not_a_token").whoami()

@@ -242,14 +242,17 @@ def test_token_reaches_the_trainer_only_through_its_environment(make_runner, mon
     assert runner.get(s["id"], "alice").needs_token
 
 
-def test_on_a_space_the_owners_token_never_reaches_a_visitors_job(make_runner, monkeypatch):
+def test_on_a_space_the_owners_token_never_reaches_a_visitors_job(make_runner, monkeypatch, hub):
     monkeypatch.setenv("HF_TOKEN", "hf_OwnerTokenOfTheSpace123")
+    hub.add_user("visitor", "tok-visitor-0123456789")
     runner = make_runner(space=True)
-    s = wait(runner, runner.submit(cfg("complete"), "visitor").id, "visitor")
+    s = wait(runner, runner.submit(cfg("complete"), "visitor", "tok-visitor-0123456789").id, "visitor")
     seen = json.loads((RunDir(s["run_dir"]).path / "seen.json").read_text())
-    assert seen["hf_token"] is None and not Path(seen["hf_token_path"]).exists()
-    with pytest.raises(AuthError, match="sign in"):
-        runner.submit(cfg("complete", output={"push_to": "visitor/x"}), "visitor", None)
+    assert seen["hf_token"] == "tok-visitor-0123456789" and not Path(seen["hf_token_path"]).exists()
+    assert not [r for r in hub.requests if r.token == "hf_OwnerTokenOfTheSpace123"]
+    for push_to in (None, "visitor/x"):  # on a Space every run goes to the visitor's account: a sign-in is needed
+        with pytest.raises(AuthError, match="sign in"):
+            runner.submit(cfg("complete", output={"push_to": push_to}), "visitor", None)
 
 
 def test_off_a_space_the_local_token_is_used():
@@ -280,6 +283,27 @@ def test_restart_writes_the_last_word_of_lost_jobs_into_their_runs(tmp_path, mak
     assert (s["status"], s["adapter"], s["error"]) == ("completed", str(done.path), None)
     assert status_of(runner, "tok") == "failed"  # its token was in memory only: it cannot start now
     assert "never stored" in tok.state().error["hint"]
+
+
+def test_a_resumed_job_that_finishes_before_popen_returns_is_completed(make_runner, monkeypatch):
+    """On a busy machine the server thread may get the CPU back only after a fast job has finished: its own last
+    word is newer than the start of that attempt, so it counts (it was taken as an earlier attempt's)."""
+    import subprocess as sp
+
+    from phi3space import jobs as jobs_mod
+
+    runner = make_runner()
+    job = runner.submit(cfg("checkpoint-then-crash"), "me")
+    assert wait(runner, job.id)["status"] == "failed"
+
+    class SlowToReturn(sp.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.wait()  # the child writes its last word before the server notes the start
+
+    monkeypatch.setattr(jobs_mod.subprocess, "Popen", SlowToReturn)
+    runner.resume(job.id, "me")
+    assert wait(runner, job.id)["status"] == "completed"
 
 
 def test_a_second_server_on_the_same_data_folder_is_refused(make_runner, tmp_path):

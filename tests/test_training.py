@@ -314,10 +314,9 @@ def test_out_of_memory_is_a_message_with_a_hint(tmp_path):
     err = training._as_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), cfg, run)
     assert err.kind == "oom" and "ran out of memory" in err.message
     assert "batch_size" in err.hint and "qlora" in err.hint and "max_length" in err.hint and "--resume" not in err.hint
-    whole = run.checkpoint(3)  # only a whole checkpoint (weights and trainer state) is resumed from
-    whole.mkdir()
-    (whole / RunDir.ADAPTER_WEIGHTS).write_bytes(b"weights")
-    (whole / RunDir.TRAINER_STATE).write_text('{"global_step": 3}')
+    run.checkpoint(3).mkdir()
+    (run.checkpoint(3) / run.ADAPTER_WEIGHTS).write_bytes(b"weights")
+    (run.checkpoint(3) / run.TRAINER_STATE).write_text('{"global_step": 3}')
     assert "--resume" in training._as_oom(torch.OutOfMemoryError("CUDA out of memory"), cfg, run).hint
     assert training._as_oom(ValueError("shapes do not match"), cfg, run) is None  # a bug stays a bug
 

@@ -56,12 +56,70 @@ def test_form_numbers_and_empty_optionals():
         forms.config_from_form(values)
 
 
-def test_every_form_field_has_a_kind_and_help():
+def test_every_setting_is_in_the_form_with_a_kind_and_help():
+    assert len(forms.FIELDS) == len(set(forms.FIELDS))
+    assert set(forms.FIELDS) == set(forms.config_keys()) - forms.SERVER_CHOSEN == set(forms.config_keys()) - {"output.dir"}
     for key in forms.FIELDS:
         spec = forms.field_spec(key)
-        assert spec.help and spec.kind in ("text", "int", "float", "bool", "choice")
+        assert spec.help and spec.kind in ("text", "int", "float", "bool", "choice", "mapping")
+        if spec.optional and spec.kind in ("int", "float"):  # typed as text: gradio's number box turns empty into 0
+            assert forms.text_entry(spec) and spec.placeholder
     assert forms.field_spec("training.max_steps").kind == "int"
     assert forms.field_spec("model.method").choices == ("lora", "qlora")
+    assert forms.field_spec("training.learning_rate").step < 1e-3 and forms.field_spec("lora.dropout").step == 0.01
+
+
+def test_the_forms_defaults_are_the_clis_defaults():
+    """One source: the components start at the RunConfig defaults, which are what `phi3space train` uses."""
+    import gradio as gr
+
+    from phi3space.ui import train_tab
+
+    with gr.Blocks():
+        tab = train_tab.build(gr.State(Follower()), gr.State(None))
+    shown = [c.value for c in tab.fields]
+    assert shown == forms.default_values()
+    cli_defaults = config.load(None, ["data.dataset=user/data"]).to_dict()
+    assert forms.config_from_form(shown, dataset="user/data").to_dict() == cli_defaults
+    assert forms.config_from_form(forms.form_values(config.RunConfig()), "user/data").to_dict() == cli_defaults
+
+
+def test_an_empty_optional_field_is_not_set_and_a_zero_is_explained():
+    values = forms.default_values()
+    for key in ("training.max_steps", "training.eval_steps", "data.max_samples"):
+        values[forms.FIELDS.index(key)] = "  "
+    values[forms.FIELDS.index("data.config_name")] = None
+    cfg = forms.config_from_form(values, "user/data")
+    assert cfg.training.max_steps is None and cfg.training.eval_steps is None and cfg.data.max_samples is None
+    values[forms.FIELDS.index("training.max_steps")] = "40"
+    values[forms.FIELDS.index("data.max_samples")] = "0"
+    values[forms.FIELDS.index("data.columns")] = "prompt question"
+    with pytest.raises(ConfigError) as err:
+        forms.config_from_form(values, "user/data")
+    assert any(p.startswith("data.max_samples: 0 is outside") and "empty for all rows" in p for p in err.value.problems)
+    assert any(p.startswith("data.columns:") for p in err.value.problems)  # every problem at once
+
+
+def test_the_column_mapping_reads_as_people_write_it():
+    for text in ("prompt: Frage, completion: Antwort", "{prompt: Frage, completion: Antwort}",
+                 "prompt: Frage\ncompletion: Antwort"):
+        assert forms.parse_columns(text) == {"prompt": "Frage", "completion": "Antwort"}
+    assert forms.parse_columns("prompt: \"my question\"") == {"prompt": "my question"} and forms.parse_columns(" ") == {}
+    assert forms.format_columns({"prompt": "q", "completion": "a"}) == "prompt: q, completion: a"
+    for bad in ("prompt", "prompt: [a, b]", "prompt:"):
+        with pytest.raises(ConfigError, match="data.columns"):
+            forms.parse_columns(bad)
+    cfg = config.from_dict({"data": {"dataset": "d", "columns": {"prompt": "q", "completion": "a"}}})
+    assert forms.config_from_form(forms.form_values(cfg)).data.columns == {"prompt": "q", "completion": "a"}
+
+
+def test_runs_get_names_that_tell_them_apart():
+    cfg = config.from_dict({"data": {"dataset": "/up/qa.jsonl"}})
+    first = forms.run_name(cfg, "", set())
+    assert first == "phi-3-mini-4k-instruct-qa-lora"
+    assert forms.run_name(cfg, None, {first}) == first + "-2"
+    assert forms.run_name(cfg, "", {first, first + "-2"}) == first + "-3"
+    assert forms.run_name(cfg, "  my   first try ", {first}) == "my first try"
 
 
 def test_plan_counts_steps_and_warns():
@@ -73,6 +131,7 @@ def test_plan_counts_steps_and_warns():
     assert any("60% of rows are longer than max_length 2048" in w for w in p.warnings)
     assert not any("memory" in w for w in p.warnings)
     assert "7 optimizer steps" in p.markdown()
+    assert forms.Plan(1, []).markdown() == "**1 optimizer step**"
 
 
 def test_plan_warns_when_the_model_will_not_fit():
@@ -192,10 +251,157 @@ def test_chat_messages():
         {"role": "assistant", "content": "yo"}, {"role": "user", "content": "next"}]
 
 
-def test_error_pop_ups_show_dataset_text_as_text():
-    from phi3space.errors import DataError
-    from phi3space.ui.common import as_gr_error
+def test_the_chart_has_its_eval_series_from_the_first_point(tmp_path):
+    """The chart fixes its series when first drawn: an eval series that appears later would never show."""
+    run = RunDir(tmp_path)
+    run.append("run_started", max_steps=10, dataset={"train_rows": 8, "eval_rows": 2})
+    run.append("progress", step=1, max_steps=10, loss=3.0)
+    f = Follower()
+    f.follow(Job(id="j", owner="me", name="run", run_dir=str(tmp_path), phase="running"))
+    f.poll()
+    frame = f.loss_frame()
+    assert list(frame["split"]) == ["train", "eval"] and frame["loss"].isna().tolist() == [False, True]
+    run.append("eval", step=5, eval_loss=2.0)
+    f.poll()
+    assert f.loss_frame()["loss"].isna().sum() == 0
+    quiet = RunDir(tmp_path / "no-eval")
+    quiet.append("run_started", max_steps=10, dataset={"train_rows": 8, "eval_rows": 0})
+    quiet.append("progress", step=1, max_steps=10, loss=3.0)
+    g = Follower()
+    g.follow(Job(id="k", owner="me", name="run", run_dir=str(quiet.path), phase="running"))
+    g.poll()
+    assert list(g.loss_frame()["split"]) == ["train"]
 
-    err = as_gr_error(DataError("columns: <img src=x onerror=alert(1)>, q", "map 'q' & friends"))
-    assert "<img" not in err.message and "&lt;img src=x onerror=alert(1)&gt;" in err.message
-    assert "map 'q' &amp; friends" in err.message  # quotes stay readable for API clients
+
+def test_a_reload_restores_only_what_fits_the_form(tmp_path):
+    from gradio.utils import get_upload_folder
+
+    from phi3space.ui import train_tab
+
+    assert train_tab.restore(None, None, None) == [train_tab.gr.skip()] * (2 + len(forms.FIELDS))
+    received = Path(get_upload_folder()) / "phi3space-test" / "qa.jsonl"
+    received.parent.mkdir(parents=True, exist_ok=True)
+    received.write_text("{}\n")
+    values = dict(zip(forms.FIELDS, forms.default_values(), strict=True))
+    values.update({"lora.r": 8, "model.method": "nonsense", "training.max_steps": 40, "output.private": "yes"})
+    memory = train_tab.remember(str(received), "my run", list(values.values()))
+    restored = train_tab.restore(memory, None, None)
+    assert restored[0] == str(received) and restored[1] == "my run"
+    by_key = dict(zip(forms.FIELDS, restored[2:], strict=True))
+    assert by_key["lora.r"] == 8 and by_key["data.split"] == "train"
+    skip = train_tab.gr.skip()
+    for key in ("model.method", "training.max_steps", "output.private"):  # wrong kinds stay as the page has them
+        assert by_key[key] == skip, key
+    memory["upload"] = str(tmp_path / "elsewhere.jsonl")  # not a file gradio received: never served back
+    (tmp_path / "elsewhere.jsonl").write_text("{}\n")
+    assert train_tab.restore(memory, None, None)[0] == skip
+
+
+def test_a_reload_follows_the_remembered_job_else_the_running_one(tmp_path):
+    from phi3space.ui import jobs_view, services
+
+    runner = JobRunner(tmp_path / "data", slots=1, poll_s=0.05, space=False,
+                       command=lambda p: [sys.executable, "-c", "import time; time.sleep(60)"])
+    services.set_runner(runner)
+    try:
+        cfg = lambda: config.from_dict({"data": {"dataset": "user/data"}})  # noqa: E731
+        running = runner.submit(cfg(), "local", name="first")
+        queued = runner.submit(cfg(), "local", name="second")
+        assert [runner.status(j)[0] for j in runner.list("local")] == ["running", "queued"]
+        jobs = runner.list("local")
+        statuses = {j.id: runner.status(j)[0] for j in jobs}
+        assert jobs_view.default_job(jobs, statuses).id == running.id  # not the newest (queued) one
+        assert jobs_view.default_job(jobs, statuses, queued.id).id == queued.id
+        assert jobs_view.default_job(jobs, statuses, "gone").id == running.id
+
+        out = jobs_view.load(Follower(), None, None, None)
+        follower, memory, stop, chat, merge = out[0], out[2], out[8], out[10], out[11]
+        assert follower.job_id == running.id and memory == running.id  # remembered in the browser
+        assert stop.value == "Stop" and stop.interactive and not chat.interactive and not merge.interactive
+        out = jobs_view.load(Follower(), queued.id, None, None)
+        assert out[0].job_id == queued.id and out[8].value == "Cancel" and out[8].interactive
+        assert out[2] == jobs_view.gr.skip()  # already what the browser holds
+        assert "number 1 in the queue" in out[3]
+
+        # The runs table moves with the followed run's progress, not only when a status changes.
+        follower, seen = jobs_view.load(Follower(), running.id, None, None)[:2]
+        running.run.append("run_started", max_steps=10)
+        running.run.append("progress", step=3, max_steps=10, loss=2.5)
+        table = jobs_view.poll(follower, seen, None, None)[6]
+        row = next(r for r in table if r[-1] == running.id)
+        assert row[:4] == ["first", "running", "3/10", "2.5000"]
+    finally:
+        runner.shutdown()
+        services.set_runner(None)
+
+
+def test_messages_say_what_is_true():
+    from phi3space.ui import local_mode_text, no_adapter_text
+
+    assert "still training" in no_adapter_text("running") and "still training" in no_adapter_text("queued")
+    failed = no_adapter_text("failed")
+    assert "failed" in failed and "wait" not in failed.lower()
+    assert "No run is selected" in no_adapter_text(None)
+    assert "no Hugging Face token" in local_mode_text()  # the tests run without HF_TOKEN or a saved login
+
+
+def test_messages_say_what_is_true_with_a_token(monkeypatch):
+    from phi3space.ui import local_mode_text
+
+    monkeypatch.setenv("HF_TOKEN", "hf_someLocalLogin0123456789")
+    assert "use this machine's Hugging Face login" in local_mode_text()
+
+
+def test_the_server_listens_on_this_machine_only_off_a_space(monkeypatch):
+    from phi3space.ui import launch_kwargs, server_name
+    from phi3space.ui.style import CSS, JS
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    assert server_name() == "127.0.0.1"
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/phi3space")
+    assert server_name() == "0.0.0.0"
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "10.1.2.3")
+    assert server_name() == "10.1.2.3"
+    kw = launch_kwargs(server_port=7861)
+    assert kw["css"] == CSS and kw["js"] == JS and kw["server_port"] == 7861 and kw["server_name"] == "10.1.2.3"
+    app_py = (Path(__file__).parent.parent / "app.py").read_text()
+    assert "launch(**launch_kwargs())" in app_py and "0.0.0.0" not in app_py.split('"""', 2)[2]
+
+
+def test_inspect_explains_an_empty_upload_and_a_missing_model_folder(tmp_path):
+    from phi3space.errors import DataError
+
+    empty = forms.stash_upload(_write(tmp_path / "empty.jsonl", ""), "me", tmp_path / "data")
+    with pytest.raises(DataError, match="is empty"):
+        forms.inspect_dataset(config.from_dict({"data": {"dataset": str(empty)}, "model": {"base": FIXTURE_TOKENIZER}}), None)
+    qa = write_qa_jsonl(tmp_path / "qa.jsonl")
+    for base in (str(tmp_path / "no-such-model"), "./no-such-model"):
+        with pytest.raises(ModelError, match="model folder not found") as err:
+            forms.inspect_dataset(config.from_dict({"data": {"dataset": str(qa)}, "model": {"base": base}}), None)
+        assert "Repo id" not in str(err.value)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_page_errors_are_escaped_and_api_errors_stay_plain():
+    import gradio as gr
+
+    from phi3space.ui.common import api_errors, code_block, user_errors
+
+    def fails():
+        raise ModelError("column <img src=x onerror=alert(1)> & more", "use `a`")
+
+    with pytest.raises(gr.Error) as page:
+        user_errors(fails)()
+    assert "<img" not in page.value.message and "&lt;img src=x onerror=alert(1)&gt; &amp; more" in page.value.message
+    with pytest.raises(gr.Error) as api:
+        api_errors(fails)()
+    assert api.value.message.startswith("column <img src=x onerror=alert(1)> & more")
+    block = code_block("a ``` b ```` c")
+    assert block.startswith("`````\n") and block.endswith("\n`````")
+    assert code_block("plain").startswith("```\n")

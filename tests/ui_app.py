@@ -3,8 +3,6 @@
 import contextlib
 import socket
 
-from phi3space.jobs import JobRunner
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -15,14 +13,16 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_app(data_dir, port=None, **runner_kw):
     """Yields (url, runner); closes the server and ends the runner's jobs afterwards."""
-    from phi3space.ui import build_app, services
+    from phi3space.jobs import JobRunner
+    from phi3space.ui import build_app, launch_kwargs, services
 
     runner_kw = {"slots": 1, "grace_s": 30, "poll_s": 0.2, "space": False, **runner_kw}
     runner = JobRunner(data_dir, **runner_kw)
     services.set_runner(runner)
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port or free_port(), quiet=True)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs(server_name="127.0.0.1", server_port=port or free_port()))
     try:
         yield url, runner
     finally:
@@ -31,10 +31,14 @@ def running_app(data_dir, port=None, **runner_kw):
         services.set_runner(None)
 
 
-if __name__ == "__main__":  # python tests/ui_app.py DATA_DIR PORT: serve until killed (restart tests)
+if __name__ == "__main__":  # python tests/ui_app.py DATA_DIR PORT [--space]: serve until killed (restart tests)
     import sys
     import threading
+    from pathlib import Path
 
-    with running_app(sys.argv[1], port=int(sys.argv[2])) as (url, _):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's phi3space, as the tests import
+
+    # --space: the runner decides from the environment (SYSTEM=spaces, SPACE_ID), as on a real Space
+    with running_app(sys.argv[1], port=int(sys.argv[2]), **({"space": None} if "--space" in sys.argv else {})) as (url, _):
         print(url, flush=True)
         threading.Event().wait()

@@ -6,8 +6,11 @@ visitor first inspects a dataset or chats (training itself runs in a separate pr
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
+from .common import user_errors
 from .follow import Follower
 
 TITLE = "phi3space: fine-tune Phi-3 with LoRA / QLoRA"
@@ -21,41 +24,77 @@ def build_app() -> gr.Blocks:
     from .common import UI_ONLY
 
     with gr.Blocks(title="phi3space") as demo:
-        with gr.Row():
+        with gr.Row(elem_id="header", equal_height=False):
             gr.Markdown(f"# {TITLE}\n{INTRO}")
             if login_available():
-                gr.LoginButton(scale=0, min_width=220)
+                gr.LoginButton(scale=0, min_width=220, elem_classes=["login"])
             else:
-                gr.Markdown("Local mode: runs use your HF_TOKEN (no sign-in here).", elem_id="local-mode")
+                gr.Markdown(local_mode_text(), elem_id="local-mode")
+        for problem in platform_problems():
+            gr.Markdown(f"⚠️ **{problem}**", elem_id="platform-banner")
         follower = gr.State(Follower())
+        seen = gr.State(None)  # the job list as last drawn (jobs_view.poll)
         timer = gr.Timer(POLL_S)
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
-                train = train_tab.build(follower)
-                jobs = jobs_view.build(timer, follower)
+                train = train_tab.build(follower, seen)
+                jobs = jobs_view.build(timer, follower, seen)
             with gr.Tab("Chat", id="chat"):
                 chat = chat_tab.build()
         api.build()
 
-        # Page load (and reload, on any device): follow the visitor's newest job again.
-        demo.load(jobs_view.poll, [follower, gr.State(None)], jobs.outputs, api_visibility=UI_ONLY)
-        demo.load(train_tab.default_push_to, train.push_to, train.push_to, api_visibility=UI_ONLY)
+        # Page load (and reload, on any device): the form as this browser left it, the job it followed.
+        demo.load(train_tab.restore, train.memory, train.restored, api_visibility=UI_ONLY)
+        demo.load(jobs_view.load, [follower, jobs.job_memory], jobs.outputs, api_visibility=UI_ONLY)
         demo.load(chat_tab.refresh_choices, chat.adapter, chat.adapter, api_visibility=UI_ONLY)
         jobs.chat_button.click(open_in_chat, [jobs.follower], [chat.adapter, tabs], api_visibility=UI_ONLY)
     return demo
 
 
+@user_errors
 def open_in_chat(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
     """One click from a finished run to the chat tab, with its adapter chosen."""
     from .chat_tab import adapter_choices
-    from .services import identify
+    from .services import get_runner, identify
 
-    choices = adapter_choices(identify(profile, oauth_token).owner)
-    value = follower.job_id if follower.job_id in {v for _, v in choices} else None
-    if value is None:
-        gr.Warning("This run has no adapter yet: wait for it to finish.")
-        return gr.skip(), gr.skip()
-    return gr.Dropdown(choices=choices, value=value), gr.Tabs(selected="chat")
+    owner = identify(profile, oauth_token).owner
+    choices = adapter_choices(owner)
+    if follower.job_id in {v for _, v in choices}:
+        return gr.Dropdown(choices=choices, value=follower.job_id), gr.Tabs(selected="chat")
+    status = None
+    if owner and follower.job_id:
+        runner = get_runner()
+        status = runner.status(runner.get(follower.job_id, owner))[0]
+    gr.Warning(no_adapter_text(status))
+    return gr.skip(), gr.skip()
+
+
+def no_adapter_text(status: str | None) -> str:
+    """Why the followed run cannot be opened in the chat, by its status."""
+    if status in ("queued", "running"):
+        return "This run is still training: its adapter appears when it finishes (or when you stop it)."
+    if status == "failed":
+        return "This run failed before saving an adapter: see its log, resume it from its last checkpoint, or start again."
+    if status in ("completed", "cancelled"):
+        return "This job left no adapter to chat with (a merge job pushes a full model instead)."
+    return "No run is selected: start one, or pick one under 'Follow job'."
+
+
+def local_mode_text() -> str:
+    """The header's note off a Space (no sign-in): whose token runs use, and what works without one."""
+    from ..hub import resolve_token
+
+    if resolve_token():
+        return "Local mode: runs use this machine's Hugging Face login (HF_TOKEN or `hf auth login`)."
+    return ("Local mode: no Hugging Face token on this machine. Training and chat work; pushing to the Hub and "
+            "private or gated repos need `hf auth login` or HF_TOKEN.")
+
+
+def platform_problems() -> list[str]:
+    """What this machine cannot do (ZeroGPU, a GPU torch cannot use), said once at start in the log and on the page."""
+    from ..runtime import startup_report
+
+    return startup_report()
 
 
 def login_available() -> bool:
@@ -77,5 +116,17 @@ def login_available() -> bool:
         return False
 
 
-def launch_kwargs() -> dict:
-    return dict(theme=gr.themes.Soft(), footer_links=["api", "gradio"])
+def server_name() -> str:
+    """Where the server listens: GRADIO_SERVER_NAME when set; on a Space every interface (its proxy must reach
+    it); elsewhere only this machine, since off a Space the form accepts paths on the server as inputs."""
+    from ..hub import on_space
+
+    return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space() else "127.0.0.1")
+
+
+def launch_kwargs(**overrides) -> dict:
+    """Everything launch() needs besides the port: theme, the page's CSS and script, the address to listen on."""
+    from .style import CSS, JS
+
+    return {"theme": gr.themes.Soft(), "css": CSS, "js": JS, "footer_links": ["api", "gradio"],
+            "server_name": server_name(), **overrides}

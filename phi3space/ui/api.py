@@ -1,8 +1,10 @@
-"""Named API endpoints for gradio_client: /submit_job, /job_status, /cancel_job, /resume_job, /chat.
+"""Named API endpoints for gradio_client: /submit_job, /job_status, /list_jobs, /cancel_job, /resume_job,
+/push_again, /chat.
 
 Identity as in the page: the session's OAuth profile, else the owner of the token a client passes with
 ``Client(url, oauth_token=...)``, else (off a Space) the local owner. Every endpoint checks that the job is the
-caller's; another visitor's job reads as "not found".
+caller's; another visitor's job reads as "not found". On a Space, a visitor's first call after a restart brings
+their runs back from the Hub (services.signed_in), so the job ids they hold answer again.
 """
 
 from __future__ import annotations
@@ -15,52 +17,70 @@ import gradio as gr
 from .. import config as config_mod
 from ..hub import on_space
 from .chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
-from .common import user_errors
-from .services import check_inputs_allowed, get_runner, identify
+from .common import api_errors
+from .services import check_inputs_allowed, get_runner, signed_in
 
 
-@user_errors
+@api_errors
 def submit_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """Queue a training run from a YAML run config (the format of `python -m phi3space train`); returns the job id.
     output.dir is chosen by the server."""
-    visitor = identify(profile, oauth_token)
+    visitor = signed_in(profile, oauth_token)
     owner = visitor.require_owner()
     cfg = config_mod.loads(config_yaml)
     check_inputs_allowed({"data.dataset": cfg.data.dataset, "model.base": cfg.model.base})
-    return get_runner().submit(cfg, owner, visitor.token).id
+    return get_runner().submit(cfg, owner, visitor.token, visitor.expires_at).id
 
 
-@user_errors
+@api_errors
 def job_status(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """JSON: status (queued|running|completed|failed|cancelled), step, max_steps, loss, eval_loss, eta_s,
-    adapter (run folder, or the Hub repo when pushed), repo_url, metrics, error, queue_position."""
-    owner = identify(profile, oauth_token).require_owner()
+    adapter (run folder, or the Hub repo when pushed), repo_url, metrics, error, queue_position, push_pending."""
+    owner = signed_in(profile, oauth_token).require_owner()
     runner = get_runner()
     return json.dumps(runner.state(runner.get(job_id, owner)))
 
 
-@user_errors
+@api_errors
 def cancel_job(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """Stop a job (a running one saves its adapter and ends as cancelled); returns its status as JSON."""
-    owner = identify(profile, oauth_token).require_owner()
+    owner = signed_in(profile, oauth_token).require_owner()
     runner = get_runner()
     return json.dumps(runner.state(runner.cancel(job_id, owner)))
 
 
-@user_errors
+@api_errors
 def resume_job(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """Queue a failed or stopped job again, continuing from its newest checkpoint; returns its status as JSON."""
-    visitor = identify(profile, oauth_token)
+    visitor = signed_in(profile, oauth_token)
     runner = get_runner()
-    return json.dumps(runner.state(runner.resume(job_id, visitor.require_owner(), visitor.token)))
+    return json.dumps(runner.state(runner.resume(job_id, visitor.require_owner(), visitor.token, visitor.expires_at)))
 
 
-@user_errors
+@api_errors
+def list_jobs(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
+    """JSON list of your jobs, oldest first, each as /job_status answers it (on a Space, also the runs brought
+    back from your Hub repos after a restart)."""
+    owner = signed_in(profile, oauth_token).require_owner()
+    runner = get_runner()
+    return json.dumps([runner.state(job) for job in runner.list(owner)])
+
+
+@api_errors
+def push_again(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
+    """Push a finished run whose push failed (status failed, push_pending true) with your current token; no
+    retraining. Returns its status as JSON (completed once delivered)."""
+    visitor = signed_in(profile, oauth_token)
+    runner = get_runner()
+    return json.dumps(runner.state(runner.push_again(job_id, visitor.require_owner(), visitor.token)))
+
+
+@api_errors
 def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, profile: gr.OAuthProfile | None = None,
          oauth_token: gr.OAuthToken | None = None) -> Iterator[str]:
     """Stream the reply of an adapter (a job id, run folder or Hub repo ID) to one message; greedy by default."""
-    visitor = identify(profile, oauth_token)
+    visitor = signed_in(profile, oauth_token)
     space = on_space()
     adapter_dir = resolve_for_visitor(adapter, visitor, get_runner(), space)
     yield from stream_reply(adapter_dir, None, build_messages([], message, system), visitor, space,
@@ -72,4 +92,6 @@ def build() -> None:
     gr.api(job_status, api_name="job_status")
     gr.api(cancel_job, api_name="cancel_job")
     gr.api(resume_job, api_name="resume_job")
+    gr.api(list_jobs, api_name="list_jobs")
+    gr.api(push_again, api_name="push_again")
     gr.api(chat, api_name="chat")

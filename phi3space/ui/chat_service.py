@@ -2,11 +2,17 @@
 
 Adapters are resolved to a local folder here, with the visitor's own token, before they reach the shared engine:
 the engine never downloads with someone else's token, and a visitor never reaches another visitor's run.
+
+The GPU is shared with training: when a job starts on a GPU machine the chat models are dropped (the GPU is given
+back), and while a job trains a chat model is loaded again only if the GPU has room for it. On ZeroGPU each reply
+runs inside ``@spaces.GPU(duration=...)``, the only place a GPU exists there.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -14,9 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError
-from ..jobs import JobRunner
+from ..jobs import Job, JobRunner, human_duration
 from ..run import RunDir
-from .services import Visitor
+from ..runtime import gpus, zero_gpu
+from .services import Visitor, get_runner
 
 MAX_ENGINES = int(os.environ.get("PHI3SPACE_CHAT_ENGINES", "1"))  # base models kept in memory at once
 CHATS_PER_VISITOR = 2  # replies being written at once for one signed-in visitor (two tabs, or compare mode)
@@ -47,11 +54,13 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
     for job in jobs:
         status, state = runner.status(job)
         if ref in (job.id, job.run_dir, state.adapter_repo, state.adapter_url):
-            if status not in ("completed", "cancelled") or not job.run.has_adapter():
-                hint = ("Wait for it to finish, or choose another run." if status in ("queued", "running") else
-                        "It ended without an adapter: resume it or start it again, or choose another run.")
-                raise ModelError(f"run {job.name} ({job.id}) has no adapter (status: {status})", hint)
-            return job.run.path
+            if status in ("completed", "cancelled") and job.run.has_adapter():
+                return job.run.path
+            if status == "completed" and state.adapter_repo:  # brought back from the Hub after a restart
+                return resolve_adapter(state.adapter_repo, visitor.hub_token(space))
+            hint = ("Wait for it to finish, or choose another run." if status in ("queued", "running") else
+                    "It ended without an adapter: resume it or start it again, or choose another run.")
+            raise ModelError(f"run {job.name} ({job.id}) has no adapter (status: {status})", hint)
     path = Path(ref).expanduser()
     local = path.exists() or ref.startswith((".", "/", "~"))
     if local:
@@ -62,16 +71,23 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
     return resolve_adapter(ref, visitor.hub_token(space))
 
 
-def engine_for(base: str, token: str | None):
-    """The cached ChatEngine for ``base`` (loading it, and dropping the least recently used beyond MAX_ENGINES)."""
+def engine_for(base: str, token: str | None, runner: JobRunner | None = None):
+    """The cached ChatEngine for ``base`` (loading it, and dropping the least recently used beyond MAX_ENGINES).
+
+    Raises:
+        ModelError: a job trains on the GPU and there is no room beside it for this model.
+    """
     from ..chat import ChatEngine
 
+    runner = runner or get_runner()
+    _give_gpu_back_to(runner)
     with _engines_lock:
         if base in _engines:
             _engines.move_to_end(base)
             return _engines[base]
         while len(_engines) >= MAX_ENGINES:
             _engines.popitem(last=False)
+        _check_room_beside_training(base, runner)
         engine = ChatEngine(base, token)
         _engines[base] = engine
         return engine
@@ -99,6 +115,82 @@ def chat_slot(visitor: Visitor):
             _in_flight[key] -= 1
 
 
+def chat_memory_gb(base: str) -> float:
+    """About what a chat model takes on the GPU: 16-bit weights plus a margin for the KV cache."""
+    from ..modeling import model_size
+
+    return model_size(base)[0] * 2 / 2**30 + 1.0
+
+
+def _check_room_beside_training(base: str, runner: JobRunner) -> None:
+    training = runner.gpu_jobs()
+    if not training or zero_gpu():
+        return
+    found = gpus()
+    if not found:
+        return
+    need, free = chat_memory_gb(base), found[0].free_gb
+    if need <= free * 0.9:
+        return
+    job = training[0]
+    eta = runner.state(job).get("eta_s")
+    when = f" (about {human_duration(eta)} from now)" if eta else ""
+    raise ModelError(f"the GPU is training {job.name} ({job.id}): {free:.0f} GB free, chat needs about {need:.0f} GB",
+                     f"Chat is back when that job ends{when}; until then the GPU is the training's.")
+
+
+def held_gb() -> float:
+    """GPU memory this process's chat models hold (0 when none, or when torch was never loaded here)."""
+    torch = sys.modules.get("torch")
+    if not _engines or torch is None or not torch.cuda.is_available():
+        return 0.0
+    return torch.cuda.memory_reserved() / 2**30
+
+
+def release_gpu(job: Job | None = None) -> None:
+    """Drop the chat models and hand their GPU memory back (a job is about to train on this GPU)."""
+    with _engines_lock:
+        if not _engines:
+            return
+        _engines.clear()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+_watched: set[int] = set()
+
+
+def _give_gpu_back_to(runner: JobRunner) -> None:
+    """Once per runner: on a GPU machine, its jobs get the GPU from chat before they start."""
+    if id(runner) in _watched:
+        return
+    _watched.add(id(runner))
+    runner.before_start.append(lambda job: release_gpu(job) if gpus() else None)
+
+
+def _on_gpu(fn, max_new_tokens: int):
+    """``fn`` as is, or on ZeroGPU wrapped in ``spaces.GPU`` with a duration sized to the reply."""
+    if not zero_gpu():
+        return fn
+    try:
+        import spaces
+    except ImportError:
+        raise ModelError("this Space runs on ZeroGPU but the `spaces` package is missing",
+                         "Add `spaces` to requirements.txt (ZeroGPU Spaces ship it).") from None
+    return spaces.GPU(duration=gpu_duration(max_new_tokens))(fn)
+
+
+def gpu_duration(max_new_tokens: int) -> int:
+    """Seconds of ZeroGPU time asked for one reply (the default 60 s fits 256 tokens; longer replies ask more)."""
+    return int(min(300, max(60, 20 + max_new_tokens / 8)))
+
+
+def _stream(engine, messages: list[dict], adapter: str | None, **generation) -> Iterator[str]:
+    yield from engine.stream(messages, adapter, **generation)
+
+
 def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict], visitor: Visitor, space: bool,
                  max_new_tokens: int = 256, **generation) -> Iterator[str]:
     """Stream a reply (the text so far) from the adapter, or from its base model when ``adapter_dir`` is None.
@@ -110,11 +202,14 @@ def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict
         raise ModelError(f"the adapter's base model {base} is a path on the server", "Use an adapter trained on a Hub model.")
     anonymous = visitor.owner is None
     cap, seconds = (ANONYMOUS_MAX_NEW_TOKENS, ANONYMOUS_MAX_SECONDS) if anonymous else (MAX_NEW_TOKENS, MAX_SECONDS)
+    max_new_tokens = max_new_tokens if max_new_tokens < 1 else min(max_new_tokens, cap)
+    runner = get_runner()
+    runner.touch()
     with chat_slot(visitor):
-        engine = engine_for(base, visitor.hub_token(space))
-        yield from engine.stream(messages, str(adapter_dir) if adapter_dir else None, max_seconds=seconds,
-                                 max_new_tokens=max_new_tokens if max_new_tokens < 1 else min(max_new_tokens, cap),
-                                 **generation)
+        engine = engine_for(base, visitor.hub_token(space), runner)
+        stream = _on_gpu(_stream, max_new_tokens)
+        yield from stream(engine, messages, str(adapter_dir) if adapter_dir else None, max_seconds=seconds,
+                          max_new_tokens=max_new_tokens, **generation)
 
 
 def _own_run_base(adapter_dir: Path | None) -> bool:

@@ -26,7 +26,7 @@ def adapter_choices(owner: str | None) -> list[tuple[str, str]]:
     out = []
     for job in reversed(runner.list(owner)):
         status, state = runner.status(job)
-        if status in ("completed", "cancelled") and state.adapter:
+        if status in ("completed", "cancelled") and (state.adapter or state.adapter_repo):  # or only on the Hub
             out.append((f"{job.name} · {job.id}" + (" (stopped early)" if status == "cancelled" else ""), job.id))
     return out
 
@@ -65,8 +65,9 @@ def respond(adapter: str, system: str, max_new_tokens: float, temperature: float
 def build() -> ChatTab:
     with gr.Row():
         adapter = gr.Dropdown(label="Adapter", info="One of your finished runs, or a Hub adapter repo ID (user/name).",
-                              choices=[], allow_custom_value=True, scale=3, elem_id="chat-adapter")
-        compare = gr.Checkbox(label="Compare with the base model", value=False, scale=1)
+                              choices=[], allow_custom_value=True, scale=3, min_width=260, elem_id="chat-adapter")
+        compare = gr.Checkbox(label="Compare with the base model", value=False, scale=1, elem_id="chat-compare",
+                              elem_classes=["switch"])
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.")
         with gr.Row():

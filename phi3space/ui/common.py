@@ -1,10 +1,15 @@
-"""The one place where our typed errors become gr.Error (a readable message in the page, no traceback)."""
+"""The one place where our typed errors become gr.Error (a readable message in the page, no traceback).
+
+The page shows a gr.Error as HTML, so the page's errors are escaped (a message may quote a dataset's column names or
+a path); the API's are plain text for gradio_client (api.py uses ``api_errors``).
+"""
 
 from __future__ import annotations
 
 import functools
 import html
 import inspect
+import re
 
 import gradio as gr
 
@@ -14,22 +19,34 @@ from ..errors import Phi3SpaceError
 UI_ONLY = "private"
 
 
-def as_gr_error(exc: Phi3SpaceError) -> gr.Error:
-    # Messages quote dataset names, columns and paths a visitor chose: shown as text, never as HTML.
-    text = html.escape(exc.message, quote=False) + (f"\n\nHint: {html.escape(exc.hint, quote=False)}" if exc.hint else "")
-    return gr.Error(text, title=f"{exc.kind.capitalize()} problem" if exc.kind != "error" else "Error",
+def as_gr_error(exc: Phi3SpaceError, for_html: bool = True) -> gr.Error:
+    text = exc.message + (f"\n\nHint: {exc.hint}" if exc.hint else "")
+    return gr.Error(html.escape(text, quote=False) if for_html else text,
+                    title=f"{exc.kind.capitalize()} problem" if exc.kind != "error" else "Error",
                     duration=None, print_exception=False)
 
 
-def user_errors(fn):
-    """Show Phi3SpaceError raised by a handler (plain or generator) as a gr.Error."""
+def page_text(text: str) -> str:
+    """Text for gr.Info / gr.Warning, which the page shows as HTML."""
+    return html.escape(text, quote=False)
+
+
+def code_block(text: str) -> str:
+    """``text`` as a markdown code block whose fence no backticks in the text can close (it quotes dataset and
+    config text)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def _wrap(fn, for_html: bool):
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except Phi3SpaceError as exc:
-                raise as_gr_error(exc) from None
+                raise as_gr_error(exc, for_html) from None
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -37,5 +54,15 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Phi3SpaceError as exc:
-            raise as_gr_error(exc) from None
+            raise as_gr_error(exc, for_html) from None
     return wrapper
+
+
+def user_errors(fn):
+    """Show Phi3SpaceError raised by a page handler (plain or generator) as a gr.Error (escaped: shown as HTML)."""
+    return _wrap(fn, for_html=True)
+
+
+def api_errors(fn):
+    """The same for an API endpoint: the message stays plain text for gradio_client."""
+    return _wrap(fn, for_html=False)

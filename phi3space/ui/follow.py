@@ -26,6 +26,7 @@ class Follower:
     offset: int = 0
     events: list[dict] = field(default_factory=list)
     state: RunState = field(default_factory=RunState)
+    remembered: str | None = None  # the job id this browser last saw followed (its stored page state)
 
     def follow(self, job: Job | None) -> bool:
         """Switch to ``job`` (None: nothing); returns True when that changed what is followed."""
@@ -52,9 +53,24 @@ class Follower:
 
         rows = [(step, loss, "train") for step, loss in self.state.train_losses]
         rows += [(step, loss, "eval") for step, loss in self.state.eval_losses]
+        if self.state.train_losses and not self.state.eval_losses and self.expects_eval:
+            # The chart fixes its series (and colours) when it is first drawn: the eval series must be there from the
+            # start, as an empty point the chart leaves out, or the eval line never shows until a reload.
+            rows.append((self.state.train_losses[0][0], float("nan"), "eval"))
         frame = pd.DataFrame(rows, columns=["step", "loss", "split"])
         # typed even when empty: the chart keeps the axis types of its first value
         return frame.astype({"step": "int64", "loss": "float64", "split": "str"})
+
+    @property
+    def expects_eval(self) -> bool:
+        """The run evaluates (its run_started event counts eval rows)."""
+        started = [e for e in self.events if e.get("type") == "run_started"]
+        return bool(started and ((started[-1].get("dataset") or {}).get("eval_rows")))
+
+    @property
+    def stage(self) -> str | None:
+        """What a merge job is doing now (its newest progress event's stage)."""
+        return next((e.get("stage") for e in reversed(self.events) if e.get("type") == "progress"), None)
 
     def log_text(self, job: Job | None = None, status: str | None = None, lines: int = 200) -> str:
         """Readable lines, one per event; after a crash, the tail of the process output too."""
@@ -70,8 +86,10 @@ class Follower:
         return "\n".join(out[-lines:])
 
 
-def progress_html(job: Job | None, status: str | None, state: RunState, queue_position: int | None) -> str:
-    """A progress bar with step, loss and ETA (or the place in the queue, or the final status)."""
+def progress_html(job: Job | None, status: str | None, state: RunState, queue_position: int | None,
+                  stage: str | None = None) -> str:
+    """A progress bar with step, loss and ETA (or the place in the queue, or the final status); ``stage`` is what a
+    job that is not training (a merge) is doing."""
     if job is None:
         return "<p>No job yet: fill in the form and press <b>Start</b>.</p>"
     if status == "queued":
@@ -80,18 +98,19 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
                 f"({ahead} job{'s' if ahead != 1 else ''} ahead of it, plus the one training now).</p>")
     step, total = state.step or 0, state.max_steps
     bar = f'<progress value="{step}" max="{total}" style="width:100%"></progress>' if total else "<progress style='width:100%'></progress>"
-    parts = [f"step {step}/{total or '?'}"]
+    parts = [f"step {step}/{total or '?'}" if stage is None else f"stage {step}/{total or '?'}: {escape(stage)}"]
     if state.loss is not None:
         parts.append(f"loss {state.loss:.4f}")
     if state.eval_loss is not None:
         parts.append(f"eval loss {state.eval_loss:.4f}")
-    if status == "running":
+    if status == "running" and stage is None:
         parts.append("loading data and model…" if not total else f"ETA {fmt_duration(state.eta_s)}")
     icon = {"running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️"}.get(status, "")
     head = f"<p>{icon} <b>{escape(job.name)}</b> ({job.id}): <b class='job-status'>{status}</b> · {' · '.join(parts)}</p>"
     if status == "failed" and state.error:
         head += f"<p>{escape(str(state.error.get('message')))}<br><i>{escape(state.error.get('hint') or '')}</i></p>"
-    if state.adapter_url:
-        url = escape(state.adapter_url, quote=True)
-        head += f"<p>Adapter on the Hub: <a href='{url}' target='_blank'>{url}</a></p>"
+    for what, url in (("Adapter", state.adapter_url), ("Merged model", state.model_url)):
+        if url:
+            url = escape(url, quote=True)
+            head += f"<p>{what} on the Hub: <a href='{url}' target='_blank'>{url}</a></p>"
     return head + bar

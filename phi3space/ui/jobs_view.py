@@ -1,47 +1,65 @@
-"""The visitor's jobs: the followed job's progress, live loss chart and log; the list of their runs; Stop.
+"""The visitor's jobs: the followed job's progress, live loss chart and log; the list of their runs; Stop, Resume,
+Chat, and Merge and push.
 
-A gr.Timer polls; each tick reads only the events appended since the last one (Follower). Reloading the page, or
-opening it elsewhere, follows the visitor's newest unfinished job again.
+A gr.Timer polls; each tick reads only the events appended since the last one (Follower). The followed job's id is
+kept in the browser (gr.BrowserState), so a reload, or the page opened again later, follows the same job; without
+one it follows the visitor's running job (else the next queued one, else the newest).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
-from ..errors import AuthError
+from ..errors import AuthError, ConfigError
+from ..hub import check_push_access, is_hub_id
 from ..jobs import Job
 from ..run import FINAL, RunState
 from .common import UI_ONLY, user_errors
 from .follow import Follower, progress_html
-from .services import get_runner, identify
+from .services import get_runner, identify, signed_in
 
-TABLE_COLUMNS = ["job", "name", "status", "steps", "loss", "eval_loss", "adapter / repo", "submitted"]
+TABLE_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "adapter / model", "submitted", "job"]
+# Room for each column at any width (a phone sees the name and status first, and scrolls the table sideways inside
+# its box for the rest, never the page).
+TABLE_WIDTHS = ["200px", "100px", "80px", "80px", "90px", "300px", "160px", "120px"]
 
 
 @dataclass
 class JobsView:
     follower: gr.State
+    job_memory: gr.BrowserState
     job_picker: gr.Dropdown
     chat_button: gr.Button
     outputs: list  # what a poll refreshes, in poll()'s return order
 
 
 def _owner(profile, oauth_token) -> str | None:
-    return identify(profile, oauth_token).owner
+    return signed_in(profile, oauth_token).owner  # on a Space, also brings back the visitor's runs after a restart
+
+
+def _where(runner, job: Job, status: str, s: RunState) -> str:
+    """Where a job's result is: the Hub page once pushed, else its run folder (relative to the data folder)."""
+    if s.model_url or s.adapter_url:
+        return s.model_url or s.adapter_url
+    if status in ("completed", "cancelled") and s.adapter:
+        path = Path(s.adapter)
+        return str(path.relative_to(runner.root)) if path.is_relative_to(runner.root) else str(path)
+    return ""
 
 
 def _rows(jobs: list[Job], statuses: dict[str, str]) -> list[list]:
     runner = get_runner()
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""  # noqa: E731
     rows = []
     for job in reversed(jobs):
-        s = runner.state(job)
-        fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""  # noqa: E731
-        rows.append([job.id, job.name, statuses[job.id], f"{s['step']}/{s['max_steps'] or '?'}", fmt(s["loss"]),  # last logged
-                     fmt((s["metrics"] or {}).get("eval_loss", s["eval_loss"])), s["repo_url"] or s["adapter"] or "",
-                     time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created))])
+        status, s = runner.status(job)
+        eval_loss = (s.metrics or {}).get("eval_loss", s.eval_loss)
+        rows.append([job.name, statuses[job.id], f"{s.step}/{s.max_steps or '?'}", fmt(s.loss), fmt(eval_loss),
+                     _where(runner, job, status, s), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created)), job.id])
     return rows
 
 
@@ -49,32 +67,70 @@ def _choices(jobs: list[Job], statuses: dict[str, str]) -> list[tuple[str, str]]
     return [(f"{j.name} · {j.id} · {statuses[j.id]}", j.id) for j in reversed(jobs)]
 
 
+def default_job(jobs: list[Job], statuses: dict[str, str], remembered: str | None = None) -> Job | None:
+    """The job a page follows when it has not chosen one: the one this browser followed last, else the running one,
+    else the next to start, else the newest."""
+    by_id = {j.id: j for j in jobs}
+    if remembered in by_id:
+        return by_id[remembered]
+    running = [j for j in jobs if statuses[j.id] == "running"]
+    queued = [j for j in jobs if statuses[j.id] == "queued"]
+    return (running[-1:] or queued[:1] or jobs[-1:] or [None])[0]
+
+
+def _has_adapter(job: Job | None, status: str | None, state: RunState) -> bool:
+    return job is not None and not job.argv and status in ("completed", "cancelled") and bool(state.adapter)
+
+
 def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
-    """One timer tick: new events of the followed job, and the job list when a status changed."""
+    """One timer tick: new events of the followed job, and the job list when a status or the followed job's
+    progress changed."""
     owner = _owner(profile, oauth_token)
     runner = get_runner()
     jobs = runner.list(owner) if owner else []
     statuses = {j.id: runner.status(j)[0] for j in jobs}
     if follower.job_id is None or follower.job_id not in statuses:
-        live = [j for j in jobs if statuses[j.id] not in FINAL]
-        follower.follow((live or jobs or [None])[-1])
+        follower.follow(default_job(jobs, statuses, follower.remembered))
     job = next((j for j in jobs if j.id == follower.job_id), None)
     status = statuses.get(follower.job_id)
     new = follower.poll()
     signature = (owner, follower.job_id, tuple(statuses.items()))
     changed = signature != seen
+    memory = follower.job_id if follower.job_id != follower.remembered else gr.skip()
+    follower.remembered = follower.job_id
     if not new and not changed and (job is None or status in FINAL):
-        return (follower, seen) + (gr.skip(),) * 7
-    html = progress_html(job, status, follower.state, runner.queue_position(job.id) if job else None)
-    frame = follower.loss_frame()
-    # An empty frame would fix the chart's colour scale with no series (and no line would show later).
-    plot = (frame if len(frame) else None) if new or changed else gr.skip()
+        return (follower, seen, memory) + (gr.skip(),) * 10
+    stage = None
+    if job is not None and job.argv:  # a merge job: what it is doing, rather than steps and losses
+        stage = "done" if status == "completed" else (follower.stage or "starting")
+    html = progress_html(job, status, follower.state, runner.queue_position(job.id) if job else None, stage)
+    plot = _plot(follower) if new or changed else gr.skip()
     log = follower.log_text(job, status) if new or changed else gr.skip()
-    table = _rows(jobs, statuses) if changed else gr.skip()
+    table = _rows(jobs, statuses) if new or changed else gr.skip()  # steps and losses move during a run
     picker = gr.Dropdown(choices=_choices(jobs, statuses), value=follower.job_id) if changed else gr.skip()
-    stop = gr.Button(interactive=job is not None and status not in FINAL)
-    resume = gr.Button(visible=job is not None and status in ("failed", "cancelled") and job.run.latest_checkpoint() is not None)
-    return follower, signature, html, plot, log, table, picker, stop, resume
+    live = job is not None and status not in FINAL
+    stop = gr.Button("Cancel" if status == "queued" else "Stop", interactive=live)
+    resume = gr.Button(visible=job is not None and not job.argv and status in ("failed", "cancelled")
+                       and (job.run.latest_checkpoint() is not None or bool(job.remote and follower.state.checkpoint_url)))
+    done = _has_adapter(job, status, follower.state)
+    push = gr.Button(visible=job is not None and not job.argv and job.phase == "done" and runner.push_pending(job))
+    return (follower, signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
+            gr.Button(interactive=done), push)
+
+
+def _plot(follower: Follower):
+    frame = follower.loss_frame()
+    return frame if len(frame) else None  # an empty frame would fix the chart's colour scale with no series
+
+
+@user_errors
+def load(follower: Follower, remembered: str | None, profile: gr.OAuthProfile | None,
+         oauth_token: gr.OAuthToken | None):
+    """Page load (or reload, on any device): follow the job this browser followed before, else the visitor's
+    running one."""
+    follower.follow(None)
+    follower.remembered = remembered if isinstance(remembered, str) else None
+    return poll(follower, None, profile, oauth_token)
 
 
 @user_errors
@@ -83,10 +139,15 @@ def pick(job_id: str | None, follower: Follower, profile: gr.OAuthProfile | None
     owner = _owner(profile, oauth_token)
     if not job_id or not owner or job_id == follower.job_id:
         return follower, gr.skip()
-    job = get_runner().get(job_id, owner)
+    return following(get_runner().get(job_id, owner), follower), None  # None: the next tick redraws everything
+
+
+def following(job: Job, previous: Follower | None = None) -> Follower:
+    """A fresh follower of ``job`` (what Start, Merge and the job list use)."""
     new = Follower()
     new.follow(job)
-    return new, None  # forget the seen signature: the next tick redraws everything
+    new.remembered = previous.remembered if previous else None
+    return new
 
 
 @user_errors
@@ -99,7 +160,8 @@ def stop(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OA
     runner = get_runner()
     job = runner.cancel(follower.job_id, owner)
     status, _ = runner.status(job)
-    gr.Info(f"Stopping {job.id}: the adapter trained so far is saved." if status == "running" else f"{job.id}: {status}.")
+    what = "the merge stops" if job.argv else "the adapter trained so far is saved"
+    gr.Info(f"Stopping {job.id}: {what}." if status == "running" else f"{job.id}: {status}.")
 
 
 @user_errors
@@ -113,23 +175,78 @@ def resume(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.
     return None  # forget the seen signature: the next tick redraws everything
 
 
-def build(timer: gr.Timer, follower: gr.State) -> JobsView:
-    seen = gr.State(None)
-    gr.Markdown("### Your runs")
+@user_errors
+def push_again_click(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """Push the followed run's adapter (its push failed) with the visitor's current sign-in."""
+    visitor = identify(profile, oauth_token)
+    if follower.job_id is None:
+        return None
+    job = get_runner().push_again(follower.job_id, visitor.require_owner(), visitor.token)
+    gr.Info(f"{job.id}: the adapter is on the Hub now.")
+    return None  # forget the seen signature: the next tick redraws everything
+
+
+@user_errors
+def merge(follower: Follower, repo: str, private: bool, profile: gr.OAuthProfile | None,
+          oauth_token: gr.OAuthToken | None):
+    """Queue "merge the followed run's adapter into its base and push the merged model to ``repo``" as a job, and
+    follow it."""
+    visitor = identify(profile, oauth_token)
+    owner = visitor.require_owner()
+    repo = (repo or "").strip()
+    if not is_hub_id(repo):
+        raise ConfigError([f"destination repo {repo!r} is not a Hub repo ID like your-name/my-model"],
+                          "Type the repo the merged model goes to: your-name/my-model.")
+    if follower.job_id is None:
+        raise ConfigError(["no run is selected"], "Pick a finished run in 'Follow job' first.")
+    runner = get_runner()
+    source = runner.get(follower.job_id, owner)
+    token = visitor.hub_token()
+    if not token:
+        raise AuthError("pushing the merged model needs a Hugging Face token",
+                        "Press 'Sign in with Hugging Face'." if runner.space else
+                        "Set HF_TOKEN or run `hf auth login`, then restart the app; or merge into a folder from the "
+                        f"command line: python -m phi3space merge {source.run_dir} --out merged/")
+    check_push_access(repo, token, source.name, bool(private))  # a wrong namespace or a read-only token fails here, not later
+    job = runner.submit_merge(source.id, repo, owner, visitor.token, private=bool(private))
+    gr.Info(f"Merge job {job.id} submitted: the merged model goes to {repo}.")
+    return following(job, follower), None
+
+
+def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> JobsView:
+    job_memory = gr.BrowserState(None, storage_key="phi3space-followed-job")
+    gr.Markdown("### Your runs", elem_id="runs-title")
     progress = gr.HTML(progress_html(None, None, RunState(), None), elem_id="job-progress")
-    with gr.Row():
-        stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
-        resume_btn = gr.Button("Resume from last checkpoint", visible=False, elem_id="resume")
-        chat_btn = gr.Button("Chat with this run", elem_id="open-chat")
-    with gr.Row():
-        plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss", height=260, elem_id="loss-plot",
+    with gr.Row(elem_id="job-buttons"):
+        stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop", min_width=120)
+        resume_btn = gr.Button("Resume from last checkpoint", visible=False, elem_id="resume", min_width=160)
+        push_btn = gr.Button("Push again", visible=False, elem_id="push-again", min_width=120)
+        chat_btn = gr.Button("Chat with this run", interactive=False, elem_id="open-chat", min_width=160)
+    with gr.Accordion("Merge and push the full model", open=False, elem_id="merge-box"):
+        gr.Markdown("Folds the followed run's adapter into its base model (16-bit) and uploads the merged model to a "
+                    "Hub repo of yours: a standalone model that loads without peft (about 7.6 GB for Phi-3-mini). "
+                    "It runs as a job, like training.")
+        with gr.Row(equal_height=True):
+            merge_repo = gr.Textbox(label="Destination repo", placeholder="you/my-merged-model", scale=3,
+                                    elem_id="merge-repo", min_width=200)
+            merge_private = gr.Checkbox(value=True, label="Private repo", scale=1, elem_id="merge-private",
+                                        elem_classes=["switch"])
+            merge_btn = gr.Button("Merge and push", variant="primary", interactive=False, scale=1, elem_id="merge",
+                                  min_width=140)
+    with gr.Row(elem_id="job-charts"):
+        plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss", elem_id="loss-plot", min_width=300,
                            color_map={"train": "#1f77b4", "eval": "#ff7f0e"})
-        log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="job-log")
-    picker = gr.Dropdown(label="Follow job", choices=[], interactive=True)
-    table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True)
-    outputs = [follower, seen, progress, plot, log, table, picker, stop_btn, resume_btn]
+        log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="job-log",
+                         min_width=300)
+    picker = gr.Dropdown(label="Follow job", choices=[], interactive=True, elem_id="job-picker")
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True,
+                         column_widths=TABLE_WIDTHS, elem_id="runs-table")
+    outputs = [follower, seen, job_memory, progress, plot, log, table, picker, stop_btn, resume_btn, chat_btn, merge_btn,
+               push_btn]
     timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
     picker.input(pick, [picker, follower], [follower, seen], api_visibility=UI_ONLY)
     stop_btn.click(stop, follower, None, api_visibility=UI_ONLY)
     resume_btn.click(resume, follower, seen, api_visibility=UI_ONLY)
-    return JobsView(follower, picker, chat_btn, outputs)
+    push_btn.click(push_again_click, follower, seen, api_visibility=UI_ONLY)
+    merge_btn.click(merge, [follower, merge_repo, merge_private], [follower, seen], api_visibility=UI_ONLY)
+    return JobsView(follower, job_memory, picker, chat_btn, outputs)

@@ -6,11 +6,12 @@ Nothing here imports gradio: handlers pass in the OAuth objects gradio injected 
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AuthError, ConfigError, register_secret
+from ..errors import AuthError, ConfigError, Phi3SpaceError, register_secret
 from ..hub import MOCK_TOKEN, on_space
 from ..jobs import JobRunner
 
@@ -40,6 +41,7 @@ def set_runner(runner: JobRunner | None) -> None:
 class Visitor:
     owner: str | None  # None: an anonymous visitor of a public Space
     token: str | None  # the visitor's own token; None off a Space means "use HF_TOKEN"
+    expires_at: float | None = None  # when a page sign-in's token expires (Unix time); None when unknown
 
     def hub_token(self, space: bool | None = None) -> str | None:
         """The token for Hub reads on this visitor's behalf: their own; off a Space, the local login (HF_TOKEN)."""
@@ -64,16 +66,45 @@ def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
     if not token or token == MOCK_TOKEN:
         token = None
     register_secret(token)
+    expires_at = (getattr(oauth_token, "expires_at", None) or None) if token else None  # API clients: 0, unknown
     if profile is not None and getattr(profile, "username", None):
-        return Visitor(profile.username, token)
+        return _seen(Visitor(profile.username, token, expires_at))
     if token:
         from ..hub import whoami
 
         try:
-            return Visitor(whoami(token)["name"], token)
+            return _seen(Visitor(whoami(token)["name"], token))
         except AuthError:
             raise AuthError("the Hub did not accept your token", "Sign in again, or pass a valid token (oauth_token=...).") from None
     return Visitor(None if space else LOCAL_OWNER, None)
+
+
+def _seen(visitor: Visitor) -> Visitor:
+    """A visitor with a token: their runs on Hugging Face Jobs can be followed (again) with it."""
+    if visitor.token and _runner is not None:
+        _runner.remote.seen(visitor.owner, visitor.token)
+    return visitor
+
+
+_restored: set[str] = set()  # owners whose Hub runs this process has brought back
+_restore_lock = threading.Lock()
+
+
+def signed_in(profile, oauth_token) -> Visitor:
+    """``identify``, and on a Space a signed-in visitor's first request after a restart also brings back their
+    runs from the Hub (once per process; a Hub that cannot be reached is asked again next time)."""
+    visitor = identify(profile, oauth_token)
+    runner = get_runner()
+    if not (runner.space and visitor.owner and visitor.token) or visitor.owner in _restored:
+        return visitor
+    with _restore_lock:
+        if visitor.owner not in _restored:
+            try:
+                runner.restore_from_hub(visitor.owner, visitor.token)
+                _restored.add(visitor.owner)
+            except Phi3SpaceError as exc:
+                print(f"phi3space: could not read {visitor.owner}'s runs from the Hub: {exc.message}", file=sys.stderr)
+    return visitor
 
 
 def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), space: bool | None = None) -> None:

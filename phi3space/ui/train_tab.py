@@ -1,7 +1,9 @@
-"""Train tab: dataset + Inspect, model and LoRA settings, the config preview with steps and warnings, Start.
+"""Train tab: dataset + Inspect, model, run name and every setting, the config preview with steps and warnings,
+Start.
 
 Only layout and wiring; the logic lives in forms.py, services.py and jobs.py. The form's components are kept in a
-list aligned with forms.FIELDS, so a handler receives their values in that order.
+list aligned with forms.FIELDS, so a handler receives their values in that order. The browser keeps the form
+(gr.BrowserState): a reload, or the page opened again, finds it as it was left.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from .. import config as config_mod
 from ..errors import Phi3SpaceError
 from ..hub import on_space
 from ..run import RunDir
-from . import forms
-from .common import UI_ONLY, user_errors
+from . import compute_box, forms
+from .common import UI_ONLY, code_block, page_text, user_errors
 from .follow import Follower
+from .jobs_view import following
 from .services import check_inputs_allowed, get_runner, identify
 
 
@@ -27,8 +31,14 @@ from .services import check_inputs_allowed, get_runner, identify
 class TrainTab:
     fields: list  # components, in forms.FIELDS order
     upload: gr.File
-    push_to: gr.Textbox
+    run_name: gr.Textbox
+    memory: gr.BrowserState  # the form as this browser last left it (restored on reload)
     start: gr.Button
+
+    @property
+    def restored(self) -> list:
+        """What restore() fills, in its return order."""
+        return [self.upload, self.run_name, *self.fields]
 
 
 def _component(spec: forms.FieldSpec):
@@ -38,24 +48,31 @@ def _component(spec: forms.FieldSpec):
 
 
 def _make(spec: forms.FieldSpec):
-    info = spec.help
+    info, width, value = spec.help, 160, forms.shown(spec, spec.default)  # the defaults are the CLI's: RunConfig's
     if spec.key == "model.base":
-        return gr.Dropdown(forms.BASE_MODELS, value=spec.default, label="Base model", info=info, allow_custom_value=True)
+        return gr.Dropdown(forms.BASE_MODELS, value=value, label="Base model", info=info, allow_custom_value=True,
+                           scale=3, min_width=260)
     if spec.key == "model.method":
-        return gr.Radio(list(spec.choices), value=spec.default, label="Method", info=info)
+        return gr.Radio(list(spec.choices), value=value, label="Method", info=info, scale=2, min_width=200)
     if spec.key == "data.dataset":
-        return gr.Textbox(label="Dataset", info=info, placeholder="user/dataset, or upload a file →")
+        return gr.Textbox(value=value, label="Dataset", info=info + " An uploaded file takes its place.",
+                          placeholder="user/dataset, or upload a file")
+    if spec.key == "data.columns":
+        return gr.Textbox(value=value, label="Column mapping", info=info + " Empty: the names are recognised as they are.",
+                          placeholder=spec.placeholder, min_width=300, scale=2)
     if spec.key == "output.push_to":
-        return gr.Textbox(label="Destination repo", info=info + " Empty: keep the adapter here only.", placeholder="you/my-adapter")
+        return gr.Textbox(value=value, label="Destination repo", info=info + " Empty: keep the adapter here only.",
+                          placeholder=spec.placeholder, scale=3, min_width=260)
     if spec.key == "output.private":
-        return gr.Checkbox(value=spec.default, label="Private repo", info=info)
+        return gr.Checkbox(value=value, label="Private repo", info=info, scale=1, elem_classes=["switch"])
     if spec.kind == "choice":
-        return gr.Dropdown(list(spec.choices), value=spec.default, label=spec.label, info=info)
+        return gr.Dropdown(list(spec.choices), value=value, label=spec.label, info=info, min_width=width)
     if spec.kind == "bool":
-        return gr.Checkbox(value=spec.default, label=spec.label, info=info)
-    if spec.kind in ("int", "float"):
-        return gr.Number(value=spec.default, label=spec.label, info=info, precision=0 if spec.kind == "int" else None)
-    return gr.Textbox(value=spec.default, label=spec.label, info=info)
+        return gr.Checkbox(value=value, label=spec.label, info=info, elem_classes=["switch"])
+    if spec.kind in ("int", "float") and not forms.text_entry(spec):
+        return gr.Number(value=value, label=spec.label, info=info, precision=0 if spec.kind == "int" else None,
+                         step=spec.step, min_width=width)
+    return gr.Textbox(value=value, label=spec.label, info=info, placeholder=spec.placeholder, min_width=width)
 
 
 def _dataset_ref(upload, owner: str | None) -> str | None:
@@ -74,19 +91,27 @@ def _config(profile, oauth_token, upload, values):
 
 
 @user_errors
-def inspect_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, *values):
+def inspect_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, run_name, *values):
     visitor, cfg = _config(profile, oauth_token, upload, values)
     found = forms.inspect_dataset(cfg, visitor.hub_token())
     plan = forms.plan(cfg, found, forms.gpu_memory_gb())
-    return f"```\n{found.text}\n```", found.histogram(), found.segments, found, plan.markdown()
+    return code_block(found.text), found.histogram(), found.segments, found, plan.markdown()
 
 
-def preview(inspection, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, *values):
-    """Config YAML, steps and warnings; an unfinished form shows its problems here instead of a pop-up."""
+def remember(upload, run_name, values) -> dict:
+    """The form as this browser's stored page state (JSON): restored when the page is opened again."""
+    return {"upload": upload if isinstance(upload, str) else None, "run_name": run_name or "",
+            "values": dict(zip(forms.FIELDS, values, strict=True))}
+
+
+def preview(inspection, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, run_name, *values):
+    """Config YAML, steps and warnings; an unfinished form shows its problems here instead of a pop-up. The form is
+    remembered in the browser on the way."""
+    memory = remember(upload, run_name, values)
     try:
         _, cfg = _config(profile, oauth_token, upload, values)
     except Phi3SpaceError as exc:
-        return gr.skip(), f"**Settings to fix:**\n\n```\n{exc.message}\n```", gr.skip()
+        return gr.skip(), f"**Settings to fix:**\n\n{code_block(exc.message)}", gr.skip(), memory
     cfg.output.dir = ""
     text = cfg.to_yaml()
     folder = Path(tempfile.gettempdir()) / "phi3space-configs" / hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -94,12 +119,32 @@ def preview(inspection, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthTo
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    return text, forms.plan(cfg, inspection, forms.gpu_memory_gb()).markdown(), str(path)
+    return text, forms.plan(cfg, inspection, forms.gpu_memory_gb()).markdown(), str(path), memory
+
+
+def restore(memory, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """Page load: the form as this browser left it (upload, run name, every setting); what no longer fits (a
+    value of the wrong kind, an upload gradio no longer holds) stays as it is. With nothing stored, on a Space, the
+    destination repo defaults to the visitor's namespace."""
+    keep = [gr.skip()] * (2 + len(forms.FIELDS))
+    if not isinstance(memory, dict) or not isinstance(memory.get("values"), dict):
+        keep[2 + forms.FIELDS.index("output.push_to")] = default_push_to(profile)
+        return keep
+    upload = memory.get("upload")
+    if isinstance(upload, str) and Path(upload).is_file() and Path(upload).resolve().is_relative_to(
+            Path(get_upload_folder()).resolve()):  # only a file gradio received (stored state comes from the browser)
+        keep[0] = upload
+    if isinstance(memory.get("run_name"), str):
+        keep[1] = memory["run_name"]
+    for i, key in enumerate(forms.FIELDS):
+        if key in memory["values"] and forms.fits(key, memory["values"][key]):
+            keep[2 + i] = memory["values"][key]
+    return keep
 
 
 @user_errors
 def load_yaml(file):
-    """An uploaded run config fills the form."""
+    """An uploaded run config fills the form (every setting but output.dir, which the server chooses)."""
     if not file:
         return [gr.skip()] * len(forms.FIELDS)
     cfg = config_mod.load(file)
@@ -107,70 +152,81 @@ def load_yaml(file):
 
 
 @user_errors
-def start(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, follower: Follower, upload, *values):
+def start(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, follower: Follower, upload, run_name,
+          *values):
     visitor, cfg = _config(profile, oauth_token, upload, values)
     owner = visitor.require_owner()
     runner = get_runner()
-    job = runner.submit(cfg, owner, visitor.token)
-    follower = Follower()
-    follower.follow(job)
+    name = forms.run_name(cfg, run_name, {j.name for j in runner.list(owner)})
+    job = runner.submit(cfg, owner, visitor.token, visitor.expires_at, name=name)
     where = "starting now" if runner.queue_position(job.id) is None else f"number {runner.queue_position(job.id)} in the queue"
-    gr.Info(f"Job {job.id} submitted: {where}.")
-    return follower
+    gr.Info(page_text(f"Job {job.id} ({name}) submitted: {where}."))
+    return following(job, follower), None
 
 
-def default_push_to(profile: gr.OAuthProfile | None, current: str):
-    if current or profile is None or not on_space():
+def default_push_to(profile: gr.OAuthProfile | None):
+    if profile is None or not on_space():
         return gr.skip()
     return f"{profile.username}/{config_mod.short_name(config_mod.DEFAULT_BASE)}-lora"
 
 
-def build(follower: gr.State) -> TrainTab:
+def build(follower: gr.State, seen: gr.State) -> TrainTab:
     specs = {key: forms.field_spec(key) for key in forms.FIELDS}
     fields: dict = {}  # key -> component, only while laying out; handlers get the list in FIELDS order
-    with gr.Row():
-        with gr.Column(scale=3):
+    memory = gr.BrowserState(None, storage_key="phi3space-form")
+
+    def settings(title: str, keys: list[str], elem_id: str) -> None:
+        with gr.Accordion(title, open=False, elem_id=elem_id):
+            with gr.Row(equal_height=False):
+                for key in keys:
+                    fields[key] = _component(specs[key])
+
+    with gr.Row(elem_id="dataset-row", equal_height=False):
+        with gr.Column(scale=3, min_width=260):
             fields["data.dataset"] = _component(specs["data.dataset"])
-        with gr.Column(scale=2):
-            upload = gr.File(label="…or upload a data file", file_types=[".jsonl", ".json", ".csv", ".parquet"], height=90)
-        inspect_btn = gr.Button("Inspect", scale=1, elem_id="inspect")
-    with gr.Accordion("Dataset inspection", open=False) as inspect_box:
-        report = gr.Markdown()
+        with gr.Column(scale=2, min_width=260):
+            upload = gr.File(label="…or upload a data file",
+                             file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="data-upload")
+        with gr.Column(scale=1, min_width=120):
+            inspect_btn = gr.Button("Inspect", elem_id="inspect")
+    with gr.Accordion("Dataset inspection", open=False, elem_id="inspect-box") as inspect_box:
+        report = gr.Markdown(elem_id="inspection-report")
         with gr.Row():
-            histogram = gr.BarPlot(x="tokens", y="rows", label="Tokens per row", height=220)
+            histogram = gr.BarPlot(x="tokens", y="rows", label="Tokens per row", height=220, min_width=300)
             example = gr.HighlightedText(label="One example (highlighted: the tokens the model is trained on)",
-                                         color_map={"trained": "green"}, combine_adjacent=True, elem_id="example")
+                                         color_map={"trained": "green"}, combine_adjacent=True, elem_id="example",
+                                         min_width=300)
     inspection = gr.State(None)
-    with gr.Row():
+    with gr.Row(elem_id="model-row", equal_height=False):
         fields["model.base"] = _component(specs["model.base"])
         fields["model.method"] = _component(specs["model.method"])
-    with gr.Accordion("LoRA settings", open=False):
-        with gr.Row():
-            for key in forms.LORA_FIELDS:
-                fields[key] = _component(specs[key])
-    with gr.Accordion("Training settings", open=False):
-        with gr.Row(equal_height=False):
-            for key in forms.TRAINING_FIELDS:
-                fields[key] = _component(specs[key])
-    with gr.Row():
+        run_name = gr.Textbox(label="Run name", info="Tells your runs apart in the list.", scale=2, min_width=200,
+                              placeholder="automatic: <base>-<dataset>-<method>", elem_id="run-name")
+    settings("Dataset settings", forms.DATA_FIELDS, "data-settings")
+    settings("LoRA settings", forms.LORA_FIELDS, "lora-settings")
+    settings("Training settings", forms.TRAINING_FIELDS, "training-settings")
+    settings("Logging, checkpoints and hardware", forms.ADVANCED_FIELDS, "advanced-settings")
+    with gr.Row(elem_id="output-row", equal_height=False):
         for key in forms.OUTPUT_FIELDS:
             fields[key] = _component(specs[key])
+    fields.update(compute_box.build(specs, fields["output.push_checkpoints"]))  # this machine or Hugging Face Jobs
     with gr.Accordion("Config file (YAML)", open=False, elem_id="config-accordion"):
         with gr.Row():
-            yaml_upload = gr.File(label="Load a config file into the form", file_types=[".yaml", ".yml"], height=90,
-                                  elem_id="config-upload")
-            download = gr.DownloadButton(f"Download {RunDir.CONFIG}")
+            yaml_upload = gr.File(label="Load a config file into the form", file_types=[".yaml", ".yml"],
+                                  elem_id="config-upload", min_width=260)
+            download = gr.DownloadButton(f"Download {RunDir.CONFIG}", min_width=200)
         yaml_preview = gr.Code(language="yaml", label="Config preview", interactive=False, elem_id="config-preview")
     plan_md = gr.Markdown("Steps: press **Inspect** to count the rows.", elem_id="plan")
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="start")
     components = [fields[key] for key in forms.FIELDS]
 
-    form_inputs = [upload, *components]
+    form_inputs = [upload, run_name, *components]
     inspect_btn.click(lambda: gr.Accordion(open=True), None, inspect_box, api_visibility=UI_ONLY).then(
         inspect_click, form_inputs, [report, histogram, example, inspection, plan_md], api_visibility=UI_ONLY)
-    gr.on([c.change for c in components] + [upload.change, inspection.change], preview, [inspection, *form_inputs],
-          [yaml_preview, plan_md, download], show_progress="hidden", trigger_mode="always_last", api_visibility=UI_ONLY)
+    gr.on([c.change for c in form_inputs] + [inspection.change], preview, [inspection, *form_inputs],
+          [yaml_preview, plan_md, download, memory], show_progress="hidden", trigger_mode="always_last",
+          api_visibility=UI_ONLY)
     yaml_upload.upload(load_yaml, yaml_upload, components, api_visibility=UI_ONLY)
-    start_btn.click(start, [follower, *form_inputs], follower, api_visibility=UI_ONLY)
-    return TrainTab(components, upload, fields["output.push_to"], start_btn)
+    start_btn.click(start, [follower, *form_inputs], [follower, seen], api_visibility=UI_ONLY)
+    return TrainTab(components, upload, run_name, memory, start_btn)

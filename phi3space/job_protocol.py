@@ -1,0 +1,64 @@
+"""What a Hugging Face job is given and what it prints back: the run config in an environment value
+(``python -m phi3space train env:PHI3SPACE_RUN_CONFIG``), and each event as one numbered ``@phi3space-event {json}``
+line of its output, which the submitter mirrors into the run's own events (remote.Mirror)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from . import config
+from .config import RunConfig
+from .errors import ConfigError
+from .run import EVENT_TYPES
+
+EVENT_PREFIX = "@phi3space-event "
+CONFIG_VAR = "PHI3SPACE_RUN_CONFIG"
+CONFIG_ARG = f"env:{CONFIG_VAR}"  # what `python -m phi3space train` is given inside a job
+
+
+def inside_job(config_arg: str) -> bool:
+    return config_arg.startswith("env:")
+
+
+def job_config(config_arg: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The run config a job was given in an environment value; its run folder goes under the container's temp
+    folder (the same path in every process of a multi-GPU job)."""
+    name = config_arg.removeprefix("env:")
+    text = os.environ.get(name, "")
+    if not text.strip():
+        raise ConfigError([f"{config_arg}: the environment value {name} is empty"],
+                          "Inside a Hugging Face job the run config comes in that value; elsewhere pass a YAML file.")
+    cfg = config.loads(text, overrides)
+    cfg.output.dir = str(Path(tempfile.gettempdir()) / "phi3space" / Path(cfg.output.dir).name)
+    return cfg
+
+
+def job_echo(human: Callable[[dict], None] | None = None) -> Callable[[dict], None]:
+    """An event echo for inside a job: the readable line (for the job's page), then the event as one numbered
+    ``@phi3space-event`` line that the submitter mirrors."""
+    seq = itertools.count(1)
+
+    def echo(event: dict) -> None:
+        if human is not None:
+            human(event)
+        print(EVENT_PREFIX + json.dumps({"seq": next(seq), **event}, default=str, ensure_ascii=False,
+                                        allow_nan=True), flush=True)
+
+    return echo
+
+
+def parse_event(line: str) -> dict | None:
+    """The event a job's log line carries, or None for any other line."""
+    if not line.startswith(EVENT_PREFIX):
+        return None
+    try:
+        event = json.loads(line[len(EVENT_PREFIX):])
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(event, dict) and event.get("type") in EVENT_TYPES and isinstance(event.get("seq"), int)
+    return event if ok else None

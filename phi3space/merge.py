@@ -1,0 +1,100 @@
+"""Merge an adapter into its base model and push the merged 16-bit model to the Hub, reporting each stage.
+
+``python -m phi3space merge RUN --push-to you/name`` runs this, and so does the web page's "Merge and push" job
+(with ``--run-dir``, where its events go: run_started, one progress event per stage, push, run_finished, or error
+then run_finished; the same contract as training, so the page follows it like a training run).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import Cancelled, Phi3SpaceError
+
+Emit = Callable[..., object]  # emit(type, **fields): an EventWriter's emit, or a printer
+
+
+def _size(folder: Path) -> str:
+    total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return f"{total / 1e9:.1f} GB" if total >= 1e8 else f"{total / 1e6:.1f} MB"
+
+
+def _card(base: str, adapter: str, repo_id: str) -> str:
+    return (f"---\nbase_model: {base}\nlibrary_name: transformers\ntags:\n- phi3\n- phi3space\n- merged\n---\n\n"
+            f"# {repo_id.split('/')[-1]}\n\n{base} with the LoRA adapter `{adapter}` merged into its weights "
+            f"(peft `merge_and_unload`) by phi3space. It loads without peft:\n\n```python\n"
+            f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")\n```\n")
+
+
+def upload_model(folder: Path, repo_id: str, token: str | None, private: bool, emit: Emit) -> dict:
+    """Create ``repo_id`` (exist_ok) and upload the merged model folder in one commit; record it as a push event."""
+    from huggingface_hub import HfApi
+
+    from .hub import call
+
+    api = HfApi(token=token)
+    log = lambda msg: emit("log", message=msg)  # noqa: E731
+    url = call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", ref=repo_id, on_retry=log)
+    info = call(lambda: api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="phi3space: merged model"),
+                "upload", ref=repo_id, on_retry=log)
+    result = {"repo_id": repo_id, "url": str(url).rstrip("/") if url else f"https://huggingface.co/{repo_id}",
+              "commit": getattr(info, "oid", None) or ""}
+    emit("push", what="model", **result)
+    return result
+
+
+def merge_and_push(adapter: str, emit: Emit, out: str | Path | None = None, push_to: str | None = None,
+                   base: str | None = None, token: str | None = None, private: bool = True) -> dict:
+    """Merge ``adapter`` into its base; save it in ``out`` and/or push it to ``push_to`` (then a temporary folder
+    holds it until the upload is done). Returns {out, repo_id, url}.
+
+    Raises:
+        AuthError: no token, or one that may not push to ``push_to`` (checked before any model loads).
+        ModelError / HubError: as merge_adapter and the upload report them; the error is in the events too.
+    """
+    from .chat import adapter_base, merge_adapter, resolve_adapter
+    from .hub import check_push_access
+    from .run import RunDir
+
+    total = 4 + (2 if push_to else 0)
+    done = 0
+    emit("run_started", task="merge", adapter=str(adapter), push_to=push_to, max_steps=total)
+
+    def stage(text: str) -> None:
+        nonlocal done
+        done += 1
+        emit("progress", task="merge", step=done, max_steps=total, stage=text)
+
+    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="phi3space-merged-"))
+    result: dict = {"out": str(folder) if out else None, "repo_id": None, "url": None}
+    try:
+        if push_to:
+            stage(f"checking that you may push to {push_to}")
+            name = f"{Path(str(adapter).rstrip('/')).name}-merged"
+            repo_id = check_push_access(push_to, token, name, private)
+        path = resolve_adapter(str(adapter), token)  # downloaded once, when it is a Hub repo
+        base = base or adapter_base(path)
+        merge_adapter(str(path), folder, base=base, token=token, on_stage=stage)
+        if push_to:
+            RunDir(folder).card.write_text(_card(base, str(adapter), repo_id), encoding="utf-8")
+            stage(f"uploading {_size(folder)} to {repo_id}")
+            pushed = upload_model(folder, repo_id, token, private, emit)
+            result.update(repo_id=repo_id, url=pushed["url"])
+    except Cancelled:
+        emit("run_finished", task="merge", status="cancelled", step=done, adapter=None)
+        raise
+    except Phi3SpaceError as exc:
+        emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
+        emit("run_finished", task="merge", status="failed", step=done, adapter=None)
+        raise
+    finally:
+        if not out:
+            shutil.rmtree(folder, ignore_errors=True)
+    emit("run_finished", task="merge", status="completed", step=done, adapter=None, model=result["url"] or result["out"])
+    return result
+

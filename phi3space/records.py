@@ -1,0 +1,140 @@
+"""The Hub as the record that survives a Space restart.
+
+A Space's disk is wiped when it restarts, so a web app job leaves its trace where the visitor can always read it:
+its adapter repo. At submit the repo gets a card whose front matter carries a *record* (``phi3space:`` job id,
+owner, Space, status) and the tag ``phi3space``; the run's config goes beside it. Each checkpoint is pushed to the
+repo's ``checkpoints`` branch together with the run's events (phi3space.push), and the final card carries the
+record again with the final status. After a restart, ``hub_runs`` finds a visitor's runs with
+``list_models(author=..., filter="phi3space")`` and ``rebuild`` lays their run folders out again, so that the job id
+the visitor holds answers once more and an interrupted run resumes from its last pushed checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from .config import RunConfig
+from .hub import call, namespaces, space_id, whoami
+from .run import RunDir
+
+RECORD_TAG = "phi3space"  # every adapter card carries it; list_models(filter=...) finds them
+RECORD_KEY = "phi3space"  # the front matter key of a web app job's record
+JOB_ENV = "PHI3SPACE_JOB_ID"  # set by the job runner in a training process: whose job this run is
+OWNER_ENV = "PHI3SPACE_JOB_OWNER"
+
+
+def record(job_id: str, owner: str, status: str, step: int | None = None, max_steps: int | None = None,
+           metrics: dict | None = None, created: float | None = None) -> dict:
+    """A job's record for its card's front matter."""
+    fields = {"job": job_id, "owner": owner, "space": space_id(), "status": status, "step": step,
+              "max_steps": max_steps, "created": round(created) if created else None,
+              "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))} or None}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def job_record(status: str, step: int | None = None, max_steps: int | None = None,
+               metrics: dict | None = None) -> dict | None:
+    """The record of the web app job this process trains (None for a run started from the command line)."""
+    job_id = os.environ.get(JOB_ENV)
+    if not job_id:
+        return None
+    return record(job_id, os.environ.get(OWNER_ENV) or "", status, step, max_steps, metrics)
+
+
+def publish_queued(cfg: RunConfig, repo_id: str, job_id: str, owner: str, token: str, created: float) -> None:
+    """Put a queued job's record (a pending card) and its config on its repo's main branch, in one commit.
+
+    Raises:
+        HubError / AuthError: the Hub refused or could not be reached.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .card import pending_card
+
+    card = pending_card(cfg, repo_id, record(job_id, owner, "queued", created=created))
+    ops = [CommitOperationAdd(RunDir.CARD, card.encode("utf-8")),
+           CommitOperationAdd(RunDir.CONFIG, cfg.to_yaml().encode("utf-8"))]
+    api = HfApi(token=token)
+    call(lambda: api.create_commit(repo_id, ops, commit_message=f"phi3space: job {job_id} queued"),
+         "record the job on the Hub", ref=repo_id)
+
+
+@dataclass
+class HubRun:
+    repo_id: str
+    record: dict
+
+    @property
+    def job_id(self) -> str:
+        return str(self.record["job"])
+
+
+def hub_runs(owner: str, token: str) -> list[HubRun]:
+    """The web app jobs ``owner`` ran on this Space, as their repos' cards record them (the newest per repo), in
+    the user's namespace and their organisations'.
+
+    Raises:
+        HubError / AuthError: the Hub refused or could not be reached.
+    """
+    from huggingface_hub import HfApi
+
+    api, here, found = HfApi(token=token), space_id(), []
+    for author in namespaces(whoami(token)):
+        models = call(lambda a=author: list(api.list_models(author=a, filter=RECORD_TAG, cardData=True)),
+                      "list your runs on the Hub")
+        for model in models:
+            rec = model.card_data.get(RECORD_KEY) if model.card_data is not None else None
+            if isinstance(rec, dict) and rec.get("job") and rec.get("owner") == owner and rec.get("space") == here:
+                found.append(HubRun(model.id, rec))
+    return found
+
+
+def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
+    """Lay out a run folder from the Hub: the config, the events pushed with the newest checkpoint, and the last
+    word those events lack (completed, as the final card says, or interrupted by the restart).
+
+    Raises:
+        HubError: the repo has no config (not a phi3space job's repo).
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+    from .push import CHECKPOINT_BRANCH, hub_checkpoint_steps
+
+    repo = hub_run.repo_id
+
+    def pushed_events() -> str | None:
+        try:
+            return hf_hub_download(repo, RunDir.EVENTS, revision=CHECKPOINT_BRANCH, token=token)
+        except (EntryNotFoundError, RevisionNotFoundError):
+            return None  # no checkpoint was pushed
+
+    config = call(lambda: hf_hub_download(repo, RunDir.CONFIG, token=token), f"download the config of {repo}", ref=repo)
+    events = call(pushed_events, f"download the events of {repo}", ref=repo)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.config.write_bytes(open(config, "rb").read())
+    if events is not None:
+        data = open(events, "rb").read()
+        run.events.write_bytes(data[: data.rfind(b"\n") + 1])
+    state, rec = run.state(), hub_run.record
+    if rec.get("status") == "completed":
+        run.append("push", what="adapter", repo_id=repo, url=f"{constants.ENDPOINT}/{repo}", commit="")
+        run.append("run_finished", status="completed", step=rec.get("step") or state.step, metrics=rec.get("metrics") or {},
+                   adapter=None)
+        return
+    pushed = bool(hub_checkpoint_steps(repo, token))
+    doing = "waiting in the queue" if rec.get("status") == "queued" else "training"
+    hint = (f"Resume it: it continues from its newest checkpoint on {repo} (branch {CHECKPOINT_BRANCH})." if pushed
+            else "Submit it again: it pushed no checkpoint to continue from.")
+    run.append("error", kind="interrupted", message=f"the Space restarted while this job was {doing}", hint=hint)
+    run.append("run_finished", status="failed", step=state.step, adapter=None)
+
+
+def created_at(hub_run: HubRun) -> float:
+    return float(hub_run.record.get("created") or time.time())
+
+
+__all__ = ["HubRun", "JOB_ENV", "OWNER_ENV", "RECORD_KEY", "RECORD_TAG", "hub_runs", "job_record",
+           "publish_queued", "rebuild", "record"]

@@ -1,0 +1,431 @@
+"""Training on Hugging Face Jobs: the same engine, in a container on rented hardware, billed to whoever runs it.
+
+A run with ``compute.backend: hf-jobs`` is submitted with huggingface_hub's ``run_job``:
+
+- image: the Space's own (``hf.co/spaces/$SPACE_ID``, so the job runs the very code the Space runs), or
+  ``PHI3SPACE_JOBS_IMAGE`` (refused when neither is there);
+- command: ``python -m phi3space train env:PHI3SPACE_RUN_CONFIG``, or ``accelerate launch --multi_gpu
+  --num_processes N -m phi3space train ...`` on a flavor with N GPUs;
+- env: the resolved run config as YAML (it never holds a token: config validation refuses token-shaped values);
+- secrets: the token, as ``HF_TOKEN``; never in env values, argv, labels or logs.
+
+Inside the job each event is also printed as one line, ``@phi3space-event {json}`` (numbered by ``seq``; see
+job_protocol.py). Here a ``Mirror`` follows the job's log stream and appends those events to the local run folder, so the CLI lines, the
+page, /job_status and the card read a remote run exactly like a local one; other lines go to the run's log. The job
+pushes the adapter, and its checkpoints to the ``checkpoints`` branch, itself: nothing depends on this machine's
+disk. When the job ends, the platform's verdict (its stage and message) is the run's last word where the run's own
+events lack one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RunConfig, timeout_seconds
+from .errors import AuthError, Cancelled, ConfigError, Phi3SpaceError, register_secret, scrub
+from .flavors import Flavor, check_flavor
+from .hub import hub_error, is_local_ref, on_space, whoami
+from .job_protocol import CONFIG_ARG, CONFIG_VAR, parse_event
+from .run import EventWriter, RunDir, RunState
+
+IMAGE_VAR = "PHI3SPACE_JOBS_IMAGE"
+LABEL_ORIGIN = "phi3space"  # which app (or the CLI) submitted the job: an app re-finds its own jobs by it
+LABEL_RUN = "phi3space-run"  # the run's id in that app
+TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+BILLING_URL = "https://huggingface.co/settings/billing"
+
+
+class JobsError(Phi3SpaceError):
+    kind = "jobs"
+
+
+# ---------------------------------------------------------------- the job's spec
+
+def job_image() -> str:
+    """PHI3SPACE_JOBS_IMAGE, else (on a Space) the Space's own image.
+
+    Raises:
+        ConfigError: neither is there.
+    """
+    image = os.environ.get(IMAGE_VAR, "").strip()
+    if image:
+        return image
+    if on_space():
+        return f"hf.co/spaces/{os.environ['SPACE_ID']}"
+    raise ConfigError(["compute.backend: hf-jobs needs an image that has phi3space installed, and none is set"],
+                      f"Set {IMAGE_VAR}=hf.co/spaces/OWNER/NAME (a Space running this version of phi3space: its "
+                      "image is reused) or to a Docker image with this project installed at the same commit.")
+
+
+def launch_command(gpus: int, resume: bool = False, config_arg: str = CONFIG_ARG) -> list[str]:
+    """The job's command: one process, or one per GPU under ``accelerate launch`` (data-parallel)."""
+    train = ["-m", "phi3space", "train", config_arg] + (["--resume"] if resume else [])
+    if gpus > 1:
+        return ["accelerate", "launch", "--multi_gpu", "--num_processes", str(gpus), "--num_machines", "1", *train]
+    return ["python", "-u", *train]
+
+
+def origin() -> str:
+    """The ``phi3space`` label of jobs this process submits: the Space's ID, or 'cli'."""
+    return safe_label(os.environ.get("SPACE_ID") or "cli")
+
+
+def safe_label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", text)[:60] or "x"
+
+
+@dataclass
+class JobRef:
+    namespace: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> JobRef:
+        namespace, _, job_id = text.partition("/")
+        return cls(namespace, job_id)
+
+
+def prepare(cfg: RunConfig, token: str | None) -> Flavor:
+    """Everything checked before a job is started: a token, Hub inputs, an image, a known flavor, push access
+    (``output.push_to: auto`` is resolved here, so the job and this machine agree on the repo).
+
+    Raises:
+        AuthError, ConfigError: what to fix, before anything is billed.
+    """
+    if not token:
+        raise AuthError("training on Hugging Face Jobs needs your Hugging Face token (the job runs as you, billed to you)",
+                        "Sign in with Hugging Face (web app), set HF_TOKEN, or run `hf auth login`.")
+    local = [f"{key}: {value!r} is a path on this machine; a Hugging Face job cannot read it"
+             for key, value in (("data.dataset", cfg.data.dataset), ("model.base", cfg.model.base)) if is_local_ref(value)]
+    if local:
+        raise ConfigError(local, "Upload it to the Hub and use its ID, e.g. `hf upload you/my-data ./qa.jsonl "
+                                 "--repo-type dataset`, then data.dataset: you/my-data.")
+    job_image()
+    flavor = check_flavor(cfg.compute.flavor, token)
+    from .config import auto_repo_name
+    from .hub import check_push_access
+
+    cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg))
+    return flavor
+
+
+def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: EventWriter, resume: bool = False,
+          labels: dict | None = None) -> JobRef:
+    """Start the job (never retried: a second POST could start, and bill, a second job) and say so in the run's
+    events. A refusal (no payment method, quota, bad flavor, no permission) becomes the run's last word.
+
+    Raises:
+        JobsError / AuthError: the platform refused the job (already written to the run's events).
+    """
+    from huggingface_hub import HfApi, constants
+
+    job_cfg = _copy(cfg)
+    job_cfg.output.dir = run_id  # the job puts its run folder under its own temp folder (see job_config)
+    env = {CONFIG_VAR: job_cfg.to_yaml(), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if constants.ENDPOINT.rstrip("/") != "https://huggingface.co":
+        env["HF_ENDPOINT"] = constants.ENDPOINT  # a private Hub deployment (or a test's stand-in)
+    namespace = whoami(token)["name"]
+    register_secret(token)
+    try:
+        info = HfApi().run_job(image=job_image(), command=launch_command(flavor.gpus, resume), env=env,
+                               secrets={"HF_TOKEN": token}, flavor=cfg.compute.flavor, timeout=cfg.compute.timeout,
+                               labels={LABEL_ORIGIN: origin(), LABEL_RUN: safe_label(run_id), **(labels or {})},
+                               name=safe_label(f"phi3space-{run_id}"), namespace=namespace, token=token)
+    except Exception as exc:
+        error = start_error(exc, cfg, namespace)
+        if error is None:
+            raise
+        _write_last_word(writer, [("error", {"kind": error.kind, "message": error.message, "hint": error.hint}),
+                                  ("run_finished", {"status": "failed", "step": 0, "adapter": None})])
+        raise error from None
+    ref = JobRef(namespace, info.id)
+    price = f", ${flavor.price_per_hour:.2f}/h" if flavor.price_per_hour is not None else ""
+    writer.emit("log", message=f"submitted to Hugging Face Jobs: {info.url} ({cfg.compute.flavor}{price}, timeout "
+                               f"{cfg.compute.timeout}); waiting for the hardware", job=str(ref), url=info.url)
+    return ref
+
+
+def _copy(cfg: RunConfig) -> RunConfig:
+    from . import config
+
+    return config.from_dict(cfg.to_dict())
+
+
+def start_error(exc: BaseException, cfg: RunConfig, namespace: str) -> Phi3SpaceError | None:
+    """The platform's refusal to start a job, with its own words and what to do; None for a bug."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not isinstance(exc, HfHubHTTPError):
+        return hub_error(exc, "start the job on Hugging Face Jobs")
+    status = getattr(exc.response, "status_code", None)
+    said = scrub((getattr(exc, "server_message", None) or str(exc).splitlines()[0]).strip())
+    prefix = f"Hugging Face Jobs refused to start the job ({status}: {said})"
+    if status == 402:
+        return JobsError(prefix, f"Jobs are billed to the account that runs them: add a payment method or credits for "
+                                 f"{namespace} at {BILLING_URL}, then submit again.")
+    if status == 403:
+        return AuthError(prefix, "On a Space, sign out and in again so the app may run jobs for you (scope 'jobs'); "
+                                 "with a token, use one that may start Jobs in that namespace.")
+    if status == 429:
+        return JobsError(prefix, "You have reached a limit of Jobs at once: wait for one of your jobs to end, or "
+                                 "cancel one, then submit again.")
+    if status in (400, 404, 422):
+        return JobsError(prefix, f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout "
+                                 f"({cfg.compute.timeout}), and that the image exists ({job_image()}).")
+    return hub_error(exc, "start the job on Hugging Face Jobs")
+
+
+# ---------------------------------------------------------------- following a job
+
+# The newest event mirrored per events file and job in this process: two followers of one job (a restarted runner
+# beside the thread of the old one) never write an event twice. A file replaced since (a wiped disk) starts afresh.
+_mirrored: dict[tuple[str, int | None, str], int] = {}
+_mirrored_lock = threading.Lock()
+
+
+class Mirror:
+    """Follows one job's log stream into a local run folder: events to its events, other lines to its log."""
+
+    def __init__(self, run: RunDir, ref: JobRef, writer: EventWriter | None = None):
+        self.run, self.ref = run, ref
+        self.writer = writer or run.writer()
+        try:
+            inode = run.events.stat().st_ino
+        except OSError:
+            inode = None
+        self.key = (str(run.path.resolve()), inode, ref.id)
+        with _mirrored_lock:
+            if self.key not in _mirrored:
+                events, _ = run.read_events()
+                _mirrored[self.key] = max((e["seq"] for e in events if e.get("job") == ref.id
+                                           and isinstance(e.get("seq"), int)), default=0)
+
+    def follow(self, token: str | None, stop: threading.Event | None = None) -> None:
+        """Mirror the job's output until its log stream ends (the job ended) or ``stop`` is set. The stream
+        replays from the job's first line, so the log is rewritten and events already mirrored are skipped."""
+        from huggingface_hub import HfApi
+
+        lines = HfApi().fetch_job_logs(job_id=self.ref.id, namespace=self.ref.namespace, follow=True, token=token)
+        with self.run.log.open("wb") as log:
+            for line in lines:
+                if stop is not None and stop.is_set():
+                    return
+                event = parse_event(line)
+                if event is None:
+                    log.write((scrub(line) + "\n").encode("utf-8", "replace"))
+                    log.flush()
+                else:
+                    self._append(event)
+
+    def _append(self, event: dict) -> None:
+        with _mirrored_lock:
+            if event["seq"] <= _mirrored[self.key]:
+                return
+            fields = {k: v for k, v in event.items() if k != "type"}
+            fields["job"] = self.ref.id
+            if event["type"] == "run_finished":  # the job's folder is gone with it: its adapter is the pushed one
+                pushed = self.run.state().adapter_repo
+                fields["adapter"] = pushed if pushed and fields.get("status") != "failed" else None
+            self.writer.emit(event["type"], **fields)
+            _mirrored[self.key] = event["seq"]
+
+
+def inspect(ref: JobRef, token: str | None):
+    from huggingface_hub import HfApi
+
+    from .hub import call
+
+    return call(lambda: HfApi().inspect_job(job_id=ref.id, namespace=ref.namespace, token=token),
+                f"read the state of job {ref}", JobsError)
+
+
+def cancel(ref: JobRef, token: str | None) -> None:
+    from huggingface_hub import HfApi
+
+    from .hub import call
+
+    call(lambda: HfApi().cancel_job(job_id=ref.id, namespace=ref.namespace, token=token), f"cancel job {ref}", JobsError)
+
+
+def last_word(info, state: RunState, cfg: RunConfig | None = None) -> list[tuple[str, dict]]:
+    """The events to append once the platform says the job ended (``info``) and its events say ``state``: none when
+    they already tell the truth. A run is completed only when the job completed and the adapter was pushed."""
+    stage, said = str(info.status.stage), scrub(info.status.message or "")
+    step = {"step": state.step, "adapter": state.adapter_repo if state.status != "failed" else None}
+    if stage == "COMPLETED":
+        if state.status in ("cancelled", "failed") or (state.status == "completed" and state.adapter_repo):
+            return []
+        what = "completed without pushing an adapter" if state.status == "completed" else "ended without finishing its run"
+        return [("error", {"kind": "jobs", "message": f"the Hugging Face job {what}",
+                           "hint": f"See its logs: {info.url}"}), ("run_finished", {"status": "failed", **step})]
+    if stage == "CANCELED":
+        return [] if state.final else [("run_finished", {"status": "cancelled", **step})]
+    if state.status == "failed":
+        return []  # the trainer said why itself
+    kind, how, hint = _diagnose(info, said, state, cfg)
+    return [("error", {"kind": kind, "message": f"the Hugging Face job {how}" + (f" ({said})" if said else ""),
+                       "hint": hint}), ("run_finished", {"status": "failed", **step})]
+
+
+def _diagnose(info, said: str, state: RunState, cfg: RunConfig | None) -> tuple[str, str, str]:
+    resume = (f"Resume continues from the last checkpoint it pushed ({state.checkpoint_url})." if state.checkpoint_url
+              else "It pushed no checkpoint: submit it again.")
+    timeout = timeout_seconds(cfg.compute.timeout) if cfg else None
+    ran = getattr(getattr(info, "durations", None), "running_secs", None)
+    text = said.lower()
+    if re.search(r"time ?out|timed out|time limit|deadline", text) or (timeout and ran and ran >= 0.98 * timeout):
+        limit = f" ({cfg.compute.timeout})" if cfg else ""
+        return "timeout", f"reached its time limit{limit} and was stopped", f"Raise compute.timeout. {resume}"
+    if re.search(r"oom|out of memory|memory limit|exit code:? 137", text):
+        return "oom", "was killed for running out of memory", \
+            (f"Pick a flavor with more memory, or lower training.batch_size or training.max_length (or use "
+             f"model.method: qlora). {resume}")
+    if str(info.status.stage) == "DELETED":
+        return "jobs", "was deleted", resume
+    return "jobs", "failed", f"See its logs: {info.url}. {resume}"
+
+
+def _write_last_word(writer: EventWriter, events: list[tuple[str, dict]]) -> None:
+    for type, fields in events:
+        writer.emit(type, **fields)
+
+
+def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWriter, cfg: RunConfig | None = None,
+                  stop: threading.Event | None = None, on_interrupt: Callable[[], None] | None = None,
+                  retry_s: float = 5.0) -> bool:
+    """Mirror the job until it ends, then write the platform's last word where the events lack one. Returns False
+    when ``stop`` was set first. A dropped stream is followed again (the replay skips what was mirrored); Ctrl-C
+    calls ``on_interrupt`` once, and following goes on until the job has ended.
+
+    Raises:
+        AuthError: the token was refused (expired): follow again with a new one.
+    """
+    mirror = Mirror(run, ref, writer)
+    while stop is None or not stop.is_set():
+        try:
+            mirror.follow(token, stop)
+            if stop is not None and stop.is_set():
+                break
+            info = inspect(ref, token)
+            if str(info.status.stage) in TERMINAL:
+                _write_last_word(writer, last_word(info, _this_attempt(run.state(), info), cfg))
+                return True
+        except KeyboardInterrupt:
+            if on_interrupt is None:
+                raise
+            on_interrupt()
+            on_interrupt = None  # a second Ctrl-C leaves at once
+            continue
+        except Exception as exc:
+            if getattr(getattr(exc, "response", None), "status_code", None) == 404:  # the job is gone
+                gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message="not found"),
+                                             url=f"{ref}", durations=None)
+                _write_last_word(writer, last_word(gone, run.state(), cfg))
+                return True
+            mapped = hub_error(exc, f"follow job {ref}", error=JobsError)
+            if mapped is None or isinstance(mapped, AuthError):
+                raise mapped or exc from None
+        try:
+            if stop is None:
+                time.sleep(retry_s)
+            else:
+                stop.wait(retry_s)
+        except KeyboardInterrupt:
+            if on_interrupt is None:
+                raise
+            on_interrupt()
+            on_interrupt = None
+    return False
+
+
+def _this_attempt(state: RunState, info) -> RunState:
+    """``state``, or a blank one when its events are an earlier attempt's (this job never started training)."""
+    if info.created_at and (state.started or 0) < info.created_at.timestamp() - 5:
+        return RunState(step=state.step, checkpoint_url=state.checkpoint_url)
+    return state
+
+
+# ---------------------------------------------------------------- the CLI: submit, follow, exit like a local run
+
+def submitted_job(run: RunDir) -> JobRef | None:
+    """The job this run folder was last submitted as (from its events), if any."""
+    events, _ = run.read_events()
+    refs = [e["job"] for e in events if e.get("type") == "log" and isinstance(e.get("job"), str) and "/" in e["job"]]
+    return JobRef.parse(refs[-1]) if refs else None
+
+
+def train_cli(cfg: RunConfig, resume: bool, token: str | None, echo: Callable[[dict], None] | None = None) -> Path:
+    """``python -m phi3space train`` with compute.backend hf-jobs: submit, print the usual progress lines, and end
+    like a local run. A run folder whose job still runs is followed again instead of submitted twice.
+
+    Raises:
+        Phi3SpaceError: the job could not start, or the run failed (its reason and a hint).
+        Cancelled: stopped with Ctrl-C (the job is cancelled).
+    """
+    run = RunDir(cfg.output.dir)
+    earlier, ref = run.state(), submitted_job(run)
+    writer = run.writer(echo=echo)
+    if ref is not None and not earlier.final:
+        if echo:
+            echo({"type": "log", "message": f"following job {ref} again"})
+    else:
+        if not resume and (run.holds_run() or earlier.started is not None):  # (one that never started may go again)
+            raise ConfigError([f"output.dir: {run.path} already holds a run"],
+                              "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
+        if resume and cfg.output.push_to == "auto" and run.config.exists():
+            cfg.output.push_to = run.load_config().output.push_to  # the repo whose checkpoints branch it continues
+        flavor = prepare(cfg, token)
+        run.path.mkdir(parents=True, exist_ok=True)
+        cfg.save(run.config)
+        ref = start(cfg, token, flavor, uuid.uuid4().hex[:12], writer, resume=resume)
+
+    def interrupt() -> None:
+        print(f"stopping: cancelling job {ref}; waiting for it to end (Ctrl-C again to stop waiting)", flush=True)
+        try:
+            cancel(ref, token)
+        except Phi3SpaceError as exc:  # it may have ended already: following tells
+            print(f"warning: {exc.message}", flush=True)
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        follow_to_end(ref, token, run, writer, cfg, on_interrupt=interrupt)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return outcome(run)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def outcome(run: RunDir) -> Path:
+    """The run folder when the remote run completed and pushed its adapter; else the run's own error."""
+    state = run.state()
+    if state.status == "completed" and state.adapter_repo:
+        return run.path
+    if state.status == "cancelled":
+        raise Cancelled(f"stopped at step {state.step}" + (f"; the last checkpoint is on {state.checkpoint_url}"
+                                                            if state.checkpoint_url else ""),
+                        f"Continue with: python -m phi3space train {run.config} --resume")
+    error = state.error or {}
+    failure = Phi3SpaceError(error.get("message") or "the Hugging Face job ended without finishing its run",
+                             error.get("hint") or "")
+    failure.kind = error.get("kind") or "jobs"
+    raise failure
+
+
+__all__ = ["JobRef", "JobsError", "Mirror", "cancel", "follow_to_end", "inspect", "job_image", "last_word",
+           "launch_command", "prepare", "start", "train_cli"]

@@ -1,0 +1,324 @@
+"""A Hugging Face Jobs stand-in for the test Hub (stdlib only): the ``/api/jobs/...`` routes huggingface_hub 2.4 calls.
+
+* ``GET /api/jobs/hardware``: the flavors (``hardware``, editable) with prices per minute, as list_jobs_hardware reads.
+* ``POST /api/jobs/{namespace}``: run_job's spec (``command``, ``environment``, ``secrets``, ``flavor``,
+  ``timeoutSeconds``, ``labels``, ``dockerImage``/``spaceId``). The job's command runs as a local subprocess standing
+  in for the image: in its own folder (its ``HOME``, ``TMPDIR`` and ``HF_HOME``), with a bare environment (``PATH``
+  to this Python, ``PYTHONPATH`` to this checkout, as an image with phi3space installed would have) plus the job's
+  environment and its secrets; nothing of the test process's own environment. 401 for an unknown token, 403 outside
+  the token's namespaces, 400 for an unknown flavor, and whatever ``refuse`` set for a namespace (402 without a
+  payment method, 429 over a quota).
+* ``GET /api/jobs/{namespace}/{id}``: the job (stage RUNNING, COMPLETED, ERROR with ``Job failed with exit code: N``,
+  CANCELED, or what ``kill`` said), durations included; secrets come back by name only, never their values.
+* ``GET /api/jobs/{namespace}?label=k=v&stage=S``: the namespace's jobs filtered by labels and stages.
+* ``GET /api/jobs/{namespace}/{id}/logs``: a server-sent-events stream as the service sends it: a ``===== Job started``
+  line, then ``data: {"data": LINE, "timestamp": ...}`` per line of output (stdout and stderr read apart, line by
+  line, as a container runtime does), ``: keep-alive`` comments while quiet, replayed from the first line on every
+  request (``tail`` honoured) and ended once the job has ended.
+* ``POST /api/jobs/{namespace}/{id}/cancel``: stage CANCELED, SIGTERM to the job's processes, SIGKILL after ``grace_s``.
+
+Time limits run ``time_scale`` times faster than written (a 60 s ``timeoutSeconds`` ends a job after 3 s at 0.05),
+and durations are reported in the job's own (scaled) seconds.
+"""
+
+import json
+import os
+import secrets as _secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent  # the image has this checkout's phi3space installed
+
+
+def _flavor(name, pretty, cpu, ram, accelerator, cents_per_hour):
+    micro_per_minute = round(cents_per_hour * 10_000 / 60)
+    return {"name": name, "prettyName": pretty, "cpu": cpu, "ram": ram, "ephemeralStorage": "100 GB",
+            "accelerator": accelerator, "unitCostMicroUSD": micro_per_minute,
+            "unitCostUSD": micro_per_minute / 1e6, "unitLabel": "minute"}
+
+
+def _gpu(model, quantity, vram_gb):
+    return {"type": "gpu", "model": model, "quantity": str(quantity), "vram": f"{vram_gb * quantity} GB",
+            "manufacturer": "Nvidia"}
+
+
+HARDWARE = [
+    _flavor("cpu-basic", "CPU Basic", "2 vCPU", "16 GB", None, 1),
+    _flavor("cpu-upgrade", "CPU Upgrade", "8 vCPU", "32 GB", None, 3),
+    _flavor("t4-small", "Nvidia T4 - small", "4 vCPU", "15 GB", _gpu("T4", 1, 16), 40),
+    _flavor("l4x1", "1x Nvidia L4", "8 vCPU", "30 GB", _gpu("L4", 1, 24), 80),
+    _flavor("l4x4", "4x Nvidia L4", "48 vCPU", "186 GB", _gpu("L4", 4, 24), 380),
+    _flavor("a10g-large", "Nvidia A10G - large", "12 vCPU", "46 GB", _gpu("A10G", 1, 24), 150),
+    _flavor("a10g-largex2", "2x Nvidia A10G - large", "24 vCPU", "92 GB", _gpu("A10G", 2, 24), 300),
+    _flavor("a100-large", "Nvidia A100 - large", "12 vCPU", "142 GB", _gpu("A100", 1, 80), 250),
+    _flavor("h200", "Nvidia H200", "23 vCPU", "256 GB", _gpu("H200", 1, 141), 500),
+]
+TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+
+
+def _iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+class _Job:
+    def __init__(self, job_id, namespace, spec, secrets, folder):
+        self.id, self.namespace, self.spec, self.secrets, self.folder = job_id, namespace, spec, secrets, folder
+        self.created, self.started, self.finished = time.time(), time.time(), None
+        self.stage, self.message = "RUNNING", None
+        self.lines = [(time.time(), f"===== Job started at {_iso(time.time())} =====")]
+        self.ended = threading.Condition()
+        self.done = False  # the process ended and every line of its output is in ``lines``
+        self.proc = None
+        self.cancelled = False
+        self.killed_because = None
+
+
+class JobsStandIn:
+    """The Jobs routes of a HubServer; tests reach it as ``hub.jobs``."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        self._lock = threading.RLock()
+        self._root = Path(tempfile.mkdtemp(prefix="phi3space-jobs-"))
+        self._jobs = {}
+        self.reset()
+
+    # ----------------------------------------------------------------- for tests
+    def reset(self):
+        """End every job and forget them all, with the refusals; hardware, grace and time scale back to defaults."""
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+            self._refusals = {}
+            self.hardware = [dict(f) for f in HARDWARE]
+            self.grace_s, self.time_scale = 5.0, 1.0
+            self.image_env = {}  # extra environment every job's "image" has
+        for job in jobs:
+            self._signal(job, signal.SIGKILL)
+            if job.proc is not None:
+                job.proc.wait()
+            shutil.rmtree(job.folder, ignore_errors=True)
+
+    def refuse(self, namespace, status=402, message=None):
+        """Refuse to start jobs in ``namespace`` (402: no payment method, 429: quota)."""
+        message = message or {402: "Payment required: you need a payment method or pre-paid credits to run Jobs",
+                              429: "You have reached the maximum number of concurrent jobs"}.get(status, "Refused")
+        with self._lock:
+            self._refusals[namespace] = (status, message)
+
+    def kill(self, job_id, message="OOMKilled: the job ran out of memory (exit code 137)"):
+        """End a running job as the platform would after an out-of-memory kill (stage ERROR, ``message``)."""
+        job = self._jobs[job_id]
+        job.killed_because = message
+        self._signal(job, signal.SIGKILL)
+
+    def job(self, job_id):
+        """What the service knows of a job, for assertions: spec, stage, message and output lines (no secrets)."""
+        job = self._jobs[job_id]
+        with job.ended:
+            return {**self._info(job), "lines": [line for _, line in job.lines], "folder": job.folder}
+
+    def secrets(self, job_id):
+        """The secrets the job was given (the one place a token may appear)."""
+        return dict(self._jobs[job_id].secrets)
+
+    def ids(self):
+        with self._lock:
+            return list(self._jobs)
+
+    def wait(self, job_id, timeout=300):
+        """Wait until the job has ended and its output is complete; returns its stage."""
+        job = self._jobs[job_id]
+        with job.ended:
+            job.ended.wait_for(lambda: job.done, timeout)
+        return job.stage
+
+    # ----------------------------------------------------------------- HTTP
+    def dispatch(self, h, method, path, query, body, token):
+        """Answer one /api/jobs request (and stream logs) on the hub's handler ``h``."""
+        seg = [s for s in path.split("/")[3:] if s]
+        try:
+            user = self.hub._users.get(token) if token else None
+            if token and user is None:
+                raise _Refused(401, "Invalid credentials in Authorization header")
+            if seg == ["hardware"] and method == "GET":
+                return self.hub._send(h, method, 200, self.hardware)
+            if user is None:
+                raise _Refused(401, "You must be authenticated to use Jobs")
+            namespace = seg[0] if seg else ""
+            if namespace != user["name"] and namespace not in user["orgs"]:
+                raise _Refused(403, f"You don't have the rights to use Jobs in the namespace {namespace!r}")
+            if len(seg) == 1 and method == "POST":
+                return self.hub._send(h, method, 200, self._create(namespace, user, json.loads(body or b"{}")))
+            if len(seg) == 1 and method == "GET":
+                return self.hub._send(h, method, 200, self._list(namespace, query))
+            job = self._jobs.get(seg[1]) if len(seg) >= 2 else None
+            if job is None or job.namespace != namespace:
+                raise _Refused(404, "Job not found")
+            if len(seg) == 2 and method == "GET":
+                return self.hub._send(h, method, 200, self._info(job))
+            if seg[2:] == ["cancel"] and method == "POST":
+                self._cancel(job)
+                return self.hub._send(h, method, 200, {})
+            if seg[2:] == ["logs"] and method == "GET":
+                return self._stream(h, job, query)
+            raise _Refused(404, f"test hub: no Jobs route for {method} {path}")
+        except _Refused as e:
+            return self.hub._send(h, method, e.status, {"error": e.message}, [("X-Error-Message", e.message)])
+
+    # ----------------------------------------------------------------- the service
+    def _create(self, namespace, user, spec):
+        with self._lock:
+            if namespace in self._refusals:
+                raise _Refused(*self._refusals[namespace])
+            if spec.get("flavor") not in {f["name"] for f in self.hardware}:
+                raise _Refused(400, f"Invalid flavor: {spec.get('flavor')!r}")
+            if not isinstance(spec.get("command"), list) or not spec["command"]:
+                raise _Refused(400, "A job needs a command")
+            job_id = _secrets.token_hex(12)
+            folder = self._root / job_id
+            (folder / "tmp").mkdir(parents=True)
+            job = _Job(job_id, namespace, spec, dict(spec.get("secrets") or {}), folder)
+            job.owner = {"id": user["name"], "name": namespace, "type": "user" if namespace == user["name"] else "org"}
+            self._jobs[job_id] = job
+        self._run(job)
+        return self._info(job)
+
+    def _run(self, job):
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(job.folder),
+               "TMPDIR": str(job.folder / "tmp"), "HF_HOME": str(job.folder / "hf"), "PYTHONPATH": str(REPO),
+               "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8",
+               **self.image_env, **{k: str(v) for k, v in (job.spec.get("environment") or {}).items()},
+               **{k: str(v) for k, v in job.secrets.items()}}
+        try:
+            job.proc = subprocess.Popen(job.spec["command"] + list(job.spec.get("arguments") or []), cwd=job.folder,
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+        except OSError as exc:  # no such executable in the "image"
+            self._end(job, "ERROR", f"Failed to start the container: {exc.strerror}")
+            return
+        readers = [threading.Thread(target=self._read, args=(job, stream), daemon=True)
+                   for stream in (job.proc.stdout, job.proc.stderr)]
+        for r in readers:
+            r.start()
+        timeout = job.spec.get("timeoutSeconds")
+        timer = None
+        if timeout:
+            timer = threading.Timer(timeout * self.time_scale, self._time_out, args=(job,))
+            timer.daemon = True
+            timer.start()
+
+        def supervise():
+            code = job.proc.wait()
+            for r in readers:
+                r.join()
+            if timer is not None:
+                timer.cancel()
+            if job.cancelled:
+                self._end(job, "CANCELED", None)
+            elif job.killed_because:
+                self._end(job, "ERROR", job.killed_because)
+            elif code == 0:
+                self._end(job, "COMPLETED", None)
+            else:
+                self._end(job, "ERROR", f"Job failed with exit code: {code if code >= 0 else 128 - code}")
+
+        threading.Thread(target=supervise, daemon=True).start()
+
+    def _read(self, job, stream):
+        for raw in iter(stream.readline, b""):
+            with job.ended:
+                job.lines.append((time.time(), raw.decode("utf-8", "replace").rstrip("\r\n")))
+                job.ended.notify_all()
+
+    def _time_out(self, job):
+        job.killed_because = f"Job timeout: the job ran longer than its {job.spec['timeoutSeconds']}s timeout"
+        self._signal(job, signal.SIGKILL)
+
+    def _end(self, job, stage, message):
+        with job.ended:
+            job.stage, job.message = stage, message
+            job.finished, job.done = time.time(), True
+            job.ended.notify_all()
+
+    def _cancel(self, job):
+        if job.stage in TERMINAL:
+            return
+        job.cancelled = True
+        with job.ended:
+            job.stage = "CANCELED"
+        self._signal(job, signal.SIGTERM)
+        threading.Timer(self.grace_s, self._signal, args=(job, signal.SIGKILL)).start()
+
+    @staticmethod
+    def _signal(job, sig):
+        if job.proc is not None and job.proc.poll() is None:
+            try:
+                os.killpg(job.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _info(self, job):
+        spec = job.spec
+        ran = ((job.finished or time.time()) - job.started) / self.time_scale
+        info = {"id": job.id, "createdAt": _iso(job.created), "startedAt": _iso(job.started),
+                "finishedAt": _iso(job.finished) if job.finished else None,
+                "command": spec["command"], "arguments": spec.get("arguments") or [],
+                "environment": dict(spec.get("environment") or {}), "secrets": {k: None for k in job.secrets},
+                "flavor": spec.get("flavor"), "labels": dict(spec.get("labels") or {}),
+                "status": {"stage": job.stage, "message": job.message}, "owner": job.owner,
+                "durations": {"schedulingSecs": 0, "runningSecs": int(ran), "totalSecs": int(ran)},
+                "timeoutSeconds": spec.get("timeoutSeconds")}
+        info["spaceId" if "spaceId" in spec else "dockerImage"] = spec.get("spaceId") or spec.get("dockerImage")
+        return info
+
+    def _list(self, namespace, query):
+        wanted = [tuple(item.split("=", 1)) for item in query.get("label", []) if "=" in item]
+        stages = {s.upper() for s in query.get("stage", [])}
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.namespace == namespace]
+        return [self._info(j) for j in jobs if all((j.spec.get("labels") or {}).get(k) == v for k, v in wanted)
+                and (not stages or j.stage in stages)]
+
+    def _stream(self, h, job, query):
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Cache-Control", "no-cache")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+
+        def chunk(data):
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            h.wfile.flush()
+
+        tail = query.get("tail", [None])[0]
+        with job.ended:
+            sent = max(0, len(job.lines) - int(tail)) if tail is not None else 0
+        try:
+            while True:
+                with job.ended:
+                    job.ended.wait_for(lambda n=sent: job.done or len(job.lines) > n, timeout=10)
+                    new, done = job.lines[sent:], job.done
+                sent += len(new)
+                if new:
+                    chunk(b"".join(b"data: " + json.dumps({"data": line, "timestamp": _iso(t)}).encode() + b"\n\n"
+                                   for t, line in new))
+                elif not done:
+                    chunk(b": keep-alive\n\n")
+                if done and not new:
+                    break
+            h.wfile.write(b"0\r\n\r\n")
+            h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True
+
+
+class _Refused(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status, self.message = status, message

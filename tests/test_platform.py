@@ -1,0 +1,370 @@
+"""The real Space platform, simulated on a CPU machine: deciding "on a Space" as gradio does, a GPU that nvidia-smi
+sees and torch cannot use (a fake nvidia-smi on PATH), ZeroGPU, free GPU memory shared with chat, sign-ins that
+expire, write access proven before any weights load, the idle pause, SQLite kept off bucket mounts, and the files
+that pin the Space's torch build."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import memorise_config
+
+from phi3space import config, runtime
+from phi3space.errors import AuthError, ConfigError, ModelError
+from phi3space.hub import on_space
+from phi3space.jobs import DataDirBusy, JobRunner
+from phi3space.run import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+ALICE = "tok-alice-platform-0123456789"
+OWNER = "tok-owner-platform-0123456789"
+
+
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """An nvidia-smi on PATH that sees one NVIDIA L4 (22.5 GB) with FAKE_GPU_FREE_MB free; torch here is the CPU
+    build, so this is a GPU that torch cannot use."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text('#!/bin/sh\ncase "$1" in\n  -L) echo "GPU 0: NVIDIA L4 (UUID: GPU-1234)";;\n'
+                   '  *) echo "0, NVIDIA L4, 23034, ${FAKE_GPU_FREE_MB:-20000}, 550.54.15";;\nesac\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv(runtime.ALLOW_CPU_ENV, raising=False)
+    runtime.torch_cuda.cache_clear()
+    yield bin_dir
+    runtime.torch_cuda.cache_clear()
+
+
+def cfg(**sections):
+    return config.from_dict({"data": {"dataset": "alice/qa"}, **sections})
+
+
+def test_on_a_space_is_decided_as_gradio_does(monkeypatch):
+    monkeypatch.delenv("SYSTEM", raising=False)
+    monkeypatch.setenv("SPACE_ID", "someone/phi3space")
+    assert not on_space()  # a SPACE_ID copied into a shell is not a Space
+    monkeypatch.setenv("SYSTEM", "spaces")
+    assert on_space()
+    from gradio.utils import get_space
+
+    assert get_space() == "someone/phi3space"
+
+
+def test_a_gpu_that_torch_cannot_use_is_reported(fake_gpu, tmp_path, tiny_model):
+    assert runtime.gpus()[0].name == "NVIDIA L4" and runtime.gpu_count() == 1
+    problem = runtime.gpu_problem()
+    assert isinstance(problem, ModelError)
+    assert "nvidia-smi sees 1 GPU (driver 550.54.15), but torch" in problem.message and "CPU-only build" in problem.message
+    assert "pre-requirements.txt" in problem.hint
+    assert [problem.message + ". " + problem.hint] == runtime.startup_report()  # the page's banner and the log
+
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        with pytest.raises(ModelError, match="cannot use it"):
+            runner.submit(cfg(), "me")
+    finally:
+        runner.shutdown()
+
+    # The trainer itself refuses too (a run started from the command line), before any weights load.
+    run_dir = tmp_path / "run"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(memorise_config(tiny_model, str(tmp_path / "qa.jsonl"), run_dir)))
+    (tmp_path / "qa.jsonl").write_text('{"prompt": "a", "completion": "b"}\n' * 8)
+    ran = subprocess.run([sys.executable, "-m", "phi3space", "train", str(path)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert ran.returncode == 2 and "cannot use it: training would run on the CPU" in ran.stderr, ran.stderr[-2000:]
+    assert "Traceback" not in ran.stderr
+    assert not any(e["type"] == "run_started" for e in RunDir(run_dir).read_events()[0])
+
+
+def test_allow_cpu_is_the_owners_explicit_choice(fake_gpu, monkeypatch):
+    monkeypatch.setenv(runtime.ALLOW_CPU_ENV, "1")
+    assert runtime.gpu_problem() is None
+
+
+def test_the_fit_warning_uses_free_memory(fake_gpu, monkeypatch):
+    from phi3space.ui import forms
+
+    monkeypatch.setenv("FAKE_GPU_FREE_MB", str(6 * 1024))  # 22.5 GB card, 6 GB free (chat or another process)
+    big = config.from_dict({"data": {"dataset": "d"}, "training": {"max_steps": 100, "max_length": 2048}})
+    assert forms.gpu_memory_gb() == pytest.approx(6.0)
+    warning = next(w for w in forms.plan(big, None, forms.gpu_memory_gb()).warnings if "memory" in w)
+    assert "6 GB free" in warning
+
+
+def test_zero_gpu_refuses_training_and_runs_chat_inside_spaces_gpu(monkeypatch, tmp_path):
+    from phi3space.ui import chat_service
+    from phi3space.ui.services import Visitor, set_runner
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    refusal = runtime.training_refusal()
+    assert isinstance(refusal, ConfigError) and "ZeroGPU" in refusal.message and "Duplicate this Space" in refusal.hint
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    set_runner(runner)
+    try:
+        with pytest.raises(ConfigError, match="ZeroGPU"):
+            runner.submit(cfg(), "me")
+
+        calls = []
+
+        def gpu(duration=60):  # the `spaces` package's decorator, as ZeroGPU Spaces ship it
+            def wrap(fn):
+                def inside(*args, **kwargs):
+                    calls.append(duration)
+                    yield from fn(*args, **kwargs)
+                return inside
+            return wrap
+
+        monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+
+        class Engine:
+            def stream(self, messages, adapter, **kw):
+                yield "on the GPU"
+
+        monkeypatch.setattr(chat_service, "engine_for", lambda base, token, runner=None: Engine())
+        out = list(chat_service.stream_reply(None, "some/base", [{"role": "user", "content": "hi"}],
+                                             Visitor("me", None), False, max_new_tokens=1024))
+        assert out == ["on the GPU"] and calls == [chat_service.gpu_duration(1024)] and calls[0] > 60
+    finally:
+        set_runner(None)
+        runner.shutdown()
+
+
+def test_chat_gives_the_gpu_back_to_a_starting_job(fake_gpu, tmp_path, monkeypatch):
+    from phi3space.ui import chat_service
+
+    monkeypatch.setenv(runtime.ALLOW_CPU_ENV, "1")  # the fake GPU: let the (stand-in) job start
+    script = tmp_path / "job.py"
+    script.write_text("import time\nprint('waiting', flush=True)\ntime.sleep(60)\n")
+    runner = JobRunner(tmp_path / "data", space=False, poll_s=0.05, command=lambda p: [sys.executable, str(script)])
+    try:
+        chat_service._give_gpu_back_to(runner)
+        chat_service._engines["some/base"] = object()  # a chat model held on the GPU
+        job = runner.submit(cfg(), "me")
+        deadline = time.time() + 20
+        while time.time() < deadline and runner.get(job.id, "me").phase != "running":
+            time.sleep(0.05)
+        assert runner.get(job.id, "me").phase == "running"
+        assert chat_service._engines == {}  # dropped before the job started
+
+        monkeypatch.setenv("FAKE_GPU_FREE_MB", "2048")  # the job took the GPU: no room for a 7.6 GB chat model
+        with pytest.raises(ModelError, match="the GPU is training") as info:
+            chat_service.engine_for("microsoft/Phi-3-mini-4k-instruct", None, runner)
+        assert "Chat is back when that job ends" in info.value.hint
+        runner.cancel(job.id, "me")
+    finally:
+        chat_service._engines.clear()
+        runner.shutdown()
+
+
+def test_a_sign_in_that_expires_before_the_run_ends_is_refused_at_submit(tmp_path):
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        run = cfg(model={"base": "microsoft/Phi-3-mini-4k-instruct"}, training={"max_steps": 500})
+        with pytest.raises(AuthError, match="has expired"):
+            runner.submit(run, "me", "tok-me-0123456789", expires_at=time.time() - 5)
+        with pytest.raises(AuthError) as info:  # 500 steps of Phi-3-mini on a CPU: days, not 30 minutes
+            runner.submit(run, "me", "tok-me-0123456789", expires_at=time.time() + 30 * 60)
+        assert "expires in 30 min, before this run can end" in info.value.message
+        assert "Sign out and sign in again" in info.value.hint and "max_steps" in info.value.hint
+        assert runner.list("me") == []
+        tiny = cfg(model={"base": "microsoft/Phi-3-mini-4k-instruct"}, training={"max_steps": 1, "batch_size": 1,
+                                                                                  "grad_accum": 1, "max_length": 64})
+        assert runner.submit(tiny, "me", "tok-me-0123456789", expires_at=time.time() + 3600).id  # it lasts
+        assert runner.submit(run, "me", "tok-me-0123456789", expires_at=None).id  # unknown expiry: an API token
+    finally:
+        runner.shutdown()
+
+
+def test_the_page_passes_the_sign_in_expiry(tmp_path, hub):
+    """gradio hands a page visitor's gr.OAuthToken with expires_at; /submit_job refuses an expiring one."""
+    import gradio as gr
+
+    from phi3space.ui import api
+    from phi3space.ui.services import set_runner
+
+    class Token:
+        token, scope, expires_at = ALICE, "openid profile", int(time.time()) + 120
+
+    class Profile:
+        username = "alice"
+
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    set_runner(runner)
+    try:
+        text = yaml.safe_dump({"data": {"dataset": "alice/qa"}, "training": {"max_steps": 2000}})
+        with pytest.raises(gr.Error, match="expires in 2 min"):
+            api.submit_job(text, Profile(), Token())
+    finally:
+        set_runner(None)
+        runner.shutdown()
+
+
+def test_an_org_without_write_access_is_refused_before_any_weights_load(hub, tiny_model, tmp_path):
+    hub.add_user("alice", ALICE, orgs=("acme",), org_roles={"acme": "read"})
+    hub.add_repo("acme/shared-adapter", {"README.md": "# shared"})  # exists: create_repo(exist_ok) alone says nothing
+    run_dir = tmp_path / "run"
+    path = tmp_path / "run.yaml"
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n' * 8)
+    for repo in ("acme/shared-adapter", "acme/new-adapter"):
+        path.write_text(yaml.safe_dump(memorise_config(tiny_model, str(data), run_dir, output__push_to=repo)))
+        t0 = time.time()
+        ran = subprocess.run([sys.executable, "-m", "phi3space", "train", str(path)], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT, env={**os.environ, "HF_TOKEN": ALICE})
+        assert ran.returncode == 2 and f"cannot push to {repo}" in ran.stderr, ran.stderr[-2000:]
+        assert "granted this app access" in ran.stderr and time.time() - t0 < 60
+        assert not any(e["type"] == "run_started" for e in RunDir(run_dir).read_events()[0])  # no weights loaded
+    assert [r.path for r in hub.requests if "/auth-check/write" in r.path] == [
+        "/api/models/acme/shared-adapter/auth-check/write"]
+    assert hub.repo("acme/new-adapter") is None and hub.commits("acme/shared-adapter") == []
+
+
+def test_on_a_space_write_access_is_proven_at_submit(hub, tmp_path, monkeypatch):
+    hub.add_user("alice", ALICE, orgs=("acme",), org_roles={"acme": "read"})
+    runner = JobRunner(tmp_path / "data", space=True, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        with pytest.raises(AuthError, match="cannot push to acme/x"):
+            runner.submit(cfg(output={"push_to": "acme/x"}), "alice", ALICE)
+        assert runner.list("alice") == []
+        job = runner.submit(cfg(), "alice", ALICE)  # on a Space: pushed to the visitor's account by default
+        pushed = runner.get(job.id, "alice").run.load_config().output
+        assert re.fullmatch(r"alice/phi-3-mini-4k-instruct-qa-lora-\d{8}-\d{6}", pushed.push_to)  # a repo per run
+        assert pushed.push_checkpoints is True
+        card = hub.files(pushed.push_to)["README.md"].decode()  # the job's record: how it is found after a restart
+        record = yaml.safe_load(card.split("---")[1])["phi3space"]
+        assert record["job"] == job.id and record["owner"] == "alice" and record["status"] == "queued"
+        assert "phi3space" in yaml.safe_load(card.split("---")[1])["tags"]
+        with pytest.raises(ConfigError, match="has not finished"):  # one unfinished job per repo
+            runner.submit(cfg(output={"push_to": pushed.push_to}), "alice", ALICE)
+    finally:
+        runner.shutdown()
+
+
+def test_an_idle_space_is_paused_with_the_owners_token_but_never_while_a_job_runs(hub, tmp_path, monkeypatch):
+    hub.add_user("owner", OWNER)
+    hub.add_user("alice", ALICE)
+    hub.add_repo("owner/phi3space", repo_type="space")
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "owner/phi3space")
+    monkeypatch.setenv("HF_TOKEN", OWNER)
+    monkeypatch.setenv(runtime.PAUSE_ENV, str(0.5 / 60))  # half a second
+    script = tmp_path / "job.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    runner = JobRunner(tmp_path / "data", space=True, poll_s=0.05, command=lambda p: [sys.executable, str(script)])
+    try:
+        job = runner.submit(cfg(), "alice", ALICE)
+        time.sleep(1.5)  # three idle periods, but a job runs
+        assert hub.paused == [] and runner.get(job.id, "alice").phase == "running"
+        runner.cancel(job.id, "alice")
+        deadline = time.time() + 20
+        while time.time() < deadline and not hub.paused:
+            time.sleep(0.05)
+        assert hub.paused == [("owner/phi3space", OWNER)]
+        time.sleep(1)
+        assert len(hub.paused) == 1
+    finally:
+        runner.shutdown()
+
+
+def test_sqlite_never_lives_on_a_bucket_mount(tmp_path, monkeypatch):
+    mounts = f"/dev/vda / ext4 rw 0 0\nhf-mount {tmp_path}/bucket fuse.hf-mount rw 0 0\n"
+    assert runtime.fuse_mount(tmp_path / "bucket" / "data", mounts) == "fuse.hf-mount"
+    assert runtime.fuse_mount(tmp_path / "bucketx", mounts) is None and runtime.fuse_mount(tmp_path, mounts) is None
+    monkeypatch.setattr(runtime, "fuse_mount", lambda path, mounts=None: "fuse.hf-mount")
+    import phi3space.jobs as jobs
+
+    monkeypatch.setattr(jobs, "fuse_mount", runtime.fuse_mount)
+    with pytest.raises(DataDirBusy, match="needs a local disk"):
+        JobRunner(tmp_path / "data", space=True)
+    JobRunner(tmp_path / "data2", space=False).shutdown()  # off a Space it is the developer's business
+
+
+def test_the_space_pins_a_cuda_torch_without_touching_the_development_install():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pre = [line.strip() for line in (ROOT / "pre-requirements.txt").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    index = next(line for line in pre if line.startswith("--extra-index-url"))
+    torch = Requirement(next(line for line in pre if line.startswith("torch")))
+    pinned = Version(next(iter(torch.specifier)).version)
+    assert pinned.local and pinned.local.startswith("cu") and index.rstrip("/").endswith(f"/whl/{pinned.local}")
+    reqs = (ROOT / "requirements.txt").read_text()
+    assert "index-url" not in reqs  # the README's `pip install torch==2.13.0 -r requirements.txt` stays a CPU install
+    runtime_torch = Requirement(next(line for line in reqs.splitlines() if line.startswith("torch")))
+    assert runtime_torch.specifier.contains(Version("2.13.0")) and runtime_torch.specifier.contains(pinned)
+    assert pinned.public == "2.13.0"  # the same torch as the README's development pin
+
+    front = yaml.safe_load((ROOT / "README.md").read_text().split("---")[1])
+    assert "suggested_storage" not in front
+    assert front["hf_oauth"] is True and 480 < front["hf_oauth_expiration_minutes"] <= 43200
+    assert set(front["hf_oauth_scopes"]) == {"contribute-repos", "read-repos", "gated-repos", "jobs"}
+    assert front["python_version"] in ("3.10.13", "3.12.12")  # the versions ZeroGPU runs
+
+
+def test_the_final_card_and_push_again_carry_the_jobs_record(trained_run, hub, tmp_path, monkeypatch):
+    import shutil
+
+    from phi3space.records import RECORD_KEY, job_record
+
+    hub.add_user("alice", ALICE)
+    monkeypatch.setenv("PHI3SPACE_JOB_ID", "job123")
+    monkeypatch.setenv("PHI3SPACE_JOB_OWNER", "alice")
+    record = job_record("completed", 40, 40, {"train_loss": 1.5, "note": "text is dropped"})
+    assert record == {"job": "job123", "owner": "alice", "status": "completed", "step": 40, "max_steps": 40,
+                      "metrics": {"train_loss": 1.5}}
+    from phi3space.push import push_run
+
+    push_run(shutil.copytree(trained_run, tmp_path / "run"), "alice/done", token=ALICE, record=record)
+    front = yaml.safe_load(hub.files("alice/done")["README.md"].decode().split("---")[1])
+    assert front[RECORD_KEY]["job"] == "job123" and front["library_name"] == "peft"
+    from huggingface_hub import HfApi
+
+    assert [m.id for m in HfApi(token=ALICE).list_models(author="alice", filter="phi3space")] == ["alice/done"]
+
+
+def test_finished_runs_and_job_records_are_copied_to_a_bucket_as_whole_files(tmp_path, monkeypatch):
+    """huggingface_hub's bucket API uploads through Xet, which the Hub stand-in does not speak: the one call is
+    recorded here instead."""
+    import sqlite3
+
+    from huggingface_hub import HfApi
+
+    sent = []
+
+    def batch_bucket_files(self, bucket_id, *, add=None, **kw):
+        snapshot = next(src for src, dest in add if dest == "jobs.sqlite")
+        with sqlite3.connect(snapshot) as db:  # a consistent copy, readable on its own (no -wal beside it)
+            rows = db.execute("SELECT id, owner, phase FROM jobs").fetchall()
+        sent.append((bucket_id, self.token, sorted(dest for _, dest in add), rows))
+
+    monkeypatch.setattr(HfApi, "batch_bucket_files", batch_bucket_files)
+    monkeypatch.setenv("PHI3SPACE_BUCKET", "hf://buckets/owner/phi3space-records")
+    monkeypatch.setenv("HF_TOKEN", OWNER)
+    script = tmp_path / "job.py"
+    script.write_text("import json, sys, time\nfrom pathlib import Path\nrun = Path(sys.argv[1]).parent\n"
+                      "(run / 'checkpoint-1').mkdir()\n(run / 'checkpoint-1' / 'optimizer.pt').write_bytes(b'x')\n"
+                      "with (run / 'events.jsonl').open('a') as fh:\n"
+                      "    fh.write(json.dumps({'type': 'run_finished', 'status': 'completed', 'step': 1, 'time': time.time()}) + '\\n')\n")
+    runner = JobRunner(tmp_path / "data", space=False, poll_s=0.05, command=lambda p: [sys.executable, str(script), str(p)])
+    try:
+        job = runner.submit(cfg(), "alice")
+        deadline = time.time() + 30
+        while time.time() < deadline and not sent:
+            time.sleep(0.05)
+    finally:
+        runner.shutdown()
+    [(bucket, token, paths, rows)] = sent
+    assert bucket == "owner/phi3space-records" and token == OWNER
+    assert rows == [(job.id, "alice", "done")]
+    assert paths == sorted(["jobs.sqlite", f"runs/alice/{job.id}/config.yaml", f"runs/alice/{job.id}/events.jsonl",
+                            f"runs/alice/{job.id}/train.log"])  # whole files; no checkpoint, no live database

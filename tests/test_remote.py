@@ -1,0 +1,213 @@
+"""The Hugging Face Jobs backend in parts: the compute settings, the job's command and spec, flavors and prices,
+the cost estimate, the event lines a job prints and their mirror, and the platform's last word."""
+
+import json
+import types
+
+import pytest
+
+from phi3space import config, flavors, job_protocol, remote
+from phi3space.errors import ConfigError
+from phi3space.run import RunDir, RunState
+
+
+def jobs_cfg(**compute):
+    return config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},
+                             "compute": {"backend": "hf-jobs", **compute}})
+
+
+def test_compute_settings_their_defaults_and_checks():
+    local = config.from_dict({"data": {"dataset": "x"}})
+    assert (local.compute.backend, local.compute.flavor, local.compute.timeout) == ("local", "a10g-large", "4h")
+    assert local.output.push_checkpoints is False
+    cfg = jobs_cfg(flavor="l4x4", timeout=5400)
+    assert cfg.compute.timeout == "5400" and config.timeout_seconds(cfg.compute.timeout) == 5400
+    assert cfg.output.push_checkpoints is True  # on Jobs, checkpoints go to the Hub unless told otherwise
+    off = config.from_dict({"data": {"dataset": "x"}, "output": {"push_to": "auto", "push_checkpoints": False},
+                            "compute": {"backend": "hf-jobs"}})
+    assert off.output.push_checkpoints is False
+    assert [config.timeout_seconds(t) for t in ("90m", "4h", "1.5d", "30s", "soon", "")] == [5400, 14400, 129600, 30, None, None]
+    with pytest.raises(ConfigError) as info:
+        config.from_dict({"data": {"dataset": "x"}, "compute": {"backend": "gpu-cloud", "flavor": "A10G Large!",
+                                                                "timeout": "30s"}})
+    text = str(info.value)
+    for expected in ("compute.backend: 'gpu-cloud' is not one of local, hf-jobs", "compute.flavor: 'A10G Large!'",
+                     "compute.timeout: '30s' is outside 1m to 7d"):
+        assert expected in text
+    with pytest.raises(ConfigError, match="compute.backend: hf-jobs needs output.push_to"):
+        config.from_dict({"data": {"dataset": "x"}, "compute": {"backend": "hf-jobs"}})
+    with pytest.raises(ConfigError, match="did you mean compute.flavor"):
+        config.from_dict({"data": {"dataset": "x"}, "hardware": "a10g-large"})
+    assert "| `compute.flavor` | `a10g-large` |" in config.reference()
+
+
+def test_the_jobs_command_is_the_same_engine_one_process_per_gpu():
+    assert remote.launch_command(1) == ["python", "-u", "-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG"]
+    assert remote.launch_command(4, resume=True) == [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1",
+        "-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG", "--resume"]
+    names = ["cpu-basic", "t4-small", "l4x1", "l4x4", "a10g-large", "a10g-largex2", "a100x8", "h200x2", "rtx-pro-6000x4"]
+    assert [flavors.gpus_in_name(n) for n in names] == [0, 1, 1, 4, 1, 2, 8, 2, 4]
+
+
+def test_image_is_the_spaces_own_or_the_setting_else_refused(monkeypatch):
+    monkeypatch.delenv("PHI3SPACE_JOBS_IMAGE", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    with pytest.raises(ConfigError, match="needs an image") as info:
+        remote.job_image()
+    assert "PHI3SPACE_JOBS_IMAGE=hf.co/spaces/OWNER/NAME" in info.value.hint
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "alice/phi3space")
+    assert remote.job_image() == "hf.co/spaces/alice/phi3space" and remote.origin() == "alice--phi3space"
+    monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", "ghcr.io/acme/phi3space:abc123")
+    assert remote.job_image() == "ghcr.io/acme/phi3space:abc123"
+
+
+def test_flavors_prices_and_the_cost_estimate_from_the_hubs_hardware_list(hub, monkeypatch):
+    monkeypatch.setattr(flavors, "_hardware", None)
+    listed = {f.name: f for f in flavors.hardware()}
+    a10g, two = listed["a10g-large"], listed["a10g-largex2"]
+    assert (a10g.gpus, a10g.gpu, a10g.memory_gb, a10g.price_per_hour) == (1, "A10G", 24.0, 1.5)
+    assert (two.gpus, two.memory_gb, two.price_per_hour) == (2, 24.0, 3.0)  # memory per GPU: each process has one
+    assert a10g.label() == "a10g-large · 1× A10G 24 GB · $1.50/h" and listed["cpu-basic"].gpus == 0
+    with pytest.raises(ConfigError, match="'a10g-huge' is not a Hugging Face Jobs hardware flavor"):
+        flavors.check_flavor("a10g-huge", None)
+
+    cfg = jobs_cfg(flavor="a10g-large", timeout="4h")
+    cfg.training.max_steps = None
+    est = flavors.estimate(cfg, rows=10_000, lengths=[500] * 100)
+    # 9,000 training rows x 500 tokens at 4,300 x 0.13 tokens/s, plus 10 minutes of start-up.
+    assert est.hours == pytest.approx((600 + 9000 * 500 / (4300 * 0.13)) / 3600)
+    assert est.cost == pytest.approx(1.5 * est.hours) and est.max_cost == pytest.approx(6.0)
+    assert "about $" in est.markdown() and "at most $6.00 (timeout 4.0 h)" in est.markdown() and not est.warnings()
+    slow = flavors.estimate(jobs_cfg(flavor="t4-small", timeout="1h"), rows=100_000, lengths=[2000] * 10)
+    assert slow.cost == pytest.approx(0.4) and "raise the timeout" in slow.warnings()[0]  # capped at the timeout
+    assert flavors.estimate(cfg).hours is None and "about" not in flavors.estimate(cfg).markdown()
+    doubled = jobs_cfg(flavor="a10g-largex2")
+    doubled.training.max_steps = 100
+    single = jobs_cfg(flavor="a10g-large")
+    single.training.max_steps = 100
+    assert flavors.estimate(doubled).hours - 600 / 3600 == pytest.approx((flavors.estimate(single).hours - 600 / 3600) / 0.9)
+
+    hub.fail_all(503)  # the Hub's list cannot be read: the names huggingface_hub knows, no prices
+    monkeypatch.setattr(flavors, "_hardware", None)
+    offline = {f.name: f for f in flavors.hardware()}
+    assert offline["l4x4"].gpus == 4 and offline["l4x4"].price_per_hour is None
+    assert flavors.check_flavor("a10g-huge", None).name == "a10g-huge"  # the platform decides then
+    hub.heal()
+    monkeypatch.setattr(flavors, "_hardware", None)
+
+
+def test_event_lines_of_a_job_and_their_mirror(tmp_path, capsys, monkeypatch):
+    echo = job_protocol.job_echo()
+    echo({"type": "progress", "step": 1, "loss": float("nan")})
+    echo({"type": "run_finished", "status": "completed", "adapter": "/tmp/phi3space/x"})
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("@phi3space-event {") for line in lines)
+    events = [job_protocol.parse_event(line) for line in lines]
+    assert [e["seq"] for e in events] == [1, 2] and events[0]["loss"] != events[0]["loss"]  # NaN survives
+    assert job_protocol.parse_event("step 1/3 | loss 2.0") is None
+    assert job_protocol.parse_event('@phi3space-event {"type": "nonsense", "seq": 1}') is None
+    assert job_protocol.parse_event('@phi3space-event {"type": "progress", "seq": 3') is None  # a cut line
+
+    run = RunDir(tmp_path / "run")
+    ref = remote.JobRef("alice", "job1")
+    mirror = remote.Mirror(run, ref)
+    mirror._append({"type": "push", "what": "adapter", "repo_id": "alice/x", "url": "u", "seq": 1})
+    mirror._append(events[1] | {"seq": 2})
+    mirror._append(events[1] | {"seq": 2})  # replayed: skipped
+    again = remote.Mirror(run, ref)  # a second follower of the same job (a restarted runner)
+    again._append(events[1] | {"seq": 2})
+    got, _ = run.read_events()
+    assert [e["seq"] for e in got] == [1, 2] and {e["job"] for e in got} == {"job1"}
+    assert got[-1]["adapter"] == "alice/x"  # the pushed adapter, not the job's own folder
+
+    monkeypatch.setenv("PHI3SPACE_RUN_CONFIG", jobs_cfg().to_yaml())
+    (tmp_path / "container-tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "container-tmp"))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    inside = job_protocol.job_config("env:PHI3SPACE_RUN_CONFIG", ["training.max_steps=3"])
+    assert inside.output.dir == str(tmp_path / "container-tmp" / "phi3space" / "phi-3-mini-4k-instruct-qa-lora")
+    assert inside.training.max_steps == 3
+    monkeypatch.setenv("PHI3SPACE_RUN_CONFIG", "")
+    with pytest.raises(ConfigError, match="PHI3SPACE_RUN_CONFIG is empty"):
+        job_protocol.job_config("env:PHI3SPACE_RUN_CONFIG")
+
+
+def _info(stage, message=None, running_secs=10):
+    return types.SimpleNamespace(status=types.SimpleNamespace(stage=stage, message=message), url="https://hf.co/jobs/a/1",
+                                 durations=types.SimpleNamespace(running_secs=running_secs))
+
+
+DONE = [{"type": "run_started", "max_steps": 4}, {"type": "progress", "step": 4, "loss": 1.0},
+        {"type": "push", "what": "adapter", "repo_id": "alice/x", "url": "u"},
+        {"type": "run_finished", "status": "completed", "step": 4, "adapter": "alice/x"}]
+CKPT = [{"type": "run_started", "max_steps": 9}, {"type": "progress", "step": 3, "loss": 1.0},
+        {"type": "push", "what": "checkpoint-3", "repo_id": "alice/x", "url": "https://hub/alice/x/tree/checkpoints"}]
+
+
+@pytest.mark.parametrize("stage, message, events, expected", [
+    ("COMPLETED", None, DONE, None),
+    ("COMPLETED", None, DONE[:2] + DONE[3:], ("failed", "jobs", "completed without pushing an adapter")),
+    ("COMPLETED", None, DONE[:2], ("failed", "jobs", "ended without finishing its run")),
+    ("CANCELED", None, CKPT, ("cancelled", None, None)),
+    ("CANCELED", None, CKPT + [{"type": "run_finished", "status": "cancelled", "step": 3}], None),
+    ("ERROR", "Job failed with exit code: 2", CKPT + [{"type": "error", "kind": "data", "message": "bad rows"},
+                                                     {"type": "run_finished", "status": "failed"}], None),
+    ("ERROR", "OOMKilled (exit code 137)", CKPT, ("failed", "oom", "killed for running out of memory (OOMKilled")),
+    ("ERROR", "Job timeout", CKPT, ("failed", "timeout", "reached its time limit (4h)")),
+    ("ERROR", "killed", CKPT, ("failed", "timeout", "reached its time limit")),  # ran as long as its timeout
+    ("ERROR", "Job failed with exit code: 1", DONE, ("failed", "jobs", "failed (Job failed with exit code: 1)")),
+])
+def test_the_platforms_last_word(stage, message, events, expected):
+    cfg = jobs_cfg()
+    info = _info(stage, message, running_secs=4 * 3600 if message == "killed" else 60)
+    state = RunState.from_events(events)
+    words = remote.last_word(info, state, cfg)
+    if expected is None:
+        assert words == []
+        return
+    for type, fields in words:
+        state.fold({"type": type, **fields})
+    status, kind, text = expected
+    assert state.status == status
+    if kind:
+        assert state.error["kind"] == kind and text in state.error["message"]
+        if events is CKPT:
+            assert "Resume continues from the last checkpoint it pushed (https://hub/alice/x/tree/checkpoints)" in \
+                state.error["hint"]
+    assert json.dumps(words)  # plain data, ready for the events file
+
+
+def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
+    from phi3space.ui import compute_box, forms
+
+    monkeypatch.setattr(flavors, "_hardware", None)
+    values = forms.form_values(jobs_cfg(flavor="l4x4", timeout="90m"))
+    assert values[-4:] == ["hf-jobs", "l4x4", "90m", "1"]
+    assert forms.config_from_form(values).compute == jobs_cfg(flavor="l4x4", timeout="90m").compute
+
+    inspection = forms.Inspection("alice/qa", "", rows=8000, lengths=[300] * 50)
+    cfg = jobs_cfg(flavor="l4x4", timeout="90m")
+    cfg.data.eval_fraction = 0.0
+    p = forms.plan(cfg, inspection, gpu_gb=None)
+    assert p.steps == 125  # 8,000 rows / (4 per GPU x 4 GPUs) / 4 accumulated
+    assert "**Hugging Face Jobs:** l4x4 · 4× L4 24 GB · $3.80/h · about" in p.markdown()
+    assert "at most $5.70 (timeout 1.5 h), billed to you" in p.markdown()
+    assert not any("no GPU on this machine" in w for w in p.warnings)
+    big = jobs_cfg(flavor="t4-small")
+    big.training.max_length, big.training.batch_size = 4096, 16
+    assert any("not fit in this GPU's memory" in w and "16 GB free" in w for w in forms.plan(big).warnings)
+    assert forms.plan(jobs_cfg(flavor="cpu-upgrade")).warnings[0].startswith("cpu-upgrade has no GPU")
+    assert forms.plan(config.from_dict({"data": {"dataset": "x"}})).cost is None  # this machine: no price tag
+
+    offline = compute_box.flavor_choices(fetch=False)
+    assert ("a10g-largex2", "a10g-largex2") in offline and not any(v.startswith("cpu") for _, v in offline)
+    priced = dict((v, label) for label, v in compute_box.flavor_choices())
+    assert priced["a10g-large"] == "a10g-large · 1× A10G 24 GB · $1.50/h" and "cpu-basic" not in priced
+    dropdown, push = compute_box.on_backend("hf-jobs", "l4x1", None)
+    assert push is True and ("l4x1 · 1× L4 24 GB · $0.80/h", "l4x1") in dropdown.choices
+    assert compute_box.on_backend("local", "l4x1", None)[1] is not True
+    monkeypatch.setattr(flavors, "_hardware", None)

@@ -1,0 +1,158 @@
+"""The web app's API with compute.backend: hf-jobs, against the Jobs stand-in: submit, follow through /job_status,
+the job pushes, /chat answers; Stop cancels the job and Resume continues on Jobs; a refusal at start is a readable
+error and a failed run; after a restart (with the job store, or with the disk wiped) the visitor's running jobs are
+found again with their token and followed; the token is only ever the job's secret."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import QA_PAIRS, memorise_config
+from test_remote_cli import CANARY, IMAGE, qa_jsonl
+from ui_app import running_app
+
+from phi3space.run import RunDir
+
+gradio_client = pytest.importorskip("gradio_client")
+FINAL = ("completed", "failed", "cancelled")
+
+
+@pytest.fixture
+def alice(hub, tiny_model, monkeypatch):
+    monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", IMAGE)
+    hub.add_user("alice", CANARY)
+    hub.add_user("bob", "tok-bob-0123456789")
+    hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl()}, repo_type="dataset", private=True)
+    files = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()}
+    hub.add_repo("acme/tiny-phi3", files)
+    return hub
+
+
+def config_yaml(**overrides) -> str:
+    settings = {"output__push_to": "alice/snarkle", "compute__backend": "hf-jobs", **overrides}
+    return yaml.safe_dump(memorise_config("acme/tiny-phi3", "alice/qa", Path("ignored"), **settings))
+
+
+def client(url, token=CANARY):
+    return gradio_client.Client(url, oauth_token=token, verbose=False)
+
+
+def status(c, job_id) -> dict:
+    return json.loads(c.predict(job_id, api_name="/job_status"))
+
+
+def wait_for(c, job_id, until, timeout=240) -> dict:
+    deadline, s = time.time() + timeout, None
+    while time.time() < deadline:
+        s = status(c, job_id)
+        if until(s):
+            return s
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never reached the expected state: {s}")
+
+
+def test_submit_on_jobs_through_the_api_follow_push_and_chat(alice, tmp_path):
+    data = tmp_path / "data"
+    with running_app(data) as (url, runner):
+        c = client(url)
+        job_id = c.predict(config_yaml(), api_name="/submit_job")
+        job = runner.store.get(job_id)
+        assert job.owner == "alice" and job.remote.startswith("alice/") and job.pid is None
+        assert status(c, job_id)["status"] == "running" and status(c, job_id)["queue_position"] is None
+        s = wait_for(c, job_id, lambda s: s["status"] in FINAL)
+        assert s["status"] == "completed", s
+        assert (s["step"], s["max_steps"], s["adapter"], s["error"]) == (40, 40, "alice/snarkle", None)
+        assert s["repo_url"] == f"{alice.url}/alice/snarkle" and s["checkpoint_url"].endswith("/tree/checkpoints")
+        assert runner.store.get(job_id).phase == "done"
+
+        assert c.predict(job_id, QA_PAIRS[0][0], api_name="/chat") == QA_PAIRS[0][1]  # by job id: from the Hub
+        assert c.predict("alice/snarkle", QA_PAIRS[3][0], api_name="/chat") == QA_PAIRS[3][1]
+        with pytest.raises(gradio_client.exceptions.AppError, match="no job"):
+            client(url, "tok-bob-0123456789").predict(job_id, api_name="/job_status")
+
+        remote_id = job.remote.split("/")[1]
+        spec = alice.jobs.job(remote_id)
+        assert spec["labels"]["phi3space-run"] == job_id and spec["labels"]["phi3space"].startswith("app-")
+        assert alice.jobs.secrets(remote_id) == {"HF_TOKEN": CANARY}
+        # The canary appears nowhere but the job's secrets: not its spec, output, this app's files or answers.
+        assert CANARY not in json.dumps({k: v for k, v in spec.items() if k != "folder"})
+        assert CANARY not in json.dumps(s)
+        assert not [p for p in data.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+        assert not any(CANARY.encode() in content for content in alice.files("alice/snarkle").values())
+        assert not any(CANARY.encode() in content for content in alice.files("alice/snarkle", "checkpoints").values())
+
+
+def test_a_refusal_at_start_is_a_readable_error_and_a_failed_run(alice, tmp_path):
+    alice.jobs.refuse("alice", 402)
+    with running_app(tmp_path / "data") as (url, runner):
+        with pytest.raises(gradio_client.exceptions.AppError, match=r"refused to start the job \(402: Payment") as info:
+            client(url).predict(config_yaml(), api_name="/submit_job")
+        assert "settings/billing" in str(info.value)
+        (job,) = runner.list("alice")
+        s = runner.state(job)
+        assert s["status"] == "failed" and "402" in s["error"]["message"] and "payment method" in s["error"]["hint"]
+        with pytest.raises(gradio_client.exceptions.AppError, match="needs output.push_to"):
+            client(url).predict(config_yaml(output__push_to=None), api_name="/submit_job")
+        assert alice.jobs.ids() == []
+
+
+def test_stop_cancels_the_job_and_resume_continues_on_jobs(alice, tmp_path):
+    long = config_yaml(training__max_steps=100000, training__logging_steps=1, training__save_steps=3)
+    with running_app(tmp_path / "data") as (url, runner):
+        c = client(url)
+        job_id = c.predict(long, api_name="/submit_job")
+        wait_for(c, job_id, lambda s: (s["checkpoint_url"] or "") and s["step"] >= 4)
+        first = runner.store.get(job_id).remote.split("/")[1]
+        c.predict(job_id, api_name="/cancel_job")
+        s = wait_for(c, job_id, lambda s: s["status"] in FINAL, timeout=60)
+        assert s["status"] == "cancelled" and alice.jobs.job(first)["status"]["stage"] == "CANCELED"
+
+        assert json.loads(c.predict(job_id, api_name="/resume_job"))["status"] == "running"
+        second = runner.store.get(job_id).remote.split("/")[1]
+        assert second != first and alice.jobs.job(second)["command"][-1] == "--resume"
+        run = RunDir(runner.store.get(job_id).run_dir)
+        started = lambda: [e for e in run.read_events()[0] if e["type"] == "run_started"]  # noqa: E731
+        wait_for(c, job_id, lambda s: s["status"] == "running" and len(started()) == 2)
+        assert started()[-1]["resumed_from"].split("/")[-1] == f"checkpoint-{s['step']}"  # where Stop saved it
+        c.predict(job_id, api_name="/cancel_job")
+        assert wait_for(c, job_id, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
+
+
+def test_after_a_restart_running_jobs_are_found_again_when_their_owner_is_next_seen(alice, tmp_path):
+    data = tmp_path / "data"
+    with running_app(data) as (url, runner):
+        c = client(url)
+        kept = c.predict(config_yaml(training__max_steps=60, training__logging_steps=1), api_name="/submit_job")
+        lost = c.predict(config_yaml(training__max_steps=100000, training__logging_steps=1, output__push_to="alice/other"),
+                         api_name="/submit_job")
+        wait_for(c, kept, lambda s: s["step"] >= 2)
+        wait_for(c, lost, lambda s: s["step"] >= 2)
+    # The app is gone; its jobs run on. One app comes back on the same data folder ...
+    with running_app(data) as (url, runner):
+        job = runner.store.get(kept)
+        assert job.phase == "running" and kept not in runner.remote._following  # no token yet: nobody follows it
+        before = len(alice.requests)
+        s = wait_for(client(url), kept, lambda s: s["status"] in FINAL)  # alice is back: her token is at hand
+        assert s["status"] == "completed" and s["adapter"] == "alice/snarkle", s
+        listed = [r for r in alice.requests[before:] if r.method == "GET" and r.path.startswith("/api/jobs/alice?")]
+        assert listed and all(r.token == CANARY for r in listed) and "label=phi3space" in listed[0].path
+        events, _ = RunDir(job.run_dir).read_events()
+        steps = [e["step"] for e in events if e["type"] == "progress"]
+        assert steps == list(range(1, 61)) and [e["type"] for e in events].count("run_started") == 1  # once each
+    # ... and one on a wiped disk (as a Space restarts): the running job is listed again from the platform.
+    shutil.rmtree(data)
+    with running_app(data) as (url, runner):
+        c = client(url)
+        deadline = time.time() + 30
+        while time.time() < deadline and runner.store.get(lost) is None:
+            try:  # any call with her token lets the app look for her jobs
+                c.predict(lost, api_name="/job_status")
+            except gradio_client.exceptions.AppError:
+                time.sleep(0.5)
+        s = wait_for(c, lost, lambda s: s["status"] == "running" and s["step"] >= 1)
+        assert runner.store.get(lost).owner == "alice"
+        c.predict(lost, api_name="/cancel_job")
+        assert wait_for(c, lost, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
