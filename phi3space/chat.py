@@ -60,10 +60,11 @@ def adapter_name(ref: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_]', '_', ref)[-40:]}_{hashlib.sha1(ref.encode()).hexdigest()[:8]}"
 
 
-# Limits for a shared server (the README states them). Replies are generated together, a slice of SLICE_TOKENS
-# tokens at a time: all the replies under way (up to MAX_BATCH, and MAX_BATCH_TOKENS of context between them) share
-# one batched forward pass per token, each with its own adapter (peft's mixed-adapter batches), and a reply that
-# arrives joins at the next slice: a long reply never holds up a short one for longer than a slice. Each reply is
+# Limits for a shared server (the README states them). Replies are generated together, in slices: all the replies
+# under way (up to MAX_BATCH, and MAX_BATCH_TOKENS of context between them) share one batched forward pass per token,
+# each with its own adapter (peft's mixed-adapter batches). A slice goes on while no one else waits (one generate()
+# call for a whole reply when a visitor is alone), and ends after SLICE_TOKENS tokens once someone does: a reply that
+# arrives joins at the next slice, and a long reply never holds up a short one for longer than that. Each reply is
 # bounded in tokens and in time.
 SLICE_TOKENS = 16
 MAX_NEW_TOKENS = 1024
@@ -98,6 +99,11 @@ class FairLock:
     def __init__(self):
         self._cv = threading.Condition()
         self._queue: deque = deque()
+
+    def waiting(self) -> bool:
+        """Whether someone waits for the lock."""
+        with self._cv:
+            return len(self._queue) > 1
 
     @contextmanager
     def __call__(self):
@@ -147,19 +153,28 @@ class _Batch:
     cache: Any
 
 
-def _ended(replies: list[_Reply]):
+def _ended(replies: list[_Reply], others_wait: Callable[[], bool]):
     """A generate() stopping criterion: a row is finished once its reply has ended (stop token, budget), its
-    visitor has gone or its time is up; generate() stops when every row is."""
+    visitor has gone or its time is up; generate() stops when every row is, or (``turn_over``) after SLICE_TOKENS
+    tokens when ``others_wait``."""
     import torch
     from transformers import StoppingCriteria
 
     class Ended(StoppingCriteria):
+        tokens = 0
+        turn_over = False
+
         def __call__(self, input_ids, scores, **kwargs):
+            self.tokens += 1
             now = time.monotonic()
             for r in replies:
                 if r.gone or now >= r.deadline:
                     r.finish()
-            return torch.tensor([r.done for r in replies], device=input_ids.device)
+            done = [r.done for r in replies]
+            if self.tokens >= SLICE_TOKENS and not all(done) and others_wait():
+                self.turn_over = True
+                done = [True] * len(replies)
+            return torch.tensor(done, device=input_ids.device)
 
     return Ended()
 
@@ -320,7 +335,8 @@ class ChatEngine:
                 del self._batches[key]
 
     def _slice(self, sampling: tuple, replies: list[_Reply]) -> None:
-        """Up to SLICE_TOKENS more tokens for each of ``replies`` (same sampling), in one batched generate()."""
+        """More tokens for each of ``replies`` (same sampling), in one batched generate(): up to their budgets, or a
+        slice of SLICE_TOKENS when others wait."""
         now = time.monotonic()
         for r in replies:
             if now >= r.deadline:
@@ -357,9 +373,11 @@ class ChatEngine:
             mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in replies], device=self.model.device)
             cache = DynamicCache()
         do_sample, temperature, top_p = sampling
-        args = dict(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=SLICE_TOKENS,
+        ended = _ended(replies, lambda: self._model_turn.waiting() or self._others_wait(replies))
+        args = dict(input_ids=ids, attention_mask=mask, past_key_values=cache,
+                    max_new_tokens=max(r.budget - r.generated for r in replies),
                     eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-                    streamer=_dispatcher(replies, self.stop_ids), stopping_criteria=[_ended(replies)], do_sample=do_sample,
+                    streamer=_dispatcher(replies, self.stop_ids), stopping_criteria=[ended], do_sample=do_sample,
                     **(dict(temperature=temperature, top_p=top_p) if do_sample else {}))
         with self._model_turn(), torch.inference_mode():
             if isinstance(self.model, PeftModel):
@@ -369,8 +387,13 @@ class ChatEngine:
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], grown)], dim=1)
         self._batches[sampling] = _Batch(replies, out, mask, cache)
         for r in replies:
-            if grown < SLICE_TOKENS or r.generated >= r.budget:  # generate() stopped: every row has ended
+            if not ended.turn_over or r.generated >= r.budget:  # generate() stopped with every row ended
                 r.finish()
+
+    def _others_wait(self, batch: list[_Reply]) -> bool:
+        """Whether a reply not in ``batch`` waits for its turn."""
+        with self._cv:
+            return any(not r.done and r not in batch for r in self._replies)
 
 
 def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, token: str | None = None,

@@ -40,20 +40,29 @@ def test_replies_written_together_each_with_its_own_adapter(trained_run):
     its own adapter (or the base) writes alone; a visitor who stops reading frees the engine."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from phi3space.chat import ChatEngine, adapter_base
+    from phi3space.chat import SLICE_TOKENS, ChatEngine, adapter_base
 
     engine = ChatEngine(adapter_base(trained_run))
     engine.attach(str(trained_run))
     base_alone = engine.reply([{"role": "user", "content": QA_PAIRS[0][0]}], max_new_tokens=8)
-    batch_sizes = []
+    batch_sizes, written = [], []
     generate = engine._generate
-    engine._generate = lambda sampling, replies: (batch_sizes.append(len(replies)), generate(sampling, replies))[1]
+
+    def counted(sampling, replies):
+        batch_sizes.append(len(replies))
+        generate(sampling, replies)
+        written.append(max(r.generated for r in replies))
+
+    engine._generate = counted
     asks = [(q, str(trained_run)) for q, _ in QA_PAIRS] + [(QA_PAIRS[0][0], None)]
     with ThreadPoolExecutor(len(asks)) as pool:
         got = list(pool.map(lambda ask: engine.reply([{"role": "user", "content": ask[0]}], adapter=ask[1],
                                                      max_new_tokens=8), asks))
     assert got == [a for _, a in QA_PAIRS] + [base_alone]
     assert max(batch_sizes) > 1
+    batch_sizes.clear(), written.clear()  # a visitor alone is written in one generate() call, not slice by slice
+    engine.reply([{"role": "user", "content": "Tell me everything."}], max_new_tokens=40)
+    assert batch_sizes == [1] and written[0] > SLICE_TOKENS, (batch_sizes, written)
     long = engine.stream([{"role": "user", "content": "Tell me everything."}], max_new_tokens=1000)
     next(long)
     long.close()
