@@ -24,6 +24,10 @@ from typing import Any
 from .config import DataConfig
 from .errors import DataError, scrub
 
+# A split of at least this many rows is tokenised by several processes, one for each core this process may use
+# (shared between data-parallel ranks), at most TOKENIZE_MAX_PROCS. Below it, starting them costs more than it saves.
+TOKENIZE_PARALLEL_ROWS = 20_000
+TOKENIZE_MAX_PROCS = 8
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 # Column pairs recognised as prompt -> completion, in order of preference.
@@ -776,7 +780,18 @@ def tokenize(ds, tokenizer, max_length: int):
         return out
 
     return ds.map(rows, batched=True, remove_columns=ds.column_names, new_fingerprint=f"tokens-{uuid.uuid4().hex}",
-                  desc="Tokenising")
+                  desc="Tokenising", num_proc=_tokenize_procs(len(ds)))
+
+
+def _tokenize_procs(rows: int) -> int | None:
+    """Processes to tokenise ``rows`` with (None: this one)."""
+    import os
+
+    if rows < TOKENIZE_PARALLEL_ROWS:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    procs = min(TOKENIZE_MAX_PROCS, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return procs if procs > 1 else None
 
 
 def drop_untrained(ds):

@@ -16,8 +16,8 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from functools import cache
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from . import data as data_mod

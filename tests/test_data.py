@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 from tinymodel import FIXTURE
@@ -209,3 +210,18 @@ def test_token_ids_for_training_match_the_rendering(tmp_path, tokenizer):
     ids, mask = data.tokenize_example({"messages": [{"role": "user", "content": "Question "},
                                                     {"role": "assistant", "content": "Answer"}]}, tokenizer)
     assert first["input_ids"] == ids and first["labels"] == [i if m else -100 for i, m in zip(ids, mask)]
+
+
+def test_a_large_split_is_tokenised_by_several_processes_to_the_same_ids(tmp_path, tokenizer, monkeypatch):
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}" + " more" * (i % 7)},
+                          {"role": "assistant", "content": f"Answer {i}"}]} for i in range(40)]
+    cfg = DataConfig(dataset=str(write_jsonl(tmp_path / "d.jsonl", rows)), eval_fraction=0)
+    alone = data.prepare_for_training(cfg, str(FIXTURE), max_length=64)
+    monkeypatch.setattr(data, "TOKENIZE_PARALLEL_ROWS", 10)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert data._tokenize_procs(40) == 3 and data._tokenize_procs(9) is None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # three ranks on this machine share its cores
+    assert data._tokenize_procs(40) is None
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    together = data.prepare_for_training(cfg, str(FIXTURE), max_length=64)
+    assert together.train.to_dict() == alone.train.to_dict() and len(together.train) == 40
