@@ -124,11 +124,12 @@ def run_measured(argv: list[str], env: dict | None = None, timeout: float = 3600
     return {"rc": proc.returncode, "wall_s": round(time.time() - t0, 2), "stdout": out, "stderr": err, "t0": t0}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
+def peak_rss_mb(children: bool = False) -> float:
+    """This process's peak resident memory so far (Linux reports KiB); ``children``: that of its largest child
+    process that has ended (0 if none)."""
     import resource
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def cpu_seconds() -> float:

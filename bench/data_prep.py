@@ -40,6 +40,51 @@ def rss_mb() -> float:
     return 0.0
 
 
+def _anon_mb(pid: int | str = "self") -> float:
+    """Anonymous resident memory of a process (not the pages of files it maps, such as Arrow files)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *_descendants(kid)]
+    return found
+
+
+class AnonPeak:
+    """The peak of anonymous memory of this process and its children together, sampled every 50 ms: the memory a
+    step really takes (a memory-mapped Arrow file's pages count in RSS, but are page cache the kernel can drop)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            total = _anon_mb() + sum(_anon_mb(p) for p in _descendants(os.getpid()))
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak, 1)
+
+
 def child(a) -> dict:
     if a.root:
         sys.path.insert(0, a.root)
@@ -77,16 +122,19 @@ def child(a) -> dict:
         from phi3space.modeling import load_tokenizer
 
         load_tokenizer(a.base)  # what is in memory before the data: libraries and the tokenizer
-        before = rss_mb()
+        before, anon_before = rss_mb(), _anon_mb()
         cfg = DataConfig(dataset=a.file)
+        peak = AnonPeak()
         t0 = time.perf_counter()
         if hasattr(data, "prepare_for_training"):
             found = data.prepare_for_training(cfg, a.base, 1024)
         else:  # a checkout from before: its preflight
             found = data.prepare_with_tokenizer(cfg, a.base, 1024)
-        out.update(rows=found.report.train_rows, op_s=round(time.perf_counter() - t0, 2), rss_before_mb=before)
+        out.update(rows=found.report.train_rows, op_s=round(time.perf_counter() - t0, 2), rss_before_mb=before,
+                   anon_peak_mb=peak.stop(), anon_before_mb=round(anon_before, 1))
     out["peak_rss_mb"] = common.peak_rss_mb()
     out["above_before_mb"] = round(out["peak_rss_mb"] - out["rss_before_mb"], 1)
+    out["worker_peak_rss_mb"] = common.peak_rss_mb(children=True)  # the largest tokenising process, if any
     return out
 
 
@@ -144,7 +192,8 @@ def main() -> None:
             for key, rs in results.items():
                 ok = [r for r in rs if "error" not in r]
                 entry[key] = {k: common.summary([r[k] for r in ok], higher_is_better=False)
-                              for k in ("op_s", "warm_op_s", "process_s", "peak_rss_mb", "above_before_mb")
+                              for k in ("op_s", "warm_op_s", "process_s", "peak_rss_mb", "above_before_mb", "worker_peak_rss_mb",
+                                        "anon_peak_mb", "anon_before_mb")
                               if ok and k in ok[0]} if ok else {"errors": rs}
                 if ok and "report" in ok[0]:
                     entry[key]["report"] = ok[0]["report"]
