@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import memorise_config, write_qa_jsonl
-from ui_app import running_app
+from ui_app import client, running_app, status, wait_for
 
 from phi3space.run import RunDir
 
@@ -27,24 +27,6 @@ def app(tmp_path_factory):
 @pytest.fixture(scope="module")
 def qa(tmp_path_factory):
     return write_qa_jsonl(tmp_path_factory.mktemp("qa") / "qa.jsonl")
-
-
-def client(url, token=None):
-    return gradio_client.Client(url, oauth_token=token, verbose=False)
-
-
-def status(c, job_id) -> dict:
-    return json.loads(c.predict(job_id, api_name="/job_status"))
-
-
-def wait_for(c, job_id, until, timeout=180) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s = status(c, job_id)
-        if until(s):
-            return s
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} never reached the expected state: {s}")
 
 
 def config_yaml(tiny_model, qa, tmp_path, **overrides) -> str:
@@ -98,7 +80,6 @@ def test_two_jobs_queue_and_stop_ends_gracefully(app, tiny_model, qa, tmp_path):
     assert restarted["resumed_from"].endswith(f"checkpoint-{saved}")
     c.predict(first, api_name="/cancel_job")
     assert wait_for(c, first, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
-
 
 
 def test_visitors_see_and_cancel_only_their_own_jobs(app, hub, tiny_model, qa, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import QA_PAIRS, memorise_config
 from test_remote_cli import CANARY, IMAGE, qa_jsonl
-from ui_app import running_app
+from ui_app import client, running_app, status, wait_for
 
 from phi3space.run import RunDir
 
@@ -36,28 +36,10 @@ def config_yaml(**overrides) -> str:
     return yaml.safe_dump(memorise_config("acme/tiny-phi3", "alice/qa", Path("ignored"), **settings))
 
 
-def client(url, token=CANARY):
-    return gradio_client.Client(url, oauth_token=token, verbose=False)
-
-
-def status(c, job_id) -> dict:
-    return json.loads(c.predict(job_id, api_name="/job_status"))
-
-
-def wait_for(c, job_id, until, timeout=240) -> dict:
-    deadline, s = time.time() + timeout, None
-    while time.time() < deadline:
-        s = status(c, job_id)
-        if until(s):
-            return s
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} never reached the expected state: {s}")
-
-
 def test_submit_on_jobs_through_the_api_follow_push_and_chat(alice, tmp_path):
     data = tmp_path / "data"
     with running_app(data) as (url, runner):
-        c = client(url)
+        c = client(url, CANARY)
         job_id = c.predict(config_yaml(), api_name="/submit_job")
         job = runner.store.get(job_id)
         assert job.owner == "alice" and job.remote.startswith("alice/") and job.pid is None
@@ -89,20 +71,20 @@ def test_a_refusal_at_start_is_a_readable_error_and_a_failed_run(alice, tmp_path
     alice.jobs.refuse("alice", 402)
     with running_app(tmp_path / "data") as (url, runner):
         with pytest.raises(gradio_client.exceptions.AppError, match=r"refused to start the job \(402: Payment") as info:
-            client(url).predict(config_yaml(), api_name="/submit_job")
+            client(url, CANARY).predict(config_yaml(), api_name="/submit_job")
         assert "settings/billing" in str(info.value)
         (job,) = runner.list("alice")
         s = runner.state(job)
         assert s["status"] == "failed" and "402" in s["error"]["message"] and "payment method" in s["error"]["hint"]
         with pytest.raises(gradio_client.exceptions.AppError, match="needs output.push_to"):
-            client(url).predict(config_yaml(output__push_to=None), api_name="/submit_job")
+            client(url, CANARY).predict(config_yaml(output__push_to=None), api_name="/submit_job")
         assert alice.jobs.ids() == []
 
 
 def test_stop_cancels_the_job_and_resume_continues_on_jobs(alice, tmp_path):
     long = config_yaml(training__max_steps=100000, training__logging_steps=1, training__save_steps=3)
     with running_app(tmp_path / "data") as (url, runner):
-        c = client(url)
+        c = client(url, CANARY)
         job_id = c.predict(long, api_name="/submit_job")
         wait_for(c, job_id, lambda s: (s["checkpoint_url"] or "") and s["step"] >= 4)
         first = runner.store.get(job_id).remote.split("/")[1]
@@ -124,7 +106,7 @@ def test_stop_cancels_the_job_and_resume_continues_on_jobs(alice, tmp_path):
 def test_after_a_restart_running_jobs_are_found_again_when_their_owner_is_next_seen(alice, tmp_path):
     data = tmp_path / "data"
     with running_app(data) as (url, runner):
-        c = client(url)
+        c = client(url, CANARY)
         kept = c.predict(config_yaml(training__max_steps=60, training__logging_steps=1), api_name="/submit_job")
         lost = c.predict(config_yaml(training__max_steps=100000, training__logging_steps=1, output__push_to="alice/other"),
                          api_name="/submit_job")
@@ -135,7 +117,7 @@ def test_after_a_restart_running_jobs_are_found_again_when_their_owner_is_next_s
         job = runner.store.get(kept)
         assert job.phase == "running" and kept not in runner.remote._following  # no token yet: nobody follows it
         before = len(alice.requests)
-        s = wait_for(client(url), kept, lambda s: s["status"] in FINAL)  # alice is back: her token is at hand
+        s = wait_for(client(url, CANARY), kept, lambda s: s["status"] in FINAL)  # alice is back: her token is at hand
         assert s["status"] == "completed" and s["adapter"] == "alice/snarkle", s
         listed = [r for r in alice.requests[before:] if r.method == "GET" and r.path.startswith("/api/jobs/alice?")]
         assert listed and all(r.token == CANARY for r in listed) and "label=phi3space" in listed[0].path
@@ -145,7 +127,7 @@ def test_after_a_restart_running_jobs_are_found_again_when_their_owner_is_next_s
     # ... and one on a wiped disk (as a Space restarts): the running job is listed again from the platform.
     shutil.rmtree(data)
     with running_app(data) as (url, runner):
-        c = client(url)
+        c = client(url, CANARY)
         deadline = time.time() + 30
         while time.time() < deadline and runner.store.get(lost) is None:
             try:  # any call with her token lets the app look for her jobs

@@ -1,7 +1,6 @@
 """The app process dies while a job trains; the job finishes on its own; a new app process finds the run
 completed (from the run's own events) and chats with its adapter."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
-from ui_app import free_port
+from ui_app import free_port, status
 
 from phi3space.jobs import JobStore
 from phi3space.run import RunDir
@@ -27,10 +26,6 @@ def start_app(data_dir: Path, port: int) -> subprocess.Popen:
     line = proc.stdout.readline()  # the URL, once it serves
     assert line.startswith("http"), "the app did not start"
     return proc
-
-
-def status(c, job_id) -> dict:
-    return json.loads(c.predict(job_id, api_name="/job_status"))
 
 
 def test_a_job_that_finishes_while_the_app_is_down_is_completed_after_restart(tiny_model, tmp_path):

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
-from ui_app import free_port, running_app
+from ui_app import free_port, running_app, status, wait_for
 
 from phi3space.jobs import JobStore
 from phi3space.run import RunDir
@@ -48,20 +48,6 @@ def start_space(data_dir: Path, port: int, env: dict) -> subprocess.Popen:
             break
     assert line.startswith("http"), "the app did not start"
     return proc
-
-
-def status(c, job_id) -> dict:
-    return json.loads(c.predict(job_id, api_name="/job_status"))
-
-
-def wait_for(c, job_id, until, timeout=240) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s = status(c, job_id)
-        if until(s):
-            return s
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} never reached the expected state: {s}")
 
 
 def test_a_visitors_run_survives_a_space_restart_through_the_hub(hub, tiny_model, tmp_path):

@@ -1,7 +1,10 @@
-"""Launch the web app in-process on a free port, with its own job runner and data folder (for the app tests)."""
+"""Launch the web app in-process on a free port, with its own job runner and data folder, and call its API as a
+visitor does (for the app tests)."""
 
 import contextlib
+import json
 import socket
+import time
 
 
 def free_port() -> int:
@@ -29,6 +32,28 @@ def running_app(data_dir, port=None, **runner_kw):
         demo.close()
         runner.shutdown()
         services.set_runner(None)
+
+
+def client(url, token=None):
+    """A visitor of the app at ``url``: signed in with ``token``, else anonymous."""
+    import gradio_client
+
+    return gradio_client.Client(url, oauth_token=token, verbose=False)
+
+
+def status(c, job_id) -> dict:
+    return json.loads(c.predict(job_id, api_name="/job_status"))
+
+
+def wait_for(c, job_id, until, timeout=240) -> dict:
+    """The job's status once ``until(status)`` holds."""
+    deadline, s = time.time() + timeout, None
+    while time.time() < deadline:
+        s = status(c, job_id)
+        if until(s):
+            return s
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never reached the expected state: {s}")
 
 
 if __name__ == "__main__":  # python tests/ui_app.py DATA_DIR PORT [--space]: serve until killed (restart tests)
