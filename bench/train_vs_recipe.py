@@ -41,7 +41,7 @@ def heldout_loss(base: str, adapter: str, rows: list[dict], max_length: int) -> 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from phi3space import data
+    from phi3space import tokens
     from phi3space.modeling import load_tokenizer
 
     tok = load_tokenizer(base)
@@ -51,7 +51,7 @@ def heldout_loss(base: str, adapter: str, rows: list[dict], max_length: int) -> 
     total, count = 0.0, 0
     with torch.inference_mode():
         for row in rows:
-            ids, mask = data.tokenize_example(row, tok)
+            ids, mask = tokens.tokenize_example(row, tok)
             ids, mask = ids[:max_length], mask[:max_length]
             labels = torch.tensor([i if m else -100 for i, m in zip(ids, mask)], device=device)[None]
             if (labels[0, 1:] != -100).sum() == 0:
@@ -119,11 +119,11 @@ def child(a) -> None:
 # ---------------------------------------------------------------- the comparison
 
 def real_tokens(base: str, rows: list[dict], max_length: int) -> int:
-    from phi3space import data
+    from phi3space import tokens
     from phi3space.modeling import load_tokenizer
 
     tok = load_tokenizer(base)
-    return sum(min(len(data.tokenize_example(r, tok)[0]), max_length) for r in rows)
+    return sum(min(len(tokens.tokenize_example(r, tok)[0]), max_length) for r in rows)
 
 
 def one_run(side: str, a, base: Path, train: Path, heldout: Path, work: Path, n: int) -> dict:

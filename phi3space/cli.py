@@ -126,7 +126,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from . import config, data
+    from . import config, data, tokens
     from .hub import resolve_token
 
     cfg = config.from_dict({"data": {"dataset": args.dataset}}, args.set or [])
@@ -135,7 +135,7 @@ def cmd_inspect(args) -> int:
                                         resolve_token())
     print("\n".join(found.report.lines()))
     print("\nexample (trained tokens between [[ and ]]):\n")
-    print(data.render_marked(found.train[0], found.tokenizer))
+    print(tokens.render_marked(found.train[0], found.tokenizer))
     return 0
 
 

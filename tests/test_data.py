@@ -4,7 +4,7 @@ import os
 import pytest
 from tinymodel import FIXTURE
 
-from phi3space import data
+from phi3space import data, tokens
 from phi3space.config import DataConfig
 from phi3space.errors import DataError
 
@@ -141,7 +141,7 @@ def test_assistant_mask_covers_exactly_the_assistant_spans(tokenizer):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "Bye"},
             {"role": "assistant", "content": "Goodbye."}]
-    ids, mask = data.tokenize_example({"messages": msgs}, tokenizer)
+    ids, mask = tokens.tokenize_example({"messages": msgs}, tokenizer)
     assert ids == list(tokenizer.apply_chat_template(msgs, tokenize=True)["input_ids"])  # same ids as inference
     trained = [tokenizer.decode([i for i, m in zip(ids, mask) if m][k:k + 1]) for k in range(sum(mask))]
     spans, current = [], []
@@ -159,10 +159,10 @@ def test_assistant_mask_covers_exactly_the_assistant_spans(tokenizer):
 def test_inspect_renders_the_trained_span_and_token_stats(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Question " * n, "completion": "Answer"} for n in (1, 5, 50)])
     train, _, report = data.prepare(DataConfig(dataset=str(path), eval_fraction=0))
-    data.add_token_stats(report, train, tokenizer, max_length=32)
+    tokens.add_token_stats(report, train, tokenizer, max_length=32)
     assert report.token_percentiles["min"] < 32 < report.token_percentiles["max"]
     assert report.over_max_length == pytest.approx(1 / 3)
-    assert "[[Answer<|end|><|endoftext|>]]" in data.render_marked(train[0], tokenizer)
+    assert "[[Answer<|end|><|endoftext|>]]" in tokens.render_marked(train[0], tokenizer)
 
 
 def test_column_mapping_must_name_real_columns(tmp_path):
@@ -207,7 +207,7 @@ def test_token_ids_for_training_match_the_rendering(tmp_path, tokenizer):
     assert found.report.dropped == {"no trained tokens within max_length 32": 1} and found.report.train_rows == 2
     assert found.report.over_max_length == pytest.approx(1 / 3)  # measured on all rows, before the cut
     first = found.train[0]
-    ids, mask = data.tokenize_example({"messages": [{"role": "user", "content": "Question "},
+    ids, mask = tokens.tokenize_example({"messages": [{"role": "user", "content": "Question "},
                                                     {"role": "assistant", "content": "Answer"}]}, tokenizer)
     assert first["input_ids"] == ids and first["labels"] == [i if m else -100 for i, m in zip(ids, mask)]
 
@@ -217,11 +217,11 @@ def test_a_large_split_is_tokenised_by_several_processes_to_the_same_ids(tmp_pat
                           {"role": "assistant", "content": f"Answer {i}"}]} for i in range(40)]
     cfg = DataConfig(dataset=str(write_jsonl(tmp_path / "d.jsonl", rows)), eval_fraction=0)
     alone = data.prepare_for_training(cfg, str(FIXTURE), max_length=64)
-    monkeypatch.setattr(data, "TOKENIZE_PARALLEL_ROWS", 10)
+    monkeypatch.setattr(tokens, "TOKENIZE_PARALLEL_ROWS", 10)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert data._tokenize_procs(40) == 3 and data._tokenize_procs(9) is None
+    assert tokens._tokenize_procs(40) == 3 and tokens._tokenize_procs(9) is None
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # three ranks on this machine share its cores
-    assert data._tokenize_procs(40) is None
+    assert tokens._tokenize_procs(40) is None
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     together = data.prepare_for_training(cfg, str(FIXTURE), max_length=64)
     assert together.train.to_dict() == alone.train.to_dict() and len(together.train) == 40

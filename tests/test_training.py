@@ -117,7 +117,7 @@ def test_assistant_only_labels_in_the_trainers_batches(tiny_model, tmp_path):
 
 
 def test_rows_are_tokenised_once_and_trl_takes_them_as_they_are(tiny_model, tmp_path):
-    from phi3space import data
+    from phi3space import data, tokens
 
     path = write_qa_jsonl(tmp_path / "qa.jsonl")
     cfg = config.from_dict(memorise_config(tiny_model, str(path), tmp_path / "run", training__max_length=16))
@@ -127,7 +127,7 @@ def test_rows_are_tokenised_once_and_trl_takes_them_as_they_are(tiny_model, tmp_
     assert trainer.train_dataset is pre.data.train  # no second pass: the same Arrow rows
     tok = pre.data.tokenizer
     for row, item in zip(pre.data.train, data.load_rows(cfg.data, "train")[0]):
-        ids, mask = data.tokenize_example(item, tok)
+        ids, mask = tokens.tokenize_example(item, tok)
         assert row["input_ids"] == ids[:16] and row["tokens"] == len(ids) and row["length"] == len(row["labels"])
         assert row["labels"] == [i if m else -100 for i, m in zip(ids[:16], mask[:16])]
     assert pre.data.report.over_max_length == 1.0  # measured on every row, before the cut

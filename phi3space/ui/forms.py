@@ -248,11 +248,11 @@ class Inspection:
 def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
     """What ``phi3space inspect`` shows: format, rows kept/dropped and why, token lengths, one rendered example
     (from the first rows of a large split; the row count is then scaled to the whole split)."""
-    from .. import data
+    from .. import data, tokens
 
     found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token)
     segments = [(text, "trained" if trained else None)
-                for text, trained in data.render_segments(found.train[0], found.tokenizer)]
+                for text, trained in tokens.render_segments(found.train[0], found.tokenizer)]
     report = found.report
     return Inspection(cfg.data.dataset, "\n".join(report.lines()), report.estimated_train_rows(), report.lengths, segments)
 
