@@ -344,3 +344,25 @@ def test_merged_model_answers_without_peft(trained_run, tmp_path, capsys):
                                      return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=[32000, 32001, 32007])
     assert tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == answer
+
+
+def test_micro_batches_of_a_step_are_grouped_by_length_and_every_row_is_trained_once(tiny_model, tmp_path):
+    """With gradient accumulation, the rows of each optimizer step are split into micro-batches by length (less
+    padding), and an epoch still trains every row exactly once."""
+    import random
+
+    rng = random.Random(0)
+    words = [rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(400)]
+    pairs = [(" ".join(words[i:i + n]) + "?", f"Answer {i}.") for i, n in enumerate(rng.choice([2, 30, 80]) for _ in range(24))]
+    path = write_qa_jsonl(tmp_path / "mixed.jsonl", pairs)
+    cfg = config.from_dict(memorise_config(tiny_model, str(path), tmp_path / "run", training__batch_size=2,
+                                           training__grad_accum=3, training__max_length=256))
+    run = RunDir(cfg.output.dir)
+    trainer = training.build_trainer(cfg, training.preflight(cfg, run, False, None, run.writer()))
+    assert trainer.args.train_sampling_strategy == "batch_rebalance"
+    batches = list(trainer.get_train_dataloader())
+    rows = [tuple(ids[mask.bool()].tolist()) for b in batches for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+    assert sorted(rows) == sorted(tuple(r) for r in trainer.train_dataset["input_ids"])  # each row once
+    for step in range(0, len(batches), 3):  # a step's micro-batches hold disjoint ranges of lengths
+        spans = sorted((int(m.sum(1).min()), int(m.sum(1).max())) for m in (b["attention_mask"] for b in batches[step:step + 3]))
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:])), spans
