@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -19,8 +18,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT / "tests" / "fixtures" / "phi3-mini-4k-instruct"
-SHARED_DATA = ROOT.parent / "shared" / "datasets"
+sys.path.insert(0, str(ROOT / "tests"))  # tinymodel: the random Phi-3 models are built where the tests' one is
 
 # name -> (hidden, layers, heads, intermediate, initializer range). "tiny" is the tests' model (tests/tinymodel.py).
 SHAPES = {
@@ -33,26 +31,15 @@ SHAPES = {
 def build_phi3(dest: Path, shape: str, seed: int = 0) -> Path:
     """A Phi-3 checkpoint folder with random weights of ``shape``, the real vocabulary and the real tokenizer."""
     import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
+    from tinymodel import build_phi3 as build
 
     if (dest / "config.json").exists():
         return dest
     hidden, layers, heads, inter, init = SHAPES[shape]
-    real = json.loads((FIXTURE / "config.json").read_text())
-    for key in ("auto_map", "_name_or_path", "transformers_version", "torch_dtype"):
-        real.pop(key, None)
-    real.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                intermediate_size=inter, initializer_range=init)
-    torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() and shape == "mini" else "cpu"
-    with torch.device(device):
-        model = Phi3ForCausalLM(Phi3Config(**real))
-    if shape == "mini":
-        model = model.to(torch.bfloat16)
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(FIXTURE / name, dest / name)
+    mini = shape == "mini"
+    build(dest, seed, device="cuda" if mini and torch.cuda.is_available() else "cpu", bf16=mini, hidden_size=hidden,
+          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, intermediate_size=inter,
+          initializer_range=init)
     return dest
 
 

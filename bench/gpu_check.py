@@ -22,26 +22,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-FIXTURE = ROOT / "tests" / "fixtures" / "phi3-mini-4k-instruct"
+sys.path.insert(0, str(ROOT / "tests"))  # tinymodel builds the random Phi-3
 
 
-def build_model(dest: Path, tiny: bool) -> float:
+def build_model(dest: Path, tiny: bool) -> tuple[int, float]:
+    """The full Phi-3-mini shape (or, ``tiny``, the tests' shape) with random bfloat16 weights: (parameters, seconds)."""
     import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
+    from tinymodel import build_phi3
 
-    real = json.loads((FIXTURE / "config.json").read_text())
-    for key in ("auto_map", "_name_or_path", "transformers_version", "torch_dtype"):
-        real.pop(key, None)
-    if tiny:
-        real.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, intermediate_size=128)
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=128) if tiny else {}
     t0 = time.time()
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Phi3ForCausalLM(Phi3Config(**real)).to(torch.bfloat16)
-    model.save_pretrained(dest)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(FIXTURE / name, dest / name)
-    n = sum(p.numel() for p in model.parameters())
-    del model
+    n = build_phi3(dest, device="cuda" if torch.cuda.is_available() else "cpu", bf16=True, **shape)
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return n, time.time() - t0

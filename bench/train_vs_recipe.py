@@ -8,7 +8,7 @@ final train loss and the loss on held-out chats (assistant tokens only, the same
 
     python bench/train_vs_recipe.py                                  # tiny Phi-3, 300 generated chats, 2 rounds
     python bench/train_vs_recipe.py --model larger --rounds 3        # hidden 512, 4 layers
-    python bench/train_vs_recipe.py --data ../shared/datasets/sharegpt_fastchat_dummy.json --max-length 1024
+    python bench/train_vs_recipe.py --data dummy_conversation.json --max-length 1024  # FastChat's 500 ShareGPT chats
     python bench/train_vs_recipe.py --model mini                     # the full Phi-3-mini shape, on a GPU
     python bench/train_vs_recipe.py --set training.batch_size=8      # the project side with other settings
     python bench/train_vs_recipe.py --baseline-root /tmp/old-checkout  # a third side: the project as it was
