@@ -575,6 +575,8 @@ def normalise(rows: Iterable[dict], data: DataConfig, source: str, broken: Count
 
 # Inspect reads this many rows of a split, not all of them: a dataset of any size is inspected in about a second.
 SAMPLE_ROWS = 10_000
+
+
 class _ArrowRows:
     """Normalised rows written to an Arrow file as they come, a thousand at a time, then memory-mapped as a
     Dataset: what a split holds is never all in memory at once. The file lives in a folder of this process's that
@@ -635,14 +637,13 @@ def _read_split(data: DataConfig, split: str, source: str, token: str | None, sa
     import datasets
 
     opened = open_split(data, split, token)
-    rows = opened.rows if sample is None else islice(opened.rows, sample + 1)
-    cut = False
+    rows, cut = opened.rows, False
     if sample is not None:
-        head = list(rows)
-        cut = len(head) > sample
-        rows = head[:sample]
-    sink: list[dict] | _ArrowRows = [] if sample is not None else _ArrowRows()
-    add = sink.append if isinstance(sink, list) else sink.add
+        head = list(islice(opened.rows, sample + 1))
+        rows, cut = head[:sample], len(head) > sample
+    in_memory: list[dict] = []
+    arrow = _ArrowRows() if sample is None else None
+    add = arrow.add if arrow else in_memory.append
     kept = 0
 
     def keep(item: dict) -> None:
@@ -652,7 +653,7 @@ def _read_split(data: DataConfig, split: str, source: str, token: str | None, sa
         kept += 1
 
     report = _normalise_stream(rows, data, source, opened.broken, keep)
-    ds = datasets.Dataset.from_list(sink) if isinstance(sink, list) else sink.finish()
+    ds = arrow.finish() if arrow else datasets.Dataset.from_list(in_memory)
     if cut:
         report.rows_in_split, report.rows_in_split_exact = opened.size()
     return ds, report
