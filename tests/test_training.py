@@ -366,3 +366,40 @@ def test_micro_batches_of_a_step_are_grouped_by_length_and_every_row_is_trained_
     for step in range(0, len(batches), 3):  # a step's micro-batches hold disjoint ranges of lengths
         spans = sorted((int(m.sum(1).min()), int(m.sum(1).max())) for m in (b["attention_mask"] for b in batches[step:step + 3]))
         assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:])), spans
+
+
+def test_streamed_text_is_decoded_piecewise_and_never_shows_half_a_character(tiny_model, monkeypatch):
+    """The reply is decoded a few tokens at a time (not all of it again at each token): every update extends the
+    last one, none ends in half of a multi-byte character, and the whole reply is what decoding all its tokens gives."""
+    from phi3space.chat import ChatEngine
+
+    engine = ChatEngine(str(tiny_model))
+    text = "Grüße aus Köln 🌍🚀 — 日本語のテキスト, done."
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 20 and any(engine.tokenizer.decode(ids[:n]).endswith("\ufffd") for n in range(len(ids)))
+
+    class OneAtATime(list):  # the worker's part: the tokens come one by one, then the end
+        def get(self):
+            return self.pop(0)
+
+        def empty(self):
+            return True
+
+    monkeypatch.setattr(engine, "_submit", lambda reply: setattr(reply, "out", OneAtATime([*ids, None])))
+    decoded, decode = [], engine.tokenizer.decode
+    monkeypatch.setattr(engine.tokenizer, "decode", lambda tokens, **kw: (decoded.append(len(tokens)), decode(tokens, **kw))[1])
+    updates = list(engine.stream([{"role": "user", "content": "Hi"}]))
+    assert updates[-1] == decode(ids, skip_special_tokens=True) and len(updates) > 10
+    assert all(b.startswith(a) for a, b in zip(updates, updates[1:]))
+    assert max(decoded[:-1]) <= 6 and decoded[-1] == len(ids)  # a few tokens a time; all of them once, at the end
+    assert not any(u.endswith("\ufffd") for u in updates)
+
+
+def test_chat_loads_no_training_libraries(tiny_model):
+    """`phi3space chat` starts faster without trl, datasets and pandas, which it never uses."""
+    code = ("import sys; from phi3space.chat import ChatEngine; e = ChatEngine(sys.argv[1]); "
+            "e.reply([{'role': 'user', 'content': 'Hi'}], max_new_tokens=4); "
+            "print(sorted(m for m in ('trl', 'datasets', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
