@@ -58,7 +58,7 @@ def pct(values: list[float], q: float) -> float:
 def serve(side: str, base: str, adapter: str, levels: list[int], tokens: int) -> dict:
     """Under each level of concurrency, that many visitors ask at once; what each saw, summed up."""
     if side == "project":
-        from phi3space.chat import ChatEngine
+        from phi3space.chat.engine import ChatEngine
 
         engine = ChatEngine(base)
         engine.attach(adapter)

@@ -71,8 +71,8 @@ def generated_chats(rows: int, seed: int = 0) -> list[dict]:
 
 def chats_from(path: Path) -> list[dict]:
     """Chats from a real file (messages JSONL, or a ShareGPT JSON array), as ``{"messages": [...]}`` rows."""
-    from phi3space import data
     from phi3space.config import DataConfig
+    from phi3space.engine import data
 
     cfg = DataConfig(dataset=str(path), eval_fraction=0)
     rows, broken = data.load_rows(cfg, "train")
@@ -138,7 +138,7 @@ def summary(values: list[float], higher_is_better: bool = True) -> dict:
 def machine() -> dict:
     import torch
 
-    from phi3space.training import library_versions
+    from phi3space.engine.training import library_versions
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()

@@ -117,9 +117,9 @@ def child(a) -> dict:
             cli.main(["inspect", a.file, "--set", f"model.base={a.base}"])
         out["warm_op_s"] = round(time.perf_counter() - t0, 2)
     else:
-        from phi3space import data
         from phi3space.config import DataConfig
-        from phi3space.modeling import load_tokenizer
+        from phi3space.engine import data
+        from phi3space.engine.modeling import load_tokenizer
 
         load_tokenizer(a.base)  # what is in memory before the data: libraries and the tokenizer
         before, anon_before = rss_mb(), _anon_mb()

@@ -52,7 +52,8 @@ def write_data(path: Path, rows: int, words: int) -> None:
 def run(method: str, base: Path, data: Path, out: Path, steps: int, batch: int, max_length: int) -> dict:
     import torch
 
-    from phi3space import config, training
+    from phi3space import config
+    from phi3space.engine import training
     from phi3space.run import RunDir
 
     if torch.cuda.is_available():
@@ -64,7 +65,7 @@ def run(method: str, base: Path, data: Path, out: Path, steps: int, batch: int, 
                      "logging_steps": 5, "save_steps": steps, "eval_steps": steps},
         "output": {"dir": str(out)},
     })
-    from phi3space.modeling import estimate_memory_gb
+    from phi3space.engine.estimates import estimate_memory_gb
 
     t0 = time.time()
     training.train(cfg)
@@ -95,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from phi3space.modeling import detect_hardware
+    from phi3space.engine.modeling import detect_hardware
 
     report: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
     hw = detect_hardware()

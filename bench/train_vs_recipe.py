@@ -41,8 +41,8 @@ def heldout_loss(base: str, adapter: str, rows: list[dict], max_length: int) -> 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from phi3space import tokens
-    from phi3space.modeling import load_tokenizer
+    from phi3space.engine import tokens
+    from phi3space.engine.modeling import load_tokenizer
 
     tok = load_tokenizer(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -90,7 +90,7 @@ def run_project(a) -> dict:
 
     if torch.cuda.is_available():
         from phi3space import config
-        from phi3space.modeling import estimate_memory_gb
+        from phi3space.engine.estimates import estimate_memory_gb
 
         out["estimated_gb"] = round(estimate_memory_gb(config.load(path, a.set)), 2)  # the web form's warning
     return out
@@ -119,8 +119,8 @@ def child(a) -> None:
 # ---------------------------------------------------------------- the comparison
 
 def real_tokens(base: str, rows: list[dict], max_length: int) -> int:
-    from phi3space import tokens
-    from phi3space.modeling import load_tokenizer
+    from phi3space.engine import tokens
+    from phi3space.engine.modeling import load_tokenizer
 
     tok = load_tokenizer(base)
     return sum(min(len(tokens.tokenize_example(r, tok)[0]), max_length) for r in rows)

@@ -12,8 +12,9 @@ import argparse
 import os
 import sys
 
-from .errors import Cancelled, Phi3SpaceError
-from .run import RunDir
+from phi3space.errors import Cancelled, Phi3SpaceError
+from phi3space.report import format_event
+from phi3space.run import RunDir
 
 
 def _quiet_libraries(data: bool = True) -> None:
@@ -36,62 +37,6 @@ def _quiet_libraries(data: bool = True) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def fmt_duration(seconds: float | None) -> str:
-    """ETA as m:ss, or h:mm:ss from an hour up."""
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def format_event(e: dict) -> str | None:
-    """One readable line per event, or None for events the CLI does not print."""
-    kind = e["type"]
-    if e.get("task") == "merge":
-        return _format_merge_event(e)
-    if kind == "progress":
-        parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}", f"epoch {e.get('epoch') or 0:.2f}",
-                 f"loss {e.get('loss') or float('nan'):.4f}"]
-        if e.get("learning_rate") is not None:
-            parts.append(f"lr {e['learning_rate']:.2e}")
-        if e.get("grad_norm") is not None:
-            parts.append(f"grad {e['grad_norm']:.3f}")
-        if e.get("tokens_per_s"):
-            parts.append(f"{e['tokens_per_s']:.0f} tok/s")
-        parts.append(f"eta {fmt_duration(e.get('eta_s'))}")
-        return " | ".join(parts)
-    if kind == "eval":
-        return f"eval  step {e.get('step')} | eval_loss {e.get('eval_loss') or float('nan'):.4f} | perplexity {e.get('perplexity')}"
-    if kind == "run_started":
-        d = e.get("dataset", {})
-        resumed = f" (resumed from {e['resumed_from']})" if e.get("resumed_from") else ""
-        return (f"run started{resumed}: {e.get('hardware')} | {d.get('format')} data, {d.get('train_rows')} train rows, "
-                f"{d.get('eval_rows')} eval rows | {e.get('trainable_params') or 0:,} trainable params "
-                f"({e.get('trainable_pct') or 0:.3f}%) | {e.get('max_steps')} steps")
-    if kind == "checkpoint":
-        return f"checkpoint saved: {e.get('path')}"
-    if kind == "push":
-        return f"pushed {e.get('what', 'adapter')} to {e.get('url')} (commit {str(e.get('commit'))[:10]})"
-    if kind == "run_finished":
-        m = e.get("metrics") or {}
-        loss = f", eval_loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else ""
-        return f"run {e.get('status')} at step {e.get('step')}{loss}; adapter: {e.get('adapter') or 'none'}"
-    if kind == "log":
-        return e.get("message")
-    return None
-
-
-def _format_merge_event(e: dict) -> str | None:
-    kind = e["type"]
-    if kind == "run_started":
-        return f"merge started: {e.get('adapter')}" + (f" -> {e['push_to']}" if e.get("push_to") else "")
-    if kind == "progress":
-        return f"[{e.get('step')}/{e.get('max_steps')}] {e.get('stage')}"
-    if kind == "run_finished":
-        return f"merge {e.get('status')}" + (f": {e['model']}" if e.get("model") else "")
-    return None
-
-
 def _print_event(e: dict) -> None:
     line = format_event(e)
     if line:
@@ -99,8 +44,10 @@ def _print_event(e: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from . import config, job_protocol, remote
-    from .hub import resolve_token
+    from phi3space import config
+    from phi3space.hub.auth import resolve_token
+    from phi3space.jobs.hf import platform as remote
+    from phi3space.jobs.hf import protocol as job_protocol
 
     echo = _print_event
     if job_protocol.inside_job(args.config):  # in a Hugging Face job: the config came in an environment value
@@ -112,7 +59,7 @@ def cmd_train(args) -> int:
             print(f"done: {run_dir} (adapter: {RunDir(run_dir).state().adapter_url})")
             return 0
     _quiet_libraries()
-    from .training import train
+    from phi3space.engine.training import train
 
     try:
         run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=echo)
@@ -126,8 +73,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from . import config, data, tokens
-    from .hub import resolve_token
+    from phi3space import config
+    from phi3space.engine import data, tokens
+    from phi3space.hub.auth import resolve_token
 
     cfg = config.from_dict({"data": {"dataset": args.dataset}}, args.set or [])
     _quiet_libraries()
@@ -140,8 +88,9 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import ChatEngine, adapter_base, check_generation, resolve_adapter
-    from .hub import resolve_token
+    from phi3space.chat.engine import ChatEngine, check_generation
+    from phi3space.engine.adapters import adapter_base, resolve_adapter
+    from phi3space.hub.auth import resolve_token
 
     check_generation(args.max_new_tokens, args.temperature, args.top_p)  # before any model loads
     _quiet_libraries(data=False)
@@ -150,7 +99,7 @@ def cmd_chat(args) -> int:
     if args.adapter and not base:
         base = adapter_base(resolve_adapter(args.adapter, token))
     if not base:
-        from .config import DEFAULT_BASE
+        from phi3space.config import DEFAULT_BASE
 
         base = DEFAULT_BASE
     engine = ChatEngine(base, token)
@@ -184,10 +133,11 @@ def cmd_chat(args) -> int:
 def cmd_merge(args) -> int:
     import signal
 
-    from .errors import ConfigError
-    from .hub import is_hub_id, resolve_token
-    from .merge import merge_and_push
-    from .run import RunDir
+    from phi3space.engine.merge import merge_and_push
+    from phi3space.errors import ConfigError
+    from phi3space.hub.auth import resolve_token
+    from phi3space.hub.refs import is_hub_id
+    from phi3space.run import RunDir
 
     if not args.out and not args.push_to:
         raise ConfigError(["merge needs --out DIR, --push-to REPO, or both"],
@@ -210,8 +160,8 @@ def cmd_merge(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .hub import resolve_token
-    from .push import push_run
+    from phi3space.hub.auth import resolve_token
+    from phi3space.hub.push import push_run
 
     _quiet_libraries()
     result = push_run(args.run_dir, repo_id=args.to, token=resolve_token(), private=args.private)
@@ -220,7 +170,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .config import reference
+    from phi3space.config import reference
 
     print(reference(), end="")
     return 0

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import scrub
+from phi3space.errors import scrub
 
 EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log")
 FINAL = ("completed", "failed", "cancelled")
@@ -138,7 +138,7 @@ class RunDir:
         return json.loads(self.adapter_config.read_text())["base_model_name_or_path"]
 
     def load_config(self):
-        from . import config
+        from phi3space import config
 
         return config.load(self.config)
 

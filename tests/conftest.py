@@ -75,7 +75,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from phi3space.modeling import load_tokenizer
+    from phi3space.engine.modeling import load_tokenizer
 
     return load_tokenizer(str(FIXTURE))
 
@@ -88,7 +88,8 @@ def qa_file(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tiny_model, tmp_path_factory) -> Path:
     """A finished run folder whose adapter answers QA_PAIRS exactly (trained once per session through the API)."""
-    from phi3space import config, training
+    from phi3space import config
+    from phi3space.engine import training
 
     root = tmp_path_factory.mktemp("trained")
     data = write_qa_jsonl(root / "qa.jsonl")

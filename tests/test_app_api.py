@@ -160,7 +160,7 @@ def _untrained_adapter(base, folder):
 
 
 def test_a_million_token_chat_does_not_hold_up_a_short_one(app, tiny_model, trained_run, tmp_path):
-    from phi3space.chat import MAX_NEW_TOKENS
+    from phi3space.chat.engine import MAX_NEW_TOKENS
 
     url, _ = app
     short, long = client(url), client(url)

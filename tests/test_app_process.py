@@ -37,7 +37,7 @@ def test_a_second_app_on_the_same_data_folder_is_refused(tmp_path):
 
 
 PROBE = """
-from phi3space.hub import keep_owner_token_out, owner_token
+from phi3space.hub.auth import keep_owner_token_out, owner_token
 keep_owner_token_out()
 import os
 from huggingface_hub import get_token

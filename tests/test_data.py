@@ -4,8 +4,8 @@ import os
 import pytest
 from tinymodel import FIXTURE
 
-from phi3space import data, tokens
 from phi3space.config import DataConfig
+from phi3space.engine import data, tokens
 from phi3space.errors import DataError
 
 GOLDEN_IDS = [32006, 2184, 2643, 32007, 32010, 15043, 29892, 508, 366, 1246, 777, 8492, 363, 592, 29973, 32007, 32001,

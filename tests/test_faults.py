@@ -13,7 +13,8 @@ import pytest
 import yaml
 from conftest import memorise_config, write_qa_jsonl
 
-from phi3space import cli, config, training
+from phi3space import cli, config
+from phi3space.engine import training
 from phi3space.errors import Diverged
 from phi3space.run import RunDir
 

@@ -15,10 +15,11 @@ import yaml
 from conftest import QA_PAIRS, memorise_config
 from tinymodel import build_tiny_phi3
 
-from phi3space import cli, data
+from phi3space import cli
 from phi3space.config import DataConfig
+from phi3space.engine import data
 from phi3space.errors import DataError, ModelError, register_secret, scrub
-from phi3space.push import push_run
+from phi3space.hub.push import push_run
 from phi3space.run import RunDir
 
 CANARY = "hf_CanaryToken0123456789abcdefg"  # token-shaped, shorter than a real one
@@ -224,7 +225,7 @@ def test_private_gated_and_missing_datasets_say_which(alice):
     with pytest.raises(DataError, match="was not found"):
         data.prepare(DataConfig(dataset="nobody/nothing"), token=CANARY)
     alice.add_repo("alice/private-base", {"config.json": json.dumps({"model_type": "phi3"})}, private=True)
-    from phi3space.modeling import check_base
+    from phi3space.engine.modeling import check_base
 
     with pytest.raises(ModelError, match="not found \\(or it is private\\)"):
         check_base("alice/private-base", token=BOB)
@@ -237,7 +238,8 @@ def test_private_gated_and_missing_datasets_say_which(alice):
 
 def test_a_cached_private_adapter_stays_private(alice, trained_run, tmp_path):
     """One engine serves every visitor: an adapter attached for its owner must not answer someone else."""
-    from phi3space.chat import ChatEngine, adapter_base
+    from phi3space.chat.engine import ChatEngine
+    from phi3space.engine.adapters import adapter_base
 
     push_run(shutil.copytree(trained_run, tmp_path / "run"), "alice/private-adapter", token=CANARY)
     engine = ChatEngine(adapter_base(trained_run))
@@ -250,7 +252,7 @@ def test_a_cached_private_adapter_stays_private(alice, trained_run, tmp_path):
 
 
 def test_chat_refuses_an_adapter_whose_base_does_not_fit(trained_run, tmp_path):
-    from phi3space.chat import ChatEngine
+    from phi3space.chat.engine import ChatEngine
 
     other = build_tiny_phi3(tmp_path / "wider", hidden=96)
     engine = ChatEngine(str(other))
@@ -267,7 +269,7 @@ def test_secrets_are_scrubbed_from_messages():
 
 
 def test_access_check_fails_closed_on_a_space_and_open_offline_elsewhere(alice, monkeypatch):
-    from phi3space.hub import check_read_access
+    from phi3space.hub.access import check_read_access
 
     monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.01")
     alice.down = True

@@ -11,7 +11,8 @@ import pytest
 
 from phi3space import config
 from phi3space.errors import AuthError, ConfigError
-from phi3space.jobs import Job, JobRunner, JobStore, job_env, last_word
+from phi3space.jobs.scheduler import JobRunner, job_env, last_word
+from phi3space.jobs.store import Job, JobStore
 from phi3space.run import RunDir, RunState
 
 FAKE_TRAINER = r'''
@@ -290,7 +291,7 @@ def test_a_resumed_job_that_finishes_before_popen_returns_is_completed(make_runn
     word is newer than the start of that attempt, so it counts (it was taken as an earlier attempt's)."""
     import subprocess as sp
 
-    from phi3space import jobs as jobs_mod
+    from phi3space.jobs import scheduler as jobs_mod
 
     runner = make_runner()
     job = runner.submit(cfg("checkpoint-then-crash"), "me")
@@ -307,7 +308,7 @@ def test_a_resumed_job_that_finishes_before_popen_returns_is_completed(make_runn
 
 
 def test_a_second_server_on_the_same_data_folder_is_refused(make_runner, tmp_path):
-    from phi3space.jobs import DataDirBusy
+    from phi3space.datadir import DataDirBusy
 
     make_runner()
     with pytest.raises(DataDirBusy, match="in use by pid"):
@@ -356,7 +357,7 @@ def test_a_store_from_an_older_version_gains_new_columns(tmp_path):
 
 
 def test_one_slot_per_gpu_unless_told(tmp_path, monkeypatch):
-    from phi3space import jobs
+    from phi3space.jobs import scheduler as jobs
 
     monkeypatch.delenv("PHI3SPACE_SLOTS", raising=False)
     bin_dir = tmp_path / "bin"

@@ -10,9 +10,10 @@ import yaml
 from conftest import memorise_config, write_qa_jsonl
 from test_jobs import FAKE_TRAINER, cfg, started, status_of, wait
 
-from phi3space import config, jobs
+from phi3space import config
 from phi3space.errors import ConfigError
-from phi3space.jobs import JobRunner
+from phi3space.jobs import scheduler as jobs
+from phi3space.jobs.scheduler import JobRunner
 from phi3space.run import RunDir
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from phi3space import cli
 from phi3space.errors import AuthError, ConfigError
-from phi3space.jobs import Job, JobRunner
+from phi3space.jobs.scheduler import JobRunner
+from phi3space.jobs.store import Job
 from phi3space.run import RunDir
 from phi3space.ui import jobs_view, services
 from phi3space.ui.follow import Follower

@@ -15,10 +15,13 @@ import pytest
 import yaml
 from conftest import memorise_config
 
-from phi3space import config, runtime
+from phi3space import config, datadir
+from phi3space.datadir import DataDirBusy
+from phi3space.engine import hardware as runtime
 from phi3space.errors import AuthError, ConfigError, ModelError
-from phi3space.hub import on_space
-from phi3space.jobs import DataDirBusy, JobRunner
+from phi3space.hub.space import on_space
+from phi3space.jobs.idle import PAUSE_ENV
+from phi3space.jobs.scheduler import JobRunner
 from phi3space.run import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,7 +259,7 @@ def test_an_idle_space_is_paused_with_the_owners_token_but_never_while_a_job_run
     monkeypatch.setenv("SYSTEM", "spaces")
     monkeypatch.setenv("SPACE_ID", "owner/phi3space")
     monkeypatch.setenv("HF_TOKEN", OWNER)
-    monkeypatch.setenv(runtime.PAUSE_ENV, str(0.5 / 60))  # half a second
+    monkeypatch.setenv(PAUSE_ENV, str(0.5 / 60))  # half a second
     script = tmp_path / "job.py"
     script.write_text("import time\ntime.sleep(60)\n")
     runner = JobRunner(tmp_path / "data", space=True, poll_s=0.05, command=lambda p: [sys.executable, str(script)])
@@ -277,12 +280,12 @@ def test_an_idle_space_is_paused_with_the_owners_token_but_never_while_a_job_run
 
 def test_sqlite_never_lives_on_a_bucket_mount(tmp_path, monkeypatch):
     mounts = f"/dev/vda / ext4 rw 0 0\nhf-mount {tmp_path}/bucket fuse.hf-mount rw 0 0\n"
-    assert runtime.fuse_mount(tmp_path / "bucket" / "data", mounts) == "fuse.hf-mount"
-    assert runtime.fuse_mount(tmp_path / "bucketx", mounts) is None and runtime.fuse_mount(tmp_path, mounts) is None
-    monkeypatch.setattr(runtime, "fuse_mount", lambda path, mounts=None: "fuse.hf-mount")
-    import phi3space.jobs as jobs
+    assert datadir.fuse_mount(tmp_path / "bucket" / "data", mounts) == "fuse.hf-mount"
+    assert datadir.fuse_mount(tmp_path / "bucketx", mounts) is None and datadir.fuse_mount(tmp_path, mounts) is None
+    monkeypatch.setattr(datadir, "fuse_mount", lambda path, mounts=None: "fuse.hf-mount")
+    from phi3space.jobs import scheduler as jobs
 
-    monkeypatch.setattr(jobs, "fuse_mount", runtime.fuse_mount)
+    monkeypatch.setattr(jobs, "fuse_mount", datadir.fuse_mount)
     with pytest.raises(DataDirBusy, match="needs a local disk"):
         JobRunner(tmp_path / "data", space=True)
     JobRunner(tmp_path / "data2", space=False).shutdown()  # off a Space it is the developer's business
@@ -314,7 +317,8 @@ def test_the_space_pins_a_cuda_torch_without_touching_the_development_install():
 def test_the_final_card_and_push_again_carry_the_jobs_record(trained_run, hub, tmp_path, monkeypatch):
     import shutil
 
-    from phi3space.records import RECORD_KEY, job_record
+    from phi3space.hub.card import RECORD_KEY
+    from phi3space.hub.records import job_record
 
     hub.add_user("alice", ALICE)
     monkeypatch.setenv("PHI3SPACE_JOB_ID", "job123")
@@ -322,7 +326,7 @@ def test_the_final_card_and_push_again_carry_the_jobs_record(trained_run, hub, t
     record = job_record("completed", 40, 40, {"train_loss": 1.5, "note": "text is dropped"})
     assert record == {"job": "job123", "owner": "alice", "status": "completed", "step": 40, "max_steps": 40,
                       "metrics": {"train_loss": 1.5}}
-    from phi3space.push import push_run
+    from phi3space.hub.push import push_run
 
     push_run(shutil.copytree(trained_run, tmp_path / "run"), "alice/done", token=ALICE, record=record)
     front = yaml.safe_load(hub.files("alice/done")["README.md"].decode().split("---")[1])

@@ -6,8 +6,11 @@ import types
 
 import pytest
 
-from phi3space import config, flavors, job_protocol, remote
+from phi3space import config
 from phi3space.errors import ConfigError
+from phi3space.jobs.hf import flavors
+from phi3space.jobs.hf import platform as remote
+from phi3space.jobs.hf import protocol as job_protocol
 from phi3space.run import RunDir, RunState
 
 

@@ -14,7 +14,7 @@ from ui_app import running_app
 def test_choose_hugging_face_jobs_see_the_price_start_and_follow(browser, hub, tiny_model, tmp_path, monkeypatch):  # noqa: F811
     from playwright.sync_api import expect
 
-    from phi3space import flavors
+    from phi3space.jobs.hf import flavors
 
     monkeypatch.setattr(flavors, "_hardware", None)
     monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", IMAGE)

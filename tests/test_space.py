@@ -19,7 +19,7 @@ import yaml
 from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
 from ui_app import free_port, running_app, status, wait_for
 
-from phi3space.jobs import JobStore
+from phi3space.jobs.store import JobStore
 from phi3space.run import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")

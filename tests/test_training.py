@@ -11,7 +11,8 @@ import pytest
 import yaml
 from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
 
-from phi3space import cli, config, training
+from phi3space import cli, config
+from phi3space.engine import training
 from phi3space.run import RunDir
 
 
@@ -26,7 +27,8 @@ def write_config(path, cfg: dict):
 
 
 def test_trained_adapter_reproduces_the_answers(trained_run):
-    from phi3space.chat import ChatEngine, adapter_base
+    from phi3space.chat.engine import ChatEngine
+    from phi3space.engine.adapters import adapter_base
 
     engine = ChatEngine(adapter_base(trained_run))
     for question, answer in QA_PAIRS:
@@ -40,7 +42,8 @@ def test_replies_written_together_each_with_its_own_adapter(trained_run):
     its own adapter (or the base) writes alone; a visitor who stops reading frees the engine."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from phi3space.chat import SLICE_TOKENS, ChatEngine, adapter_base
+    from phi3space.chat.engine import SLICE_TOKENS, ChatEngine
+    from phi3space.engine.adapters import adapter_base
 
     engine = ChatEngine(adapter_base(trained_run))
     engine.attach(str(trained_run))
@@ -117,7 +120,7 @@ def test_assistant_only_labels_in_the_trainers_batches(tiny_model, tmp_path):
 
 
 def test_rows_are_tokenised_once_and_trl_takes_them_as_they_are(tiny_model, tmp_path):
-    from phi3space import data, tokens
+    from phi3space.engine import data, tokens
 
     path = write_qa_jsonl(tmp_path / "qa.jsonl")
     cfg = config.from_dict(memorise_config(tiny_model, str(path), tmp_path / "run", training__max_length=16))
@@ -371,7 +374,7 @@ def test_micro_batches_of_a_step_are_grouped_by_length_and_every_row_is_trained_
 def test_streamed_text_is_decoded_piecewise_and_never_shows_half_a_character(tiny_model, monkeypatch):
     """The reply is decoded a few tokens at a time (not all of it again at each token): every update extends the
     last one, none ends in half of a multi-byte character, and the whole reply is what decoding all its tokens gives."""
-    from phi3space.chat import ChatEngine
+    from phi3space.chat.engine import ChatEngine
 
     engine = ChatEngine(str(tiny_model))
     text = "Grüße aus Köln 🌍🚀 — 日本語のテキスト, done."
@@ -397,7 +400,7 @@ def test_streamed_text_is_decoded_piecewise_and_never_shows_half_a_character(tin
 
 def test_chat_loads_no_training_libraries(tiny_model):
     """`phi3space chat` starts faster without trl, datasets and pandas, which it never uses."""
-    code = ("import sys; from phi3space.chat import ChatEngine; e = ChatEngine(sys.argv[1]); "
+    code = ("import sys; from phi3space.chat.engine import ChatEngine; e = ChatEngine(sys.argv[1]); "
             "e.reply([{'role': 'user', 'content': 'Hi'}], max_new_tokens=4); "
             "print(sorted(m for m in ('trl', 'datasets', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True, timeout=120)

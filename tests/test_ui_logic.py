@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from conftest import write_qa_jsonl
 
-from phi3space import config, modeling
+from phi3space import config
+from phi3space.engine import estimates
 from phi3space.errors import AuthError, ConfigError, ModelError
-from phi3space.hub import MOCK_TOKEN
-from phi3space.jobs import Job, JobRunner
+from phi3space.hub.auth import MOCK_TOKEN
+from phi3space.jobs.scheduler import JobRunner
+from phi3space.jobs.store import Job
 from phi3space.run import RunDir, RunState
 from phi3space.ui import forms
 from phi3space.ui.chat_service import build_messages, resolve_for_visitor
@@ -141,7 +143,7 @@ def test_plan_warns_when_the_model_will_not_fit():
     small = config.from_dict({"data": {"dataset": "d"}, "model": {"method": "qlora"},
                               "training": {"max_steps": 500, "batch_size": 1, "max_length": 1024}})
     assert forms.plan(small, None, gpu_gb=16).warnings == []
-    assert modeling.estimate_memory_gb(small) < modeling.estimate_memory_gb(big)
+    assert estimates.estimate_memory_gb(small) < estimates.estimate_memory_gb(big)
     assert any("no GPU" in w for w in forms.plan(small, None, gpu_gb=None).warnings)
 
 

@@ -16,7 +16,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_app(data_dir, port=None, **runner_kw):
     """Yields (url, runner); closes the server and ends the runner's jobs afterwards."""
-    from phi3space.jobs import JobRunner
+    from phi3space.jobs.scheduler import JobRunner
     from phi3space.ui import build_app, launch_kwargs, services
 
     runner_kw = {"slots": 1, "grace_s": 30, "poll_s": 0.2, "space": False, **runner_kw}

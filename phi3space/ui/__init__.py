@@ -10,8 +10,8 @@ import os
 
 import gradio as gr
 
-from .common import user_errors
-from .follow import Follower
+from phi3space.ui.common import user_errors
+from phi3space.ui.follow import Follower
 
 TITLE = "phi3space: fine-tune Phi-3 with LoRA / QLoRA"
 INTRO = ("Pick a dataset (a Hub ID or an uploaded file), inspect it, press **Start**, watch the loss fall, then chat "
@@ -20,8 +20,8 @@ POLL_S = 1.0
 
 
 def build_app() -> gr.Blocks:
-    from . import api, chat_tab, jobs_view, train_tab
-    from .common import UI_ONLY
+    from phi3space.ui import api, chat_tab, jobs_view, train_tab
+    from phi3space.ui.common import UI_ONLY
 
     with gr.Blocks(title="phi3space") as demo:
         with gr.Row(elem_id="header", equal_height=False):
@@ -54,8 +54,8 @@ def build_app() -> gr.Blocks:
 @user_errors
 def open_in_chat(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
     """One click from a finished run to the chat tab, with its adapter chosen."""
-    from .chat_tab import adapter_choices
-    from .services import get_runner, identify
+    from phi3space.ui.chat_tab import adapter_choices
+    from phi3space.ui.services import get_runner, identify
 
     owner = identify(profile, oauth_token).owner
     choices = adapter_choices(owner)
@@ -82,7 +82,7 @@ def no_adapter_text(status: str | None) -> str:
 
 def local_mode_text() -> str:
     """The header's note off a Space (no sign-in): whose token runs use, and what works without one."""
-    from ..hub import resolve_token
+    from phi3space.hub.auth import resolve_token
 
     if resolve_token():
         return "Local mode: runs use this machine's Hugging Face login (HF_TOKEN or `hf auth login`)."
@@ -92,7 +92,7 @@ def local_mode_text() -> str:
 
 def platform_problems() -> list[str]:
     """What this machine cannot do (ZeroGPU, a GPU torch cannot use), said once at start in the log and on the page."""
-    from ..runtime import startup_report
+    from phi3space.engine.hardware import startup_report
 
     return startup_report()
 
@@ -100,7 +100,7 @@ def platform_problems() -> list[str]:
 def login_available() -> bool:
     """On a Space, always. Locally gradio mocks the login with the machine's own token (and asks the Hub who that
     is while building the page), so the button appears only when that works."""
-    from ..hub import on_space
+    from phi3space.hub.space import on_space
 
     if on_space():
         return True
@@ -119,14 +119,14 @@ def login_available() -> bool:
 def server_name() -> str:
     """Where the server listens: GRADIO_SERVER_NAME when set; on a Space every interface (its proxy must reach
     it); elsewhere only this machine, since off a Space the form accepts paths on the server as inputs."""
-    from ..hub import on_space
+    from phi3space.hub.space import on_space
 
     return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space() else "127.0.0.1")
 
 
 def launch_kwargs(**overrides) -> dict:
     """Everything launch() needs besides the port: theme, the page's CSS and script, the address to listen on."""
-    from .style import CSS, JS
+    from phi3space.ui.style import CSS, JS
 
     return {"theme": gr.themes.Soft(), "css": CSS, "js": JS, "footer_links": ["api", "gradio"],
             "server_name": server_name(), **overrides}

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from .. import config as config_mod
-from ..hub import on_space
-from .chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
-from .common import api_errors
-from .services import check_inputs_allowed, get_runner, signed_in
+from phi3space import config as config_mod
+from phi3space.hub.space import on_space
+from phi3space.ui.chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
+from phi3space.ui.common import api_errors
+from phi3space.ui.services import check_inputs_allowed, get_runner, signed_in
 
 
 @api_errors

@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import ConfigError, ModelError
-from ..jobs import Job, JobRunner, human_duration
-from ..run import RunDir
-from ..runtime import gpus, zero_gpu
-from .services import Visitor, get_runner
+from phi3space.engine.hardware import gpus, zero_gpu
+from phi3space.errors import ConfigError, ModelError
+from phi3space.jobs.scheduler import JobRunner
+from phi3space.jobs.store import Job
+from phi3space.report import human_duration
+from phi3space.run import RunDir
+from phi3space.ui.services import Visitor, get_runner
 
 MAX_ENGINES = int(os.environ.get("PHI3SPACE_CHAT_ENGINES", "1"))  # base models kept in memory at once
 CHATS_PER_VISITOR = 2  # replies being written at once for one signed-in visitor (two tabs, or compare mode)
@@ -45,7 +47,7 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
     Raises:
         ModelError: unknown, not finished, someone else's, or a server path on a Space.
     """
-    from ..chat import resolve_adapter
+    from phi3space.engine.adapters import resolve_adapter
 
     ref = (ref or "").strip()
     if not ref:
@@ -77,7 +79,7 @@ def engine_for(base: str, token: str | None, runner: JobRunner | None = None):
     Raises:
         ModelError: a job trains on the GPU and there is no room beside it for this model.
     """
-    from ..chat import ChatEngine
+    from phi3space.chat.engine import ChatEngine
 
     runner = runner or get_runner()
     _give_gpu_back_to(runner)
@@ -117,7 +119,7 @@ def chat_slot(visitor: Visitor):
 
 def chat_memory_gb(base: str) -> float:
     """About what a chat model takes on the GPU: 16-bit weights plus a margin for the KV cache."""
-    from ..modeling import model_size
+    from phi3space.engine.estimates import model_size
 
     return model_size(base)[0] * 2 / 2**30 + 1.0
 
@@ -195,7 +197,8 @@ def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict
                  max_new_tokens: int = 256, **generation) -> Iterator[str]:
     """Stream a reply (the text so far) from the adapter, or from its base model when ``adapter_dir`` is None.
     Anonymous visitors get shorter replies and less time."""
-    from ..chat import MAX_NEW_TOKENS, MAX_SECONDS, adapter_base
+    from phi3space.chat.engine import MAX_NEW_TOKENS, MAX_SECONDS
+    from phi3space.engine.adapters import adapter_base
 
     base = base or adapter_base(adapter_dir)
     if space and Path(base).expanduser().exists() and not _own_run_base(adapter_dir):

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..chat import MAX_NEW_TOKENS
-from ..hub import on_space
-from .chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
-from .common import UI_ONLY, user_errors
-from .services import get_runner, identify
+from phi3space.chat.engine import MAX_NEW_TOKENS
+from phi3space.hub.space import on_space
+from phi3space.ui.chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
+from phi3space.ui.common import UI_ONLY, user_errors
+from phi3space.ui.services import get_runner, identify
 
 
 @dataclass
@@ -54,7 +54,7 @@ def respond(adapter: str, system: str, max_new_tokens: float, temperature: float
         history[-1]["content"] = text
         yield history, base_history, ""
     if compare:
-        from ..chat import adapter_base
+        from phi3space.engine.adapters import adapter_base
 
         base = adapter_base(adapter_dir)
         for text in stream_reply(None, base, build_messages(base_history[:-2], message, system), visitor, space, **settings):

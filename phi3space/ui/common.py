@@ -13,7 +13,7 @@ import re
 
 import gradio as gr
 
-from ..errors import Phi3SpaceError
+from phi3space.errors import Phi3SpaceError
 
 # Page events are not API endpoints: the API is /submit_job, /job_status, /cancel_job, /resume_job and /chat (api.py).
 UI_ONLY = "private"

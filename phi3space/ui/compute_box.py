@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import flavors
-from ..hub import MOCK_TOKEN
-from .common import UI_ONLY
+from phi3space.hub.auth import MOCK_TOKEN
+from phi3space.jobs.hf import flavors
+from phi3space.ui.common import UI_ONLY
 
 
 def flavor_choices(token: str | None = None, fetch: bool = True) -> list[tuple[str, str]]:
@@ -32,7 +32,7 @@ def on_backend(backend: str, flavor: str, oauth_token: gr.OAuthToken | None):
 
 def build(specs: dict, push_checkpoints: gr.Checkbox) -> dict:
     """The compute.* components, keyed by setting name."""
-    from .services import get_runner
+    from phi3space.ui.services import get_runner
 
     backend_spec, flavor_spec, timeout_spec, gpus_spec = (specs[f"compute.{k}"] for k in ("backend", "flavor", "timeout", "gpus"))
     with gr.Accordion("Hardware: this machine or Hugging Face Jobs", open=False, elem_id="compute"):

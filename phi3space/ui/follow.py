@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
-from ..cli import fmt_duration, format_event
-from ..jobs import Job, log_tail
-from ..run import RunDir, RunState
+from phi3space.jobs.scheduler import log_tail
+from phi3space.jobs.store import Job
+from phi3space.report import fmt_duration, format_event
+from phi3space.run import RunDir, RunState
 
 
 def _line(event: dict) -> str | None:

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .. import config as config_mod
-from ..config import RunConfig
-from ..errors import ConfigError
-from ..modeling import estimate_memory_gb, model_size
+from phi3space import config as config_mod
+from phi3space.config import RunConfig
+from phi3space.engine.estimates import estimate_memory_gb, model_size
+from phi3space.errors import ConfigError
 
 BASE_MODELS = ["microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-128k-instruct", "microsoft/Phi-3.5-mini-instruct"]
 
@@ -248,7 +248,7 @@ class Inspection:
 def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
     """What ``phi3space inspect`` shows: format, rows kept/dropped and why, token lengths, one rendered example
     (from the first rows of a large split; the row count is then scaled to the whole split)."""
-    from .. import data, tokens
+    from phi3space.engine import data, tokens
 
     found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token)
     segments = [(text, "trained" if trained else None)
@@ -276,8 +276,8 @@ class Plan:
 def gpu_memory_gb() -> float | None:
     """GPU memory the next job can use: free now on the first GPU (nvidia-smi: the web server never imports torch
     for it), plus what the chat models hold, since they give the GPU back when a job starts. None without a GPU."""
-    from ..runtime import memory_for_training_gb
-    from .chat_service import held_gb
+    from phi3space.engine.hardware import memory_for_training_gb
+    from phi3space.ui.chat_service import held_gb
 
     return memory_for_training_gb(held_gb())
 
@@ -299,7 +299,7 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
     seen = inspection if inspection is not None and inspection.dataset == cfg.data.dataset else None
     jobs = None
     if cfg.compute.backend == "hf-jobs":  # the flavor's GPUs, not this machine's, and what they will cost
-        from ..flavors import estimate
+        from phi3space.jobs.hf.flavors import estimate
 
         jobs = estimate(cfg, seen.rows if seen else None, seen.lengths if seen else None)
         gpu_gb = jobs.flavor.memory_gb

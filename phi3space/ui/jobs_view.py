@@ -14,13 +14,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..errors import AuthError, ConfigError
-from ..hub import check_push_access, is_hub_id
-from ..jobs import Job
-from ..run import FINAL, RunState
-from .common import UI_ONLY, user_errors
-from .follow import Follower, progress_html
-from .services import get_runner, identify, signed_in
+from phi3space.errors import AuthError, ConfigError
+from phi3space.hub.access import check_push_access
+from phi3space.hub.refs import is_hub_id
+from phi3space.jobs.store import Job
+from phi3space.run import FINAL, RunState
+from phi3space.ui.common import UI_ONLY, user_errors
+from phi3space.ui.follow import Follower, progress_html
+from phi3space.ui.services import get_runner, identify, signed_in
 
 TABLE_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "adapter / model", "submitted", "job"]
 # Room for each column at any width (a phone sees the name and status first, and scrolls the table sideways inside

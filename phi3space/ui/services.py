@@ -11,9 +11,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AuthError, ConfigError, Phi3SpaceError, register_secret
-from ..hub import MOCK_TOKEN, on_space
-from ..jobs import JobRunner
+from phi3space.errors import AuthError, ConfigError, Phi3SpaceError, register_secret
+from phi3space.hub.auth import MOCK_TOKEN
+from phi3space.hub.space import on_space
+from phi3space.jobs.scheduler import JobRunner
 
 LOCAL_OWNER = "local"
 
@@ -47,7 +48,7 @@ class Visitor:
         """The token for Hub reads on this visitor's behalf: their own; off a Space, the local login (HF_TOKEN)."""
         if self.token or (on_space() if space is None else space):
             return self.token
-        from ..hub import resolve_token
+        from phi3space.hub.auth import resolve_token
 
         return resolve_token()
 
@@ -70,7 +71,7 @@ def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
     if profile is not None and getattr(profile, "username", None):
         return _seen(Visitor(profile.username, token, expires_at))
     if token:
-        from ..hub import whoami
+        from phi3space.hub.access import whoami
 
         try:
             return _seen(Visitor(whoami(token)["name"], token))
@@ -116,7 +117,7 @@ def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), s
     """
     if not (on_space() if space is None else space):
         return
-    from ..hub import is_local_ref
+    from phi3space.hub.refs import is_local_ref
 
     problems = []
     for key, ref in refs.items():

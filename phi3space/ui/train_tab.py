@@ -16,15 +16,15 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from .. import config as config_mod
-from ..errors import Phi3SpaceError
-from ..hub import on_space
-from ..run import RunDir
-from . import compute_box, forms
-from .common import UI_ONLY, code_block, page_text, user_errors
-from .follow import Follower
-from .jobs_view import following
-from .services import check_inputs_allowed, get_runner, identify
+from phi3space import config as config_mod
+from phi3space.errors import Phi3SpaceError
+from phi3space.hub.space import on_space
+from phi3space.run import RunDir
+from phi3space.ui import compute_box, forms
+from phi3space.ui.common import UI_ONLY, code_block, page_text, user_errors
+from phi3space.ui.follow import Follower
+from phi3space.ui.jobs_view import following
+from phi3space.ui.services import check_inputs_allowed, get_runner, identify
 
 
 @dataclass

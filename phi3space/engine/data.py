@@ -21,9 +21,9 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig
-from .errors import DataError, scrub
-from .tokens import add_token_stats, drop_untrained, set_token_stats, tokenize
+from phi3space.config import DataConfig
+from phi3space.engine.tokens import add_token_stats, drop_untrained, set_token_stats, tokenize
+from phi3space.errors import DataError, scrub
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -383,7 +383,8 @@ def _open_hub(ref: str, config_name: str | None, split: str, token: str | None) 
     import datasets
     from huggingface_hub import errors as hub_errors
 
-    from .hub import check_read_access, gated, hub_error, is_transient
+    from phi3space.hub.access import check_read_access
+    from phi3space.hub.errors import gated, hub_error, is_transient
 
     try:
         check_read_access(ref, "dataset", token)
@@ -414,7 +415,7 @@ def _open_hub(ref: str, config_name: str | None, split: str, token: str | None) 
 
 def open_split(data: DataConfig, split: str, token: str | None = None) -> Source:
     """One split of ``data.dataset`` (a Hub ID or a local file or folder), ready to be read row by row."""
-    from .hub import is_local_ref
+    from phi3space.hub.refs import is_local_ref
 
     if is_local_ref(data.dataset):
         return _open_local(data.dataset, split)
@@ -693,7 +694,7 @@ def prepare_with_tokenizer(data: DataConfig, base: str, max_length: int, seed: i
                            token: str | None = None, sample: int | None = SAMPLE_ROWS) -> Prepared:
     """What ``inspect`` and the web form show: load, normalise and split the first ``sample`` rows (None: all),
     load ``base``'s tokenizer, and measure token lengths."""
-    from .modeling import load_tokenizer
+    from phi3space.engine.modeling import load_tokenizer
 
     train_ds, eval_ds, report = prepare(data, seed, token, sample=sample)
     tokenizer = load_tokenizer(base, token)
@@ -705,7 +706,7 @@ def prepare_for_training(data: DataConfig, base: str, max_length: int, seed: int
                          token: str | None = None) -> Prepared:
     """Every row, normalised, split and tokenised once (trl takes the token ids as they are): the report's token
     lengths are measured on all the training rows."""
-    from .modeling import load_tokenizer
+    from phi3space.engine.modeling import load_tokenizer
 
     train_ds, eval_ds, report = prepare(data, seed, token)
     tokenizer = load_tokenizer(base, token)

@@ -30,12 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RunConfig, timeout_seconds
-from .errors import AuthError, Cancelled, ConfigError, Phi3SpaceError, register_secret, scrub
-from .flavors import Flavor, check_flavor
-from .hub import hub_error, is_local_ref, on_space, whoami
-from .job_protocol import CONFIG_ARG, CONFIG_VAR, parse_event
-from .run import EventWriter, RunDir, RunState
+from phi3space.config import RunConfig, timeout_seconds
+from phi3space.errors import AuthError, Cancelled, ConfigError, Phi3SpaceError, register_secret, scrub
+from phi3space.hub.access import whoami
+from phi3space.hub.errors import hub_error
+from phi3space.hub.refs import is_local_ref
+from phi3space.hub.space import on_space
+from phi3space.jobs.hf.flavors import Flavor, check_flavor
+from phi3space.jobs.hf.protocol import CONFIG_ARG, CONFIG_VAR, parse_event
+from phi3space.run import EventWriter, RunDir, RunState
 
 IMAGE_VAR = "PHI3SPACE_JOBS_IMAGE"
 LABEL_ORIGIN = "phi3space"  # which app (or the CLI) submitted the job: an app re-finds its own jobs by it
@@ -114,8 +117,8 @@ def prepare(cfg: RunConfig, token: str | None) -> Flavor:
                                  "--repo-type dataset`, then data.dataset: you/my-data.")
     job_image()
     flavor = check_flavor(cfg.compute.flavor, token)
-    from .config import auto_repo_name
-    from .hub import check_push_access
+    from phi3space.config import auto_repo_name
+    from phi3space.hub.access import check_push_access
 
     cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg))
     return flavor
@@ -158,7 +161,7 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
 
 
 def _copy(cfg: RunConfig) -> RunConfig:
-    from . import config
+    from phi3space import config
 
     return config.from_dict(cfg.to_dict())
 
@@ -245,7 +248,7 @@ class Mirror:
 def inspect(ref: JobRef, token: str | None):
     from huggingface_hub import HfApi
 
-    from .hub import call
+    from phi3space.hub.errors import call
 
     return call(lambda: HfApi().inspect_job(job_id=ref.id, namespace=ref.namespace, token=token),
                 f"read the state of job {ref}", JobsError)
@@ -254,7 +257,7 @@ def inspect(ref: JobRef, token: str | None):
 def cancel(ref: JobRef, token: str | None) -> None:
     from huggingface_hub import HfApi
 
-    from .hub import call
+    from phi3space.hub.errors import call
 
     call(lambda: HfApi().cancel_job(job_id=ref.id, namespace=ref.namespace, token=token), f"cancel job {ref}", JobsError)
 

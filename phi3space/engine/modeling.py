@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
+from phi3space.errors import ModelError
 
 PAD_TOKEN = "<unk>"
 STOP_TOKENS = ("<|end|>", "<|endoftext|>", "<|assistant|>")  # ids 32007, 32000, 32001 in Phi-3
@@ -50,7 +50,7 @@ def detect_hardware(attn: str = "auto") -> Hardware:
 
     import torch
 
-    from .runtime import ALLOW_CPU_ENV, cuda_mismatch, gpu_count, gpus, zero_gpu
+    from phi3space.engine.hardware import ALLOW_CPU_ENV, cuda_mismatch, gpu_count, gpus, zero_gpu
 
     if not torch.cuda.is_available() and not zero_gpu() and os.environ.get(ALLOW_CPU_ENV) != "1" and (seen := gpu_count()):
         found = gpus()
@@ -69,7 +69,7 @@ def detect_hardware(attn: str = "auto") -> Hardware:
 
 
 def _failure(base: str, exc: Exception) -> ModelError:
-    from .hub import hub_error
+    from phi3space.hub.errors import hub_error
 
     mapped = hub_error(exc, f"load model {base}", base, ModelError)
     if mapped is None:
@@ -79,7 +79,7 @@ def _failure(base: str, exc: Exception) -> ModelError:
 
 def _check_folder(base: str) -> None:
     """A base given as a path must be a folder here (before the libraries mistake it for a malformed Hub ID)."""
-    from .hub import is_local_ref
+    from phi3space.hub.refs import is_local_ref
 
     if is_local_ref(base) and not Path(base).expanduser().is_dir():
         raise ModelError(f"model folder not found: {base}",
@@ -91,7 +91,8 @@ def check_base(base: str, token: str | None = None):
     """Load and check the base model's config before any weights: it must be a native Phi-3."""
     from transformers import AutoConfig
 
-    from .hub import check_read_access, is_local_ref
+    from phi3space.hub.access import check_read_access
+    from phi3space.hub.refs import is_local_ref
 
     _check_folder(base)
     try:
@@ -206,34 +207,3 @@ def load_for_inference(base: str, token: str | None = None, dtype: str | None = 
     return model.to(hw.device).eval()
 
 
-KNOWN_SIZES = {  # params, hidden, layers, intermediate, vocab
-    "mini": (3.82e9, 3072, 32, 8192, 32064),
-    "small": (7.4e9, 4096, 32, 14336, 100352),
-    "medium": (14e9, 5120, 40, 17920, 32064),
-}
-
-
-def model_size(base: str) -> tuple[float, int, int, int, int]:
-    """Parameters and shape of a base model: from a local config.json, else by name (Phi-3 mini when unknown)."""
-    cfg_file = Path(base).expanduser() / "config.json"
-    if cfg_file.is_file():
-        import json
-
-        c = json.loads(cfg_file.read_text())
-        h, layers, inter, vocab = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
-        return float(2 * vocab * h + layers * (4 * h * h + 3 * h * inter)), h, layers, inter, vocab
-    name = base.lower()
-    return next((v for k, v in KNOWN_SIZES.items() if k in name), KNOWN_SIZES["mini"])
-
-
-def estimate_memory_gb(cfg) -> float:
-    """A rough, worst-case peak GPU memory for training a RunConfig (every row max_length long): weights, LoRA +
-    Adam, activations, fp32 logits, CUDA context. bench/gpu_check.py prints it beside the measured peak."""
-    params, h, layers, inter, vocab = model_size(cfg.model.base)
-    t = cfg.training
-    weights = params * (0.56 if cfg.model.method == "qlora" else 2.0)
-    lora = cfg.lora.r * layers * (7 * h + 3 * inter) * 16
-    tokens = t.batch_size * t.max_length
-    acts = tokens * h * layers * 2 + tokens * 34 * h * 2 if t.gradient_checkpointing else tokens * 34 * h * layers * 2
-    logits = tokens * vocab * 8
-    return (weights + lora + acts + logits) / 2**30 + 1.0

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from .config import RunConfig
-from .hub import is_hub_id
-from .run import RunDir, RunState
+from phi3space.config import RunConfig
+from phi3space.hub.refs import is_hub_id
+from phi3space.run import RunDir, RunState
+
+RECORD_TAG = "phi3space"  # every adapter card carries it; list_models(filter=...) finds them
+
+
+RECORD_KEY = "phi3space"  # the front matter key of a web app job's record
+
 
 
 def plot_loss(state: RunState, path) -> bool:
@@ -36,7 +42,6 @@ def _card_data(cfg: RunConfig, license: str | None, record: dict | None):
     (phi3space.records: which job, of which Space, how far it got), which is how a run is found again."""
     from huggingface_hub import ModelCardData
 
-    from .records import RECORD_KEY, RECORD_TAG
 
     tags = [cfg.model.method, "sft", "trl", "peft", "phi3", RECORD_TAG]
     extra = {RECORD_KEY: record} if record else {}

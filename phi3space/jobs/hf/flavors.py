@@ -8,9 +8,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .config import RunConfig, timeout_seconds
-from .errors import ConfigError
-from .hub import hub_error
+from phi3space.config import RunConfig, timeout_seconds
+from phi3space.errors import ConfigError
+from phi3space.hub.errors import hub_error
 
 
 @dataclass(frozen=True)

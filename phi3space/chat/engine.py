@@ -7,9 +7,7 @@ temperature above 0 is given.
 
 from __future__ import annotations
 
-import hashlib
 import queue
-import re
 import threading
 import time
 from collections import deque
@@ -19,46 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelError, scrub
-from .modeling import load_for_inference, load_tokenizer, stop_token_ids
-from .run import RunDir
-
-
-def resolve_adapter(ref: str, token: str | None = None) -> Path:
-    """A local run folder, or a Hub adapter repo downloaded to the cache (after asking the Hub whether ``token``
-    may read it: the cache is shared)."""
-    from .hub import call, check_read_access, is_local_ref
-
-    if is_local_ref(ref):
-        path = Path(ref).expanduser()
-        if not path.is_dir():
-            raise ModelError(f"adapter not found: {ref}", "Give a run folder (runs/NAME) or a Hub repo ID (user/name).")
-        if not RunDir(path).adapter_config.exists():
-            raise ModelError(f"{ref} holds no adapter (no {RunDir.ADAPTER_CONFIG})",
-                             "Point at the folder of a finished run (it holds the adapter's weights and config).")
-        return path
-    from huggingface_hub import snapshot_download
-
-    def download() -> Path:
-        check_read_access(ref, "model", token)
-        return Path(snapshot_download(ref, token=token, allow_patterns=["adapter_*", "tokenizer*", "*.jinja", RunDir.CONFIG]))
-
-    return call(download, f"download adapter {ref}", ModelError, ref)
-
-
-def _does_not_fit(ref: str, base: str, path: Path, exc: Exception) -> ModelError:
-    return ModelError(f"adapter {ref} does not fit base model {base}: {scrub(str(exc)).splitlines()[0][:200]}",
-                      f"Use the base it was trained on ({adapter_base(path)}) with --base.")
-
-
-def adapter_base(adapter_dir: Path) -> str:
-    return RunDir(adapter_dir).adapter_base()
-
-
-def adapter_name(ref: str) -> str:
-    """A peft adapter name for ``ref``: readable, and distinct for distinct refs."""
-    return f"{re.sub(r'[^A-Za-z0-9_]', '_', ref)[-40:]}_{hashlib.sha1(ref.encode()).hexdigest()[:8]}"
-
+from phi3space.engine.adapters import _does_not_fit, adapter_name, resolve_adapter
+from phi3space.engine.modeling import load_for_inference, load_tokenizer, stop_token_ids
+from phi3space.errors import ConfigError, ModelError, scrub
 
 # Limits for a shared server (the README states them). Replies are generated together, in slices: all the replies
 # under way (up to MAX_BATCH, and MAX_BATCH_TOKENS of context between them) share one batched forward pass per token,
@@ -225,7 +186,8 @@ class ChatEngine:
         name = adapter_name(ref)
         if name in self.adapters:
             if not Path(ref).expanduser().is_dir():  # attached for someone else: this caller must be allowed too
-                from .hub import call, check_read_access
+                from phi3space.hub.access import check_read_access
+                from phi3space.hub.errors import call
 
                 call(lambda: check_read_access(ref, "model", token), f"read adapter {ref}", ModelError, ref, attempts=1)
             return name
@@ -396,32 +358,3 @@ class ChatEngine:
             return any(not r.done and r not in batch for r in self._replies)
 
 
-def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, token: str | None = None,
-                  on_stage: Callable[[str], None] | None = None) -> Path:
-    """Fold an adapter into its base model's weights (peft's merge_and_unload) and save a plain transformers model.
-
-    QLoRA adapters are merged into the 16-bit base, not the 4-bit one, so nothing is lost to quantisation.
-    ``on_stage`` hears each of the four stages (adapter, base model, merge, save) as it starts.
-
-    Raises:
-        ModelError: adapter or base not found, or the adapter does not fit the base.
-    """
-    stage = on_stage or (lambda text: None)
-    stage(f"loading the adapter {adapter}")  # (importing peft and torch takes a while on its own)
-    from peft import PeftModel
-
-    path = resolve_adapter(adapter, token)
-    base = base or adapter_base(path)
-    stage(f"loading the base model {base} (16-bit)")
-    model = load_for_inference(base, token)
-    stage("merging the adapter into the base weights")
-    try:
-        merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise _does_not_fit(adapter, base, path, exc) from None
-    out = Path(out_dir)
-    stage(f"saving the merged model to {out}")
-    merged.save_pretrained(out)
-    tokenizer_source = path if RunDir(path).has_tokenizer() else base
-    load_tokenizer(str(tokenizer_source), token).save_pretrained(out)
-    return out

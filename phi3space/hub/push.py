@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import HubError
-from .hub import base_license, call, check_push_access, with_retries
-from .run import EventWriter, RunDir, checkpoint_name, checkpoint_step
+from phi3space.errors import HubError
+from phi3space.hub.access import base_license, check_push_access
+from phi3space.hub.errors import call, with_retries
+from phi3space.run import EventWriter, RunDir, checkpoint_name, checkpoint_step
 
 CHECKPOINT_BRANCH = "checkpoints"
 
@@ -50,8 +51,8 @@ def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None 
         AuthError: no/refused token or a namespace that is not the user's.
         HubError: the push failed after retries (the run folder is untouched; run this again later).
     """
-    from . import config as config_mod
-    from .card import write_card
+    from phi3space import config as config_mod
+    from phi3space.hub.card import write_card
 
     run = RunDir(run_dir)
     if not run.has_adapter() or not run.config.exists():

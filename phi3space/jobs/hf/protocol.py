@@ -11,10 +11,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config
-from .config import RunConfig
-from .errors import ConfigError
-from .run import EVENT_TYPES
+from phi3space import config
+from phi3space.config import RunConfig
+from phi3space.errors import ConfigError
+from phi3space.run import EVENT_TYPES
 
 EVENT_PREFIX = "@phi3space-event "
 CONFIG_VAR = "PHI3SPACE_RUN_CONFIG"

@@ -18,8 +18,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import Phi3SpaceError
-from .run import RunDir
+from phi3space.errors import Phi3SpaceError
+from phi3space.run import RunDir
 
 BUCKET_ENV = "PHI3SPACE_BUCKET"
 STORE_NAME = "jobs.sqlite"
@@ -60,7 +60,7 @@ class BucketSync:
     def _sync(self, run: RunDir, owner: str, job_id: str) -> None:
         from huggingface_hub import HfApi
 
-        from .hub import call
+        from phi3space.hub.errors import call
 
         with self._lock, tempfile.TemporaryDirectory(prefix="phi3space-bucket-") as tmp:
             snapshot = Path(tmp) / STORE_NAME

@@ -15,12 +15,13 @@ import os
 import time
 from dataclasses import dataclass
 
-from .config import RunConfig
-from .hub import call, namespaces, space_id, whoami
-from .run import RunDir
+from phi3space.config import RunConfig
+from phi3space.hub.access import namespaces, whoami
+from phi3space.hub.card import RECORD_KEY, RECORD_TAG
+from phi3space.hub.errors import call
+from phi3space.hub.space import space_id
+from phi3space.run import RunDir
 
-RECORD_TAG = "phi3space"  # every adapter card carries it; list_models(filter=...) finds them
-RECORD_KEY = "phi3space"  # the front matter key of a web app job's record
 JOB_ENV = "PHI3SPACE_JOB_ID"  # set by the job runner in a training process: whose job this run is
 OWNER_ENV = "PHI3SPACE_JOB_OWNER"
 
@@ -51,7 +52,7 @@ def publish_queued(cfg: RunConfig, repo_id: str, job_id: str, owner: str, token:
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .card import pending_card
+    from phi3space.hub.card import pending_card
 
     card = pending_card(cfg, repo_id, record(job_id, owner, "queued", created=created))
     ops = [CommitOperationAdd(RunDir.CARD, card.encode("utf-8")),
@@ -101,7 +102,7 @@ def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
-    from .push import CHECKPOINT_BRANCH, hub_checkpoint_steps
+    from phi3space.hub.push import CHECKPOINT_BRANCH, hub_checkpoint_steps
 
     repo = hub_run.repo_id
 

@@ -12,7 +12,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import Cancelled, Phi3SpaceError
+from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter
+from phi3space.engine.modeling import load_for_inference, load_tokenizer
+from phi3space.errors import Cancelled, Phi3SpaceError
+from phi3space.run import RunDir
 
 Emit = Callable[..., object]  # emit(type, **fields): an EventWriter's emit, or a printer
 
@@ -35,7 +38,7 @@ def upload_model(folder: Path, repo_id: str, token: str | None, private: bool, e
     """Create ``repo_id`` (exist_ok) and upload the merged model folder in one commit; record it as a push event."""
     from huggingface_hub import HfApi
 
-    from .hub import call
+    from phi3space.hub.errors import call
 
     api = HfApi(token=token)
     log = lambda msg: emit("log", message=msg)  # noqa: E731
@@ -57,9 +60,10 @@ def merge_and_push(adapter: str, emit: Emit, out: str | Path | None = None, push
         AuthError: no token, or one that may not push to ``push_to`` (checked before any model loads).
         ModelError / HubError: as merge_adapter and the upload report them; the error is in the events too.
     """
-    from .chat import adapter_base, merge_adapter, resolve_adapter
-    from .hub import check_push_access
-    from .run import RunDir
+    from phi3space.engine.adapters import adapter_base, resolve_adapter
+    from phi3space.engine.merge import merge_adapter
+    from phi3space.hub.access import check_push_access
+    from phi3space.run import RunDir
 
     total = 4 + (2 if push_to else 0)
     done = 0
@@ -97,4 +101,36 @@ def merge_and_push(adapter: str, emit: Emit, out: str | Path | None = None, push
             shutil.rmtree(folder, ignore_errors=True)
     emit("run_finished", task="merge", status="completed", step=done, adapter=None, model=result["url"] or result["out"])
     return result
+
+
+
+def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, token: str | None = None,
+                  on_stage: Callable[[str], None] | None = None) -> Path:
+    """Fold an adapter into its base model's weights (peft's merge_and_unload) and save a plain transformers model.
+
+    QLoRA adapters are merged into the 16-bit base, not the 4-bit one, so nothing is lost to quantisation.
+    ``on_stage`` hears each of the four stages (adapter, base model, merge, save) as it starts.
+
+    Raises:
+        ModelError: adapter or base not found, or the adapter does not fit the base.
+    """
+    stage = on_stage or (lambda text: None)
+    stage(f"loading the adapter {adapter}")  # (importing peft and torch takes a while on its own)
+    from peft import PeftModel
+
+    path = resolve_adapter(adapter, token)
+    base = base or adapter_base(path)
+    stage(f"loading the base model {base} (16-bit)")
+    model = load_for_inference(base, token)
+    stage("merging the adapter into the base weights")
+    try:
+        merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise _does_not_fit(adapter, base, path, exc) from None
+    out = Path(out_dir)
+    stage(f"saving the merged model to {out}")
+    merged.save_pretrained(out)
+    tokenizer_source = path if RunDir(path).has_tokenizer() else base
+    load_tokenizer(str(tokenizer_source), token).save_pretrained(out)
+    return out
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from phi3space.errors import ConfigError
 
 DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
@@ -346,10 +346,9 @@ def _read_config_file(p: Path) -> str:
                               "Point at the YAML file itself, or repair the link.") from None
         raise ConfigError([f"cannot read config file {p}: {exc.strerror}"], _FILE_HINT) from None
     if stat.S_ISDIR(info.st_mode):
-        from .run import RunDir
-
+        inside = sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml"))
         raise ConfigError([f"config path {p} is a folder, not a file"],
-                          f"Pass the YAML file inside it, e.g. {RunDir(p).config} for a run folder.")
+                          f"Pass the YAML file inside it, e.g. {inside[0]}." if inside else _FILE_HINT)
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError([f"config path {p} is not a regular file"], _FILE_HINT)
     if info.st_size > MAX_CONFIG_BYTES:

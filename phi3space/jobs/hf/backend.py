@@ -19,15 +19,16 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from . import remote
-from .config import RunConfig, default_run_name
-from .errors import AuthError, ConfigError, Phi3SpaceError, register_secret, scrub
-from .hub import on_space
-from .job_protocol import CONFIG_VAR
-from .run import RunDir
+from phi3space.config import RunConfig, default_run_name
+from phi3space.errors import AuthError, ConfigError, Phi3SpaceError, register_secret, scrub
+from phi3space.hub.space import on_space
+from phi3space.jobs.hf import platform as remote
+from phi3space.jobs.hf.protocol import CONFIG_VAR
+from phi3space.run import RunDir
 
 if TYPE_CHECKING:
-    from .jobs import Job, JobRunner
+    from phi3space.jobs.scheduler import JobRunner
+    from phi3space.jobs.store import Job
 
 
 class RemoteJobs:
@@ -49,7 +50,8 @@ class RemoteJobs:
         Raises:
             Phi3SpaceError: what to fix (nothing started), or the platform's refusal (the run records it too).
         """
-        from .jobs import Job, safe_name
+        from phi3space.datadir import safe_name
+        from phi3space.jobs.store import Job
 
         token = self._token(owner, token)
         flavor = remote.prepare(cfg, token)
@@ -134,7 +136,7 @@ class RemoteJobs:
     def _token(self, owner: str, token: str | None, required: bool = True) -> str | None:
         """The visitor's token; off a Space the local login stands in for it (runs belong to the machine's user)."""
         if not token and not self.runner.space:
-            from .hub import resolve_token
+            from phi3space.hub.auth import resolve_token
 
             token = resolve_token()
         if token:
@@ -151,7 +153,8 @@ class RemoteJobs:
         was lost (a Space's disk is wiped on restart) and that still runs is listed again first."""
         from huggingface_hub import HfApi
 
-        from .hub import call, whoami
+        from phi3space.hub.access import whoami
+        from phi3space.hub.errors import call
 
         try:
             namespace = whoami(token)["name"]
@@ -171,8 +174,9 @@ class RemoteJobs:
             self._follow(job)
 
     def _relist(self, owner: str, job_id: str, info) -> Job | None:
-        from . import config
-        from .jobs import Job, safe_name
+        from phi3space import config
+        from phi3space.datadir import safe_name
+        from phi3space.jobs.store import Job
 
         try:
             cfg = config.loads((info.environment or {}).get(CONFIG_VAR, ""))

@@ -16,145 +16,31 @@ back from there. The store and the run folders stay on local disk, never on a bu
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import RunConfig
-from .errors import AuthError, ConfigError, Phi3SpaceError, register_secret, scrub
-from .hub import is_local_ref, keep_owner_token_out, on_space, owner_token, space_id
-from .run import RunDir, RunState
-from .runtime import IdlePause, first_gpu_name, fuse_mount, gpu_count, training_refusal, training_seconds
+from phi3space.config import RunConfig
+from phi3space.datadir import DataDirBusy, data_dir, fuse_mount, lock_data_dir, safe_name
+from phi3space.engine.estimates import training_seconds
+from phi3space.engine.hardware import first_gpu_name, gpu_count, training_refusal
+from phi3space.errors import AuthError, ConfigError, Phi3SpaceError, register_secret, scrub
+from phi3space.hub.auth import keep_owner_token_out, owner_token
+from phi3space.hub.refs import is_local_ref
+from phi3space.hub.space import on_space, space_id
+from phi3space.jobs.idle import IdlePause
+from phi3space.jobs.store import Job, JobStore
+from phi3space.report import human_duration
+from phi3space.run import RunDir, RunState
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `import phi3space` finds this very code
-
-
-def data_dir() -> Path:
-    """PHI3SPACE_DATA_DIR, else ./data."""
-    return Path(os.environ.get("PHI3SPACE_DATA_DIR") or "data").resolve()
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "user"
-
-
-@dataclass
-class Job:
-    """A job as the scheduler sees it."""
-
-    id: str
-    owner: str
-    name: str
-    run_dir: str
-    phase: str = "queued"  # queued | running | done; a done job's status comes from its run's events
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    pid: int | None = None
-    slot: int | None = None
-    exit_code: int | None = None
-    cancel_requested: bool = False
-    needs_token: bool = False
-    resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
-    argv: str = ""  # a job that is not a training run: its `python -m phi3space` arguments, as JSON (see submit_merge)
-    remote: str | None = None  # "namespace/id" of its Hugging Face job (compute.backend: hf-jobs; see remote_jobs.py)
-    gpus: int = 1  # slots it takes from ``slot`` on (compute.gpus); more than one: accelerate launch
-
-    @property
-    def run(self) -> RunDir:
-        return RunDir(self.run_dir)
-
-
-_COLUMNS = [f for f in Job.__dataclass_fields__]
-_BOOL_COLUMNS = ("cancel_requested", "needs_token", "resume")
-
-
-class JobStore:
-    """Jobs in one SQLite file on local disk. A connection per call keeps it safe across the server's threads.
-
-    A store that SQLite cannot read (a corrupt or foreign file) is set aside as ``<name>.corrupt-<time>`` and a
-    fresh one started; ``set_aside`` then names it, so the runner can list the runs again from their folders."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.set_aside: Path | None = None
-        try:
-            self._create()
-        except sqlite3.DatabaseError as exc:
-            self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                extra = Path(f"{self.path}{suffix}")
-                if extra.exists():
-                    extra.rename(f"{self.set_aside}{suffix}")
-            print(f"phi3space jobs: the job store {self.path} could not be read ({exc}); it was moved to "
-                  f"{self.set_aside} and a new one started", file=sys.stderr)
-            self._create()
-
-    def _create(self) -> None:
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({', '.join(_COLUMNS)}, PRIMARY KEY (id))")
-            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for column in _COLUMNS:  # a store written by an older version gains the new columns
-                if column not in have:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
-            if "status" in have and "phase" not in have:  # older stores kept the final status here
-                db.execute("UPDATE jobs SET phase = CASE WHEN status IN ('queued', 'running') THEN status ELSE 'done' END")
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
-
-    def add(self, job: Job) -> None:
-        row = asdict(job)
-        with self._connect() as db:
-            db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
-                       [row[c] for c in _COLUMNS])
-
-    def update(self, job_id: str, **values) -> None:
-        unknown = set(values) - set(_COLUMNS)
-        if unknown:
-            raise ValueError(f"not a job column: {sorted(unknown)}")
-        sets = ", ".join(f"{k} = ?" for k in values)
-        with self._connect() as db:
-            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
-
-    def get(self, job_id: str) -> Job | None:
-        jobs = self._select("WHERE id = ?", (job_id,))
-        return jobs[0] if jobs else None
-
-    def list(self, owner: str | None = None, phase: tuple[str, ...] | None = None) -> list[Job]:
-        """Jobs, oldest first; only ``owner``'s when given."""
-        where, args = [], []
-        if owner is not None:
-            where.append("owner = ?")
-            args.append(owner)
-        if phase:
-            where.append(f"phase IN ({', '.join('?' for _ in phase)})")
-            args += list(phase)
-        return self._select(("WHERE " + " AND ".join(where)) if where else "", tuple(args))
-
-    def _select(self, where: str, args: tuple) -> list[Job]:
-        with self._connect() as db:
-            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs {where} ORDER BY created, rowid", args).fetchall()
-        jobs = []
-        for values in rows:
-            row = dict(zip(_COLUMNS, values))
-            for c in _BOOL_COLUMNS:
-                row[c] = bool(row[c])
-            jobs.append(Job(**row))
-        return jobs
 
 
 def train_command(config_path: Path, gpus: int = 1) -> list[str]:
@@ -211,46 +97,7 @@ def last_word(exit_code: int | None, state: RunState, cancel_requested: bool,
             ("run_finished", {"status": "failed", **step})]
 
 
-class DataDirBusy(Phi3SpaceError):
-    kind = "busy"
-
-
 TOKEN_MARGIN_S = 300  # a sign-in must outlast the estimated run by this much
-
-
-def human_duration(seconds: float | None) -> str:
-    """'45 min', '2 h 05 min', '3 d 4 h'."""
-    if seconds is None:
-        return "?"
-    minutes = max(0, round(seconds / 60))
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
-
-
-def lock_data_dir(root: Path):
-    """Hold an exclusive lock on the data folder for this process's life: a second app on the same folder would
-    adopt, stop and double-book the first one's jobs.
-
-    Raises:
-        DataDirBusy: another process holds it.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    fh = open(root / ".lock", "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise DataDirBusy(f"the data folder {root} is in use by {holder}",
-                          "Stop that app first, or give this one its own folder with PHI3SPACE_DATA_DIR.") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"pid {os.getpid()}")
-    fh.flush()
-    return fh
 
 
 class _Adopted:
@@ -286,8 +133,8 @@ class JobRunner:
         self.poll_s = poll_s
         self.command = command
         self.idle = IdlePause.from_env(space_id()) if self.space else None
-        from .bucket import BucketSync
-        from .hub import resolve_token
+        from phi3space.hub.auth import resolve_token
+        from phi3space.hub.bucket import BucketSync
 
         self.bucket = BucketSync.from_env(self.store.path, owner_token if self.space else resolve_token)
         self.before_start: list[Callable[[Job], None]] = []  # e.g. chat gives the GPU back before a job trains
@@ -296,7 +143,7 @@ class JobRunner:
         self._kill_at: dict[str, float] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        from .remote_jobs import RemoteJobs
+        from phi3space.jobs.hf.backend import RemoteJobs
 
         self.remote = RemoteJobs(self)
         self.recover()
@@ -324,7 +171,7 @@ class JobRunner:
         refusal = training_refusal()
         if refusal is not None:
             raise refusal
-        from .config import default_run_name
+        from phi3space.config import default_run_name
 
         if self.space:  # nothing on this disk survives a restart: the Hub keeps the run
             cfg.output.push_to = cfg.output.push_to or "auto"
@@ -335,8 +182,8 @@ class JobRunner:
                             "Space's own disk does not survive a restart).")
         self.check_token_lasts(cfg, expires_at)
         if self.space:
-            from .config import auto_repo_name
-            from .hub import check_push_access
+            from phi3space.config import auto_repo_name
+            from phi3space.hub.access import check_push_access
 
             cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg), cfg.output.private)
             self._check_repo_free(cfg.output.push_to, owner)
@@ -357,7 +204,7 @@ class JobRunner:
         job = Job(id=job_id, owner=owner, name=name or default_run_name(cfg), run_dir=str(run.path),
                   needs_token=bool(token), gpus=gpus)
         if self.space:
-            from .records import publish_queued
+            from phi3space.hub.records import publish_queued
 
             publish_queued(cfg, cfg.output.push_to, job_id, owner, token, job.created)
         return self._queue(job, token)
@@ -514,8 +361,8 @@ class JobRunner:
     def _hub_checkpoint(self, cfg: RunConfig, token: str | None) -> bool:
         if not (cfg.output.push_to and cfg.output.push_checkpoints):
             return False
-        from .hub import resolve_token
-        from .push import hub_checkpoint_steps
+        from phi3space.hub.auth import resolve_token
+        from phi3space.hub.push import hub_checkpoint_steps
 
         return bool(hub_checkpoint_steps(cfg.output.push_to, token if (token or self.space) else resolve_token()))
 
@@ -531,9 +378,9 @@ class JobRunner:
         Raises:
             ConfigError: nothing waits to be pushed. AuthError / HubError: the push failed again.
         """
-        from .hub import resolve_token
-        from .push import push_run
-        from .records import record
+        from phi3space.hub.auth import resolve_token
+        from phi3space.hub.push import push_run
+        from phi3space.hub.records import record
 
         job = self.get(job_id, owner)
         state = job.run.state()
@@ -555,8 +402,8 @@ class JobRunner:
         Raises:
             HubError / AuthError: the Hub could not be asked.
         """
-        from .config import default_run_name
-        from .records import hub_runs, rebuild
+        from phi3space.config import default_run_name
+        from phi3space.hub.records import hub_runs, rebuild
 
         restored = []
         for hub_run in hub_runs(owner, token):
@@ -637,7 +484,7 @@ class JobRunner:
             run = RunDir(config.parent)
             owner, job_id = run.path.parent.name, run.path.name
             try:
-                from .config import default_run_name
+                from phi3space.config import default_run_name
 
                 name = default_run_name(run.load_config())
             except Phi3SpaceError:
@@ -681,7 +528,7 @@ class JobRunner:
         token = self._tokens.pop(job.id, None)
         gpus = min(job.gpus or 1, self.slots)
         env = job_env(token, self.space)
-        from .records import JOB_ENV, OWNER_ENV
+        from phi3space.hub.records import JOB_ENV, OWNER_ENV
 
         env[JOB_ENV], env[OWNER_ENV] = job.id, job.owner  # for the record on the final card
         if self.slots > 1:

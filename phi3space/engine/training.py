@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from . import data as data_mod
-from .config import RunConfig
-from .errors import Cancelled, ConfigError, DiskFull, Diverged, OutOfMemory, Phi3SpaceError
-from .modeling import Hardware, check_base, detect_hardware, load_model
-from .run import EventWriter, RunDir
+from phi3space.config import RunConfig
+from phi3space.engine import data as data_mod
+from phi3space.engine.modeling import Hardware, check_base, detect_hardware, load_model
+from phi3space.errors import Cancelled, ConfigError, DiskFull, Diverged, OutOfMemory, Phi3SpaceError
+from phi3space.run import EventWriter, RunDir
 
 
 def is_main_process() -> bool:
@@ -201,8 +201,8 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
     """Who pushes where, what to resume from, the base model's config, the data and the tokenizer."""
     repo_id = None
     if cfg.output.push_to:  # settled before any data or weights are loaded
-        from .config import auto_repo_name
-        from .hub import check_push_access
+        from phi3space.config import auto_repo_name
+        from phi3space.hub.access import check_push_access
 
         repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg),
                                                          cfg.output.private)
@@ -339,9 +339,9 @@ def finish(cfg: RunConfig, pre: Preflight, trainer, fitted: Fitted, token: str |
     run = pre.run
     trainer.save_model(str(run.path))  # adapter only (peft)
     if is_main_process():
-        from .card import write_card
-        from .hub import base_license
-        from .records import job_record
+        from phi3space.hub.access import base_license
+        from phi3space.hub.card import write_card
+        from phi3space.hub.records import job_record
 
         trainer.processing_class.save_pretrained(str(run.path))
         license = base_license(cfg.model.base, token) if pre.repo_id else None
@@ -349,7 +349,7 @@ def finish(cfg: RunConfig, pre: Preflight, trainer, fitted: Fitted, token: str |
         record = job_record(status, trainer.state.global_step, trainer.state.max_steps, fitted.metrics)
         write_card(cfg, run, license=license, repo_id=pre.repo_id, metrics=fitted.metrics, record=record)
         if pre.repo_id and not fitted.cancelled:
-            from .push import upload_adapter
+            from phi3space.hub.push import upload_adapter
 
             try:
                 upload_adapter(run, pre.repo_id, token, cfg.output.private, writer)
@@ -370,7 +370,7 @@ def _checkpoint_to_resume(cfg: RunConfig, run: RunDir, resume: bool, token: str 
                                    f"resuming from {ckpt.name if ckpt else 'an earlier checkpoint'}")
         shutil.rmtree(partial, ignore_errors=True)
     if ckpt is None and cfg.output.push_to and cfg.output.push_checkpoints:
-        from .push import fetch_checkpoint
+        from phi3space.hub.push import fetch_checkpoint
 
         ckpt = fetch_checkpoint(cfg.output.push_to, run, token)
         if ckpt is not None:
@@ -384,7 +384,7 @@ def _checkpoint_to_resume(cfg: RunConfig, run: RunDir, resume: bool, token: str 
 
 def _checkpoint_pusher(cfg: RunConfig, repo_id: str, token: str | None, writer: EventWriter):
     """Push each saved checkpoint off the machine; a failed push is reported, training goes on."""
-    from .push import push_checkpoint
+    from phi3space.hub.push import push_checkpoint
 
     def push(path: Path) -> None:
         try:

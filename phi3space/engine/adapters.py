@@ -1,0 +1,49 @@
+"""Finding an adapter (a run folder or a Hub repo) and what it was trained on."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from phi3space.errors import ModelError, scrub
+from phi3space.run import RunDir
+
+
+def resolve_adapter(ref: str, token: str | None = None) -> Path:
+    """A local run folder, or a Hub adapter repo downloaded to the cache (after asking the Hub whether ``token``
+    may read it: the cache is shared)."""
+    from phi3space.hub.access import check_read_access
+    from phi3space.hub.errors import call
+    from phi3space.hub.refs import is_local_ref
+
+    if is_local_ref(ref):
+        path = Path(ref).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"adapter not found: {ref}", "Give a run folder (runs/NAME) or a Hub repo ID (user/name).")
+        if not RunDir(path).adapter_config.exists():
+            raise ModelError(f"{ref} holds no adapter (no {RunDir.ADAPTER_CONFIG})",
+                             "Point at the folder of a finished run (it holds the adapter's weights and config).")
+        return path
+    from huggingface_hub import snapshot_download
+
+    def download() -> Path:
+        check_read_access(ref, "model", token)
+        return Path(snapshot_download(ref, token=token, allow_patterns=["adapter_*", "tokenizer*", "*.jinja", RunDir.CONFIG]))
+
+    return call(download, f"download adapter {ref}", ModelError, ref)
+
+
+def _does_not_fit(ref: str, base: str, path: Path, exc: Exception) -> ModelError:
+    return ModelError(f"adapter {ref} does not fit base model {base}: {scrub(str(exc)).splitlines()[0][:200]}",
+                      f"Use the base it was trained on ({adapter_base(path)}) with --base.")
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    return RunDir(adapter_dir).adapter_base()
+
+
+def adapter_name(ref: str) -> str:
+    """A peft adapter name for ``ref``: readable, and distinct for distinct refs."""
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', ref)[-40:]}_{hashlib.sha1(ref.encode()).hexdigest()[:8]}"
+

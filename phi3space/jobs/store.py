@@ -1,0 +1,122 @@
+"""The job store: scheduling facts only (owner, queue order, process, slot, times), in one SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from phi3space.run import RunDir
+
+
+@dataclass
+class Job:
+    """A job as the scheduler sees it."""
+
+    id: str
+    owner: str
+    name: str
+    run_dir: str
+    phase: str = "queued"  # queued | running | done; a done job's status comes from its run's events
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    pid: int | None = None
+    slot: int | None = None
+    exit_code: int | None = None
+    cancel_requested: bool = False
+    needs_token: bool = False
+    resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
+    argv: str = ""  # a job that is not a training run: its `python -m phi3space` arguments, as JSON (see submit_merge)
+    remote: str | None = None  # "namespace/id" of its Hugging Face job (compute.backend: hf-jobs; see remote_jobs.py)
+    gpus: int = 1  # slots it takes from ``slot`` on (compute.gpus); more than one: accelerate launch
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+
+_COLUMNS = [f for f in Job.__dataclass_fields__]
+
+
+_BOOL_COLUMNS = ("cancel_requested", "needs_token", "resume")
+
+
+class JobStore:
+    """Jobs in one SQLite file on local disk. A connection per call keeps it safe across the server's threads.
+
+    A store that SQLite cannot read (a corrupt or foreign file) is set aside as ``<name>.corrupt-<time>`` and a
+    fresh one started; ``set_aside`` then names it, so the runner can list the runs again from their folders."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.set_aside: Path | None = None
+        try:
+            self._create()
+        except sqlite3.DatabaseError as exc:
+            self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                extra = Path(f"{self.path}{suffix}")
+                if extra.exists():
+                    extra.rename(f"{self.set_aside}{suffix}")
+            print(f"phi3space jobs: the job store {self.path} could not be read ({exc}); it was moved to "
+                  f"{self.set_aside} and a new one started", file=sys.stderr)
+            self._create()
+
+    def _create(self) -> None:
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({', '.join(_COLUMNS)}, PRIMARY KEY (id))")
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column in _COLUMNS:  # a store written by an older version gains the new columns
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+            if "status" in have and "phase" not in have:  # older stores kept the final status here
+                db.execute("UPDATE jobs SET phase = CASE WHEN status IN ('queued', 'running') THEN status ELSE 'done' END")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
+    def add(self, job: Job) -> None:
+        row = asdict(job)
+        with self._connect() as db:
+            db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
+                       [row[c] for c in _COLUMNS])
+
+    def update(self, job_id: str, **values) -> None:
+        unknown = set(values) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"not a job column: {sorted(unknown)}")
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._connect() as db:
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
+
+    def get(self, job_id: str) -> Job | None:
+        jobs = self._select("WHERE id = ?", (job_id,))
+        return jobs[0] if jobs else None
+
+    def list(self, owner: str | None = None, phase: tuple[str, ...] | None = None) -> list[Job]:
+        """Jobs, oldest first; only ``owner``'s when given."""
+        where, args = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if phase:
+            where.append(f"phase IN ({', '.join('?' for _ in phase)})")
+            args += list(phase)
+        return self._select(("WHERE " + " AND ".join(where)) if where else "", tuple(args))
+
+    def _select(self, where: str, args: tuple) -> list[Job]:
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs {where} ORDER BY created, rowid", args).fetchall()
+        jobs = []
+        for values in rows:
+            row = dict(zip(_COLUMNS, values))
+            for c in _BOOL_COLUMNS:
+                row[c] = bool(row[c])
+            jobs.append(Job(**row))
+        return jobs
+

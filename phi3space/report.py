@@ -1,0 +1,72 @@
+"""Readable text for events and durations: the CLI's progress lines and the page's log."""
+
+from __future__ import annotations
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """ETA as m:ss, or h:mm:ss from an hour up."""
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def format_event(e: dict) -> str | None:
+    """One readable line per event, or None for events the CLI does not print."""
+    kind = e["type"]
+    if e.get("task") == "merge":
+        return _format_merge_event(e)
+    if kind == "progress":
+        parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}", f"epoch {e.get('epoch') or 0:.2f}",
+                 f"loss {e.get('loss') or float('nan'):.4f}"]
+        if e.get("learning_rate") is not None:
+            parts.append(f"lr {e['learning_rate']:.2e}")
+        if e.get("grad_norm") is not None:
+            parts.append(f"grad {e['grad_norm']:.3f}")
+        if e.get("tokens_per_s"):
+            parts.append(f"{e['tokens_per_s']:.0f} tok/s")
+        parts.append(f"eta {fmt_duration(e.get('eta_s'))}")
+        return " | ".join(parts)
+    if kind == "eval":
+        return f"eval  step {e.get('step')} | eval_loss {e.get('eval_loss') or float('nan'):.4f} | perplexity {e.get('perplexity')}"
+    if kind == "run_started":
+        d = e.get("dataset", {})
+        resumed = f" (resumed from {e['resumed_from']})" if e.get("resumed_from") else ""
+        return (f"run started{resumed}: {e.get('hardware')} | {d.get('format')} data, {d.get('train_rows')} train rows, "
+                f"{d.get('eval_rows')} eval rows | {e.get('trainable_params') or 0:,} trainable params "
+                f"({e.get('trainable_pct') or 0:.3f}%) | {e.get('max_steps')} steps")
+    if kind == "checkpoint":
+        return f"checkpoint saved: {e.get('path')}"
+    if kind == "push":
+        return f"pushed {e.get('what', 'adapter')} to {e.get('url')} (commit {str(e.get('commit'))[:10]})"
+    if kind == "run_finished":
+        m = e.get("metrics") or {}
+        loss = f", eval_loss {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else ""
+        return f"run {e.get('status')} at step {e.get('step')}{loss}; adapter: {e.get('adapter') or 'none'}"
+    if kind == "log":
+        return e.get("message")
+    return None
+
+
+def _format_merge_event(e: dict) -> str | None:
+    kind = e["type"]
+    if kind == "run_started":
+        return f"merge started: {e.get('adapter')}" + (f" -> {e['push_to']}" if e.get("push_to") else "")
+    if kind == "progress":
+        return f"[{e.get('step')}/{e.get('max_steps')}] {e.get('stage')}"
+    if kind == "run_finished":
+        return f"merge {e.get('status')}" + (f": {e['model']}" if e.get("model") else "")
+    return None
+
+
+
+def human_duration(seconds: float | None) -> str:
+    """'45 min', '2 h 05 min', '3 d 4 h'."""
+    if seconds is None:
+        return "?"
+    minutes = max(0, round(seconds / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
+
