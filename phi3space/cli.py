@@ -46,7 +46,7 @@ def _print_event(e: dict) -> None:
 def cmd_train(args) -> int:
     from phi3space import config
     from phi3space.hub.auth import resolve_token
-    from phi3space.jobs.hf import platform as remote
+    from phi3space.jobs.backend import backend_class
     from phi3space.jobs.hf import protocol as job_protocol
 
     echo = _print_event
@@ -54,9 +54,9 @@ def cmd_train(args) -> int:
         cfg, echo = job_protocol.job_config(args.config, args.set or []), job_protocol.job_echo(_print_event)
     else:
         cfg = config.load(args.config, args.set or [])
-        if cfg.compute.backend == "hf-jobs":  # submit the job, follow it, and end like a local run
-            run_dir = remote.train_cli(cfg, args.resume, resolve_token(), echo=_print_event)
-            print(f"done: {run_dir} (adapter: {RunDir(run_dir).state().adapter_url})")
+        done = backend_class(cfg.compute.backend).train_from_terminal(cfg, args.resume, resolve_token(), _print_event)
+        if done is not None:  # it ran elsewhere (Hugging Face Jobs): followed here to its end
+            print(done)
             return 0
     _quiet_libraries()
     from phi3space.engine.training import train
@@ -137,7 +137,6 @@ def cmd_merge(args) -> int:
     from phi3space.errors import ConfigError
     from phi3space.hub.auth import resolve_token
     from phi3space.hub.refs import is_hub_id
-    from phi3space.run import RunDir
 
     if not args.out and not args.push_to:
         raise ConfigError(["merge needs --out DIR, --push-to REPO, or both"],

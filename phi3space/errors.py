@@ -44,6 +44,15 @@ class AuthError(Phi3SpaceError):
     kind = "auth"
 
 
+class SignInNeeded(AuthError):
+    """The work needs the caller's Hugging Face sign-in (web app) or token (CLI), and there is none. The hint here
+    is the CLI's; the web page says how to sign in there (ui.common)."""
+
+    def __init__(self, message: str, why: str = ""):
+        self.why = why
+        super().__init__(message, "Set HF_TOKEN or run `hf auth login`" + (f": {why}" if why else "."))
+
+
 class HubError(Phi3SpaceError):
     kind = "hub"
 

@@ -137,19 +137,18 @@ class RunDir:
         """The base model the adapter in this folder was trained on."""
         return json.loads(self.adapter_config.read_text())["base_model_name_or_path"]
 
-    def load_config(self):
-        from phi3space import config
-
-        return config.load(self.config)
-
     # ------------------------------------------------------------ events
 
     def writer(self, enabled: bool = True, echo: Callable[[dict], None] | None = None) -> EventWriter:
         return EventWriter(self.events, enabled, echo)
 
     def append(self, type: str, **fields: Any) -> dict:
-        """Add one event (the job supervisor's last word for a process that died without one)."""
+        """Add one event."""
         return self.writer().emit(type, **fields)
+
+    def finish(self, status: str, error: dict | None = None, **fields: Any) -> dict:
+        """Give the run its last word (see ``EventWriter.finish``)."""
+        return self.writer().finish(status, error, **fields)
 
     def read_events(self, offset: int = 0) -> tuple[list[dict], int]:
         """Events written after byte ``offset``, and the offset to pass next time (a partial last line waits)."""
@@ -214,6 +213,16 @@ class EventWriter:
                 self.echo(event)
         return event
 
+    def finish(self, status: str, error: dict | None = None, **fields: Any) -> dict:
+        """The run's last word: an ``error`` event (kind, message, hint) when given, then ``run_finished``. Every last
+        word goes through here: the trainer's and the merge's own, the supervisor's for a process that died without
+        one, the platform's for a Hugging Face job, and a run rebuilt from the Hub."""
+        if status not in FINAL:
+            raise ValueError(f"not a final status: {status!r}")
+        if error:
+            self.emit("error", **{k: error.get(k) for k in ("kind", "message", "hint")})
+        return self.emit("run_finished", status=status, **fields)
+
     def _append(self, data: bytes) -> None:
         """One whole line or nothing: a write the disk cuts short is taken back (and a line an earlier process left
         cut is ended before the next one, so it cannot swallow it)."""
@@ -258,6 +267,7 @@ class RunState:
     adapter: str | None = None  # the local folder holding the adapter, once the run ended with one
     adapter_repo: str | None = None  # the Hub repo the adapter was pushed to (never a checkpoint push)
     adapter_url: str | None = None
+    checkpoint: str | None = None  # the newest checkpoint saved in the run folder
     checkpoint_url: str | None = None  # the Hub branch the newest checkpoint was pushed to
     model_url: str | None = None  # a merge job's merged model, once pushed
     hardware: str = ""
@@ -267,6 +277,26 @@ class RunState:
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+    @property
+    def has_adapter(self) -> bool:
+        """It ended with an adapter to chat with, merge or push: in its folder, or on the Hub."""
+        return self.status in ("completed", "cancelled") and bool(self.adapter or self.adapter_repo)
+
+    @property
+    def can_resume(self) -> bool:
+        """It failed or was stopped after saving a checkpoint (here, or pushed to its repo's checkpoints branch)."""
+        return self.status in ("failed", "cancelled") and bool(self.checkpoint or self.checkpoint_url)
+
+    @property
+    def pushed(self) -> bool:
+        return bool(self.adapter_repo)
+
+    @property
+    def push_pending(self) -> bool:
+        """It trained and saved its adapter, but the push failed (Hub down, sign-in expired): "Push again"."""
+        return (self.status == "failed" and bool(self.adapter) and not self.pushed
+                and (self.error or {}).get("kind") in ("hub", "auth"))
 
     def fold(self, e: dict) -> None:
         kind = e.get("type")
@@ -285,6 +315,8 @@ class RunState:
             self.eval_loss = e.get("eval_loss")
             if e.get("eval_loss") is not None and e.get("step") is not None:
                 self.eval_losses.append((e["step"], e["eval_loss"]))
+        elif kind == "checkpoint":
+            self.checkpoint = e.get("path") or self.checkpoint
         elif kind == "push":
             if e.get("what", "adapter") == "adapter":
                 self.adapter_repo, self.adapter_url = e.get("repo_id"), e.get("url")

@@ -11,7 +11,8 @@ import pytest
 
 from phi3space import config
 from phi3space.errors import AuthError, ConfigError
-from phi3space.jobs.scheduler import JobRunner, job_env, last_word
+from phi3space.jobs.local import job_env, last_word
+from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job, JobStore
 from phi3space.run import RunDir, RunState
 
@@ -135,10 +136,14 @@ FINISHED = {"type": "run_finished", "status": "completed", "time": 10}
     (2, [{"type": "error", "kind": "data", "message": "bad rows", "hint": "fix"},
          {"type": "run_finished", "status": "failed"}], False, "failed"),
 ])
-def test_the_supervisors_last_word_needs_both_exit_code_and_events(code, events, cancel, expected):
-    state = RunState.from_events(events)
-    for type, fields in last_word(code, state, cancel):
-        state.fold({"type": type, **fields})
+def test_the_supervisors_last_word_needs_both_exit_code_and_events(code, events, cancel, expected, tmp_path):
+    run = RunDir(tmp_path / "run")
+    for e in events:
+        run.append(e["type"], **{k: v for k, v in e.items() if k not in ("type", "time")})
+    verdict = last_word(code, run.state(), cancel)
+    if verdict is not None:
+        verdict.write(run.writer(), run.state())  # through the one writer of last words
+    state = run.state()
     assert state.status == expected
     if expected == "failed":
         assert state.error["message"]
@@ -152,7 +157,7 @@ def test_the_supervisors_last_word_needs_both_exit_code_and_events(code, events,
 
 def test_an_earlier_attempts_last_word_does_not_count():
     state = RunState.from_events([{"type": "run_finished", "status": "failed", "time": 5}])
-    assert last_word(-9, state, False, since=8)[0][1]["message"] == "the training process was killed by signal 9"
+    assert last_word(-9, state, False, since=8).message == "the training process was killed by signal 9"
 
 
 @pytest.mark.parametrize("mode, status", [("complete", "completed"), ("exit0-no-finish", "failed"),
@@ -291,7 +296,7 @@ def test_a_resumed_job_that_finishes_before_popen_returns_is_completed(make_runn
     word is newer than the start of that attempt, so it counts (it was taken as an earlier attempt's)."""
     import subprocess as sp
 
-    from phi3space.jobs import scheduler as jobs_mod
+    from phi3space.jobs import local as jobs_mod
 
     runner = make_runner()
     job = runner.submit(cfg("checkpoint-then-crash"), "me")

@@ -12,7 +12,7 @@ from test_jobs import FAKE_TRAINER, cfg, started, status_of, wait
 
 from phi3space import config
 from phi3space.errors import ConfigError
-from phi3space.jobs import scheduler as jobs
+from phi3space.jobs import local as jobs
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.run import RunDir
 

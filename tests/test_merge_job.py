@@ -100,7 +100,7 @@ def test_a_merge_job_runs_like_training_with_the_visitors_token_only_in_its_envi
     assert alice.repo("alice/qa-merged")["private"] is False
     assert alice.commits("alice/qa-merged")[-1]["token"] == ALICE  # pushed with the visitor's own token
     stored = runner.store.get(job.id)
-    assert ALICE not in json.dumps(json.loads(stored.argv)) and "--run-dir" in stored.argv
+    assert ALICE not in json.dumps(json.loads(stored.args)) and "--run-dir" in stored.args
     for path in (runner.store.path, job.run.events, job.run.log):
         assert ALICE.encode() not in path.read_bytes()
     with pytest.raises(ConfigError, match="only training runs can be resumed"):

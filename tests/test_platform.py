@@ -239,7 +239,7 @@ def test_on_a_space_write_access_is_proven_at_submit(hub, tmp_path, monkeypatch)
             runner.submit(cfg(output={"push_to": "acme/x"}), "alice", ALICE)
         assert runner.list("alice") == []
         job = runner.submit(cfg(), "alice", ALICE)  # on a Space: pushed to the visitor's account by default
-        pushed = runner.get(job.id, "alice").run.load_config().output
+        pushed = config.load(runner.get(job.id, "alice").run.config).output
         assert re.fullmatch(r"alice/phi-3-mini-4k-instruct-qa-lora-\d{8}-\d{6}", pushed.push_to)  # a repo per run
         assert pushed.push_checkpoints is True
         card = hub.files(pushed.push_to)["README.md"].decode()  # the job's record: how it is found after a restart
@@ -283,9 +283,6 @@ def test_sqlite_never_lives_on_a_bucket_mount(tmp_path, monkeypatch):
     assert datadir.fuse_mount(tmp_path / "bucket" / "data", mounts) == "fuse.hf-mount"
     assert datadir.fuse_mount(tmp_path / "bucketx", mounts) is None and datadir.fuse_mount(tmp_path, mounts) is None
     monkeypatch.setattr(datadir, "fuse_mount", lambda path, mounts=None: "fuse.hf-mount")
-    from phi3space.jobs import scheduler as jobs
-
-    monkeypatch.setattr(jobs, "fuse_mount", datadir.fuse_mount)
     with pytest.raises(DataDirBusy, match="needs a local disk"):
         JobRunner(tmp_path / "data", space=True)
     JobRunner(tmp_path / "data2", space=False).shutdown()  # off a Space it is the developer's business

@@ -1,6 +1,7 @@
 """The Hugging Face Jobs backend in parts: the compute settings, the job's command and spec, flavors and prices,
 the cost estimate, the event lines a job prints and their mirror, and the platform's last word."""
 
+import dataclasses
 import json
 import types
 
@@ -168,12 +169,13 @@ def test_the_platforms_last_word(stage, message, events, expected):
     cfg = jobs_cfg()
     info = _info(stage, message, running_secs=4 * 3600 if message == "killed" else 60)
     state = RunState.from_events(events)
-    words = remote.last_word(info, state, cfg)
+    verdict = remote.last_word(info, state, cfg)
     if expected is None:
-        assert words == []
+        assert verdict is None
         return
-    for type, fields in words:
-        state.fold({"type": type, **fields})
+    if verdict.kind:
+        state.fold({"type": "error", "kind": verdict.kind, "message": verdict.message, "hint": verdict.hint})
+    state.fold({"type": "run_finished", "status": verdict.status})
     status, kind, text = expected
     assert state.status == status
     if kind:
@@ -181,7 +183,7 @@ def test_the_platforms_last_word(stage, message, events, expected):
         if events is CKPT:
             assert "Resume continues from the last checkpoint it pushed (https://hub/alice/x/tree/checkpoints)" in \
                 state.error["hint"]
-    assert json.dumps(words)  # plain data, ready for the events file
+    assert json.dumps(dataclasses.asdict(verdict))  # plain data, ready for the events file
 
 
 def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):

@@ -42,7 +42,7 @@ def test_submit_on_jobs_through_the_api_follow_push_and_chat(alice, tmp_path):
         c = client(url, CANARY)
         job_id = c.predict(config_yaml(), api_name="/submit_job")
         job = runner.store.get(job_id)
-        assert job.owner == "alice" and job.remote.startswith("alice/") and job.pid is None
+        assert job.owner == "alice" and job.handle.startswith("alice/") and job.pid is None
         assert status(c, job_id)["status"] == "running" and status(c, job_id)["queue_position"] is None
         s = wait_for(c, job_id, lambda s: s["status"] in FINAL)
         assert s["status"] == "completed", s
@@ -55,7 +55,7 @@ def test_submit_on_jobs_through_the_api_follow_push_and_chat(alice, tmp_path):
         with pytest.raises(gradio_client.exceptions.AppError, match="no job"):
             client(url, "tok-bob-0123456789").predict(job_id, api_name="/job_status")
 
-        remote_id = job.remote.split("/")[1]
+        remote_id = job.handle.split("/")[1]
         spec = alice.jobs.job(remote_id)
         assert spec["labels"]["phi3space-run"] == job_id and spec["labels"]["phi3space"].startswith("app-")
         assert alice.jobs.secrets(remote_id) == {"HF_TOKEN": CANARY}
@@ -87,13 +87,13 @@ def test_stop_cancels_the_job_and_resume_continues_on_jobs(alice, tmp_path):
         c = client(url, CANARY)
         job_id = c.predict(long, api_name="/submit_job")
         wait_for(c, job_id, lambda s: (s["checkpoint_url"] or "") and s["step"] >= 4)
-        first = runner.store.get(job_id).remote.split("/")[1]
+        first = runner.store.get(job_id).handle.split("/")[1]
         c.predict(job_id, api_name="/cancel_job")
         s = wait_for(c, job_id, lambda s: s["status"] in FINAL, timeout=60)
         assert s["status"] == "cancelled" and alice.jobs.job(first)["status"]["stage"] == "CANCELED"
 
         assert json.loads(c.predict(job_id, api_name="/resume_job"))["status"] == "running"
-        second = runner.store.get(job_id).remote.split("/")[1]
+        second = runner.store.get(job_id).handle.split("/")[1]
         assert second != first and alice.jobs.job(second)["command"][-1] == "--resume"
         run = RunDir(runner.store.get(job_id).run_dir)
         started = lambda: [e for e in run.read_events()[0] if e["type"] == "run_started"]  # noqa: E731
@@ -115,7 +115,7 @@ def test_after_a_restart_running_jobs_are_found_again_when_their_owner_is_next_s
     # The app is gone; its jobs run on. One app comes back on the same data folder ...
     with running_app(data) as (url, runner):
         job = runner.store.get(kept)
-        assert job.phase == "running" and kept not in runner.remote._following  # no token yet: nobody follows it
+        assert job.phase == "running" and kept not in runner.backends["hf-jobs"]._following  # no token yet: nobody follows it
         before = len(alice.requests)
         s = wait_for(client(url, CANARY), kept, lambda s: s["status"] in FINAL)  # alice is back: her token is at hand
         assert s["status"] == "completed" and s["adapter"] == "alice/snarkle", s

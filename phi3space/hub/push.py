@@ -58,7 +58,7 @@ def push_run(run_dir: str | Path, repo_id: str | None = None, token: str | None 
     if not run.has_adapter() or not run.config.exists():
         raise HubError(f"{run_dir} holds no finished adapter",
                        "Pass the run folder of a finished run, e.g. runs/NAME.")
-    cfg = run.load_config()
+    cfg = config_mod.load(run.config)
     target = repo_id or cfg.output.push_to or "auto"
     private = cfg.output.private if private is None else private
     try:

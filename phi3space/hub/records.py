@@ -122,15 +122,14 @@ def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
     state, rec = run.state(), hub_run.record
     if rec.get("status") == "completed":
         run.append("push", what="adapter", repo_id=repo, url=f"{constants.ENDPOINT}/{repo}", commit="")
-        run.append("run_finished", status="completed", step=rec.get("step") or state.step, metrics=rec.get("metrics") or {},
-                   adapter=None)
+        run.finish("completed", step=rec.get("step") or state.step, metrics=rec.get("metrics") or {}, adapter=None)
         return
     pushed = bool(hub_checkpoint_steps(repo, token))
     doing = "waiting in the queue" if rec.get("status") == "queued" else "training"
     hint = (f"Resume it: it continues from its newest checkpoint on {repo} (branch {CHECKPOINT_BRANCH})." if pushed
             else "Submit it again: it pushed no checkpoint to continue from.")
-    run.append("error", kind="interrupted", message=f"the Space restarted while this job was {doing}", hint=hint)
-    run.append("run_finished", status="failed", step=state.step, adapter=None)
+    run.finish("failed", {"kind": "interrupted", "message": f"the Space restarted while this job was {doing}", "hint": hint},
+               step=state.step, adapter=None)
 
 
 def created_at(hub_run: HubRun) -> float:

@@ -28,9 +28,11 @@ class Job:
     exit_code: int | None = None
     cancel_requested: bool = False
     needs_token: bool = False
-    resume: bool = False  # start the trainer with --resume (a failed or stopped job continued)
-    argv: str = ""  # a job that is not a training run: its `python -m phi3space` arguments, as JSON (see submit_merge)
-    remote: str | None = None  # "namespace/id" of its Hugging Face job (compute.backend: hf-jobs; see remote_jobs.py)
+    resume: bool = False  # continue from the newest checkpoint (a failed or stopped job resumed)
+    kind: str = "train"  # what it does: a name in phi3space.jobs.kinds.KINDS
+    args: str = ""  # a kind that does not train on its run folder's config: its command line, as JSON (a merge)
+    backend: str = "local"  # where it runs: a name in phi3space.jobs.backend.BACKENDS (compute.backend)
+    handle: str | None = None  # the backend's own name for it (a Hugging Face job: "namespace/id")
     gpus: int = 1  # slots it takes from ``slot`` on (compute.gpus); more than one: accelerate launch
 
     @property
@@ -39,8 +41,6 @@ class Job:
 
 
 _COLUMNS = [f for f in Job.__dataclass_fields__]
-
-
 _BOOL_COLUMNS = ("cancel_requested", "needs_token", "resume")
 
 
@@ -74,6 +74,12 @@ class JobStore:
             for column in _COLUMNS:  # a store written by an older version gains the new columns
                 if column not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+            if "remote" in have:  # older stores: a Hugging Face job's reference, and argv for a merge
+                db.execute("UPDATE jobs SET backend = 'hf-jobs', handle = remote WHERE remote IS NOT NULL AND handle IS NULL")
+            if "argv" in have:
+                db.execute("UPDATE jobs SET kind = 'merge', args = argv WHERE argv != '' AND argv IS NOT NULL AND args IS NULL")
+            db.execute("UPDATE jobs SET kind = COALESCE(kind, 'train'), backend = COALESCE(backend, 'local'), "
+                       "args = COALESCE(args, '')")
             if "status" in have and "phase" not in have:  # older stores kept the final status here
                 db.execute("UPDATE jobs SET phase = CASE WHEN status IN ('queued', 'running') THEN status ELSE 'done' END")
 

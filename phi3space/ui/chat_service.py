@@ -56,9 +56,9 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
     for job in jobs:
         status, state = runner.status(job)
         if ref in (job.id, job.run_dir, state.adapter_repo, state.adapter_url):
-            if status in ("completed", "cancelled") and job.run.has_adapter():
+            if state.has_adapter and job.run.has_adapter():
                 return job.run.path
-            if status == "completed" and state.adapter_repo:  # brought back from the Hub after a restart
+            if state.has_adapter and state.adapter_repo:  # brought back from the Hub after a restart
                 return resolve_adapter(state.adapter_repo, visitor.hub_token(space))
             hint = ("Wait for it to finish, or choose another run." if status in ("queued", "running") else
                     "It ended without an adapter: resume it or start it again, or choose another run.")
@@ -66,8 +66,7 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
     path = Path(ref).expanduser()
     local = path.exists() or ref.startswith((".", "/", "~"))
     if local:
-        runs_root = (runner.root / "runs").resolve()
-        if space or path.resolve().is_relative_to(runs_root):
+        if space or runner.data.holds_run(path):
             raise ModelError(f"{ref} is not one of your runs", "Pick one of your finished runs, or a Hub adapter repo ID.")
         return resolve_adapter(ref)
     return resolve_adapter(ref, visitor.hub_token(space))

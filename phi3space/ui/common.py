@@ -13,14 +13,19 @@ import re
 
 import gradio as gr
 
-from phi3space.errors import Phi3SpaceError
+from phi3space.errors import Phi3SpaceError, SignInNeeded
 
 # Page events are not API endpoints: the API is /submit_job, /job_status, /cancel_job, /resume_job and /chat (api.py).
 UI_ONLY = "private"
 
 
+SIGN_IN = "Press 'Sign in with Hugging Face' at the top of the page"
+
+
 def as_gr_error(exc: Phi3SpaceError, for_html: bool = True) -> gr.Error:
-    text = exc.message + (f"\n\nHint: {exc.hint}" if exc.hint else "")
+    hint = f"{SIGN_IN}: {exc.why}" if isinstance(exc, SignInNeeded) and exc.why else \
+        f"{SIGN_IN}." if isinstance(exc, SignInNeeded) else exc.hint
+    text = exc.message + (f"\n\nHint: {hint}" if hint else "")
     return gr.Error(html.escape(text, quote=False) if for_html else text,
                     title=f"{exc.kind.capitalize()} problem" if exc.kind != "error" else "Error",
                     duration=None, print_exception=False)

@@ -207,11 +207,11 @@ def run_name(cfg: RunConfig, typed: str | None, taken: list[str] | set[str]) -> 
     return name
 
 
-def stash_upload(path: str | Path, owner: str, root: Path) -> Path:
-    """Copy an uploaded data file to the data folder (gradio's upload cache is temporary)."""
+def stash_upload(path: str | Path, folder: Path) -> Path:
+    """Copy an uploaded data file to the visitor's uploads ``folder`` (gradio's upload cache is temporary)."""
     src = Path(path)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()[:10]
-    dest = root / "uploads" / owner / f"{digest}-{src.name}"
+    dest = folder / f"{digest}-{src.name}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not dest.exists():
         shutil.copyfile(src, dest)

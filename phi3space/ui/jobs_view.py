@@ -17,6 +17,7 @@ import gradio as gr
 from phi3space.errors import AuthError, ConfigError
 from phi3space.hub.access import check_push_access
 from phi3space.hub.refs import is_hub_id
+from phi3space.jobs.kinds import kind_of
 from phi3space.jobs.store import Job
 from phi3space.run import FINAL, RunState
 from phi3space.ui.common import UI_ONLY, user_errors
@@ -46,7 +47,7 @@ def _where(runner, job: Job, status: str, s: RunState) -> str:
     """Where a job's result is: the Hub page once pushed, else its run folder (relative to the data folder)."""
     if s.model_url or s.adapter_url:
         return s.model_url or s.adapter_url
-    if status in ("completed", "cancelled") and s.adapter:
+    if s.has_adapter:
         path = Path(s.adapter)
         return str(path.relative_to(runner.root)) if path.is_relative_to(runner.root) else str(path)
     return ""
@@ -79,10 +80,6 @@ def default_job(jobs: list[Job], statuses: dict[str, str], remembered: str | Non
     return (running[-1:] or queued[:1] or jobs[-1:] or [None])[0]
 
 
-def _has_adapter(job: Job | None, status: str | None, state: RunState) -> bool:
-    return job is not None and not job.argv and status in ("completed", "cancelled") and bool(state.adapter)
-
-
 def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
     """One timer tick: new events of the followed job, and the job list when a status or the followed job's
     progress changed."""
@@ -102,7 +99,7 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     if not new and not changed and (job is None or status in FINAL):
         return (follower, seen, memory) + (gr.skip(),) * 10
     stage = None
-    if job is not None and job.argv:  # a merge job: what it is doing, rather than steps and losses
+    if job is not None and not kind_of(job).trains:  # a merge job: what it is doing, rather than steps and losses
         stage = "done" if status == "completed" else (follower.stage or "starting")
     html = progress_html(job, status, follower.state, runner.queue_position(job.id) if job else None, stage)
     plot = _plot(follower) if new or changed else gr.skip()
@@ -111,10 +108,10 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     picker = gr.Dropdown(choices=_choices(jobs, statuses), value=follower.job_id) if changed else gr.skip()
     live = job is not None and status not in FINAL
     stop = gr.Button("Cancel" if status == "queued" else "Stop", interactive=live)
-    resume = gr.Button(visible=job is not None and not job.argv and status in ("failed", "cancelled")
-                       and (job.run.latest_checkpoint() is not None or bool(job.remote and follower.state.checkpoint_url)))
-    done = _has_adapter(job, status, follower.state)
-    push = gr.Button(visible=job is not None and not job.argv and job.phase == "done" and runner.push_pending(job))
+    state = runner.status(job)[1] if job is not None else None  # the follower's state, with the schedule's status
+    resume = gr.Button(visible=state is not None and state.can_resume)
+    done = state is not None and state.has_adapter and not state.model_url
+    push = gr.Button(visible=state is not None and state.push_pending)
     return (follower, signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
             gr.Button(interactive=done), push)
 
@@ -161,7 +158,7 @@ def stop(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OA
     runner = get_runner()
     job = runner.cancel(follower.job_id, owner)
     status, _ = runner.status(job)
-    what = "the merge stops" if job.argv else "the adapter trained so far is saved"
+    what = "the adapter trained so far is saved" if kind_of(job).trains else "the merge stops"
     gr.Info(f"Stopping {job.id}: {what}." if status == "running" else f"{job.id}: {status}.")
 
 

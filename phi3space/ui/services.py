@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-from phi3space.errors import AuthError, ConfigError, Phi3SpaceError, register_secret
-from phi3space.hub.auth import MOCK_TOKEN
+from phi3space.errors import AuthError, Phi3SpaceError, SignInNeeded, register_secret
+from phi3space.hub.auth import acting_token, real_token
 from phi3space.hub.space import on_space
 from phi3space.jobs.scheduler import JobRunner
+from phi3space.jobs.submit import Caller
 
 LOCAL_OWNER = "local"
 
@@ -45,27 +45,24 @@ class Visitor:
     expires_at: float | None = None  # when a page sign-in's token expires (Unix time); None when unknown
 
     def hub_token(self, space: bool | None = None) -> str | None:
-        """The token for Hub reads on this visitor's behalf: their own; off a Space, the local login (HF_TOKEN)."""
-        if self.token or (on_space() if space is None else space):
-            return self.token
-        from phi3space.hub.auth import resolve_token
-
-        return resolve_token()
+        """The token for Hub work on this visitor's behalf (phi3space.hub.auth.acting_token)."""
+        return acting_token(self.token, space)
 
     def require_owner(self) -> str:
         if self.owner is None:
-            raise AuthError("sign in with Hugging Face to train and to see your jobs",
-                            "Press 'Sign in with Hugging Face' at the top of the page.")
+            raise SignInNeeded("sign in with Hugging Face to train and to see your jobs")
         return self.owner
+
+    def caller(self) -> Caller:
+        """The visitor as the job scheduler's submit pipeline sees them."""
+        return Caller(self.require_owner(), self.token, self.expires_at)
 
 
 def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
     """The visitor behind a request: the OAuth profile's username, else the owner of the token an API client
     passed, else (off a Space) the local owner. gradio's local mock token is not a token."""
     space = on_space() if space is None else space
-    token = getattr(oauth_token, "token", None)
-    if not token or token == MOCK_TOKEN:
-        token = None
+    token = real_token(getattr(oauth_token, "token", None))
     register_secret(token)
     expires_at = (getattr(oauth_token, "expires_at", None) or None) if token else None  # API clients: 0, unknown
     if profile is not None and getattr(profile, "username", None):
@@ -83,7 +80,7 @@ def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
 def _seen(visitor: Visitor) -> Visitor:
     """A visitor with a token: their runs on Hugging Face Jobs can be followed (again) with it."""
     if visitor.token and _runner is not None:
-        _runner.remote.seen(visitor.owner, visitor.token)
+        _runner.seen(visitor.owner, visitor.token)
     return visitor
 
 
@@ -108,23 +105,10 @@ def signed_in(profile, oauth_token) -> Visitor:
     return visitor
 
 
-def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), space: bool | None = None) -> None:
-    """On a Space, visitors give Hub IDs (or uploads): local paths of the server are refused.
+def check_inputs_allowed(refs: dict[str, str], owner: str | None) -> None:
+    """On a Space, visitors give Hub IDs (or their own uploads): paths of the server are refused (the submit pipeline
+    checks the same again)."""
+    from phi3space.jobs.submit import check_inputs_allowed as check
 
-    Args:
-        refs: setting name -> value, e.g. {"data.dataset": "./x.jsonl", "model.base": "microsoft/..."}.
-        allowed: folders whose files are fine anyway (the visitor's uploads).
-    """
-    if not (on_space() if space is None else space):
-        return
-    from phi3space.hub.refs import is_local_ref
-
-    problems = []
-    for key, ref in refs.items():
-        if not ref or not is_local_ref(ref):
-            continue
-        path = Path(ref).expanduser().resolve()
-        if not any(path.is_relative_to(a.resolve()) for a in allowed):
-            problems.append(f"{key}: {ref!r} is a path on the server; on a Space give a Hub ID (user/name) or upload a file")
-    if problems:
-        raise ConfigError(problems, "Use a Hub ID such as microsoft/Phi-3-mini-4k-instruct, or the upload box for data.")
+    runner = get_runner()
+    check(refs, (runner.data.uploads(owner or "anonymous"),), runner.space)

@@ -19,6 +19,7 @@ from gradio.utils import get_upload_folder
 from phi3space import config as config_mod
 from phi3space.errors import Phi3SpaceError
 from phi3space.hub.space import on_space
+from phi3space.jobs.submit import inputs
 from phi3space.run import RunDir
 from phi3space.ui import compute_box, forms
 from phi3space.ui.common import UI_ONLY, code_block, page_text, user_errors
@@ -78,15 +79,14 @@ def _make(spec: forms.FieldSpec):
 def _dataset_ref(upload, owner: str | None) -> str | None:
     if not upload:
         return None
-    return str(forms.stash_upload(upload, owner or "anonymous", get_runner().root))
+    return str(forms.stash_upload(upload, get_runner().data.uploads(owner or "anonymous")))
 
 
 def _config(profile, oauth_token, upload, values):
     visitor = identify(profile, oauth_token)
     dataset = _dataset_ref(upload, visitor.owner)
     cfg = forms.config_from_form(values, dataset)
-    allowed = (get_runner().root / "uploads",)
-    check_inputs_allowed({"data.dataset": cfg.data.dataset, "model.base": cfg.model.base}, allowed)
+    check_inputs_allowed(inputs(cfg), visitor.owner)
     return visitor, cfg
 
 

@@ -1,13 +1,11 @@
-"""The web app's runs on Hugging Face Jobs: submitted, followed, cancelled, resumed and found again after a restart.
+"""The Hugging Face Jobs backend: a job is started on the platform at submit (no local slot, no queue), a follower
+thread mirrors its events into the run folder (platform.Mirror), and the platform's verdict is its last word where
+its own events lack one.
 
-The job runner (jobs.py) hands every ``compute.backend: hf-jobs`` run to ``RemoteJobs``. Such a run takes no local
-slot and never queues: it is "running" in the job store (with its ``remote`` job reference) from the moment the
-platform accepted it, a follower thread mirrors the job's events into the run folder (remote.Mirror), and the run's
-status, like any run's, is read from those events. The visitor's token is held in memory only (owner -> newest
-token), for the platform calls made on their behalf; after a restart, or when the token has expired, a run waits
-until its owner is next seen with a token (``seen``, from the web app's identify), then ``list_jobs`` with that token
-and the app's label finds its jobs again (even those whose records were lost with the disk) and they are followed
-again from the first line of their logs.
+The visitor's token is held in memory only (owner -> newest token), for the platform calls made on their behalf;
+after a restart, or when the token has expired, a job waits until its owner is next seen with a token (``seen``);
+then ``list_jobs`` with that token and the app's label finds their jobs again (even those whose records were lost
+with the disk) and they are followed again from the first line of their logs.
 """
 
 from __future__ import annotations
@@ -16,109 +14,82 @@ import hashlib
 import sys
 import threading
 import time
-import uuid
-from typing import TYPE_CHECKING
 
-from phi3space.config import RunConfig, default_run_name
-from phi3space.errors import AuthError, ConfigError, Phi3SpaceError, register_secret, scrub
+from phi3space import config
+from phi3space.config import RunConfig, default_run_name, timeout_seconds
+from phi3space.errors import AuthError, Phi3SpaceError, SignInNeeded, register_secret, scrub
+from phi3space.hub.auth import acting_token
 from phi3space.hub.space import on_space
-from phi3space.jobs.hf import platform as remote
+from phi3space.jobs.backend import Backend, Host
+from phi3space.jobs.hf import platform
 from phi3space.jobs.hf.protocol import CONFIG_VAR
-from phi3space.run import RunDir
+from phi3space.jobs.store import Job
 
-if TYPE_CHECKING:
-    from phi3space.jobs.scheduler import JobRunner
-    from phi3space.jobs.store import Job
+SCHEDULING_S = 10 * 60  # allowance for the platform to find the hardware, before the job's own timeout runs
 
 
-class RemoteJobs:
-    def __init__(self, runner: JobRunner):
-        self.runner = runner
-        self.origin = remote.safe_label(remote.origin() if on_space() else
-                                        "app-" + hashlib.sha256(str(runner.root).encode()).hexdigest()[:8])
+class HFJobsBackend(Backend):
+    name = "hf-jobs"
+    needs_hub_destination = True
+    survives_restart = True  # list_jobs with the app's label finds its jobs again
+
+    def __init__(self, host: Host, **options):
+        super().__init__(host)
+        self.origin = platform.safe_label(platform.origin() if on_space() else
+                                          "app-" + hashlib.sha256(str(host.data.root).encode()).hexdigest()[:8])
         self._tokens: dict[str, str] = {}  # owner -> their newest token (memory only)
         self._following: dict[str, threading.Thread] = {}
         self._searched: set[str] = set()  # owners whose jobs were listed since this process started
         self._lock = threading.RLock()
         self._stop = threading.Event()
 
-    # ------------------------------------------------------------ what the job runner asks
+    # ------------------------------------------------------------ the backend interface
 
-    def submit(self, cfg: RunConfig, owner: str, token: str | None) -> Job:
-        """Check, start the job and follow it. A job the platform refuses is listed as failed, with its reason.
+    def check(self, cfg: RunConfig, token: str | None, slots: int) -> int:
+        platform.check_job(cfg, self._token(None, token))
+        return 0  # the flavor's GPUs, not this machine's
+
+    def longest_s(self, cfg: RunConfig, queue_wait_s: float) -> float | None:
+        return SCHEDULING_S + (timeout_seconds(cfg.compute.timeout) or 0)
+
+    def start(self, job: Job, token: str | None, slot: int | None) -> Job:
+        """Start the job on the platform and follow it. A refusal is the run's last word (written by platform.start).
 
         Raises:
-            Phi3SpaceError: what to fix (nothing started), or the platform's refusal (the run records it too).
+            Phi3SpaceError: the platform's refusal.
         """
-        from phi3space.datadir import safe_name
-        from phi3space.jobs.store import Job
-
-        token = self._token(owner, token)
-        flavor = remote.prepare(cfg, token)
-        job_id = uuid.uuid4().hex[:12]
-        run = RunDir(self.runner.root / "runs" / safe_name(owner) / job_id)
-        cfg.output.dir = str(run.path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        cfg.save(run.config)
-        job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), phase="running",
-                  started=time.time())
-        try:
-            job.remote = str(remote.start(cfg, token, flavor, job_id, run.writer(), labels=self._labels()))
-        except Phi3SpaceError:
-            job.phase, job.finished = "done", time.time()
-            self.runner.store.add(job)
-            raise
-        self.runner.store.add(job)
+        token = self._token(job.owner, token)
+        cfg = config.load(job.run.config)
+        flavor = platform.check_job(cfg, token)
+        self.host.store.update(job.id, phase="running", started=time.time())
+        ref = platform.start(cfg, token, flavor, job.id, job.run.writer(), resume=job.resume, labels=self._labels())
+        self.host.store.update(job.id, handle=str(ref))
+        job = self.host.store.get(job.id)
         self._follow(job)
         return job
 
-    def cancel(self, job: Job) -> None:
+    def stop(self, job: Job) -> None:
         """Ask the platform to stop the job; its follower writes how it ended."""
         token = self._tokens.get(job.owner) or self._token(job.owner, None, required=False)
         if not token:
-            raise AuthError("stopping a job on Hugging Face Jobs needs your sign-in", "Sign in again, then press Stop.")
-        remote.cancel(remote.JobRef.parse(job.remote), token)
-
-    def resume(self, job: Job, token: str | None) -> Job:
-        """Start a new job for a failed or stopped run; it continues from the last checkpoint the run pushed.
-
-        Raises:
-            ConfigError: the run is still running or finished well, or it pushed no checkpoint.
-        """
-        status, state = self.runner.status(job)
-        if status not in ("failed", "cancelled"):
-            raise ConfigError([f"job {job.id} is {status}: only a failed or stopped job can be resumed"],
-                              "Stop it first, or start a new run.")
-        if not state.checkpoint_url:
-            raise ConfigError([f"job {job.id} pushed no checkpoint to continue from"],
-                              "Submit it again to train from the start (lower training.save_steps to save sooner).")
-        token = self._token(job.owner, token)
-        cfg = job.run.load_config()
-        flavor = remote.prepare(cfg, token)
-        store = self.runner.store
-        store.update(job.id, phase="running", resume=True, cancel_requested=False, exit_code=None, finished=None,
-                     started=time.time())
-        try:
-            ref = remote.start(cfg, token, flavor, job.id, job.run.writer(), resume=True, labels=self._labels())
-        except Phi3SpaceError:
-            store.update(job.id, phase="done", finished=time.time())
-            raise
-        store.update(job.id, remote=str(ref))
-        self._follow(store.get(job.id))
-        return store.get(job.id)
+            raise SignInNeeded("stopping a job on Hugging Face Jobs needs your sign-in", "sign in again, then press Stop.")
+        platform.cancel(platform.JobRef.parse(job.handle), token)
 
     def recover(self, job: Job) -> None:
-        """After a restart: follow the job again now if a token is at hand, else once its owner is seen."""
+        """Follow the job again now if a token is at hand, else once its owner is seen."""
         if self._token(job.owner, None, required=False):
             self._follow(job)
 
+    def checkpoint_exists(self, job: Job, token: str | None) -> bool:
+        return bool(job.run.state().checkpoint_url)  # the job's own disk is gone: only a pushed one counts
+
     def seen(self, owner: str, token: str) -> None:
-        """The visitor is here with a (fresh) token: keep it, and find and follow their jobs that nobody follows."""
+        """Keep the visitor's fresh token, and find and follow their jobs that nobody follows."""
         register_secret(token)
         with self._lock:
             self._tokens[owner] = token
-            waiting = [j for j in self.runner.store.list(owner, phase=("running",))
-                       if j.remote and j.id not in self._following]
+            waiting = [j for j in self.host.store.list(owner, phase=("running",))
+                       if j.backend == self.name and j.id not in self._following]
             search = owner not in self._searched
             self._searched.add(owner)
         if waiting or search:
@@ -128,24 +99,30 @@ class RemoteJobs:
     def shutdown(self) -> None:
         self._stop.set()
 
+    @classmethod
+    def train_from_terminal(cls, cfg: RunConfig, resume: bool, token: str | None, echo) -> str | None:
+        from phi3space.jobs.hf.cli import train_cli
+        from phi3space.run import RunDir
+
+        run_dir = train_cli(cfg, resume, token, echo=echo)
+        return f"done: {run_dir} (adapter: {RunDir(run_dir).state().adapter_url})"
+
     # ------------------------------------------------------------ following
 
     def _labels(self) -> dict:
-        return {remote.LABEL_ORIGIN: self.origin}
+        return {platform.LABEL_ORIGIN: self.origin}
 
-    def _token(self, owner: str, token: str | None, required: bool = True) -> str | None:
-        """The visitor's token; off a Space the local login stands in for it (runs belong to the machine's user)."""
-        if not token and not self.runner.space:
-            from phi3space.hub.auth import resolve_token
-
-            token = resolve_token()
+    def _token(self, owner: str | None, token: str | None, required: bool = True) -> str | None:
+        """The owner's token for platform calls: the one given, else the newest seen; off a Space the local login."""
+        token = acting_token(token, self.host.space) or (self._tokens.get(owner) if owner else None)
         if token:
             register_secret(token)
-            with self._lock:
-                self._tokens[owner] = token
+            if owner:
+                with self._lock:
+                    self._tokens[owner] = token
         elif required:
-            raise AuthError("training on Hugging Face Jobs needs you to sign in (the job runs as you, billed to you)",
-                            "Press 'Sign in with Hugging Face'.")
+            raise SignInNeeded("training on Hugging Face Jobs needs your Hugging Face sign-in",
+                               "the job runs as you, billed to you.")
         return token
 
     def _find_again(self, owner: str, token: str, waiting: list[Job]) -> None:
@@ -159,14 +136,14 @@ class RemoteJobs:
         try:
             namespace = whoami(token)["name"]
             found = list(call(lambda: HfApi().list_jobs(labels=self._labels(), namespace=namespace, token=token),
-                              "list your Hugging Face jobs", remote.JobsError))
+                              "list your Hugging Face jobs", platform.JobsError))
         except Phi3SpaceError as exc:
             print(f"phi3space jobs: could not list {owner}'s jobs: {exc.message}", file=sys.stderr)
             found = []
         for info in found:
-            job_id = (info.labels or {}).get(remote.LABEL_RUN)
-            job = self.runner.store.get(job_id) if job_id else None
-            if job is None and job_id and str(info.status.stage) not in remote.TERMINAL:
+            job_id = (info.labels or {}).get(platform.LABEL_RUN)
+            job = self.host.store.get(job_id) if job_id else None
+            if job is None and job_id and str(info.status.stage) not in platform.TERMINAL:
                 job = self._relist(owner, job_id, info)
             if job is not None and job.owner == owner and job.phase == "running" and job.id not in {j.id for j in waiting}:
                 waiting.append(job)
@@ -174,22 +151,18 @@ class RemoteJobs:
             self._follow(job)
 
     def _relist(self, owner: str, job_id: str, info) -> Job | None:
-        from phi3space import config
-        from phi3space.datadir import safe_name
-        from phi3space.jobs.store import Job
-
         try:
             cfg = config.loads((info.environment or {}).get(CONFIG_VAR, ""))
         except Phi3SpaceError:
             return None
-        run = RunDir(self.runner.root / "runs" / safe_name(owner) / job_id)
+        run = self.host.data.run(owner, job_id)
         cfg.output.dir = str(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
         created = info.created_at.timestamp() if info.created_at else time.time()
         job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), phase="running",
-                  created=created, started=created, remote=f"{info.owner.name}/{info.id}")
-        self.runner.store.add(job)
+                  created=created, started=created, backend=self.name, handle=f"{info.owner.name}/{info.id}")
+        self.host.store.add(job)
         return job
 
     def _follow(self, job: Job) -> None:
@@ -203,9 +176,9 @@ class RemoteJobs:
         thread.start()
 
     def _run_follower(self, job: Job) -> None:
-        ref = remote.JobRef.parse(job.remote)
+        ref = platform.JobRef.parse(job.handle)
         try:
-            cfg = job.run.load_config()
+            cfg = config.load(job.run.config)
         except Phi3SpaceError:
             cfg = None
         while not self._stop.is_set():
@@ -214,8 +187,8 @@ class RemoteJobs:
             if not token:
                 break  # waits for the owner's next visit (seen)
             try:
-                if remote.follow_to_end(ref, token, job.run, job.run.writer(), cfg, stop=self._stop):
-                    self.runner.store.update(job.id, phase="done", finished=time.time())
+                if platform.follow_to_end(ref, token, job.run, job.run.writer(), cfg, stop=self._stop):
+                    self.host.ended(job, None, None)  # the platform's verdict is written already
                 break
             except AuthError:  # the token expired: the owner's next visit brings a new one
                 with self._lock:

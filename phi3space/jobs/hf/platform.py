@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import threading
 import time
 import types
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from phi3space.config import RunConfig, timeout_seconds
-from phi3space.errors import AuthError, Cancelled, ConfigError, Phi3SpaceError, register_secret, scrub
+from phi3space.errors import AuthError, ConfigError, Phi3SpaceError, SignInNeeded, register_secret, scrub
 from phi3space.hub.access import whoami
 from phi3space.hub.errors import hub_error
 from phi3space.hub.refs import is_local_ref
 from phi3space.hub.space import on_space
+from phi3space.jobs.backend import Verdict
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
 from phi3space.jobs.hf.protocol import CONFIG_ARG, CONFIG_VAR, parse_event
 from phi3space.run import EventWriter, RunDir, RunState
@@ -100,23 +98,33 @@ class JobRef:
         return cls(namespace, job_id)
 
 
-def prepare(cfg: RunConfig, token: str | None) -> Flavor:
-    """Everything checked before a job is started: a token, Hub inputs, an image, a known flavor, push access
-    (``output.push_to: auto`` is resolved here, so the job and this machine agree on the repo).
+def check_job(cfg: RunConfig, token: str | None) -> Flavor:
+    """What a job needs before it is started, except the destination repo: a token, Hub inputs, an image, a known
+    flavor.
 
     Raises:
-        AuthError, ConfigError: what to fix, before anything is billed.
+        SignInNeeded, ConfigError: what to fix, before anything is billed.
     """
     if not token:
-        raise AuthError("training on Hugging Face Jobs needs your Hugging Face token (the job runs as you, billed to you)",
-                        "Sign in with Hugging Face (web app), set HF_TOKEN, or run `hf auth login`.")
+        raise SignInNeeded("training on Hugging Face Jobs needs your Hugging Face token",
+                           "the job runs as you, billed to you.")
     local = [f"{key}: {value!r} is a path on this machine; a Hugging Face job cannot read it"
              for key, value in (("data.dataset", cfg.data.dataset), ("model.base", cfg.model.base)) if is_local_ref(value)]
     if local:
         raise ConfigError(local, "Upload it to the Hub and use its ID, e.g. `hf upload you/my-data ./qa.jsonl "
                                  "--repo-type dataset`, then data.dataset: you/my-data.")
     job_image()
-    flavor = check_flavor(cfg.compute.flavor, token)
+    return check_flavor(cfg.compute.flavor, token)
+
+
+def prepare(cfg: RunConfig, token: str | None) -> Flavor:
+    """``check_job``, then push access (``output.push_to: auto`` is resolved here, so the job and this machine agree
+    on the repo): everything checked before the CLI starts a job.
+
+    Raises:
+        AuthError, ConfigError: what to fix, before anything is billed.
+    """
+    flavor = check_job(cfg, token)
     from phi3space.config import auto_repo_name
     from phi3space.hub.access import check_push_access
 
@@ -150,8 +158,7 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
         error = start_error(exc, cfg, namespace)
         if error is None:
             raise
-        _write_last_word(writer, [("error", {"kind": error.kind, "message": error.message, "hint": error.hint}),
-                                  ("run_finished", {"status": "failed", "step": 0, "adapter": None})])
+        Verdict("failed", error.kind, error.message, error.hint).write(writer, RunState())
         raise error from None
     ref = JobRef(namespace, info.id)
     price = f", ${flavor.price_per_hour:.2f}/h" if flavor.price_per_hour is not None else ""
@@ -262,24 +269,22 @@ def cancel(ref: JobRef, token: str | None) -> None:
     call(lambda: HfApi().cancel_job(job_id=ref.id, namespace=ref.namespace, token=token), f"cancel job {ref}", JobsError)
 
 
-def last_word(info, state: RunState, cfg: RunConfig | None = None) -> list[tuple[str, dict]]:
-    """The events to append once the platform says the job ended (``info``) and its events say ``state``: none when
-    they already tell the truth. A run is completed only when the job completed and the adapter was pushed."""
+def last_word(info, state: RunState, cfg: RunConfig | None = None) -> Verdict | None:
+    """How the job ended once the platform says so (``info``) and its events say ``state``: None when they already
+    tell the truth. A run is completed only when the job completed and the adapter was pushed."""
     stage, said = str(info.status.stage), scrub(info.status.message or "")
-    step = {"step": state.step, "adapter": state.adapter_repo if state.status != "failed" else None}
+    adapter = state.adapter_repo if state.status != "failed" else None
     if stage == "COMPLETED":
         if state.status in ("cancelled", "failed") or (state.status == "completed" and state.adapter_repo):
-            return []
+            return None
         what = "completed without pushing an adapter" if state.status == "completed" else "ended without finishing its run"
-        return [("error", {"kind": "jobs", "message": f"the Hugging Face job {what}",
-                           "hint": f"See its logs: {info.url}"}), ("run_finished", {"status": "failed", **step})]
+        return Verdict("failed", "jobs", f"the Hugging Face job {what}", f"See its logs: {info.url}", adapter)
     if stage == "CANCELED":
-        return [] if state.final else [("run_finished", {"status": "cancelled", **step})]
+        return None if state.final else Verdict("cancelled", adapter=adapter)
     if state.status == "failed":
-        return []  # the trainer said why itself
+        return None  # the trainer said why itself
     kind, how, hint = _diagnose(info, said, state, cfg)
-    return [("error", {"kind": kind, "message": f"the Hugging Face job {how}" + (f" ({said})" if said else ""),
-                       "hint": hint}), ("run_finished", {"status": "failed", **step})]
+    return Verdict("failed", kind, f"the Hugging Face job {how}" + (f" ({said})" if said else ""), hint, adapter)
 
 
 def _diagnose(info, said: str, state: RunState, cfg: RunConfig | None) -> tuple[str, str, str]:
@@ -300,11 +305,6 @@ def _diagnose(info, said: str, state: RunState, cfg: RunConfig | None) -> tuple[
     return "jobs", "failed", f"See its logs: {info.url}. {resume}"
 
 
-def _write_last_word(writer: EventWriter, events: list[tuple[str, dict]]) -> None:
-    for type, fields in events:
-        writer.emit(type, **fields)
-
-
 def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWriter, cfg: RunConfig | None = None,
                   stop: threading.Event | None = None, on_interrupt: Callable[[], None] | None = None,
                   retry_s: float = 5.0) -> bool:
@@ -323,7 +323,8 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
                 break
             info = inspect(ref, token)
             if str(info.status.stage) in TERMINAL:
-                _write_last_word(writer, last_word(info, _this_attempt(run.state(), info), cfg))
+                state = _this_attempt(run.state(), info)
+                _write(writer, last_word(info, state, cfg), state)
                 return True
         except KeyboardInterrupt:
             if on_interrupt is None:
@@ -335,7 +336,7 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
             if getattr(getattr(exc, "response", None), "status_code", None) == 404:  # the job is gone
                 gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message="not found"),
                                              url=f"{ref}", durations=None)
-                _write_last_word(writer, last_word(gone, run.state(), cfg))
+                _write(writer, last_word(gone, run.state(), cfg), run.state())
                 return True
             mapped = hub_error(exc, f"follow job {ref}", error=JobsError)
             if mapped is None or isinstance(mapped, AuthError):
@@ -353,6 +354,11 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
     return False
 
 
+def _write(writer: EventWriter, verdict: Verdict | None, state: RunState) -> None:
+    if verdict is not None:
+        verdict.write(writer, state)
+
+
 def _this_attempt(state: RunState, info) -> RunState:
     """``state``, or a blank one when its events are an earlier attempt's (this job never started training)."""
     if info.created_at and (state.started or 0) < info.created_at.timestamp() - 5:
@@ -360,75 +366,7 @@ def _this_attempt(state: RunState, info) -> RunState:
     return state
 
 
-# ---------------------------------------------------------------- the CLI: submit, follow, exit like a local run
-
-def submitted_job(run: RunDir) -> JobRef | None:
-    """The job this run folder was last submitted as (from its events), if any."""
-    events, _ = run.read_events()
-    refs = [e["job"] for e in events if e.get("type") == "log" and isinstance(e.get("job"), str) and "/" in e["job"]]
-    return JobRef.parse(refs[-1]) if refs else None
-
-
-def train_cli(cfg: RunConfig, resume: bool, token: str | None, echo: Callable[[dict], None] | None = None) -> Path:
-    """``python -m phi3space train`` with compute.backend hf-jobs: submit, print the usual progress lines, and end
-    like a local run. A run folder whose job still runs is followed again instead of submitted twice.
-
-    Raises:
-        Phi3SpaceError: the job could not start, or the run failed (its reason and a hint).
-        Cancelled: stopped with Ctrl-C (the job is cancelled).
-    """
-    run = RunDir(cfg.output.dir)
-    earlier, ref = run.state(), submitted_job(run)
-    writer = run.writer(echo=echo)
-    if ref is not None and not earlier.final:
-        if echo:
-            echo({"type": "log", "message": f"following job {ref} again"})
-    else:
-        if not resume and (run.holds_run() or earlier.started is not None):  # (one that never started may go again)
-            raise ConfigError([f"output.dir: {run.path} already holds a run"],
-                              "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
-        if resume and cfg.output.push_to == "auto" and run.config.exists():
-            cfg.output.push_to = run.load_config().output.push_to  # the repo whose checkpoints branch it continues
-        flavor = prepare(cfg, token)
-        run.path.mkdir(parents=True, exist_ok=True)
-        cfg.save(run.config)
-        ref = start(cfg, token, flavor, uuid.uuid4().hex[:12], writer, resume=resume)
-
-    def interrupt() -> None:
-        print(f"stopping: cancelling job {ref}; waiting for it to end (Ctrl-C again to stop waiting)", flush=True)
-        try:
-            cancel(ref, token)
-        except Phi3SpaceError as exc:  # it may have ended already: following tells
-            print(f"warning: {exc.message}", flush=True)
-
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
-    try:
-        follow_to_end(ref, token, run, writer, cfg, on_interrupt=interrupt)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return outcome(run)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def outcome(run: RunDir) -> Path:
-    """The run folder when the remote run completed and pushed its adapter; else the run's own error."""
-    state = run.state()
-    if state.status == "completed" and state.adapter_repo:
-        return run.path
-    if state.status == "cancelled":
-        raise Cancelled(f"stopped at step {state.step}" + (f"; the last checkpoint is on {state.checkpoint_url}"
-                                                            if state.checkpoint_url else ""),
-                        f"Continue with: python -m phi3space train {run.config} --resume")
-    error = state.error or {}
-    failure = Phi3SpaceError(error.get("message") or "the Hugging Face job ended without finishing its run",
-                             error.get("hint") or "")
-    failure.kind = error.get("kind") or "jobs"
-    raise failure
 
 
 __all__ = ["JobRef", "JobsError", "Mirror", "cancel", "follow_to_end", "inspect", "job_image", "last_word",
-           "launch_command", "prepare", "start", "train_cli"]
+           "launch_command", "prepare", "start"]

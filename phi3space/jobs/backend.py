@@ -1,0 +1,125 @@
+"""Where a job runs: one small interface, several implementations, and the registry that maps ``compute.backend``
+to one of them (the way ``concurrent.futures`` executors or fsspec filesystems do).
+
+The scheduler (phi3space.jobs.scheduler) owns the owner, the queue, the slots and the store, and holds one instance
+of every backend; it never asks which one it holds. A backend starts a job, stops it, adopts it again after a
+restart, follows it into its run folder (events.jsonl), and says when and how it ended (a ``Verdict``, from which
+the scheduler gives the run its last word through the one writer, ``RunDir.finish``).
+
+A new backend is one module with a ``Backend`` subclass, plus one line in ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from phi3space.config import RunConfig
+from phi3space.datadir import DataDir
+from phi3space.jobs.store import Job, JobStore
+from phi3space.run import EventWriter, RunState
+
+# compute.backend -> "module:class". One line per backend.
+BACKENDS = {
+    "local": "phi3space.jobs.local:LocalBackend",
+    "hf-jobs": "phi3space.jobs.hf.backend:HFJobsBackend",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a job ended, as its backend saw it (an exit code, the platform's stage), when its own events lack the
+    truth: a final status and, for a failure, what happened and what to do."""
+
+    status: str  # completed | failed | cancelled
+    kind: str | None = None
+    message: str = ""
+    hint: str = ""
+    adapter: str | None = None  # where the adapter is (a folder, or the Hub repo the job pushed)
+
+    def write(self, writer: EventWriter, state: RunState) -> None:
+        """Give the run this last word (its events say ``state``)."""
+        error = {"kind": self.kind, "message": self.message, "hint": self.hint} if self.kind else None
+        writer.finish(self.status, error, step=state.step, adapter=self.adapter)
+
+
+@dataclass
+class Host:
+    """What a backend may use of the scheduler: the store, the data folder, whether this is a Space, and how to say
+    that a job ended (the scheduler writes the verdict, marks the job done and copies it to the bucket)."""
+
+    store: JobStore
+    data: DataDir
+    space: bool
+    ended: Callable[[Job, Verdict | None, int | None], None]  # (job, verdict, exit code)
+
+
+class Backend:
+    """Where jobs run. Subclasses set ``name`` and ``uses_slots`` and implement start/stop/recover."""
+
+    name: ClassVar[str]
+    uses_slots: ClassVar[bool] = False  # waits in the queue for this machine's GPU slots; else starts at submit
+    needs_hub_destination: ClassVar[bool] = False  # its disk is gone when the job ends: the adapter must be pushed
+    survives_restart: ClassVar[bool] = False  # the platform keeps the job and this backend finds it again after a
+    # restart (else, on a Space, the job is recorded on its repo's card: phi3space.hub.records)
+
+    def __init__(self, host: Host, **options):
+        self.host = host
+
+    def check(self, cfg: RunConfig, token: str | None, slots: int) -> int:
+        """What this backend checks at submit, before anything is created or billed; returns the GPUs (slots) the
+        job takes here. May resolve the config in place (absolute paths, the destination repo).
+
+        Raises:
+            Phi3SpaceError: what to fix.
+        """
+        return 1
+
+    def longest_s(self, cfg: RunConfig, queue_wait_s: float) -> float | None:
+        """At most how long a job submitted now can take until its last push (for the sign-in lifetime check); None
+        when unknown."""
+        return None
+
+    def start(self, job: Job, token: str | None, slot: int | None) -> Job:
+        """Start ``job`` (the store says it is queued); returns it as stored now. A refusal that ends the job is
+        raised after the job was given its last word."""
+        raise NotImplementedError
+
+    def stop(self, job: Job) -> None:
+        """Ask the running ``job`` to stop: it saves what it can and ends as cancelled."""
+        raise NotImplementedError
+
+    def recover(self, job: Job) -> None:
+        """After a restart: follow a job the store says is running again, or give it its last word."""
+        raise NotImplementedError
+
+    def poll(self) -> None:
+        """Called by the scheduler's loop: notice jobs that ended (and call ``host.ended``)."""
+
+    def checkpoint_exists(self, job: Job, token: str | None) -> bool:
+        """A failed or stopped job left a checkpoint this backend can continue from."""
+        return job.run.state().can_resume
+
+    def seen(self, owner: str, token: str) -> None:
+        """A visitor is here with a fresh token: jobs that wait for it can be followed again."""
+
+    def shutdown(self) -> None:
+        """Stop following (and, for jobs this process started and nobody else can follow, end them)."""
+
+    @classmethod
+    def train_from_terminal(cls, cfg: RunConfig, resume: bool, token: str | None,
+                            echo: Callable[[dict], None]) -> str | None:
+        """``python -m phi3space train`` with this backend: run the job and follow it to its end, returning the line
+        that says where its result is; None when it trains in the terminal's own process (this machine).
+
+        Raises:
+            Phi3SpaceError: the job could not start, or failed (its reason and a hint). Cancelled: Ctrl-C.
+        """
+        return None
+
+
+def backend_class(name: str) -> type[Backend]:
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
