@@ -369,3 +369,27 @@ def test_finished_runs_and_job_records_are_copied_to_a_bucket_as_whole_files(tmp
     assert rows == [(job.id, "alice", "done")]
     assert paths == sorted(["jobs.sqlite", f"runs/alice/{job.id}/config.yaml", f"runs/alice/{job.id}/events.jsonl",
                             f"runs/alice/{job.id}/train.log"])  # whole files; no checkpoint, no live database
+
+
+def test_a_sign_in_that_expires_before_a_jobs_run_can_end_is_refused_too(tmp_path, hub, monkeypatch):
+    """The submit pipeline is the same for every backend: on Hugging Face Jobs the bound is compute.timeout plus the
+    platform's scheduling, and nothing is started (or billed) when the sign-in will not last."""
+    token = "hf_AliceJobs0123456789abcdefgh"
+    hub.add_user("alice", token)
+    monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", "hf.co/spaces/alice/phi3space")
+    runner = JobRunner(tmp_path / "data", space=False)
+    try:
+        long = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},
+                                 "compute": {"backend": "hf-jobs", "flavor": "a10g-large", "timeout": "7h"}})
+        with pytest.raises(AuthError) as info:
+            runner.submit(long, "alice", token, expires_at=time.time() + 3600)
+        assert "expires in 1 h 00 min, before this run can end" in info.value.message
+        assert "compute.timeout" in info.value.hint
+        assert runner.list("alice") == [] and hub.jobs.ids() == []  # nothing started, nothing billed
+        short = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},
+                                  "compute": {"backend": "hf-jobs", "flavor": "a10g-large", "timeout": "30m"}})
+        job = runner.submit(short, "alice", token, expires_at=time.time() + 3600)  # 30 min + scheduling: it lasts
+        assert job.backend == "hf-jobs" and job.handle and hub.jobs.ids()
+        runner.cancel(job.id, "alice")
+    finally:
+        runner.shutdown()

@@ -78,7 +78,7 @@ def check_token_lasts(longest_s: float | None, expires_at: float | None) -> None
             + (", or shorten the run (training.max_steps, compute.timeout)." if longest_s else "."))
     if left <= 0:
         raise AuthError("your Hugging Face sign-in has expired", hint)
-    raise AuthError(f"your Hugging Face sign-in expires in {human_duration(left)}, before this job can end (up to "
+    raise AuthError(f"your Hugging Face sign-in expires in {human_duration(left)}, before this run can end (up to "
                     f"~{human_duration(longest_s)}): its checkpoints and adapter could not be pushed", hint)
 
 
