@@ -57,6 +57,12 @@ class HubError(Phi3SpaceError):
     kind = "hub"
 
 
+class JobsError(Phi3SpaceError):
+    """Hugging Face Jobs refused or lost a job."""
+
+    kind = "jobs"
+
+
 class OutOfMemory(Phi3SpaceError):
     kind = "oom"
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from phi3space.errors import AuthError, HubError, Phi3SpaceError, scrub
+from phi3space.errors import AuthError, HubError, JobsError, Phi3SpaceError, scrub
 
 T = TypeVar("T")
 
@@ -17,7 +17,7 @@ def is_transient(exc: BaseException) -> bool:
     from huggingface_hub.errors import HfHubHTTPError
 
     if isinstance(exc, HfHubHTTPError):
-        status = getattr(exc.response, "status_code", None)
+        status = http_status(exc)
         return status is not None and (status >= 500 or status in (408, 429))
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
@@ -98,3 +98,35 @@ def call(fn: Callable[[], T], what: str, error: type[Phi3SpaceError] = HubError,
             raise
         raise mapped from None
 
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed Hub call, else None."""
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+BILLING_URL = "https://huggingface.co/settings/billing"
+
+
+def jobs_refusal(exc: BaseException, namespace: str, check_hint: str) -> Phi3SpaceError | None:
+    """Hugging Face Jobs' refusal to start a job, with its own words and what to do (``check_hint``: which settings
+    to check for a malformed request); None for a bug."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not isinstance(exc, HfHubHTTPError):
+        return hub_error(exc, "start the job on Hugging Face Jobs")
+    status = http_status(exc)
+    said = scrub((getattr(exc, "server_message", None) or str(exc).splitlines()[0]).strip())
+    prefix = f"Hugging Face Jobs refused to start the job ({status}: {said})"
+    if status == 402:
+        return JobsError(prefix, f"Jobs are billed to the account that runs them: add a payment method or credits for "
+                                 f"{namespace} at {BILLING_URL}, then submit again.")
+    if status == 403:
+        return AuthError(prefix, "On a Space, sign out and in again so the app may run jobs for you (scope 'jobs'); "
+                                 "with a token, use one that may start Jobs in that namespace.")
+    if status == 429:
+        return JobsError(prefix, "You have reached a limit of Jobs at once: wait for one of your jobs to end, or "
+                                 "cancel one, then submit again.")
+    if status in (400, 404, 422):
+        return JobsError(prefix, check_hint)
+    return hub_error(exc, "start the job on Hugging Face Jobs")

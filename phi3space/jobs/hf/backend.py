@@ -17,7 +17,7 @@ import time
 
 from phi3space import config
 from phi3space.config import RunConfig, default_run_name, timeout_seconds
-from phi3space.errors import AuthError, Phi3SpaceError, SignInNeeded, register_secret, scrub
+from phi3space.errors import AuthError, JobsError, Phi3SpaceError, SignInNeeded, register_secret, scrub
 from phi3space.hub.auth import acting_token
 from phi3space.hub.space import on_space
 from phi3space.jobs.backend import Backend, Host
@@ -136,7 +136,7 @@ class HFJobsBackend(Backend):
         try:
             namespace = whoami(token)["name"]
             found = list(call(lambda: HfApi().list_jobs(labels=self._labels(), namespace=namespace, token=token),
-                              "list your Hugging Face jobs", platform.JobsError))
+                              "list your Hugging Face jobs", JobsError))
         except Phi3SpaceError as exc:
             print(f"phi3space jobs: could not list {owner}'s jobs: {exc.message}", file=sys.stderr)
             found = []

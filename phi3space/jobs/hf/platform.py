@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from phi3space.config import RunConfig, timeout_seconds
-from phi3space.errors import AuthError, ConfigError, Phi3SpaceError, SignInNeeded, register_secret, scrub
+from phi3space.errors import AuthError, ConfigError, JobsError, SignInNeeded, register_secret, scrub
 from phi3space.hub.access import whoami
-from phi3space.hub.errors import hub_error
+from phi3space.hub.errors import http_status, hub_error, jobs_refusal
 from phi3space.hub.refs import is_local_ref
 from phi3space.hub.space import on_space
 from phi3space.jobs.backend import Verdict
@@ -42,11 +42,6 @@ IMAGE_VAR = "PHI3SPACE_JOBS_IMAGE"
 LABEL_ORIGIN = "phi3space"  # which app (or the CLI) submitted the job: an app re-finds its own jobs by it
 LABEL_RUN = "phi3space-run"  # the run's id in that app
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
-BILLING_URL = "https://huggingface.co/settings/billing"
-
-
-class JobsError(Phi3SpaceError):
-    kind = "jobs"
 
 
 # ---------------------------------------------------------------- the job's spec
@@ -155,7 +150,8 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
                                labels={LABEL_ORIGIN: origin(), LABEL_RUN: safe_label(run_id), **(labels or {})},
                                name=safe_label(f"phi3space-{run_id}"), namespace=namespace, token=token)
     except Exception as exc:
-        error = start_error(exc, cfg, namespace)
+        error = jobs_refusal(exc, namespace, f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout "
+                             f"({cfg.compute.timeout}), and that the image exists ({job_image()}).")
         if error is None:
             raise
         Verdict("failed", error.kind, error.message, error.hint).write(writer, RunState())
@@ -171,30 +167,6 @@ def _copy(cfg: RunConfig) -> RunConfig:
     from phi3space import config
 
     return config.from_dict(cfg.to_dict())
-
-
-def start_error(exc: BaseException, cfg: RunConfig, namespace: str) -> Phi3SpaceError | None:
-    """The platform's refusal to start a job, with its own words and what to do; None for a bug."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if not isinstance(exc, HfHubHTTPError):
-        return hub_error(exc, "start the job on Hugging Face Jobs")
-    status = getattr(exc.response, "status_code", None)
-    said = scrub((getattr(exc, "server_message", None) or str(exc).splitlines()[0]).strip())
-    prefix = f"Hugging Face Jobs refused to start the job ({status}: {said})"
-    if status == 402:
-        return JobsError(prefix, f"Jobs are billed to the account that runs them: add a payment method or credits for "
-                                 f"{namespace} at {BILLING_URL}, then submit again.")
-    if status == 403:
-        return AuthError(prefix, "On a Space, sign out and in again so the app may run jobs for you (scope 'jobs'); "
-                                 "with a token, use one that may start Jobs in that namespace.")
-    if status == 429:
-        return JobsError(prefix, "You have reached a limit of Jobs at once: wait for one of your jobs to end, or "
-                                 "cancel one, then submit again.")
-    if status in (400, 404, 422):
-        return JobsError(prefix, f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout "
-                                 f"({cfg.compute.timeout}), and that the image exists ({job_image()}).")
-    return hub_error(exc, "start the job on Hugging Face Jobs")
 
 
 # ---------------------------------------------------------------- following a job
@@ -333,7 +305,7 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
             on_interrupt = None  # a second Ctrl-C leaves at once
             continue
         except Exception as exc:
-            if getattr(getattr(exc, "response", None), "status_code", None) == 404:  # the job is gone
+            if http_status(exc) == 404:  # the job is gone
                 gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message="not found"),
                                              url=f"{ref}", durations=None)
                 _write(writer, last_word(gone, run.state(), cfg), run.state())
@@ -364,8 +336,6 @@ def _this_attempt(state: RunState, info) -> RunState:
     if info.created_at and (state.started or 0) < info.created_at.timestamp() - 5:
         return RunState(step=state.step, checkpoint_url=state.checkpoint_url)
     return state
-
-
 
 
 __all__ = ["JobRef", "JobsError", "Mirror", "cancel", "follow_to_end", "inspect", "job_image", "last_word",
