@@ -393,3 +393,25 @@ def test_a_sign_in_that_expires_before_a_jobs_run_can_end_is_refused_too(tmp_pat
         runner.cancel(job.id, "alice")
     finally:
         runner.shutdown()
+
+
+def test_resume_checks_the_saved_config_again_as_submit_does(tmp_path):
+    """A run's config.yaml may have come back from the visitor's own Hub repo after a restart: on a Space, resume
+    refuses server paths in it, as submit would, and the run stays in its own folder whatever output.dir says."""
+    from phi3space.jobs.store import Job
+
+    runner = JobRunner(tmp_path / "data", space=True, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        run = runner.data.run("alice", "edited")
+        run.path.mkdir(parents=True)
+        config.from_dict({"data": {"dataset": str(tmp_path / "data" / "jobs.sqlite")},
+                          "output": {"dir": str(tmp_path / "elsewhere"), "push_to": "alice/x"}}).save(run.config)
+        run.append("run_started", max_steps=10)
+        run.append("checkpoint", step=5, path=str(run.checkpoint(5)))
+        run.finish("failed", {"kind": "interrupted", "message": "the Space restarted", "hint": "Resume it."}, step=5)
+        runner.store.add(Job(id="edited", owner="alice", name="n", run_dir=str(run.path), phase="done"))
+        with pytest.raises(ConfigError, match="is a path on the server"):
+            runner.resume("edited", "alice", "hf_AliceToken0123456789abcd")
+        assert runner.get("edited", "alice").phase == "done" and not (tmp_path / "elsewhere").exists()
+    finally:
+        runner.shutdown()

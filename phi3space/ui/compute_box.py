@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from phi3space.hub.auth import MOCK_TOKEN
+from phi3space.hub.auth import real_token
 from phi3space.jobs.hf import flavors
 from phi3space.ui.common import UI_ONLY
 
@@ -26,8 +26,7 @@ def on_backend(backend: str, flavor: str, oauth_token: gr.OAuthToken | None):
     when it ends; Resume continues from the Hub)."""
     if backend != "hf-jobs":
         return gr.skip(), gr.skip()
-    token = getattr(oauth_token, "token", None)
-    return gr.Dropdown(choices=flavor_choices(token if token != MOCK_TOKEN else None), value=flavor), True
+    return gr.Dropdown(choices=flavor_choices(real_token(getattr(oauth_token, "token", None))), value=flavor), True
 
 
 def build(specs: dict, push_checkpoints: gr.Checkbox) -> dict:
