@@ -1,3 +1,5 @@
+from dataclasses import fields
+
 import pytest
 import yaml
 
@@ -65,7 +67,7 @@ def test_missing_and_broken_files(tmp_path):
 
 def test_every_numeric_setting_has_a_range_that_holds_its_default():
     cfg = config.RunConfig()
-    numeric = {f"{s}.{f.name}" for s, cls in config._SECTION_CLASSES.items() for f in config.fields(cls)
+    numeric = {f"{s}.{f.name}" for s, cls in config._SECTION_CLASSES.items() for f in fields(cls)
                if str(f.type).split("|")[0].strip() in ("int", "float")}
     assert numeric == set(config.RANGES)
     for key, allowed in config.RANGES.items():

@@ -14,7 +14,7 @@ import yaml
 from conftest import memorise_config, write_qa_jsonl
 
 from phi3space import cli, config
-from phi3space.engine import training
+from phi3space.engine import sft, training
 from phi3space.errors import Diverged
 from phi3space.run import RunDir
 
@@ -105,7 +105,7 @@ def test_nan_loss_fails_the_run_and_keeps_no_adapter(tiny_model, tmp_path, monke
     data = write_qa_jsonl(tmp_path / "qa.jsonl")
     cfg = config.from_dict(memorise_config(tiny_model, str(data), tmp_path / "run", training__max_steps=6,
                                            training__logging_steps=1))
-    trainer = training._trainer_class()  # trl's SFTTrainer as the project runs it
+    trainer = sft._trainer_class()  # trl's SFTTrainer as the project runs it
     real = trainer.compute_loss
 
     def poisoned(self, model, inputs, *a, **kw):  # the third step's loss is NaN, as an overflow would make it

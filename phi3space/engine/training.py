@@ -4,6 +4,9 @@ through the run's events.
 
 Order matters: cheap checks first (run folder, Hub access, base model config, data), then the tokenizer (token
 stats), then the model, so that a user's mistake is reported in seconds, before gigabytes of weights are loaded.
+
+The objective's own trainer set-up (trl's SFTConfig and SFTTrainer, the LoRA settings) is in ``sft``; the events a
+trainer reports as it goes, in ``progress``.
 """
 
 from __future__ import annotations
@@ -14,21 +17,17 @@ import os
 import shutil
 import signal
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from phi3space.config import RunConfig
 from phi3space.engine import data as data_mod
 from phi3space.engine.modeling import Hardware, check_base, detect_hardware, load_model
+from phi3space.engine.progress import _events_callback, _perplexity, is_main_process
+from phi3space.engine.sft import sft_trainer
 from phi3space.errors import Cancelled, ConfigError, DiskFull, Diverged, OutOfMemory, Phi3SpaceError
 from phi3space.run import EventWriter, RunDir
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def library_versions() -> dict[str, str]:
@@ -41,122 +40,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def _events_callback(writer: EventWriter, stop_flag: dict, on_checkpoint=None):
-    """A TrainerCallback that turns trainer logs into progress/eval/checkpoint events and honours Stop."""
-    from transformers import TrainerCallback
-
-    class EventsCallback(TrainerCallback):
-        def __init__(self):
-            self.start = time.time()
-            self.last_tokens = (0.0, self.start)
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.start = time.time()
-            self.first_step = state.global_step
-            self.last_tokens = (None, self.start)
-
-        def on_step_end(self, args, state, control, **kw):
-            if stop_flag.get("stop") and not stop_flag.get("diverged"):
-                control.should_training_stop = True
-                control.should_save = True  # a checkpoint to --resume from
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
-            now = time.time()
-            if any(k in logs and not math.isfinite(logs[k]) for k in ("loss", "grad_norm")):
-                # The weights are ruined from here on: stop, and keep no checkpoint of them.
-                stop_flag["diverged"] = state.global_step
-                control.should_training_stop, control.should_save = True, False
-            if "loss" in logs:
-                elapsed = now - self.start
-                done = state.global_step - self.first_step
-                eta = elapsed / done * (state.max_steps - state.global_step) if done else None
-                tokens_per_s = None
-                if "num_tokens" in logs:
-                    prev, t0 = self.last_tokens
-                    if prev is not None and now > t0:
-                        tokens_per_s = round((logs["num_tokens"] - prev) / (now - t0), 1)
-                    self.last_tokens = (logs["num_tokens"], now)
-                writer.emit("progress", step=state.global_step, max_steps=state.max_steps,
-                            epoch=round(state.epoch or 0, 4), loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                            grad_norm=logs.get("grad_norm"), tokens=logs.get("num_tokens"), tokens_per_s=tokens_per_s,
-                            mean_token_accuracy=logs.get("mean_token_accuracy"),
-                            elapsed_s=round(elapsed, 2), eta_s=round(eta, 1) if eta is not None else None)
-            elif "eval_loss" in logs:
-                writer.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"],
-                            perplexity=_perplexity(logs["eval_loss"]),
-                            eval_token_accuracy=logs.get("eval_mean_token_accuracy"))
-
-        def on_save(self, args, state, control, **kw):
-            path = RunDir(args.output_dir).checkpoint(state.global_step)
-            writer.emit("checkpoint", step=state.global_step, path=str(path))
-            if on_checkpoint is not None and is_main_process():
-                on_checkpoint(path)
-
-    return EventsCallback()
-
-
-def _perplexity(loss: float | None) -> float | None:
-    if loss is None:
-        return None
-    return round(math.exp(loss), 4) if loss < 50 else float("inf")
-
-
-def build_sft_config(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bool = False):
-    """trl's settings for a run. The rows come tokenised, with their labels (see ``data.prepare_for_training``):
-    trl neither tokenises them again nor cuts them, so ``max_length`` is only passed on for packing."""
-    from trl import SFTConfig
-
-    t = cfg.training
-    eval_steps = t.eval_steps or t.save_steps
-    checkpointing = t.gradient_checkpointing and hw.device == "cuda"
-    return SFTConfig(
-        output_dir=str(cfg.run_dir),
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        max_length=t.max_length if t.packing else None,
-        weight_decay=t.weight_decay,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (and stops the run), not averaged away
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps if has_eval else None,
-        bf16=hw.bf16,
-        fp16=hw.fp16,
-        use_cpu=hw.device == "cpu",
-        # Both names: trl turns the old one on by default, and it must be off wherever we say so.
-        activation_checkpointing=checkpointing,
-        gradient_checkpointing=checkpointing,
-        packing=t.packing,
-        # The micro-batches of each optimizer step grouped by length (the same rows per step as a random order):
-        # less padding, and the rows stay apart, whatever the attention kernel.
-        train_sampling_strategy="batch_rebalance" if balance else "random",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataset_num_proc=None,
-        remove_unused_columns=True,
-    )
-
-
-def lora_config(cfg: RunConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
 @dataclass
@@ -218,77 +101,9 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
 
 def build_trainer(cfg: RunConfig, pre: Preflight, token: str | None = None, callbacks=()):
     """The base model (LoRA or 4-bit) and trl's SFTTrainer over the prepared (tokenised) data."""
-    from transformers import PrinterCallback
-
     model = load_model(cfg.model.base, cfg.model.method, pre.hardware, token,
                        cfg.training.gradient_checkpointing and pre.hardware.device == "cuda")
-    data, t = pre.data, cfg.training
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    balance = not t.packing and t.grad_accum > 1 and len(data.train) >= t.batch_size * t.grad_accum * world
-    trainer = _trainer_class()(model=model, args=build_sft_config(cfg, pre.hardware, data.eval is not None, balance),
-                               train_dataset=data.train, eval_dataset=data.eval, processing_class=data.tokenizer,
-                               peft_config=lora_config(cfg), callbacks=list(callbacks))
-    trainer.compact_loss = pre.hardware.device != "cuda"
-    trainer.remove_callback(PrinterCallback)  # progress is reported through events, not printed dicts
-    return trainer
-
-
-@cache
-def _trainer_class():
-    """trl's SFTTrainer, with two changes chosen by measurement (bench/train_vs_recipe.py):
-
-    - off CUDA, the loss projects only the trained positions through the LM head (transformers' boolean
-      ``logits_to_keep``) and uses torch's cross-entropy. trl's fused LM head has Triton kernels on CUDA (kept there);
-      elsewhere it scores every position, padding and prompts included, with a dozen passes over a tokens x vocabulary
-      tile: 80% of a CPU step, 4x slower than this.
-    - length-balanced micro-batches (transformers' BatchRebalanceSampler) seeded with training.seed.
-    """
-    import torch
-    import torch.nn.functional as F
-    from trl import SFTTrainer
-
-    class Trainer(SFTTrainer):
-        compact_loss = False
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.compact_loss or return_outputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            mode = "train" if self.model.training else "eval"
-            labels = inputs["labels"]
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != -100  # the positions whose next token is trained
-            targets = labels[:, 1:][labels[:, 1:] != -100]
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False, logits_to_keep=keep)
-            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
-            # As trl: summed over the tokens, divided by the trained tokens of the whole (accumulated) batch.
-            divisor = targets.numel() if num_items_in_batch is None else num_items_in_batch
-            loss = F.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(divisor).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            with torch.no_grad():
-                correct = self.accelerator.gather_for_metrics((logits.argmax(-1) == targets).sum()).sum()
-                valid = self.accelerator.gather_for_metrics(torch.tensor(targets.numel(), device=logits.device)).sum()
-            self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
-            if mode == "train":
-                mask = inputs.get("attention_mask")
-                seen = mask.sum() if mask is not None else torch.tensor(inputs["position_ids"].size(1))
-                self._total_train_tokens += int(self.accelerator.gather_for_metrics(seen.to(logits.device)).sum())
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return loss
-
-        def _get_train_sampler(self, train_dataset=None):
-            if self.args.train_sampling_strategy != "batch_rebalance":
-                return super()._get_train_sampler(train_dataset)
-            from transformers.trainer_pt_utils import BatchRebalanceSampler
-
-            args, world = self.args, max(1, self.args.world_size)
-            return BatchRebalanceSampler(lengths=self.train_dataset["length"], grad_accum=args.gradient_accumulation_steps,
-                                         effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps * world,
-                                         dp_size=world, rank=args.process_index if world > 1 else 0,
-                                         seed=args.data_seed if args.data_seed is not None else args.seed,
-                                         drop_last=args.dataloader_drop_last)
-
-    return Trainer
+    return sft_trainer(cfg, model, pre.data, pre.hardware, callbacks)
 
 
 def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict) -> Fitted:

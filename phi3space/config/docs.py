@@ -1,0 +1,37 @@
+"""The run config reference: a markdown table of every setting, its default and its help text (the README's
+"Run config reference"; ``python -m phi3space config`` prints it).
+
+Part of ``phi3space.config`` (imported from there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import yaml
+
+from phi3space.config.schema import _SECTION_CLASSES, RANGES
+
+
+def reference() -> str:
+    """The run config reference as a markdown table, from each field's default and help text (the README's
+    "Run config reference" is this text; ``python -m phi3space config`` prints it)."""
+    def shown(value: Any) -> str:
+        if value in (None, "", {}) and not isinstance(value, bool):
+            return ""
+        return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, cls in _SECTION_CLASSES.items():
+        defaults = cls()
+        for f in fields(cls):
+            help = f.metadata.get("help", "")
+            choices = f.metadata.get("choices")
+            if choices:
+                help += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
+            if f"{section}.{f.name}" in RANGES:
+                help += f" Range: {RANGES[f'{section}.{f.name}']}."
+            help = help.replace("<", "&lt;").replace(">", "&gt;")
+            lines.append(f"| `{section}.{f.name}` | {shown(getattr(defaults, f.name))} | {help} |")
+    return "\n".join(lines) + "\n"
