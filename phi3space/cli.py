@@ -14,7 +14,7 @@ import sys
 
 from phi3space.errors import Cancelled, Phi3SpaceError
 from phi3space.report import format_event
-from phi3space.run import RunDir
+from phi3space.run import EventWriter, RunDir
 
 
 def _quiet_libraries(data: bool = True) -> None:
@@ -149,9 +149,8 @@ def cmd_merge(args) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     _quiet_libraries()
-    emit = RunDir(args.run_dir).writer(echo=_print_event).emit if args.run_dir else \
-        (lambda type, **fields: _print_event({"type": type, **fields}))
-    result = merge_and_push(args.adapter, emit, out=args.out, push_to=args.push_to, base=args.base,
+    writer = RunDir(args.run_dir).writer(echo=_print_event) if args.run_dir else EventWriter(None, echo=_print_event)
+    result = merge_and_push(args.adapter, writer, out=args.out, push_to=args.push_to, base=args.base,
                             token=resolve_token(), private=args.private)
     if result["out"]:
         print(f"merged model saved in {result['out']} (load it with AutoModelForCausalLM.from_pretrained, no peft needed)")

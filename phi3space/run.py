@@ -192,12 +192,12 @@ class EventWriter:
     """Appends events to a run's events.jsonl (only on the main process under multi-GPU). Each line is written
     with one ``write`` call on a file opened for appending, so a reader never sees two events interleaved."""
 
-    def __init__(self, path: Path, enabled: bool = True, echo: Callable[[dict], None] | None = None):
-        self.path = path
+    def __init__(self, path: Path | None, enabled: bool = True, echo: Callable[[dict], None] | None = None):
+        self.path = path  # None: events are only echoed (a CLI command without a run folder)
         self.enabled = enabled
         self.echo = echo  # the CLI prints a progress line per event
         self._cut = None  # unknown until the first write: did an earlier write stop mid-line (a full disk)?
-        if enabled:
+        if enabled and path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(self, type: str, **fields: Any) -> dict:
@@ -208,7 +208,8 @@ class EventWriter:
         line = scrub(json.dumps({"type": type, "time": round(time.time(), 3), **fields}, default=str, ensure_ascii=False))
         event = json.loads(line)
         if self.enabled:
-            self._append((line + "\n").encode("utf-8"))
+            if self.path is not None:
+                self._append((line + "\n").encode("utf-8"))
             if self.echo is not None:  # one progress line per run, not one per process
                 self.echo(event)
         return event

@@ -16,6 +16,7 @@ from phi3space.config.schema import (
     ALIASES,
     BACKENDS,
     DEFAULT_BASE,
+    HUB_ONLY_BACKENDS,
     METHODS,
     PHI3_TARGET_MODULES,
     RANGES,
@@ -37,7 +38,7 @@ from phi3space.config.schema import (
 )
 
 __all__ = [
-    "ALIASES", "BACKENDS", "DEFAULT_BASE", "HF_TOKEN_PATTERN", "MAX_CONFIG_BYTES", "METHODS", "PHI3_TARGET_MODULES",
+    "ALIASES", "BACKENDS", "HUB_ONLY_BACKENDS", "DEFAULT_BASE", "HF_TOKEN_PATTERN", "MAX_CONFIG_BYTES", "METHODS", "PHI3_TARGET_MODULES",
     "RANGES", "SCHEDULERS", "TIMEOUT_RANGE_S", "TOKEN_HINT", "ComputeConfig", "DataConfig", "LoraSettings",
     "ModelConfig", "OutputConfig", "Range", "RunConfig", "TrainingConfig", "auto_repo_name", "default_run_name",
     "from_dict", "load", "loads", "reference", "short_name", "timeout_seconds",

@@ -18,7 +18,16 @@ from typing import Any
 
 import yaml
 
-from phi3space.config.schema import _SECTION_CLASSES, ALIASES, RunConfig, _allowed_keys, _show, _validate, default_run_name
+from phi3space.config.schema import (
+    _SECTION_CLASSES,
+    ALIASES,
+    HUB_ONLY_BACKENDS,
+    RunConfig,
+    _allowed_keys,
+    _show,
+    _validate,
+    default_run_name,
+)
 from phi3space.errors import ConfigError
 
 # A run config is a few dozen settings; anything bigger is the wrong file (or an attempt to exhaust memory).
@@ -264,7 +273,7 @@ def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> 
             section, name = key.split(".", 1)
             part = getattr(cfg, section)
             setattr(part, name, _coerce(value, field_of[key], key, getattr(part, name), problems))
-    if cfg.compute.backend == "hf-jobs" and "output.push_checkpoints" not in flat:
+    if cfg.compute.backend in HUB_ONLY_BACKENDS and "output.push_checkpoints" not in flat:
         cfg.output.push_checkpoints = True  # a job's disk is gone when it ends: the Hub keeps what Resume needs
     problems += [p for p in _validate(cfg) if p.split(":", 1)[0] not in refused]
     if problems:

@@ -19,7 +19,8 @@ DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-BACKENDS = ("local", "hf-jobs")
+BACKENDS = ("local", "hf-jobs")  # compute.backend: their code is registered in phi3space.jobs.backend
+HUB_ONLY_BACKENDS = ("hf-jobs",)  # the job's disk is gone when it ends: its adapter and checkpoints go to a repo
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -290,7 +291,7 @@ def _validate_compute(c: ComputeConfig, o: OutputConfig) -> list[str]:
         p.append(f"compute.timeout: {_show(c.timeout)} is outside 1m to 7d")
     if not re.fullmatch(r"all|[1-9]\d?", str(c.gpus)):
         p.append(f"compute.gpus: {_show(c.gpus)} is not 1, a number of GPUs or all")
-    if c.backend == "hf-jobs" and not o.push_to:
-        p.append("compute.backend: hf-jobs needs output.push_to (the job's disk is gone when it ends: the adapter "
+    if c.backend in HUB_ONLY_BACKENDS and not o.push_to:
+        p.append(f"compute.backend: {c.backend} needs output.push_to (the job's disk is gone when it ends: the adapter "
                  "must go to the Hub); e.g. output.push_to: auto")
     return p

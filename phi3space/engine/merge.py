@@ -15,9 +15,7 @@ from pathlib import Path
 from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter
 from phi3space.engine.modeling import load_for_inference, load_tokenizer
 from phi3space.errors import Cancelled, Phi3SpaceError
-from phi3space.run import RunDir
-
-Emit = Callable[..., object]  # emit(type, **fields): an EventWriter's emit, or a printer
+from phi3space.run import EventWriter, RunDir
 
 
 def _size(folder: Path) -> str:
@@ -34,24 +32,24 @@ def _card(base: str, adapter: str, repo_id: str) -> str:
             f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")\n```\n")
 
 
-def upload_model(folder: Path, repo_id: str, token: str | None, private: bool, emit: Emit) -> dict:
+def upload_model(folder: Path, repo_id: str, token: str | None, private: bool, writer: EventWriter) -> dict:
     """Create ``repo_id`` (exist_ok) and upload the merged model folder in one commit; record it as a push event."""
     from huggingface_hub import HfApi
 
     from phi3space.hub.errors import call
 
     api = HfApi(token=token)
-    log = lambda msg: emit("log", message=msg)  # noqa: E731
+    log = lambda msg: writer.emit("log", message=msg)  # noqa: E731
     url = call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", ref=repo_id, on_retry=log)
     info = call(lambda: api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="phi3space: merged model"),
                 "upload", ref=repo_id, on_retry=log)
     result = {"repo_id": repo_id, "url": str(url).rstrip("/") if url else f"https://huggingface.co/{repo_id}",
               "commit": getattr(info, "oid", None) or ""}
-    emit("push", what="model", **result)
+    writer.emit("push", what="model", **result)
     return result
 
 
-def merge_and_push(adapter: str, emit: Emit, out: str | Path | None = None, push_to: str | None = None,
+def merge_and_push(adapter: str, writer: EventWriter, out: str | Path | None = None, push_to: str | None = None,
                    base: str | None = None, token: str | None = None, private: bool = True) -> dict:
     """Merge ``adapter`` into its base; save it in ``out`` and/or push it to ``push_to`` (then a temporary folder
     holds it until the upload is done). Returns {out, repo_id, url}.
@@ -67,12 +65,12 @@ def merge_and_push(adapter: str, emit: Emit, out: str | Path | None = None, push
 
     total = 4 + (2 if push_to else 0)
     done = 0
-    emit("run_started", task="merge", adapter=str(adapter), push_to=push_to, max_steps=total)
+    writer.emit("run_started", task="merge", adapter=str(adapter), push_to=push_to, max_steps=total)
 
     def stage(text: str) -> None:
         nonlocal done
         done += 1
-        emit("progress", task="merge", step=done, max_steps=total, stage=text)
+        writer.emit("progress", task="merge", step=done, max_steps=total, stage=text)
 
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="phi3space-merged-"))
     result: dict = {"out": str(folder) if out else None, "repo_id": None, "url": None}
@@ -87,19 +85,19 @@ def merge_and_push(adapter: str, emit: Emit, out: str | Path | None = None, push
         if push_to:
             RunDir(folder).card.write_text(_card(base, str(adapter), repo_id), encoding="utf-8")
             stage(f"uploading {_size(folder)} to {repo_id}")
-            pushed = upload_model(folder, repo_id, token, private, emit)
+            pushed = upload_model(folder, repo_id, token, private, writer)
             result.update(repo_id=repo_id, url=pushed["url"])
     except Cancelled:
-        emit("run_finished", task="merge", status="cancelled", step=done, adapter=None)
+        writer.finish("cancelled", task="merge", step=done, adapter=None)
         raise
     except Phi3SpaceError as exc:
-        emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
-        emit("run_finished", task="merge", status="failed", step=done, adapter=None)
+        writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task="merge", step=done,
+                      adapter=None)
         raise
     finally:
         if not out:
             shutil.rmtree(folder, ignore_errors=True)
-    emit("run_finished", task="merge", status="completed", step=done, adapter=None, model=result["url"] or result["out"])
+    writer.finish("completed", task="merge", step=done, adapter=None, model=result["url"] or result["out"])
     return result
 
 

@@ -171,8 +171,8 @@ def finish(cfg: RunConfig, pre: Preflight, trainer, fitted: Fitted, token: str |
             except Phi3SpaceError as exc:
                 raise type(exc)(f"push to {pre.repo_id} failed: {exc.message}; the adapter is kept in {run.path}",
                                 f"Push it later with: python -m phi3space push {run.path}") from None
-    writer.emit("run_finished", status="cancelled" if fitted.cancelled else "completed", step=trainer.state.global_step,
-                metrics=fitted.metrics, adapter=str(run.path))
+    writer.finish("cancelled" if fitted.cancelled else "completed", step=trainer.state.global_step,
+                  metrics=fitted.metrics, adapter=str(run.path))
 
 
 def _checkpoint_to_resume(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writer: EventWriter) -> Path | None:
@@ -313,8 +313,7 @@ def _fail(writer: EventWriter, exc: Phi3SpaceError, trainer, fitted: Fitted | No
     last word once it sees the process end."""
     step = trainer.state.global_step if trainer is not None else 0
     try:
-        writer.emit("error", kind=exc.kind, message=exc.message, hint=exc.hint)
-        writer.emit("run_finished", status="failed", step=step, metrics=fitted.metrics if fitted else {},
-                    adapter=str(run.path) if run.has_adapter() else None)
+        writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, step=step,
+                      metrics=fitted.metrics if fitted else {}, adapter=str(run.path) if run.has_adapter() else None)
     except OSError:
         pass

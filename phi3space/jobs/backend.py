@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from phi3space.config import RunConfig
+from phi3space.config import HUB_ONLY_BACKENDS, RunConfig
 from phi3space.datadir import DataDir
 from phi3space.jobs.store import Job, JobStore
 from phi3space.run import EventWriter, RunState
@@ -61,12 +61,16 @@ class Backend:
 
     name: ClassVar[str]
     uses_slots: ClassVar[bool] = False  # waits in the queue for this machine's GPU slots; else starts at submit
-    needs_hub_destination: ClassVar[bool] = False  # its disk is gone when the job ends: the adapter must be pushed
     survives_restart: ClassVar[bool] = False  # the platform keeps the job and this backend finds it again after a
     # restart (else, on a Space, the job is recorded on its repo's card: phi3space.hub.records)
 
     def __init__(self, host: Host, **options):
         self.host = host
+
+    @property
+    def needs_hub_destination(self) -> bool:
+        """Its disk is gone when the job ends: the adapter must be pushed (a fact of the setting, kept in config)."""
+        return self.name in HUB_ONLY_BACKENDS
 
     def check(self, cfg: RunConfig, token: str | None, slots: int) -> int:
         """What this backend checks at submit, before anything is created or billed; returns the GPUs (slots) the

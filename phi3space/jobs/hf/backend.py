@@ -30,7 +30,6 @@ SCHEDULING_S = 10 * 60  # allowance for the platform to find the hardware, befor
 
 class HFJobsBackend(Backend):
     name = "hf-jobs"
-    needs_hub_destination = True
     survives_restart = True  # list_jobs with the app's label finds its jobs again
 
     def __init__(self, host: Host, **options):
