@@ -137,14 +137,14 @@ def cmd_merge(args) -> int:
     from phi3space.engine.merge import merge_and_push
     from phi3space.errors import ConfigError
     from phi3space.hub.auth import resolve_token
-    from phi3space.hub.refs import is_hub_id
+    from phi3space.hub.refs import check_repo_id
     from phi3space.run import RunDir
 
     if not args.out and not args.push_to:
         raise ConfigError(["merge needs --out DIR, --push-to REPO, or both"],
                           "e.g. python -m phi3space merge runs/my-run --out merged/ (or --push-to you/my-model)")
-    if args.push_to and not is_hub_id(args.push_to):
-        raise ConfigError([f"--push-to {args.push_to!r} is not a repo ID like your-name/my-model"])
+    if args.push_to:
+        args.push_to = check_repo_id(args.push_to, "--push-to")
 
     def stop(signum, frame):  # Stop in the web app: end cleanly, removing the temporary folder
         raise Cancelled("the merge was stopped")

@@ -22,6 +22,7 @@ from pathlib import Path
 from phi3space.engine.hardware import gpus, zero_gpu
 from phi3space.errors import ModelError
 from phi3space.generation import DEFAULTS, GenerationSettings
+from phi3space.hub.refs import is_local_ref
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
 from phi3space.report import human_duration
@@ -64,11 +65,9 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
             hint = ("Wait for it to finish, or choose another run." if status in ("queued", "running") else
                     "It ended without an adapter: resume it or start it again, or choose another run.")
             raise ModelError(f"run {job.name} ({job.id}) has no adapter (status: {status})", hint)
-    path = Path(ref).expanduser()
-    local = path.exists() or ref.startswith((".", "/", "~"))
-    if local:
+    if is_local_ref(ref):
         runs_root = (runner.root / "runs").resolve()
-        if space or path.resolve().is_relative_to(runs_root):
+        if space or Path(ref).expanduser().resolve().is_relative_to(runs_root):
             raise ModelError(f"{ref} is not one of your runs", "Pick one of your finished runs, or a Hub adapter repo ID.")
         return resolve_adapter(ref)
     return resolve_adapter(ref, visitor.hub_token(space))
@@ -202,7 +201,7 @@ def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict
     from phi3space.engine.adapters import adapter_base
 
     base = base or adapter_base(adapter_dir)
-    if space and Path(base).expanduser().exists() and not _own_run_base(adapter_dir):
+    if space and is_local_ref(base) and not _own_run_base(adapter_dir):
         raise ModelError(f"the adapter's base model {base} is a path on the server", "Use an adapter trained on a Hub model.")
     seconds = MAX_SECONDS
     if visitor.owner is None:
