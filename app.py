@@ -9,8 +9,8 @@ from phi3space.hub.auth import keep_owner_token_out
 
 keep_owner_token_out()  # before gradio loads huggingface_hub: no visitor's call may carry the owner's token
 
-from phi3space.errors import Phi3SpaceError
-from phi3space.ui import build_app, launch_kwargs, services
+from phi3space.errors import Phi3SpaceError  # noqa: E402
+from phi3space.ui import build_app, launch_kwargs, services  # noqa: E402
 
 try:
     services.get_runner()  # takes the data folder's lock now: a second app on the same folder stops here

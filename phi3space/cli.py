@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 
 from phi3space.errors import Cancelled, Phi3SpaceError
+from phi3space.generation import GenerationSettings
 from phi3space.report import format_event
 from phi3space.run import EventWriter, RunDir
 
@@ -88,11 +90,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from phi3space.chat.engine import ChatEngine, check_generation
+    from phi3space.chat.engine import ChatEngine
     from phi3space.engine.adapters import adapter_base, resolve_adapter
     from phi3space.hub.auth import resolve_token
 
-    check_generation(args.max_new_tokens, args.temperature, args.top_p)  # before any model loads
+    settings = GenerationSettings(**{f.name: getattr(args, f.name) for f in fields(GenerationSettings)})  # before any model loads
     _quiet_libraries(data=False)
     token = resolve_token()
     base = args.base
@@ -103,13 +105,12 @@ def cmd_chat(args) -> int:
 
         base = DEFAULT_BASE
     engine = ChatEngine(base, token)
-    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     history = [{"role": "system", "content": args.system}] if args.system else []
 
     def answer(prompt: str) -> None:
         history.append({"role": "user", "content": prompt})
         shown = ""
-        for text in engine.stream(history, args.adapter, token=token, **kw):
+        for text in engine.stream(history, args.adapter, token=token, **settings.as_kwargs()):
             sys.stdout.write(text[len(shown):])
             sys.stdout.flush()
             shown = text
@@ -136,13 +137,13 @@ def cmd_merge(args) -> int:
     from phi3space.engine.merge import merge_and_push
     from phi3space.errors import ConfigError
     from phi3space.hub.auth import resolve_token
-    from phi3space.hub.refs import is_hub_id
+    from phi3space.hub.refs import check_repo_id
 
     if not args.out and not args.push_to:
         raise ConfigError(["merge needs --out DIR, --push-to REPO, or both"],
                           "e.g. python -m phi3space merge runs/my-run --out merged/ (or --push-to you/my-model)")
-    if args.push_to and not is_hub_id(args.push_to):
-        raise ConfigError([f"--push-to {args.push_to!r} is not a repo ID like your-name/my-model"])
+    if args.push_to:
+        args.push_to = check_repo_id(args.push_to, "--push-to")
 
     def stop(signum, frame):  # Stop in the web app: end cleanly, removing the temporary folder
         raise Cancelled("the merge was stopped")
@@ -191,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base model (default: the adapter's own base)")
     p.add_argument("--prompt", help="one message; without it, an interactive loop")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    for f in fields(GenerationSettings):  # --max-new-tokens, --temperature, --top-p
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=GenerationSettings.describe(f.name))
     p.set_defaults(func=cmd_chat)
     p = sub.add_parser("merge", help="fold an adapter into its base model and save a standalone model")
     p.add_argument("adapter", help="run folder or Hub repo ID of an adapter")

@@ -139,7 +139,7 @@ ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
     (("", "hi"), "/chat", "choose an adapter"),
     (("/no/such/run", "hi"), "/chat", "adapter not found"),
     (("TRAINED", "hi", "", -5), "/chat", "max_new_tokens"),
-    (("TRAINED", "hi", "", "lots"), "/chat", "must be numbers"),
+    (("TRAINED", "hi", "", "lots"), "/chat", "max_new_tokens: 'lots' is not a whole number"),
     (("TRAINED", "hi", "", 16, -1.0), "/chat", "temperature"),
     (("TRAINED", "hi", "", 16, 0.5, 0.0), "/chat", "top_p"),
 ])
@@ -160,7 +160,7 @@ def _untrained_adapter(base, folder):
 
 
 def test_a_million_token_chat_does_not_hold_up_a_short_one(app, tiny_model, trained_run, tmp_path):
-    from phi3space.chat.engine import MAX_NEW_TOKENS
+    from phi3space.generation import MAX_NEW_TOKENS
 
     url, _ = app
     short, long = client(url), client(url)

@@ -157,7 +157,7 @@ CASES = [
     ("chat-negative-max-new-tokens", ["chat", "--adapter", "{d}/adapter", "--max-new-tokens", "-5", "--prompt", "hi"],
      "max_new_tokens: -5 must be at least 1"),
     ("chat-negative-temperature", ["chat", "--adapter", "{d}/adapter", "--temperature", "-1", "--prompt", "hi"],
-     "temperature: -1.0 must be in [0, 5] (0 = greedy)"),
+     "temperature: -1.0 must be in [0, 2] (0 = greedy)"),
     ("chat-top-p-zero", ["chat", "--adapter", "{d}/adapter", "--top-p", "0", "--prompt", "hi"], "top_p: 0.0 must be in (0, 1]"),
     ("chat-folder-without-adapter", ["chat", "--adapter", "{d}/nofiles", "--prompt", "hi"], "nofiles holds no adapter"),
     ("chat-missing-adapter", ["chat", "--adapter", "{d}/no-such-run", "--prompt", "hi"], "adapter not found: {d}/no-such-run"),

@@ -104,6 +104,7 @@ def test_the_fit_warning_uses_free_memory(fake_gpu, monkeypatch):
 
 
 def test_zero_gpu_refuses_training_and_runs_chat_inside_spaces_gpu(monkeypatch, tmp_path):
+    from phi3space.generation import GenerationSettings
     from phi3space.ui import chat_service
     from phi3space.ui.services import Visitor, set_runner
 
@@ -134,7 +135,7 @@ def test_zero_gpu_refuses_training_and_runs_chat_inside_spaces_gpu(monkeypatch, 
 
         monkeypatch.setattr(chat_service, "engine_for", lambda base, token, runner=None: Engine())
         out = list(chat_service.stream_reply(None, "some/base", [{"role": "user", "content": "hi"}],
-                                             Visitor("me", None), False, max_new_tokens=1024))
+                                             Visitor("me", None), False, GenerationSettings(max_new_tokens=1024)))
         assert out == ["on the GPU"] and calls == [chat_service.gpu_duration(1024)] and calls[0] > 60
     finally:
         set_runner(None)

@@ -19,39 +19,20 @@ from typing import Any
 
 from phi3space.engine.adapters import _does_not_fit, adapter_name, resolve_adapter
 from phi3space.engine.modeling import load_for_inference, load_tokenizer, stop_token_ids
-from phi3space.errors import ConfigError, ModelError, scrub
+from phi3space.errors import ModelError, scrub
+from phi3space.generation import DEFAULTS, GenerationSettings
 
 # Limits for a shared server (the README states them). Replies are generated together, in slices: all the replies
 # under way (up to MAX_BATCH, and MAX_BATCH_TOKENS of context between them) share one batched forward pass per token,
 # each with its own adapter (peft's mixed-adapter batches). A slice goes on while no one else waits (one generate()
 # call for a whole reply when a visitor is alone), and ends after SLICE_TOKENS tokens once someone does: a reply that
 # arrives joins at the next slice, and a long reply never holds up a short one for longer than that. Each reply is
-# bounded in tokens and in time.
+# bounded in tokens (at most generation.MAX_NEW_TOKENS) and in time.
 SLICE_TOKENS = 16
-MAX_NEW_TOKENS = 1024
 MAX_SECONDS = 120.0
 MAX_BATCH = 16
 MAX_BATCH_TOKENS = 32768
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
-
-
-def check_generation(max_new_tokens: int, temperature: float, top_p: float) -> None:
-    """Generation settings a person can get wrong.
-
-    Raises:
-        ConfigError: naming each bad setting and its range.
-    """
-    import math
-
-    problems = []
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        problems.append(f"max_new_tokens: {max_new_tokens!r} must be at least 1 (at most {MAX_NEW_TOKENS})")
-    if not math.isfinite(temperature) or temperature < 0 or temperature > 5:
-        problems.append(f"temperature: {temperature!r} must be in [0, 5] (0 = greedy)")
-    if not math.isfinite(top_p) or not 0 < top_p <= 1:
-        problems.append(f"top_p: {top_p!r} must be in (0, 1]")
-    if problems:
-        raise ConfigError(problems, "Use e.g. max_new_tokens 256, temperature 0 (greedy) or 0.7, top_p 1.")
 
 
 class FairLock:
@@ -89,7 +70,7 @@ class _Reply:
     adapter: str  # a peft adapter name, or BASE
     budget: int  # new tokens it may have
     deadline: float  # time.monotonic() after which it ends
-    sampling: tuple  # (do_sample, temperature, top_p): replies are batched with others of the same
+    sampling: tuple  # generate()'s sampling arguments, as items: replies are batched with others of the same
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # token ids, then None (or an exception)
     done: bool = False
     gone: bool = False  # the visitor stopped reading
@@ -209,22 +190,22 @@ class ChatEngine:
         self.adapters[name] = ref
         return name
 
-    def stream(self, messages: list[dict], adapter: str | None = None, max_new_tokens: int = 256,
-               temperature: float = 0.0, top_p: float = 1.0, token: str | None = None,
+    def stream(self, messages: list[dict], adapter: str | None = None,
+               max_new_tokens: int = DEFAULTS.max_new_tokens, temperature: float = DEFAULTS.temperature,
+               top_p: float = DEFAULTS.top_p, token: str | None = None,
                max_seconds: float = MAX_SECONDS) -> Iterator[str]:
         """Yield the reply's text as it grows (each item is the text so far). ``adapter`` None = the base model.
-        The reply ends at a stop token, after ``max_new_tokens`` (at most MAX_NEW_TOKENS and what the context
-        leaves), or after ``max_seconds``."""
-        check_generation(max_new_tokens, temperature, top_p)
+        The generation settings are checked as GenerationSettings (ConfigError). The reply ends at a stop token,
+        after ``max_new_tokens`` (at most generation.MAX_NEW_TOKENS and what the context leaves), or after ``max_seconds``."""
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         name = self.attach(adapter, token) if adapter else BASE
         ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
         room = self.context - len(ids)
         if room < 1:
             raise ModelError(f"the conversation is longer than the model's context ({self.context} tokens)",
                              "Clear the chat, or shorten the system prompt and the message.")
-        sampling = (True, float(temperature), float(top_p)) if temperature > 0 else (False, 0.0, 1.0)
-        reply = _Reply(ids, len(ids), name, min(max_new_tokens, MAX_NEW_TOKENS, room),
-                       time.monotonic() + max_seconds, sampling)
+        sampling = tuple(settings.generate_kwargs().items())
+        reply = _Reply(ids, len(ids), name, min(settings.max_new_tokens, room), time.monotonic() + max_seconds, sampling)
         self._submit(reply)
         tokens: list[int] = []
         text, ended = "", False
@@ -334,13 +315,11 @@ class ChatEngine:
             ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in replies], device=self.model.device)
             mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in replies], device=self.model.device)
             cache = DynamicCache()
-        do_sample, temperature, top_p = sampling
         ended = _ended(replies, lambda: self._model_turn.waiting() or self._others_wait(replies))
         args = dict(input_ids=ids, attention_mask=mask, past_key_values=cache,
                     max_new_tokens=max(r.budget - r.generated for r in replies),
                     eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-                    streamer=_dispatcher(replies, self.stop_ids), stopping_criteria=[ended], do_sample=do_sample,
-                    **(dict(temperature=temperature, top_p=top_p) if do_sample else {}))
+                    streamer=_dispatcher(replies, self.stop_ids), stopping_criteria=[ended], **dict(sampling))
         with self._model_turn(), torch.inference_mode():
             if isinstance(self.model, PeftModel):
                 args["adapter_names"] = [r.adapter for r in replies]

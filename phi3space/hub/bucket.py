@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from phi3space.errors import Phi3SpaceError
+from phi3space.hub.refs import is_repo_id
 from phi3space.run import RunDir
 
 BUCKET_ENV = "PHI3SPACE_BUCKET"
@@ -38,7 +39,7 @@ class BucketSync:
         bucket = (os.environ.get(BUCKET_ENV) or "").strip().removeprefix("hf://buckets/").strip("/")
         if not bucket:
             return None
-        if bucket.count("/") != 1:
+        if not is_repo_id(bucket):
             print(f"phi3space: {BUCKET_ENV}={bucket!r} is not owner/name: no bucket copy", file=sys.stderr)
             return None
         return cls(bucket, token(), store_path)

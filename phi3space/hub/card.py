@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from phi3space.config import RunConfig
+from phi3space.generation import DEFAULTS as GENERATION
 from phi3space.hub.refs import is_hub_id
 from phi3space.run import RunDir, RunState
 
@@ -128,7 +129,7 @@ tokenizer = AutoTokenizer.from_pretrained("{adapter}")
 messages = [{{"role": "user", "content": "Hello!"}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(model.device)
 stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>", "<|assistant|>")]
-output = model.generate(**inputs, max_new_tokens=256, eos_token_id=stop)
+output = model.generate(**inputs, max_new_tokens={GENERATION.max_new_tokens}, eos_token_id=stop)
 print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 """

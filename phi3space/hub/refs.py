@@ -1,11 +1,17 @@
-"""The one rule for "a path on this machine, or a Hub ID?"."""
+"""The one rule for "a path on this machine, or a Hub ID?", and for "a well-formed Hub repo ID?"."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from phi3space.errors import ConfigError
 
 # Names ending like this are files, never Hub IDs (a Hub ID has no such suffix in practice).
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".yaml", ".yml", ".txt", ".safetensors")
+# owner/name as the Hub spells a repo (or bucket) ID: letters, digits, '-', '_' and '.', the owner not starting
+# with a sign.
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def is_local_ref(ref: str) -> bool:
@@ -20,3 +26,20 @@ def is_hub_id(ref: str) -> bool:
     """'owner/name' that is not a path on this machine."""
     return bool(ref) and ref.count("/") == 1 and not is_local_ref(ref)
 
+
+def is_repo_id(name: str) -> bool:
+    """A well-formed Hub repo ID, owner/name, for a value that can only name a repo (where a model is pushed, the
+    bucket the app copies to): the form alone decides, no path rule applies."""
+    return isinstance(name, str) and bool(_REPO_ID.fullmatch(name))
+
+
+def check_repo_id(name: str, what: str, example: str = "your-name/my-model", hint: str = "") -> str:
+    """``name`` (stripped) when it is a well-formed Hub repo ID (is_repo_id).
+
+    Raises:
+        ConfigError: "``what``: 'name' is not a Hub repo ID like ``example``".
+    """
+    name = (name or "").strip()
+    if not is_repo_id(name):
+        raise ConfigError([f"{what}: {name!r} is not a Hub repo ID like {example}"], hint or f"Give owner/name, e.g. {example}.")
+    return name

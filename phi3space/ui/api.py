@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import gradio as gr
 
 from phi3space import config as config_mod
+from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
-from phi3space.ui.chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
+from phi3space.ui.chat_service import build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import api_errors
 from phi3space.ui.services import get_runner, signed_in
 
@@ -74,15 +75,15 @@ def push_again(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAu
 
 
 @api_errors
-def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = 256, temperature: float = 0.0,
-         top_p: float = 1.0, profile: gr.OAuthProfile | None = None,
-         oauth_token: gr.OAuthToken | None = None) -> Iterator[str]:
+def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
+         temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p,
+         profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None) -> Iterator[str]:
     """Stream the reply of an adapter (a job id, run folder or Hub repo ID) to one message; greedy by default."""
+    settings = GenerationSettings.checked(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     visitor = signed_in(profile, oauth_token)
     space = on_space()
     adapter_dir = resolve_for_visitor(adapter, visitor, get_runner(), space)
-    yield from stream_reply(adapter_dir, None, build_messages([], message, system), visitor, space,
-                            **generation_settings(max_new_tokens, temperature, top_p))
+    yield from stream_reply(adapter_dir, None, build_messages([], message, system), visitor, space, settings)
 
 
 def build() -> None:

@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from phi3space.engine.hardware import gpus, zero_gpu
-from phi3space.errors import ConfigError, ModelError
+from phi3space.errors import ModelError
+from phi3space.generation import DEFAULTS, GenerationSettings
+from phi3space.hub.refs import is_local_ref
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
 from phi3space.report import human_duration
@@ -30,7 +32,7 @@ from phi3space.ui.services import Visitor, get_runner
 MAX_ENGINES = int(os.environ.get("PHI3SPACE_CHAT_ENGINES", "1"))  # base models kept in memory at once
 CHATS_PER_VISITOR = 2  # replies being written at once for one signed-in visitor (two tabs, or compare mode)
 ANONYMOUS_CHATS = 1  # for all anonymous callers of a public Space together
-ANONYMOUS_MAX_NEW_TOKENS = 256
+ANONYMOUS_MAX_NEW_TOKENS = DEFAULTS.max_new_tokens  # anonymous callers: replies no longer than the default
 ANONYMOUS_MAX_SECONDS = 30.0
 
 _in_flight: Counter = Counter()
@@ -63,10 +65,8 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
             hint = ("Wait for it to finish, or choose another run." if status in ("queued", "running") else
                     "It ended without an adapter: resume it or start it again, or choose another run.")
             raise ModelError(f"run {job.name} ({job.id}) has no adapter (status: {status})", hint)
-    path = Path(ref).expanduser()
-    local = path.exists() or ref.startswith((".", "/", "~"))
-    if local:
-        if space or runner.data.holds_run(path):
+    if is_local_ref(ref):
+        if space or runner.data.holds_run(ref):
             raise ModelError(f"{ref} is not one of your runs", "Pick one of your finished runs, or a Hub adapter repo ID.")
         return resolve_adapter(ref)
     return resolve_adapter(ref, visitor.hub_token(space))
@@ -184,7 +184,7 @@ def _on_gpu(fn, max_new_tokens: int):
 
 
 def gpu_duration(max_new_tokens: int) -> int:
-    """Seconds of ZeroGPU time asked for one reply (the default 60 s fits 256 tokens; longer replies ask more)."""
+    """Seconds of ZeroGPU time asked for one reply (the least, 60 s, fits the default reply; longer replies ask more)."""
     return int(min(300, max(60, 20 + max_new_tokens / 8)))
 
 
@@ -193,39 +193,29 @@ def _stream(engine, messages: list[dict], adapter: str | None, **generation) -> 
 
 
 def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict], visitor: Visitor, space: bool,
-                 max_new_tokens: int = 256, **generation) -> Iterator[str]:
+                 settings: GenerationSettings = DEFAULTS) -> Iterator[str]:
     """Stream a reply (the text so far) from the adapter, or from its base model when ``adapter_dir`` is None.
     Anonymous visitors get shorter replies and less time."""
-    from phi3space.chat.engine import MAX_NEW_TOKENS, MAX_SECONDS
+    from phi3space.chat.engine import MAX_SECONDS
     from phi3space.engine.adapters import adapter_base
 
     base = base or adapter_base(adapter_dir)
-    if space and Path(base).expanduser().exists() and not _own_run_base(adapter_dir):
+    if space and is_local_ref(base) and not _own_run_base(adapter_dir):
         raise ModelError(f"the adapter's base model {base} is a path on the server", "Use an adapter trained on a Hub model.")
-    anonymous = visitor.owner is None
-    cap, seconds = (ANONYMOUS_MAX_NEW_TOKENS, ANONYMOUS_MAX_SECONDS) if anonymous else (MAX_NEW_TOKENS, MAX_SECONDS)
-    max_new_tokens = max_new_tokens if max_new_tokens < 1 else min(max_new_tokens, cap)
+    seconds = MAX_SECONDS
+    if visitor.owner is None:
+        settings, seconds = settings.capped(ANONYMOUS_MAX_NEW_TOKENS), ANONYMOUS_MAX_SECONDS
     runner = get_runner()
     runner.touch()
     with chat_slot(visitor):
         engine = engine_for(base, visitor.hub_token(space), runner)
-        stream = _on_gpu(_stream, max_new_tokens)
+        stream = _on_gpu(_stream, settings.max_new_tokens)
         yield from stream(engine, messages, str(adapter_dir) if adapter_dir else None, max_seconds=seconds,
-                          max_new_tokens=max_new_tokens, **generation)
+                          **settings.as_kwargs())
 
 
 def _own_run_base(adapter_dir: Path | None) -> bool:
     return adapter_dir is not None and RunDir(adapter_dir).events.exists()
-
-
-def generation_settings(max_new_tokens, temperature, top_p) -> dict:
-    """The generation settings of a request as numbers (the API takes what a client sends)."""
-    try:
-        return dict(max_new_tokens=int(float(max_new_tokens)), temperature=float(temperature), top_p=float(top_p))
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError([f"generation settings must be numbers (max_new_tokens={max_new_tokens!r}, "
-                           f"temperature={temperature!r}, top_p={top_p!r})"],
-                          "Send max_new_tokens as an integer and temperature, top_p as numbers.") from None
 
 
 def build_messages(history: list[dict], message: str, system: str | None) -> list[dict]:

@@ -6,16 +6,34 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from phi3space.chat.engine import MAX_NEW_TOKENS
+from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
-from phi3space.ui.chat_service import build_messages, generation_settings, resolve_for_visitor, stream_reply
+from phi3space.ui.chat_service import build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import UI_ONLY, user_errors
 from phi3space.ui.services import get_runner, identify
+
+# The generation sliders: their labels and steps are the page's; their ends, starting values and notes are
+# GenerationSettings' (one range for the page and the engine).
+SLIDERS = {"max_new_tokens": ("Max new tokens", 1), "temperature": ("Temperature", 0.05), "top_p": ("Top-p", 0.05)}
 
 
 @dataclass
 class ChatTab:
     adapter: gr.Dropdown
+
+
+def slider_span(name: str) -> tuple[float, float]:
+    """A generation setting's range as its slider spans it: the range's ends, or one step inside an open end (a
+    slider has no open ends)."""
+    rng, step = GenerationSettings.range_of(name), SLIDERS[name][1]
+    return rng.low + step if rng.low_open else rng.low, rng.high - step if rng.high_open else rng.high
+
+
+def _slider(name: str) -> gr.Slider:
+    label, step = SLIDERS[name]
+    low, high = slider_span(name)
+    return gr.Slider(low, high, value=getattr(DEFAULTS, name), step=step, label=label,
+                     info=GenerationSettings.range_of(name).note or None, elem_id=f"chat-{name.replace('_', '-')}")
 
 
 def adapter_choices(owner: str | None) -> list[tuple[str, str]]:
@@ -45,19 +63,19 @@ def respond(adapter: str, system: str, max_new_tokens: float, temperature: float
     visitor = identify(profile, oauth_token)
     space = on_space()
     adapter_dir = resolve_for_visitor(adapter, visitor, get_runner(), space)
-    settings = generation_settings(max_new_tokens, temperature, top_p)
+    settings = GenerationSettings.checked(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     history = list(history or []) + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
     base_history = list(base_history or [])
     if compare:
         base_history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-    for text in stream_reply(adapter_dir, None, build_messages(history[:-2], message, system), visitor, space, **settings):
+    for text in stream_reply(adapter_dir, None, build_messages(history[:-2], message, system), visitor, space, settings):
         history[-1]["content"] = text
         yield history, base_history, ""
     if compare:
         from phi3space.engine.adapters import adapter_base
 
         base = adapter_base(adapter_dir)
-        for text in stream_reply(None, base, build_messages(base_history[:-2], message, system), visitor, space, **settings):
+        for text in stream_reply(None, base, build_messages(base_history[:-2], message, system), visitor, space, settings):
             base_history[-1]["content"] = text
             yield history, base_history, ""
 
@@ -71,9 +89,7 @@ def build() -> ChatTab:
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.")
         with gr.Row():
-            max_new_tokens = gr.Slider(16, MAX_NEW_TOKENS, value=256, step=16, label="Max new tokens")
-            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature", info="0 = greedy")
-            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
+            max_new_tokens, temperature, top_p = (_slider(name) for name in SLIDERS)
     with gr.Row():
         chatbot = gr.Chatbot(label="Adapter", height=360, buttons=["copy"], elem_id="chat-adapter-replies")
         base_chatbot = gr.Chatbot(label="Base model", height=360, visible=False, elem_id="chat-base-replies")

@@ -16,7 +16,7 @@ import gradio as gr
 
 from phi3space.errors import AuthError, ConfigError
 from phi3space.hub.access import check_push_access
-from phi3space.hub.refs import is_hub_id
+from phi3space.hub.refs import check_repo_id
 from phi3space.jobs.kinds import kind_of
 from phi3space.jobs.store import Job
 from phi3space.run import FINAL, RunState
@@ -191,10 +191,7 @@ def merge(follower: Follower, repo: str, private: bool, profile: gr.OAuthProfile
     follow it."""
     visitor = identify(profile, oauth_token)
     owner = visitor.require_owner()
-    repo = (repo or "").strip()
-    if not is_hub_id(repo):
-        raise ConfigError([f"destination repo {repo!r} is not a Hub repo ID like your-name/my-model"],
-                          "Type the repo the merged model goes to: your-name/my-model.")
+    repo = check_repo_id(repo, "destination repo", hint="Type the repo the merged model goes to: your-name/my-model.")
     if follower.job_id is None:
         raise ConfigError(["no run is selected"], "Pick a finished run in 'Follow job' first.")
     runner = get_runner()
