@@ -137,7 +137,7 @@ def cmd_merge(args) -> int:
     from phi3space.engine.merge import merge_and_push
     from phi3space.errors import ConfigError
     from phi3space.hub.auth import resolve_token
-    from phi3space.hub.refs import check_repo_id
+    from phi3space.refs import check_repo_id
 
     if not args.out and not args.push_to:
         raise ConfigError(["merge needs --out DIR, --push-to REPO, or both"],

@@ -6,7 +6,7 @@ import pytest
 from phi3space import cli
 from phi3space.errors import ConfigError
 from phi3space.hub.bucket import BucketSync
-from phi3space.hub.refs import check_repo_id, is_hub_id, is_local_ref, is_repo_id
+from phi3space.refs import check_repo_id, is_hub_id, is_local_ref, is_repo_id
 
 
 @pytest.mark.parametrize("name,ok", [

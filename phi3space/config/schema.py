@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from phi3space.refs import is_repo_id
+
 DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
@@ -261,7 +263,7 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"lora.target_modules: {_show(tm)}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
     if o.push_checkpoints and not o.push_to:
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
-    if o.push_to and o.push_to != "auto" and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", o.push_to):
+    if o.push_to and o.push_to != "auto" and not is_repo_id(o.push_to):
         p.append(f"output.push_to: {_show(o.push_to)} is not a repo ID like your-name/my-adapter (or 'auto')")
     p += _validate_compute(cfg.compute, o)
     return p

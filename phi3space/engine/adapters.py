@@ -15,7 +15,7 @@ def resolve_adapter(ref: str, token: str | None = None) -> Path:
     may read it: the cache is shared)."""
     from phi3space.hub.access import check_read_access
     from phi3space.hub.errors import call
-    from phi3space.hub.refs import is_local_ref
+    from phi3space.refs import is_local_ref
 
     if is_local_ref(ref):
         path = Path(ref).expanduser()

@@ -79,7 +79,7 @@ def _failure(base: str, exc: Exception) -> ModelError:
 
 def _check_folder(base: str) -> None:
     """A base given as a path must be a folder here (before the libraries mistake it for a malformed Hub ID)."""
-    from phi3space.hub.refs import is_local_ref
+    from phi3space.refs import is_local_ref
 
     if is_local_ref(base) and not Path(base).expanduser().is_dir():
         raise ModelError(f"model folder not found: {base}",
@@ -92,7 +92,7 @@ def check_base(base: str, token: str | None = None):
     from transformers import AutoConfig
 
     from phi3space.hub.access import check_read_access
-    from phi3space.hub.refs import is_local_ref
+    from phi3space.refs import is_local_ref
 
     _check_folder(base)
     try:

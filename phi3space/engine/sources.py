@@ -105,7 +105,7 @@ def _open_hub(ref: str, config_name: str | None, split: str, token: str | None) 
 
 def open_split(data: DataConfig, split: str, token: str | None = None) -> Source:
     """One split of ``data.dataset`` (a Hub ID or a local file or folder), ready to be read row by row."""
-    from phi3space.hub.refs import is_local_ref
+    from phi3space.refs import is_local_ref
 
     if is_local_ref(data.dataset):
         return _open_local(data.dataset, split)

@@ -12,8 +12,8 @@ import time
 
 from phi3space.errors import AuthError, HubError
 from phi3space.hub.errors import call, is_transient, with_retries
-from phi3space.hub.refs import is_hub_id
 from phi3space.hub.space import on_space
+from phi3space.refs import is_hub_id
 
 WHOAMI_TTL_S = 300
 _whoami_cache: dict[str, tuple[float, dict]] = {}  # sha256(token) -> (time, answer); never the token itself

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from phi3space.errors import Phi3SpaceError
-from phi3space.hub.refs import is_repo_id
+from phi3space.refs import is_repo_id
 from phi3space.run import RunDir
 
 BUCKET_ENV = "PHI3SPACE_BUCKET"

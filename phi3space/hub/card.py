@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from phi3space.config import RunConfig
 from phi3space.generation import DEFAULTS as GENERATION
-from phi3space.hub.refs import is_hub_id
+from phi3space.refs import is_hub_id
 from phi3space.run import RunDir, RunState
 
 RECORD_TAG = "phi3space"  # every adapter card carries it; list_models(filter=...) finds them

@@ -23,10 +23,10 @@ from phi3space.engine.hardware import first_gpu_name, training_refusal
 from phi3space.errors import ConfigError
 from phi3space.hub.auth import token_env
 from phi3space.hub.records import JOB_ENV, OWNER_ENV
-from phi3space.hub.refs import is_local_ref
 from phi3space.jobs.backend import Backend, Host, Verdict
 from phi3space.jobs.kinds import kind_of
 from phi3space.jobs.store import Job
+from phi3space.refs import is_local_ref
 from phi3space.run import RunState
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # where `import phi3space` finds this very code

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from phi3space.config import RunConfig, auto_repo_name
 from phi3space.errors import AuthError, ConfigError, SignInNeeded
-from phi3space.hub.refs import is_local_ref
 from phi3space.jobs.backend import Backend
 from phi3space.jobs.store import Job, JobStore
+from phi3space.refs import is_local_ref
 from phi3space.report import human_duration
 
 TOKEN_MARGIN_S = 300  # a sign-in must outlast the job's upper bound by this much

@@ -22,9 +22,9 @@ from pathlib import Path
 from phi3space.engine.hardware import gpus, zero_gpu
 from phi3space.errors import ModelError
 from phi3space.generation import DEFAULTS, GenerationSettings
-from phi3space.hub.refs import is_local_ref
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
+from phi3space.refs import is_local_ref
 from phi3space.report import human_duration
 from phi3space.run import RunDir
 from phi3space.ui.services import Visitor, get_runner

@@ -16,9 +16,9 @@ import gradio as gr
 
 from phi3space.errors import AuthError, ConfigError
 from phi3space.hub.access import check_push_access
-from phi3space.hub.refs import check_repo_id
 from phi3space.jobs.kinds import kind_of
 from phi3space.jobs.store import Job
+from phi3space.refs import check_repo_id
 from phi3space.run import FINAL, RunState
 from phi3space.ui.common import UI_ONLY, user_errors
 from phi3space.ui.follow import Follower, progress_html

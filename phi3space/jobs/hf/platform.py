@@ -31,11 +31,11 @@ from phi3space.config import RunConfig, timeout_seconds
 from phi3space.errors import AuthError, ConfigError, JobsError, SignInNeeded, register_secret, scrub
 from phi3space.hub.access import whoami
 from phi3space.hub.errors import http_status, hub_error, jobs_refusal
-from phi3space.hub.refs import is_local_ref
 from phi3space.hub.space import on_space
 from phi3space.jobs.backend import Verdict
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
 from phi3space.jobs.hf.protocol import CONFIG_ARG, CONFIG_VAR, parse_event
+from phi3space.refs import is_local_ref
 from phi3space.run import EventWriter, RunDir, RunState
 
 IMAGE_VAR = "PHI3SPACE_JOBS_IMAGE"
