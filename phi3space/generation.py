@@ -14,32 +14,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from phi3space.errors import ConfigError
+from phi3space.ranges import Range, num
 
 # The longest reply a shared server writes (the README states it); a longer max_new_tokens is lowered to this.
 MAX_NEW_TOKENS = 1024
-
-
-@dataclass(frozen=True)
-class Range:
-    """The allowed values of a numeric setting: [low, high], with either end open when marked so."""
-
-    low: float
-    high: float
-    note: str = ""
-    low_open: bool = False
-    high_open: bool = False
-
-    def allows(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return above and below
-
-    def __str__(self) -> str:
-        return f"{'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def _f(default: Any, help: str, range: Range, capped: bool = False) -> Any:
@@ -103,7 +81,7 @@ class GenerationSettings:
     def describe(name: str) -> str:
         """A setting's help, range and default in one line (the CLI's help for its flag)."""
         f = _field(name)
-        return f"{f.metadata['help']} Allowed: {_expected(f)}. Default: {_num(f.default)}."
+        return f"{f.metadata['help']} Allowed: {_expected(f)}. Default: {num(f.default)}."
 
     @staticmethod
     def range_of(name: str) -> Range:
@@ -118,7 +96,7 @@ def _field(name: str):
         raise KeyError(name) from None
 
 
-_HINT = ("Defaults: " + ", ".join(f"{f.name} {_num(f.default)}" for f in fields(GenerationSettings))
+_HINT = ("Defaults: " + ", ".join(f"{f.name} {num(f.default)}" for f in fields(GenerationSettings))
          + "; for more varied replies, e.g. temperature 0.7.")
 
 
@@ -126,7 +104,7 @@ def _expected(f) -> str:
     """The allowed values of a field, in words: 'at least 1' (capped) or '[0, 2]'."""
     rng: Range = f.metadata["range"]
     if f.metadata["capped"]:
-        return f"at least {_num(rng.low)}" if not rng.low_open else f"above {_num(rng.low)}"
+        return f"at least {num(rng.low)}" if not rng.low_open else f"above {num(rng.low)}"
     return f"in {rng}"
 
 

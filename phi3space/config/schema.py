@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from phi3space.ranges import Range
 from phi3space.refs import is_repo_id
 
 DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
@@ -146,26 +147,6 @@ def auto_repo_name(cfg: RunConfig) -> str:
     import time
 
     return f"{default_run_name(cfg)[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-@dataclass(frozen=True)
-class Range:
-    """The allowed values of a numeric setting: [low, high], with either end open when marked so."""
-
-    low: float
-    high: float
-    note: str = ""
-    low_open: bool = False
-    high_open: bool = False
-
-    def allows(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return above and below
-
-    def __str__(self) -> str:
-        num = lambda x: str(int(x)) if float(x).is_integer() else str(x)  # noqa: E731
-        return f"{'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}{')' if self.high_open else ']'}"
 
 
 # Every numeric setting and its allowed range, checked before any model loads. The upper ends sit far above any
