@@ -22,7 +22,12 @@ DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-BACKENDS = ("local", "hf-jobs")  # compute.backend: their code is registered in phi3space.jobs.backend
+# compute.backend -> the class that runs jobs there ("module:class", imported by phi3space.jobs.backend when used).
+# A new backend is one module plus one line here.
+BACKENDS = {
+    "local": "phi3space.jobs.local:LocalBackend",
+    "hf-jobs": "phi3space.jobs.hf.backend:HFJobsBackend",
+}
 HUB_ONLY_BACKENDS = ("hf-jobs",)  # the job's disk is gone when it ends: its adapter and checkpoints go to a repo
 
 
@@ -93,7 +98,7 @@ class OutputConfig:
 class ComputeConfig:
     backend: str = _f("local", "Where the run trains: local (this machine's GPUs, in the app's queue) or hf-jobs (a "
                                "Hugging Face Job on rented hardware, billed to you; needs output.push_to).",
-                      choices=BACKENDS)
+                      choices=tuple(BACKENDS))
     flavor: str = _f("a10g-large", "Hugging Face Jobs hardware for hf-jobs, e.g. l4x1, a10g-large, a100-large; "
                                    "several GPUs (a10g-largex2, l4x4, h200x8) train data-parallel with accelerate.")
     timeout: str = _f("4h", "hf-jobs: the job is stopped after this long (s, m, h or d; e.g. 90m, 6h), which also "

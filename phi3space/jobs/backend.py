@@ -6,7 +6,8 @@ of every backend; it never asks which one it holds. A backend starts a job, stop
 restart, follows it into its run folder (events.jsonl), and says when and how it ended (a ``Verdict``, from which
 the scheduler gives the run its last word through the one writer, ``RunDir.finish``).
 
-A new backend is one module with a ``Backend`` subclass, plus one line in ``BACKENDS``.
+A new backend is one module with a ``Backend`` subclass, plus one line in ``BACKENDS`` (phi3space.config, where
+``compute.backend``'s choices come from).
 """
 
 from __future__ import annotations
@@ -16,16 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from phi3space.config import HUB_ONLY_BACKENDS, RunConfig
+from phi3space.config import BACKENDS, HUB_ONLY_BACKENDS, RunConfig
 from phi3space.datadir import DataDir
 from phi3space.jobs.store import Job, JobStore
 from phi3space.run import EventWriter, RunState
-
-# compute.backend -> "module:class". One line per backend.
-BACKENDS = {
-    "local": "phi3space.jobs.local:LocalBackend",
-    "hf-jobs": "phi3space.jobs.hf.backend:HFJobsBackend",
-}
 
 
 @dataclass(frozen=True)

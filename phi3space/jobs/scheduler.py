@@ -24,14 +24,14 @@ import time
 from collections.abc import Callable
 
 from phi3space import config
-from phi3space.config import RunConfig, default_run_name
+from phi3space.config import BACKENDS, RunConfig, default_run_name
 from phi3space.datadir import DataDir, new_job_id, safe_name
 from phi3space.engine.estimates import training_seconds
 from phi3space.engine.hardware import first_gpu_name, gpu_count
 from phi3space.errors import ConfigError, Phi3SpaceError, register_secret, scrub
 from phi3space.hub.auth import acting_token, keep_owner_token_out
 from phi3space.hub.space import on_space, space_id
-from phi3space.jobs.backend import BACKENDS, Backend, Host, Verdict, backend_class
+from phi3space.jobs.backend import Backend, Host, Verdict, backend_class
 from phi3space.jobs.idle import IdlePause
 from phi3space.jobs.kinds import KINDS, MERGE, TRAIN, check_backend, kind_of
 from phi3space.jobs.store import Job, JobStore
