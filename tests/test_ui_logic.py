@@ -13,11 +13,12 @@ from phi3space.errors import AuthError, ConfigError, ModelError
 from phi3space.hub.auth import MOCK_TOKEN
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
+from phi3space.jobs.submit import check_inputs_allowed
 from phi3space.run import RunDir, RunState
 from phi3space.ui import forms
 from phi3space.ui.chat_service import build_messages, resolve_for_visitor
 from phi3space.ui.follow import Follower, progress_html
-from phi3space.ui.services import Visitor, check_inputs_allowed, identify
+from phi3space.ui.services import Visitor, identify
 
 FIXTURE_TOKENIZER = str(Path(__file__).parent / "fixtures" / "phi3-mini-4k-instruct")
 
@@ -375,7 +376,7 @@ def test_the_server_listens_on_this_machine_only_off_a_space(monkeypatch):
 def test_inspect_explains_an_empty_upload_and_a_missing_model_folder(tmp_path):
     from phi3space.errors import DataError
 
-    empty = forms.stash_upload(_write(tmp_path / "empty.jsonl", ""), "me", tmp_path / "data")
+    empty = forms.stash_upload(_write(tmp_path / "empty.jsonl", ""), tmp_path / "data" / "uploads" / "me")
     with pytest.raises(DataError, match="is empty"):
         forms.inspect_dataset(config.from_dict({"data": {"dataset": str(empty)}, "model": {"base": FIXTURE_TOKENIZER}}), None)
     qa = write_qa_jsonl(tmp_path / "qa.jsonl")
