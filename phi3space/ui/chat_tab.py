@@ -44,7 +44,7 @@ def adapter_choices(owner: str | None) -> list[tuple[str, str]]:
     out = []
     for job in reversed(runner.list(owner)):
         status, state = runner.status(job)
-        if status in ("completed", "cancelled") and (state.adapter or state.adapter_repo):  # or only on the Hub
+        if state.has_adapter:  # in its folder, or only on the Hub
             out.append((f"{job.name} · {job.id}" + (" (stopped early)" if status == "cancelled" else ""), job.id))
     return out
 

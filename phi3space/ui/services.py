@@ -14,7 +14,6 @@ from phi3space.errors import AuthError, Phi3SpaceError, SignInNeeded, register_s
 from phi3space.hub.auth import acting_token, real_token
 from phi3space.hub.space import on_space
 from phi3space.jobs.scheduler import JobRunner
-from phi3space.jobs.submit import Caller
 
 LOCAL_OWNER = "local"
 
@@ -52,10 +51,6 @@ class Visitor:
         if self.owner is None:
             raise SignInNeeded("sign in with Hugging Face to train and to see your jobs")
         return self.owner
-
-    def caller(self) -> Caller:
-        """The visitor as the job scheduler's submit pipeline sees them."""
-        return Caller(self.require_owner(), self.token, self.expires_at)
 
 
 def identify(profile, oauth_token, space: bool | None = None) -> Visitor:
