@@ -12,10 +12,12 @@ the visitor holds answers once more and an interrupted run resumes from its last
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 
 from phi3space.config import RunConfig
+from phi3space.errors import ConfigError, Phi3SpaceError
 from phi3space.hub.access import namespaces, whoami
 from phi3space.hub.card import RECORD_KEY, RECORD_TAG
 from phi3space.hub.errors import call
@@ -24,6 +26,7 @@ from phi3space.run import RunDir
 
 JOB_ENV = "PHI3SPACE_JOB_ID"  # set by the job runner in a training process: whose job this run is
 OWNER_ENV = "PHI3SPACE_JOB_OWNER"
+JOB_ID = re.compile(r"[0-9a-f]{12}")  # a job id as phi3space.datadir.new_job_id makes them: a record with another is not ours
 
 
 def record(job_id: str, owner: str, status: str, step: int | None = None, max_steps: int | None = None,
@@ -87,7 +90,8 @@ def hub_runs(owner: str, token: str) -> list[HubRun]:
                       "list your runs on the Hub")
         for model in models:
             rec = model.card_data.get(RECORD_KEY) if model.card_data is not None else None
-            if isinstance(rec, dict) and rec.get("job") and rec.get("owner") == owner and rec.get("space") == here:
+            if (isinstance(rec, dict) and JOB_ID.fullmatch(str(rec.get("job") or "")) and rec.get("owner") == owner
+                    and rec.get("space") == here):
                 found.append(HubRun(model.id, rec))
     return found
 
@@ -97,7 +101,7 @@ def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
     word those events lack (completed, as the final card says, or interrupted by the restart).
 
     Raises:
-        HubError: the repo has no config (not a phi3space job's repo).
+        HubError: the repo has no config (not a phi3space job's repo). ConfigError: its config is not a valid one.
     """
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
@@ -113,9 +117,11 @@ def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
             return None  # no checkpoint was pushed
 
     config = call(lambda: hf_hub_download(repo, RunDir.CONFIG, token=token), f"download the config of {repo}", ref=repo)
+    cfg = _checked_config(repo, open(config, "rb").read())
     events = call(pushed_events, f"download the events of {repo}", ref=repo)
     run.path.mkdir(parents=True, exist_ok=True)
-    run.config.write_bytes(open(config, "rb").read())
+    cfg.output.dir = str(run.path)  # the server chooses where a run lives, whatever the repo's copy says
+    cfg.save(run.config)
     if events is not None:
         data = open(events, "rb").read()
         run.events.write_bytes(data[: data.rfind(b"\n") + 1])
@@ -130,6 +136,21 @@ def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
             else "Submit it again: it pushed no checkpoint to continue from.")
     run.finish("failed", {"kind": "interrupted", "message": f"the Space restarted while this job was {doing}", "hint": hint},
                step=state.step, adapter=None)
+
+
+def _checked_config(repo: str, raw: bytes) -> RunConfig:
+    """The repo's run config, validated like any visitor's input (it is the visitor's own file: they may have edited
+    it). What it may point at is checked again at resume, by the submit pipeline.
+
+    Raises:
+        ConfigError: not a valid run config.
+    """
+    from phi3space import config
+
+    try:
+        return config.loads(raw.decode("utf-8", errors="replace"))
+    except Phi3SpaceError as exc:
+        raise ConfigError([f"{repo} holds no valid run config ({exc.message})"], "It is not listed among your runs.") from None
 
 
 def created_at(hub_run: HubRun) -> float:

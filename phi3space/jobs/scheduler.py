@@ -283,7 +283,11 @@ class JobRunner:
             if self.store.get(job_id) is not None:
                 continue
             run = self.data.run(owner, job_id)
-            rebuild(run, hub_run, token)
+            try:
+                rebuild(run, hub_run, token)
+            except ConfigError as exc:  # one repo whose config was spoiled does not hide the others
+                print(f"phi3space: not restoring {hub_run.repo_id}: {exc.message}", file=sys.stderr)
+                continue
             created = float(hub_run.record.get("created") or time.time())
             with self._lock:
                 if self.store.get(job_id) is None:
