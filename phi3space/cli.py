@@ -95,6 +95,10 @@ def cmd_chat(args) -> int:
     from phi3space.hub.auth import resolve_token
 
     settings = GenerationSettings(**{f.name: getattr(args, f.name) for f in fields(GenerationSettings)})  # before any model loads
+    if args.prompt is not None and not args.prompt.strip():
+        from phi3space.errors import ConfigError
+
+        raise ConfigError(["--prompt: empty"], "Type a message, or leave --prompt out to chat interactively.")
     _quiet_libraries(data=False)
     token = resolve_token()
     base = args.base
@@ -161,7 +165,10 @@ def cmd_merge(args) -> int:
 def cmd_push(args) -> int:
     from phi3space.hub.auth import resolve_token
     from phi3space.hub.push import push_run
+    from phi3space.refs import check_repo_id
 
+    if args.to is not None:
+        check_repo_id(args.to, "--to", hint="Give the repo to push to as owner/name, e.g. your-name/my-adapter.")
     _quiet_libraries()
     result = push_run(args.run_dir, repo_id=args.to, token=resolve_token(), private=args.private)
     print(f"pushed {args.run_dir} to {result['url']} (commit {result['commit'][:10]})")

@@ -79,6 +79,13 @@ class Cancelled(Phi3SpaceError):
     kind = "cancelled"
 
 
+HF_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")  # what a Hugging Face access token looks like
+
+
+def looks_like_token(value: str) -> bool:
+    return isinstance(value, str) and HF_TOKEN_SHAPE.search(value) is not None
+
+
 # Hugging Face tokens (hf_...), bearer headers and token= query parameters.
 _SECRET_PATTERNS = [
     re.compile(r"hf_[A-Za-z0-9]{8,}"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from phi3space.errors import ConfigError
+from phi3space.errors import ConfigError, looks_like_token
 
 # Names ending like this are files, never Hub IDs (a Hub ID has no such suffix in practice).
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".yaml", ".yml", ".txt", ".safetensors")
@@ -14,12 +14,33 @@ FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".yaml", ".yml", ".txt",
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
+MAX_REF_CHARS = 1000  # far above any Hub ID (owner/name: at most 96 + 96) or a sensible path
+
+
 def is_local_ref(ref: str) -> bool:
     """The one rule for "a path on this machine, or a Hub ID?": a path exists here, starts like one (/ . ~), has
     more than one '/', or ends like a file; everything else (owner/name, or a bare legacy name) is a Hub ID."""
     ref = (ref or "").strip()
     return (ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or ref.lower().endswith(FILE_SUFFIXES)
-            or Path(ref).expanduser().exists())
+            or _exists(ref))
+
+
+def _exists(ref: str) -> bool:
+    try:
+        return Path(ref).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for the file system, or one with a NUL in it
+        return False
+
+
+def ref_problem(ref: str, what: str) -> str | None:
+    """Why ``ref`` can be neither a Hub ID nor a path (too long, or an access token pasted by mistake), or None."""
+    if not isinstance(ref, str):
+        return None
+    if len(ref) > MAX_REF_CHARS:
+        return f"{what}: {len(ref):,} characters is too long for a Hub ID or a path (at most {MAX_REF_CHARS:,})"
+    if looks_like_token(ref):
+        return f"{what}: that looks like a Hugging Face access token (not shown here), not a Hub ID or a path"
+    return None
 
 
 def is_hub_id(ref: str) -> bool:

@@ -123,6 +123,17 @@ class RunDir:
         newest = checkpoint_step(latest.name) if latest else -1
         return [p for p in self.checkpoints() if checkpoint_step(p.name) > newest]
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the job's process output, with secrets scrubbed."""
+        try:
+            with self.log.open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 16384))
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        return scrub("\n".join(text.splitlines()[-lines:]))
+
     def has_tokenizer(self) -> bool:
         return (self.path / self.TOKENIZER_CONFIG).exists()
 
@@ -288,6 +299,11 @@ class RunState:
     def can_resume(self) -> bool:
         """It failed or was stopped after saving a checkpoint (here, or pushed to its repo's checkpoints branch)."""
         return self.status in ("failed", "cancelled") and bool(self.checkpoint or self.checkpoint_url)
+
+    @property
+    def can_chat(self) -> bool:
+        """An adapter to chat with: a finished run's, or a trained one whose push is pending (it is on this disk)."""
+        return self.has_adapter or self.push_pending
 
     @property
     def pushed(self) -> bool:

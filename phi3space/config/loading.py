@@ -10,7 +10,6 @@ import codecs
 import dataclasses
 import difflib
 import errno
-import re
 import stat
 from dataclasses import fields
 from pathlib import Path
@@ -28,14 +27,14 @@ from phi3space.config.schema import (
     _validate,
     default_run_name,
 )
-from phi3space.errors import ConfigError
+from phi3space.errors import HF_TOKEN_SHAPE, ConfigError, looks_like_token
 
 # A run config is a few dozen settings; anything bigger is the wrong file (or an attempt to exhaust memory).
 MAX_CONFIG_BYTES = 64 * 1024
 
 # A Hugging Face access token pasted into a setting. Configs are saved beside the run and pushed with the adapter,
 # so such a value is refused, and never echoed.
-HF_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+HF_TOKEN_PATTERN = HF_TOKEN_SHAPE
 TOKEN_HINT = ("Remove it: tokens go in HF_TOKEN or the sign-in, never in a config "
               "(and revoke it at https://huggingface.co/settings/tokens if the config was shared).")
 _FILE_HINT = "Pass the path of a YAML run config, e.g. configs/example.yaml."
@@ -48,7 +47,7 @@ def _name(key: str) -> str:
 
 def _holds_token(value: Any) -> bool:
     if isinstance(value, str):
-        return HF_TOKEN_PATTERN.search(value) is not None
+        return looks_like_token(value)
     if isinstance(value, dict):
         return any(_holds_token(k) or _holds_token(v) for k, v in value.items())
     if isinstance(value, (list, tuple, set)):
@@ -64,6 +63,10 @@ class _AliasRefused(yaml.MarkedYAMLError):
         self.anchor, self.line, self.column = anchor, mark.line + 1, mark.column + 1
 
 
+class _Duplicate(yaml.constructor.ConstructorError):
+    """A key written twice in one mapping."""
+
+
 class _ConfigLoader(yaml.SafeLoader):
     """SafeLoader that refuses aliases (*name) while composing, before anything can expand, and reports values
     YAML cannot build (a date like 2024-13-45, an integer of 5000 digits) at their line."""
@@ -73,6 +76,18 @@ class _ConfigLoader(yaml.SafeLoader):
             event = self.peek_event()
             raise _AliasRefused(event.anchor, event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):  # a key written twice: YAML keeps the last silently; we say so
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise _Duplicate(
+                        problem=f"{key!r} is written twice (first on line {seen[key] + 1}): only one can count",
+                        problem_mark=key_node.start_mark)
+                seen.setdefault(key, key_node.start_mark.line)
+        return super().construct_mapping(node, deep)
 
     def construct_object(self, node, deep=False):
         try:
@@ -112,6 +127,9 @@ def _parse_yaml(text: str, where: str) -> dict:
         raise ConfigError([f"{where} is nested too deeply to be a run config"],
                           "A run config is two levels deep (section: setting: value): is this the right file?"
                           ) from None
+    except _Duplicate as exc:
+        raise ConfigError([f"{where}: {_yaml_problem(exc)}"],
+                          "Write each section and setting once: merge the two into one.") from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{where} is not valid YAML ({_yaml_problem(exc)})"],
                           "Check the indentation and brackets near that line, e.g. training: {learning_rate: 2e-4}."

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
+from phi3space.errors import looks_like_token
 from phi3space.ranges import Range
-from phi3space.refs import is_repo_id
+from phi3space.refs import is_repo_id, ref_problem
 
 DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
@@ -234,6 +235,8 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append("model.base: required (a Hub ID such as microsoft/Phi-3-mini-4k-instruct, or a local folder)")
     if not d.dataset:
         p.append("data.dataset: required (a Hub dataset ID or a local JSON/JSONL/CSV/Parquet file)")
+    p += [problem for key, ref in (("model.base", m.base), ("data.dataset", d.dataset), ("output.dir", o.dir))
+          if (problem := ref_problem(ref, key)) and not looks_like_token(ref)]  # a token is reported on its own
     if not isinstance(d.columns, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in d.columns.items()):
         p.append("data.columns: expected a mapping of our column names to yours, e.g. {prompt: question}")

@@ -15,8 +15,11 @@ def resolve_adapter(ref: str, token: str | None = None) -> Path:
     may read it: the cache is shared)."""
     from phi3space.hub.access import check_read_access
     from phi3space.hub.errors import call
-    from phi3space.refs import is_local_ref
+    from phi3space.refs import is_local_ref, ref_problem
 
+    problem = ref_problem(ref, "adapter")
+    if problem:  # never sent to the Hub in a URL, nor looked up as a file
+        raise ModelError(problem, "Give a run folder (runs/NAME) or a Hub repo ID (user/name).")
     if is_local_ref(ref):
         path = Path(ref).expanduser()
         if not path.is_dir():

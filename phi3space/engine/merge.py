@@ -14,7 +14,7 @@ from pathlib import Path
 
 from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter
 from phi3space.engine.modeling import load_for_inference, load_tokenizer
-from phi3space.errors import Cancelled, Phi3SpaceError
+from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
 from phi3space.run import EventWriter, RunDir
 
 
@@ -49,6 +49,24 @@ def upload_model(folder: Path, repo_id: str, token: str | None, private: bool, w
     return result
 
 
+def _check_out(out: Path) -> None:
+    """The merged model's folder can be written: a new or existing folder, never a file.
+
+    Raises:
+        ConfigError: a file is there, or the folder cannot be created or written.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError([f"--out {out} is a file, not a folder"], "Give a folder for the merged model, e.g. --out merged/.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".phi3space-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError([f"--out {out} cannot be written ({exc.strerror or exc})"],
+                          "Give a folder you may write to, e.g. --out merged/.") from None
+
+
 def merge_and_push(adapter: str, writer: EventWriter, out: str | Path | None = None, push_to: str | None = None,
                    base: str | None = None, token: str | None = None, private: bool = True) -> dict:
     """Merge ``adapter`` into its base; save it in ``out`` and/or push it to ``push_to`` (then a temporary folder
@@ -63,6 +81,8 @@ def merge_and_push(adapter: str, writer: EventWriter, out: str | Path | None = N
     from phi3space.hub.access import check_push_access
     from phi3space.run import RunDir
 
+    if out:
+        _check_out(Path(out))  # before any model loads
     total = 4 + (2 if push_to else 0)
     done = 0
     writer.emit("run_started", task="merge", adapter=str(adapter), push_to=push_to, max_steps=total)

@@ -46,7 +46,7 @@ def _ask_whoami(token: str | None) -> dict:
                         "or leave output.push_to empty to keep the adapter local.")
     from huggingface_hub import HfApi
 
-    return call(lambda: HfApi().whoami(token=token), "check the token", HubError)
+    return call(lambda: HfApi().whoami(token=token), "ask the Hub whose token this is", HubError)
 
 
 def check_read_access(repo_id: str, repo_type: str, token: str | None) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -33,8 +34,8 @@ from phi3space.hub.auth import acting_token, keep_owner_token_out
 from phi3space.hub.space import on_space, space_id
 from phi3space.jobs.backend import Backend, Host, Verdict, backend_class
 from phi3space.jobs.idle import IdlePause
-from phi3space.jobs.kinds import KINDS, MERGE, TRAIN, check_backend, kind_of
-from phi3space.jobs.store import Job, JobStore
+from phi3space.jobs.kinds import MERGE, TRAIN, check_backend, kind_of
+from phi3space.jobs.store import Job, JobStore, StoreBusy
 from phi3space.jobs.submit import Caller, Pipeline, check_token_lasts
 from phi3space.run import RunState
 
@@ -103,8 +104,13 @@ class JobRunner:
         cfg.save(run.config)
         job = Job(id=job_id, owner=owner, name=name or default_run_name(cfg), run_dir=str(run.path),
                   needs_token=bool(token), gpus=gpus, backend=backend.name)
-        self.pipeline.record(cfg, job, caller, backend)
-        return self._queue(job, token)
+        try:
+            self.pipeline.record(cfg, job, caller, backend)
+            return self._queue(job, token)
+        except Phi3SpaceError as exc:
+            if isinstance(exc, StoreBusy) or self.store.get(job.id) is None:  # never listed: no folder left either
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
 
     def submit_merge(self, job_id: str, push_to: str, owner: str, token: str | None = None, private: bool = True,
                      name: str | None = None, expires_at: float | None = None) -> Job:
@@ -379,18 +385,3 @@ class JobRunner:
         self.store.update(job.id, phase="done", exit_code=exit_code, finished=time.time())
         if self.bucket is not None:  # a copy for the owner; never the live store
             self.bucket.sync_job(job.run, job.owner, job.id)
-
-
-def log_tail(job: Job, lines: int = 40) -> str:
-    """The last lines of the job's process output, with secrets scrubbed."""
-    try:
-        with job.run.log.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 16384))
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return scrub("\n".join(text.splitlines()[-lines:]))
-
-
-__all__ = ["JobRunner", "KINDS", "log_tail"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from phi3space.errors import Phi3SpaceError
 from phi3space.run import RunDir
 
 
@@ -42,6 +44,10 @@ class Job:
 
 _COLUMNS = [f for f in Job.__dataclass_fields__]
 _BOOL_COLUMNS = ("cancel_requested", "needs_token", "resume")
+
+
+class StoreBusy(Phi3SpaceError):
+    kind = "busy"
 
 
 class JobStore:
@@ -83,12 +89,27 @@ class JobStore:
             if "status" in have and "phase" not in have:  # older stores kept the final status here
                 db.execute("UPDATE jobs SET phase = CASE WHEN status IN ('queued', 'running') THEN status ELSE 'done' END")
 
+    TIMEOUT_S = 30  # how long a call waits for a lock another connection holds
+
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+        return sqlite3.connect(self.path, timeout=self.TIMEOUT_S)
+
+    @contextmanager
+    def _db(self):
+        """A connection in a transaction; a store another process keeps locked becomes a message, not a traceback."""
+        try:
+            with self._connect() as db:
+                yield db
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise StoreBusy(f"the job store {self.path} stayed locked by another process ({exc})",
+                            "Try again in a moment; if it lasts, stop whatever else opened the data folder's "
+                            "jobs.sqlite (only this app should).") from None
 
     def add(self, job: Job) -> None:
         row = asdict(job)
-        with self._connect() as db:
+        with self._db() as db:
             db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
                        [row[c] for c in _COLUMNS])
 
@@ -97,7 +118,7 @@ class JobStore:
         if unknown:
             raise ValueError(f"not a job column: {sorted(unknown)}")
         sets = ", ".join(f"{k} = ?" for k in values)
-        with self._connect() as db:
+        with self._db() as db:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
 
     def get(self, job_id: str) -> Job | None:
@@ -116,7 +137,7 @@ class JobStore:
         return self._select(("WHERE " + " AND ".join(where)) if where else "", tuple(args))
 
     def _select(self, where: str, args: tuple) -> list[Job]:
-        with self._connect() as db:
+        with self._db() as db:
             rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs {where} ORDER BY created, rowid", args).fetchall()
         jobs = []
         for values in rows:

@@ -80,10 +80,11 @@ def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = DEF
          profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None) -> Iterator[str]:
     """Stream the reply of an adapter (a job id, run folder or Hub repo ID) to one message; greedy by default."""
     settings = GenerationSettings.checked(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    messages = build_messages([], message, system)
     visitor = signed_in(profile, oauth_token)
     space = on_space()
     adapter_dir = resolve_for_visitor(adapter, visitor, get_runner(), space)
-    yield from stream_reply(adapter_dir, None, build_messages([], message, system), visitor, space, settings)
+    yield from stream_reply(adapter_dir, None, messages, visitor, space, settings)
 
 
 def build() -> None:

@@ -20,11 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from phi3space.engine.hardware import gpus, zero_gpu
-from phi3space.errors import ModelError
+from phi3space.errors import ConfigError, ModelError
 from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
-from phi3space.refs import is_local_ref
+from phi3space.refs import is_local_ref, ref_problem
 from phi3space.report import human_duration
 from phi3space.run import RunDir
 from phi3space.ui.services import Visitor, get_runner
@@ -54,11 +54,13 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
     ref = (ref or "").strip()
     if not ref:
         raise ModelError("choose an adapter", "Pick one of your finished runs, or type a Hub adapter repo ID (user/name).")
+    if problem := ref_problem(ref, "adapter"):
+        raise ModelError(problem, "Pick one of your finished runs, or type a Hub adapter repo ID (user/name).")
     jobs = runner.list(visitor.owner) if visitor.owner else []
     for job in jobs:
         status, state = runner.status(job)
         if ref in (job.id, job.run_dir, state.adapter_repo, state.adapter_url):
-            if state.has_adapter and job.run.has_adapter():
+            if state.can_chat and job.run.has_adapter():
                 return job.run.path
             if state.has_adapter and state.adapter_repo:  # brought back from the Hub after a restart
                 return resolve_adapter(state.adapter_repo, visitor.hub_token(space))
@@ -219,6 +221,13 @@ def _own_run_base(adapter_dir: Path | None) -> bool:
 
 
 def build_messages(history: list[dict], message: str, system: str | None) -> list[dict]:
+    """The conversation to answer: the system prompt, the earlier turns and ``message``.
+
+    Raises:
+        ConfigError: an empty message (nothing to answer).
+    """
+    if not isinstance(message, str) or not message.strip():
+        raise ConfigError(["message: empty"], "Type a message to send.")
     msgs = [{"role": "system", "content": system}] if system and system.strip() else []
     msgs += [{"role": m["role"], "content": _text(m["content"])} for m in history if m.get("role") in ("user", "assistant")]
     return msgs + [{"role": "user", "content": message}]

@@ -44,8 +44,9 @@ def adapter_choices(owner: str | None) -> list[tuple[str, str]]:
     out = []
     for job in reversed(runner.list(owner)):
         status, state = runner.status(job)
-        if state.has_adapter:  # in its folder, or only on the Hub
-            out.append((f"{job.name} · {job.id}" + (" (stopped early)" if status == "cancelled" else ""), job.id))
+        if state.can_chat:  # in its folder, or only on the Hub
+            note = " (stopped early)" if status == "cancelled" else " (not pushed yet)" if state.push_pending else ""
+            out.append((f"{job.name} · {job.id}{note}", job.id))
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
-from phi3space.jobs.scheduler import log_tail
 from phi3space.jobs.store import Job
 from phi3space.report import fmt_duration, format_event
 from phi3space.run import RunDir, RunState
@@ -81,7 +80,7 @@ class Follower:
             if line:
                 out.append(line)
         if job is not None and status == "failed":
-            tail = log_tail(job, 30)
+            tail = job.run.log_tail(30)
             if tail:
                 out += ["", "--- last lines of the training process output ---", tail]
         return "\n".join(out[-lines:])

@@ -1,0 +1,105 @@
+"""Rough edges a careless user or an attacker finds: each ends in one clear message with a hint, never a traceback,
+and loses nothing (long strings, a token pasted as an adapter ID, an empty prompt, a YAML section written twice, a
+merge into a file or an unwritable folder, a bad push destination, a locked job store, chat while a push waits)."""
+
+import shutil
+import sqlite3
+import sys
+
+import pytest
+
+from phi3space import cli, config
+from phi3space.engine.adapters import resolve_adapter
+from phi3space.errors import ConfigError, ModelError
+from phi3space.jobs.scheduler import JobRunner
+from phi3space.jobs.store import Job, JobStore, StoreBusy
+from phi3space.run import RunDir
+from phi3space.ui.chat_service import build_messages, resolve_for_visitor
+from phi3space.ui.services import Visitor
+
+TOKEN = "hf_PastedByMistake0123456789abcdef"
+
+
+def run_main(argv, capsys) -> tuple[int, str]:
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+@pytest.mark.parametrize("key", ["data.dataset", "model.base"])
+def test_a_string_of_kilobytes_is_one_message_not_file_name_too_long(key):
+    with pytest.raises(ConfigError) as info:
+        config.from_dict({"data": {"dataset": "x"}}, [f"{key}={'a/' * 2500}"])
+    assert f"{key}: 5,000 characters is too long for a Hub ID or a path" in str(info.value)
+
+
+def test_an_adapter_id_that_is_a_token_or_kilobytes_long_never_reaches_the_hub(hub):
+    for ref, said in ((TOKEN, "looks like a Hugging Face access token"), ("x" * 5000, "too long")):
+        with pytest.raises(ModelError, match=said) as info:
+            resolve_adapter(ref)
+        assert TOKEN not in str(info.value)
+    assert not any(TOKEN in r.path for r in hub.requests), "the token went to the Hub in a URL"
+
+
+def test_an_empty_prompt_is_refused_not_answered(capsys):
+    with pytest.raises(ConfigError, match="message: empty"):
+        build_messages([], "   ", None)
+    code, err = run_main(["chat", "--prompt", ""], capsys)
+    assert code == 2 and "error: --prompt: empty" in err and "hint: " in err
+
+
+def test_a_yaml_section_written_twice_is_refused():
+    with pytest.raises(ConfigError) as info:
+        config.loads("data: {dataset: x}\ntraining:\n  epochs: 1\ntraining:\n  max_steps: 5\n")
+    assert "'training' is written twice (first on line 2)" in str(info.value)
+    assert "merge the two" in info.value.hint
+
+
+def test_merge_into_a_file_or_an_unwritable_folder_says_so_before_any_model_loads(tmp_path, capsys):
+    existing = tmp_path / "model.bin"
+    existing.write_bytes(b"keep me")
+    code, err = run_main(["merge", str(tmp_path / "no-run"), "--out", str(existing)], capsys)
+    assert code == 2 and f"--out {existing} is a file, not a folder" in err
+    assert existing.read_bytes() == b"keep me"
+    code, err = run_main(["merge", str(tmp_path / "no-run"), "--out", "/proc/phi3space-x"], capsys)
+    assert code == 2 and "cannot be written" in err and "hint: Give a folder you may write to" in err
+
+
+def test_push_to_a_malformed_repo_id_is_named_as_such(tmp_path, capsys):
+    code, err = run_main(["push", str(tmp_path), "--to", "bad id!!"], capsys)
+    assert code == 2 and "--to: 'bad id!!' is not a Hub repo ID" in err and "namespace" not in err
+
+
+def test_a_locked_job_store_is_a_message_and_leaves_no_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(JobStore, "TIMEOUT_S", 0.2)
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    other = sqlite3.connect(runner.store.path, timeout=0.2)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another process holds the store
+        data = tmp_path / "qa.jsonl"
+        data.write_text('{"prompt": "p", "completion": "c"}\n')
+        with pytest.raises(StoreBusy, match="stayed locked by another process") as info:
+            runner.submit(config.from_dict({"data": {"dataset": str(data)}, "training": {"max_steps": 1}}), "me")
+        assert "Try again in a moment" in info.value.hint
+        other.rollback()
+        assert list(runner.data.run_folders()) == [] and runner.list("me") == []
+    finally:
+        other.close()
+        runner.shutdown()
+
+
+def test_chat_takes_a_trained_adapter_whose_push_is_still_pending(trained_run, tmp_path):
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        run = runner.data.run("me", "abcdefabcdef")
+        shutil.copytree(trained_run, run.path)
+        run.events.unlink()
+        run.append("run_started", max_steps=40)
+        run.finish("failed", {"kind": "hub", "message": "push to me/x failed", "hint": "Push it later."}, step=40,
+                   adapter=str(run.path))
+        runner.store.add(Job(id="abcdefabcdef", owner="me", name="n", run_dir=str(run.path), phase="done"))
+        assert runner.status(runner.get("abcdefabcdef", "me"))[1].push_pending
+        assert resolve_for_visitor("abcdefabcdef", Visitor("me", None), runner, space=False) == RunDir(run.path).path
+    finally:
+        runner.shutdown()
