@@ -103,3 +103,28 @@ def test_chat_takes_a_trained_adapter_whose_push_is_still_pending(trained_run, t
         assert resolve_for_visitor("abcdefabcdef", Visitor("me", None), runner, space=False) == RunDir(run.path).path
     finally:
         runner.shutdown()
+
+
+def test_on_a_space_a_dataset_typo_is_refused_before_any_repo_is_created(hub, tmp_path):
+    alice = "hf_AliceTypo0123456789abcdefgh"
+    hub.add_user("alice", alice)
+    runner = JobRunner(tmp_path / "data", space=True, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        cfg = config.from_dict({"data": {"dataset": "alice/qaa"}, "training": {"max_steps": 1}},
+                               defaults=runner.pipeline.defaults())
+        with pytest.raises(Exception, match="alice/qaa was not found") as info:
+            runner.submit(cfg, "alice", alice)
+        assert info.value.kind == "data"
+        assert not any(r.method == "POST" and "/repos/create" in r.path for r in hub.requests)  # no empty repo left
+        assert runner.list("alice") == []
+    finally:
+        runner.shutdown()
+
+
+def test_on_a_space_a_jobs_config_without_a_destination_goes_to_auto():
+    with pytest.raises(ConfigError) as info:  # off a Space the destination must be said
+        config.from_dict({"data": {"dataset": "alice/qa"}, "compute": {"backend": "hf-jobs"}})
+    assert "compute.backend: hf-jobs needs output.push_to" in str(info.value) and "push_checkpoints" not in str(info.value)
+    cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "compute": {"backend": "hf-jobs"}},
+                           defaults={"output.push_to": "auto", "output.push_checkpoints": True})
+    assert (cfg.output.push_to, cfg.output.push_checkpoints) == ("auto", True)

@@ -234,6 +234,7 @@ def test_an_org_without_write_access_is_refused_before_any_weights_load(hub, tin
 
 def test_on_a_space_write_access_is_proven_at_submit(hub, tmp_path, monkeypatch):
     hub.add_user("alice", ALICE, orgs=("acme",), org_roles={"acme": "read"})
+    hub.add_repo("alice/qa", repo_type="dataset")  # the dataset is checked first
     runner = JobRunner(tmp_path / "data", space=True, command=lambda p: [sys.executable, "-c", "pass"])
     try:
         with pytest.raises(AuthError, match="cannot push to acme/x"):
@@ -257,6 +258,7 @@ def test_an_idle_space_is_paused_with_the_owners_token_but_never_while_a_job_run
     hub.add_user("owner", OWNER)
     hub.add_user("alice", ALICE)
     hub.add_repo("owner/phi3space", repo_type="space")
+    hub.add_repo("alice/qa", repo_type="dataset")
     monkeypatch.setenv("SYSTEM", "spaces")
     monkeypatch.setenv("SPACE_ID", "owner/phi3space")
     monkeypatch.setenv("HF_TOKEN", OWNER)
@@ -377,6 +379,7 @@ def test_a_sign_in_that_expires_before_a_jobs_run_can_end_is_refused_too(tmp_pat
     platform's scheduling, and nothing is started (or billed) when the sign-in will not last."""
     token = "hf_AliceJobs0123456789abcdefgh"
     hub.add_user("alice", token)
+    hub.add_repo("alice/qa", repo_type="dataset", owner_token=token)
     monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", "hf.co/spaces/alice/phi3space")
     runner = JobRunner(tmp_path / "data", space=False)
     try:

@@ -253,8 +253,9 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, default: Any, problems: 
         return default
 
 
-def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Build and validate a RunConfig from a nested dict plus ``KEY=VALUE`` overrides.
+def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), defaults: dict | None = None) -> RunConfig:
+    """Build and validate a RunConfig from a nested dict plus ``KEY=VALUE`` overrides; ``defaults`` (flat keys, e.g.
+    {"output.push_to": "auto"} on a Space) stand in for settings the config leaves out.
 
     Raises:
         ConfigError: listing every unknown key and invalid value at once.
@@ -270,6 +271,9 @@ def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = ()) -> 
     for item in overrides:
         key, value = _parse_override(item)
         flat[key] = value
+    for key, value in (defaults or {}).items():
+        if flat.get(key) is None:
+            flat[key] = value
 
     problems: list[str] = []
     refused: set[str] = set()  # keys already reported; _validate says nothing more about them
@@ -313,6 +317,6 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
     return from_dict(raw, overrides)
 
 
-def loads(text: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def loads(text: str, overrides: list[str] | tuple[str, ...] = (), defaults: dict | None = None) -> RunConfig:
     """Like ``load`` for YAML text (the web form and the API)."""
-    return from_dict(_parse_yaml(text, "config"), overrides)
+    return from_dict(_parse_yaml(text, "config"), overrides, defaults)

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phi3space.config import RunConfig, auto_repo_name
-from phi3space.errors import AuthError, ConfigError, SignInNeeded
+from phi3space.errors import AuthError, ConfigError, DataError, SignInNeeded
 from phi3space.jobs.backend import Backend
 from phi3space.jobs.store import Job, JobStore
-from phi3space.refs import is_local_ref
+from phi3space.refs import is_hub_id, is_local_ref
 from phi3space.report import human_duration
 
 TOKEN_MARGIN_S = 300  # a sign-in must outlast the job's upper bound by this much
@@ -88,6 +88,11 @@ class Pipeline:
     def __init__(self, store: JobStore, space: bool, uploads):
         self.store, self.space, self.uploads = store, space, uploads  # uploads(owner) -> that visitor's folder
 
+    def defaults(self) -> dict:
+        """Settings a config read on this server gets when it leaves them out: on a Space, everything goes to the Hub
+        (nothing on its disk survives a restart)."""
+        return {"output.push_to": "auto", "output.push_checkpoints": True} if self.space else {}
+
     def require_sign_in(self, caller: Caller, why: str) -> None:
         if self.space and not caller.token:
             raise SignInNeeded(why, "on a Space every run is kept in your Hub account (the Space's own disk does not "
@@ -99,17 +104,30 @@ class Pipeline:
         self.require_sign_in(caller, "training here needs you to sign in with Hugging Face")
         check_inputs_allowed(inputs(cfg), (self.uploads(caller.owner),), self.space)
         if self.space:  # nothing on this disk survives a restart: the Hub keeps the run
-            cfg.output.push_to = cfg.output.push_to or "auto"
+            cfg.output.push_to = cfg.output.push_to or self.defaults()["output.push_to"]
             cfg.output.push_checkpoints = True
         gpus = backend.check(cfg, caller.token, slots)
         check_token_lasts(backend.longest_s(cfg, queue_wait_s if backend.uses_slots else 0.0), caller.expires_at)
         if cfg.output.push_to and (self.space or backend.needs_hub_destination):
             from phi3space.hub.access import check_push_access
 
+            self.check_dataset(cfg.data.dataset, caller.token if self.space else _local_token(caller.token))
+
             cfg.output.push_to = check_push_access(cfg.output.push_to, caller.token if self.space else
                                                    _local_token(caller.token), auto_repo_name(cfg), cfg.output.private)
             self.check_repo_free(cfg, caller.owner, job_id)
         return gpus
+
+    @staticmethod
+    def check_dataset(dataset: str, token: str | None) -> None:
+        """A Hub dataset the caller may read, before anything is created on the Hub for the run (a typo must not
+        leave an empty repo behind)."""
+        if not is_hub_id(dataset):
+            return
+        from phi3space.hub.access import check_read_access
+        from phi3space.hub.errors import call
+
+        call(lambda: check_read_access(dataset, "dataset", token), f"read the dataset {dataset}", DataError, ref=dataset)
 
     def check_repo_free(self, cfg: RunConfig, owner: str, job_id: str | None = None) -> None:
         """One unfinished job per repo: the card records one job, and the checkpoints branch holds one run."""

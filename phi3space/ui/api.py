@@ -28,7 +28,9 @@ def submit_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: g
     output.dir is chosen by the server."""
     visitor = signed_in(profile, oauth_token)
     owner = visitor.require_owner()
-    return get_runner().submit(config_mod.loads(config_yaml), owner, visitor.token, visitor.expires_at).id
+    runner = get_runner()
+    cfg = config_mod.loads(config_yaml, defaults=runner.pipeline.defaults())
+    return runner.submit(cfg, owner, visitor.token, visitor.expires_at).id
 
 
 @api_errors
