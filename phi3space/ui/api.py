@@ -17,7 +17,7 @@ import gradio as gr
 from phi3space import config as config_mod
 from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
-from phi3space.ui.chat_service import build_messages, resolve_for_visitor, stream_reply
+from phi3space.ui.chat_service import CHAT_CONCURRENCY, build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import api_errors
 from phi3space.ui.services import get_runner, signed_in
 
@@ -96,4 +96,4 @@ def build() -> None:
     gr.api(resume_job, api_name="resume_job")
     gr.api(list_jobs, api_name="list_jobs")
     gr.api(push_again, api_name="push_again")
-    gr.api(chat, api_name="chat")
+    gr.api(chat, api_name="chat", **CHAT_CONCURRENCY)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from phi3space.chat.engine import MAX_BATCH
 from phi3space.engine.hardware import gpus, zero_gpu
 from phi3space.errors import ConfigError, ModelError
 from phi3space.generation import DEFAULTS, GenerationSettings
@@ -30,6 +31,8 @@ from phi3space.run import RunDir
 from phi3space.ui.services import Visitor, get_runner
 
 MAX_ENGINES = int(os.environ.get("PHI3SPACE_CHAT_ENGINES", "1"))  # base models kept in memory at once
+CHAT_CONCURRENCY = {"concurrency_limit": MAX_BATCH, "concurrency_id": "chat"}  # the page and /chat share it: as
+# many replies at once as the engine writes in one batch (gradio's default of 4 would let two accounts hold them all)
 CHATS_PER_VISITOR = 2  # replies being written at once for one signed-in visitor (two tabs, or compare mode)
 ANONYMOUS_CHATS = 1  # for all anonymous callers of a public Space together
 ANONYMOUS_MAX_NEW_TOKENS = DEFAULTS.max_new_tokens  # anonymous callers: replies no longer than the default

@@ -8,7 +8,7 @@ import gradio as gr
 
 from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
-from phi3space.ui.chat_service import build_messages, resolve_for_visitor, stream_reply
+from phi3space.ui.chat_service import CHAT_CONCURRENCY, build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import UI_ONLY, user_errors
 from phi3space.ui.services import get_runner, identify
 
@@ -100,7 +100,7 @@ def build() -> ChatTab:
         clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
     inputs = [adapter, system, max_new_tokens, temperature, top_p, compare, message, chatbot, base_chatbot]
     outputs = [chatbot, base_chatbot, message]
-    gr.on([send.click, message.submit], respond, inputs, outputs, api_visibility=UI_ONLY)
+    gr.on([send.click, message.submit], respond, inputs, outputs, api_visibility=UI_ONLY, **CHAT_CONCURRENCY)
     compare.change(lambda on: gr.Chatbot(visible=on), compare, base_chatbot, api_visibility=UI_ONLY)
     clear.click(lambda: ([], []), None, [chatbot, base_chatbot], api_visibility=UI_ONLY)
     adapter.focus(refresh_choices, adapter, adapter, show_progress="hidden", api_visibility=UI_ONLY)
