@@ -25,6 +25,7 @@ from phi3space.jobs.hf import platform
 from phi3space.jobs.hf.protocol import CONFIG_VAR
 from phi3space.jobs.store import Job
 
+FIRST_SEARCH_WAIT_S = 20  # how long a visitor's first call after a restart waits for their jobs to be found again
 SCHEDULING_S = 10 * 60  # allowance for the platform to find the hardware, before the job's own timeout runs
 
 
@@ -92,8 +93,11 @@ class HFJobsBackend(Backend):
             search = owner not in self._searched
             self._searched.add(owner)
         if waiting or search:
-            threading.Thread(target=self._find_again, args=(owner, token, waiting), daemon=True,
-                             name=f"phi3space-find-{owner}").start()
+            finder = threading.Thread(target=self._find_again, args=(owner, token, waiting), daemon=True,
+                                      name=f"phi3space-find-{owner}")
+            finder.start()
+            if search and self.host.space:  # a Space's disk is wiped on restart: the visitor's first call answers
+                finder.join(FIRST_SEARCH_WAIT_S)  # with the jobs the platform still runs for them
 
     def shutdown(self) -> None:
         self._stop.set()
