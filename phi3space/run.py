@@ -51,6 +51,7 @@ class RunDir:
     CARD = "README.md"
     PLOT = "loss_curve.png"
     TOKENIZER_CONFIG = "tokenizer_config.json"
+    RESERVE = ".last-word-reserve"  # room kept on the disk for the run's last word (see EventWriter.finish)
     TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkpoint: its presence marks a whole one
     # What a pushed adapter repo holds: the adapter, its tokenizer, the resolved config, card and loss curve.
     PUSHED = [ADAPTER_WEIGHTS, ADAPTER_CONFIG, "tokenizer.json", TOKENIZER_CONFIG, "special_tokens_map.json",
@@ -122,6 +123,14 @@ class RunDir:
         latest = self.latest_checkpoint()
         newest = checkpoint_step(latest.name) if latest else -1
         return [p for p in self.checkpoints() if checkpoint_step(p.name) > newest]
+
+    def reserve(self, size: int = 64 * 1024) -> None:
+        """Keep ``size`` bytes of the disk for the run's last word: a full disk must not leave it unsaid."""
+        try:
+            if not (self.path / self.RESERVE).exists():
+                (self.path / self.RESERVE).write_bytes(b"\0" * size)
+        except OSError:
+            pass  # a disk already full: nothing to keep
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the job's process output, with secrets scrubbed."""
@@ -231,9 +240,26 @@ class EventWriter:
         one, the platform's for a Hugging Face job, and a run rebuilt from the Hub."""
         if status not in FINAL:
             raise ValueError(f"not a final status: {status!r}")
-        if error:
-            self.emit("error", **{k: error.get(k) for k in ("kind", "message", "hint")})
-        return self.emit("run_finished", status=status, **fields)
+        events = [("error", {k: error.get(k) for k in ("kind", "message", "hint")})] if error else []
+        last = None
+        for type, values in events + [("run_finished", {"status": status, **fields})]:
+            try:
+                last = self.emit(type, **values)
+            except OSError as exc:  # a full disk: the room kept for this (RunDir.reserve) is given up, once
+                if exc.errno != errno.ENOSPC or not self._give_up_reserve():
+                    raise
+                last = self.emit(type, **values)
+        self._give_up_reserve()  # said: the room is not needed any more
+        return last
+
+    def _give_up_reserve(self) -> bool:
+        if self.path is None:
+            return False
+        try:
+            (self.path.parent / RunDir.RESERVE).unlink()
+            return True
+        except OSError:
+            return False
 
     def _append(self, data: bytes) -> None:
         """One whole line or nothing: a write the disk cuts short is taken back (and a line an earlier process left

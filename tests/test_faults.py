@@ -156,6 +156,7 @@ def test_a_full_disk_mid_run_is_a_message_and_the_run_resumes_once_space_is_free
         assert proc.returncode == 2, err[-2000:]
         assert "error: the disk is full" in err and "--resume" in err and "Traceback" not in err
         assert_whole_lines(run)
+        assert run.state().status == "failed" and run.state().error["kind"] == "disk"  # its last word, said
 
         filler.unlink()  # space freed
         result = cli_run("train", str(cfg_path), "--resume", "--set", "training.max_steps=12")
@@ -176,8 +177,10 @@ def test_a_simulated_full_disk_ends_in_a_message_and_keeps_the_events_whole(tiny
     real = os.write
     writes = {"n": 0}
 
-    def write(fd, data):  # noqa: F811  # after the first checkpoint, the disk takes half of one more event and then nothing
-        if run.latest_checkpoint() is not None and data.endswith(b"}\n") and os.readlink(f"/proc/self/fd/{fd}") == str(run.events):
+    def write(fd, data):  # noqa: F811  # after the first checkpoint, the disk takes half of one more event and then
+        # nothing, until the room the run kept for its last word is given up
+        full = (run.path / RunDir.RESERVE).exists()
+        if full and run.latest_checkpoint() is not None and data.endswith(b"}\n") and os.readlink(f"/proc/self/fd/{fd}") == str(run.events):
             writes["n"] += 1
             if writes["n"] == 1:
                 return real(fd, data[: len(data) // 2])
@@ -190,6 +193,8 @@ def test_a_simulated_full_disk_ends_in_a_message_and_keeps_the_events_whole(tiny
     assert "error: the disk is full" in err and "--resume" in err
     monkeypatch.setattr(os, "write", real)
     assert_whole_lines(run)  # the half-written event was taken back
+    said = run.state()  # and the run still got its last word, in the room it kept for it
+    assert said.status == "failed" and said.error["kind"] == "disk" and not (run.path / RunDir.RESERVE).exists()
     assert cli.main(["train", str(cfg_path), "--resume"]) == 0
     assert_whole_lines(run)
     assert run.state().status == "completed" and run.state().step == 12

@@ -90,6 +90,8 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
         repo_id = cfg.output.push_to = check_push_access(cfg.output.push_to, token, auto_repo_name(cfg),
                                                          cfg.output.private)
     run.path.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        run.reserve()  # the run's last word gets said even if the disk fills up
     ckpt = _checkpoint_to_resume(cfg, run, resume, token, writer)
     if is_main_process():
         cfg.save(run.config)
