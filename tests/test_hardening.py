@@ -128,3 +128,20 @@ def test_on_a_space_a_jobs_config_without_a_destination_goes_to_auto():
     cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "compute": {"backend": "hf-jobs"}},
                            defaults={"output.push_to": "auto", "output.push_checkpoints": True})
     assert (cfg.output.push_to, cfg.output.push_checkpoints) == ("auto", True)
+
+
+def test_a_job_store_damaged_while_the_app_runs_is_rebuilt_from_the_run_folders(tmp_path):
+    runner = JobRunner(tmp_path / "data", space=False, poll_s=0.05, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        data = tmp_path / "qa.jsonl"
+        data.write_text('{"prompt": "p", "completion": "c"}\n')
+        first = runner.submit(config.from_dict({"data": {"dataset": str(data)}, "training": {"max_steps": 1}}), "me")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / "data" / f"jobs.sqlite{suffix}").unlink(missing_ok=True)
+        runner.store.path.write_bytes(b"this is not a database any more " * 100)
+        assert [j.id for j in runner.list("me")] == [first.id]  # listed again from its folder, not an error
+        assert runner.store.set_aside is not None and runner.store.set_aside.exists()
+        second = runner.submit(config.from_dict({"data": {"dataset": str(data)}, "training": {"max_steps": 1}}), "me")
+        assert [j.id for j in runner.list("me")] == [first.id, second.id]
+    finally:
+        runner.shutdown()

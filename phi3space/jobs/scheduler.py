@@ -53,6 +53,7 @@ class JobRunner:
             self.data.check_local_disk()
         self._lock_file = self.data.lock()
         self.store = JobStore(self.data.store)
+        self.store.on_reset = self._relist_runs  # a store damaged while the app runs is listed again from the folders
         if self.store.set_aside is not None:
             self._relist_runs()
         self.slots = slots or int(os.environ.get("PHI3SPACE_SLOTS") or gpu_count() or 1)

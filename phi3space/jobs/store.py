@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from phi3space.errors import Phi3SpaceError
 from phi3space.run import RunDir
@@ -46,6 +48,9 @@ _COLUMNS = [f for f in Job.__dataclass_fields__]
 _BOOL_COLUMNS = ("cancel_requested", "needs_token", "resume")
 
 
+T = TypeVar("T")
+
+
 class StoreBusy(Phi3SpaceError):
     kind = "busy"
 
@@ -53,24 +58,30 @@ class StoreBusy(Phi3SpaceError):
 class JobStore:
     """Jobs in one SQLite file on local disk. A connection per call keeps it safe across the server's threads.
 
-    A store that SQLite cannot read (a corrupt or foreign file) is set aside as ``<name>.corrupt-<time>`` and a
-    fresh one started; ``set_aside`` then names it, so the runner can list the runs again from their folders."""
+    A store that SQLite cannot read (a corrupt or foreign file), at start or while the app runs, is set aside as
+    ``<name>.corrupt-<time>`` and a fresh one started; ``set_aside`` then names it, and ``on_reset`` (the scheduler's)
+    lists the runs again from their folders."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.set_aside: Path | None = None
+        self.on_reset: Callable[[], None] | None = None
+        self._reset_lock = threading.Lock()
         try:
             self._create()
         except sqlite3.DatabaseError as exc:
-            self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                extra = Path(f"{self.path}{suffix}")
-                if extra.exists():
-                    extra.rename(f"{self.set_aside}{suffix}")
-            print(f"phi3space jobs: the job store {self.path} could not be read ({exc}); it was moved to "
-                  f"{self.set_aside} and a new one started", file=sys.stderr)
-            self._create()
+            self._start_afresh(exc)
+
+    def _start_afresh(self, exc: Exception) -> None:
+        self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            extra = Path(f"{self.path}{suffix}")
+            if extra.exists():
+                extra.rename(f"{self.set_aside}{suffix}")
+        print(f"phi3space jobs: the job store {self.path} could not be read ({exc}); it was moved to "
+              f"{self.set_aside} and a new one started", file=sys.stderr)
+        self._create()
 
     def _create(self) -> None:
         with self._connect() as db:
@@ -94,32 +105,50 @@ class JobStore:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=self.TIMEOUT_S)
 
-    @contextmanager
-    def _db(self):
-        """A connection in a transaction; a store another process keeps locked becomes a message, not a traceback."""
-        try:
-            with self._connect() as db:
-                yield db
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            raise StoreBusy(f"the job store {self.path} stayed locked by another process ({exc})",
-                            "Try again in a moment; if it lasts, stop whatever else opened the data folder's "
-                            "jobs.sqlite (only this app should).") from None
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on a connection, in a transaction. A store another process keeps locked becomes a message; one
+        damaged while the app runs is started afresh (its runs listed again from their folders) and ``fn`` runs again.
+        """
+        for attempt in (1, 2):
+            try:
+                with self._connect() as db:
+                    return fn(db)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise StoreBusy(f"the job store {self.path} stayed locked by another process ({exc})",
+                                    "Try again in a moment; if it lasts, stop whatever else opened the data folder's "
+                                    "jobs.sqlite (only this app should).") from None
+                if attempt == 2 or "no such table" not in str(exc):
+                    raise
+                self._reset(exc)
+            except sqlite3.DatabaseError as exc:  # not a database any more ("malformed", "file is not a database")
+                if attempt == 2:
+                    raise
+                self._reset(exc)
+        raise AssertionError("unreachable")
+
+    def _reset(self, exc: Exception) -> None:
+        with self._reset_lock:
+            try:
+                with self._connect() as db:
+                    db.execute("SELECT count(*) FROM jobs").fetchone()
+                return  # another thread started it afresh already
+            except sqlite3.DatabaseError:
+                self._start_afresh(exc)
+        if self.on_reset is not None:
+            self.on_reset()
 
     def add(self, job: Job) -> None:
         row = asdict(job)
-        with self._db() as db:
-            db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
-                       [row[c] for c in _COLUMNS])
+        self._run(lambda db: db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES "
+                                        f"({', '.join('?' for _ in _COLUMNS)})", [row[c] for c in _COLUMNS]))
 
     def update(self, job_id: str, **values) -> None:
         unknown = set(values) - set(_COLUMNS)
         if unknown:
             raise ValueError(f"not a job column: {sorted(unknown)}")
         sets = ", ".join(f"{k} = ?" for k in values)
-        with self._db() as db:
-            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
+        self._run(lambda db: db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id]))
 
     def get(self, job_id: str) -> Job | None:
         jobs = self._select("WHERE id = ?", (job_id,))
@@ -137,8 +166,8 @@ class JobStore:
         return self._select(("WHERE " + " AND ".join(where)) if where else "", tuple(args))
 
     def _select(self, where: str, args: tuple) -> list[Job]:
-        with self._db() as db:
-            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs {where} ORDER BY created, rowid", args).fetchall()
+        rows = self._run(lambda db: db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs {where} ORDER BY created, rowid",
+                                               args).fetchall())
         jobs = []
         for values in rows:
             row = dict(zip(_COLUMNS, values))
