@@ -145,3 +145,17 @@ def test_a_job_store_damaged_while_the_app_runs_is_rebuilt_from_the_run_folders(
         assert [j.id for j in runner.list("me")] == [first.id, second.id]
     finally:
         runner.shutdown()
+
+
+def test_the_page_points_a_pending_push_at_its_button_not_the_command_line():
+    from phi3space.run import RunState
+    from phi3space.ui.follow import PUSH_AGAIN, progress_html
+
+    state = RunState.from_events([
+        {"type": "run_started", "max_steps": 4},
+        {"type": "error", "kind": "auth", "message": "push to me/x failed: the token expired",
+         "hint": "Push it later with: python -m phi3space push data/runs/me/x"},
+        {"type": "run_finished", "status": "failed", "step": 4, "adapter": "data/runs/me/x"}])
+    html = progress_html(Job(id="x", owner="me", name="run", run_dir="data/runs/me/x"), "failed", state, None)
+    assert state.push_pending and "Push again" in html and "python -m phi3space" not in html
+    assert "Push again" in PUSH_AGAIN

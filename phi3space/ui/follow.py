@@ -86,6 +86,9 @@ class Follower:
         return "\n".join(out[-lines:])
 
 
+PUSH_AGAIN = "The adapter is kept: press 'Push again' to push it with your current sign-in (you may sign in again first)."
+
+
 def progress_html(job: Job | None, status: str | None, state: RunState, queue_position: int | None,
                   stage: str | None = None) -> str:
     """A progress bar with step, loss and ETA (or the place in the queue, or the final status); ``stage`` is what a
@@ -108,7 +111,8 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
     icon = {"running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️"}.get(status, "")
     head = f"<p>{icon} <b>{escape(job.name)}</b> ({job.id}): <b class='job-status'>{status}</b> · {' · '.join(parts)}</p>"
     if status == "failed" and state.error:
-        head += f"<p>{escape(str(state.error.get('message')))}<br><i>{escape(state.error.get('hint') or '')}</i></p>"
+        hint = PUSH_AGAIN if state.push_pending else state.error.get("hint") or ""  # the page has a button for it
+        head += f"<p>{escape(str(state.error.get('message')))}<br><i>{escape(hint)}</i></p>"
     for what, url in (("Adapter", state.adapter_url), ("Merged model", state.model_url)):
         if url:
             url = escape(url, quote=True)
