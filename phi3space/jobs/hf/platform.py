@@ -146,7 +146,8 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
     register_secret(token)
     try:
         info = HfApi().run_job(image=job_image(), command=launch_command(flavor.gpus, resume), env=env,
-                               secrets={"HF_TOKEN": token}, flavor=cfg.compute.flavor, timeout=cfg.compute.timeout,
+                               secrets={"HF_TOKEN": token}, flavor=cfg.compute.flavor,
+                               timeout=timeout_seconds(cfg.compute.timeout),
                                labels={LABEL_ORIGIN: origin(), LABEL_RUN: safe_label(run_id), **(labels or {})},
                                name=safe_label(f"phi3space-{run_id}"), namespace=namespace, token=token)
     except Exception as exc:
