@@ -161,7 +161,7 @@ def test_the_page_points_a_pending_push_at_its_button_not_the_command_line():
     assert "Push again" in PUSH_AGAIN
 
 
-@pytest.mark.parametrize("typed, kept", [("4H", "4h"), ("2D", "2d"), ("90 m", "90m"), ("5400", "5400"), ("1.5", "1")])
+@pytest.mark.parametrize("typed, kept", [("4H", "4h"), ("2D", "2d"), ("90 m", "90m"), ("5400", "5400"), ("5400.5", "5400")])
 def test_a_jobs_timeout_is_spelled_the_way_the_jobs_client_reads_it(typed, kept):
     """The client takes a lower-case unit as the last character, or whole seconds: '4H' would fail at start."""
     cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},

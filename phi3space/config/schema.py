@@ -280,7 +280,7 @@ def _validate_compute(c: ComputeConfig, o: OutputConfig) -> list[str]:
         p.append(f"compute.timeout: {_show(c.timeout)} is not a duration; write e.g. 90m, 4h or 1d")
     elif not low <= seconds <= high:
         p.append(f"compute.timeout: {_show(c.timeout)} is outside 1m to 7d")
-    else:  # one spelling, the one the Jobs client reads: '4H' -> '4h', '90 m' -> '90m', '1.5' -> '1'
+    else:  # one spelling, the one the Jobs client reads: '4H' -> '4h', '90 m' -> '90m', '5400.5' -> '5400'
         m = _TIMEOUT.fullmatch(str(c.timeout).strip().lower())
         c.timeout = f"{m.group(1)}{m.group(2)}" if m.group(2) else str(seconds)
     if not re.fullmatch(r"all|[1-9]\d?", str(c.gpus)):
