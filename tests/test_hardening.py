@@ -167,3 +167,23 @@ def test_a_jobs_timeout_is_spelled_the_way_the_jobs_client_reads_it(typed, kept)
     cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},
                             "compute": {"backend": "hf-jobs", "timeout": typed}})
     assert cfg.compute.timeout == kept and config.timeout_seconds(kept) == config.timeout_seconds(typed)
+
+
+def test_the_app_starts_offline_with_a_saved_token_and_says_the_hub_cannot_be_reached(hub, tmp_path, monkeypatch):
+    import phi3space.ui as ui
+    from phi3space.ui import services
+
+    monkeypatch.setenv("HF_TOKEN", "hf_SavedOnThisLaptop0123456789ab")
+    monkeypatch.setattr(ui, "_hub_unreachable", False)
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.01")
+    hub.down = True  # the laptop is offline
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    services.set_runner(runner)
+    try:
+        demo = ui.build_app()  # no ConnectError out of gradio's mock login
+        assert demo is not None and ui.login_available() is False
+        assert "the Hugging Face Hub cannot be reached" in ui.local_mode_text()
+    finally:
+        hub.down = False
+        services.set_runner(None)
+        runner.shutdown()

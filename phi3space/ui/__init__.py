@@ -7,6 +7,7 @@ visitor first inspects a dataset or chats (training itself runs in a separate pr
 from __future__ import annotations
 
 import os
+import sys
 
 import gradio as gr
 
@@ -84,6 +85,9 @@ def local_mode_text() -> str:
     """The header's note off a Space (no sign-in): whose token runs use, and what works without one."""
     from phi3space.hub.auth import resolve_token
 
+    if resolve_token() and _hub_unreachable:
+        return ("Local mode, offline: the Hugging Face Hub cannot be reached, so runs on local data and models work, "
+                "and pushing, Hub datasets and private repos wait until it can (restart the app then).")
     if resolve_token():
         return "Local mode: runs use this machine's Hugging Face login (HF_TOKEN or `hf auth login`)."
     return ("Local mode: no Hugging Face token on this machine. Training and chat work; pushing to the Hub and "
@@ -104,16 +108,28 @@ def login_available() -> bool:
 
     if on_space():
         return True
-    import httpx
     from huggingface_hub import get_token, whoami
     from huggingface_hub.errors import HfHubHTTPError
 
+    from phi3space.hub.errors import is_transient
+
+    global _hub_unreachable
     if not get_token():
         return False
     try:
         return whoami().get("type") == "user"
-    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError):  # offline or a bad token: no mock login
-        return False
+    except Exception as exc:  # offline or a bad token: no mock login, and the page says why
+        if is_transient(exc):
+            _hub_unreachable = True
+            print("phi3space: the Hugging Face Hub cannot be reached: signing in and pushing wait until it can",
+                  file=sys.stderr)
+            return False
+        if isinstance(exc, (HfHubHTTPError, OSError, ValueError)):
+            return False
+        raise
+
+
+_hub_unreachable = False  # found at start (login_available): the page says so
 
 
 def server_name() -> str:
