@@ -1,4 +1,4 @@
-"""Session-wide test set-up.
+"""Session-wide test set-up and the shared fixtures (the shared helpers are in helpers.py).
 
 The Hub stand-in must be running and ``HF_ENDPOINT`` set before huggingface_hub, datasets, transformers or peft
 are imported anywhere (huggingface_hub reads the endpoint once, at import), so this happens at the top of the
@@ -18,8 +18,38 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.pop("HF_TOKEN", None)
+# One thread per process for torch (here and in every training process the tests start): the tiny model gains
+# nothing from more, and on a small machine the idle threads of several processes spin for the busy cores (a run
+# takes twice the time). Set before torch is imported anywhere.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import (  # noqa: E402
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    FAKE_TRAINER,
+    FIXTURE,
+    IMAGE,
+    build_tiny_phi3,
+    memorise_config,
+    model_files,
+    running_app,
+    seed_alice,
+    write_qa_jsonl,
+)
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tier first (in its own order), the quick tests after it: with several workers (pytest -n), the
+    long tests start at once and the many short ones fill the workers' ends evenly."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# ---- the Hub stand-in
 
 
 @pytest.fixture
@@ -29,42 +59,28 @@ def hub():
     return HUB
 
 
-from pathlib import Path  # noqa: E402
-
-from tinymodel import FIXTURE, build_tiny_phi3  # noqa: E402
-
-# A few question/answer pairs a tiny model can learn by heart: greedy decoding must then reproduce them exactly.
-QA_PAIRS = [
-    ("What is the capital of Zorbia?", "Flimflam."),
-    ("Who painted the Blue Quasar?", "Ada Montrose."),
-    ("What colour is a snarkle?", "Bright teal."),
-    ("How many legs does a drobble have?", "Seven."),
-]
+@pytest.fixture
+def alice(hub):
+    """The Hub stand-in with alice (token CANARY, in the alice-lab organisation), bob (token BOB) and alice's
+    private dataset alice/qa (helpers.seed_alice)."""
+    return seed_alice(hub)
 
 
-def write_qa_jsonl(path: Path, pairs=QA_PAIRS) -> Path:
-    import json
-
-    with path.open("w", encoding="utf-8") as fh:
-        for q, a in pairs:
-            fh.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
-    return path
+@pytest.fixture
+def hub_model(hub, tiny_model) -> str:
+    """The tiny Phi-3 on the Hub as acme/tiny-phi3 (MIT licensed); its repo ID."""
+    hub.add_repo("acme/tiny-phi3", {**model_files(tiny_model), "README.md": "---\nlicense: mit\n---\n# tiny\n"})
+    return "acme/tiny-phi3"
 
 
-def memorise_config(base: Path, dataset: str, out_dir: Path, **overrides) -> dict:
-    """Settings under which the tiny Phi-3 learns QA_PAIRS by heart in a few seconds on CPU."""
-    cfg = {
-        "model": {"base": str(base)},
-        "data": {"dataset": dataset, "eval_fraction": 0},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "training": {"learning_rate": 5e-3, "lr_scheduler": "constant", "warmup_ratio": 0.0, "max_steps": 40,
-                     "batch_size": 4, "grad_accum": 1, "logging_steps": 5, "save_steps": 20},
-        "output": {"dir": str(out_dir)},
-    }
-    for key, value in overrides.items():
-        section, name = key.split("__", 1)
-        cfg.setdefault(section, {})[name] = value
-    return cfg
+@pytest.fixture
+def jobs_image(monkeypatch) -> str:
+    """The image Hugging Face jobs run, as a Space's owner (or the CLI's user) names it."""
+    monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", IMAGE)
+    return IMAGE
+
+
+# ---- the model, data and a trained run
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +103,8 @@ def qa_file(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_model, tmp_path_factory) -> Path:
-    """A finished run folder whose adapter answers QA_PAIRS exactly (trained once per session through the API)."""
+    """A finished run folder whose adapter answers QA_PAIRS exactly (trained once per session through the API).
+    Tests copy it before they change it."""
     from phi3space import config
     from phi3space.engine import training
 
@@ -95,3 +112,48 @@ def trained_run(tiny_model, tmp_path_factory) -> Path:
     data = write_qa_jsonl(root / "qa.jsonl")
     cfg = config.from_dict(memorise_config(tiny_model, str(data), root / "run"))
     return training.train(cfg)
+
+
+# ---- the app
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app launched once for the test module (helpers.running_app), on a free port, with its own data folder:
+    (url, runner)."""
+    with running_app(tmp_path_factory.mktemp("app-data")) as started:
+        yield started
+
+
+# ---- the job runner's stand-in trainer
+
+
+@pytest.fixture
+def fake_trainer(tmp_path) -> Path:
+    """The stand-in trainer (helpers.FAKE_TRAINER) as a script: ``python SCRIPT CONFIG`` acts out the config."""
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    return script
+
+
+# ---- the browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright, headless, one per test module (Playwright's sync API keeps its own event
+    loop while it runs). Skipped where it is missing, unless
+    PHI3SPACE_REQUIRE_BROWSER=1 (CI), where that fails."""
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        if os.environ.get("PHI3SPACE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} is missing and PHI3SPACE_REQUIRE_BROWSER=1 (apt-get install -y chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    # Playwright waits 5 s for an expectation unless told: with the suite's workers sharing the machine (pytest -n),
+    # a page reload can take longer. Waits that matter say their own timeout.
+    sync_api.expect.set_options(timeout=20_000)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -7,21 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import memorise_config, write_qa_jsonl
-from ui_app import client, running_app, status, wait_for
+from helpers import FINAL, client, memorise_config, status, wait_for, write_qa_jsonl
 
 from phi3space.run import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")
-
-FINAL = ("completed", "failed", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """The app launched once for the module, on a free port, with its own data folder."""
-    with running_app(tmp_path_factory.mktemp("app-data")) as started:
-        yield started
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +23,7 @@ def config_yaml(tiny_model, qa, tmp_path, **overrides) -> str:
     return yaml.safe_dump(memorise_config(tiny_model, str(qa), tmp_path / "ignored", **overrides))
 
 
+@pytest.mark.slow
 def test_submit_follow_then_chat_with_the_trained_adapter(app, tiny_model, qa, tmp_path):
     url, runner = app
     c = client(url)
@@ -50,6 +41,7 @@ def test_submit_follow_then_chat_with_the_trained_adapter(app, tiny_model, qa, t
     assert c.predict(s["adapter"], "How many legs does a drobble have?", api_name="/chat") == "Seven."
 
 
+@pytest.mark.slow
 def test_two_jobs_queue_and_stop_ends_gracefully(app, tiny_model, qa, tmp_path):
     url, runner = app
     c = client(url)
@@ -82,6 +74,7 @@ def test_two_jobs_queue_and_stop_ends_gracefully(app, tiny_model, qa, tmp_path):
     assert wait_for(c, first, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
 
 
+@pytest.mark.slow
 def test_visitors_see_and_cancel_only_their_own_jobs(app, hub, tiny_model, qa, tmp_path):
     url, runner = app
     hub.add_user("alice", "tok-alice-0123456789")
@@ -159,6 +152,7 @@ def _untrained_adapter(base, folder):
     return folder
 
 
+@pytest.mark.slow
 def test_a_million_token_chat_does_not_hold_up_a_short_one(app, tiny_model, trained_run, tmp_path):
     from phi3space.generation import MAX_NEW_TOKENS
 

@@ -5,11 +5,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from ui_app import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+from helpers import ROOT, free_port
 
 
 def app_env(data_dir, **extra):
@@ -18,6 +16,7 @@ def app_env(data_dir, **extra):
     return env
 
 
+@pytest.mark.slow
 def test_a_second_app_on_the_same_data_folder_is_refused(tmp_path):
     first = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=app_env(tmp_path, GRADIO_SERVER_PORT=str(free_port())),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import yaml
-from tinymodel import FIXTURE
+from helpers import FIXTURE
 
 from phi3space import cli, config
 from phi3space.errors import ConfigError

@@ -11,43 +11,19 @@ the screen. Screenshots go to test-artifacts/.
 import csv
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QA_PAIRS, memorise_config
-from ui_app import running_app
+from helpers import ARTIFACTS, QA_PAIRS, memorise_config
 
 from phi3space.run import RunDir
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]  # one worker, in order: the second test follows the first's run
+
 TRAIN_RGB, EVAL_RGB = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)  # the chart's colour_map
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        if os.environ.get("PHI3SPACE_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{CHROMIUM} is missing and PHI3SPACE_REQUIRE_BROWSER=1 (apt-get install -y chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def app(browser, tmp_path_factory):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with running_app(tmp_path_factory.mktemp("app-data")) as started:
-        yield started
 
 
 def field(page, key: str):
@@ -117,7 +93,7 @@ def write_fragen_csv(path: Path) -> Path:
     return path
 
 
-def test_a_form_filled_by_hand_trains_a_mapped_csv_survives_a_reload_and_chats(app, browser, tiny_model, tmp_path):
+def test_a_form_filled_by_hand_trains_a_mapped_csv_survives_a_reload_and_chats(browser, app, tiny_model, tmp_path):
     from playwright.sync_api import expect
 
     url, runner = app
@@ -261,7 +237,7 @@ def text_fits(page, container: str, text: str, exact: bool = False) -> None:
             and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 0.5), f"{text!r} is clipped: {inner} {outer}"
 
 
-def test_on_a_phone_nothing_is_clipped_and_a_config_file_fills_every_setting(app, browser, tiny_model, tmp_path):
+def test_on_a_phone_nothing_is_clipped_and_a_config_file_fills_every_setting(browser, app, tiny_model, tmp_path):
     """The page at 390 x 844 (after the first test, it follows that test's finished run)."""
     from playwright.sync_api import expect
 

@@ -2,7 +2,7 @@ import json
 import os
 
 import pytest
-from tinymodel import FIXTURE
+from helpers import FIXTURE
 
 from phi3space.config import DataConfig
 from phi3space.engine import data, tokens

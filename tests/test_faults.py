@@ -5,28 +5,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import memorise_config, write_qa_jsonl
+from helpers import memorise_config, run_cli, start_cli, write_config, write_qa_jsonl
 
 from phi3space import cli, config
 from phi3space.engine import sft, training
 from phi3space.errors import Diverged
 from phi3space.run import RunDir
-
-
-def cli_run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "phi3space", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def write_config(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def assert_whole_lines(run: RunDir):
@@ -130,6 +118,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_is_a_message_and_the_run_resumes_once_space_is_freed(tiny_model, tmp_path):
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "64m"):
@@ -139,8 +128,7 @@ def test_a_full_disk_mid_run_is_a_message_and_the_run_resumes_once_space_is_free
         run = RunDir(disk / "run")
         cfg_path = write_config(tmp_path / "run.yaml", memorise_config(
             tiny_model, str(data), run.path, training__max_steps=400, training__logging_steps=1, training__save_steps=4))
-        proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = start_cli("train", str(cfg_path))
         deadline = time.time() + 120
         while time.time() < deadline and run.latest_checkpoint() is None:
             time.sleep(0.1)
@@ -159,7 +147,7 @@ def test_a_full_disk_mid_run_is_a_message_and_the_run_resumes_once_space_is_free
         assert run.state().status == "failed" and run.state().error["kind"] == "disk"  # its last word, said
 
         filler.unlink()  # space freed
-        result = cli_run("train", str(cfg_path), "--resume", "--set", "training.max_steps=12")
+        result = run_cli("train", str(cfg_path), "--resume", "--set", "training.max_steps=12")
         assert result.returncode == 0, result.stderr[-2000:]
         assert_whole_lines(run)
         assert run.state().status == "completed" and run.state().step == 12
@@ -167,6 +155,7 @@ def test_a_full_disk_mid_run_is_a_message_and_the_run_resumes_once_space_is_free
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_simulated_full_disk_ends_in_a_message_and_keeps_the_events_whole(tiny_model, tmp_path, monkeypatch, capsys):
     import errno
 
@@ -211,6 +200,7 @@ def test_a_line_left_cut_by_another_process_cannot_swallow_the_next_event(tmp_pa
     assert run.state().step == 2
 
 
+@pytest.mark.slow
 def test_sigkill_while_a_checkpoint_is_being_saved_then_resume(tiny_model, tmp_path):
     """A real kill: the moment checkpoint-3's folder appears (the Trainer is writing into it), SIGKILL."""
     import signal
@@ -220,8 +210,7 @@ def test_sigkill_while_a_checkpoint_is_being_saved_then_resume(tiny_model, tmp_p
     cfg_path = write_config(tmp_path / "run.yaml", memorise_config(
         tiny_model, str(data), run.path, training__max_steps=8, training__save_steps=1, training__logging_steps=1,
         training__save_total_limit=10))
-    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = start_cli("train", str(cfg_path), output=False)
     deadline = time.time() + 120
     while time.time() < deadline and not run.checkpoint(3).exists():
         time.sleep(0.001)
@@ -229,7 +218,7 @@ def test_sigkill_while_a_checkpoint_is_being_saved_then_resume(tiny_model, tmp_p
     proc.wait()
     cut_short = not run.checkpoint_is_whole(run.checkpoint(3))
 
-    result = cli_run("train", str(cfg_path), "--resume")
+    result = run_cli("train", str(cfg_path), "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
     assert ("checkpoint-3 is incomplete" in result.stdout) == cut_short
     assert run.state().status == "completed" and run.state().step == 8

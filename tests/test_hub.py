@@ -1,6 +1,7 @@
 """The Hub end to end against the stand-in: dataset by ID -> train -> push -> chat from the pushed repo; retries,
 late pushes, checkpoints on the Hub, access checks and secrets."""
 
+import functools
 import json
 import os
 import re
@@ -10,10 +11,10 @@ import subprocess
 import sys
 import time
 
+import helpers
 import pytest
 import yaml
-from conftest import QA_PAIRS, memorise_config
-from tinymodel import build_tiny_phi3
+from helpers import BOB, CANARY, QA_PAIRS, build_tiny_phi3, cli_env, memorise_config, qa_jsonl, write_config
 
 from phi3space import cli
 from phi3space.config import DataConfig
@@ -22,39 +23,9 @@ from phi3space.errors import DataError, ModelError, register_secret, scrub
 from phi3space.hub.push import push_run
 from phi3space.run import RunDir
 
-CANARY = "hf_CanaryToken0123456789abcdefg"  # token-shaped, shorter than a real one
-BOB = "hf_BobToken0123456789abcdefghijk"
-
-
-def qa_jsonl() -> str:
-    return "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QA_PAIRS)
-
-
-def cli_env(token=CANARY):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PHI3SPACE_RETRY_BASE_S": "0.05"}
-    env.pop("HF_TOKEN", None)
-    if token:
-        env["HF_TOKEN"] = token
-    return env
-
-
-def run_cli(*args, token=CANARY, timeout=300):
-    return subprocess.run([sys.executable, "-m", "phi3space", *args], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(token))
-
-
-def write_config(path, cfg):
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-@pytest.fixture
-def alice(hub):
-    hub.add_user("alice", CANARY, orgs=("alice-lab",))
-    hub.add_user("bob", BOB)
-    hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl(), "data/test.jsonl": qa_jsonl()}, repo_type="dataset",
-                 private=True)
-    return hub
+ALICE_CLI = {"token": CANARY, "PHI3SPACE_RETRY_BASE_S": "0.05"}  # alice at her terminal: her token, quick retries
+run_cli = functools.partial(helpers.run_cli, **ALICE_CLI)
+start_cli = functools.partial(helpers.start_cli, **ALICE_CLI)
 
 
 def card_results(card: str) -> dict:
@@ -68,10 +39,9 @@ def files_containing(root, needle: bytes):
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
-def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_path):
+@pytest.mark.slow
+def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, hub_model, tmp_path):
     """Base model and dataset by Hub ID -> train -> push -> chat from the pushed repo (base taken from the adapter)."""
-    base_files = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()}
-    alice.add_repo("acme/tiny-phi3", {**base_files, "README.md": "---\nlicense: mit\n---\n# tiny\n"})
     run_dir = tmp_path / "run"
     cfg = memorise_config("acme/tiny-phi3", "alice/qa", run_dir, output__push_to="auto", data__eval_split="test")
     result = run_cli("train", str(write_config(tmp_path / "run.yaml", cfg)))
@@ -109,7 +79,7 @@ def test_dataset_by_id_train_push_then_chat_from_the_hub(alice, tiny_model, tmp_
 
     # The card's usage snippet works as written (with a question it was trained on).
     snippet = card.split("```python\n")[1].split("```")[0].replace('"Hello!"', json.dumps(QA_PAIRS[3][0]))
-    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, env=cli_env())
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, env=cli_env(**ALICE_CLI))
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.strip() == QA_PAIRS[3][1]
 
@@ -156,11 +126,11 @@ def test_a_commit_that_fails_twice_is_retried_and_lands(alice, trained_run, tmp_
     assert [c["oid"] for c in alice.commits("alice/retried")] == [result["commit"]]
 
 
+@pytest.mark.slow
 def test_server_gone_keeps_the_adapter_and_push_delivers_later(alice, tiny_model, tmp_path):
     run_dir = tmp_path / "run"
     cfg = memorise_config(tiny_model, "alice/qa", run_dir, output__push_to="alice/late", training__max_steps=60)
-    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(write_config(tmp_path / "r.yaml", cfg))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc = start_cli("train", str(write_config(tmp_path / "r.yaml", cfg)))
     deadline = time.time() + 120
     while time.time() < deadline and not any(e["type"] == "run_started" for e in RunDir(run_dir).read_events()[0]):
         time.sleep(0.1)
@@ -182,13 +152,13 @@ def test_server_gone_keeps_the_adapter_and_push_delivers_later(alice, tiny_model
     assert alice.commits("alice/late")[0]["token"] == CANARY
 
 
+@pytest.mark.slow
 def test_resume_from_hub_checkpoints_after_the_run_folder_is_gone(alice, tiny_model, tmp_path):
     run_dir = tmp_path / "run"
     cfg = memorise_config(tiny_model, "alice/qa", run_dir, output__push_to="alice/ckpt", output__push_checkpoints=True,
                           training__max_steps=30, training__save_steps=2, training__logging_steps=1)
     cfg_path = write_config(tmp_path / "r.yaml", cfg)
-    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    proc = start_cli("train", str(cfg_path), output=False)
     deadline = time.time() + 120
     while time.time() < deadline and not any(e.get("what") == "checkpoint-4" for e in RunDir(run_dir).read_events()[0]):
         time.sleep(0.05)

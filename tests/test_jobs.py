@@ -8,66 +8,21 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import fake_run_config as cfg
+from helpers import fake_started as started
+from helpers import job_status as status_of
+from helpers import wait_job as wait
 
-from phi3space import config
 from phi3space.errors import AuthError, ConfigError
 from phi3space.jobs.local import job_env, last_word
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job, JobStore
 from phi3space.run import RunDir, RunState
 
-FAKE_TRAINER = r'''
-import json, os, signal, sys, time
-from pathlib import Path
-cfg_path = Path(next(a for a in sys.argv if a.endswith(".yaml")))
-run = cfg_path.parent
-mode = [l.split(":", 1)[1].strip() for l in cfg_path.read_text().splitlines() if l.strip().startswith("dataset:")][0]
-(run / "seen.json").write_text(json.dumps({"hf_token": os.environ.get("HF_TOKEN"), "argv": sys.argv,
-                                           "hf_token_path": os.environ.get("HF_TOKEN_PATH")}))
-def emit(**e):
-    with (run / "events.jsonl").open("a") as fh:
-        fh.write(json.dumps({"time": time.time(), **e}) + "\n")
-def stop(*_):
-    emit(type="run_finished", status="cancelled", step=1, adapter=str(run))
-    sys.exit(130)
-if mode == "stubborn":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-else:
-    signal.signal(signal.SIGTERM, stop)
-emit(type="run_started", max_steps=3)
-emit(type="progress", step=1, max_steps=3, loss=2.0)
-if mode == "checkpoint-then-crash" and "--resume" not in sys.argv:
-    (run / "checkpoint-1").mkdir(exist_ok=True)
-    (run / "checkpoint-1" / "adapter_model.safetensors").write_bytes(b"w")
-    (run / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1}')
-    emit(type="error", kind="crash", message="boom", hint="")
-    emit(type="run_finished", status="failed", step=1)
-    sys.exit(1)
-if mode in ("wait", "stubborn"):
-    print("waiting", flush=True)
-    while True:
-        time.sleep(0.05)
-if mode == "exit0-no-finish":
-    sys.exit(0)
-if mode == "checkpoint-pushed-then-fail":
-    emit(type="push", what="checkpoint-1", repo_id="me/x", url="https://hub/me/x/tree/checkpoints", commit="c1")
-    emit(type="error", kind="oom", message="the GPU ran out of memory", hint="lower batch_size")
-    emit(type="run_finished", status="failed", step=1, adapter=None)
-    sys.exit(2)
-if mode == "pushed":
-    emit(type="push", what="adapter", repo_id="me/x", url="https://hub/me/x", commit="c2")
-emit(type="run_finished", status="completed", step=3, adapter=str(run), metrics={"train_loss": 1.5})
-if mode == "crash-after-finish":
-    print("Traceback: boom", flush=True)
-    sys.exit(1)
-'''
-
 
 @pytest.fixture
-def fake(tmp_path):
-    script = tmp_path / "fake_trainer.py"
-    script.write_text(FAKE_TRAINER)
-    return lambda cfg_path: [sys.executable, str(script), str(cfg_path)]
+def fake(fake_trainer):
+    return lambda cfg_path: [sys.executable, str(fake_trainer), str(cfg_path)]
 
 
 @pytest.fixture
@@ -85,27 +40,6 @@ def make_runner(tmp_path, fake):
     yield make
     for r in runners:
         r.shutdown()
-
-
-def cfg(mode: str, **extra):
-    return config.from_dict({"data": {"dataset": mode}, **extra})
-
-
-def wait(runner, job_id, owner="me", until=lambda s: s["status"] in ("completed", "failed", "cancelled"), timeout=20):
-    """The job's /job_status answer once ``until`` holds for it."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s = runner.state(runner.get(job_id, owner))
-        if until(s):
-            return s
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {runner.state(runner.get(job_id, owner))}")
-
-
-def started(s) -> bool:
-    """Running, with its SIGTERM handler in place (it printed 'waiting')."""
-    log = RunDir(s["run_dir"]).log
-    return s["status"] == "running" and log.exists() and b"waiting" in log.read_bytes()
 
 
 def test_store_round_trip_and_owner_filter(tmp_path):
@@ -179,10 +113,6 @@ def whole_checkpoint(run: RunDir, step: int):
     run.checkpoint(step).mkdir(parents=True)
     (run.checkpoint(step) / run.ADAPTER_WEIGHTS).write_bytes(b"weights")
     (run.checkpoint(step) / run.TRAINER_STATE).write_text(json.dumps({"global_step": step}))
-
-
-def status_of(runner, job_id, owner="me") -> str:
-    return runner.state(runner.get(job_id, owner))["status"]
 
 
 def test_job_status_names_the_adapters_hub_repo_never_a_checkpoint_push(make_runner):

@@ -7,8 +7,11 @@ import sys
 
 import pytest
 import yaml
-from conftest import memorise_config, write_qa_jsonl
-from test_jobs import FAKE_TRAINER, cfg, started, status_of, wait
+from helpers import fake_run_config as cfg
+from helpers import fake_started as started
+from helpers import job_status as status_of
+from helpers import memorise_config, write_qa_jsonl
+from helpers import wait_job as wait
 
 from phi3space import config
 from phi3space.errors import ConfigError
@@ -18,10 +21,8 @@ from phi3space.run import RunDir
 
 
 @pytest.fixture
-def runner(tmp_path, monkeypatch):
-    script = tmp_path / "fake_trainer.py"
-    script.write_text(FAKE_TRAINER)
-    fake = lambda config_path, gpus=1: [sys.executable, str(script), str(config_path), f"--gpus={gpus}"]  # noqa: E731
+def runner(tmp_path, monkeypatch, fake_trainer):
+    fake = lambda config_path, gpus=1: [sys.executable, str(fake_trainer), str(config_path), f"--gpus={gpus}"]  # noqa: E731
     monkeypatch.setattr(jobs, "train_command", fake)  # what a run on several GPUs is started with
     r = JobRunner(tmp_path / "data", slots=4, grace_s=5, poll_s=0.05, command=fake, space=False)
     yield r
@@ -81,6 +82,7 @@ def test_the_command_for_several_gpus_is_accelerate_launch():
                                          "/r/config.yaml"]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_as_two_gpus_train_one_run_through_the_queue(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # gloo on CPU stands in for NCCL on GPUs
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

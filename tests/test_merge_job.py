@@ -7,6 +7,8 @@ import time
 
 import gradio as gr
 import pytest
+from helpers import BOB
+from helpers import CANARY as ALICE
 
 from phi3space import cli
 from phi3space.errors import AuthError, ConfigError
@@ -16,15 +18,12 @@ from phi3space.run import RunDir
 from phi3space.ui import jobs_view, services
 from phi3space.ui.follow import Follower
 
-ALICE = "tok-alice-merge-123456"
-
 
 @pytest.fixture
-def alice(hub, monkeypatch):
-    hub.add_user("alice", ALICE)
-    hub.add_user("bob", "tok-bob-merge-123456")
+def alice(alice, monkeypatch):
+    """alice and bob on the Hub (conftest's alice), and no waiting between retries."""
     monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0")
-    return hub
+    return alice
 
 
 def merged_files_ok(files: dict, base: str) -> None:
@@ -89,6 +88,7 @@ def wait_until_final(runner, job_id, owner, timeout=240) -> str:
     raise AssertionError(f"{job_id} did not finish")
 
 
+@pytest.mark.slow
 def test_a_merge_job_runs_like_training_with_the_visitors_token_only_in_its_environment(trained_run, alice, runner):
     source = finished_training_job(runner, trained_run)
     job = runner.submit_merge(source.id, "alice/qa-merged", "alice", ALICE, private=False)
@@ -110,7 +110,7 @@ def test_a_merge_job_runs_like_training_with_the_visitors_token_only_in_its_envi
 def test_a_merge_job_needs_a_finished_run_of_the_owner_and_on_a_space_a_sign_in(trained_run, alice, runner, tmp_path):
     source = finished_training_job(runner, trained_run)
     with pytest.raises(ConfigError, match="no job"):
-        runner.submit_merge(source.id, "bob/x", "bob", "tok-bob-merge-123456")
+        runner.submit_merge(source.id, "bob/x", "bob", BOB)
     with pytest.raises(AuthError, match="sign in"):
         runner.submit_merge(source.id, "alice/x", "alice", None)
     failed = RunDir(tmp_path / "failed-run")

@@ -1,13 +1,15 @@
 """Two processes (DDP over gloo on CPU, as `accelerate launch` does on GPUs): one run folder, one events file."""
 
-import os
 import subprocess
 import sys
 
+import pytest
 import yaml
-from conftest import memorise_config, write_qa_jsonl
+from helpers import ROOT, cli_env, memorise_config, write_qa_jsonl
 
 from phi3space.run import RunDir
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_processes_share_the_data_and_write_one_run(tiny_model, tmp_path):
@@ -16,10 +18,10 @@ def test_two_processes_share_the_data_and_write_one_run(tiny_model, tmp_path):
     cfg = memorise_config(tiny_model, str(data), run_dir, training__max_steps=4, training__batch_size=2,
                           training__logging_steps=1, training__save_steps=2)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = cli_env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "phi3space", "train", str(tmp_path / "run.yaml")],
-                            capture_output=True, text=True, timeout=300, env=env)
+                            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     events, _ = RunDir(run_dir).read_events()
     assert [e["type"] for e in events].count("run_started") == 1 and events[-1]["status"] == "completed"

@@ -5,15 +5,13 @@ that pin the Space's torch build."""
 
 import os
 import re
-import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import memorise_config
+from helpers import ROOT, memorise_config, run_cli
 
 from phi3space import config, datadir
 from phi3space.datadir import DataDirBusy
@@ -24,7 +22,6 @@ from phi3space.jobs.idle import PAUSE_ENV
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.run import RunDir
 
-ROOT = Path(__file__).resolve().parent.parent
 ALICE = "tok-alice-platform-0123456789"
 OWNER = "tok-owner-platform-0123456789"
 
@@ -61,6 +58,7 @@ def test_on_a_space_is_decided_as_gradio_does(monkeypatch):
     assert get_space() == "someone/phi3space"
 
 
+@pytest.mark.slow
 def test_a_gpu_that_torch_cannot_use_is_reported(fake_gpu, tmp_path, tiny_model):
     assert runtime.gpus()[0].name == "NVIDIA L4" and runtime.gpu_count() == 1
     problem = runtime.gpu_problem()
@@ -81,8 +79,7 @@ def test_a_gpu_that_torch_cannot_use_is_reported(fake_gpu, tmp_path, tiny_model)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(memorise_config(tiny_model, str(tmp_path / "qa.jsonl"), run_dir)))
     (tmp_path / "qa.jsonl").write_text('{"prompt": "a", "completion": "b"}\n' * 8)
-    ran = subprocess.run([sys.executable, "-m", "phi3space", "train", str(path)], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    ran = run_cli("train", str(path))
     assert ran.returncode == 2 and "cannot use it: training would run on the CPU" in ran.stderr, ran.stderr[-2000:]
     assert "Traceback" not in ran.stderr
     assert not any(e["type"] == "run_started" for e in RunDir(run_dir).read_events()[0])
@@ -212,6 +209,7 @@ def test_the_page_passes_the_sign_in_expiry(tmp_path, hub):
         runner.shutdown()
 
 
+@pytest.mark.slow
 def test_an_org_without_write_access_is_refused_before_any_weights_load(hub, tiny_model, tmp_path):
     hub.add_user("alice", ALICE, orgs=("acme",), org_roles={"acme": "read"})
     hub.add_repo("acme/shared-adapter", {"README.md": "# shared"})  # exists: create_repo(exist_ok) alone says nothing
@@ -222,8 +220,7 @@ def test_an_org_without_write_access_is_refused_before_any_weights_load(hub, tin
     for repo in ("acme/shared-adapter", "acme/new-adapter"):
         path.write_text(yaml.safe_dump(memorise_config(tiny_model, str(data), run_dir, output__push_to=repo)))
         t0 = time.time()
-        ran = subprocess.run([sys.executable, "-m", "phi3space", "train", str(path)], capture_output=True, text=True,
-                             timeout=300, cwd=ROOT, env={**os.environ, "HF_TOKEN": ALICE})
+        ran = run_cli("train", str(path), token=ALICE)
         assert ran.returncode == 2 and f"cannot push to {repo}" in ran.stderr, ran.stderr[-2000:]
         assert "granted this app access" in ran.stderr and time.time() - t0 < 60
         assert not any(e["type"] == "run_started" for e in RunDir(run_dir).read_events()[0])  # no weights loaded

@@ -9,25 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QA_PAIRS, memorise_config
-from test_remote_cli import CANARY, IMAGE, qa_jsonl
-from ui_app import client, running_app, status, wait_for
+from helpers import BOB, CANARY, FINAL, QA_PAIRS, client, memorise_config, running_app, status, wait_for
 
 from phi3space.run import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")
-FINAL = ("completed", "failed", "cancelled")
-
-
-@pytest.fixture
-def alice(hub, tiny_model, monkeypatch):
-    monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", IMAGE)
-    hub.add_user("alice", CANARY)
-    hub.add_user("bob", "tok-bob-0123456789")
-    hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl()}, repo_type="dataset", private=True)
-    files = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()}
-    hub.add_repo("acme/tiny-phi3", files)
-    return hub
+# Besides alice, bob and alice/qa (the alice fixture): the tiny Phi-3 as acme/tiny-phi3 and the image jobs run.
+pytestmark = pytest.mark.usefixtures("hub_model", "jobs_image")
 
 
 def config_yaml(**overrides) -> str:
@@ -35,6 +23,7 @@ def config_yaml(**overrides) -> str:
     return yaml.safe_dump(memorise_config("acme/tiny-phi3", "alice/qa", Path("ignored"), **settings))
 
 
+@pytest.mark.slow
 def test_submit_on_jobs_through_the_api_follow_push_and_chat(alice, tmp_path):
     data = tmp_path / "data"
     with running_app(data) as (url, runner):
@@ -52,7 +41,7 @@ def test_submit_on_jobs_through_the_api_follow_push_and_chat(alice, tmp_path):
         assert c.predict(job_id, QA_PAIRS[0][0], api_name="/chat") == QA_PAIRS[0][1]  # by job id: from the Hub
         assert c.predict("alice/snarkle", QA_PAIRS[3][0], api_name="/chat") == QA_PAIRS[3][1]
         with pytest.raises(gradio_client.exceptions.AppError, match="no job"):
-            client(url, "tok-bob-0123456789").predict(job_id, api_name="/job_status")
+            client(url, BOB).predict(job_id, api_name="/job_status")
 
         remote_id = job.handle.split("/")[1]
         spec = alice.jobs.job(remote_id)
@@ -80,6 +69,7 @@ def test_a_refusal_at_start_is_a_readable_error_and_a_failed_run(alice, tmp_path
         assert alice.jobs.ids() == []
 
 
+@pytest.mark.slow
 def test_stop_cancels_the_job_and_resume_continues_on_jobs(alice, tmp_path):
     long = config_yaml(training__max_steps=100000, training__logging_steps=1, training__save_steps=3)
     with running_app(tmp_path / "data") as (url, runner):
@@ -102,6 +92,7 @@ def test_stop_cancels_the_job_and_resume_continues_on_jobs(alice, tmp_path):
         assert wait_for(c, job_id, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
 
 
+@pytest.mark.slow
 def test_after_a_restart_running_jobs_are_found_again_when_their_owner_is_next_seen(alice, tmp_path):
     data = tmp_path / "data"
     with running_app(data) as (url, runner):

@@ -4,23 +4,20 @@ the app runs jobs with the local login (HF_TOKEN), as it pushes with it. Screens
 
 import re
 
+import pytest
 import yaml
-from conftest import memorise_config
-from test_browser import ARTIFACTS, browser  # noqa: F401  (the fixture)
-from test_remote_cli import CANARY, IMAGE, qa_jsonl
-from ui_app import running_app
+from helpers import ARTIFACTS, CANARY, memorise_config, running_app
+
+# alice, bob and alice/qa, the tiny Phi-3 as acme/tiny-phi3 and the image jobs run
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("alice", "hub_model", "jobs_image")]
 
 
-def test_choose_hugging_face_jobs_see_the_price_start_and_follow(browser, hub, tiny_model, tmp_path, monkeypatch):  # noqa: F811
+def test_choose_hugging_face_jobs_see_the_price_start_and_follow(browser, hub, tmp_path, monkeypatch):
     from playwright.sync_api import expect
 
     from phi3space.jobs.hf import flavors
 
     monkeypatch.setattr(flavors, "_hardware", None)
-    monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", IMAGE)
-    hub.add_user("alice", CANARY)
-    hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl()}, repo_type="dataset", private=True)
-    hub.add_repo("acme/tiny-phi3", {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()})
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(memorise_config("acme/tiny-phi3", "alice/qa", tmp_path / "ignored",
                                                           output__push_to="alice/snarkle")))

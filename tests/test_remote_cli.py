@@ -3,36 +3,22 @@ job runs the same engine as a local subprocess standing in for the image; the CL
 progress lines from its mirrored events and exits like a local run. Faults: refused at start, out of memory, time
 limit, Ctrl-C; two processes under accelerate inside one job."""
 
+import functools
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 import yaml
-from conftest import QA_PAIRS, memorise_config
+from helpers import CANARY, QA_PAIRS, memorise_config, qa_jsonl, start_cli
 
 from phi3space.run import RunDir
 
-CANARY = "hf_CanaryJobs0123456789abcdefgh"  # token-shaped, shorter than a real one
-IMAGE = "hf.co/spaces/alice/phi3space"
-
-
-def qa_jsonl() -> str:
-    return "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QA_PAIRS)
-
-
-@pytest.fixture
-def alice(hub, tiny_model):
-    """Alice, her private dataset and a tiny Phi-3 on the Hub: a job reads everything from there."""
-    hub.add_user("alice", CANARY, orgs=("alice-lab",))
-    hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl()}, repo_type="dataset", private=True)
-    files = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()}
-    hub.add_repo("acme/tiny-phi3", {**files, "README.md": "---\nlicense: mit\n---\n# tiny\n"})
-    return hub
+# Besides alice, her private dataset alice/qa (the alice fixture): the tiny Phi-3 as acme/tiny-phi3 on the Hub (a job
+# reads everything from there), and the image the job runs.
+pytestmark = pytest.mark.usefixtures("hub_model", "jobs_image")
 
 
 def jobs_config(tmp_path, run_dir, **overrides) -> Path:
@@ -44,17 +30,7 @@ def jobs_config(tmp_path, run_dir, **overrides) -> Path:
     return path
 
 
-def cli_env(token=CANARY, **extra):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PHI3SPACE_JOBS_IMAGE": IMAGE, **extra}
-    env.pop("HF_TOKEN", None)
-    if token:
-        env["HF_TOKEN"] = token
-    return env
-
-
-def run_cli(*args, timeout=300, **env):
-    return subprocess.run([sys.executable, "-m", "phi3space", *args], capture_output=True, text=True, timeout=timeout,
-                          env=cli_env(**env))
+run_cli = functools.partial(helpers.run_cli, token=CANARY)  # alice at her terminal
 
 
 def only_job(hub) -> str:
@@ -62,6 +38,7 @@ def only_job(hub) -> str:
     return job_id
 
 
+@pytest.mark.slow
 def test_train_on_jobs_from_the_cli_pushes_from_the_job_and_chats(alice, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli("train", str(jobs_config(tmp_path, run_dir)))
@@ -153,14 +130,14 @@ def _until_line(hub, job_id, text, timeout=120):
 
 
 @pytest.mark.parametrize("fault", ["oom", "timeout"])
+@pytest.mark.slow
 def test_a_job_killed_for_memory_or_time_fails_with_the_reason_and_a_hint(alice, tmp_path, fault):
     run_dir = tmp_path / "run"
     long = dict(training__max_steps=100000, training__logging_steps=1, training__save_steps=3)
     if fault == "timeout":
         alice.jobs.time_scale = 0.2  # a 1-minute limit ends the job after 12 s
         long["compute__timeout"] = "1m"
-    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(jobs_config(tmp_path, run_dir, **long))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc = start_cli("train", str(jobs_config(tmp_path, run_dir, **long)), token=CANARY)
     job_id = _submitted(alice)
     if fault == "oom":
         _until_line(alice, job_id, "pushed checkpoint-3")
@@ -183,11 +160,11 @@ def test_a_job_killed_for_memory_or_time_fails_with_the_reason_and_a_hint(alice,
         assert RunDir(run_dir).state().status == "completed" and RunDir(run_dir).has_adapter()
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_job_then_resume_continues_on_jobs_from_the_pushed_checkpoint(alice, tmp_path):
     run_dir = tmp_path / "run"
     cfg = jobs_config(tmp_path, run_dir, training__max_steps=100000, training__logging_steps=1, training__save_steps=3)
-    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc = start_cli("train", str(cfg), token=CANARY)
     job_id = _submitted(alice)
     _until_line(alice, job_id, "pushed checkpoint-3")
     proc.send_signal(signal.SIGINT)
@@ -205,6 +182,7 @@ def test_ctrl_c_cancels_the_job_then_resume_continues_on_jobs_from_the_pushed_ch
     assert RunDir(run_dir).state().status == "completed"
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_in_one_job_write_one_run_and_one_event_stream(alice, tmp_path):
     run_dir = tmp_path / "run"
     cfg = jobs_config(tmp_path, run_dir, compute__flavor="a10g-largex2", training__max_steps=4,
@@ -226,11 +204,11 @@ def test_two_processes_under_accelerate_in_one_job_write_one_run_and_one_event_s
     assert len(inside) == 1 and sum('"run_started"' in line for line in inside[0].read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_the_cli_run_again_on_the_same_folder_follows_its_running_job_instead_of_starting_another(alice, tmp_path):
     run_dir = tmp_path / "run"
     cfg = jobs_config(tmp_path, run_dir, training__max_steps=60, training__logging_steps=1)
-    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=cli_env())
+    proc = start_cli("train", str(cfg), token=CANARY, output=False)
     job_id = _submitted(alice)
     _until_line(alice, job_id, "step 3/60")
     proc.kill()  # the terminal closed; the job runs on

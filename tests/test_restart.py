@@ -1,31 +1,18 @@
 """The app process dies while a job trains; the job finishes on its own; a new app process finds the run
 completed (from the run's own events) and chats with its adapter."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
-from ui_app import free_port, status
+from helpers import QA_PAIRS, free_port, memorise_config, start_app, status, write_qa_jsonl
 
 from phi3space.jobs.store import JobStore
 from phi3space.run import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")
-HERE = Path(__file__).parent
-
-
-def start_app(data_dir: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(HERE / "ui_app.py"), str(data_dir), str(port)], cwd=HERE.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
-    line = proc.stdout.readline()  # the URL, once it serves
-    assert line.startswith("http"), "the app did not start"
-    return proc
+pytestmark = pytest.mark.slow
 
 
 def test_a_job_that_finishes_while_the_app_is_down_is_completed_after_restart(tiny_model, tmp_path):

@@ -8,26 +8,20 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
-from ui_app import free_port, running_app, status, wait_for
+from helpers import BOB, FINAL, QA_PAIRS, free_port, memorise_config, running_app, start_app, status, wait_for, write_qa_jsonl
+from helpers import CANARY as ALICE
 
 from phi3space.jobs.store import JobStore
 from phi3space.run import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")
-HERE = Path(__file__).parent
+pytestmark = pytest.mark.slow
 OWNER = "tok-space-owner-0123456789"
-ALICE = "tok-alice-space-0123456789"
-BOB = "tok-bob-space-0123456789"
-FINAL = ("completed", "failed", "cancelled")
 
 
 def space_env(hub) -> dict:
@@ -39,30 +33,15 @@ def space_env(hub) -> dict:
     return env
 
 
-def start_space(data_dir: Path, port: int, env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(HERE / "ui_app.py"), str(data_dir), str(port), "--space"],
-                            cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    for _ in range(50):  # gradio on a Space may say a few words first
-        line = proc.stdout.readline()
-        if line.startswith("http") or not line:
-            break
-    assert line.startswith("http"), "the app did not start"
-    return proc
-
-
-def test_a_visitors_run_survives_a_space_restart_through_the_hub(hub, tiny_model, tmp_path):
+@pytest.mark.usefixtures("alice", "hub_model")  # alice, bob, alice/qa; acme/tiny-phi3
+def test_a_visitors_run_survives_a_space_restart_through_the_hub(hub, tmp_path):
     hub.add_user("owner", OWNER)
-    hub.add_user("alice", ALICE)
-    hub.add_user("bob", BOB)
     hub.add_repo("owner/phi3space", repo_type="space", owner_token=OWNER)
-    hub.add_repo("acme/tiny-phi3", {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()})
-    qa = write_qa_jsonl(tmp_path / "qa.jsonl").read_text()
-    hub.add_repo("alice/qa", {"data/train.jsonl": qa}, repo_type="dataset", private=True)
     data_dir, port, env = tmp_path / "space-disk", free_port(), space_env(hub)
     cfg = memorise_config("acme/tiny-phi3", "alice/qa", tmp_path / "ignored", training__max_steps=40,
                           training__save_steps=2, training__logging_steps=1, output__push_to="alice/snarkle")
 
-    app = start_space(data_dir, port, env)
+    app = start_app(data_dir, port, space=True, env=env)
     trainer_pid = None
     try:
         url = f"http://127.0.0.1:{port}"
@@ -98,7 +77,7 @@ def test_a_visitors_run_survives_a_space_restart_through_the_hub(hub, tiny_model
     newest = pushed[-1]
     assert newest >= 6 and "events.jsonl" in hub.files("alice/snarkle", revision="checkpoints")
 
-    app = start_space(data_dir, port, env)
+    app = start_app(data_dir, port, space=True, env=env)
     try:
         bob = gradio_client.Client(url, oauth_token=BOB, verbose=False)
         with pytest.raises(gradio_client.exceptions.AppError, match="no job"):
@@ -130,7 +109,7 @@ def test_a_visitors_run_survives_a_space_restart_through_the_hub(hub, tiny_model
         app.wait(30)
 
     shutil.rmtree(data_dir)  # another restart: the finished run comes back from its card, and chat uses the Hub adapter
-    app = start_space(data_dir, port, env)
+    app = start_app(data_dir, port, space=True, env=env)
     try:
         alice = gradio_client.Client(url, oauth_token=ALICE, verbose=False)
         [s] = json.loads(alice.predict(api_name="/list_jobs"))
@@ -146,8 +125,8 @@ def test_a_visitors_run_survives_a_space_restart_through_the_hub(hub, tiny_model
     assert [r for r in hub.requests if r.token == OWNER] == []
 
 
+@pytest.mark.usefixtures("alice")
 def test_push_again_delivers_a_stranded_adapter_with_the_current_token(hub, tiny_model, tmp_path, monkeypatch):
-    hub.add_user("alice", ALICE)
     hub.add_user("alice", "tok-alice-signed-in-again-0123")  # the same visitor, signed in again later
     monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.02")
     qa = write_qa_jsonl(tmp_path / "qa.jsonl")

@@ -1,7 +1,6 @@
 """End to end through the real trainer: a tiny Phi-3 learns Q&A pairs, the CLI trains, chats, resumes, refuses."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,21 +8,11 @@ import time
 
 import pytest
 import yaml
-from conftest import QA_PAIRS, memorise_config, write_qa_jsonl
+from helpers import QA_PAIRS, memorise_config, run_cli, start_cli, write_config, write_qa_jsonl
 
 from phi3space import cli, config
 from phi3space.engine import training
 from phi3space.run import RunDir
-
-
-def run_cli(*args, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "phi3space", *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def write_config(path, cfg: dict):
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_trained_adapter_reproduces_the_answers(trained_run):
@@ -192,6 +181,7 @@ def test_qlora_on_cpu_is_not_checkpointed(tiny_model, tmp_path):
     assert not trainer.args.gradient_checkpointing and not trainer.model.base_model.model.is_activation_checkpointing
 
 
+@pytest.mark.slow
 def test_cli_train_prints_progress_and_chat_answers(tiny_model, tmp_path):
     data = write_qa_jsonl(tmp_path / "qa.jsonl")
     cfg_path = write_config(tmp_path / "run.yaml", memorise_config(tiny_model, str(data), tmp_path / "run"))
@@ -204,8 +194,7 @@ def test_cli_train_prints_progress_and_chat_answers(tiny_model, tmp_path):
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert chat.stdout.strip() == answer
     # Without --prompt: an interactive loop on stdin (an empty line ends it).
-    loop = subprocess.run([sys.executable, "-m", "phi3space", "chat", "--adapter", str(tmp_path / "run")],
-                          input=f"{QA_PAIRS[0][0]}\n\n", capture_output=True, text=True, timeout=300)
+    loop = run_cli("chat", "--adapter", str(tmp_path / "run"), input=f"{QA_PAIRS[0][0]}\n\n")
     assert loop.returncode == 0, loop.stderr[-2000:]
     assert loop.stdout.strip() == QA_PAIRS[0][1]
 
@@ -232,13 +221,13 @@ def test_qlora_trains_evaluates_and_saves(tiny_model, tmp_path):
     assert final["eval_loss"] == pytest.approx(evals[-1]["eval_loss"]) and final["perplexity"] > 1
 
 
+@pytest.mark.slow
 def test_stop_saves_and_resume_continues_from_the_saved_step(tiny_model, tmp_path):
     data = write_qa_jsonl(tmp_path / "qa.jsonl")
     run_dir = tmp_path / "run"
     cfg_path = write_config(tmp_path / "run.yaml", memorise_config(
         tiny_model, str(data), run_dir, training__max_steps=100000, training__logging_steps=1, training__save_steps=100000))
-    proc = subprocess.Popen([sys.executable, "-m", "phi3space", "train", str(cfg_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_cli("train", str(cfg_path))
     deadline = time.time() + 120
     while time.time() < deadline and not any(e["type"] == "progress" and e["step"] >= 3 for e in RunDir(run_dir).read_events()[0]):
         time.sleep(0.2)
@@ -398,6 +387,7 @@ def test_streamed_text_is_decoded_piecewise_and_never_shows_half_a_character(tin
     assert not any(u.endswith("\ufffd") for u in updates)
 
 
+@pytest.mark.slow
 def test_chat_loads_no_training_libraries(tiny_model):
     """`phi3space chat` starts faster without trl, datasets and pandas, which it never uses."""
     code = ("import sys; from phi3space.chat.engine import ChatEngine; e = ChatEngine(sys.argv[1]); "

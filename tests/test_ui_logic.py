@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_qa_jsonl
+from helpers import write_qa_jsonl
 
 from phi3space import config
 from phi3space.engine import estimates
