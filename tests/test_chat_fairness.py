@@ -5,9 +5,10 @@ be, do not keep a third visitor's short reply waiting. /chat runs as many replie
 import time
 
 import pytest
-from ui_app import client, running_app
+from helpers import client, running_app
 
 gradio_client = pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow  # the app, and (fairness) a trained run
 TOKENS = {"ann": "hf_AnnLongReplies0123456789abcd", "ben": "hf_BenLongReplies0123456789abcd",
           "cat": "hf_CatShortReply01234567890abcd"}
 

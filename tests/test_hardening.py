@@ -89,6 +89,7 @@ def test_a_locked_job_store_is_a_message_and_leaves_no_run_folder(tmp_path, monk
         runner.shutdown()
 
 
+@pytest.mark.slow  # a trained run
 def test_chat_takes_a_trained_adapter_whose_push_is_still_pending(trained_run, tmp_path):
     runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
     try:

@@ -6,13 +6,14 @@ submit. The attack: a visitor edits her repo's card record (a new job id, status
 import json
 
 import pytest
-from ui_app import client, running_app
+from helpers import client, running_app
 
 from phi3space import config
 from phi3space.hub.records import publish_queued
 from phi3space.run import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow  # the app, and (fairness) a trained run
 ALICE = "hf_AliceRecords0123456789abcdef"
 
 

@@ -13,13 +13,15 @@ import time
 import httpx
 import pytest
 import yaml
-from helpers import BOB, FINAL, QA_PAIRS, free_port, memorise_config, running_app, start_app, status, wait_for, write_qa_jsonl
+from helpers import BOB, FINAL, QA_PAIRS, ROOT, free_port, memorise_config, running_app, start_app, status, wait_for, write_qa_jsonl
 from helpers import CANARY as ALICE
 
 from phi3space.jobs.store import JobStore
 from phi3space.run import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")
+# the scopes the Space's front matter asks for (README.md): the simulation grants the same
+SCOPES = yaml.safe_load((ROOT / "README.md").read_text().split("---")[1])["hf_oauth_scopes"]
 pytestmark = pytest.mark.slow
 OWNER = "tok-space-owner-0123456789"
 
@@ -27,7 +29,7 @@ OWNER = "tok-space-owner-0123456789"
 def space_env(hub) -> dict:
     env = {**os.environ, "SYSTEM": "spaces", "SPACE_ID": "owner/phi3space", "SPACE_HOST": "owner-phi3space.hf.space",
            "OAUTH_CLIENT_ID": "client-0123", "OAUTH_CLIENT_SECRET": "client-secret-0123",
-           "OAUTH_SCOPES": "openid profile contribute-repos read-repos gated-repos", "OPENID_PROVIDER_URL": hub.url,
+           "OAUTH_SCOPES": " ".join(["openid", "profile", *SCOPES]), "OPENID_PROVIDER_URL": hub.url,
            "HF_TOKEN": OWNER, "PHI3SPACE_RETRY_BASE_S": "0.05", "PYTHONUNBUFFERED": "1"}
     env.pop("PHI3SPACE_SLOTS", None)
     return env
