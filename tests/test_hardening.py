@@ -188,3 +188,24 @@ def test_the_app_starts_offline_with_a_saved_token_and_says_the_hub_cannot_be_re
         hub.down = False
         services.set_runner(None)
         runner.shutdown()
+
+
+def test_who_a_token_belongs_to_outlasts_a_hub_outage(hub, monkeypatch):
+    from phi3space.errors import AuthError, HubError
+    from phi3space.hub import access
+
+    token = "hf_WhoamiOutage0123456789abcdef"
+    hub.add_user("dora", token)
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.01")
+    assert access.whoami(token)["name"] == "dora"
+    monkeypatch.setattr(access, "WHOAMI_TTL_S", 0)  # the answer is old now
+    hub.down = True
+    try:
+        assert access.whoami(token)["name"] == "dora"  # the last answer stands while the Hub is away
+        with pytest.raises(HubError, match="could not reach the Hub"):
+            access.whoami("hf_NeverSeenBefore0123456789abcd")
+    finally:
+        hub.down = False
+    hub.reset()
+    with pytest.raises(AuthError):  # a refused token is refused, whatever was cached
+        access.whoami(token)

@@ -21,10 +21,11 @@ _whoami_lock = threading.Lock()
 
 
 def whoami(token: str | None) -> dict:
-    """The token's user (name, orgs, role), asked of the Hub at most once per WHOAMI_TTL_S per token.
+    """The token's user (name, orgs, role), asked of the Hub at most once per WHOAMI_TTL_S per token; when the Hub
+    cannot be reached, the last answer for that token stands (whose token it is does not change).
 
     Raises:
-        AuthError: no token, or the Hub refuses it.
+        AuthError: no token, or the Hub refuses it. HubError: the Hub cannot be reached and the token is new.
     """
     if token:
         key = hashlib.sha256(token.encode()).hexdigest()
@@ -32,7 +33,12 @@ def whoami(token: str | None) -> dict:
             cached = _whoami_cache.get(key)
         if cached and time.time() - cached[0] < WHOAMI_TTL_S:
             return cached[1]
-        user = _ask_whoami(token)
+        try:
+            user = _ask_whoami(token)
+        except HubError:
+            if cached:
+                return cached[1]
+            raise
         with _whoami_lock:
             _whoami_cache[key] = (time.time(), user)
         return user

@@ -160,21 +160,25 @@ class JobRunner:
             raise ConfigError([f"job {job_id} saved no checkpoint to continue from"],
                               "Submit it again to train from the start (lower training.save_steps to save sooner).")
         cfg.save(job.run.config)
-        with self._lock:
-            if self.status(self.get(job_id, owner))[0] not in ("failed", "cancelled"):
-                raise ConfigError([f"job {job_id} was resumed already"], "Follow it in the list of your runs.")
-            self.store.update(job_id, phase="queued", resume=True, needs_token=bool(token), cancel_requested=False,
-                              exit_code=None, finished=None, pid=None, slot=None)
-        return self._queue(self.store.get(job_id), token, new=False)
+        return self._queue(job, token, new=False)
 
     def _queue(self, job: Job, token: str | None, new: bool = True) -> Job:
+        """List a new job (or queue a resumed one again), with its token at hand before the supervisor can see it."""
         register_secret(token)
         backend = self.backend(job)
         with self._lock:
-            if new:
-                self.store.add(job)
             if backend.uses_slots:
                 self._tokens[job.id] = token
+            if new:
+                self.store.add(job)
+            else:
+                if self.status(self.store.get(job.id))[0] not in ("failed", "cancelled"):
+                    self._tokens.pop(job.id, None)
+                    raise ConfigError([f"job {job.id} was resumed already"], "Follow it in the list of your runs.")
+                self.store.update(job.id, phase="queued", resume=True, needs_token=bool(token), cancel_requested=False,
+                                  exit_code=None, finished=None, pid=None, slot=None)
+                job = self.store.get(job.id)
+            if backend.uses_slots:
                 self._tick()
                 return self.get(job.id, job.owner)
         try:  # started now, outside the lock (a platform call): a refusal reaches the caller and the run's events
