@@ -17,7 +17,7 @@ from phi3space.run import RunDir
 from phi3space.ui.chat_service import build_messages, resolve_for_visitor
 from phi3space.ui.services import Visitor
 
-TOKEN = "hf_PastedByMistake0123456789abcdef"
+TOKEN = "hf_PastedByMistake0123456789ab"
 
 
 def run_main(argv, capsys) -> tuple[int, str]:
