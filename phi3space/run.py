@@ -18,14 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from copy import deepcopy
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from phi3space.errors import scrub
+from phi3space.state import FINAL, RunState  # noqa: F401  (RunState is read through RunDir.state)
 
 EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log")
-FINAL = ("completed", "failed", "cancelled")
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
@@ -284,114 +283,3 @@ class EventWriter:
             self._cut = False
         finally:
             os.close(fd)
-
-
-@dataclass
-class RunState:
-    """What a run's events say so far. ``status`` is queued until run_started, then running, then final."""
-
-    status: str = "queued"
-    step: int = 0
-    max_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    eta_s: float | None = None
-    tokens_per_s: float | None = None
-    train_losses: list = field(default_factory=list)  # (step, loss)
-    eval_losses: list = field(default_factory=list)  # (step, eval loss)
-    metrics: dict = field(default_factory=dict)  # the run_finished metrics
-    error: dict | None = None  # {kind, message, hint}
-    adapter: str | None = None  # the local folder holding the adapter, once the run ended with one
-    adapter_repo: str | None = None  # the Hub repo the adapter was pushed to (never a checkpoint push)
-    adapter_url: str | None = None
-    checkpoint: str | None = None  # the newest checkpoint saved in the run folder
-    checkpoint_url: str | None = None  # the Hub branch the newest checkpoint was pushed to
-    model_url: str | None = None  # a merge job's merged model, once pushed
-    hardware: str = ""
-    started: float | None = None
-    finished: float | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL
-
-    @property
-    def has_adapter(self) -> bool:
-        """It ended with an adapter to chat with, merge or push: in its folder, or on the Hub."""
-        return self.status in ("completed", "cancelled") and bool(self.adapter or self.adapter_repo)
-
-    @property
-    def can_resume(self) -> bool:
-        """It failed or was stopped after saving a checkpoint (here, or pushed to its repo's checkpoints branch)."""
-        return self.status in ("failed", "cancelled") and bool(self.checkpoint or self.checkpoint_url)
-
-    @property
-    def can_chat(self) -> bool:
-        """An adapter to chat with: a finished run's, or a trained one whose push is pending (it is on this disk)."""
-        return self.has_adapter or self.push_pending
-
-    @property
-    def pushed(self) -> bool:
-        return bool(self.adapter_repo)
-
-    @property
-    def push_pending(self) -> bool:
-        """It trained and saved its adapter, but the push failed (Hub down, sign-in expired): "Push again"."""
-        return (self.status == "failed" and bool(self.adapter) and not self.pushed
-                and (self.error or {}).get("kind") in ("hub", "auth"))
-
-    def fold(self, e: dict) -> None:
-        kind = e.get("type")
-        if kind == "run_started":  # also a resumed run: what an earlier attempt ended with no longer holds
-            self.status, self.error, self.adapter, self.finished = "running", None, None, None
-            self.max_steps = e.get("max_steps")
-            self.hardware = e.get("hardware") or self.hardware
-            self.started = e.get("time")
-        elif kind == "progress":
-            for k in ("step", "max_steps", "loss", "eta_s", "epoch", "tokens_per_s"):
-                if e.get(k) is not None:
-                    setattr(self, k, e[k])
-            if e.get("loss") is not None and e.get("step") is not None:
-                self.train_losses.append((e["step"], e["loss"]))
-        elif kind == "eval":
-            self.eval_loss = e.get("eval_loss")
-            if e.get("eval_loss") is not None and e.get("step") is not None:
-                self.eval_losses.append((e["step"], e["eval_loss"]))
-        elif kind == "checkpoint":
-            self.checkpoint = e.get("path") or self.checkpoint
-        elif kind == "push":
-            if e.get("what", "adapter") == "adapter":
-                self.adapter_repo, self.adapter_url = e.get("repo_id"), e.get("url")
-            elif e.get("what") == "model":
-                self.model_url = e.get("url")
-            else:
-                self.checkpoint_url = e.get("url")
-        elif kind == "error":
-            self.error = {k: e.get(k) for k in ("kind", "message", "hint")}
-        elif kind == "run_finished":
-            self.status = e.get("status") if e.get("status") in FINAL else "failed"
-            self.adapter = e.get("adapter")
-            self.step = e.get("step", self.step)
-            self.metrics = e.get("metrics") or {}
-            self.finished = e.get("time")
-            if self.status != "failed":
-                self.error = None
-
-    @classmethod
-    def from_events(cls, events: list[dict]) -> RunState:
-        state = cls()
-        for e in events:
-            state.fold(e)
-        return state
-
-    def results(self, metrics: dict | None = None) -> dict:
-        """Final metrics (the run_finished ones, or ``metrics`` when the run is just finishing), with the final
-        and best losses of the curve."""
-        out = {**self.metrics, **{k: v for k, v in (metrics or {}).items() if v is not None}}
-        if self.train_losses:
-            out["final_train_loss"] = self.train_losses[-1][1]
-        if self.eval_losses:
-            out.setdefault("eval_loss", self.eval_losses[-1][1])
-            out["best_eval_loss"] = min(loss for _, loss in self.eval_losses)
-        return out

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "phi3space"
 
 # Each layer may import its own and the ones after it in this list, never one before it.
 LAYERS = ["ui", "cli", "jobs", "chat", "engine", "hub", "floor"]
-FLOOR = {"config", "run", "datadir", "report", "generation", "ranges", "refs", "errors"}
+FLOOR = {"config", "run", "state", "datadir", "report", "generation", "ranges", "refs", "errors"}
 MAX_LINES = 400
 
 
