@@ -9,6 +9,7 @@ from phi3space.hub.auth import keep_owner_token_out
 
 keep_owner_token_out()  # before gradio loads huggingface_hub: no visitor's call may carry the owner's token
 
+from phi3space.chat import zerogpu  # noqa: E402  (on ZeroGPU: imports `spaces` before CUDA and before launch)
 from phi3space.errors import Phi3SpaceError  # noqa: E402
 from phi3space.ui import build_app, launch_kwargs, services  # noqa: E402
 
@@ -17,6 +18,8 @@ try:
 except Phi3SpaceError as exc:
     print(f"error: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
     sys.exit(2)
+
+zerogpu.start()  # on ZeroGPU, the chat models are loaded now (the GPU worker inherits them)
 
 demo = build_app()
 

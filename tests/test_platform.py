@@ -7,7 +7,6 @@ import os
 import re
 import sys
 import time
-import types
 
 import pytest
 import yaml
@@ -100,46 +99,20 @@ def test_the_fit_warning_uses_free_memory(fake_gpu, monkeypatch):
     assert "6 GB free" in warning
 
 
-def test_zero_gpu_refuses_training_and_runs_chat_inside_spaces_gpu(monkeypatch, tmp_path):
-    from phi3space.generation import GenerationSettings
-    from phi3space.ui import chat_service
-    from phi3space.ui.services import Visitor, set_runner
-
+def test_zero_gpu_refuses_training(monkeypatch, tmp_path):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     refusal = runtime.training_refusal()
     assert isinstance(refusal, ConfigError) and "ZeroGPU" in refusal.message and "Duplicate this Space" in refusal.hint
     runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
-    set_runner(runner)
     try:
         with pytest.raises(ConfigError, match="ZeroGPU"):
             runner.submit(cfg(), "me")
-
-        calls = []
-
-        def gpu(duration=60):  # the `spaces` package's decorator, as ZeroGPU Spaces ship it
-            def wrap(fn):
-                def inside(*args, **kwargs):
-                    calls.append(duration)
-                    yield from fn(*args, **kwargs)
-                return inside
-            return wrap
-
-        monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
-
-        class Engine:
-            def stream(self, messages, adapter, **kw):
-                yield "on the GPU"
-
-        monkeypatch.setattr(chat_service, "engine_for", lambda base, token, runner=None: Engine())
-        out = list(chat_service.stream_reply(None, "some/base", [{"role": "user", "content": "hi"}],
-                                             Visitor("me", None), False, GenerationSettings(max_new_tokens=1024)))
-        assert out == ["on the GPU"] and calls == [chat_service.gpu_duration(1024)] and calls[0] > 60
     finally:
-        set_runner(None)
         runner.shutdown()
 
 
 def test_chat_gives_the_gpu_back_to_a_starting_job(fake_gpu, tmp_path, monkeypatch):
+    from phi3space.chat import engines
     from phi3space.ui import chat_service
 
     monkeypatch.setenv(runtime.ALLOW_CPU_ENV, "1")  # the fake GPU: let the (stand-in) job start
@@ -148,13 +121,13 @@ def test_chat_gives_the_gpu_back_to_a_starting_job(fake_gpu, tmp_path, monkeypat
     runner = JobRunner(tmp_path / "data", space=False, poll_s=0.05, command=lambda p: [sys.executable, str(script)])
     try:
         chat_service._give_gpu_back_to(runner)
-        chat_service._engines["some/base"] = object()  # a chat model held on the GPU
+        engines._engines["some/base"] = object()  # a chat model held on the GPU
         job = runner.submit(cfg(), "me")
         deadline = time.time() + 20
         while time.time() < deadline and runner.get(job.id, "me").phase != "running":
             time.sleep(0.05)
         assert runner.get(job.id, "me").phase == "running"
-        assert chat_service._engines == {}  # dropped before the job started
+        assert engines.held() == []  # dropped before the job started
 
         monkeypatch.setenv("FAKE_GPU_FREE_MB", "2048")  # the job took the GPU: no room for a 7.6 GB chat model
         with pytest.raises(ModelError, match="the GPU is training") as info:
@@ -162,7 +135,7 @@ def test_chat_gives_the_gpu_back_to_a_starting_job(fake_gpu, tmp_path, monkeypat
         assert "Chat is back when that job ends" in info.value.hint
         runner.cancel(job.id, "me")
     finally:
-        chat_service._engines.clear()
+        engines.drop_all()
         runner.shutdown()
 
 

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -154,3 +156,28 @@ def test_push_again_delivers_a_stranded_adapter_with_the_current_token(hub, tiny
         assert runner.store.get(job_id).exit_code != 0  # the training process itself ended failed: nothing re-ran
         with pytest.raises(gradio_client.exceptions.AppError, match="no adapter waiting"):
             again.predict(job_id, api_name="/push_again")
+
+
+def test_the_app_starts_on_a_space_without_a_traceback(hub, tmp_path):
+    """gradio's reloader thread on a Space imports `spaces` (a requirement now): without it, it dies at start with a
+    traceback in the log."""
+    env = {**space_env(hub), "PHI3SPACE_DATA_DIR": str(tmp_path), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_SERVER_PORT": str(free_port())}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any("http://" in line for line in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        time.sleep(3)  # the reloader's thread starts after the server
+    finally:
+        proc.kill()
+        lines += proc.stdout.readlines()
+        proc.wait()
+    log = "".join(lines)
+    assert "http://" in log, log
+    assert "`spaces` package is required" not in log and "Traceback" not in log, log

@@ -5,20 +5,19 @@ the engine never downloads with someone else's token, and a visitor never reache
 
 The GPU is shared with training: when a job starts on a GPU machine the chat models are dropped (the GPU is given
 back), and while a job trains a chat model is loaded again only if the GPU has room for it. On ZeroGPU each reply
-runs inside ``@spaces.GPU(duration=...)``, the only place a GPU exists there.
+runs in ``spaces.GPU``'s forked worker (phi3space.chat.zerogpu), the only place a GPU exists there.
 """
 
 from __future__ import annotations
 
-import gc
-import os
 import sys
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from phi3space.chat import engines, zerogpu
 from phi3space.chat.engine import MAX_BATCH
 from phi3space.engine.hardware import gpus, zero_gpu
 from phi3space.errors import ConfigError, ModelError
@@ -30,7 +29,6 @@ from phi3space.report import human_duration
 from phi3space.run import RunDir
 from phi3space.ui.services import Visitor, get_runner
 
-MAX_ENGINES = int(os.environ.get("PHI3SPACE_CHAT_ENGINES", "1"))  # base models kept in memory at once
 CHAT_CONCURRENCY = {"concurrency_limit": MAX_BATCH, "concurrency_id": "chat"}  # the page and /chat share it: as
 # many replies at once as the engine writes in one batch (gradio's default of 4 would let two accounts hold them all)
 CHATS_PER_VISITOR = 2  # replies being written at once for one signed-in visitor (two tabs, or compare mode)
@@ -40,9 +38,6 @@ ANONYMOUS_MAX_SECONDS = 30.0
 
 _in_flight: Counter = Counter()
 _slots_lock = threading.Lock()
-
-_engines: OrderedDict[str, object] = OrderedDict()
-_engines_lock = threading.Lock()
 
 
 def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bool) -> Path:
@@ -83,20 +78,9 @@ def engine_for(base: str, token: str | None, runner: JobRunner | None = None):
     Raises:
         ModelError: a job trains on the GPU and there is no room beside it for this model.
     """
-    from phi3space.chat.engine import ChatEngine
-
     runner = runner or get_runner()
     _give_gpu_back_to(runner)
-    with _engines_lock:
-        if base in _engines:
-            _engines.move_to_end(base)
-            return _engines[base]
-        while len(_engines) >= MAX_ENGINES:
-            _engines.popitem(last=False)
-        _check_room_beside_training(base, runner)
-        engine = ChatEngine(base, token)
-        _engines[base] = engine
-        return engine
+    return engines.engine(base, token, before_load=lambda base: _check_room_beside_training(base, runner))
 
 
 @contextmanager
@@ -148,21 +132,14 @@ def _check_room_beside_training(base: str, runner: JobRunner) -> None:
 def held_gb() -> float:
     """GPU memory this process's chat models hold (0 when none, or when torch was never loaded here)."""
     torch = sys.modules.get("torch")
-    if not _engines or torch is None or not torch.cuda.is_available():
+    if not engines.held() or torch is None or not torch.cuda.is_available():
         return 0.0
     return torch.cuda.memory_reserved() / 2**30
 
 
 def release_gpu(job: Job | None = None) -> None:
     """Drop the chat models and hand their GPU memory back (a job is about to train on this GPU)."""
-    with _engines_lock:
-        if not _engines:
-            return
-        _engines.clear()
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    engines.drop_all()
 
 
 _watched: set[int] = set()
@@ -174,27 +151,6 @@ def _give_gpu_back_to(runner: JobRunner) -> None:
         return
     _watched.add(id(runner))
     runner.before_start.append(lambda job: release_gpu(job) if gpus() else None)
-
-
-def _on_gpu(fn, max_new_tokens: int):
-    """``fn`` as is, or on ZeroGPU wrapped in ``spaces.GPU`` with a duration sized to the reply."""
-    if not zero_gpu():
-        return fn
-    try:
-        import spaces
-    except ImportError:
-        raise ModelError("this Space runs on ZeroGPU but the `spaces` package is missing",
-                         "Add `spaces` to requirements.txt (ZeroGPU Spaces ship it).") from None
-    return spaces.GPU(duration=gpu_duration(max_new_tokens))(fn)
-
-
-def gpu_duration(max_new_tokens: int) -> int:
-    """Seconds of ZeroGPU time asked for one reply (the least, 60 s, fits the default reply; longer replies ask more)."""
-    return int(min(300, max(60, 20 + max_new_tokens / 8)))
-
-
-def _stream(engine, messages: list[dict], adapter: str | None, **generation) -> Iterator[str]:
-    yield from engine.stream(messages, adapter, **generation)
 
 
 def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict], visitor: Visitor, space: bool,
@@ -212,11 +168,13 @@ def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict
         settings, seconds = settings.capped(ANONYMOUS_MAX_NEW_TOKENS), ANONYMOUS_MAX_SECONDS
     runner = get_runner()
     runner.touch()
+    adapter = str(adapter_dir) if adapter_dir else None
     with chat_slot(visitor):
-        engine = engine_for(base, visitor.hub_token(space), runner)
-        stream = _on_gpu(_stream, settings.max_new_tokens)
-        yield from stream(engine, messages, str(adapter_dir) if adapter_dir else None, max_seconds=seconds,
-                          **settings.as_kwargs())
+        engine = engine_for(base, visitor.hub_token(space), runner)  # loaded here, with the visitor's token
+        if zero_gpu():  # in spaces.GPU's forked worker: plain data in, text out
+            yield from zerogpu.on_gpu(base, adapter, messages, settings.as_kwargs(), seconds)
+        else:
+            yield from engine.stream(messages, adapter, max_seconds=seconds, **settings.as_kwargs())
 
 
 def _own_run_base(adapter_dir: Path | None) -> bool:
