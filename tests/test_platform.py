@@ -102,7 +102,8 @@ def test_the_fit_warning_uses_free_memory(fake_gpu, monkeypatch):
 def test_zero_gpu_refuses_training(monkeypatch, tmp_path):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     refusal = runtime.training_refusal()
-    assert isinstance(refusal, ConfigError) and "ZeroGPU" in refusal.message and "Hugging Face Jobs" in refusal.hint and "duplicate this Space" in refusal.hint
+    assert isinstance(refusal, ConfigError) and "ZeroGPU" in refusal.message
+    assert "Hugging Face Jobs" in refusal.hint and "duplicate this Space" in refusal.hint
     runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
     try:
         with pytest.raises(ConfigError, match="ZeroGPU"):
