@@ -20,7 +20,8 @@
 * ``POST /api/jobs/{namespace}/{id}/cancel``: answered at once; ``cancel_s`` later SIGTERM to the command (as to a
   container's first process), SIGKILL to all its processes after ``grace_s``; stage CANCELED once they ended.
 * Logs asked for while SCHEDULING: 404 (``scheduling_logs = "404"``) or an empty stream that ends (``"empty"``); with
-  ``stream_cut = N`` every stream ends after N lines, before the job does (the client asks again).
+  ``stream_cut_s = S`` every stream ends S seconds after it began (what it had to replay sent first), before the
+  job does (the client asks again).
 Time limits run ``time_scale`` times faster than written (a 60 s ``timeoutSeconds`` ends a job after 3 s at 0.05),
 and durations are reported in the job's own (scaled) seconds.
 """
@@ -125,9 +126,9 @@ class JobsStandIn:
             self.image_env = {}  # extra environment every job's "image" has
             # The life cycle's timing, as the service has it: SCHEDULING first (its status message; logs asked for
             # meanwhile answer 404, or an empty stream with "empty"), log streams that may end before the job does
-            # (after ``stream_cut`` lines each), a cancel that takes ``cancel_s`` before the container is signalled.
+            # (after ``stream_cut_s`` seconds each), a cancel that takes ``cancel_s`` before the container is signalled.
             self.scheduling_s, self.scheduling_message, self.scheduling_logs = 0.5, None, "404"
-            self.stream_cut = None
+            self.stream_cut_s = None
             self.cancel_s = 1.0
             # The status message of a job whose command exits non-zero ("{code}" is replaced); None: no message.
             self.error_message = None
@@ -370,22 +371,23 @@ class JobsStandIn:
         tail = query.get("tail", [None])[0]
         with job.ended:
             sent = max(0, len(job.lines) - int(tail)) if tail is not None else 0
-        cut = sent + self.stream_cut if self.stream_cut else None
+        cut = time.time() + self.stream_cut_s if self.stream_cut_s else None
         try:
             while True:
                 if job.stage == "SCHEDULING" and not job.lines:  # nothing yet: an empty stream that ends
                     chunk(b": keep-alive\n\n")
                     break
                 with job.ended:
-                    job.ended.wait_for(lambda n=sent: job.done or len(job.lines) > n, timeout=10)
-                    new, done = job.lines[sent:cut], job.done
+                    job.ended.wait_for(lambda n=sent: job.done or len(job.lines) > n,
+                                       timeout=min(10, max(0.05, cut - time.time())) if cut else 10)
+                    new, done = job.lines[sent:], job.done
                 sent += len(new)
                 if new:
                     chunk(b"".join(b"data: " + json.dumps({"data": line, "timestamp": _iso(t)}).encode() + b"\n\n"
                                    for t, line in new))
                 elif not done:
                     chunk(b": keep-alive\n\n")
-                if (done and not new) or (cut is not None and sent >= cut):
+                if (done and not new) or (cut is not None and time.time() >= cut):
                     break
             h.wfile.write(b"0\r\n\r\n")
             h.wfile.flush()

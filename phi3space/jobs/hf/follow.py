@@ -184,6 +184,8 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
                     break
                 info = inspect(ref, token)
                 if info is not None and str(info.status.stage) in TERMINAL:
+                    if stage not in TERMINAL:  # it ended while its stream was away: the replay has its last lines
+                        _mirror(mirror, token, stop, ref)
                     state = _this_attempt(run.state(), info)
                     _write(writer, last_word(info, state, cfg, mirror.exit_code), state)
                     return True
