@@ -83,7 +83,7 @@ def test_stop_cancels_the_job_and_resume_continues_on_jobs(alice, tmp_path):
 
         assert json.loads(c.predict(job_id, api_name="/resume_job"))["status"] == "running"
         second = runner.store.get(job_id).handle.split("/")[1]
-        assert second != first and alice.jobs.job(second)["command"][-1] == "--resume"
+        assert second != first and "--resume &" in alice.jobs.job(second)["command"][2]
         run = RunDir(runner.store.get(job_id).run_dir)
         started = lambda: [e for e in run.read_events()[0] if e["type"] == "run_started"]  # noqa: E731
         wait_for(c, job_id, lambda s: s["status"] == "running" and len(started()) == 2)
