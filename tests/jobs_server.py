@@ -21,7 +21,7 @@
   container's first process), SIGKILL to all its processes after ``grace_s``; stage CANCELED once they ended.
 * Logs asked for while SCHEDULING: 404 (``scheduling_logs = "404"``) or an empty stream that ends (``"empty"``); with
   ``stream_cut_s = S`` every stream ends S seconds after it began (what it had to replay sent first), before the
-  job does (the client asks again).
+  job does (the client asks again); with ``stream_cut_drop`` the connection closes mid-response instead (an error).
 Time limits run ``time_scale`` times faster than written (a 60 s ``timeoutSeconds`` ends a job after 3 s at 0.05),
 and durations are reported in the job's own (scaled) seconds.
 """
@@ -128,7 +128,7 @@ class JobsStandIn:
             # meanwhile answer 404, or an empty stream with "empty"), log streams that may end before the job does
             # (after ``stream_cut_s`` seconds each), a cancel that takes ``cancel_s`` before the container is signalled.
             self.scheduling_s, self.scheduling_message, self.scheduling_logs = 0.5, None, "404"
-            self.stream_cut_s = None
+            self.stream_cut_s, self.stream_cut_drop = None, False  # drop: the connection closes mid-response
             self.cancel_s = 1.0
             # The status message of a job whose command exits non-zero ("{code}" is replaced); None: no message.
             self.error_message = None
@@ -387,7 +387,12 @@ class JobsStandIn:
                                    for t, line in new))
                 elif not done:
                     chunk(b": keep-alive\n\n")
-                if (done and not new) or (cut is not None and time.time() >= cut):
+                if done and not new:
+                    break
+                if cut is not None and time.time() >= cut and not done:
+                    if self.stream_cut_drop:  # no end of the chunked body: the client's read fails
+                        h.close_connection = True
+                        return
                     break
             h.wfile.write(b"0\r\n\r\n")
             h.wfile.flush()

@@ -45,11 +45,12 @@ def test_the_stand_in_lists_the_documented_flavors_and_secrets_by_name(alice):
     assert HfApi().inspect_job(job_id=ref.id, namespace="alice", token=CANARY).secrets == ["HF_TOKEN"]
 
 
-@pytest.mark.parametrize("logs_meanwhile", ["404", "empty"])
-def test_a_job_is_followed_through_scheduling_and_cut_streams_to_its_exit_code(alice, tmp_path, logs_meanwhile):
+@pytest.mark.parametrize("logs_meanwhile, cut", [("404", "end"), ("empty", "drop")])
+def test_a_job_is_followed_through_scheduling_and_cut_streams_to_its_exit_code(alice, tmp_path, logs_meanwhile, cut):
     alice.jobs.scheduling_s, alice.jobs.scheduling_logs = 1.5, logs_meanwhile
     alice.jobs.scheduling_message = "Waiting for a free a10g-large"
-    alice.jobs.stream_cut_s = 0.2  # every log stream ends a moment after it began
+    alice.jobs.stream_cut_s = 0.2  # every log stream ends (or drops) a moment after it began
+    alice.jobs.stream_cut_drop = cut == "drop"
     alice.jobs.error_message = "Exited: {code}"  # whatever the service says is shown as it is
     ref = submit(wrapped("echo one; sleep 0.5; echo two; echo three; sleep 0.5; echo four; exit 3"))
     run = RunDir(tmp_path / "run")

@@ -95,7 +95,6 @@ def test_a_job_refused_at_start_exits_2_with_the_platforms_reason(alice, tmp_pat
 
 def test_settings_problems_are_refused_before_a_job_starts(alice, tmp_path):
     cases = [
-        ({}, {"PHI3SPACE_JOBS_IMAGE": ""}, "needs an image that has phi3space installed"),
         ({"compute__flavor": "a10g-huge"}, {}, "compute.flavor: 'a10g-huge' is not a Hugging Face Jobs hardware flavor"),
         ({"output__push_to": None}, {}, "compute.backend: hf-jobs needs output.push_to"),
         ({"compute__timeout": "soon"}, {}, "compute.timeout: 'soon' is not a duration"),
