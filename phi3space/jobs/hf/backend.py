@@ -169,6 +169,8 @@ class HFJobsBackend(Backend):
         return job
 
     def _follow(self, job: Job) -> None:
+        if not job.handle:  # being started right now (start follows it once run_job answered)
+            return
         with self._lock:
             running = self._following.get(job.id)
             if running is not None and running.is_alive():
