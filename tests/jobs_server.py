@@ -133,6 +133,9 @@ class JobsStandIn:
             # The status message of a job whose command exits non-zero ("{code}" is replaced); None: no message.
             self.error_message = None
         for job in jobs:
+            with job.ended:
+                if job.stage == "SCHEDULING":  # never to start
+                    job.stage, job.done = "CANCELED", True
             self._signal(job, signal.SIGKILL)
             if job.proc is not None:
                 job.proc.wait()
