@@ -65,6 +65,7 @@ def test_a_job_is_followed_through_scheduling_and_cut_streams_to_its_exit_code(a
     assert run.log.read_text().splitlines() == ["one", "two", "three", "four", "@phi3space-exit 3"]  # each once
 
 
+@pytest.mark.slow
 def test_an_oom_kill_and_a_time_limit_are_told_from_the_exit_code_and_the_running_time(alice, tmp_path):
     ref = submit(wrapped("python -c 'import time; print(\"up\", flush=True); time.sleep(60)'"))
     deadline = time.time() + 30
