@@ -166,7 +166,7 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
         try:
             info = inspect(ref, token)
             if info is None:  # only inspect_job saying 404 means the job is gone
-                gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message="not found"),
+                gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message=None),
                                              url=f"{ref}", durations=None)
                 _write(writer, last_word(gone, run.state(), cfg), run.state())
                 return True
