@@ -86,7 +86,8 @@ def job_command(gpus: int, resume: bool = False, code: Code | None = None) -> li
         wheel = f'"${{TMPDIR:-/tmp}}/{code.filename}"'
         install = (f'set -e; echo "phi3space: installing {code.filename} from {code.repo_id}"; '
                    f'python -c "${FETCH_VAR}" {wheel}; '
-                   f"python -m pip install --no-cache-dir --progress-bar off --disable-pip-version-check --root-user-action=ignore {wheel}; "
+                   "python -m pip install --no-cache-dir --progress-bar off --disable-pip-version-check "
+                   f"--root-user-action=ignore {wheel}; "
                    "set +e; ")
     train = shlex.join(launch_command(gpus, resume))
     wrapper = (f"{train} & child=$!; trap 'kill -TERM $child 2>/dev/null' TERM INT; wait $child; code=$?; "
