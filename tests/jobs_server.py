@@ -4,19 +4,24 @@
 * ``POST /api/jobs/{namespace}``: run_job's spec (``command``, ``environment``, ``secrets``, ``flavor``,
   ``timeoutSeconds``, ``labels``, ``dockerImage``/``spaceId``). The job's command runs as a local subprocess standing
   in for the image: in its own folder (its ``HOME``, ``TMPDIR`` and ``HF_HOME``), with a bare environment (``PATH``
-  to this Python, ``PYTHONPATH`` to this checkout, as an image with phi3space installed would have) plus the job's
+  to this Python, ``PYTHONPATH`` to this checkout, as an image with phi3space installed would have; for a
+  ``pytorch/pytorch:`` image, no phi3space, and pip installing into the job's folder) plus the job's
   environment and its secrets; nothing of the test process's own environment. 401 for an unknown token, 403 outside
   the token's namespaces, 400 for an unknown flavor, and whatever ``refuse`` set for a namespace (402 without a
   payment method, 429 over a quota).
-* ``GET /api/jobs/{namespace}/{id}``: the job (stage RUNNING, COMPLETED, ERROR with ``Job failed with exit code: N``,
-  CANCELED, or what ``kill`` said), durations included; secrets come back by name only, never their values.
+* ``GET /api/jobs/{namespace}/{id}``: the job: SCHEDULING for ``scheduling_s`` (with ``scheduling_message``), then
+  RUNNING, then COMPLETED, CANCELED, or ERROR (with ``error_message`` for a non-zero exit, none by default; "Job
+  timeout" at the time limit, as documented; what ``kill`` said); durations included; secrets by name only (a list).
 * ``GET /api/jobs/{namespace}?label=k=v&stage=S``: the namespace's jobs filtered by labels and stages.
 * ``GET /api/jobs/{namespace}/{id}/logs``: a server-sent-events stream as the service sends it: a ``===== Job started``
-  line, then ``data: {"data": LINE, "timestamp": ...}`` per line of output (stdout and stderr read apart, line by
+  line (once running), then ``data: {"data": LINE, "timestamp": ...}`` per line of output (stdout and stderr read apart, line by
   line, as a container runtime does), ``: keep-alive`` comments while quiet, replayed from the first line on every
   request (``tail`` honoured) and ended once the job has ended.
-* ``POST /api/jobs/{namespace}/{id}/cancel``: stage CANCELED, SIGTERM to the job's processes, SIGKILL after ``grace_s``.
-
+* ``POST /api/jobs/{namespace}/{id}/cancel``: answered at once; ``cancel_s`` later SIGTERM to the command (as to a
+  container's first process), SIGKILL to all its processes after ``grace_s``; stage CANCELED once they ended.
+* Logs asked for while SCHEDULING: 404 (``scheduling_logs = "404"``) or an empty stream that ends (``"empty"``); with
+  ``stream_cut_s = S`` every stream ends S seconds after it began (what it had to replay sent first), before the
+  job does (the client asks again); with ``stream_cut_drop`` the connection closes mid-response instead (an error).
 Time limits run ``time_scale`` times faster than written (a 60 s ``timeoutSeconds`` ends a job after 3 s at 0.05),
 and durations are reported in the job's own (scaled) seconds.
 """
@@ -33,12 +38,13 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent  # the image has this checkout's phi3space installed
+REPO = Path(__file__).resolve().parent.parent  # a Space's image has this checkout's phi3space installed
+PYTORCH_IMAGE = "pytorch/pytorch:"  # an image with torch and no phi3space: the job installs it
 
 
-def _flavor(name, pretty, cpu, ram, accelerator, cents_per_hour):
+def _flavor(name, pretty, cpu, ram, accelerator, cents_per_hour, storage):
     micro_per_minute = round(cents_per_hour * 10_000 / 60)
-    return {"name": name, "prettyName": pretty, "cpu": cpu, "ram": ram, "ephemeralStorage": "100 GB",
+    return {"name": name, "prettyName": pretty, "cpu": cpu, "ram": ram, "ephemeralStorage": storage,
             "accelerator": accelerator, "unitCostMicroUSD": micro_per_minute,
             "unitCostUSD": micro_per_minute / 1e6, "unitLabel": "minute"}
 
@@ -48,16 +54,35 @@ def _gpu(model, quantity, vram_gb):
             "manufacturer": "Nvidia"}
 
 
+# The 26 flavors the Hub documents (docs/hub/jobs-configuration.md, `hf jobs hardware`): name, pretty name, CPU, RAM,
+# storage, accelerator and price per hour.
 HARDWARE = [
-    _flavor("cpu-basic", "CPU Basic", "2 vCPU", "16 GB", None, 1),
-    _flavor("cpu-upgrade", "CPU Upgrade", "8 vCPU", "32 GB", None, 3),
-    _flavor("t4-small", "Nvidia T4 - small", "4 vCPU", "15 GB", _gpu("T4", 1, 16), 40),
-    _flavor("l4x1", "1x Nvidia L4", "8 vCPU", "30 GB", _gpu("L4", 1, 24), 80),
-    _flavor("l4x4", "4x Nvidia L4", "48 vCPU", "186 GB", _gpu("L4", 4, 24), 380),
-    _flavor("a10g-large", "Nvidia A10G - large", "12 vCPU", "46 GB", _gpu("A10G", 1, 24), 150),
-    _flavor("a10g-largex2", "2x Nvidia A10G - large", "24 vCPU", "92 GB", _gpu("A10G", 2, 24), 300),
-    _flavor("a100-large", "Nvidia A100 - large", "12 vCPU", "142 GB", _gpu("A100", 1, 80), 250),
-    _flavor("h200", "Nvidia H200", "23 vCPU", "256 GB", _gpu("H200", 1, 141), 500),
+    _flavor("cpu-basic", "CPU Basic", "2 vCPU", "16 GB", None, 1, "50 GB"),
+    _flavor("cpu-upgrade", "CPU Upgrade", "8 vCPU", "32 GB", None, 3, "50 GB"),
+    _flavor("cpu-performance", "CPU Performance", "32 vCPU", "256 GB", None, 190, "1024 GB"),
+    _flavor("cpu-xl", "CPU XL", "16 vCPU", "124 GB", None, 100, "1000 GB"),
+    _flavor("t4-small", "Nvidia T4 - small", "4 vCPU", "15 GB", _gpu("T4", 1, 16), 40, "50 GB"),
+    _flavor("t4-medium", "Nvidia T4 - medium", "8 vCPU", "30 GB", _gpu("T4", 1, 16), 60, "100 GB"),
+    _flavor("a10g-small", "Nvidia A10G - small", "4 vCPU", "15 GB", _gpu("A10G", 1, 24), 100, "110 GB"),
+    _flavor("a10g-large", "Nvidia A10G - large", "12 vCPU", "46 GB", _gpu("A10G", 1, 24), 150, "200 GB"),
+    _flavor("a10g-largex2", "2x Nvidia A10G - large", "24 vCPU", "92 GB", _gpu("A10G", 2, 24), 300, "1000 GB"),
+    _flavor("a10g-largex4", "4x Nvidia A10G - large", "48 vCPU", "184 GB", _gpu("A10G", 4, 24), 500, "2000 GB"),
+    _flavor("a100-large", "Nvidia A100 - large", "12 vCPU", "142 GB", _gpu("A100", 1, 80), 250, "1000 GB"),
+    _flavor("a100x4", "4x Nvidia A100", "48 vCPU", "568 GB", _gpu("A100", 4, 80), 1000, "4000 GB"),
+    _flavor("a100x8", "8x Nvidia A100", "96 vCPU", "1136 GB", _gpu("A100", 8, 80), 2000, "8000 GB"),
+    _flavor("h200", "Nvidia H200", "23 vCPU", "256 GB", _gpu("H200", 1, 141), 500, "3000 GB"),
+    _flavor("h200x2", "Nvidia H200", "46 vCPU", "512 GB", _gpu("H200", 2, 141), 1000, "6000 GB"),
+    _flavor("h200x4", "Nvidia H200", "92 vCPU", "1024 GB", _gpu("H200", 4, 141), 2000, "12000 GB"),
+    _flavor("h200x8", "Nvidia H200", "184 vCPU", "2048 GB", _gpu("H200", 8, 141), 4000, "24000 GB"),
+    _flavor("rtx-pro-6000", "Nvidia RTX PRO 6000", "23 vCPU", "256 GB", _gpu("RTX PRO 6000", 1, 96), 275, "475 GB"),
+    _flavor("rtx-pro-6000x2", "Nvidia RTX PRO 6000", "46 vCPU", "512 GB", _gpu("RTX PRO 6000", 2, 96), 550, "950 GB"),
+    _flavor("rtx-pro-6000x4", "Nvidia RTX PRO 6000", "92 vCPU", "1024 GB", _gpu("RTX PRO 6000", 4, 96), 1100, "1900 GB"),
+    _flavor("rtx-pro-6000x8", "Nvidia RTX PRO 6000", "184 vCPU", "2048 GB", _gpu("RTX PRO 6000", 8, 96), 2200, "3800 GB"),
+    _flavor("l4x1", "1x Nvidia L4", "8 vCPU", "30 GB", _gpu("L4", 1, 24), 80, "400 GB"),
+    _flavor("l4x4", "4x Nvidia L4", "48 vCPU", "186 GB", _gpu("L4", 4, 24), 380, "3200 GB"),
+    _flavor("l40sx1", "1x Nvidia L40S", "8 vCPU", "62 GB", _gpu("L40S", 1, 48), 180, "380 GB"),
+    _flavor("l40sx4", "4x Nvidia L40S", "48 vCPU", "382 GB", _gpu("L40S", 4, 48), 830, "3200 GB"),
+    _flavor("l40sx8", "8x Nvidia L40S", "192 vCPU", "1534 GB", _gpu("L40S", 8, 48), 2350, "6500 GB"),
 ]
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 
@@ -69,14 +94,15 @@ def _iso(t):
 class _Job:
     def __init__(self, job_id, namespace, spec, secrets, folder):
         self.id, self.namespace, self.spec, self.secrets, self.folder = job_id, namespace, spec, secrets, folder
-        self.created, self.started, self.finished = time.time(), time.time(), None
-        self.stage, self.message = "RUNNING", None
-        self.lines = [(time.time(), f"===== Job started at {_iso(time.time())} =====")]
+        self.created, self.started, self.finished = time.time(), None, None
+        self.stage, self.message = "SCHEDULING", None
+        self.lines = []
         self.ended = threading.Condition()
         self.done = False  # the process ended and every line of its output is in ``lines``
         self.proc = None
         self.cancelled = False
-        self.killed_because = None
+        self.killed = False  # ended by the platform (out of memory, time limit): stage ERROR whatever the exit code
+        self.kill_message = None
 
 
 class JobsStandIn:
@@ -98,7 +124,18 @@ class JobsStandIn:
             self.hardware = [dict(f) for f in HARDWARE]
             self.grace_s, self.time_scale = 5.0, 1.0
             self.image_env = {}  # extra environment every job's "image" has
+            # The life cycle's timing, as the service has it: SCHEDULING first (its status message; logs asked for
+            # meanwhile answer 404, or an empty stream with "empty"), log streams that may end before the job does
+            # (after ``stream_cut_s`` seconds each), a cancel that takes ``cancel_s`` before the container is signalled.
+            self.scheduling_s, self.scheduling_message, self.scheduling_logs = 0.5, None, "404"
+            self.stream_cut_s, self.stream_cut_drop = None, False  # drop: the connection closes mid-response
+            self.cancel_s = 1.0
+            # The status message of a job whose command exits non-zero ("{code}" is replaced); None: no message.
+            self.error_message = None
         for job in jobs:
+            with job.ended:
+                if job.stage == "SCHEDULING":  # never to start
+                    job.stage, job.done = "CANCELED", True
             self._signal(job, signal.SIGKILL)
             if job.proc is not None:
                 job.proc.wait()
@@ -111,11 +148,15 @@ class JobsStandIn:
         with self._lock:
             self._refusals[namespace] = (status, message)
 
-    def kill(self, job_id, message="OOMKilled: the job ran out of memory (exit code 137)"):
-        """End a running job as the platform would after an out-of-memory kill (stage ERROR, ``message``)."""
+    def kill(self, job_id, message=None):
+        """The kernel's out-of-memory killer: SIGKILL to the job's biggest process (the command's children before
+        the command itself); the job ends in stage ERROR with ``message`` (what the service says then is not
+        documented: none by default)."""
         job = self._jobs[job_id]
-        job.killed_because = message
-        self._signal(job, signal.SIGKILL)
+        job.killed, job.kill_message = True, message
+        members = _group(job.proc.pid)
+        victims = [pid for pid in members if pid != job.proc.pid] or [job.proc.pid]
+        os.kill(max(victims, key=_rss), signal.SIGKILL)
 
     def job(self, job_id):
         """What the service knows of a job, for assertions: spec, stage, message and output lines (no secrets)."""
@@ -166,6 +207,8 @@ class JobsStandIn:
                 self._cancel(job)
                 return self.hub._send(h, method, 200, {})
             if seg[2:] == ["logs"] and method == "GET":
+                if job.stage == "SCHEDULING" and self.scheduling_logs == "404":
+                    raise _Refused(404, "Job logs are not available yet")
                 return self._stream(h, job, query)
             raise _Refused(404, f"test hub: no Jobs route for {method} {path}")
         except _Refused as e:
@@ -185,13 +228,34 @@ class JobsStandIn:
             (folder / "tmp").mkdir(parents=True)
             job = _Job(job_id, namespace, spec, dict(spec.get("secrets") or {}), folder)
             job.owner = {"id": user["name"], "name": namespace, "type": "user" if namespace == user["name"] else "org"}
+            job.message = self.scheduling_message
             self._jobs[job_id] = job
-        self._run(job)
+        timer = threading.Timer(self.scheduling_s, self._schedule, args=(job,))
+        timer.daemon = True
+        timer.start()
         return self._info(job)
 
+    def _schedule(self, job):
+        with job.ended:
+            if job.stage != "SCHEDULING":  # cancelled while scheduling
+                return
+            job.stage, job.message, job.started = "RUNNING", None, time.time()
+            job.lines.append((time.time(), f"===== Job started at {_iso(time.time())} ====="))
+            job.ended.notify_all()
+        self._run(job)
+
     def _run(self, job):
+        if str(job.spec.get("dockerImage") or "").startswith(PYTORCH_IMAGE):
+            # A public PyTorch image: torch and pip, no phi3space. Its pip installs offline and without dependencies
+            # (they are this Python's), into the job's own folder, without compiling: a module imported from there
+            # leaves its bytecode beside it, proof that the job ran the code it installed.
+            site = str(job.folder / "site")
+            image = {"PYTHONPATH": site, "PIP_TARGET": site, "PIP_NO_DEPS": "1", "PIP_NO_INDEX": "1",
+                     "PIP_NO_COMPILE": "1"}
+        else:  # the Space's image (or one named by PHI3SPACE_JOBS_IMAGE): this checkout's phi3space installed
+            image = {"PYTHONPATH": str(REPO)}
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(job.folder),
-               "TMPDIR": str(job.folder / "tmp"), "HF_HOME": str(job.folder / "hf"), "PYTHONPATH": str(REPO),
+               "TMPDIR": str(job.folder / "tmp"), "HF_HOME": str(job.folder / "hf"), **image,
                "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8",
                **self.image_env, **{k: str(v) for k, v in (job.spec.get("environment") or {}).items()},
                **{k: str(v) for k, v in job.secrets.items()}}
@@ -219,14 +283,15 @@ class JobsStandIn:
                 r.join()
             if timer is not None:
                 timer.cancel()
+            code = code if code >= 0 else 128 - code
             if job.cancelled:
                 self._end(job, "CANCELED", None)
-            elif job.killed_because:
-                self._end(job, "ERROR", job.killed_because)
+            elif job.killed:
+                self._end(job, "ERROR", job.kill_message)
             elif code == 0:
                 self._end(job, "COMPLETED", None)
             else:
-                self._end(job, "ERROR", f"Job failed with exit code: {code if code >= 0 else 128 - code}")
+                self._end(job, "ERROR", self.error_message.format(code=code) if self.error_message else None)
 
         threading.Thread(target=supervise, daemon=True).start()
 
@@ -237,7 +302,7 @@ class JobsStandIn:
                 job.ended.notify_all()
 
     def _time_out(self, job):
-        job.killed_because = f"Job timeout: the job ran longer than its {job.spec['timeoutSeconds']}s timeout"
+        job.killed, job.kill_message = True, "Job timeout"  # the documented status message (docs/hub/jobs-manage.md)
         self._signal(job, signal.SIGKILL)
 
     def _end(self, job, stage, message):
@@ -247,32 +312,42 @@ class JobsStandIn:
             job.ended.notify_all()
 
     def _cancel(self, job):
-        if job.stage in TERMINAL:
+        """Answered at once; the job runs on for ``cancel_s``, then its command gets SIGTERM (as a container's first
+        process does) and, ``grace_s`` later, everything left SIGKILL. A job still scheduling ends at once."""
+        if job.stage in TERMINAL or job.cancelled:
             return
         job.cancelled = True
         with job.ended:
-            job.stage = "CANCELED"
-        self._signal(job, signal.SIGTERM)
-        threading.Timer(self.grace_s, self._signal, args=(job, signal.SIGKILL)).start()
+            if job.stage == "SCHEDULING":
+                job.stage, job.message, job.finished, job.done = "CANCELED", None, time.time(), True
+                job.ended.notify_all()
+                return
+
+        def stop():
+            self._signal(job, signal.SIGTERM, group=False)
+            threading.Timer(self.grace_s, self._signal, args=(job, signal.SIGKILL)).start()
+
+        threading.Timer(self.cancel_s, stop).start()
 
     @staticmethod
-    def _signal(job, sig):
+    def _signal(job, sig, group=True):
         if job.proc is not None and job.proc.poll() is None:
             try:
-                os.killpg(job.proc.pid, sig)
+                os.killpg(job.proc.pid, sig) if group else os.kill(job.proc.pid, sig)
             except ProcessLookupError:
                 pass
 
     def _info(self, job):
         spec = job.spec
-        ran = ((job.finished or time.time()) - job.started) / self.time_scale
-        info = {"id": job.id, "createdAt": _iso(job.created), "startedAt": _iso(job.started),
+        ran = ((job.finished or time.time()) - job.started) / self.time_scale if job.started else 0
+        waited = ((job.started or job.finished or time.time()) - job.created) / self.time_scale
+        info = {"id": job.id, "createdAt": _iso(job.created), "startedAt": _iso(job.started) if job.started else None,
                 "finishedAt": _iso(job.finished) if job.finished else None,
                 "command": spec["command"], "arguments": spec.get("arguments") or [],
-                "environment": dict(spec.get("environment") or {}), "secrets": {k: None for k in job.secrets},
+                "environment": dict(spec.get("environment") or {}), "secrets": sorted(job.secrets),
                 "flavor": spec.get("flavor"), "labels": dict(spec.get("labels") or {}),
                 "status": {"stage": job.stage, "message": job.message}, "owner": job.owner,
-                "durations": {"schedulingSecs": 0, "runningSecs": int(ran), "totalSecs": int(ran)},
+                "durations": {"schedulingSecs": int(waited), "runningSecs": int(ran), "totalSecs": int(waited + ran)},
                 "timeoutSeconds": spec.get("timeoutSeconds")}
         info["spaceId" if "spaceId" in spec else "dockerImage"] = spec.get("spaceId") or spec.get("dockerImage")
         return info
@@ -299,10 +374,15 @@ class JobsStandIn:
         tail = query.get("tail", [None])[0]
         with job.ended:
             sent = max(0, len(job.lines) - int(tail)) if tail is not None else 0
+        cut = time.time() + self.stream_cut_s if self.stream_cut_s else None
         try:
             while True:
+                if job.stage == "SCHEDULING" and not job.lines:  # nothing yet: an empty stream that ends
+                    chunk(b": keep-alive\n\n")
+                    break
                 with job.ended:
-                    job.ended.wait_for(lambda n=sent: job.done or len(job.lines) > n, timeout=10)
+                    job.ended.wait_for(lambda n=sent: job.done or len(job.lines) > n,
+                                       timeout=min(10, max(0.05, cut - time.time())) if cut else 10)
                     new, done = job.lines[sent:], job.done
                 sent += len(new)
                 if new:
@@ -312,10 +392,36 @@ class JobsStandIn:
                     chunk(b": keep-alive\n\n")
                 if done and not new:
                     break
+                if cut is not None and time.time() >= cut and not done:
+                    if self.stream_cut_drop:  # no end of the chunked body: the client's read fails
+                        h.close_connection = True
+                        return
+                    break
             h.wfile.write(b"0\r\n\r\n")
             h.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             h.close_connection = True
+
+
+def _group(pgid):
+    """The processes of a process group (from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _rss(pid):
+    try:
+        return int((Path("/proc") / str(pid) / "statm").read_text().split()[1])
+    except (OSError, IndexError):
+        return 0
 
 
 class _Refused(Exception):

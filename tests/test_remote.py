@@ -9,7 +9,8 @@ import pytest
 
 from phi3space import config
 from phi3space.errors import ConfigError
-from phi3space.jobs.hf import flavors
+from phi3space.jobs.hf import code, flavors
+from phi3space.jobs.hf import follow as following
 from phi3space.jobs.hf import platform as remote
 from phi3space.jobs.hf import protocol as job_protocol
 from phi3space.run import RunDir, RunState
@@ -47,6 +48,14 @@ def test_compute_settings_their_defaults_and_checks():
 
 def test_the_jobs_command_is_the_same_engine_one_process_per_gpu():
     assert remote.launch_command(1) == ["python", "-u", "-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG"]
+    shell, flag, script = code.job_command(1)
+    assert (shell, flag) == ("sh", "-c") and script.startswith("python -u -m phi3space train env:PHI3SPACE_RUN_CONFIG &")
+    assert script.endswith('echo "@phi3space-exit $code"; exit $code') and "install" not in script
+    wheel = code.Code("alice/x", "phi3space-1+abc-py3-none-any.whl", "https://hub/alice/x/resolve/phi3space-code/w")
+    installing = code.job_command(2, resume=True, code=wheel)[2]
+    assert installing.index('python -c "$PHI3SPACE_CODE_FETCH"') < installing.index("pip install") < \
+        installing.index("accelerate launch") and "--resume &" in installing
+    assert code.code_env(wheel) == {"PHI3SPACE_CODE_URL": wheel.url, "PHI3SPACE_CODE_FETCH": code.FETCH}
     assert remote.launch_command(4, resume=True) == [
         "accelerate", "launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1",
         "-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG", "--resume"]
@@ -54,15 +63,17 @@ def test_the_jobs_command_is_the_same_engine_one_process_per_gpu():
     assert [flavors.gpus_in_name(n) for n in names] == [0, 1, 1, 4, 1, 2, 8, 2, 4]
 
 
-def test_image_is_the_spaces_own_or_the_setting_else_refused(monkeypatch):
+def test_image_is_the_setting_or_the_spaces_own_else_a_public_pytorch_one_with_this_code(monkeypatch):
     monkeypatch.delenv("PHI3SPACE_JOBS_IMAGE", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)
-    with pytest.raises(ConfigError, match="needs an image") as info:
-        remote.job_image()
-    assert "PHI3SPACE_JOBS_IMAGE=hf.co/spaces/OWNER/NAME" in info.value.hint
+    monkeypatch.delenv("SYSTEM", raising=False)
+    assert remote.job_image() == code.PUBLIC_IMAGE and code.ships_code()
+    name, data = code.build_wheel()
+    assert code.build_wheel() == (name, data) and name.startswith("phi3space-") and name.endswith("-py3-none-any.whl")
     monkeypatch.setenv("SYSTEM", "spaces")
     monkeypatch.setenv("SPACE_ID", "alice/phi3space")
     assert remote.job_image() == "hf.co/spaces/alice/phi3space" and remote.origin() == "alice--phi3space"
+    assert not code.ships_code()
     monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", "ghcr.io/acme/phi3space:abc123")
     assert remote.job_image() == "ghcr.io/acme/phi3space:abc123"
 
@@ -116,11 +127,11 @@ def test_event_lines_of_a_job_and_their_mirror(tmp_path, capsys, monkeypatch):
 
     run = RunDir(tmp_path / "run")
     ref = remote.JobRef("alice", "job1")
-    mirror = remote.Mirror(run, ref)
+    mirror = following.Mirror(run, ref)
     mirror._append({"type": "push", "what": "adapter", "repo_id": "alice/x", "url": "u", "seq": 1})
     mirror._append(events[1] | {"seq": 2})
     mirror._append(events[1] | {"seq": 2})  # replayed: skipped
-    again = remote.Mirror(run, ref)  # a second follower of the same job (a restarted runner)
+    again = following.Mirror(run, ref)  # a second follower of the same job (a restarted runner)
     again._append(events[1] | {"seq": 2})
     got, _ = run.read_events()
     assert [e["seq"] for e in got] == [1, 2] and {e["job"] for e in got} == {"job1"}
@@ -152,24 +163,27 @@ CKPT = [{"type": "run_started", "max_steps": 9}, {"type": "progress", "step": 3,
         {"type": "push", "what": "checkpoint-3", "repo_id": "alice/x", "url": "https://hub/alice/x/tree/checkpoints"}]
 
 
-@pytest.mark.parametrize("stage, message, events, expected", [
-    ("COMPLETED", None, DONE, None),
-    ("COMPLETED", None, DONE[:2] + DONE[3:], ("failed", "jobs", "completed without pushing an adapter")),
-    ("COMPLETED", None, DONE[:2], ("failed", "jobs", "ended without finishing its run")),
-    ("CANCELED", None, CKPT, ("cancelled", None, None)),
-    ("CANCELED", None, CKPT + [{"type": "run_finished", "status": "cancelled", "step": 3}], None),
-    ("ERROR", "Job failed with exit code: 2", CKPT + [{"type": "error", "kind": "data", "message": "bad rows"},
-                                                     {"type": "run_finished", "status": "failed"}], None),
-    ("ERROR", "OOMKilled (exit code 137)", CKPT, ("failed", "oom", "killed for running out of memory (OOMKilled")),
-    ("ERROR", "Job timeout", CKPT, ("failed", "timeout", "reached its time limit (4h)")),
-    ("ERROR", "killed", CKPT, ("failed", "timeout", "reached its time limit")),  # ran as long as its timeout
-    ("ERROR", "Job failed with exit code: 1", DONE, ("failed", "jobs", "failed (Job failed with exit code: 1)")),
+@pytest.mark.parametrize("stage, message, events, expected, exit_code", [
+    ("COMPLETED", None, DONE, None, 0),
+    ("COMPLETED", None, DONE[:2] + DONE[3:], ("failed", "jobs", "completed without pushing an adapter"), 0),
+    ("COMPLETED", None, DONE[:2], ("failed", "jobs", "ended without finishing its run"), None),
+    ("CANCELED", None, CKPT, ("cancelled", None, None), None),
+    ("CANCELED", None, CKPT + [{"type": "run_finished", "status": "cancelled", "step": 3}], None, 0),
+    ("ERROR", None, CKPT + [{"type": "error", "kind": "data", "message": "bad rows"},
+                            {"type": "run_finished", "status": "failed"}], None, 2),
+    # Keyed on the exit code and the running time; the service's message is shown as it is, never read.
+    ("ERROR", None, CKPT, ("failed", "oom", "was killed (exit code 137, SIGKILL: most often for running out of memory)"), 137),
+    ("ERROR", "OOMKilled", CKPT, ("failed", "jobs", "failed (OOMKilled)"), None),
+    ("ERROR", "Job timeout", CKPT, ("failed", "timeout", "reached its time limit (4h) and was stopped (Job timeout)"), None),
+    ("ERROR", "Job timeout", CKPT, ("failed", "jobs", "failed with exit code 1 (Job timeout)"), 1),  # ran 60 s of 4 h
+    ("ERROR", "Some message", DONE, ("failed", "jobs", "failed with exit code 1 (Some message)"), 1),
+    ("DELETED", None, CKPT, ("failed", "jobs", "was deleted"), None),
 ])
-def test_the_platforms_last_word(stage, message, events, expected):
+def test_the_platforms_last_word(stage, message, events, expected, exit_code):
     cfg = jobs_cfg()
-    info = _info(stage, message, running_secs=4 * 3600 if message == "killed" else 60)
+    info = _info(stage, message, running_secs=4 * 3600 if message == "Job timeout" and exit_code is None else 60)
     state = RunState.from_events(events)
-    verdict = remote.last_word(info, state, cfg)
+    verdict = following.last_word(info, state, cfg, exit_code)
     if expected is None:
         assert verdict is None
         return

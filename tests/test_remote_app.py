@@ -83,7 +83,7 @@ def test_stop_cancels_the_job_and_resume_continues_on_jobs(alice, tmp_path):
 
         assert json.loads(c.predict(job_id, api_name="/resume_job"))["status"] == "running"
         second = runner.store.get(job_id).handle.split("/")[1]
-        assert second != first and alice.jobs.job(second)["command"][-1] == "--resume"
+        assert second != first and "--resume &" in alice.jobs.job(second)["command"][2]
         run = RunDir(runner.store.get(job_id).run_dir)
         started = lambda: [e for e in run.read_events()[0] if e["type"] == "run_started"]  # noqa: E731
         wait_for(c, job_id, lambda s: s["status"] == "running" and len(started()) == 2)
@@ -124,3 +124,23 @@ def test_after_a_restart_running_jobs_are_found_again_when_their_owner_is_next_s
         assert runner.store.get(lost).owner == "alice"
         c.predict(lost, api_name="/cancel_job")
         assert wait_for(c, lost, lambda s: s["status"] in FINAL, timeout=60)["status"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_off_a_space_with_no_image_the_app_sends_a_wheel_of_this_code_and_shows_the_scheduling(alice, tmp_path,
+                                                                                               monkeypatch):
+    from phi3space.jobs.hf import code
+
+    monkeypatch.delenv("PHI3SPACE_JOBS_IMAGE")
+    alice.jobs.scheduling_s, alice.jobs.scheduling_message = 2.0, "Waiting for a free a10g-large"
+    with running_app(tmp_path / "data") as (url, runner):
+        c = client(url, CANARY)
+        job_id = c.predict(config_yaml(training__max_steps=4), api_name="/submit_job")
+        s = wait_for(c, job_id, lambda s: s["status"] in FINAL)
+        assert s["status"] == "completed" and s["adapter"] == "alice/snarkle", s
+        spec = alice.jobs.job(runner.store.get(job_id).handle.split("/")[1])
+        assert spec["dockerImage"] == code.PUBLIC_IMAGE
+        assert list((Path(spec["folder"]) / "site" / "phi3space" / "engine" / "__pycache__").glob("training*.pyc"))
+        events, _ = RunDir(runner.store.get(job_id).run_dir).read_events()
+        assert "Hugging Face Jobs: scheduling (Waiting for a free a10g-large)" in [e.get("message") for e in events]
+        assert CANARY not in json.dumps({k: v for k, v in spec.items() if k != "folder"})

@@ -23,6 +23,7 @@ def test_choose_hugging_face_jobs_see_the_price_start_and_follow(browser, hub, t
                                                           output__push_to="alice/snarkle")))
     ARTIFACTS.mkdir(exist_ok=True)
 
+    hub.jobs.scheduling_s, hub.jobs.scheduling_message = 3.0, "Waiting for a free a10g-large"
     with running_app(tmp_path / "app-data") as (url, runner):
         monkeypatch.setenv("HF_TOKEN", CANARY)  # the local login (set once the page is built: no mocked sign-in)
         page = browser.new_page(viewport={"width": 1280, "height": 1800})
@@ -49,6 +50,8 @@ def test_choose_hugging_face_jobs_see_the_price_start_and_follow(browser, hub, t
         progress = page.locator("#job-progress")
         expect(progress).to_contain_text("running", timeout=30_000)
         expect(page.locator("#job-log textarea")).to_have_value(re.compile("submitted to Hugging Face Jobs"))
+        # While the job waits for its hardware, the service's status message is on the page.
+        expect(page.locator("#job-log textarea")).to_have_value(re.compile(r"scheduling \(Waiting for a free a10g-large\)"))
         expect(progress).to_contain_text("completed", timeout=180_000)
         expect(progress).to_contain_text("step 40/40")
         expect(progress).to_contain_text(f"Adapter on the Hub: {hub.url}/alice/snarkle")

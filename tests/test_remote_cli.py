@@ -46,7 +46,7 @@ def test_train_on_jobs_from_the_cli_pushes_from_the_job_and_chats(alice, tmp_pat
 
     job = alice.jobs.job(only_job(alice))
     assert job["status"]["stage"] == "COMPLETED" and job["spaceId"] == "alice/phi3space"
-    assert job["command"] == ["python", "-u", "-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG"]
+    assert job["command"][:2] == ["sh", "-c"] and "python -u -m phi3space train env:PHI3SPACE_RUN_CONFIG &" in job["command"][2]
     assert job["flavor"] == "a10g-large" and job["timeoutSeconds"] == 4 * 3600
     assert job["labels"]["phi3space"] == "cli" and alice.jobs.secrets(job["id"]) == {"HF_TOKEN": CANARY}
     sent = yaml.safe_load(job["environment"]["PHI3SPACE_RUN_CONFIG"])
@@ -95,7 +95,6 @@ def test_a_job_refused_at_start_exits_2_with_the_platforms_reason(alice, tmp_pat
 
 def test_settings_problems_are_refused_before_a_job_starts(alice, tmp_path):
     cases = [
-        ({}, {"PHI3SPACE_JOBS_IMAGE": ""}, "needs an image that has phi3space installed"),
         ({"compute__flavor": "a10g-huge"}, {}, "compute.flavor: 'a10g-huge' is not a Hugging Face Jobs hardware flavor"),
         ({"output__push_to": None}, {}, "compute.backend: hf-jobs needs output.push_to"),
         ({"compute__timeout": "soon"}, {}, "compute.timeout: 'soon' is not a duration"),
@@ -147,10 +146,10 @@ def test_a_job_killed_for_memory_or_time_fails_with_the_reason_and_a_hint(alice,
     state = RunDir(run_dir).state()
     assert state.status == "failed" and state.error["kind"] == fault
     if fault == "oom":
-        assert "error: the Hugging Face job was killed for running out of memory (OOMKilled" in err
+        assert "error: the Hugging Face job was killed (exit code 137, SIGKILL: most often for running out of memory)" in err
         assert "hint: Pick a flavor with more memory" in err and "Resume continues from the last checkpoint" in err
     else:
-        assert "error: the Hugging Face job reached its time limit (1m) and was stopped (Job timeout" in err
+        assert "error: the Hugging Face job reached its time limit (1m) and was stopped (Job timeout)" in err
         assert "hint: Raise compute.timeout." in err
     if fault == "oom":  # the checkpoint it pushed continues the run here, on this machine
         again = run_cli("train", str(run_dir / "config.yaml"), "--resume", "--set", "compute.backend=local",
@@ -177,7 +176,7 @@ def test_ctrl_c_cancels_the_job_then_resume_continues_on_jobs_from_the_pushed_ch
     result = run_cli("train", str(cfg), "--resume", "--set", "training.max_steps=8")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     second = [j for j in alice.jobs.ids() if j != job_id][0]
-    assert alice.jobs.job(second)["command"][-1] == "--resume"
+    assert "env:PHI3SPACE_RUN_CONFIG --resume &" in alice.jobs.job(second)["command"][2]
     assert "resuming from checkpoint-" in result.stdout and "run completed at step 8" in result.stdout
     assert RunDir(run_dir).state().status == "completed"
 
@@ -191,8 +190,8 @@ def test_two_processes_under_accelerate_in_one_job_write_one_run_and_one_event_s
     result = run_cli("train", str(cfg), timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job = alice.jobs.job(only_job(alice))
-    assert job["command"][:6] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines"]
-    assert job["command"][-4:] == ["-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG"]
+    assert job["command"][2].startswith("accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m phi3space "
+                                        "train env:PHI3SPACE_RUN_CONFIG &")
 
     events, _ = RunDir(run_dir).read_events()
     assert [e["type"] for e in events].count("run_started") == 1 and events[-1]["status"] == "completed"
@@ -221,3 +220,35 @@ def test_the_cli_run_again_on_the_same_folder_follows_its_running_job_instead_of
     assert RunDir(run_dir).state().status == "completed"
     again = run_cli("train", str(cfg))
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+@pytest.mark.slow
+def test_with_only_a_token_a_run_goes_to_jobs_as_a_wheel_of_this_code_on_a_public_pytorch_image(alice, tmp_path,
+                                                                                                monkeypatch):
+    from phi3space.jobs.hf import code
+
+    monkeypatch.delenv("PHI3SPACE_JOBS_IMAGE")  # no Space, no image of her own: a token is all she has
+    alice.jobs.scheduling_s, alice.jobs.scheduling_message = 2.0, "Waiting for a free a10g-large"
+    alice.jobs.stream_cut_s = 3.0  # the log stream drops every few seconds; the run is followed to its end
+    cfg = jobs_config(tmp_path, tmp_path / "run", training__max_steps=4, training__logging_steps=1)
+    result = run_cli("train", str(cfg))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    job = alice.jobs.job(only_job(alice))
+    assert job["dockerImage"] == code.PUBLIC_IMAGE and "spaceId" not in job
+    (wheel,) = [name for name in alice.files("alice/snarkle", "phi3space-code") if name.endswith(".whl")]
+    assert wheel == f"wheels/{code.build_wheel()[0]}"  # this code, named by its content
+    assert job["environment"]["PHI3SPACE_CODE_URL"].endswith(f"/alice/snarkle/resolve/phi3space-code/{wheel}")
+    assert f"Successfully installed {Path(wheel).name.split('-py3')[0]}" in job["lines"]
+    # The job imported the code it installed (the stand-in's pip writes no bytecode; importing does), not a checkout.
+    assert list((Path(job["folder"]) / "site" / "phi3space" / "engine" / "__pycache__").glob("training*.pyc"))
+    out = result.stdout
+    assert "Hugging Face Jobs: scheduling (Waiting for a free a10g-large)" in out
+    assert "uploaded this code" in out and "run completed at step 4" in out
+    events, _ = RunDir(tmp_path / "run").read_events()
+    assert [e["step"] for e in events if e["type"] == "progress"] == [1, 2, 3, 4]  # each once, across dropped streams
+    assert CANARY not in json.dumps({k: v for k, v in job.items() if k != "folder"}) and CANARY not in out + result.stderr
+
+    again = run_cli("train", str(cfg), "--set", f"output.dir={tmp_path / 'again'}")  # the same code: reused
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "this code is on the Hub already" in again.stdout
+    assert [n for n in alice.files("alice/snarkle", "phi3space-code") if n.endswith(".whl")] == [wheel]

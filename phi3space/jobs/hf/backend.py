@@ -1,5 +1,5 @@
 """The Hugging Face Jobs backend: a job is started on the platform at submit (no local slot, no queue), a follower
-thread mirrors its events into the run folder (platform.Mirror), and the platform's verdict is its last word where
+thread mirrors its events into the run folder (follow.Mirror), and the platform's verdict is its last word where
 its own events lack one.
 
 The visitor's token is held in memory only (owner -> newest token), for the platform calls made on their behalf;
@@ -21,7 +21,7 @@ from phi3space.errors import AuthError, JobsError, Phi3SpaceError, SignInNeeded,
 from phi3space.hub.auth import acting_token
 from phi3space.hub.space import on_space
 from phi3space.jobs.backend import Backend, Host
-from phi3space.jobs.hf import platform
+from phi3space.jobs.hf import follow, platform
 from phi3space.jobs.hf.protocol import CONFIG_VAR
 from phi3space.jobs.store import Job
 
@@ -73,7 +73,7 @@ class HFJobsBackend(Backend):
         token = self._tokens.get(job.owner) or self._token(job.owner, None, required=False)
         if not token:
             raise SignInNeeded("stopping a job on Hugging Face Jobs needs your sign-in", "sign in again, then press Stop.")
-        platform.cancel(platform.JobRef.parse(job.handle), token)
+        follow.cancel(platform.JobRef.parse(job.handle), token)
 
     def recover(self, job: Job) -> None:
         """Follow the job again now if a token is at hand, else once its owner is seen."""
@@ -146,7 +146,7 @@ class HFJobsBackend(Backend):
         for info in found:
             job_id = (info.labels or {}).get(platform.LABEL_RUN)
             job = self.host.store.get(job_id) if job_id else None
-            if job is None and job_id and str(info.status.stage) not in platform.TERMINAL:
+            if job is None and job_id and str(info.status.stage) not in follow.TERMINAL:
                 job = self._relist(owner, job_id, info)
             if job is not None and job.owner == owner and job.phase == "running" and job.id not in {j.id for j in waiting}:
                 waiting.append(job)
@@ -169,6 +169,8 @@ class HFJobsBackend(Backend):
         return job
 
     def _follow(self, job: Job) -> None:
+        if not job.handle:  # being started right now (start follows it once run_job answered)
+            return
         with self._lock:
             running = self._following.get(job.id)
             if running is not None and running.is_alive():
@@ -190,7 +192,7 @@ class HFJobsBackend(Backend):
             if not token:
                 break  # waits for the owner's next visit (seen)
             try:
-                if platform.follow_to_end(ref, token, job.run, job.run.writer(), cfg, stop=self._stop):
+                if follow.follow_to_end(ref, token, job.run, job.run.writer(), cfg, stop=self._stop):
                     self.host.ended(job, None, None)  # the platform's verdict is written already
                 break
             except AuthError:  # the token expired: the owner's next visit brings a new one

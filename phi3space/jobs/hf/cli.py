@@ -12,7 +12,8 @@ from pathlib import Path
 from phi3space import config
 from phi3space.config import RunConfig
 from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
-from phi3space.jobs.hf.platform import JobRef, cancel, follow_to_end, prepare, start
+from phi3space.jobs.hf.follow import cancel, follow_to_end
+from phi3space.jobs.hf.platform import JobRef, prepare, start
 from phi3space.run import RunDir
 
 

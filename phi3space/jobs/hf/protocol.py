@@ -17,6 +17,7 @@ from phi3space.errors import ConfigError
 from phi3space.run import EVENT_TYPES
 
 EVENT_PREFIX = "@phi3space-event "
+EXIT_PREFIX = "@phi3space-exit "  # the job's command reports the trainer's exit code (an OOM kill leaves 137)
 CONFIG_VAR = "PHI3SPACE_RUN_CONFIG"
 CONFIG_ARG = f"env:{CONFIG_VAR}"  # what `python -m phi3space train` is given inside a job
 
@@ -62,3 +63,11 @@ def parse_event(line: str) -> dict | None:
         return None
     ok = isinstance(event, dict) and event.get("type") in EVENT_TYPES and isinstance(event.get("seq"), int)
     return event if ok else None
+
+
+def parse_exit(line: str) -> int | None:
+    """The exit code a job's ``@phi3space-exit N`` line reports, or None for any other line."""
+    if not line.startswith(EXIT_PREFIX):
+        return None
+    code = line[len(EXIT_PREFIX):].strip()
+    return int(code) if code.isdigit() else None

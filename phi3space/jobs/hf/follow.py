@@ -1,0 +1,240 @@
+"""Following a Hugging Face job to its end, as the service runs it: SCHEDULING (its status message shown), then its
+log stream mirrored into the local run folder, then the platform's verdict.
+
+``inspect_job`` decides: a log stream that answers an error (404 while the job is still being scheduled), ends
+before the job does, or drops is asked for again while the job's stage is not a final one; only ``inspect_job``
+answering 404 means the job is gone. How a failed job ended is read from its stage, the exit code its command
+reported (``@phi3space-exit N``, see protocol.py) and its running time against its timeout; the service's own
+status message is shown as it is, never interpreted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+from collections.abc import Callable
+
+from phi3space.config import RunConfig, timeout_seconds
+from phi3space.errors import AuthError, JobsError, scrub
+from phi3space.hub.errors import http_status, hub_error, with_retries
+from phi3space.jobs.backend import Verdict
+from phi3space.jobs.hf.platform import JobRef
+from phi3space.jobs.hf.protocol import parse_event, parse_exit
+from phi3space.run import EventWriter, RunDir, RunState
+
+TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+POLL_S = 5.0  # how often a job being scheduled, or one whose log stream dropped, is asked about
+OOM_EXIT = 137  # 128 + SIGKILL: what the kernel's out-of-memory killer leaves
+
+# The newest event mirrored per events file and job in this process: two followers of one job (a restarted runner
+# beside the thread of the old one) never write an event twice. A file replaced since (a wiped disk) starts afresh.
+_mirrored: dict[tuple[str, int | None, str], int] = {}
+_mirrored_lock = threading.Lock()
+
+
+class Mirror:
+    """Follows one job's log stream into a local run folder: events to its events, other lines to its log."""
+
+    def __init__(self, run: RunDir, ref: JobRef, writer: EventWriter | None = None):
+        self.run, self.ref = run, ref
+        self.writer = writer or run.writer()
+        self.exit_code: int | None = None  # what the job's command reported, once it did
+        try:
+            inode = run.events.stat().st_ino
+        except OSError:
+            inode = None
+        self.key = (str(run.path.resolve()), inode, ref.id)
+        with _mirrored_lock:
+            if self.key not in _mirrored:
+                events, _ = run.read_events()
+                _mirrored[self.key] = max((e["seq"] for e in events if e.get("job") == ref.id
+                                           and isinstance(e.get("seq"), int)), default=0)
+
+    def follow(self, token: str | None, stop: threading.Event | None = None) -> None:
+        """Mirror the job's output until its log stream ends or ``stop`` is set. The stream replays from the job's
+        first line, so the log is rewritten and events already mirrored are skipped."""
+        from huggingface_hub import HfApi
+
+        lines = HfApi().fetch_job_logs(job_id=self.ref.id, namespace=self.ref.namespace, follow=True, token=token)
+        with self.run.log.open("wb") as log:
+            for line in lines:
+                if stop is not None and stop.is_set():
+                    return
+                event = parse_event(line)
+                if event is not None:
+                    self._append(event)
+                    continue
+                code = parse_exit(line)
+                if code is not None:
+                    self.exit_code = code
+                log.write((scrub(line) + "\n").encode("utf-8", "replace"))
+                log.flush()
+
+    def _append(self, event: dict) -> None:
+        with _mirrored_lock:
+            if event["seq"] <= _mirrored[self.key]:
+                return
+            fields = {k: v for k, v in event.items() if k != "type"}
+            fields["job"] = self.ref.id
+            if event["type"] == "run_finished":  # the job's folder is gone with it: its adapter is the pushed one
+                pushed = self.run.state().adapter_repo
+                fields["adapter"] = pushed if pushed and fields.get("status") != "failed" else None
+            self.writer.emit(event["type"], **fields)
+            _mirrored[self.key] = event["seq"]
+
+
+def inspect(ref: JobRef, token: str | None):
+    """The job as ``inspect_job`` sees it (transient failures retried); None when it answers 404: the job is gone.
+
+    Raises:
+        AuthError, JobsError: the token was refused, or the platform could not be asked.
+    """
+    from huggingface_hub import HfApi
+
+    try:
+        return with_retries(lambda: HfApi().inspect_job(job_id=ref.id, namespace=ref.namespace, token=token),
+                            f"read the state of job {ref}")
+    except Exception as exc:
+        if http_status(exc) == 404:
+            return None
+        mapped = hub_error(exc, f"read the state of job {ref}", error=JobsError)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def cancel(ref: JobRef, token: str | None) -> None:
+    """Ask the platform to cancel the job (it ends a few seconds later: following tells)."""
+    from huggingface_hub import HfApi
+
+    from phi3space.hub.errors import call
+
+    call(lambda: HfApi().cancel_job(job_id=ref.id, namespace=ref.namespace, token=token), f"cancel job {ref}", JobsError)
+
+
+def last_word(info, state: RunState, cfg: RunConfig | None = None, exit_code: int | None = None) -> Verdict | None:
+    """How the job ended once the platform says so (``info``), its events say ``state`` and its command reported
+    ``exit_code``: None when the events already tell the truth. A run is completed only when the job completed and
+    the adapter was pushed."""
+    stage, said = str(info.status.stage), scrub(info.status.message or "")
+    adapter = state.adapter_repo if state.status != "failed" else None
+    if stage == "COMPLETED":
+        if state.status in ("cancelled", "failed") or (state.status == "completed" and state.adapter_repo):
+            return None
+        what = "completed without pushing an adapter" if state.status == "completed" else "ended without finishing its run"
+        return Verdict("failed", "jobs", f"the Hugging Face job {what}", f"See its logs: {info.url}", adapter)
+    if stage == "CANCELED":
+        return None if state.final else Verdict("cancelled", adapter=adapter)
+    if state.status == "failed":
+        return None  # the trainer said why itself
+    kind, how, hint = _diagnose(info, exit_code, state, cfg)
+    return Verdict("failed", kind, f"the Hugging Face job {how}" + (f" ({said})" if said else ""), hint, adapter)
+
+
+def _diagnose(info, exit_code: int | None, state: RunState, cfg: RunConfig | None) -> tuple[str, str, str]:
+    """(kind, what happened, hint) from the stage, the exit code and the running time; never from message texts."""
+    resume = (f"Resume continues from the last checkpoint it pushed ({state.checkpoint_url})." if state.checkpoint_url
+              else "It pushed no checkpoint: submit it again.")
+    if str(info.status.stage) == "DELETED":
+        return "jobs", "was deleted", resume
+    timeout = timeout_seconds(cfg.compute.timeout) if cfg else None
+    ran = getattr(getattr(info, "durations", None), "running_secs", None)
+    if timeout and ran and ran >= 0.98 * timeout:
+        return "timeout", f"reached its time limit ({cfg.compute.timeout}) and was stopped", f"Raise compute.timeout. {resume}"
+    if exit_code == OOM_EXIT:
+        return "oom", "was killed (exit code 137, SIGKILL: most often for running out of memory)", \
+            (f"Pick a flavor with more memory, or lower training.batch_size or training.max_length (or use "
+             f"model.method: qlora). {resume}")
+    code = f" with exit code {exit_code}" if exit_code is not None else ""
+    return "jobs", f"failed{code}", f"See its logs: {info.url}. {resume}"
+
+
+def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWriter, cfg: RunConfig | None = None,
+                  stop: threading.Event | None = None, on_interrupt: Callable[[], None] | None = None,
+                  retry_s: float = POLL_S) -> bool:
+    """Follow the job until it ends: its status message while it is being scheduled, then its output (mirrored),
+    then the platform's last word where the events lack one. Returns False when ``stop`` was set first. Ctrl-C
+    calls ``on_interrupt`` once, and following goes on until the job has ended.
+
+    Raises:
+        AuthError: the token was refused (expired): follow again with a new one.
+    """
+    mirror = Mirror(run, ref, writer)
+    shown, streamed = None, False
+    while stop is None or not stop.is_set():
+        try:
+            info = inspect(ref, token)
+            if info is None:  # only inspect_job saying 404 means the job is gone
+                gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message=None),
+                                             url=f"{ref}", durations=None)
+                _write(writer, last_word(gone, run.state(), cfg), run.state())
+                return True
+            stage = str(info.status.stage)
+            if stage == "SCHEDULING":
+                said = f"Hugging Face Jobs: scheduling ({info.status.message or 'waiting for the hardware'})"
+                if said != shown:
+                    writer.emit("log", message=said, job=str(ref))
+                    shown = said
+            else:
+                if stage not in TERMINAL or not streamed:
+                    _mirror(mirror, token, stop, ref)  # a final job's stream replays its whole output, then ends
+                    streamed = True
+                if stop is not None and stop.is_set():
+                    break
+                info = inspect(ref, token)
+                if info is not None and str(info.status.stage) in TERMINAL:
+                    if stage not in TERMINAL:  # it ended while its stream was away: the replay has its last lines
+                        _mirror(mirror, token, stop, ref)
+                    state = _this_attempt(run.state(), info)
+                    _write(writer, last_word(info, state, cfg, mirror.exit_code), state)
+                    return True
+                continue  # the stream ended before the job did (or the job is gone): ask again at once
+        except KeyboardInterrupt:
+            if on_interrupt is None:
+                raise
+            on_interrupt()
+            on_interrupt = None  # a second Ctrl-C leaves at once
+            continue
+        except AuthError:
+            raise
+        except JobsError as exc:  # the platform could not be asked: ask again
+            print(f"phi3space jobs: {exc.message}", flush=True)
+        try:
+            if stop is None:
+                time.sleep(retry_s)
+            else:
+                stop.wait(retry_s)
+        except KeyboardInterrupt:
+            if on_interrupt is None:
+                raise
+            on_interrupt()
+            on_interrupt = None
+    return False
+
+
+def _mirror(mirror: Mirror, token: str | None, stop: threading.Event | None, ref: JobRef) -> None:
+    """One log stream, mirrored; its failure is not the job's: the caller asks inspect_job what became of it."""
+    try:
+        mirror.follow(token, stop)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        mapped = hub_error(exc, f"follow the log of job {ref}", error=JobsError)
+        if mapped is None:
+            raise
+        if isinstance(mapped, AuthError):
+            raise mapped from None
+        time.sleep(1)  # the log service lags behind the job (404 right after it started): ask again shortly
+
+
+def _write(writer: EventWriter, verdict: Verdict | None, state: RunState) -> None:
+    if verdict is not None:
+        verdict.write(writer, state)
+
+
+def _this_attempt(state: RunState, info) -> RunState:
+    """``state``, or a blank one when its events are an earlier attempt's (this job never started training)."""
+    if info.created_at and (state.started or 0) < info.created_at.timestamp() - 5:
+        return RunState(step=state.step, checkpoint_url=state.checkpoint_url)
+    return state

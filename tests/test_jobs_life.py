@@ -1,0 +1,108 @@
+"""A Hugging Face job's life cycle as the service has it, against the Jobs stand-in (tests/jobs_server.py), with small
+shell jobs instead of training: SCHEDULING first (logs 404 or empty meanwhile; its status message shown), log
+streams that end before the job does, a cancel that takes seconds, a job gone only when inspect_job says 404, and
+how a failure is told (stage, exit code, running time; the service's message as it is). Also what the stand-in
+answers like the service: the 26 documented flavors, secrets by name."""
+
+import time
+
+import pytest
+from helpers import CANARY
+
+from phi3space import config
+from phi3space.jobs.hf import code, follow
+from phi3space.jobs.hf.platform import JobRef
+from phi3space.run import RunDir
+
+IMAGE = "hf.co/spaces/alice/phi3space"
+
+
+def jobs_cfg(**compute):
+    return config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x"},
+                             "compute": {"backend": "hf-jobs", **compute}})
+
+
+def submit(script: str) -> JobRef:
+    from huggingface_hub import HfApi
+
+    info = HfApi().run_job(image=IMAGE, command=["sh", "-c", script], secrets={"HF_TOKEN": CANARY},
+                           flavor="a10g-large", namespace="alice", token=CANARY)
+    return JobRef("alice", info.id)
+
+
+def wrapped(body: str) -> str:
+    """``body`` as the trainer, under the wrapper every job's command has (code.job_command)."""
+    return code.job_command(1)[2].replace("python -u -m phi3space train env:PHI3SPACE_RUN_CONFIG", f"( {body} )")
+
+
+def test_the_stand_in_lists_the_documented_flavors_and_secrets_by_name(alice):
+    from huggingface_hub import HfApi
+
+    listed = {h.name: h for h in HfApi().list_jobs_hardware()}
+    assert len(listed) == 26 and {"cpu-xl", "a10g-largex4", "a100x8", "h200x8", "rtx-pro-6000x8", "l40sx8"} <= set(listed)
+    assert (listed["l40sx4"].accelerator.quantity, listed["l40sx4"].unit_cost_usd * 60) == ("4", pytest.approx(8.3, 0.01))
+    ref = submit("exit 0")
+    assert HfApi().inspect_job(job_id=ref.id, namespace="alice", token=CANARY).secrets == ["HF_TOKEN"]
+
+
+@pytest.mark.parametrize("logs_meanwhile, cut", [("404", "end"), ("empty", "drop")])
+def test_a_job_is_followed_through_scheduling_and_cut_streams_to_its_exit_code(alice, tmp_path, logs_meanwhile, cut):
+    alice.jobs.scheduling_s, alice.jobs.scheduling_logs = 1.5, logs_meanwhile
+    alice.jobs.scheduling_message = "Waiting for a free a10g-large"
+    alice.jobs.stream_cut_s = 0.2  # every log stream ends (or drops) a moment after it began
+    alice.jobs.stream_cut_drop = cut == "drop"
+    alice.jobs.error_message = "Exited: {code}"  # whatever the service says is shown as it is
+    ref = submit(wrapped("echo one; sleep 0.5; echo two; echo three; sleep 0.5; echo four; exit 3"))
+    run = RunDir(tmp_path / "run")
+    assert follow.follow_to_end(ref, CANARY, run, run.writer(), jobs_cfg(), retry_s=0.3) is True
+
+    events, _ = run.read_events()
+    said = [e["message"] for e in events if e["type"] == "log"]
+    assert said == ["Hugging Face Jobs: scheduling (Waiting for a free a10g-large)"]  # once, while it waited
+    state = run.state()
+    assert state.status == "failed" and state.error["kind"] == "jobs", run.log.read_text()
+    assert state.error["message"] == "the Hugging Face job failed with exit code 3 (Exited: 3)"  # not "was deleted"
+    assert run.log.read_text().splitlines() == ["one", "two", "three", "four", "@phi3space-exit 3"]  # each once
+
+
+@pytest.mark.slow
+def test_an_oom_kill_and_a_time_limit_are_told_from_the_exit_code_and_the_running_time(alice, tmp_path):
+    ref = submit(wrapped("python -c 'import time; print(\"up\", flush=True); time.sleep(60)'"))
+    deadline = time.time() + 30
+    while not any("up" == line for line in alice.jobs.job(ref.id)["lines"]) and time.time() < deadline:
+        time.sleep(0.1)
+    alice.jobs.kill(ref.id)  # the kernel's OOM killer takes the trainer; the service says nothing documented
+    run = RunDir(tmp_path / "oom")
+    follow.follow_to_end(ref, CANARY, run, run.writer(), jobs_cfg(), retry_s=0.3)
+    error = run.state().error
+    assert error["kind"] == "oom" and error["message"].startswith("the Hugging Face job was killed (exit code 137")
+    assert "Pick a flavor with more memory" in error["hint"]
+
+    alice.jobs.time_scale = 0.05  # a 1-minute limit ends the job after 3 s
+    from huggingface_hub import HfApi
+
+    info = HfApi().run_job(image=IMAGE, command=["sh", "-c", wrapped("sleep 60")], flavor="a10g-large",
+                           timeout=60, namespace="alice", token=CANARY)
+    run = RunDir(tmp_path / "timeout")
+    follow.follow_to_end(JobRef("alice", info.id), CANARY, run, run.writer(), jobs_cfg(timeout="1m"), retry_s=0.3)
+    error = run.state().error
+    assert error["kind"] == "timeout" and error["message"] == \
+        "the Hugging Face job reached its time limit (1m) and was stopped (Job timeout)"
+
+
+def test_a_cancel_takes_seconds_and_ends_the_run_cancelled_and_only_a_404_from_inspect_means_gone(alice, tmp_path):
+    alice.jobs.cancel_s = 1.0
+    ref = submit(wrapped("trap 'echo stopping; exit 0' TERM; echo up; while :; do sleep 0.1; done"))
+    deadline = time.time() + 30
+    while not any("up" == line for line in alice.jobs.job(ref.id)["lines"]) and time.time() < deadline:
+        time.sleep(0.1)
+    follow.cancel(ref, CANARY)
+    assert alice.jobs.job(ref.id)["status"]["stage"] == "RUNNING"  # the service takes its time
+    run = RunDir(tmp_path / "run")
+    follow.follow_to_end(ref, CANARY, run, run.writer(), jobs_cfg(), retry_s=0.3)
+    assert run.state().status == "cancelled" and alice.jobs.job(ref.id)["status"]["stage"] == "CANCELED"
+
+    alice.jobs.reset()  # the job is gone from the service: inspect_job answers 404
+    run = RunDir(tmp_path / "gone")
+    follow.follow_to_end(ref, CANARY, run, run.writer(), jobs_cfg(), retry_s=0.3)
+    assert run.state().status == "failed" and run.state().error["message"].startswith("the Hugging Face job was deleted")
