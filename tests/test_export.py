@@ -14,8 +14,10 @@ from phi3space.run import RunDir
 pytestmark = pytest.mark.slow
 
 PROMPTS = [[{"role": "user", "content": q}] for q, _ in QA_PAIRS[:3]] + [[{"role": "user", "content": "Hello there"}]]
-# Largest difference of a next-token logit from the merged model's (logits of the tiny model span about +-10).
-TOLERANCE = {"f16": 0.02, "q8_0": 0.25}
+# Largest difference of a next-token logit from the merged model's, as a share of the largest logit (about 10 for
+# the tiny model): f16 rounds each weight to 11 bits; q8_0 stores blocks of 32 weights as 8-bit integers with one
+# scale each, and the tiny model's wide random weights make that coarser than on a real Phi-3.
+TOLERANCE = {"f16": 0.005, "q8_0": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_export_reads_back_as_the_merged_model(quant, trained_run, merged, tmp_p
     model, tokenizer = merged
     loaded = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval()
     expected, got = next_token_logits(model, tokenizer), next_token_logits(loaded, tokenizer)
-    assert (expected - got).abs().max() < TOLERANCE[quant]
+    assert (expected - got).abs().max() / expected.abs().max() < TOLERANCE[quant]
     assert torch.equal(expected.argmax(-1), got.argmax(-1))  # the same greedy next token on every prompt
 
     reader = GGUFReader(out / name)
