@@ -205,7 +205,8 @@ def cmd_export(args) -> int:
     _stoppable("export")
     _quiet_libraries()
     result = export(args.source, args.quant, _writer(args), out=args.out, push_to=args.push_to, token=resolve_token(),
-                    private=args.private, system=args.system, temperature=settings and settings.temperature)
+                    private=args.private, system=args.system, temperature=settings and settings.temperature,
+                    name=args.name)
     print(f"wrote {result['gguf']} and {result['modelfile']}" + (f"; on the Hub: {result['url']}" if result["url"] else ""))
     return 0
 
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public", dest="private", action="store_false", default=True, help="create the repo as public")
     p.add_argument("--system", help="system prompt for the Modelfile")
     p.add_argument("--temperature", type=float, help="temperature for the Modelfile")
+    p.add_argument("--name", help="the model's name: of the .gguf file and the auto repo (default: the adapter's folder)")
     p.add_argument("--run-dir", help="also write progress events to this folder's events file (the web app's jobs)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("push", help="push a finished run's adapter to the Hub")

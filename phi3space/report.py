@@ -53,8 +53,7 @@ def _format_stage_event(e: dict) -> str | None:
     if kind == "run_started":
         return f"{task} started: {e.get('adapter')}" + (f" -> {e['push_to']}" if e.get("push_to") else "")
     if kind == "progress":
-        eta = f" (eta {fmt_duration(e['eta_s'])})" if e.get("eta_s") is not None else ""
-        return f"[{e.get('step')}/{e.get('max_steps')}] {e.get('stage')}{eta}"
+        return f"[{e.get('step')}/{e.get('max_steps')}] {e.get('stage')}"
     if kind == "evaluation":
         return "\n".join([f"evaluated on {e.get('rows')} rows of {e.get('dataset')}:"]
                          + [f"  {side:8s} " + " | ".join(_score(k, (e.get(side) or {}).get(k)) for k in

@@ -17,6 +17,7 @@ from pathlib import Path
 from phi3space.engine.metrics import SCORES
 from phi3space.errors import Cancelled, DataError, Phi3SpaceError
 from phi3space.generation import GenerationSettings
+from phi3space.report import fmt_duration
 from phi3space.run import EventWriter, RunDir
 
 DEFAULT_ROWS = 50
@@ -157,9 +158,9 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
                 example[side] = {"reply": reply, **scores(reply, row.reference), "loss": loss / n if n else None,
                                  "tokens": n, "ended_with_end": ended}
             examples.append(example)
-            elapsed = time.time() - started
-            writer.emit("progress", task="eval", step=i, max_steps=len(found), stage=f"example {i}/{len(found)}",
-                        eta_s=elapsed / i * (len(found) - i))
+            eta = (time.time() - started) / i * (len(found) - i)
+            writer.emit("progress", task="eval", step=i, max_steps=len(found), eta_s=eta,
+                        stage=f"example {i}/{len(found)}, ETA {fmt_duration(eta)}")
             writer.emit("example", task="eval", **example)
         result = {"rows": len(found), "dataset": dataset, "base_model": base,
                   "base": summarise(examples, "base"), "adapter": summarise(examples, "adapter")}

@@ -36,13 +36,9 @@ def modelfile(gguf_name: str, system: str | None = None, temperature: float | No
     return "\n".join(lines) + "\n"
 
 
-def gguf_name(adapter: str, quant: str) -> str:
-    return f"{Path(str(adapter).rstrip('/')).name}-{quant}.gguf"
-
-
 def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_to: str | None = None,
            token: str | None = None, private: bool = True, system: str | None = None,
-           temperature: float | None = None) -> dict:
+           temperature: float | None = None, name: str | None = None) -> dict:
     """Merge ``adapter`` into its base and write ``out``/<name>-<quant>.gguf and ``out``/Modelfile; with
     ``push_to`` (a repo ID, or 'auto' for <you>/<name>-GGUF), upload both with a card. Returns {gguf, modelfile,
     repo_id, url}.
@@ -69,7 +65,7 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
         writer.emit("progress", task="export", step=done, max_steps=total, stage=text)
 
     merged = Path(tempfile.mkdtemp(prefix="phi3space-export-"))
-    name = Path(str(adapter).rstrip("/")).name
+    name = name or Path(str(adapter).rstrip("/")).name
     result: dict = {"gguf": None, "modelfile": None, "repo_id": None, "url": None}
     try:
         repo_id = None
@@ -81,7 +77,7 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
         path = resolve_adapter(str(adapter), token)  # downloaded once, when it is a Hub repo
         base = adapter_base(path)
         merge_adapter(str(path), merged, base=base, token=token, on_stage=stage)
-        target = out / gguf_name(adapter, quant)
+        target = out / f"{name}-{quant}.gguf"
         stage(f"writing {target.name} ({quant})")
         write_gguf(merged, target, quant, name=name)
         stage(f"writing the Ollama {MODELFILE}")
