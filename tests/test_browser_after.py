@@ -43,9 +43,8 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
     page.set_default_timeout(30_000)
     page.goto(url)
     expect(page.locator("#job-progress")).to_contain_text("qa-run")
-    expect(page.locator("#evaluate")).to_be_enabled()
-
     page.get_by_role("button", name="Evaluate against the base model").click()
+    expect(page.locator("#evaluate")).to_be_enabled()
     page.locator("#eval-data textarea").fill(str(finished))
     page.locator("#eval-rows input").fill("4")
     page.locator("#evaluate").click()
@@ -68,8 +67,8 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
 
     page.locator("#job-picker input").click()  # back to the run, to export it
     page.get_by_role("option", name="qa-run · train1 · completed").click()
-    expect(page.locator("#export")).to_be_enabled()
     page.get_by_role("button", name="Export to GGUF").click()
+    expect(page.locator("#export")).to_be_enabled()
     expect(page.locator("#export-box")).to_contain_text("Q4_K_M and the other k-quants need llama.cpp")
     page.locator("#export-quant input").click()
     page.get_by_role("option", name="f16", exact=True).click()

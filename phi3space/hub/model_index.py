@@ -38,7 +38,8 @@ def eval_results(result: dict) -> list:
 
 def _table(result: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    rows = "".join(f"| {name} | {fmt(result['base'].get(k))} | {fmt(result['adapter'].get(k))} |\n"
+    cell = lambda name: name.replace("|", "\\|")  # noqa: E731  (a | in <|end|> would end a table cell)
+    rows = "".join(f"| {cell(name)} | {fmt(result['base'].get(k))} | {fmt(result['adapter'].get(k))} |\n"
                    for k, name in METRICS.items())
     return (f"{SECTION}\n\n{result['rows']} rows of `{result['dataset']}`, greedy replies from {result['base_model']} "
             f"and from it with this adapter (`python -m phi3space eval`).\n\n| metric | base | adapter |\n|---|---|---|\n"

@@ -18,9 +18,10 @@ from phi3space.ui.jobs_view import following
 from phi3space.ui.services import get_runner, identify
 
 PAGE_ROWS = 10
+SHOWN_CHARS = 240  # of a reply in the table (the whole reply is in the job's events)
 TABLE = ["#", "prompt", "reference", "base", "adapter", "EM base / adapter"]
 SUMMARY = [("exact match", "exact_match"), ("token F1", "token_f1"), ("ROUGE-L", "rouge_l"),
-           ("loss on assistant tokens", "loss"), ("replies ending with <|end|>", "ended_with_end")]
+           ("loss on assistant tokens", "loss"), (r"replies ending with <\|end\|>", "ended_with_end")]
 K_QUANTS = ("Q4_K_M and the other k-quants need llama.cpp's C++ quantizer: export f16 here, then run "
             "`llama-quantize model-f16.gguf model-Q4_K_M.gguf Q4_K_M` on your machine.")
 
@@ -40,7 +41,8 @@ def table_page(examples: list[dict], page: int) -> tuple[list[list], str, int]:
     pages = max(1, -(-len(examples) // PAGE_ROWS))
     page = min(max(1, int(page or 1)), pages)
     shown = examples[(page - 1) * PAGE_ROWS: page * PAGE_ROWS]
-    rows = [[e["index"], e["prompt"], e["reference"], e["base"]["reply"], e["adapter"]["reply"],
+    cut = lambda text: text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " …"  # noqa: E731
+    rows = [[e["index"], cut(e["prompt"]), cut(e["reference"]), cut(e["base"]["reply"]), cut(e["adapter"]["reply"]),
              f"{e['base']['exact_match']:.0f} / {e['adapter']['exact_match']:.0f}"] for e in shown]
     return rows, f"page {page} of {pages} ({len(examples)} rows)", page
 
