@@ -64,3 +64,19 @@ def test_an_eval_job_runs_like_training_and_reports_through_job_status(trained_r
     assert ALICE not in json.dumps(json.loads(stored.args)) and "--run-dir" in stored.args
     for path in (runner.store.path, job.run.events, job.run.log):
         assert ALICE.encode() not in path.read_bytes()
+
+
+
+def test_the_api_endpoints_go_through_the_same_checks(app, trained_run, tmp_path):
+    from helpers import client
+
+    url, runner = app
+    finished_run(runner, trained_run, tmp_path, owner="local")
+    c = client(url)
+    with pytest.raises(Exception, match="no job 'nope' among your jobs"):
+        c.predict("nope", api_name="/evaluate_job")
+    with pytest.raises(Exception, match="rows: 0"):
+        c.predict("train1", "", 0, api_name="/evaluate_job")
+    with pytest.raises(Exception, match="k-quants"):
+        c.predict("train1", "q4_k_m", api_name="/export_job")
+    assert [j.id for j in runner.list("local")] == ["train1"]

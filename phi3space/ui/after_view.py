@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from phi3space.engine.gguf_file import QUANTS
 from phi3space.errors import ConfigError
+from phi3space.generation import GenerationSettings
 from phi3space.jobs.kinds import EVAL, TRAIN, kind_of
 from phi3space.refs import check_repo_id
 from phi3space.ui.common import UI_ONLY, user_errors
@@ -64,11 +66,11 @@ def refresh(follower: Follower, seen: tuple | None, page: int, profile: gr.OAuth
     results = job is not None and kind_of(job) is EVAL and bool(state.examples)
     signature = (follower.job_id, status, done, len(state.examples) if state else 0, page)
     if signature == seen:
-        return (seen,) + (gr.skip(),) * 6
+        return (seen,) + (gr.skip(),) * 7
     rows, caption, page = table_page(state.examples if results else [], page)
     return (signature, page, gr.Button(interactive=done), gr.Button(interactive=done),
             gr.update(value=summary_md(state.evaluation if results else None), visible=results),
-            gr.update(value=rows, visible=results), gr.update(value=caption, visible=results))
+            gr.update(value=rows, visible=results), caption, gr.Row(visible=results))
 
 
 def turn(page: int, step: int) -> int:
@@ -86,7 +88,7 @@ def evaluate(follower: Follower, data: str, rows, profile: gr.OAuthProfile | Non
 
 
 @user_errors
-def export(follower: Follower, quant: str, repo: str, private: bool, system: str, temperature,
+def export(follower: Follower, quant: str, repo: str, private: bool, system: str, temperature: str,
            profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
     """Queue "export the followed run's adapter to GGUF and push it" as a job, and follow it."""
     visitor = identify(profile, oauth_token)
@@ -96,7 +98,8 @@ def export(follower: Follower, quant: str, repo: str, private: bool, system: str
     runner = get_runner()
     job = runner.submit_export(follower.job_id or "", visitor.require_owner(), quant, repo or "auto", visitor.token,
                                private=bool(private), system=(system or "").strip() or None,
-                               temperature=None if temperature in (None, "") else float(temperature),
+                               temperature=GenerationSettings.checked(temperature=temperature).temperature
+                               if (temperature or "").strip() else None,
                                expires_at=visitor.expires_at)
     gr.Info(f"Export job {job.id} submitted.")
     return following(job, follower), None
@@ -121,8 +124,8 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
                     "chat template, stopping at `<|end|>`) and an Ollama `Modelfile`, pushed to a Hub repo of yours "
                     f"with a card that shows `ollama run hf.co/...`. {K_QUANTS}")
         with gr.Row(equal_height=True):
-            quant = gr.Dropdown(["q8_0", "f16", "bf16"], value="q8_0", label="Type", scale=1, elem_id="export-quant",
-                                min_width=100)
+            quant = gr.Dropdown(list(QUANTS), value="q8_0", label="Type", scale=1, elem_id="export-quant",
+                                min_width=140)
             repo = gr.Textbox(label="Destination repo", placeholder="empty: you/<run name>-GGUF", scale=3,
                               elem_id="export-repo", min_width=200)
             private = gr.Checkbox(value=True, label="Private repo", scale=1, elem_id="export-private",
@@ -130,8 +133,8 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
         with gr.Row(equal_height=True):
             system = gr.Textbox(label="System prompt (Modelfile)", placeholder="optional", scale=3,
                                 elem_id="export-system", min_width=200)
-            temperature = gr.Number(value=None, label="Temperature (Modelfile)", scale=1, elem_id="export-temperature",
-                                    min_width=120)
+            temperature = gr.Textbox(label="Temperature (Modelfile)", placeholder="empty: Ollama's default",
+                                     scale=1, elem_id="export-temperature", min_width=120)
             export_btn = gr.Button("Export and push", variant="primary", interactive=False, scale=1,
                                    elem_id="export", min_width=140)
     page = gr.State(1)
@@ -139,11 +142,11 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
     table = gr.Dataframe(headers=TABLE, label="Base and adapter, side by side", interactive=False, wrap=True,
                          visible=False, elem_id="eval-table",
                          column_widths=["50px", "220px", "180px", "220px", "220px", "100px"])
-    with gr.Row(elem_id="eval-pages"):
+    with gr.Row(elem_id="eval-pages", visible=False) as pager:
         back = gr.Button("◀ Previous", size="sm", min_width=100, elem_id="eval-previous")
-        caption = gr.Markdown(visible=False, elem_id="eval-page")
+        caption = gr.Markdown(elem_id="eval-page")
         ahead = gr.Button("Next ▶", size="sm", min_width=100, elem_id="eval-next")
-    outputs = [drawn, page, eval_btn, export_btn, summary, table, caption]
+    outputs = [drawn, page, eval_btn, export_btn, summary, table, caption, pager]
     timer.tick(refresh, [follower, drawn, page], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
     eval_btn.click(evaluate, [follower, data, rows], [follower, seen], api_visibility=UI_ONLY)
     export_btn.click(export, [follower, quant, repo, private, system, temperature], [follower, seen],
