@@ -23,6 +23,22 @@ def test_the_three_scores_written_plainly():
     assert metrics.token_f1("x", "") == metrics.rouge_l("", "y") == 0.0
 
 
+def test_the_default_rows_are_the_runs_own_eval_rows(qa_file, tmp_path):
+    from phi3space import config
+    from phi3space.engine.evaluate import load_eval_rows
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    config.from_dict({"data": {"dataset": str(qa_file), "eval_fraction": 0.5}}).save(run.config)
+    rows, name = load_eval_rows(run.path, None, 10, None)
+    assert name == str(qa_file) and len(rows) == 2  # the half held out, split as training split it
+    pairs = dict(QA_PAIRS)
+    assert all(pairs[row.prompt[-1]["content"]] == row.reference for row in rows)
+    assert all(row.messages[-1] == {"role": "assistant", "content": row.reference} for row in rows)
+    rows, name = load_eval_rows(run.path, str(qa_file), 3, None)  # --data: its rows, capped
+    assert [r.reference for r in rows] == [a for _, a in QA_PAIRS[:3]]
+
+
 @pytest.mark.slow
 def test_eval_shows_the_adapter_learned_and_puts_its_scores_on_the_pushed_card(trained_run, alice, qa_file, tmp_path,
                                                                                monkeypatch):
