@@ -12,6 +12,7 @@ from helpers import CANARY as ALICE
 from phi3space.errors import AuthError, ConfigError
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
+from phi3space.run import RunDir
 
 
 @pytest.fixture
@@ -22,15 +23,24 @@ def runner(tmp_path):
 
 
 def finished_run(runner, trained_run, tmp_path, owner="alice") -> Job:
+    """``trained_run`` (a real adapter, or None: a stand-in run folder that ended with one) as a finished job."""
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    if trained_run is None:
+        folder = RunDir(run)
+        run.mkdir()
+        folder.adapter_config.write_text('{"base_model_name_or_path": "base"}')
+        folder.adapter_weights.write_bytes(b"w")
+        folder.append("run_started", max_steps=4)
+        folder.append("run_finished", status="completed", step=4, adapter=str(run))
+    else:
+        shutil.copytree(trained_run, run)
     job = Job(id="train1", owner=owner, name="qa-run", run_dir=str(run), phase="done")
     runner.store.add(job)
     return job
 
 
-def test_followups_refuse_before_queueing(trained_run, alice, runner, tmp_path):
-    source = finished_run(runner, trained_run, tmp_path)
+def test_followups_refuse_before_queueing(alice, runner, tmp_path):
+    source = finished_run(runner, None, tmp_path)
     with pytest.raises(ConfigError, match="no job"):
         runner.submit_eval(source.id, "bob", BOB)
     with pytest.raises(AuthError, match="sign in"):
@@ -67,11 +77,12 @@ def test_an_eval_job_runs_like_training_and_reports_through_job_status(trained_r
 
 
 
-def test_the_api_endpoints_go_through_the_same_checks(app, trained_run, tmp_path):
+@pytest.mark.slow  # (it launches the app)
+def test_the_api_endpoints_go_through_the_same_checks(app, tmp_path):
     from helpers import client
 
     url, runner = app
-    finished_run(runner, trained_run, tmp_path, owner="local")
+    finished_run(runner, None, tmp_path, owner="local")
     c = client(url)
     with pytest.raises(Exception, match="no job 'nope' among your jobs"):
         c.predict("nope", api_name="/evaluate_job")
