@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from phi3space.datadir import safe_name
 from phi3space.engine.gguf_file import QUANTS, write_gguf
 from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
 from phi3space.run import EventWriter
@@ -65,7 +66,7 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
         writer.emit("progress", task="export", step=done, max_steps=total, stage=text)
 
     merged = Path(tempfile.mkdtemp(prefix="phi3space-export-"))
-    name = name or Path(str(adapter).rstrip("/")).name
+    name = safe_name(name or Path(str(adapter).rstrip("/")).name)  # a file name, whatever it was given
     result: dict = {"gguf": None, "modelfile": None, "repo_id": None, "url": None}
     try:
         repo_id = None
