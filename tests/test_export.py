@@ -1,6 +1,6 @@
-"""Export: `python -m phi3space export RUN --quant f16|q8_0 --out DIR` merges the adapter into its base and writes one
+"""Export: `python -m phi3space export RUN --quant f16|bf16|q8_0 --out DIR` merges the adapter into its base and writes one
 GGUF file and an Ollama Modelfile. Each file is read back by transformers' own GGUF loader and gives the merged model's
-next-token logits (f16 closely, q8_0 within the tolerance of 8-bit blocks); gguf's reader finds the Phi-3 chat
+next-token logits (f16 and bf16 closely, q8_0 within the tolerance of 8-bit blocks); gguf's reader finds the Phi-3 chat
 template and <|end|> as end-of-generation in the metadata; --push-to uploads both with a card that runs them."""
 
 import pytest
@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = [[{"role": "user", "content": q}] for q, _ in QA_PAIRS[:3]] + [[{"role": "user", "content": "Hello there"}]]
 # Largest difference of a next-token logit from the merged model's, as a share of the largest logit (about 10 for
-# the tiny model): f16 rounds each weight to 11 bits; q8_0 stores blocks of 32 weights as 8-bit integers with one
+# the tiny model): f16 rounds each weight to 11 significant bits, bf16 to 8; q8_0 stores blocks of 32 weights as 8-bit integers with one
 # scale each, and the tiny model's wide random weights make that coarser than on a real Phi-3.
-TOLERANCE = {"f16": 0.005, "q8_0": 0.05}
+TOLERANCE = {"f16": 0.005, "bf16": 0.02, "q8_0": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def field(reader, key):
     return f.contents()
 
 
-@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+@pytest.mark.parametrize("quant", ["f16", "bf16", "q8_0"])
 def test_export_reads_back_as_the_merged_model(quant, trained_run, merged, tmp_path, capsys):
     import torch
     from gguf import GGUFReader
