@@ -1,4 +1,4 @@
-"""python -m phi3space train | inspect | chat | merge | push | config
+"""python -m phi3space train | inspect | chat | merge | eval | export | push | config
 
   python -m phi3space train configs/example.yaml --set training.max_steps=50
   python -m phi3space chat --adapter runs/my-run --prompt "Hello"
@@ -162,6 +162,55 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def _stoppable(what: str) -> None:
+    import signal
+
+    def stop(signum, frame):  # Stop in the web app: end cleanly, with the job's last word
+        raise Cancelled(f"the {what} was stopped")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _writer(args) -> EventWriter:
+    return RunDir(args.run_dir).writer(echo=_print_event) if args.run_dir else EventWriter(None, echo=_print_event)
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from phi3space.engine.evaluate import evaluate
+    from phi3space.errors import ConfigError
+    from phi3space.hub.auth import resolve_token
+
+    if args.rows < 1:
+        raise ConfigError([f"--rows: {args.rows} (at least 1)"], "e.g. --rows 50")
+    settings = GenerationSettings.checked(max_new_tokens=args.max_new_tokens)
+    _stoppable("evaluation")
+    _quiet_libraries()
+    result = evaluate(args.source, _writer(args), data=args.data, rows=args.rows, token=resolve_token(),
+                      settings=settings, update_card=not args.no_card)
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("rows", "base", "adapter")}))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from phi3space.engine.export import export
+    from phi3space.hub.auth import resolve_token
+    from phi3space.refs import check_repo_id
+
+    if args.push_to and args.push_to != "auto":
+        args.push_to = check_repo_id(args.push_to, "--push-to")
+    settings = GenerationSettings.checked(temperature=args.temperature) if args.temperature is not None else None
+    _stoppable("export")
+    _quiet_libraries()
+    result = export(args.source, args.quant, _writer(args), out=args.out, push_to=args.push_to, token=resolve_token(),
+                    private=args.private, system=args.system, temperature=settings and settings.temperature,
+                    name=args.name)
+    print(f"wrote {result['gguf']} and {result['modelfile']}" + (f"; on the Hub: {result['url']}" if result["url"] else ""))
+    return 0
+
+
 def cmd_push(args) -> int:
     from phi3space.hub.auth import resolve_token
     from phi3space.hub.push import push_run
@@ -183,6 +232,8 @@ def cmd_config(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from phi3space.engine.gguf_file import QUANTS  # (no heavy import there)
+
     parser = argparse.ArgumentParser(prog="python -m phi3space", description="Fine-tune Phi-3 with LoRA or QLoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train from a YAML run config")
@@ -212,6 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base model (default: the adapter's own base)")
     p.add_argument("--run-dir", help="also write progress events to this folder's events file (the web app's jobs)")
     p.set_defaults(func=cmd_merge)
+    p = sub.add_parser("eval", help="measure an adapter against its base model on held-out rows")
+    p.add_argument("source", help="run folder or Hub repo ID of an adapter")
+    p.add_argument("--data", metavar="DATASET", help="rows to evaluate on: anything train takes as data.dataset "
+                   "(default: the run's eval rows)")
+    p.add_argument("--rows", type=int, default=50, metavar="N", help="evaluate on at most N rows (default 50)")
+    p.add_argument("--max-new-tokens", type=int, default=GenerationSettings().max_new_tokens,
+                   help=GenerationSettings.describe("max_new_tokens"))
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    p.add_argument("--no-card", action="store_true", help="leave the adapter's Hub card as it is")
+    p.add_argument("--run-dir", help="also write progress events to this folder's events file (the web app's jobs)")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="merge an adapter into its base and write GGUF plus an Ollama Modelfile")
+    p.add_argument("source", help="run folder or Hub repo ID of an adapter")
+    p.add_argument("--quant", choices=QUANTS, default="q8_0",
+                   help="GGUF tensor type (k-quants such as Q4_K_M need llama.cpp's llama-quantize)")
+    p.add_argument("--out", required=True, help="folder for the .gguf file and the Modelfile")
+    p.add_argument("--push-to", metavar="REPO", help="upload both to this Hub repo (user/name, or auto for "
+                   "<you>/<name>-GGUF)")
+    p.add_argument("--public", dest="private", action="store_false", default=True, help="create the repo as public")
+    p.add_argument("--system", help="system prompt for the Modelfile")
+    p.add_argument("--temperature", type=float, help="temperature for the Modelfile")
+    p.add_argument("--name", help="the model's name: of the .gguf file and the auto repo (default: the adapter's folder)")
+    p.add_argument("--run-dir", help="also write progress events to this folder's events file (the web app's jobs)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("push", help="push a finished run's adapter to the Hub")
     p.add_argument("run_dir", help="run folder")
     p.add_argument("--to", help="repo ID (default: the run's output.push_to, or auto)")

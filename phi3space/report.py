@@ -14,8 +14,8 @@ def fmt_duration(seconds: float | None) -> str:
 def format_event(e: dict) -> str | None:
     """One readable line per event, or None for events the CLI does not print."""
     kind = e["type"]
-    if e.get("task") == "merge":
-        return _format_merge_event(e)
+    if e.get("task") in ("merge", "eval", "export"):  # a job of stages (or rows), not of steps and losses
+        return _format_stage_event(e)
     if kind == "progress":
         parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}", f"epoch {e.get('epoch') or 0:.2f}",
                  f"loss {e.get('loss') or float('nan'):.4f}"]
@@ -48,15 +48,30 @@ def format_event(e: dict) -> str | None:
     return None
 
 
-def _format_merge_event(e: dict) -> str | None:
-    kind = e["type"]
+def _format_stage_event(e: dict) -> str | None:
+    kind, task = e["type"], e["task"]
     if kind == "run_started":
-        return f"merge started: {e.get('adapter')}" + (f" -> {e['push_to']}" if e.get("push_to") else "")
+        return f"{task} started: {e.get('adapter')}" + (f" -> {e['push_to']}" if e.get("push_to") else "")
     if kind == "progress":
         return f"[{e.get('step')}/{e.get('max_steps')}] {e.get('stage')}"
+    if kind == "evaluation":
+        return "\n".join([f"evaluated on {e.get('rows')} rows of {e.get('dataset')}:"]
+                         + [f"  {side:8s} " + " | ".join(_score(k, (e.get(side) or {}).get(k)) for k in
+                                                          ("exact_match", "token_f1", "rouge_l", "loss", "ended_with_end"))
+                            for side in ("base", "adapter")])
+    if kind == "export":
+        return "wrote " + ", ".join(e.get("files") or [])
+    if kind == "push":
+        return f"pushed {e.get('what')} to {e.get('url')}"
+    if kind == "log":
+        return e.get("message")
     if kind == "run_finished":
-        return f"merge {e.get('status')}" + (f": {e['model']}" if e.get("model") else "")
+        return f"{task} {e.get('status')}" + (f": {e['model']}" if e.get("model") else "")
     return None
+
+
+def _score(name: str, value) -> str:
+    return f"{name} {'n/a' if value is None else f'{value:.4f}'}"
 
 
 

@@ -24,7 +24,8 @@ from typing import Any
 from phi3space.errors import scrub
 from phi3space.state import FINAL, RunState  # noqa: F401  (RunState is read through RunDir.state)
 
-EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log")
+EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log",
+               "example", "evaluation", "export")  # the last three: an eval job's rows and results, an export's files
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 

@@ -31,7 +31,10 @@ class RunState:
     adapter_url: str | None = None
     checkpoint: str | None = None  # the newest checkpoint saved in the run folder
     checkpoint_url: str | None = None  # the Hub branch the newest checkpoint was pushed to
-    model_url: str | None = None  # a merge job's merged model, once pushed
+    model_url: str | None = None  # a merge job's merged model (an export job's GGUF repo), once pushed
+    examples: list = field(default_factory=list)  # an eval job's rows: prompt, reference, base and adapter replies
+    evaluation: dict | None = None  # an eval job's results: {rows, dataset, base: {...}, adapter: {...}}
+    exported: list = field(default_factory=list)  # an export job's files (GGUF, Modelfile)
     hardware: str = ""
     started: float | None = None
     finished: float | None = None
@@ -69,6 +72,7 @@ class RunState:
         kind = e.get("type")
         if kind == "run_started":  # also a resumed run: what an earlier attempt ended with no longer holds
             self.status, self.error, self.adapter, self.finished = "running", None, None, None
+            self.examples, self.evaluation = [], None
             self.max_steps = e.get("max_steps")
             self.hardware = e.get("hardware") or self.hardware
             self.started = e.get("time")
@@ -87,10 +91,18 @@ class RunState:
         elif kind == "push":
             if e.get("what", "adapter") == "adapter":
                 self.adapter_repo, self.adapter_url = e.get("repo_id"), e.get("url")
-            elif e.get("what") == "model":
+            elif e.get("what") in ("model", "gguf"):
                 self.model_url = e.get("url")
+            elif e.get("what") == "card":
+                pass  # an eval job's results on the adapter's card: the adapter is where it was
             else:
                 self.checkpoint_url = e.get("url")
+        elif kind == "example":
+            self.examples.append({k: e.get(k) for k in ("index", "prompt", "reference", "base", "adapter")})
+        elif kind == "evaluation":
+            self.evaluation = {k: v for k, v in e.items() if k not in ("type", "time", "task")}
+        elif kind == "export":
+            self.exported = list(e.get("files") or [])
         elif kind == "error":
             self.error = {k: e.get(k) for k in ("kind", "message", "hint")}
         elif kind == "run_finished":

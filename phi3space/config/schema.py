@@ -23,6 +23,7 @@ DEFAULT_BASE = "microsoft/Phi-3-mini-4k-instruct"
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+REPORT_TO = ("none", "trackio", "wandb")  # transformers' report_to names of the trackers a run may also log to
 # compute.backend -> the class that runs jobs there ("module:class", imported by phi3space.jobs.backend when used).
 # A new backend is one module plus one line here.
 BACKENDS = {
@@ -109,6 +110,14 @@ class ComputeConfig:
 
 
 @dataclass
+class LoggingConfig:
+    report_to: str = _f("none", "Also log the run to an experiment tracker, as transformers' report_to: none, trackio "
+                                "(Hugging Face's tracker; a local dashboard, or a Space with TRACKIO_SPACE_ID) or wandb "
+                                "(Weights & Biases; WANDB_API_KEY or wandb login). No token is put in its config.",
+                         choices=REPORT_TO)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,6 +125,7 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,7 +142,7 @@ class RunConfig:
 
 
 _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "training": TrainingConfig,
-                    "output": OutputConfig, "compute": ComputeConfig}
+                    "output": OutputConfig, "compute": ComputeConfig, "logging": LoggingConfig}
 
 
 def short_name(ref: str) -> str:

@@ -5,12 +5,27 @@ project runs it (a compact loss off CUDA, length-balanced micro-batches), over d
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import cache
 
 from phi3space.config import RunConfig
 from phi3space.engine.data import Prepared
 from phi3space.engine.modeling import Hardware
+from phi3space.errors import ConfigError
+
+
+def report_to(cfg: RunConfig) -> str:
+    """The experiment tracker the trainer also logs to (transformers' ``report_to``: none, trackio or wandb).
+
+    Raises:
+        ConfigError: the tracker's package is not installed.
+    """
+    name = cfg.logging.report_to
+    if name != "none" and importlib.util.find_spec(name) is None:
+        raise ConfigError([f"logging.report_to: {name} is not installed"],
+                          f"pip install {name}, or set logging.report_to: none.")
+    return name
 
 
 def build_sft_config(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bool = False):
@@ -53,7 +68,9 @@ def build_sft_config(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bool
         # The micro-batches of each optimizer step grouped by length (the same rows per step as a random order):
         # less padding, and the rows stay apart, whatever the attention kernel.
         train_sampling_strategy="batch_rebalance" if balance else "random",
-        report_to="none",
+        report_to=report_to(cfg),
+        project="phi3space",  # the tracker's project; the run is named after its folder
+        run_name=cfg.run_dir.name,
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataset_num_proc=None,

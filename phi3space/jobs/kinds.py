@@ -30,7 +30,9 @@ class Kind:
 
 TRAIN = Kind("train", trains=True, backends=("local", "hf-jobs"))
 MERGE = Kind("merge", trains=False, backends=("local",))
-KINDS = {k.name: k for k in (TRAIN, MERGE)}
+EVAL = Kind("eval", trains=False, backends=("local",))
+EXPORT = Kind("export", trains=False, backends=("local",))
+KINDS = {k.name: k for k in (TRAIN, MERGE, EVAL, EXPORT)}
 
 
 def kind_of(job: Job) -> Kind:

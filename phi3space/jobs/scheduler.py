@@ -33,6 +33,7 @@ from phi3space.errors import ConfigError, Phi3SpaceError, register_secret, scrub
 from phi3space.hub.auth import acting_token, keep_owner_token_out
 from phi3space.hub.space import on_space, space_id
 from phi3space.jobs.backend import Backend, Host, Verdict, backend_class
+from phi3space.jobs.followups import FollowUps
 from phi3space.jobs.idle import IdlePause
 from phi3space.jobs.kinds import MERGE, TRAIN, check_backend, kind_of
 from phi3space.jobs.store import Job, JobStore, StoreBusy
@@ -40,9 +41,9 @@ from phi3space.jobs.submit import Caller, Pipeline, check_token_lasts
 from phi3space.run import RunState
 
 
-class JobRunner:
+class JobRunner(FollowUps):
     """Queue and run jobs: ``slots`` at a time on this machine (one per GPU), the rest wait in order of submission;
-    jobs on other backends start at once."""
+    jobs on other backends start at once. (Evaluate and export: FollowUps.)"""
 
     def __init__(self, root=None, slots: int | None = None, grace_s: float | None = None, poll_s: float = 0.5,
                  command: Callable | None = None, space: bool | None = None):
@@ -239,7 +240,8 @@ class JobRunner:
                 "adapter": (s.adapter_repo or s.adapter) if s.has_adapter else None,
                 "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": job.run_dir,
                 "metrics": s.metrics or None, "error": s.error if status == "failed" else None,
-                "push_pending": s.push_pending, "can_resume": s.can_resume,
+                "push_pending": s.push_pending, "can_resume": s.can_resume, "evaluation": s.evaluation,
+                "exported": s.exported or None,
                 "queue_position": self.queue_position(job.id), "created": job.created, "started": job.started,
                 "finished": job.finished}
 

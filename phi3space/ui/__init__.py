@@ -21,7 +21,7 @@ POLL_S = 1.0
 
 
 def build_app() -> gr.Blocks:
-    from phi3space.ui import api, chat_tab, jobs_view, train_tab
+    from phi3space.ui import after_view, api, chat_tab, jobs_view, train_tab
     from phi3space.ui.common import UI_ONLY
 
     with gr.Blocks(title="phi3space") as demo:
@@ -40,6 +40,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 train = train_tab.build(follower, seen)
                 jobs = jobs_view.build(timer, follower, seen)
+                after_view.build(timer, follower, seen)
             with gr.Tab("Chat", id="chat"):
                 chat = chat_tab.build()
         api.build()

@@ -1,5 +1,5 @@
 """Named API endpoints for gradio_client: /submit_job, /job_status, /list_jobs, /cancel_job, /resume_job,
-/push_again, /chat.
+/push_again, /evaluate_job, /export_job, /chat.
 
 Identity as in the page: the session's OAuth profile, else the owner of the token a client passes with
 ``Client(url, oauth_token=...)``, else (off a Space) the local owner. Every endpoint checks that the job is the
@@ -77,6 +77,29 @@ def push_again(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAu
 
 
 @api_errors
+def evaluate_job(job_id: str, data: str = "", rows: int = 50, profile: gr.OAuthProfile | None = None,
+                 oauth_token: gr.OAuthToken | None = None) -> str:
+    """Queue an evaluation of a finished run's adapter against its base model (on its eval rows, or up to ``rows``
+    rows of ``data``: a Hub dataset); returns the eval job's id. Its /job_status carries ``evaluation`` (both
+    summaries) when done."""
+    visitor = signed_in(profile, oauth_token)
+    return get_runner().submit_eval(job_id, visitor.require_owner(), visitor.token, data=data or None, rows=int(rows),
+                                    expires_at=visitor.expires_at).id
+
+
+@api_errors
+def export_job(job_id: str, quant: str = "q8_0", push_to: str = "", private: bool = True, system: str = "",
+               temperature: float | None = None, profile: gr.OAuthProfile | None = None,
+               oauth_token: gr.OAuthToken | None = None) -> str:
+    """Queue a GGUF export (f16, bf16 or q8_0) of a finished run's adapter, with an Ollama Modelfile, pushed to
+    ``push_to`` (empty: <you>/<run name>-GGUF); returns the export job's id."""
+    visitor = signed_in(profile, oauth_token)
+    return get_runner().submit_export(job_id, visitor.require_owner(), quant, push_to or "auto", visitor.token,
+                                      private=bool(private), system=system or None, temperature=temperature,
+                                      expires_at=visitor.expires_at).id
+
+
+@api_errors
 def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = DEFAULTS.max_new_tokens,
          temperature: float = DEFAULTS.temperature, top_p: float = DEFAULTS.top_p,
          profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None) -> Iterator[str]:
@@ -96,4 +119,6 @@ def build() -> None:
     gr.api(resume_job, api_name="resume_job")
     gr.api(list_jobs, api_name="list_jobs")
     gr.api(push_again, api_name="push_again")
+    gr.api(evaluate_job, api_name="evaluate_job")
+    gr.api(export_job, api_name="export_job")
     gr.api(chat, api_name="chat", **CHAT_CONCURRENCY)

@@ -113,7 +113,8 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
     if status == "failed" and state.error:
         hint = PUSH_AGAIN if state.push_pending else state.error.get("hint") or ""  # the page has a button for it
         head += f"<p>{escape(str(state.error.get('message')))}<br><i>{escape(hint)}</i></p>"
-    for what, url in (("Adapter", state.adapter_url), ("Merged model", state.model_url)):
+    model = "GGUF and Modelfile" if job.kind == "export" else "Merged model"  # (what an export pushes)
+    for what, url in (("Adapter", state.adapter_url), (model, state.model_url)):
         if url:
             url = escape(url, quote=True)
             head += f"<p>{what} on the Hub: <a href='{url}' target='_blank'>{url}</a></p>"

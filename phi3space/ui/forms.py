@@ -27,7 +27,8 @@ TRAINING_FIELDS = ["training.learning_rate", "training.lr_scheduler", "training.
                    "training.max_steps", "training.batch_size", "training.grad_accum", "training.max_length",
                    "training.weight_decay", "training.seed"]
 ADVANCED_FIELDS = ["training.logging_steps", "training.eval_steps", "training.save_steps", "training.save_total_limit",
-                   "training.gradient_checkpointing", "training.packing", "model.attn_implementation"]
+                   "training.gradient_checkpointing", "training.packing", "model.attn_implementation",
+                   "logging.report_to"]
 OUTPUT_FIELDS = ["output.push_to", "output.private", "output.push_checkpoints"]
 COMPUTE_FIELDS = ["compute.backend", "compute.flavor", "compute.timeout", "compute.gpus"]  # laid out by compute_box.py
 FIELDS = MAIN_FIELDS + DATA_FIELDS + LORA_FIELDS + TRAINING_FIELDS + ADVANCED_FIELDS + OUTPUT_FIELDS + COMPUTE_FIELDS

@@ -21,6 +21,7 @@ CSS = """
 #example .label, #example [class*="label"] { white-space: nowrap; }
 
 /* Tables keep their header words whole and scroll sideways inside their box on a narrow screen. */
+#eval-summary th, #eval-summary td:not(:first-child) { white-space: nowrap; }
 #runs-table th, #runs-table th * { white-space: nowrap; word-break: normal; overflow-wrap: normal; }
 #runs-table .table-wrap, #runs-table .table-container { overflow-x: auto; max-width: 100%; }
 

@@ -1,0 +1,110 @@
+"""Export: `python -m phi3space export RUN --quant f16|bf16|q8_0 --out DIR` merges the adapter into its base and writes one
+GGUF file and an Ollama Modelfile. Each file is read back by transformers' own GGUF loader and gives the merged model's
+next-token logits (f16 and bf16 closely, q8_0 within the tolerance of 8-bit blocks); gguf's reader finds the Phi-3 chat
+template and <|end|> as end-of-generation in the metadata; --push-to uploads both with a card that runs them."""
+
+import pytest
+from helpers import CANARY as ALICE
+from helpers import QA_PAIRS
+
+from phi3space import cli
+from phi3space.engine.export import OLLAMA_TEMPLATE
+from phi3space.run import RunDir
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [[{"role": "user", "content": q}] for q, _ in QA_PAIRS[:3]] + [[{"role": "user", "content": "Hello there"}]]
+# Largest difference of a next-token logit from the merged model's, as a share of the largest logit (about 10 for
+# the tiny model): f16 rounds each weight to 11 significant bits, bf16 to 8; q8_0 stores blocks of 32 weights as 8-bit integers with one
+# scale each, and the tiny model's wide random weights make that coarser than on a real Phi-3.
+TOLERANCE = {"f16": 0.005, "bf16": 0.02, "q8_0": 0.05}
+
+
+@pytest.fixture(scope="module")
+def merged(trained_run, tmp_path_factory):
+    """The merged model (16-bit base + adapter) in float32, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from phi3space.engine.merge import merge_adapter
+    from phi3space.engine.modeling import load_tokenizer
+
+    folder = merge_adapter(str(trained_run), tmp_path_factory.mktemp("merged"))
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), load_tokenizer(str(folder))
+
+
+def next_token_logits(model, tokenizer):
+    import torch
+
+    out = []
+    for messages in PROMPTS:
+        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out.append(model(**enc).logits[0, -1])
+    return torch.stack(out)
+
+
+def field(reader, key):
+    f = reader.fields[key]
+    return f.contents()
+
+
+@pytest.mark.parametrize("quant", ["f16", "bf16", "q8_0"])
+def test_export_reads_back_as_the_merged_model(quant, trained_run, merged, tmp_path, capsys):
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    assert cli.main(["export", str(trained_run), "--quant", quant, "--out", str(out), "--system", "Answer briefly.",
+                     "--temperature", "0.2", "--run-dir", str(tmp_path / "job")]) == 0
+    name = f"{trained_run.name}-{quant}.gguf"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["Modelfile", name])
+
+    model, tokenizer = merged
+    loaded = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval()
+    expected, got = next_token_logits(model, tokenizer), next_token_logits(loaded, tokenizer)
+    assert (expected - got).abs().max() / expected.abs().max() < TOLERANCE[quant]
+    assert torch.equal(expected.argmax(-1), got.argmax(-1))  # the same greedy next token on every prompt
+
+    reader = GGUFReader(out / name)
+    assert field(reader, "general.architecture") == "phi3"
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    assert field(reader, "tokenizer.ggml.eos_token_id") == field(reader, "tokenizer.ggml.eot_token_id") == end
+    assert field(reader, "tokenizer.ggml.tokens")[end] == "<|end|>"
+    template = field(reader, "tokenizer.chat_template")
+    assert "<|assistant|>" in template and "<|end|>" in template and "{% generation %}" not in template and "endgeneration" not in template
+    kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert kinds["blk.0.attn_qkv.weight"] == quant.upper() and kinds["blk.0.attn_norm.weight"] == "F32"
+
+    modelfile = (out / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM ./{name}\n")
+    assert f'TEMPLATE """{OLLAMA_TEMPLATE}"""' in modelfile and 'PARAMETER stop "<|end|>"' in modelfile
+    assert 'SYSTEM """Answer briefly."""' in modelfile and "PARAMETER temperature 0.2" in modelfile
+    state = RunDir(tmp_path / "job").state()
+    assert state.status == "completed" and state.exported == [name, "Modelfile"]
+    assert f"wrote {out / name}" in capsys.readouterr().out
+
+
+def test_export_pushes_the_file_and_modelfile_with_a_card_that_runs_them(trained_run, alice, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0")
+    job = tmp_path / "job"
+    assert cli.main(["export", str(trained_run), "--quant", "q8_0", "--out", str(tmp_path / "out"), "--push-to", "auto",
+                     "--run-dir", str(job)]) == 0
+    repo = f"alice/{trained_run.name}-GGUF"
+    files = alice.files(repo)
+    name = f"{trained_run.name}-q8_0.gguf"
+    assert {name, "Modelfile", "README.md"} <= set(files) and alice.repo(repo)["private"] is True
+    card = files["README.md"].decode()
+    assert f"ollama run hf.co/{repo}" in card and f"llama-cli --hf-repo {repo} --hf-file {name}" in card
+    assert "library_name: gguf" in card and "Q4_K_M" in card
+    state = RunDir(job).state()
+    assert state.status == "completed" and state.model_url.endswith(repo)
+    assert ALICE not in job.joinpath("events.jsonl").read_text() and ALICE.encode() not in files[name]
+
+
+def test_export_refuses_k_quants_and_says_where_they_come_from(trained_run, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["export", str(trained_run), "--quant", "q4_k_m", "--out", str(tmp_path)])
+    assert "invalid choice: 'q4_k_m'" in capsys.readouterr().err
