@@ -42,8 +42,10 @@ def detect_pair_format(columns) -> str:
 
 def _messages(value: Any, what: str) -> tuple[list | None, str]:
     """A message list (role/content or from/value), cleaned; or None and why not."""
-    if not isinstance(value, list) or not value:
+    if value is None or value == []:
         return None, f"empty {what}"
+    if not isinstance(value, list):
+        return None, f"non-text {what}"
     out = []
     for m in value:
         if not isinstance(m, dict):
@@ -172,16 +174,18 @@ def prepare_pairs(data: DataConfig, base: str, max_length: int, seed: int = 42, 
     report.format = "preference pairs"
     tokenizer = load_tokenizer(base, token)
     lengths = _measure(train_ds, tokenizer, 2000 if sample is not None else None)
-    _account(report, lengths, max_length, keep_lengths=sample is not None)
+    full = _account(report, lengths, max_length, keep_lengths=sample is not None)
+    if full == len(lengths):
+        raise DataError(f"no pair of {data.dataset} leaves room for an answer within training.max_length "
+                        f"{max_length}: the prompts alone fill it", "Raise training.max_length.")
     if sample is None:
         train_ds = _drop_full_prompts(train_ds, lengths, max_length)
         if eval_ds is not None:
             eval_ds = _drop_full_prompts(eval_ds, _measure(eval_ds, tokenizer), max_length)
             eval_ds = eval_ds if len(eval_ds) else None
         report.train_rows, report.eval_rows = len(train_ds), len(eval_ds) if eval_ds is not None else 0
-        if not len(train_ds):
-            raise DataError(f"no pair of {data.dataset} leaves room for an answer within training.max_length "
-                            f"{max_length}", "Raise training.max_length: the prompts alone fill it.")
+    elif full:  # the example shown must be one that trains
+        train_ds = _drop_full_prompts(train_ds.select(range(len(lengths))), lengths, max_length)
     return data_mod.Prepared(train_ds, eval_ds, report, tokenizer)
 
 

@@ -57,6 +57,12 @@ class Follower:
             # The chart fixes its series (and colours) when it is first drawn: the eval series must be there from the
             # start, as an empty point the chart leaves out, or the eval line never shows until a reload.
             rows.append((self.state.train_losses[0][0], float("nan"), "eval"))
+        # A DPO run's reward accuracy and margin share the chart (on a scale close to its loss's), train and eval.
+        for split, rewards in (("train", self.state.train_rewards), ("eval", self.state.eval_rewards)):
+            rows += [(step, value, f"{split} {name}") for step, acc, margin in rewards
+                     for name, value in (("reward accuracy", acc), ("reward margin", margin)) if value is not None]
+        if self.state.train_rewards and not self.state.eval_rewards and self.expects_eval:  # (as the eval loss above)
+            rows += [(self.state.train_rewards[0][0], float("nan"), f"eval reward {name}") for name in ("accuracy", "margin")]
         frame = pd.DataFrame(rows, columns=["step", "loss", "split"])
         # typed even when empty: the chart keeps the axis types of its first value
         return frame.astype({"step": "int64", "loss": "float64", "split": "str"})

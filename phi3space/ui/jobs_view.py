@@ -116,6 +116,11 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
             gr.Button(interactive=done), push)
 
 
+# A DPO run's reward series on the loss chart (ui/follow.py names them).
+REWARD_COLOURS = {"train reward accuracy": "#2ca02c", "eval reward accuracy": "#98df8a",
+                  "train reward margin": "#9467bd", "eval reward margin": "#c5b0d5"}
+
+
 def _plot(follower: Follower):
     frame = follower.loss_frame()
     return frame if len(frame) else None  # an empty frame would fix the chart's colour scale with no series
@@ -230,7 +235,7 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> JobsView:
                                   min_width=140)
     with gr.Row(elem_id="job-charts"):
         plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss", elem_id="loss-plot", min_width=300,
-                           color_map={"train": "#1f77b4", "eval": "#ff7f0e"})
+                           color_map={"train": "#1f77b4", "eval": "#ff7f0e", **REWARD_COLOURS})
         log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="job-log",
                          min_width=300)
     picker = gr.Dropdown(label="Follow job", choices=[], interactive=True, elem_id="job-picker")
