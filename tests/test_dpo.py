@@ -71,7 +71,7 @@ def test_dpo_learns_to_prefer_the_chosen_answers_on_new_pairs(dpo_run, tiny_mode
 def test_dpo_events_card_and_chart(dpo_run):
     """The events carry the DPO loss and reward accuracy and margin (train and eval); the reference at step 1 is
     the base itself (a new adapter starts at zero: the loss is ln 2); the card says DPO and reports the rewards;
-    the chart has the reward series; the run folder holds only the trained adapter."""
+    the page's reward charts have their series (the loss chart only the losses); the run folder holds only the trained adapter."""
     from phi3space.ui.follow import Follower
 
     state = RunDir(dpo_run).state()
@@ -91,9 +91,11 @@ def test_dpo_events_card_and_chart(dpo_run):
 
     follower = Follower(job_id="x", run_dir=str(dpo_run))
     follower.poll()
-    frame = follower.loss_frame()
-    assert {"train", "eval", "train reward accuracy", "train reward margin", "eval reward accuracy",
-            "eval reward margin"} <= set(frame["split"])
+    assert set(follower.loss_frame()["split"]) == {"train", "eval"}
+    accuracy, margin = follower.reward_frame("accuracy"), follower.reward_frame("margin")
+    assert set(accuracy["split"]) == set(margin["split"]) == {"train", "eval"}
+    assert accuracy[accuracy["split"] == "eval"]["accuracy"].tolist() == [1.0, 1.0, 1.0]  # steps 6, 12, the end
+    assert margin[margin["split"] == "train"]["margin"].iloc[-1] > 1
     assert not (dpo_run / "ref").exists() and (dpo_run / "adapter_model.safetensors").exists()
 
 

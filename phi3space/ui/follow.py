@@ -57,15 +57,23 @@ class Follower:
             # The chart fixes its series (and colours) when it is first drawn: the eval series must be there from the
             # start, as an empty point the chart leaves out, or the eval line never shows until a reload.
             rows.append((self.state.train_losses[0][0], float("nan"), "eval"))
-        # A DPO run's reward accuracy and margin share the chart (on a scale close to its loss's), train and eval.
-        for split, rewards in (("train", self.state.train_rewards), ("eval", self.state.eval_rewards)):
-            rows += [(step, value, f"{split} {name}") for step, acc, margin in rewards
-                     for name, value in (("reward accuracy", acc), ("reward margin", margin)) if value is not None]
-        if self.state.train_rewards and not self.state.eval_rewards and self.expects_eval:  # (as the eval loss above)
-            rows += [(self.state.train_rewards[0][0], float("nan"), f"eval reward {name}") for name in ("accuracy", "margin")]
         frame = pd.DataFrame(rows, columns=["step", "loss", "split"])
         # typed even when empty: the chart keeps the axis types of its first value
         return frame.astype({"step": "int64", "loss": "float64", "split": "str"})
+
+    def reward_frame(self, metric: str):
+        """A DPO run's reward ``metric`` (accuracy or margin) by step, train and eval, for a gr.LinePlot (x=step,
+        y=metric, color=split); empty for other runs."""
+        import pandas as pd
+
+        at = {"accuracy": 1, "margin": 2}[metric]
+        rows = [(r[0], r[at], split) for split, rewards in (("train", self.state.train_rewards),
+                                                            ("eval", self.state.eval_rewards))
+                for r in rewards if r[at] is not None]
+        if self.state.train_rewards and not self.state.eval_rewards and self.expects_eval:  # (see loss_frame)
+            rows.append((self.state.train_rewards[0][0], float("nan"), "eval"))
+        frame = pd.DataFrame(rows, columns=["step", metric, "split"])
+        return frame.astype({"step": "int64", metric: "float64", "split": "str"})
 
     @property
     def expects_eval(self) -> bool:
