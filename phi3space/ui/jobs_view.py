@@ -113,8 +113,8 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     resume = gr.Button(visible=state is not None and state.can_resume)
     done = state is not None and state.has_adapter and not state.model_url
     push = gr.Button(visible=state is not None and state.push_pending)
-    return (follower, signature, memory, html, plot, *rewards, log, table, picker, stop, resume, gr.Button(interactive=done),
-            gr.Button(interactive=done), push)
+    return (follower, signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
+            gr.Button(interactive=done), push, *rewards)
 
 
 LOSS_COLOURS = {"train": "#1f77b4", "eval": "#ff7f0e"}
@@ -250,8 +250,8 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> JobsView:
     picker = gr.Dropdown(label="Follow job", choices=[], interactive=True, elem_id="job-picker")
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True,
                          column_widths=TABLE_WIDTHS, elem_id="runs-table")
-    outputs = [follower, seen, job_memory, progress, plot, *rewards, log, table, picker, stop_btn, resume_btn, chat_btn, merge_btn,
-               push_btn]
+    outputs = [follower, seen, job_memory, progress, plot, log, table, picker, stop_btn, resume_btn, chat_btn, merge_btn,
+               push_btn, *rewards]
     timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
     picker.input(pick, [picker, follower], [follower, seen], api_visibility=UI_ONLY)
     stop_btn.click(stop, follower, None, api_visibility=UI_ONLY)
