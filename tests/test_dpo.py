@@ -4,7 +4,16 @@ chosen answers on pairs it never saw, DPO continued from an SFT run's adapter, a
 import json
 
 import pytest
-from helpers import FIXTURE, PAIR_THINGS, QA_PAIRS, dpo_config, preference_pairs, write_pairs_jsonl
+from helpers import (
+    CANARY,
+    FIXTURE,
+    PAIR_THINGS,
+    QA_PAIRS,
+    dpo_config,
+    model_files,
+    preference_pairs,
+    write_pairs_jsonl,
+)
 
 from phi3space import config
 from phi3space.engine import pairs, training
@@ -100,19 +109,25 @@ def test_dpo_events_card_and_chart(dpo_run):
 
 
 @pytest.mark.slow
-def test_dpo_continues_from_an_sft_runs_adapter(trained_run, tmp_path):
-    """SFT then DPO: the run starts from the SFT run's adapter (its answers survive a few gentle DPO steps, which
-    a new adapter on the random base could not give), and that adapter, frozen, is the reference (step 1's loss is
-    ln 2 although the SFT adapter is far from the base)."""
+@pytest.mark.parametrize("where", ["run folder", "Hub repo"])
+def test_dpo_continues_from_an_sft_runs_adapter(trained_run, tmp_path, alice, where):
+    """SFT then DPO, from the SFT run's folder or from its adapter on the Hub (a private repo, read with the
+    user's token): the run starts from that adapter (its answers survive a few gentle DPO steps, which a new adapter
+    on the random base could not give), and that adapter, frozen, is the reference (step 1's loss is ln 2 although
+    the SFT adapter is far from the base)."""
     from phi3space.chat.engine import ChatEngine
 
     rows = [{"prompt": q, "chosen": a, "rejected": "I do not know."} for q, a in QA_PAIRS]
     data = write_pairs_jsonl(tmp_path / "pairs.jsonl", rows)
     base = RunDir(trained_run).adapter_base()
-    cfg = config.from_dict(dpo_config(base, str(data), tmp_path / "run", model__init_adapter=str(trained_run),
+    start = str(trained_run)
+    if where == "Hub repo":
+        start = "alice/sft-adapter"
+        alice.add_repo(start, model_files(trained_run), private=True, owner_token=CANARY)
+    cfg = config.from_dict(dpo_config(base, str(data), tmp_path / "run", model__init_adapter=start,
                                       training__learning_rate=1e-4, training__max_steps=3, training__logging_steps=1,
                                       training__save_steps=3))
-    run = training.train(cfg)
+    run = training.train(cfg, token=CANARY)
     events, _ = RunDir(run).read_events()
     first = next(e for e in events if e["type"] == "progress")
     assert first["loss"] == pytest.approx(0.6931, abs=1e-3) and first["reward_margin"] == 0
@@ -189,3 +204,35 @@ def test_dpo_settings_validate_and_reach_the_form():
         assert key in forms.FIELDS
     values = forms.form_values(cfg)
     assert forms.config_from_form(values).to_dict() == cfg.to_dict()
+
+
+@pytest.mark.slow
+def test_a_dpo_run_resumes_from_its_checkpoint(tiny_model, tmp_path):
+    """The shared resume path: a DPO run continued with --resume goes on from its newest checkpoint, and its
+    reward curve goes on with it."""
+    data = write_pairs_jsonl(tmp_path / "pairs.jsonl", preference_pairs(PAIR_THINGS[:8]))
+    cfg = config.from_dict(dpo_config(tiny_model, str(data), tmp_path / "run", training__max_steps=4,
+                                      training__save_steps=2, training__logging_steps=1))
+    run = training.train(cfg)
+    cfg.training.max_steps = 6
+    training.train(cfg, resume=True)
+    events, _ = RunDir(run).read_events()
+    started = [e for e in events if e["type"] == "run_started"]
+    assert started[-1]["resumed_from"].endswith("checkpoint-4")
+    state = RunDir(run).state()
+    assert state.status == "completed" and [s for s, _, _ in state.train_rewards] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_local_starting_adapter_is_refused_where_paths_are(tmp_path):
+    """On a Space (and on Hugging Face Jobs) the starting adapter, like the data and the base, must be a Hub ID."""
+    from phi3space.jobs.hf.platform import check_job
+    from phi3space.jobs.submit import check_inputs_allowed, inputs
+
+    cfg = config.from_dict({"data": {"dataset": "me/pairs"}, "output": {"push_to": "me/dpo"}},
+                           ["training.objective=dpo", f"model.init_adapter={tmp_path}/runs/my-sft"])
+    with pytest.raises(ConfigError, match="model.init_adapter: .* is a path on the server"):
+        check_inputs_allowed(inputs(cfg), (), space=True)
+    with pytest.raises(ConfigError, match="model.init_adapter: .* is a path on this machine"):
+        check_job(cfg, "hf_" + "x" * 20)
+    cfg.model.init_adapter = "me/my-sft"
+    check_inputs_allowed(inputs(cfg), (), space=True)
