@@ -204,6 +204,13 @@ def test_dpo_settings_validate_and_reach_the_form():
         assert key in forms.FIELDS
     values = forms.form_values(cfg)
     assert forms.config_from_form(values).to_dict() == cfg.to_dict()
+    # A pair is two sequences in each pass, and the reference adds a forward pass: DPO needs more memory and time.
+    from phi3space.engine import estimates
+
+    sft = config.from_dict({"data": {"dataset": "x/y"}, "training": {"max_steps": 100}})
+    assert estimates.estimate_memory_gb(cfg) > estimates.estimate_memory_gb(sft)
+    cfg.training.max_steps = 100
+    assert estimates.training_seconds(cfg, "H200") > 2 * estimates.training_seconds(sft, "H200")
 
 
 @pytest.mark.slow
