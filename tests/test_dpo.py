@@ -195,6 +195,7 @@ def test_dpo_settings_validate_and_reach_the_form():
     cfg = config.from_dict({"data": {"dataset": "x/y"}}, ["training.objective=dpo", "training.beta=0.3",
                                                           "training.loss_type=ipo", "model.init_adapter=me/sft"])
     assert (cfg.training.objective, cfg.training.beta, cfg.training.loss_type) == ("dpo", 0.3, "ipo")
+    assert config.default_run_name(cfg) == "phi-3-mini-4k-instruct-y-lora-dpo"
     with pytest.raises(ConfigError) as err:
         config.from_dict({"data": {"dataset": "x/y"}}, ["training.beta=-1", "training.loss_type=kto"])
     assert "training.beta: -1.0 is outside (0, 100]" in err.value.message

@@ -154,7 +154,8 @@ def short_name(ref: str) -> str:
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    return f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
+    name = f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
+    return f"{name}-dpo" if cfg.training.objective == "dpo" else name
 
 
 def auto_repo_name(cfg: RunConfig) -> str:

@@ -120,6 +120,8 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
         parts.append(f"loss {state.loss:.4f}")
     if state.eval_loss is not None:
         parts.append(f"eval loss {state.eval_loss:.4f}")
+    if state.train_rewards:  # a DPO run
+        parts.append(f"reward accuracy {state.train_rewards[-1][1]:.2f}")
     if status == "running" and stage is None:
         parts.append("loading data and model…" if not total else f"ETA {fmt_duration(state.eta_s)}")
     icon = {"running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️"}.get(status, "")
