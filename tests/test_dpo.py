@@ -244,3 +244,24 @@ def test_a_local_starting_adapter_is_refused_where_paths_are(tmp_path):
         check_job(cfg, "hf_" + "x" * 20)
     cfg.model.init_adapter = "me/my-sft"
     check_inputs_allowed(inputs(cfg), (), space=True)
+
+
+@pytest.mark.slow
+def test_dpo_through_the_api(app, tiny_model, tmp_path):
+    """/submit_job takes a DPO run config like any other; /job_status reports its reward metrics; /chat answers
+    with its adapter."""
+    import yaml
+    from helpers import FINAL, client, wait_for
+
+    url, runner = app
+    data = write_pairs_jsonl(tmp_path / "pairs.jsonl", preference_pairs(PAIR_THINGS[:12]))
+    cfg = dpo_config(tiny_model, str(data), tmp_path / "ignored", training__max_steps=6, training__save_steps=6,
+                     data__eval_fraction=0.25)
+    c = client(url)
+    job_id = c.predict(yaml.safe_dump(cfg), api_name="/submit_job")
+    s = wait_for(c, job_id, lambda s: s["status"] in FINAL)
+    assert s["status"] == "completed" and s["step"] == 6, s
+    assert s["metrics"]["eval_reward_accuracy"] == 1.0 and s["metrics"]["eval_reward_margin"] > 0
+    assert runner.store.get(job_id).name == f"{tiny_model.name}-pairs-lora-dpo"
+    reply = c.predict(s["adapter"], "Tell me about the comet.", "", 8, api_name="/chat")
+    assert isinstance(reply, str) and reply
