@@ -132,7 +132,8 @@ def test_dpo_continues_from_an_sft_runs_adapter(trained_run, tmp_path, alice, wh
     first = next(e for e in events if e["type"] == "progress")
     assert first["loss"] == pytest.approx(0.6931, abs=1e-3) and first["reward_margin"] == 0
     adapter_cfg = json.loads((run / "adapter_config.json").read_text())
-    assert adapter_cfg["r"] == 16 and not (run / "ref").exists()
+    assert adapter_cfg["r"] == 16 and not (run / "ref").exists() and not (run / "checkpoint-3" / "ref").exists()
+    assert (run / "checkpoint-3" / "adapter_model.safetensors").exists() and (run / "training_args.bin").exists()
     engine = ChatEngine(RunDir(run).adapter_base())
     for question, answer in QA_PAIRS:
         assert engine.reply([{"role": "user", "content": question}], adapter=str(run)) == answer

@@ -10,6 +10,7 @@ of it, named "ref", as the reference: the SFT model, as the recipe wants, at the
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from phi3space.config import RunConfig
@@ -53,11 +54,12 @@ def _trainer_class():
             model = self.accelerator.unwrap_model(self.model)
             if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
                 return super()._save(output_dir, state_dict)
-            output_dir = output_dir or self.args.output_dir
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(output_dir, selected_adapters=["default"])
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
+            # transformers' own saving (ranks, tokenizer, training arguments), with peft told to save one adapter
+            model.save_pretrained = partial(type(model).save_pretrained, model, selected_adapters=["default"])
+            try:
+                return super()._save(output_dir, state_dict)
+            finally:
+                del model.save_pretrained
 
     return Trainer
 
