@@ -173,6 +173,8 @@ CASES = [
     ("set-objective", T("training.objective=ppo"), "training.objective: 'ppo' is not one of sft, dpo"),
     ("set-beta-zero", T("training.objective=dpo", "training.beta=0"), "training.beta: 0.0 is outside (0, 100]"),
     ("set-loss-type", T("training.loss_type=kto"), "training.loss_type: 'kto' is not one of sigmoid, ipo"),
+    ("set-dpo-packing", T("training.objective=dpo", "training.packing=true"),
+     "training.packing: packs SFT rows; DPO's pairs are not packed"),
     ("train-init-adapter-missing", T("model.init_adapter={d}/no-sft-run", "output.dir={d}/run-init"),
      "adapter not found: {d}/no-sft-run"),
     ("train-init-adapter-other-base", T("model.init_adapter={d}/adapter", "output.dir={d}/run-other-base"),

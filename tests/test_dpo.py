@@ -216,6 +216,23 @@ def test_dpo_settings_validate_and_reach_the_form():
 
 
 @pytest.mark.slow
+def test_sft_also_continues_from_an_adapter(trained_run, tmp_path):
+    """model.init_adapter is not DPO's alone: an SFT run continued from an adapter keeps what it knew."""
+    from helpers import memorise_config, write_qa_jsonl
+
+    from phi3space.chat.engine import ChatEngine
+
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    cfg = config.from_dict(memorise_config(RunDir(trained_run).adapter_base(), str(data), tmp_path / "run",
+                                           model__init_adapter=str(trained_run), training__max_steps=2,
+                                           training__learning_rate=1e-4, training__save_steps=2))
+    run = training.train(cfg)
+    engine = ChatEngine(RunDir(run).adapter_base())
+    for question, answer in QA_PAIRS:
+        assert engine.reply([{"role": "user", "content": question}], adapter=str(run)) == answer
+
+
+@pytest.mark.slow
 def test_a_dpo_run_resumes_from_its_checkpoint(tiny_model, tmp_path):
     """The shared resume path: a DPO run continued with --resume goes on from its newest checkpoint, and its
     reward curve goes on with it."""

@@ -267,6 +267,8 @@ def _validate(cfg: RunConfig) -> list[str]:
                      + ", ".join(PHI3_TARGET_MODULES) + " (Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj)")
     elif tm != "all-linear":
         p.append(f"lora.target_modules: {_show(tm)}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
+    if cfg.training.objective == "dpo" and cfg.training.packing:
+        p.append("training.packing: packs SFT rows; DPO's pairs are not packed (set it to false)")
     if o.push_checkpoints and not o.push_to and cfg.compute.backend not in HUB_ONLY_BACKENDS:  # (said below for those)
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not is_repo_id(o.push_to):
