@@ -81,8 +81,16 @@ def cmd_inspect(args) -> int:
 
     cfg = config.from_dict({"data": {"dataset": args.dataset}}, args.set or [])
     _quiet_libraries()
-    found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed,
-                                        resolve_token())
+    t = cfg.training
+    if t.objective == "dpo":  # preference pairs: a prompt with its chosen and rejected answers
+        from phi3space.engine import pairs
+
+        found = pairs.prepare_pairs(cfg.data, cfg.model.base, t.max_length, t.seed, resolve_token())
+        print("\n".join(found.report.lines()))
+        print("\nexample pair:\n")
+        print(pairs.render_pair_text(found.train[0], found.tokenizer))
+        return 0
+    found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, t.max_length, t.seed, resolve_token())
     print("\n".join(found.report.lines()))
     print("\nexample (trained tokens between [[ and ]]):\n")
     print(tokens.render_marked(found.train[0], found.tokenizer))

@@ -23,12 +23,17 @@ def format_event(e: dict) -> str | None:
             parts.append(f"lr {e['learning_rate']:.2e}")
         if e.get("grad_norm") is not None:
             parts.append(f"grad {e['grad_norm']:.3f}")
+        if e.get("reward_accuracy") is not None:
+            parts.append(f"reward acc {e['reward_accuracy']:.2f} margin {e.get('reward_margin') or 0:.3f}")
         if e.get("tokens_per_s"):
             parts.append(f"{e['tokens_per_s']:.0f} tok/s")
         parts.append(f"eta {fmt_duration(e.get('eta_s'))}")
         return " | ".join(parts)
     if kind == "eval":
-        return f"eval  step {e.get('step')} | eval_loss {e.get('eval_loss') or float('nan'):.4f} | perplexity {e.get('perplexity')}"
+        head = f"eval  step {e.get('step')} | eval_loss {e.get('eval_loss') or float('nan'):.4f} | "
+        if e.get("eval_reward_accuracy") is not None:
+            return head + f"reward acc {e['eval_reward_accuracy']:.2f} margin {e.get('eval_reward_margin') or 0:.3f}"
+        return head + f"perplexity {e.get('perplexity')}"
     if kind == "run_started":
         d = e.get("dataset", {})
         resumed = f" (resumed from {e['resumed_from']})" if e.get("resumed_from") else ""

@@ -24,6 +24,8 @@ class RunState:
     tokens_per_s: float | None = None
     train_losses: list = field(default_factory=list)  # (step, loss)
     eval_losses: list = field(default_factory=list)  # (step, eval loss)
+    train_rewards: list = field(default_factory=list)  # a DPO run's (step, reward accuracy, reward margin)
+    eval_rewards: list = field(default_factory=list)  # the same, on the eval pairs
     metrics: dict = field(default_factory=dict)  # the run_finished metrics
     error: dict | None = None  # {kind, message, hint}
     adapter: str | None = None  # the local folder holding the adapter, once the run ended with one
@@ -82,10 +84,14 @@ class RunState:
                     setattr(self, k, e[k])
             if e.get("loss") is not None and e.get("step") is not None:
                 self.train_losses.append((e["step"], e["loss"]))
+            if e.get("reward_accuracy") is not None and e.get("step") is not None:
+                self.train_rewards.append((e["step"], e["reward_accuracy"], e.get("reward_margin")))
         elif kind == "eval":
             self.eval_loss = e.get("eval_loss")
             if e.get("eval_loss") is not None and e.get("step") is not None:
                 self.eval_losses.append((e["step"], e["eval_loss"]))
+            if e.get("eval_reward_accuracy") is not None and e.get("step") is not None:
+                self.eval_rewards.append((e["step"], e["eval_reward_accuracy"], e.get("eval_reward_margin")))
         elif kind == "checkpoint":
             self.checkpoint = e.get("path") or self.checkpoint
         elif kind == "push":
@@ -130,4 +136,9 @@ class RunState:
         if self.eval_losses:
             out.setdefault("eval_loss", self.eval_losses[-1][1])
             out["best_eval_loss"] = min(loss for _, loss in self.eval_losses)
+        if self.train_rewards:
+            out["final_reward_accuracy"], out["final_reward_margin"] = self.train_rewards[-1][1:]
+        if self.eval_rewards:
+            out.setdefault("eval_reward_accuracy", self.eval_rewards[-1][1])
+            out.setdefault("eval_reward_margin", self.eval_rewards[-1][2])
         return out

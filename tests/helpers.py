@@ -73,6 +73,33 @@ def memorise_config(base, dataset: str, out_dir, **overrides) -> dict:
     return cfg
 
 
+# Preference pairs with one lesson that carries over to new prompts: a polite answer is preferred to a rude one.
+PAIR_THINGS = ["zorbia", "snarkle", "drobble", "quasar", "flimflam", "montrose", "teal", "gizmo", "wobble", "marble",
+               "lantern", "pebble", "thistle", "cobalt", "juniper", "saffron", "harbor", "meadow", "falcon", "ember",
+               "glacier", "orchid", "canyon", "willow", "comet", "spindle", "tundra", "mosaic", "quill", "vortex"]
+
+
+def preference_pairs(things=PAIR_THINGS) -> list[dict]:
+    """prompt/chosen/rejected rows, one per thing."""
+    return [{"prompt": f"Tell me about the {t}.", "chosen": f"Gladly! The {t} is lovely and kind.",
+             "rejected": f"No. Go away, {t}."} for t in things]
+
+
+def write_pairs_jsonl(path: Path, rows=None) -> Path:
+    """Rows (default: ``preference_pairs()``) as JSON lines."""
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows if rows is not None else preference_pairs():
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def dpo_config(base, dataset: str, out_dir, **overrides) -> dict:
+    """Settings under which the tiny Phi-3 learns to prefer the chosen answers in a few seconds on CPU."""
+    return memorise_config(base, dataset, out_dir, **{"training__objective": "dpo", "training__beta": 0.1,
+                                                      "training__learning_rate": 2e-3, "training__max_steps": 24,
+                                                      "training__max_length": 128, **overrides})
+
+
 def write_config(path: Path, cfg: dict) -> Path:
     import yaml
 

@@ -38,6 +38,11 @@ def inspect_args(target, *settings):
     return ["inspect", target] + [arg for s in ("model.base=" + str(FIXTURE),) + settings for arg in ("--set", s)]
 
 
+def pairs_args(target, *settings):
+    """Inspect a data file as DPO's preference pairs."""
+    return inspect_args(target, "training.objective=dpo", *settings)
+
+
 # Each case: id, argv, a fragment of its own error message.
 CASES = [
     # ---- config files (train CONFIG)
@@ -152,6 +157,28 @@ CASES = [
      "ragged.json holds columns of different lengths (prompt: 2, completion: 1)"),
     ("data-unknown-columns", inspect_args("odd.jsonl"), "could not recognise the dataset format (columns: a, q)"),
     ("data-preference", inspect_args("pref.jsonl"), "this is preference data (chosen/rejected pairs)"),
+    # ---- preference pairs (inspect FILE --set training.objective=dpo) and DPO settings
+    ("pairs-not-preference", pairs_args("good.jsonl"),
+     "training.objective dpo needs preference pairs: chosen and rejected columns (found: completion, prompt)"),
+    ("pairs-identical", pairs_args("pair-same.jsonl"), "dropped 2 identical answers"),
+    ("pairs-empty-chosen", pairs_args("pair-empty.jsonl"), "dropped 1 empty chosen answer"),
+    ("pairs-empty-prompt", pairs_args("pair-noprompt.jsonl"), "dropped 1 empty prompt"),
+    ("pairs-number-answer", pairs_args("pair-number.jsonl"), "dropped 1 non-text rejected answer"),
+    ("pairs-no-shared-prompt", pairs_args("pair-split.jsonl"), "dropped 1 chosen and rejected do not share a prompt"),
+    ("pairs-answer-not-assistant", pairs_args("pair-userlast.jsonl"), "dropped 1 rejected answer is not an assistant turn"),
+    ("pairs-prompt-fills-max-length", pairs_args("pair-long.jsonl", "training.max_length=16"),
+     "no pair of {d}/pair-long.jsonl leaves room for an answer within training.max_length 16"),
+    ("pairs-columns-missing", pairs_args("pref.jsonl", "data.columns={chosen: better}"),
+     "(chosen: better); its columns are: chosen, prompt, rejected"),
+    ("set-objective", T("training.objective=ppo"), "training.objective: 'ppo' is not one of sft, dpo"),
+    ("set-beta-zero", T("training.objective=dpo", "training.beta=0"), "training.beta: 0.0 is outside (0, 100]"),
+    ("set-loss-type", T("training.loss_type=kto"), "training.loss_type: 'kto' is not one of sigmoid, ipo"),
+    ("set-dpo-packing", T("training.objective=dpo", "training.packing=true"),
+     "training.packing: packs SFT rows; DPO's pairs are not packed"),
+    ("train-init-adapter-missing", T("model.init_adapter={d}/no-sft-run", "output.dir={d}/run-init"),
+     "adapter not found: {d}/no-sft-run"),
+    ("train-init-adapter-other-base", T("model.init_adapter={d}/adapter", "output.dir={d}/run-other-base"),
+     "model.init_adapter: {d}/adapter was trained on"),
     # ---- runs, chat and push
     ("train-output-dir-is-a-file", T("output.dir={d}/notes.txt"), "output.dir: {d}/notes.txt is a file, not a folder"),
     ("chat-negative-max-new-tokens", ["chat", "--adapter", "{d}/adapter", "--max-new-tokens", "-5", "--prompt", "hi"],
@@ -247,6 +274,16 @@ def write_inputs(d):
     write("ragged.json", json.dumps({"prompt": ["q1", "q2"], "completion": ["a1"]}))
     write("odd.jsonl", json.dumps({"q": "x", "a": "y"}) + "\n")
     write("pref.jsonl", json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    lines = lambda *rows: "".join(json.dumps(r) + "\n" for r in rows)  # noqa: E731
+    write("pair-same.jsonl", lines({"prompt": "q", "chosen": "a", "rejected": "a"},
+                                   {"prompt": "q2", "chosen": "b ", "rejected": "b"}))
+    write("pair-empty.jsonl", lines({"prompt": "q", "chosen": " ", "rejected": "b"}))
+    write("pair-noprompt.jsonl", lines({"prompt": "", "chosen": "a", "rejected": "b"}))
+    write("pair-number.jsonl", lines({"prompt": "q", "chosen": "a", "rejected": 5}))
+    user, bot = lambda t: {"role": "user", "content": t}, lambda t: {"role": "assistant", "content": t}  # noqa: E731
+    write("pair-split.jsonl", lines({"chosen": [user("q1"), bot("a")], "rejected": [user("q2"), bot("b")]}))
+    write("pair-userlast.jsonl", lines({"chosen": [user("q"), bot("a")], "rejected": [user("q"), bot("b"), user("c")]}))
+    write("pair-long.jsonl", lines({"prompt": "tell me " * 40, "chosen": "a", "rejected": "b"}))
 
 
 def write_truncated_adapter(folder, base):

@@ -6,6 +6,8 @@ finds the form and the followed job as they were; the run completes with the new
 lines on the chart; the chat answers with what the run learned.
 At 390 px (a phone): a run config loaded into the form keeps every setting, and nothing is clipped or wider than
 the screen. Screenshots go to test-artifacts/.
+The DPO path at 1280 and 390 px: preference pairs uploaded, the objective chosen in the form, Inspect shows a pair,
+the run trains and the chart draws its reward lines, the chat answers with its adapter.
 """
 
 import csv
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ARTIFACTS, QA_PAIRS, memorise_config
+from helpers import ARTIFACTS, PAIR_THINGS, QA_PAIRS, memorise_config, preference_pairs, write_pairs_jsonl
 
 from phi3space.run import RunDir
 
@@ -291,4 +293,89 @@ def test_on_a_phone_nothing_is_clipped_and_a_config_file_fills_every_setting(bro
     text_fits(page, "#chat-compare", "Compare with the base model")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "390-2-chat-tab.png"), full_page=True)
+    context.close()
+
+
+DPO_BY_HAND = [("data.eval_fraction", "0.2"), ("training.learning_rate", "0.002"), ("training.warmup_ratio", "0"),
+               ("training.max_steps", "12"), ("training.batch_size", "4"), ("training.grad_accum", "1"),
+               ("training.max_length", "128"), ("training.beta", "0.1"), ("training.logging_steps", "2"),
+               ("training.eval_steps", "6"), ("training.save_steps", "12")]
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_dpo_chosen_in_the_form_trains_and_draws_its_rewards(browser, app, tiny_model, tmp_path, width):
+    """Preference pairs uploaded, DPO chosen as the objective, Inspect shows a prompt with its chosen and rejected
+    answers, Start; the run completes and the chart draws the reward accuracy and margin; the chat answers with the
+    adapter. At 390 px nothing of it is clipped."""
+    from playwright.sync_api import expect
+
+    url, runner = app
+    data = write_pairs_jsonl(tmp_path / "pairs.jsonl", preference_pairs(PAIR_THINGS[:24]))
+    phone = width < 500
+    context = browser.new_context(viewport={"width": width, "height": 844 if phone else 1000}, is_mobile=phone,
+                                  has_touch=phone)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.locator("#data-upload input[type=file]").set_input_files(str(data))
+    base = field(page, "model.base")
+    base.fill(str(tiny_model))
+    base.press("Enter")
+    page.locator("#training-objective").get_by_label("dpo").check()
+    page.locator("#run-name textarea").fill(f"dpo {width}")
+    for title in PANELS:
+        open_panel(page, title)
+    for key, value in DPO_BY_HAND:
+        field(page, key).fill(value)
+    choose(page, "training.loss_type", "sigmoid")
+    choose(page, "training.lr_scheduler", "constant")
+    field(page, "output.push_to").fill("")
+    preview = page.locator("#config-preview")
+    for line in ("objective: dpo", "beta: 0.1", "loss_type: sigmoid", "max_steps: 12"):
+        expect(preview).to_contain_text(line)
+
+    page.locator("#inspect").click()
+    report = page.locator("#inspection-report")
+    expect(report).to_contain_text("format: preference pairs")
+    expect(report).to_contain_text("rows: 24 read, 24 kept, 0 dropped")
+    expect(page.locator("#example")).to_contain_text("Gladly! The")
+    expect(page.locator("#example")).to_contain_text("No. Go away,")
+    page.screenshot(path=str(ARTIFACTS / f"{width}-dpo-1-inspected.png"), full_page=True)
+
+    page.locator("#start").click()
+    progress = page.locator("#job-progress")
+    expect(progress).to_contain_text(f"dpo {width}")
+    expect(progress).to_contain_text("completed", timeout=180_000)
+    expect(progress).to_contain_text("step 12/12")
+    job = next(j for j in runner.list("local") if j.name == f"dpo {width}")
+    assert job.run.state().eval_rewards and job.run.state().train_rewards[-1][1] == 1.0
+    page.wait_for_timeout(1500)
+    expect(page.locator("#loss-plot")).to_be_visible()
+    charts = page.locator("#reward-charts")
+    charts.scroll_into_view_if_needed()
+    for metric in ("accuracy", "margin"):  # both lines, train and eval, on each reward chart
+        png = page.locator(f"#reward-{metric}-plot").screenshot()
+        assert colour_pixels(png, TRAIN_RGB) > 100 and colour_pixels(png, EVAL_RGB) > 100, metric
+    expect(page.locator("#job-log textarea")).to_have_value(re.compile(r"eval  step 12 \| eval_loss [\d.]+ \| reward acc 1\.00"))
+    if phone:
+        for selector in ("#model-row", "#training-objective", "#inspection-report", "#example", "#job-progress",
+                         "#loss-plot", "#reward-accuracy-plot", "#reward-margin-plot", "#job-log"):
+            inside_screen(page, selector)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(ARTIFACTS / f"{width}-dpo-2-trained.png"), full_page=True)
+    charts.screenshot(path=str(ARTIFACTS / f"{width}-dpo-3-reward-charts.png"))
+
+    page.locator("#open-chat").click()
+    expect(page.locator("#chat-adapter input")).to_have_value(re.compile(job.id))
+    page.locator("#chat-compare").get_by_role("checkbox").check()
+    open_panel(page, "Generation settings")  # short replies: the tiny model's are noise after the first words
+    tokens = page.locator("#chat-max-new-tokens input[type=number]")
+    tokens.fill("16")
+    tokens.press("Enter")
+    page.locator("#chat-message textarea").fill("Tell me about the comet.")
+    page.locator("#chat-send").click()
+    for side in ("adapter", "base"):
+        replies = page.locator(f"#chat-{side}-replies .message.bot, #chat-{side}-replies [data-testid=bot]")
+        expect(replies.first).to_be_visible(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / f"{width}-dpo-4-chat.png"), full_page=True)
     context.close()

@@ -24,6 +24,10 @@ PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 REPORT_TO = ("none", "trackio", "wandb")  # transformers' report_to names of the trackers a run may also log to
+OBJECTIVES = ("sft", "dpo")
+# trl's DPOConfig.loss_type values for a pair of answers (trl 1.16; 'sft' and the unpaired ones left out).
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "apo_zero",
+              "apo_down", "discopop", "sigmoid_norm")
 # compute.backend -> the class that runs jobs there ("module:class", imported by phi3space.jobs.backend when used).
 # A new backend is one module plus one line here.
 BACKENDS = {
@@ -45,6 +49,8 @@ class ModelConfig:
     method: str = _f("lora", "lora (16/32-bit base) or qlora (4-bit nf4 base).", choices=METHODS)
     attn_implementation: str = _f("auto", "auto, flash_attention_2, sdpa or eager.",
                                   choices=("auto", "flash_attention_2", "sdpa", "eager"))
+    init_adapter: str | None = _f(None, "Start from this LoRA adapter (a run folder or a Hub adapter repo, e.g. your SFT "
+                                        "run) instead of a new one; its rank and layers replace the lora settings.")
 
 
 @dataclass
@@ -68,6 +74,11 @@ class LoraSettings:
 
 @dataclass
 class TrainingConfig:
+    objective: str = _f("sft", "sft: learn the answers (conversations, prompt/completion); dpo: prefer the chosen "
+                               "answer over the rejected one (prompt/chosen/rejected pairs).", choices=OBJECTIVES)
+    beta: float = _f(0.1, "dpo: how far the adapter may move from the reference (higher: closer to it).")
+    loss_type: str = _f("sigmoid", "dpo: trl's preference loss (sigmoid is DPO's own; ipo, hinge, robust, ...).",
+                        choices=DPO_LOSSES)
     learning_rate: float = _f(2e-4, "Peak learning rate (LoRA, not full fine-tuning).")
     lr_scheduler: str = _f("cosine", "Learning-rate schedule.", choices=SCHEDULERS)
     warmup_ratio: float = _f(0.03, "Share of steps spent warming up, in [0, 1).")
@@ -153,7 +164,8 @@ def short_name(ref: str) -> str:
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    return f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
+    name = f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
+    return f"{name}-dpo" if cfg.training.objective == "dpo" else name
 
 
 def auto_repo_name(cfg: RunConfig) -> str:
@@ -174,6 +186,7 @@ RANGES = {
     "lora.alpha": Range(1, 4096, "typical: 2 x r"),
     "lora.dropout": Range(0, 1, high_open=True),
     "training.learning_rate": Range(0, 1, "LoRA typical: 1e-4 to 3e-4", low_open=True),
+    "training.beta": Range(0, 100, "typical: 0.01-0.5", low_open=True),
     "training.warmup_ratio": Range(0, 1, high_open=True),
     "training.epochs": Range(0, 1000, low_open=True),
     "training.max_steps": Range(1, 10_000_000, "or empty to use epochs"),
@@ -209,6 +222,9 @@ ALIASES = {
     "dataset_config_name": "data.config_name", "subset": "data.config_name", "max_train_samples": "data.max_samples",
     "output_dir": "output.dir", "hub_model_id": "output.push_to", "repo_id": "output.push_to",
     "hub_private_repo": "output.private",
+    "dpo_beta": "training.beta", "pref_beta": "training.beta", "pref_loss": "training.loss_type",
+    "rl": "training.objective", "stage": "training.objective", "trainer": "training.objective",
+    "adapter_name_or_path": "model.init_adapter", "lora_adapter": "model.init_adapter",
     "hardware": "compute.flavor", "gpu": "compute.flavor", "instance_type": "compute.flavor",
 }
 
@@ -245,7 +261,8 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append("model.base: required (a Hub ID such as microsoft/Phi-3-mini-4k-instruct, or a local folder)")
     if not d.dataset:
         p.append("data.dataset: required (a Hub dataset ID or a local JSON/JSONL/CSV/Parquet file)")
-    p += [problem for key, ref in (("model.base", m.base), ("data.dataset", d.dataset), ("output.dir", o.dir))
+    p += [problem for key, ref in (("model.base", m.base), ("data.dataset", d.dataset), ("output.dir", o.dir),
+                                   ("model.init_adapter", m.init_adapter or ""))
           if (problem := ref_problem(ref, key)) and not looks_like_token(ref)]  # a token is reported on its own
     if not isinstance(d.columns, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in d.columns.items()):
@@ -260,6 +277,8 @@ def _validate(cfg: RunConfig) -> list[str]:
                      + ", ".join(PHI3_TARGET_MODULES) + " (Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj)")
     elif tm != "all-linear":
         p.append(f"lora.target_modules: {_show(tm)}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
+    if cfg.training.objective == "dpo" and cfg.training.packing:
+        p.append("training.packing: packs SFT rows; DPO's pairs are not packed (set it to false)")
     if o.push_checkpoints and not o.push_to and cfg.compute.backend not in HUB_ONLY_BACKENDS:  # (said below for those)
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not is_repo_id(o.push_to):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -107,8 +107,8 @@ def detect_format(columns: Iterable[str]) -> str:
     """
     cols = set(columns)
     if {"chosen", "rejected"} <= cols:
-        raise DataError("this is preference data (chosen/rejected pairs), which is for DPO/ORPO, not supervised fine-tuning",
-                        "Use a dataset of conversations or prompt/completion pairs, or map one column with "
+        raise DataError("this is preference data (chosen/rejected pairs), which is for DPO, not supervised fine-tuning",
+                        "Set training.objective: dpo to train on the pairs, or map one column for SFT with "
                         "data.columns, e.g. {completion: chosen}.")
     if "messages" in cols:
         return "messages"
@@ -183,7 +183,23 @@ def normalise_row(row: dict, fmt: str) -> tuple[dict | None, str]:
     return ({"messages": msgs}, "") if msgs else (None, why)
 
 
-def _normalise_stream(rows: Iterable[dict], data: DataConfig, source: str, broken: Counter, keep) -> DatasetReport:
+@dataclass(frozen=True)
+class RowKind:
+    """What an objective trains on: how its format is told from the columns, how a row is normalised, and what a
+    usable row needs (the hint when none is). SFT's is below; DPO's pairs are in ``pairs``."""
+
+    detect: Callable[[Iterable[str]], str]
+    normalise: Callable[[dict, str], tuple[dict | None, str]]
+    needs: str
+
+
+SFT_ROWS = RowKind(detect_format, normalise_row,
+                   "Each row needs a user prompt and a non-empty assistant answer. Map other column names with "
+                   "data.columns, e.g. {prompt: question, completion: answer}.")
+
+
+def _normalise_stream(rows: Iterable[dict], data: DataConfig, source: str, broken: Counter, keep,
+                      kind: RowKind = SFT_ROWS) -> DatasetReport:
     """Normalise rows one at a time (after ``data.columns`` renaming), handing each usable one to ``keep``, and
     count what was read and dropped, and why. The format is told from the first 1,000 rows."""
     it = iter(rows)
@@ -194,12 +210,12 @@ def _normalise_stream(rows: Iterable[dict], data: DataConfig, source: str, broke
     if rename is not None:
         head, it = [rename(r) for r in head], map(rename, it)
     columns = sorted({k for r in head for k in r})
-    fmt = detect_format(columns)
+    fmt = kind.detect(columns)
     reasons: Counter = Counter()
     total = kept = 0
     for row in chain(head, it):
         total += 1
-        item, why = normalise_row(row, fmt)
+        item, why = kind.normalise(row, fmt)
         if item is None:
             reasons[why] += 1
         else:
@@ -212,8 +228,7 @@ def _normalise_stream(rows: Iterable[dict], data: DataConfig, source: str, broke
     if not kept:
         reasons_text = ", ".join(f"{n} {r}" for r, n in dropped.most_common()) or "no rows"
         raise DataError(f"no usable rows in {source}: format {fmt}, columns {', '.join(columns)}; dropped {reasons_text}",
-                        "Each row needs a user prompt and a non-empty assistant answer. Map other column names with "
-                        "data.columns, e.g. {prompt: question, completion: answer}.")
+                        kind.needs)
     return report
 
 
@@ -246,10 +261,10 @@ class _ArrowRows:
     def _flush(self) -> None:
         import pyarrow as pa
 
-        if self.writer is None:
-            key = "messages" if "messages" in self.batch[0] else "text"
+        if self.writer is None:  # messages (lists of role/content) or text, whatever the columns are named
             role = pa.struct([("role", pa.string()), ("content", pa.string())])
-            self.schema = pa.schema([("messages", pa.list_(role))] if key == "messages" else [("text", pa.string())])
+            self.schema = pa.schema([(k, pa.list_(role) if isinstance(v, list) else pa.string())
+                                     for k, v in self.batch[0].items()])
             self.sink = pa.OSFile(str(self.path), "wb")
             self.writer = pa.ipc.new_stream(self.sink, self.schema)
         self.writer.write_batch(pa.RecordBatch.from_pylist(self.batch, schema=self.schema))
@@ -282,7 +297,7 @@ def _work_dir() -> Path:
 
 
 def _read_split(data: DataConfig, split: str, source: str, token: str | None, sample: int | None,
-                limit: int | None = None):
+                limit: int | None = None, kind: RowKind = SFT_ROWS):
     """One split, normalised: (Dataset, DatasetReport). ``sample``: read only the first rows (kept in memory);
     otherwise all of them, into Arrow. ``limit``: keep at most this many usable rows (all are still counted)."""
     import datasets
@@ -303,23 +318,24 @@ def _read_split(data: DataConfig, split: str, source: str, token: str | None, sa
             add(item)
         kept += 1
 
-    report = _normalise_stream(rows, data, source, opened.broken, keep)
+    report = _normalise_stream(rows, data, source, opened.broken, keep, kind)
     ds = arrow.finish() if arrow else datasets.Dataset.from_list(in_memory)
     if cut:
         report.rows_in_split, report.rows_in_split_exact = opened.size()
     return ds, report
 
 
-def prepare(data: DataConfig, seed: int = 42, token: str | None = None, sample: int | None = None):
+def prepare(data: DataConfig, seed: int = 42, token: str | None = None, sample: int | None = None,
+            kind: RowKind = SFT_ROWS):
     """Load, normalise and split: returns (train Dataset, eval Dataset or None, DatasetReport).
 
     Rows are read and normalised one at a time and stored in Arrow (memory-mapped), so a split of a million rows
     takes little memory. With ``sample`` (Inspect), only the first ``sample`` rows of each split are read and the
     report says so."""
-    train_ds, report = _read_split(data, data.split, data.dataset, token, sample, limit=data.max_samples)
+    train_ds, report = _read_split(data, data.split, data.dataset, token, sample, data.max_samples, kind)
     eval_ds = None
     if data.eval_split:
-        eval_ds, _ = _read_split(data, data.eval_split, f"{data.dataset} [{data.eval_split}]", token, sample)
+        eval_ds, _ = _read_split(data, data.eval_split, f"{data.dataset} [{data.eval_split}]", token, sample, None, kind)
     elif data.eval_fraction > 0 and len(train_ds) >= 4:
         n_eval = max(1, round(len(train_ds) * data.eval_fraction))
         parts = train_ds.train_test_split(test_size=n_eval, seed=seed)

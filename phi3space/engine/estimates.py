@@ -25,6 +25,11 @@ def model_size(base: str) -> tuple[float, int, int, int, int]:
     return next((v for k, v in KNOWN_SIZES.items() if k in name), KNOWN_SIZES["mini"])
 
 
+def sequences_per_row(cfg) -> int:
+    """Sequences a row puts through the model: a DPO pair is two (its prompt with each answer)."""
+    return 2 if cfg.training.objective == "dpo" else 1
+
+
 def estimate_memory_gb(cfg) -> float:
     """A rough, worst-case peak GPU memory for training a RunConfig (every row max_length long): weights, LoRA +
     Adam, activations, fp32 logits, CUDA context. bench/gpu_check.py prints it beside the measured peak."""
@@ -32,7 +37,7 @@ def estimate_memory_gb(cfg) -> float:
     t = cfg.training
     weights = params * (0.56 if cfg.model.method == "qlora" else 2.0)
     lora = cfg.lora.r * layers * (7 * h + 3 * inter) * 16
-    tokens = t.batch_size * t.max_length
+    tokens = t.batch_size * t.max_length * sequences_per_row(cfg)
     acts = tokens * h * layers * 2 + tokens * 34 * h * 2 if t.gradient_checkpointing else tokens * 34 * h * layers * 2
     logits = tokens * vocab * 8
     return (weights + lora + acts + logits) / 2**30 + 1.0
@@ -71,6 +76,8 @@ def training_seconds(cfg, gpu_name: str | None = None, rows: int | None = None) 
         steps = max(1, math.ceil(math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum) * t.epochs))
     if not steps:
         return None
-    tokens = steps * t.batch_size * t.grad_accum * t.max_length
+    tokens = steps * t.batch_size * t.grad_accum * t.max_length * sequences_per_row(cfg)
+    if t.objective == "dpo":
+        tokens *= 4 / 3  # the reference's forward pass (no backward): about a third of a training step's work
     return tokens / tokens_per_s(gpu_name, model_size(cfg.model.base)[0], cfg.model.method)
 

@@ -56,11 +56,11 @@ def _events_callback(writer: EventWriter, stop_flag: dict, on_checkpoint=None):
                             epoch=round(state.epoch or 0, 4), loss=logs["loss"], learning_rate=logs.get("learning_rate"),
                             grad_norm=logs.get("grad_norm"), tokens=logs.get("num_tokens"), tokens_per_s=tokens_per_s,
                             mean_token_accuracy=logs.get("mean_token_accuracy"),
+                            reward_accuracy=logs.get("rewards/accuracies"), reward_margin=logs.get("rewards/margins"),
                             elapsed_s=round(elapsed, 2), eta_s=round(eta, 1) if eta is not None else None)
             elif "eval_loss" in logs:
                 writer.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"],
-                            perplexity=_perplexity(logs["eval_loss"]),
-                            eval_token_accuracy=logs.get("eval_mean_token_accuracy"))
+                            eval_token_accuracy=logs.get("eval_mean_token_accuracy"), **eval_scores(logs))
 
         def on_save(self, args, state, control, **kw):
             path = RunDir(args.output_dir).checkpoint(state.global_step)
@@ -69,6 +69,15 @@ def _events_callback(writer: EventWriter, stop_flag: dict, on_checkpoint=None):
                 on_checkpoint(path)
 
     return EventsCallback()
+
+
+def eval_scores(logs: dict) -> dict:
+    """What an evaluation scores beside its loss: a DPO run's reward accuracy and margin (trl's
+    ``eval_rewards/*``), else the perplexity (which a preference loss has none of)."""
+    if "eval_rewards/accuracies" in logs:
+        return {"eval_reward_accuracy": logs["eval_rewards/accuracies"],
+                "eval_reward_margin": logs.get("eval_rewards/margins")}
+    return {"perplexity": _perplexity(logs.get("eval_loss"))}
 
 
 def _perplexity(loss: float | None) -> float | None:

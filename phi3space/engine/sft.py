@@ -33,10 +33,16 @@ def build_sft_config(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bool
     trl neither tokenises them again nor cuts them, so ``max_length`` is only passed on for packing."""
     from trl import SFTConfig
 
+    return SFTConfig(**training_arguments(cfg, hw, has_eval, balance), packing=cfg.training.packing)
+
+
+def training_arguments(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bool = False) -> dict:
+    """The settings every objective's trainer takes alike (trl's SFTConfig and DPOConfig): schedule, batches,
+    logging, checkpoints, precision, devices."""
     t = cfg.training
     eval_steps = t.eval_steps or t.save_steps
     checkpointing = t.gradient_checkpointing and hw.device == "cuda"
-    return SFTConfig(
+    return dict(
         output_dir=str(cfg.run_dir),
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
@@ -64,7 +70,6 @@ def build_sft_config(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bool
         # Both names: trl turns the old one on by default, and it must be off wherever we say so.
         activation_checkpointing=checkpointing,
         gradient_checkpointing=checkpointing,
-        packing=t.packing,
         # The micro-batches of each optimizer step grouped by length (the same rows per step as a random order):
         # less padding, and the rows stay apart, whatever the attention kernel.
         train_sampling_strategy="batch_rebalance" if balance else "random",
@@ -85,6 +90,14 @@ def lora_config(cfg: RunConfig):
                       target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
+def new_adapter(cfg: RunConfig, model):
+    """The LoRA settings for the trainer to add an adapter with; None when ``model`` already carries the one to
+    train (model.init_adapter)."""
+    from peft import PeftModel
+
+    return None if isinstance(model, PeftModel) else lora_config(cfg)
+
+
 def sft_trainer(cfg: RunConfig, model, data: Prepared, hw: Hardware, callbacks=()):
     """trl's SFTTrainer (ours, see ``_trainer_class``) over the prepared (tokenised) data, with a LoRA adapter on
     ``model``."""
@@ -95,7 +108,7 @@ def sft_trainer(cfg: RunConfig, model, data: Prepared, hw: Hardware, callbacks=(
     balance = not t.packing and t.grad_accum > 1 and len(data.train) >= t.batch_size * t.grad_accum * world
     trainer = _trainer_class()(model=model, args=build_sft_config(cfg, hw, data.eval is not None, balance),
                                train_dataset=data.train, eval_dataset=data.eval, processing_class=data.tokenizer,
-                               peft_config=lora_config(cfg), callbacks=list(callbacks))
+                               peft_config=new_adapter(cfg, model), callbacks=list(callbacks))
     trainer.compact_loss = hw.device != "cuda"
     trainer.remove_callback(PrinterCallback)  # progress is reported through events, not printed dicts
     return trainer

@@ -1,12 +1,13 @@
 """A fine-tuning run in three stages, as a recipe: ``preflight`` (every cheap check, then data and tokenizer),
-``fit`` (the model and trl's SFTTrainer), ``finish`` (final metrics, adapter, card, push). Everything is reported
+``fit`` (the model and trl's SFTTrainer or DPOTrainer), ``finish`` (final metrics, adapter, card, push). Everything is reported
 through the run's events.
 
 Order matters: cheap checks first (run folder, Hub access, base model config, data), then the tokenizer (token
 stats), then the model, so that a user's mistake is reported in seconds, before gigabytes of weights are loaded.
 
-The objective's own trainer set-up (trl's SFTConfig and SFTTrainer, the LoRA settings) is in ``sft``; the events a
-trainer reports as it goes, in ``progress``.
+The objective's own trainer set-up is in ``sft`` (trl's SFTConfig and SFTTrainer, the LoRA settings) and ``dpo``
+(DPOConfig, DPOTrainer, the starting adapter; its pairs in ``pairs``); the events a trainer reports as it goes, in
+``progress``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from phi3space.config import RunConfig
 from phi3space.engine import data as data_mod
+from phi3space.engine.dpo import check_init_adapter, dpo_trainer, with_init_adapter
 from phi3space.engine.modeling import Hardware, check_base, detect_hardware, load_model
-from phi3space.engine.progress import _events_callback, _perplexity, is_main_process
+from phi3space.engine.pairs import prepare_pairs
+from phi3space.engine.progress import _events_callback, eval_scores, is_main_process
 from phi3space.engine.sft import sft_trainer
 from phi3space.errors import Cancelled, ConfigError, DiskFull, Diverged, OutOfMemory, Phi3SpaceError
 from phi3space.run import EventWriter, RunDir
@@ -51,6 +54,7 @@ class Preflight:
     checkpoint: Path | None  # what --resume continues from
     data: data_mod.Prepared
     hardware: Hardware
+    init_adapter: Path | None = None  # the adapter the run starts from (model.init_adapter), downloaded if need be
 
 
 @dataclass
@@ -96,16 +100,24 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
     if is_main_process():
         cfg.save(run.config)
     check_base(cfg.model.base, token)  # a wrong or unreachable model fails before the data is read
-    prepared = data_mod.prepare_for_training(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token)
+    init_adapter = check_init_adapter(cfg, token)
+    if cfg.training.objective == "dpo":
+        prepared = prepare_pairs(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token, sample=None)
+    else:
+        prepared = data_mod.prepare_for_training(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed,
+                                                 token)
     hw = detect_hardware(cfg.model.attn_implementation)
-    return Preflight(run, repo_id, ckpt, prepared, hw)
+    return Preflight(run, repo_id, ckpt, prepared, hw, init_adapter)
 
 
 def build_trainer(cfg: RunConfig, pre: Preflight, token: str | None = None, callbacks=()):
-    """The base model (LoRA or 4-bit) and trl's SFTTrainer over the prepared (tokenised) data."""
+    """The base model (LoRA or 4-bit), with the starting adapter if any, and the objective's trl trainer (SFT or
+    DPO) over the prepared data."""
     model = load_model(cfg.model.base, cfg.model.method, pre.hardware, token,
                        cfg.training.gradient_checkpointing and pre.hardware.device == "cuda")
-    return sft_trainer(cfg, model, pre.data, pre.hardware, callbacks)
+    model = with_init_adapter(model, pre.init_adapter)
+    make = dpo_trainer if cfg.training.objective == "dpo" else sft_trainer
+    return make(cfg, model, pre.data, pre.hardware, callbacks)
 
 
 def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict) -> Fitted:
@@ -138,7 +150,7 @@ def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict
                    "tokens": trainer.state.num_input_tokens_seen or _last_tokens(trainer)}
     if trainer.eval_dataset is not None and not cancelled:
         ev = trainer.evaluate()
-        metrics.update(eval_loss=ev["eval_loss"], perplexity=_perplexity(ev["eval_loss"]))
+        metrics.update(eval_loss=ev["eval_loss"], **eval_scores(ev))
     return Fitted(metrics, cancelled)
 
 

@@ -28,6 +28,11 @@ def plot_loss(state: RunState, path) -> bool:
         ax.plot(*zip(*state.train_losses), label="train loss")
     if state.eval_losses:
         ax.plot(*zip(*state.eval_losses), "o-", label="eval loss")
+    for split, rewards, style in (("train", state.train_rewards, "-"), ("eval", state.eval_rewards, "o--")):
+        if rewards:  # a DPO run
+            steps = [step for step, _, _ in rewards]
+            ax.plot(steps, [acc for _, acc, _ in rewards], style, label=f"{split} reward accuracy")
+            ax.plot(steps, [margin or 0 for _, _, margin in rewards], style, label=f"{split} reward margin")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -44,7 +49,7 @@ def _card_data(cfg: RunConfig, license: str | None, record: dict | None):
     from huggingface_hub import ModelCardData
 
 
-    tags = [cfg.model.method, "sft", "trl", "peft", "phi3", RECORD_TAG]
+    tags = [cfg.model.method, cfg.training.objective, "trl", "peft", "phi3", RECORD_TAG]
     extra = {RECORD_KEY: record} if record else {}
     return ModelCardData(base_model=cfg.model.base if is_hub_id(cfg.model.base) else None, library_name="peft",
                          pipeline_tag="text-generation", tags=tags, license=license,
@@ -86,11 +91,15 @@ def model_card(cfg: RunConfig, state: RunState, license: str | None = None, repo
             ("epochs / max steps", f"{t.epochs:g} / {t.max_steps or '-'}"),
             ("batch size x grad accum", f"{t.batch_size} x {t.grad_accum}"), ("max length", t.max_length),
             ("seed", t.seed)]
+    if t.objective == "dpo":
+        rows[:0] = [("objective", f"DPO (beta {t.beta:g}, loss {t.loss_type})")]
+    if cfg.model.init_adapter:
+        rows[:0] = [("started from adapter", cfg.model.init_adapter)]
     body = f"""
 # {repo_id.split('/')[-1] if repo_id else RunDir(cfg.output.dir).path.name}
 
 A {'QLoRA' if cfg.model.method == 'qlora' else 'LoRA'} adapter for [{cfg.model.base}]({_link(cfg.model.base)}),
-fine-tuned on `{cfg.data.dataset}` with phi3space (trl's SFTTrainer, loss on assistant turns only).
+{_how(cfg)}
 
 ## Results
 
@@ -98,8 +107,12 @@ fine-tuned on `{cfg.data.dataset}` with phi3space (trl's SFTTrainer, loss on ass
 |---|---|
 | final eval loss | {fmt(m.get('eval_loss'))} |
 | best eval loss | {fmt(m.get('best_eval_loss'))} |
-| eval perplexity | {fmt(m.get('perplexity'))} |
-| final train loss | {fmt(m.get('final_train_loss'))} |
+""" + (f"""| eval reward accuracy | {fmt(m.get('eval_reward_accuracy'))} |
+| eval reward margin | {fmt(m.get('eval_reward_margin'))} |
+| final train reward accuracy | {fmt(m.get('final_reward_accuracy'))} |
+| final train reward margin | {fmt(m.get('final_reward_margin'))} |
+""" if t.objective == "dpo" else f"""| eval perplexity | {fmt(m.get('perplexity'))} |
+""") + f"""| final train loss | {fmt(m.get('final_train_loss'))} |
 | mean train loss (whole run) | {fmt(m.get('train_loss'))} |
 | steps | {fmt(m.get('steps'))} |
 | tokens | {fmt(m.get('tokens'))} |
@@ -134,6 +147,15 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 ```
 """
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
+
+
+def _how(cfg: RunConfig) -> str:
+    """How the adapter was trained, in a sentence."""
+    start = f", starting from the adapter `{cfg.model.init_adapter}`" if cfg.model.init_adapter else ""
+    if cfg.training.objective == "dpo":
+        return (f"preference-tuned with DPO on the prompt/chosen/rejected pairs of `{cfg.data.dataset}`{start} with "
+                "phi3space (trl's DPOTrainer; the reference is the model without this training's changes).")
+    return f"fine-tuned on `{cfg.data.dataset}`{start} with phi3space (trl's SFTTrainer, loss on assistant turns only)."
 
 
 def _link(ref: str) -> str:

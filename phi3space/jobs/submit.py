@@ -60,7 +60,7 @@ def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), s
 
 
 def inputs(cfg: RunConfig) -> dict[str, str]:
-    return {"data.dataset": cfg.data.dataset, "model.base": cfg.model.base}
+    return {"data.dataset": cfg.data.dataset, "model.base": cfg.model.base, "model.init_adapter": cfg.model.init_adapter or ""}
 
 
 def check_token_lasts(longest_s: float | None, expires_at: float | None) -> None:

@@ -61,6 +61,20 @@ class Follower:
         # typed even when empty: the chart keeps the axis types of its first value
         return frame.astype({"step": "int64", "loss": "float64", "split": "str"})
 
+    def reward_frame(self, metric: str):
+        """A DPO run's reward ``metric`` (accuracy or margin) by step, train and eval, for a gr.LinePlot (x=step,
+        y=metric, color=split); empty for other runs."""
+        import pandas as pd
+
+        at = {"accuracy": 1, "margin": 2}[metric]
+        rows = [(r[0], r[at], split) for split, rewards in (("train", self.state.train_rewards),
+                                                            ("eval", self.state.eval_rewards))
+                for r in rewards if r[at] is not None]
+        if self.state.train_rewards and not self.state.eval_rewards and self.expects_eval:  # (see loss_frame)
+            rows.append((self.state.train_rewards[0][0], float("nan"), "eval"))
+        frame = pd.DataFrame(rows, columns=["step", metric, "split"])
+        return frame.astype({"step": "int64", metric: "float64", "split": "str"})
+
     @property
     def expects_eval(self) -> bool:
         """The run evaluates (its run_started event counts eval rows)."""
@@ -106,6 +120,8 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
         parts.append(f"loss {state.loss:.4f}")
     if state.eval_loss is not None:
         parts.append(f"eval loss {state.eval_loss:.4f}")
+    if state.train_rewards:  # a DPO run
+        parts.append(f"reward accuracy {state.train_rewards[-1][1]:.2f}")
     if status == "running" and stage is None:
         parts.append("loading data and model…" if not total else f"ETA {fmt_duration(state.eta_s)}")
     icon = {"running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️"}.get(status, "")

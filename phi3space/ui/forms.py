@@ -19,13 +19,13 @@ BASE_MODELS = ["microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-128k-in
 
 # Every setting of a RunConfig is in the form except output.dir (the server chooses the run folder); a test checks
 # that. The Train tab builds one component per key, grouped like this, in a list in FIELDS order.
-MAIN_FIELDS = ["data.dataset", "model.base", "model.method"]
+MAIN_FIELDS = ["data.dataset", "model.base", "model.method", "training.objective"]
 DATA_FIELDS = ["data.split", "data.config_name", "data.eval_split", "data.eval_fraction", "data.max_samples",
                "data.columns"]
-LORA_FIELDS = ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"]
+LORA_FIELDS = ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "model.init_adapter"]
 TRAINING_FIELDS = ["training.learning_rate", "training.lr_scheduler", "training.warmup_ratio", "training.epochs",
                    "training.max_steps", "training.batch_size", "training.grad_accum", "training.max_length",
-                   "training.weight_decay", "training.seed"]
+                   "training.weight_decay", "training.seed", "training.beta", "training.loss_type"]
 ADVANCED_FIELDS = ["training.logging_steps", "training.eval_steps", "training.save_steps", "training.save_total_limit",
                    "training.gradient_checkpointing", "training.packing", "model.attn_implementation",
                    "logging.report_to"]
@@ -43,10 +43,11 @@ PLACEHOLDERS = {
     "training.max_steps": "empty: use epochs",
     "training.eval_steps": "empty: at each checkpoint",
     "output.push_to": "you/my-adapter",
+    "model.init_adapter": "empty: a new adapter; e.g. you/my-sft-adapter",
 }
 # Spinner steps for fractional settings (the browser's default step of 1 jumps over every useful value).
 STEPS = {"training.learning_rate": 1e-5, "training.warmup_ratio": 0.01, "training.weight_decay": 0.01,
-         "training.epochs": 0.5, "lora.dropout": 0.01, "data.eval_fraction": 0.01}
+         "training.epochs": 0.5, "lora.dropout": 0.01, "data.eval_fraction": 0.01, "training.beta": 0.01}
 MAX_COLUMNS_TEXT = 2000
 
 MIN_USEFUL_STEPS = 20
@@ -248,12 +249,18 @@ class Inspection:
 
 def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
     """What ``phi3space inspect`` shows: format, rows kept/dropped and why, token lengths, one rendered example
-    (from the first rows of a large split; the row count is then scaled to the whole split)."""
-    from phi3space.engine import data, tokens
+    (from the first rows of a large split; the row count is then scaled to the whole split). For DPO, the rows are
+    preference pairs and the example is a prompt with its chosen and rejected answers."""
+    from phi3space.engine import data, pairs, tokens
 
-    found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed, token)
-    segments = [(text, "trained" if trained else None)
-                for text, trained in tokens.render_segments(found.train[0], found.tokenizer)]
+    t = cfg.training
+    if t.objective == "dpo":
+        found = pairs.prepare_pairs(cfg.data, cfg.model.base, t.max_length, t.seed, token)
+        segments = pairs.render_pair(found.train[0], found.tokenizer)
+    else:
+        found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, t.max_length, t.seed, token)
+        segments = [(text, "trained" if trained else None)
+                    for text, trained in tokens.render_segments(found.train[0], found.tokenizer)]
     report = found.report
     return Inspection(cfg.data.dataset, "\n".join(report.lines()), report.estimated_train_rows(), report.lengths, segments)
 
@@ -313,8 +320,9 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
         over = sum(n > t.max_length for n in seen.lengths) / len(seen.lengths)
         if over > 0.5:
             p90 = sorted(seen.lengths)[int(0.9 * (len(seen.lengths) - 1))]
-            warnings.append(f"{over:.0%} of rows are longer than max_length {t.max_length} and will be truncated "
-                            f"(90% of rows fit in {p90} tokens): raise max_length.")
+            rows = "pairs" if t.objective == "dpo" else "rows"  # (a pair: its prompt with the longer answer)
+            warnings.append(f"{over:.0%} of {rows} are longer than max_length {t.max_length} and will be truncated "
+                            f"(90% of {rows} fit in {p90} tokens): raise max_length.")
     need = estimate_memory_gb(cfg)
     if gpu_gb is None:
         if jobs is None and model_size(cfg.model.base)[0] > 5e8:

@@ -97,12 +97,13 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     memory = follower.job_id if follower.job_id != follower.remembered else gr.skip()
     follower.remembered = follower.job_id
     if not new and not changed and (job is None or status in FINAL):
-        return (follower, seen, memory) + (gr.skip(),) * 10
+        return (follower, seen, memory) + (gr.skip(),) * 12
     stage = None
     if job is not None and not kind_of(job).trains:  # a merge job: what it is doing, rather than steps and losses
         stage = "done" if status == "completed" else (follower.stage or "starting")
     html = progress_html(job, status, follower.state, runner.queue_position(job.id) if job else None, stage)
     plot = _plot(follower) if new or changed else gr.skip()
+    rewards = [_rewards_plot(follower, m) if new or changed else gr.skip() for m in REWARD_METRICS]
     log = follower.log_text(job, status) if new or changed else gr.skip()
     table = _rows(jobs, statuses) if new or changed else gr.skip()  # steps and losses move during a run
     picker = gr.Dropdown(choices=_choices(jobs, statuses), value=follower.job_id) if changed else gr.skip()
@@ -113,7 +114,16 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     done = state is not None and state.has_adapter and not state.model_url
     push = gr.Button(visible=state is not None and state.push_pending)
     return (follower, signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
-            gr.Button(interactive=done), push)
+            gr.Button(interactive=done), push, *rewards)
+
+
+LOSS_COLOURS = {"train": "#1f77b4", "eval": "#ff7f0e"}
+REWARD_METRICS = ("accuracy", "margin")  # a DPO run's charts beside its loss, shown for DPO runs only
+
+
+def _rewards_plot(follower: Follower, metric: str):
+    frame = follower.reward_frame(metric)
+    return gr.LinePlot(value=frame if len(frame) else None, visible=bool(len(frame)))
 
 
 def _plot(follower: Follower):
@@ -230,14 +240,18 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> JobsView:
                                   min_width=140)
     with gr.Row(elem_id="job-charts"):
         plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss", elem_id="loss-plot", min_width=300,
-                           color_map={"train": "#1f77b4", "eval": "#ff7f0e"})
+                           color_map=LOSS_COLOURS)
         log = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="job-log",
                          min_width=300)
+    with gr.Row(elem_id="reward-charts"):
+        rewards = [gr.LinePlot(x="step", y=metric, color="split", label=f"Reward {metric} (DPO)", visible=False,
+                               elem_id=f"reward-{metric}-plot", min_width=300, color_map=LOSS_COLOURS)
+                   for metric in REWARD_METRICS]
     picker = gr.Dropdown(label="Follow job", choices=[], interactive=True, elem_id="job-picker")
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True,
                          column_widths=TABLE_WIDTHS, elem_id="runs-table")
     outputs = [follower, seen, job_memory, progress, plot, log, table, picker, stop_btn, resume_btn, chat_btn, merge_btn,
-               push_btn]
+               push_btn, *rewards]
     timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
     picker.input(pick, [picker, follower], [follower, seen], api_visibility=UI_ONLY)
     stop_btn.click(stop, follower, None, api_visibility=UI_ONLY)

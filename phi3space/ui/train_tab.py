@@ -55,6 +55,8 @@ def _make(spec: forms.FieldSpec):
                            scale=3, min_width=260)
     if spec.key == "model.method":
         return gr.Radio(list(spec.choices), value=value, label="Method", info=info, scale=2, min_width=200)
+    if spec.key == "training.objective":
+        return gr.Radio(list(spec.choices), value=value, label="Objective", info=info, scale=2, min_width=200)
     if spec.key == "data.dataset":
         return gr.Textbox(value=value, label="Dataset", info=info + " An uploaded file takes its place.",
                           placeholder="user/dataset, or upload a file")
@@ -193,13 +195,16 @@ def build(follower: gr.State, seen: gr.State) -> TrainTab:
         report = gr.Markdown(elem_id="inspection-report")
         with gr.Row():
             histogram = gr.BarPlot(x="tokens", y="rows", label="Tokens per row", height=220, min_width=300)
-            example = gr.HighlightedText(label="One example (highlighted: the tokens the model is trained on)",
-                                         color_map={"trained": "green"}, combine_adjacent=True, elem_id="example",
+            example = gr.HighlightedText(label="One example (highlighted: the tokens the model is trained on; for DPO, "
+                                               "the chosen and the rejected answer)",
+                                         color_map={"trained": "green", "chosen": "green", "rejected": "red"},
+                                         combine_adjacent=True, elem_id="example",
                                          min_width=300)
     inspection = gr.State(None)
     with gr.Row(elem_id="model-row", equal_height=False):
         fields["model.base"] = _component(specs["model.base"])
         fields["model.method"] = _component(specs["model.method"])
+        fields["training.objective"] = _component(specs["training.objective"])
         run_name = gr.Textbox(label="Run name", info="Tells your runs apart in the list.", scale=2, min_width=200,
                               placeholder="automatic: <base>-<dataset>-<method>", elem_id="run-name")
     settings("Dataset settings", forms.DATA_FIELDS, "data-settings")

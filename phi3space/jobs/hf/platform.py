@@ -75,7 +75,8 @@ def check_job(cfg: RunConfig, token: str | None) -> Flavor:
         raise SignInNeeded("training on Hugging Face Jobs needs your Hugging Face token",
                            "the job runs as you, billed to you.")
     local = [f"{key}: {value!r} is a path on this machine; a Hugging Face job cannot read it"
-             for key, value in (("data.dataset", cfg.data.dataset), ("model.base", cfg.model.base)) if is_local_ref(value)]
+             for key, value in (("data.dataset", cfg.data.dataset), ("model.base", cfg.model.base),
+                                ("model.init_adapter", cfg.model.init_adapter or "")) if value and is_local_ref(value)]
     if local:
         raise ConfigError(local, "Upload it to the Hub and use its ID, e.g. `hf upload you/my-data ./qa.jsonl "
                                  "--repo-type dataset`, then data.dataset: you/my-data.")
