@@ -51,11 +51,16 @@ def test_the_jobs_command_is_the_same_engine_one_process_per_gpu():
     shell, flag, script = code.job_command(1)
     assert (shell, flag) == ("sh", "-c") and script.startswith("python -u -m phi3space train env:PHI3SPACE_RUN_CONFIG &")
     assert script.endswith('echo "@phi3space-exit $code"; exit $code') and "install" not in script
-    wheel = code.Code("alice/x", "phi3space-1+abc-py3-none-any.whl", "https://hub/alice/x/resolve/phi3space-code/w")
+    wheel = code.Code("alice/x", "phi3space-1+abc-py3-none-any.whl")
     installing = code.job_command(2, resume=True, code=wheel)[2]
-    assert installing.index('python -c "$PHI3SPACE_CODE_FETCH"') < installing.index("pip install") < \
+    # The wheel is installed from the platform's read-only mount of the repo's code branch: no download, no token.
+    assert installing.index("pip install") < installing.index("/phi3space-code/phi3space-1+abc-py3-none-any.whl") < \
         installing.index("accelerate launch") and "--resume &" in installing
-    assert code.code_env(wheel) == {"PHI3SPACE_CODE_URL": wheel.url, "PHI3SPACE_CODE_FETCH": code.FETCH}
+    assert not any(word in installing for word in ("HF_TOKEN", "Authorization", "http", "urllib", "PHI3SPACE_CODE"))
+    (volume,) = code.code_volumes(wheel)
+    assert volume.to_dict() == {"type": "model", "source": "alice/x", "mountPath": "/phi3space-code",
+                                "revision": "phi3space-code", "readOnly": True, "path": "wheels"}
+    assert code.code_volumes(None) == [] and not hasattr(code, "FETCH") and not hasattr(code, "code_env")
     assert remote.launch_command(4, resume=True) == [
         "accelerate", "launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1",
         "-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG", "--resume"]
