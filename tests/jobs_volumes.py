@@ -11,8 +11,8 @@ gated repo the token has no access to), so nothing is billed; a missing subfolde
 A repo volume is materialised when the job is created: the files of that repo at that revision (under ``path`` if
 given) are copied from the Hub stand-in's storage into a folder of the job (files read-only). The stand-in cannot
 create ``/phi3space-code`` or any other absolute path, so it simulates the mount namespace by rewriting the job's
-command, arguments and environment values: each mount path, where it starts a path (followed by ``/``, a quote,
-a space or the end), is replaced by the job's folder for that volume. Buckets are not simulated (400).
+command, arguments and environment values: each mount path, where it is a whole path or starts one (not inside
+another name), is replaced by the job's folder for that volume. Buckets are not simulated (400).
 """
 
 import re
@@ -107,5 +107,5 @@ def materialise(hub, volumes, user, token, folder):
 def remap(mounts, text):
     """``text`` with each mount path (where it starts a path) replaced by its folder: the simulated mount namespace."""
     for mount, target in sorted(mounts.items(), key=lambda m: -len(m[0])):
-        text = re.sub(r"(?<![\w./-])" + re.escape(mount) + r"(?=[/\s'\"]|$)", lambda _m, t=target: t, text)
+        text = re.sub(r"(?<![\w./-])" + re.escape(mount) + r"(?![\w.-])", lambda _m, t=target: t, text)
     return text
