@@ -235,3 +235,23 @@ def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
     assert push is True and ("l4x1 · 1× L4 24 GB · $0.80/h", "l4x1") in dropdown.choices
     assert compute_box.on_backend("local", "l4x1", None)[1] is not True
     monkeypatch.setattr(flavors, "_hardware", None)
+
+
+def test_a_code_volume_the_platform_cannot_mount_refuses_the_job_and_the_hint_names_the_wheel(alice, tmp_path,
+                                                                                             monkeypatch):
+    from helpers import CANARY
+
+    from phi3space.errors import JobsError
+
+    for name in ("PHI3SPACE_JOBS_IMAGE", "SPACE_ID", "SYSTEM"):
+        monkeypatch.delenv(name, raising=False)
+    alice.add_repo("alice/snarkle")  # no branch phi3space-code: the wheel's branch is gone when the job starts
+    monkeypatch.setattr(remote, "upload_code", lambda repo_id, token, log=None: code.Code(repo_id, "phi3space-1+a.whl"))
+    cfg = jobs_cfg()
+    cfg.output.push_to = "alice/snarkle"
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(JobsError) as refused:
+        remote.start(cfg, CANARY, flavors.Flavor("a10g-large", 1), "r1", run.writer())
+    assert "refused to start the job (404: " in refused.value.message and "Invalid rev id" in refused.value.message
+    assert "this code's wheel (alice/snarkle, branch phi3space-code)" in refused.value.hint
+    assert alice.jobs.ids() == [] and run.state().status == "failed"

@@ -29,7 +29,7 @@ from phi3space.errors import ConfigError, JobsError, Phi3SpaceError, SignInNeede
 from phi3space.hub.access import whoami
 from phi3space.hub.errors import jobs_refusal
 from phi3space.jobs.backend import Verdict
-from phi3space.jobs.hf.code import code_volumes, job_command, job_image, launch_command, ships_code, upload_code
+from phi3space.jobs.hf.code import CODE_BRANCH, code_volumes, job_command, job_image, launch_command, ships_code, upload_code
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
 from phi3space.jobs.hf.protocol import CONFIG_VAR
 from phi3space.refs import is_local_ref
@@ -129,7 +129,8 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
                                name=safe_label(f"phi3space-{run_id}"), namespace=namespace, token=token)
     except Exception as exc:
         error = jobs_refusal(exc, namespace, f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout "
-                             f"({cfg.compute.timeout}), and that the image exists ({job_image()}).")
+                             f"({cfg.compute.timeout}), and that the image exists ({job_image()})"
+                             + (f" and this code's wheel ({code.repo_id}, branch {CODE_BRANCH})." if code else "."))
         if error is None:
             raise
         Verdict("failed", error.kind, error.message, error.hint).write(writer, RunState())
