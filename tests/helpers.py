@@ -7,7 +7,8 @@
 * The CLI: ``run_cli`` (``python -m phi3space ...`` to its end) and ``start_cli`` (in the background).
 * The app: ``running_app`` (in this process) and ``start_app`` (as its own process, off or on a simulated Space),
   and a visitor's calls to its API (``client``, ``status``, ``wait_for``).
-* The Hub stand-in: ``seed_alice`` (alice, bob and alice's private dataset) and ``model_files``.
+* The Hub stand-in: ``seed_alice`` (alice, bob and alice's private dataset) and ``model_files``; a job that
+  installed this code from its mounted wheel (``assert_installed_the_mounted_wheel``).
 * The stand-in trainer the job runner tests start (FAKE_TRAINER) and their waits.
 * The browser: Debian's chromium, and the folder screenshots go to (ARTIFACTS).
 
@@ -231,6 +232,29 @@ def seed_alice(hub):
     hub.add_repo("alice/qa", {"data/train.jsonl": qa_jsonl(), "data/test.jsonl": qa_jsonl()}, repo_type="dataset",
                  private=True)
     return hub
+
+
+def assert_installed_the_mounted_wheel(job: dict, repo_id: str) -> str:
+    """``job`` (``hub.jobs.job``) got this code's wheel as the platform's read-only volume of ``repo_id``'s code
+    branch (the stand-in's mount: a folder of the job with exactly that folder's files), pip-installed it from there,
+    and ran it (a module imported from the installed copy leaves its bytecode; the stand-in's pip writes none), with
+    no token or Authorization in its command, environment or logs. Returns the wheel's file name."""
+    from phi3space.jobs.hf import code
+
+    name, data = code.build_wheel()
+    assert job["volumes"] == [{"type": "model", "source": repo_id, "mountPath": code.CODE_MOUNT,
+                               "revision": code.CODE_BRANCH, "readOnly": True, "path": code.CODE_FOLDER}]
+    mount = Path(job["mounts"][code.CODE_MOUNT])
+    assert [p.name for p in mount.iterdir()] == [name] and (mount / name).read_bytes() == data
+    assert f"{code.CODE_MOUNT}/{name}" in job["command"][-1]
+    processed = [line.split(" ", 1)[1] for line in job["lines"] if line.startswith("Processing ")]  # pip's words
+    assert [(Path(job["folder"]) / p).resolve() for p in processed] == [(mount / name).resolve()]
+    assert f"Successfully installed {name.split('-py3')[0]}" in job["lines"]
+    assert list((Path(job["folder"]) / "site" / "phi3space" / "engine" / "__pycache__").glob("training*.pyc"))
+    said = json.dumps([job["command"], job["environment"], job["lines"]])
+    assert not any(word in said for word in ("Authorization", "Bearer", CANARY, BOB, "PHI3SPACE_CODE"))
+    assert job["secrets"] == ["HF_TOKEN"]  # the token is the trainer's secret (for its pushes), nothing else
+    return name
 
 
 # ---- the job runner's stand-in trainer: a few lines of Python that write events and exit as told

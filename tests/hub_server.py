@@ -23,7 +23,7 @@ Errors carry the ``X-Error-Code``/``X-Error-Message`` headers that ``hf_raise_fo
 ``RepoNotFound`` (401 without a token, 404 with one, as the Hub does: unknown *or* private repo),
 ``GatedRepo`` (401 without a token, 403 with one, on file downloads only), ``RevisionNotFound``,
 ``EntryNotFound``. An unknown token answers 401 "Invalid credentials in Authorization header" everywhere.
-Hugging Face Jobs (``/api/jobs/...``) are stood in for by ``hub.jobs`` (tests/jobs_server.py).
+Hugging Face Jobs (``/api/jobs/...``) are stood in for by ``hub.jobs`` (tests/jobs_server.py; repo volumes: tests/jobs_volumes.py).
 Private and gated repos are open to the user named like the namespace, to members of that org and to
 ``owner_token``. Writing needs a "write" token and, in an organisation, a write role there (``org_roles``).
 Branch names and revisions may be a branch or a full commit sha.

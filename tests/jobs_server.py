@@ -2,7 +2,8 @@
 
 * ``GET /api/jobs/hardware``: the flavors (``hardware``, editable) with prices per minute, as list_jobs_hardware reads.
 * ``POST /api/jobs/{namespace}``: run_job's spec (``command``, ``environment``, ``secrets``, ``flavor``,
-  ``timeoutSeconds``, ``labels``, ``dockerImage``/``spaceId``). The job's command runs as a local subprocess standing
+  ``timeoutSeconds``, ``labels``, ``dockerImage``/``spaceId``, ``volumes``: repos mounted read-only, see
+  tests/jobs_volumes.py for what is simulated and how). The job's command runs as a local subprocess standing
   in for the image: in its own folder (its ``HOME``, ``TMPDIR`` and ``HF_HOME``), with a bare environment (``PATH``
   to this Python, ``PYTHONPATH`` to this checkout, as an image with phi3space installed would have; for a
   ``pytorch/pytorch:`` image, no phi3space, and pip installing into the job's folder) plus the job's
@@ -37,6 +38,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import jobs_volumes
 
 REPO = Path(__file__).resolve().parent.parent  # a Space's image has this checkout's phi3space installed
 PYTORCH_IMAGE = "pytorch/pytorch:"  # an image with torch and no phi3space: the job installs it
@@ -103,6 +106,7 @@ class _Job:
         self.cancelled = False
         self.killed = False  # ended by the platform (out of memory, time limit): stage ERROR whatever the exit code
         self.kill_message = None
+        self.mounts = {}  # mount path -> the job's folder standing in for it (jobs_volumes)
 
 
 class JobsStandIn:
@@ -162,7 +166,8 @@ class JobsStandIn:
         """What the service knows of a job, for assertions: spec, stage, message and output lines (no secrets)."""
         job = self._jobs[job_id]
         with job.ended:
-            return {**self._info(job), "lines": [line for _, line in job.lines], "folder": job.folder}
+            return {**self._info(job), "lines": [line for _, line in job.lines], "folder": job.folder,
+                    "mounts": dict(job.mounts)}
 
     def secrets(self, job_id):
         """The secrets the job was given (the one place a token may appear)."""
@@ -195,7 +200,7 @@ class JobsStandIn:
             if namespace != user["name"] and namespace not in user["orgs"]:
                 raise _Refused(403, f"You don't have the rights to use Jobs in the namespace {namespace!r}")
             if len(seg) == 1 and method == "POST":
-                return self.hub._send(h, method, 200, self._create(namespace, user, json.loads(body or b"{}")))
+                return self.hub._send(h, method, 200, self._create(namespace, user, token, json.loads(body or b"{}")))
             if len(seg) == 1 and method == "GET":
                 return self.hub._send(h, method, 200, self._list(namespace, query))
             job = self._jobs.get(seg[1]) if len(seg) >= 2 else None
@@ -215,7 +220,7 @@ class JobsStandIn:
             return self.hub._send(h, method, e.status, {"error": e.message}, [("X-Error-Message", e.message)])
 
     # ----------------------------------------------------------------- the service
-    def _create(self, namespace, user, spec):
+    def _create(self, namespace, user, token, spec):
         with self._lock:
             if namespace in self._refusals:
                 raise _Refused(*self._refusals[namespace])
@@ -226,7 +231,15 @@ class JobsStandIn:
             job_id = _secrets.token_hex(12)
             folder = self._root / job_id
             (folder / "tmp").mkdir(parents=True)
+            try:  # a volume that cannot be mounted refuses the job (unverified: see jobs_volumes)
+                spec = {**spec, "volumes": jobs_volumes.check(spec.get("volumes"))}
+                # read with the rights of the token that starts the job (its owner's)
+                mounts = jobs_volumes.materialise(self.hub, spec["volumes"], user, token, folder / "mounts")
+            except jobs_volumes.VolumeRefused as e:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise _Refused(e.status, e.message) from None
             job = _Job(job_id, namespace, spec, dict(spec.get("secrets") or {}), folder)
+            job.mounts = mounts
             job.owner = {"id": user["name"], "name": namespace, "type": "user" if namespace == user["name"] else "org"}
             job.message = self.scheduling_message
             self._jobs[job_id] = job
@@ -257,10 +270,12 @@ class JobsStandIn:
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(job.folder),
                "TMPDIR": str(job.folder / "tmp"), "HF_HOME": str(job.folder / "hf"), **image,
                "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8",
-               **self.image_env, **{k: str(v) for k, v in (job.spec.get("environment") or {}).items()},
+               **self.image_env, **{k: jobs_volumes.remap(job.mounts, str(v))
+                                    for k, v in (job.spec.get("environment") or {}).items()},
                **{k: str(v) for k, v in job.secrets.items()}}
+        argv = [jobs_volumes.remap(job.mounts, a) for a in job.spec["command"] + list(job.spec.get("arguments") or [])]
         try:
-            job.proc = subprocess.Popen(job.spec["command"] + list(job.spec.get("arguments") or []), cwd=job.folder,
+            job.proc = subprocess.Popen(argv, cwd=job.folder,
                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
         except OSError as exc:  # no such executable in the "image"
@@ -349,6 +364,8 @@ class JobsStandIn:
                 "status": {"stage": job.stage, "message": job.message}, "owner": job.owner,
                 "durations": {"schedulingSecs": int(waited), "runningSecs": int(ran), "totalSecs": int(waited + ran)},
                 "timeoutSeconds": spec.get("timeoutSeconds")}
+        if spec.get("volumes"):
+            info["volumes"] = [dict(v) for v in spec["volumes"]]
         info["spaceId" if "spaceId" in spec else "dockerImage"] = spec.get("spaceId") or spec.get("dockerImage")
         return info
 

@@ -106,3 +106,41 @@ def test_a_cancel_takes_seconds_and_ends_the_run_cancelled_and_only_a_404_from_i
     run = RunDir(tmp_path / "gone")
     follow.follow_to_end(ref, CANARY, run, run.writer(), jobs_cfg(), retry_s=0.3)
     assert run.state().status == "failed" and run.state().error["message"].startswith("the Hugging Face job was deleted")
+
+
+def test_a_volume_mounts_a_repo_folder_at_a_revision_and_one_that_cannot_be_mounted_refuses_the_job(alice):
+    """Repo volumes as huggingface_hub sends them: the files of the repo at that revision, under ``path``, at the
+    mount path (the stand-in rewrites the command's paths to the job's copy); returned by inspect_job as sent, read-only.
+    A missing revision or repo, or one the token cannot read, refuses the job at run_job (the stand-in's choice:
+    what the service does then is not documented)."""
+    from huggingface_hub import HfApi, Volume
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=CANARY)
+    alice.add_repo("alice/x", {"README.md": "main's"})
+    api.create_branch("alice/x", branch="code")
+    api.upload_file(path_or_fileobj=b"wheel bytes", path_in_repo="wheels/w.whl", repo_id="alice/x", revision="code")
+    alice.add_repo("bob/private", {"wheels/w.whl": "bob's"}, private=True)
+
+    def run(**volume):
+        volume = Volume(**{"type": "model", "source": "alice/x", "mount_path": "/code", "path": "wheels", **volume})
+        return api.run_job(image=IMAGE, command=["sh", "-c", "ls /code; cat /code/w.whl; echo; cat /code/README.md"],
+                           volumes=[volume], flavor="cpu-basic", namespace="alice")
+
+    info = run(revision="code")
+    assert alice.jobs.wait(info.id, timeout=30) == "ERROR"  # README.md is not in the mounted subfolder
+    lines = alice.jobs.job(info.id)["lines"]
+    said, errors = [x for x in lines[1:] if "README" not in x], [x for x in lines if "README" in x]  # read apart
+    assert said == ["w.whl", "wheel bytes"] and "No such file or directory" in errors[0], lines
+    seen = api.inspect_job(job_id=info.id, namespace="alice").volumes
+    assert seen == [Volume(type="model", source="alice/x", mount_path="/code", revision="code", path="wheels",
+                           read_only=True)]
+    before = alice.jobs.ids()
+    for volume, status, said in [({"revision": "no-such-branch"}, 404, "Invalid rev id: no-such-branch"),
+                                 ({"source": "alice/nothing"}, 404, "Repository not found"),
+                                 ({"source": "bob/private"}, 404, "Repository not found"),
+                                 ({"mount_path": "code"}, 400, "must be an absolute path")]:
+        with pytest.raises(HfHubHTTPError) as refused:
+            run(**volume)
+        assert refused.value.response.status_code == status and said in str(refused.value), volume
+    assert alice.jobs.ids() == before  # refused: no job started, nothing billed

@@ -51,11 +51,16 @@ def test_the_jobs_command_is_the_same_engine_one_process_per_gpu():
     shell, flag, script = code.job_command(1)
     assert (shell, flag) == ("sh", "-c") and script.startswith("python -u -m phi3space train env:PHI3SPACE_RUN_CONFIG &")
     assert script.endswith('echo "@phi3space-exit $code"; exit $code') and "install" not in script
-    wheel = code.Code("alice/x", "phi3space-1+abc-py3-none-any.whl", "https://hub/alice/x/resolve/phi3space-code/w")
+    wheel = code.Code("alice/x", "phi3space-1+abc-py3-none-any.whl")
     installing = code.job_command(2, resume=True, code=wheel)[2]
-    assert installing.index('python -c "$PHI3SPACE_CODE_FETCH"') < installing.index("pip install") < \
+    # The wheel is installed from the platform's read-only mount of the repo's code branch: no download, no token.
+    assert installing.index("pip install") < installing.index("/phi3space-code/phi3space-1+abc-py3-none-any.whl") < \
         installing.index("accelerate launch") and "--resume &" in installing
-    assert code.code_env(wheel) == {"PHI3SPACE_CODE_URL": wheel.url, "PHI3SPACE_CODE_FETCH": code.FETCH}
+    assert not any(word in installing for word in ("HF_TOKEN", "Authorization", "http", "urllib", "PHI3SPACE_CODE"))
+    (volume,) = code.code_volumes(wheel)
+    assert volume.to_dict() == {"type": "model", "source": "alice/x", "mountPath": "/phi3space-code",
+                                "revision": "phi3space-code", "readOnly": True, "path": "wheels"}
+    assert code.code_volumes(None) == [] and not hasattr(code, "FETCH") and not hasattr(code, "code_env")
     assert remote.launch_command(4, resume=True) == [
         "accelerate", "launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1",
         "-m", "phi3space", "train", "env:PHI3SPACE_RUN_CONFIG", "--resume"]
@@ -230,3 +235,23 @@ def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
     assert push is True and ("l4x1 · 1× L4 24 GB · $0.80/h", "l4x1") in dropdown.choices
     assert compute_box.on_backend("local", "l4x1", None)[1] is not True
     monkeypatch.setattr(flavors, "_hardware", None)
+
+
+def test_a_code_volume_the_platform_cannot_mount_refuses_the_job_and_the_hint_names_the_wheel(alice, tmp_path,
+                                                                                             monkeypatch):
+    from helpers import CANARY
+
+    from phi3space.errors import JobsError
+
+    for name in ("PHI3SPACE_JOBS_IMAGE", "SPACE_ID", "SYSTEM"):
+        monkeypatch.delenv(name, raising=False)
+    alice.add_repo("alice/snarkle")  # no branch phi3space-code: the wheel's branch is gone when the job starts
+    monkeypatch.setattr(remote, "upload_code", lambda repo_id, token, log=None: code.Code(repo_id, "phi3space-1+a.whl"))
+    cfg = jobs_cfg()
+    cfg.output.push_to = "alice/snarkle"
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(JobsError) as refused:
+        remote.start(cfg, CANARY, flavors.Flavor("a10g-large", 1), "r1", run.writer())
+    assert "refused to start the job (404: " in refused.value.message and "Invalid rev id" in refused.value.message
+    assert "this code's wheel (alice/snarkle, branch phi3space-code)" in refused.value.hint
+    assert alice.jobs.ids() == [] and run.state().status == "failed"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BOB, CANARY, FINAL, QA_PAIRS, client, memorise_config, running_app, status, wait_for
+from helpers import BOB, CANARY, FINAL, QA_PAIRS, assert_installed_the_mounted_wheel, client, memorise_config, running_app, status, wait_for
 
 from phi3space.run import RunDir
 
@@ -140,7 +140,7 @@ def test_off_a_space_with_no_image_the_app_sends_a_wheel_of_this_code_and_shows_
         assert s["status"] == "completed" and s["adapter"] == "alice/snarkle", s
         spec = alice.jobs.job(runner.store.get(job_id).handle.split("/")[1])
         assert spec["dockerImage"] == code.PUBLIC_IMAGE
-        assert list((Path(spec["folder"]) / "site" / "phi3space" / "engine" / "__pycache__").glob("training*.pyc"))
+        assert_installed_the_mounted_wheel(spec, "alice/snarkle")  # from the volume, no token for it; then ran it
         events, _ = RunDir(runner.store.get(job_id).run_dir).read_events()
         assert "Hugging Face Jobs: scheduling (Waiting for a free a10g-large)" in [e.get("message") for e in events]
         assert CANARY not in json.dumps({k: v for k, v in spec.items() if k != "folder"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import helpers
 import pytest
 import yaml
-from helpers import CANARY, QA_PAIRS, memorise_config, qa_jsonl, start_cli
+from helpers import CANARY, QA_PAIRS, assert_installed_the_mounted_wheel, memorise_config, qa_jsonl, start_cli
 
 from phi3space.run import RunDir
 
@@ -237,10 +237,7 @@ def test_with_only_a_token_a_run_goes_to_jobs_as_a_wheel_of_this_code_on_a_publi
     assert job["dockerImage"] == code.PUBLIC_IMAGE and "spaceId" not in job
     (wheel,) = [name for name in alice.files("alice/snarkle", "phi3space-code") if name.endswith(".whl")]
     assert wheel == f"wheels/{code.build_wheel()[0]}"  # this code, named by its content
-    assert job["environment"]["PHI3SPACE_CODE_URL"].endswith(f"/alice/snarkle/resolve/phi3space-code/{wheel}")
-    assert f"Successfully installed {Path(wheel).name.split('-py3')[0]}" in job["lines"]
-    # The job imported the code it installed (the stand-in's pip writes no bytecode; importing does), not a checkout.
-    assert list((Path(job["folder"]) / "site" / "phi3space" / "engine" / "__pycache__").glob("training*.pyc"))
+    assert_installed_the_mounted_wheel(job, "alice/snarkle")  # from the volume, no token for it; then ran it
     out = result.stdout
     assert "Hugging Face Jobs: scheduling (Waiting for a free a10g-large)" in out
     assert "uploaded this code" in out and "run completed at step 4" in out
@@ -251,4 +248,5 @@ def test_with_only_a_token_a_run_goes_to_jobs_as_a_wheel_of_this_code_on_a_publi
     again = run_cli("train", str(cfg), "--set", f"output.dir={tmp_path / 'again'}")  # the same code: reused
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "this code is on the Hub already" in again.stdout
+    assert_installed_the_mounted_wheel(alice.jobs.job(alice.jobs.ids()[-1]), "alice/snarkle")
     assert [n for n in alice.files("alice/snarkle", "phi3space-code") if n.endswith(".whl")] == [wheel]

@@ -1,11 +1,14 @@
-"""What a Hugging Face job runs: the image, and the shell command around ``python -m phi3space train``.
+"""What a Hugging Face job runs: the image, the volume with this code, and the shell command around
+``python -m phi3space train``.
 
 Off a Space, with no image of one's own, a job runs exactly this code: a wheel of the phi3space package this process
 runs (its files as they are, a checkout or an installed copy), named by the hash of its content, is uploaded to the
-run's destination repo on the branch ``phi3space-code`` (a re-run of the same code reuses it), and the job starts
-on a public PyTorch CUDA image, downloads the wheel with its ``HF_TOKEN`` secret and pip-installs it with the
-project's requirements before training. On a Space the Space's own image (which has this code) is used as it is;
-``PHI3SPACE_JOBS_IMAGE`` names another image that has it.
+run's destination repo on the branch ``phi3space-code`` under ``wheels/`` (a re-run of the same code reuses it). The
+job starts on a public PyTorch CUDA image with that folder mounted by the platform as a read-only volume
+(``code_volumes``: the repo at that branch, subfolder ``wheels``, at ``/phi3space-code``), and pip-installs the wheel
+from there with the project's requirements before training: no download of its own, no token for it. The start-up
+cost is the image pull and the pip install of the requirements. On a Space the Space's own image (which has this
+code) is used as it is; ``PHI3SPACE_JOBS_IMAGE`` names another image that has it.
 
 Either way the trainer runs under a small ``sh`` wrapper that passes SIGTERM on (a cancel stops it cleanly) and
 prints its exit code as ``@phi3space-exit N`` (an out-of-memory kill leaves 137), which the follower reads.
@@ -29,20 +32,8 @@ from phi3space.jobs.hf.protocol import CONFIG_ARG, EXIT_PREFIX
 IMAGE_VAR = "PHI3SPACE_JOBS_IMAGE"
 PUBLIC_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"  # CUDA 12.8 torch (requirements.txt: torch>=2.6)
 CODE_BRANCH = "phi3space-code"
-URL_VAR, FETCH_VAR = "PHI3SPACE_CODE_URL", "PHI3SPACE_CODE_FETCH"
-
-# Run inside the job by `python -c "$PHI3SPACE_CODE_FETCH" FILE`: the wheel, with the HF_TOKEN secret. The token is
-# not carried to another host on a redirect (the Hub sends large files to a storage host with a signed URL).
-FETCH = """import os, sys, urllib.parse, urllib.request as r
-class Same(r.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, new):
-        out = super().redirect_request(req, fp, code, msg, headers, new)
-        if out is not None and urllib.parse.urlsplit(new).netloc != urllib.parse.urlsplit(req.full_url).netloc:
-            out.remove_header("Authorization")
-        return out
-req = r.Request(os.environ["PHI3SPACE_CODE_URL"], headers={"Authorization": "Bearer " + os.environ["HF_TOKEN"]})
-open(sys.argv[1], "wb").write(r.build_opener(Same).open(req, timeout=300).read())
-"""
+CODE_FOLDER = "wheels"  # the wheels' folder on that branch
+CODE_MOUNT = "/phi3space-code"  # where a job finds that folder (a read-only volume)
 
 
 @dataclass(frozen=True)
@@ -51,7 +42,6 @@ class Code:
 
     repo_id: str
     filename: str  # phi3space-0.3.0+<hash>-py3-none-any.whl
-    url: str  # .../resolve/phi3space-code/wheels/<filename>
 
 
 def job_image() -> str:
@@ -83,9 +73,9 @@ def job_command(gpus: int, resume: bool = False, code: Code | None = None) -> li
     reports its exit code."""
     install = ""
     if code is not None:
-        wheel = f'"${{TMPDIR:-/tmp}}/{code.filename}"'
-        install = (f'set -e; echo "phi3space: installing {code.filename} from {code.repo_id}"; '
-                   f'python -c "${FETCH_VAR}" {wheel}; '
+        wheel = shlex.quote(f"{CODE_MOUNT}/{code.filename}")
+        install = (f'set -e; echo "phi3space: installing {code.filename} from {code.repo_id} ({CODE_BRANCH}, '
+                   f'mounted at {CODE_MOUNT})"; '
                    "python -m pip install --no-cache-dir --progress-bar off --disable-pip-version-check "
                    f"--root-user-action=ignore {wheel}; "
                    "set +e; ")
@@ -96,9 +86,15 @@ def job_command(gpus: int, resume: bool = False, code: Code | None = None) -> li
     return ["sh", "-c", install + wrapper]
 
 
-def code_env(code: Code | None) -> dict[str, str]:
-    """The job's environment values for installing ``code`` (a URL and a script: no secret)."""
-    return {URL_VAR: code.url, FETCH_VAR: FETCH} if code is not None else {}
+def code_volumes(code: Code | None) -> list:
+    """The job's volumes for installing ``code``: the wheels' folder of its repo at the code branch, mounted read-only
+    at CODE_MOUNT by the platform (huggingface_hub ``Volume``); none without ``code``."""
+    if code is None:
+        return []
+    from huggingface_hub import Volume
+
+    return [Volume(type="model", source=code.repo_id, revision=CODE_BRANCH, path=CODE_FOLDER, mount_path=CODE_MOUNT,
+                   read_only=True)]
 
 
 # ---------------------------------------------------------------- the wheel
@@ -166,15 +162,14 @@ def upload_code(repo_id: str, token: str, log=None) -> Code:
     Raises:
         HubError / AuthError: the Hub refused or could not be reached.
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
     from phi3space.hub.errors import call
 
     api = HfApi(token=token)
     filename, data = build_wheel()
-    path = f"wheels/{filename}"
-    url = f"{constants.ENDPOINT.rstrip('/')}/{repo_id}/resolve/{CODE_BRANCH}/{path}"
-    code = Code(repo_id, filename, url)
+    path = f"{CODE_FOLDER}/{filename}"
+    code = Code(repo_id, filename)
     call(lambda: api.create_branch(repo_id, branch=CODE_BRANCH, exist_ok=True), "create branch", ref=repo_id)
     if call(lambda: api.file_exists(repo_id, path, revision=CODE_BRANCH), "look for this code's wheel", ref=repo_id):
         if log:

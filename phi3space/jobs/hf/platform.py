@@ -4,7 +4,7 @@ A run with ``compute.backend: hf-jobs`` is submitted with huggingface_hub's ``ru
 
 - image: ``PHI3SPACE_JOBS_IMAGE``, else the Space's own (``hf.co/spaces/$SPACE_ID``, so the job runs the very
   code the Space runs), else a public PyTorch CUDA image on which the job first installs a wheel of this code,
-  uploaded with the run (code.py);
+  uploaded with the run and mounted in the job as a read-only volume (code.py);
 - command: ``python -m phi3space train env:PHI3SPACE_RUN_CONFIG``, or ``accelerate launch --multi_gpu
   --num_processes N -m phi3space train ...`` on a flavor with N GPUs, under a wrapper that reports its exit code;
 - env: the resolved run config as YAML (it never holds a token: config validation refuses token-shaped values);
@@ -29,7 +29,7 @@ from phi3space.errors import ConfigError, JobsError, Phi3SpaceError, SignInNeede
 from phi3space.hub.access import whoami
 from phi3space.hub.errors import jobs_refusal
 from phi3space.jobs.backend import Verdict
-from phi3space.jobs.hf.code import code_env, job_command, job_image, launch_command, ships_code, upload_code
+from phi3space.jobs.hf.code import CODE_BRANCH, code_volumes, job_command, job_image, launch_command, ships_code, upload_code
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
 from phi3space.jobs.hf.protocol import CONFIG_VAR
 from phi3space.refs import is_local_ref
@@ -122,16 +122,16 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
         except Phi3SpaceError as error:
             Verdict("failed", error.kind, error.message, error.hint).write(writer, RunState())
             raise
-        env.update(code_env(code))
     try:
         info = HfApi().run_job(image=job_image(), command=job_command(flavor.gpus, resume, code), env=env,
-                               secrets={"HF_TOKEN": token}, flavor=cfg.compute.flavor,
+                               volumes=code_volumes(code) or None, secrets={"HF_TOKEN": token}, flavor=cfg.compute.flavor,
                                timeout=timeout_seconds(cfg.compute.timeout),
                                labels={LABEL_ORIGIN: origin(), LABEL_RUN: safe_label(run_id), **(labels or {})},
                                name=safe_label(f"phi3space-{run_id}"), namespace=namespace, token=token)
     except Exception as exc:
         error = jobs_refusal(exc, namespace, f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout "
-                             f"({cfg.compute.timeout}), and that the image exists ({job_image()}).")
+                             f"({cfg.compute.timeout}), and that the image exists ({job_image()})"
+                             + (f" and this code's wheel ({code.repo_id}, branch {CODE_BRANCH})." if code else "."))
         if error is None:
             raise
         Verdict("failed", error.kind, error.message, error.hint).write(writer, RunState())
