@@ -344,7 +344,7 @@ def test_dpo_chosen_in_the_form_trains_and_draws_its_rewards(browser, app, tiny_
 
     page.locator("#start").click()
     progress = page.locator("#job-progress")
-    expect(progress).to_contain_text(f"dpo {width}")
+    expect(progress).to_contain_text(f"dpo {width}", timeout=90_000)  # the submit checks the data again (busy CI)
     expect(progress).to_contain_text("completed", timeout=180_000)
     expect(progress).to_contain_text("step 12/12")
     job = next(j for j in runner.list("local") if j.name == f"dpo {width}")
