@@ -127,7 +127,9 @@ def test_an_eval_on_jobs_gives_the_numbers_a_local_eval_gives_and_puts_them_on_t
 def test_an_export_on_jobs_pushes_the_gguf_and_modelfile(trained_run, alice, runner, tmp_path, monkeypatch):
     monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0")
     source = finished_run(runner, trained_run, tmp_path, backend="hf-jobs")
-    job = runner.submit_export(source.id, "alice", "q8_0", None, CANARY, flavor="l4x1")  # its run's backend: Jobs
+    from phi3space import config
+
+    job = runner.submit_export(source.id, "alice", "q8_0", None, CANARY)  # where its run trained: Jobs
     assert job.backend == "hf-jobs"
     s = wait_job(runner, job.id, "alice", until=lambda s: s["status"] in FINAL, timeout=300)
     assert s["status"] == "completed", (s, job.run.log.read_text()[-3000:])
@@ -138,7 +140,8 @@ def test_an_export_on_jobs_pushes_the_gguf_and_modelfile(trained_run, alice, run
     assert files["qa-run-q8_0.gguf"][:4] == b"GGUF"
     remote_id = runner.store.get(job.id).handle.split("/")[1]
     spec = alice.jobs.job(remote_id)
-    assert spec["flavor"] == "l4x1" and "--push-to alice/qa-run-GGUF" in spec["command"][2]
+    assert spec["flavor"] == config.load(source.run.config).compute.flavor  # the run's own
+    assert "--push-to alice/qa-run-GGUF" in spec["command"][2]
     assert "--out env:PHI3SPACE_RUN_ID" in spec["command"][2]
     assert_token_only_a_secret(alice, remote_id, runner.data.root)
     assert not any(CANARY.encode() in content for content in files.values())
@@ -162,13 +165,13 @@ def test_eval_on_jobs_from_the_terminal_follows_it_and_prints_the_same_json(trai
     here = run_cli(*args, token=CANARY)
     assert here.returncode == 0, here.stderr[-3000:]
     job_dir = tmp_path / "job"
-    there = run_cli(*args, "--backend", "hf-jobs", "--run-dir", str(job_dir), token=CANARY)
+    there = run_cli(*args, "--backend", "hf-jobs", "--flavor", "l4x1", "--run-dir", str(job_dir), token=CANARY)
     assert there.returncode == 0, there.stdout[-3000:] + there.stderr[-3000:]
     assert json.loads(there.stdout.strip().splitlines()[-1]) == json.loads(here.stdout.strip().splitlines()[-1])
     assert "submitted to Hugging Face Jobs" in there.stdout and "[3/3] example 3/3" in there.stdout
     assert "evaluated on 3 rows" in there.stdout
     assert RunDir(job_dir).state().status == "completed"
     (remote_id,) = alice.jobs.ids()
-    assert alice.jobs.job(remote_id)["labels"]["phi3space"] == "cli"
+    assert alice.jobs.job(remote_id)["labels"]["phi3space"] == "cli" and alice.jobs.job(remote_id)["flavor"] == "l4x1"
     assert_token_only_a_secret(alice, remote_id, job_dir)
     assert CANARY not in there.stdout + there.stderr
