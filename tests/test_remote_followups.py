@@ -175,3 +175,21 @@ def test_eval_on_jobs_from_the_terminal_follows_it_and_prints_the_same_json(trai
     assert alice.jobs.job(remote_id)["labels"]["phi3space"] == "cli" and alice.jobs.job(remote_id)["flavor"] == "l4x1"
     assert_token_only_a_secret(alice, remote_id, job_dir)
     assert CANARY not in there.stdout + there.stderr
+
+
+@pytest.mark.slow
+def test_export_on_jobs_from_the_terminal_pushes_and_says_where(trained_run, alice, tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert run_cli("push", str(run), "--to", ADAPTER, token=CANARY).returncode == 0
+    done = run_cli("export", ADAPTER, "--quant", "q8_0", "--backend", "hf-jobs", token=CANARY)  # no --out: pushed
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    repo = "alice/snarkle-GGUF"  # auto: <you>/<name>-GGUF, resolved before the job started
+    assert f"wrote snarkle-q8_0.gguf and Modelfile; on the Hub: {alice.url}/{repo}" in done.stdout
+    assert {"snarkle-q8_0.gguf", "Modelfile", "README.md"} <= set(alice.files(repo))
+    (remote_id,) = alice.jobs.ids()
+    assert f"--push-to {repo} --run-dir env:PHI3SPACE_RUN_ID --out env:PHI3SPACE_RUN_ID &" in \
+        alice.jobs.job(remote_id)["command"][2]
+    assert_token_only_a_secret(alice, remote_id)
+    assert CANARY not in done.stdout + done.stderr
