@@ -180,6 +180,10 @@ def _stoppable(what: str) -> None:
 
 
 def _writer(args) -> EventWriter:
+    from phi3space.jobs.hf import protocol as job_protocol
+
+    if args.run_dir and job_protocol.inside_job(args.run_dir):  # in a Hugging Face job: its events echoed to its log
+        return RunDir(job_protocol.job_run_dir(args.run_dir)).writer(echo=job_protocol.job_echo(_print_event))
     return RunDir(args.run_dir).writer(echo=_print_event) if args.run_dir else EventWriter(None, echo=_print_event)
 
 
@@ -193,6 +197,16 @@ def cmd_eval(args) -> int:
     if args.rows < 1:
         raise ConfigError([f"--rows: {args.rows} (at least 1)"], "e.g. --rows 50")
     settings = GenerationSettings.checked(max_new_tokens=args.max_new_tokens)
+    from phi3space.jobs.terminal import on_hub, run_elsewhere
+
+    argv = ["eval", on_hub(args.source), "--rows", str(args.rows), "--max-new-tokens", str(args.max_new_tokens)]
+    argv += (["--data", args.data] if args.data else []) + (["--no-card"] if args.no_card else [])
+    state = run_elsewhere(argv, args.backend, args.flavor, args.run_dir, resolve_token(), _print_event,
+                          (("data", args.data),) if args.data else (), push_to=on_hub(args.source))
+    if state is not None:  # it ran elsewhere (Hugging Face Jobs): followed here to its end
+        if args.json:
+            print(json.dumps({k: state.evaluation[k] for k in ("rows", "base", "adapter")}))
+        return 0
     _stoppable("evaluation")
     _quiet_libraries()
     result = evaluate(args.source, _writer(args), data=args.data, rows=args.rows, token=resolve_token(),
@@ -203,13 +217,34 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from phi3space.datadir import safe_name
     from phi3space.engine.export import export
     from phi3space.hub.auth import resolve_token
+    from phi3space.jobs.terminal import export_destination, on_hub, run_elsewhere
     from phi3space.refs import check_repo_id
 
     if args.push_to and args.push_to != "auto":
         args.push_to = check_repo_id(args.push_to, "--push-to")
     settings = GenerationSettings.checked(temperature=args.temperature) if args.temperature is not None else None
+    name = safe_name(args.name or Path(args.source.rstrip("/")).name)
+    argv = ["export", on_hub(args.source), "--quant", args.quant, "--name", name] + ([] if args.private else ["--public"])
+    argv += (["--system", args.system] if args.system else []) + (["--temperature", f"{args.temperature:g}"]
+                                                                  if args.temperature is not None else [])
+    state = run_elsewhere(argv, args.backend, args.flavor, args.run_dir, resolve_token(), _print_event,
+                          push_to=args.push_to or "auto", prepare=export_destination(name, args.private, resolve_token()))
+    if state is not None:  # it ran elsewhere (Hugging Face Jobs) and pushed its files
+        print(f"wrote {' and '.join(state.exported)}; on the Hub: {state.model_url}")
+        return 0
+    if not args.out:
+        from phi3space.errors import ConfigError
+
+        raise ConfigError(["export needs --out DIR on this machine"], "e.g. --out exported/")
+    if args.out.startswith("env:"):  # in a Hugging Face job: its files in its run folder
+        from phi3space.jobs.hf import protocol as job_protocol
+
+        args.out = str(job_protocol.job_run_dir(args.out))
     _stoppable("export")
     _quiet_libraries()
     result = export(args.source, args.quant, _writer(args), out=args.out, push_to=args.push_to, token=resolve_token(),
@@ -237,6 +272,16 @@ def cmd_config(args) -> int:
 
     print(reference(), end="")
     return 0
+
+
+def _backend_arguments(p) -> None:
+    from phi3space.config import BACKENDS
+    from phi3space.config.schema import ComputeConfig
+
+    p.add_argument("--backend", choices=tuple(BACKENDS), default=ComputeConfig().backend,
+                   help="where it runs, as compute.backend; elsewhere than here it is followed to its end (the adapter "
+                        "and data must be on the Hub, an export is pushed: --push-to, default auto)")
+    p.add_argument("--flavor", help="the hardware there (Hugging Face Jobs: default the smallest GPU flavor)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,12 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     p.add_argument("--no-card", action="store_true", help="leave the adapter's Hub card as it is")
     p.add_argument("--run-dir", help="also write progress events to this folder's events file (the web app's jobs)")
+    _backend_arguments(p)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="merge an adapter into its base and write GGUF plus an Ollama Modelfile")
     p.add_argument("source", help="run folder or Hub repo ID of an adapter")
     p.add_argument("--quant", choices=QUANTS, default="q8_0",
                    help="GGUF tensor type (k-quants such as Q4_K_M need llama.cpp's llama-quantize)")
-    p.add_argument("--out", required=True, help="folder for the .gguf file and the Modelfile")
+    p.add_argument("--out", help="folder for the .gguf file and the Modelfile (this machine)")
     p.add_argument("--push-to", metavar="REPO", help="upload both to this Hub repo (user/name, or auto for "
                    "<you>/<name>-GGUF)")
     p.add_argument("--public", dest="private", action="store_false", default=True, help="create the repo as public")
@@ -294,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="temperature for the Modelfile")
     p.add_argument("--name", help="the model's name: of the .gguf file and the auto repo (default: the adapter's folder)")
     p.add_argument("--run-dir", help="also write progress events to this folder's events file (the web app's jobs)")
+    _backend_arguments(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("push", help="push a finished run's adapter to the Hub")
     p.add_argument("run_dir", help="run folder")

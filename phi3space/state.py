@@ -106,7 +106,8 @@ class RunState:
         elif kind == "example":
             self.examples.append({k: e.get(k) for k in ("index", "prompt", "reference", "base", "adapter")})
         elif kind == "evaluation":
-            self.evaluation = {k: v for k, v in e.items() if k not in ("type", "time", "task")}
+            # (a Jobs run's mirrored events also carry the job's id and their number in its log)
+            self.evaluation = {k: v for k, v in e.items() if k not in ("type", "time", "task", "job", "seq")}
         elif kind == "export":
             self.exported = list(e.get("files") or [])
         elif kind == "error":

@@ -45,6 +45,13 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
     expect(page.locator("#job-progress")).to_contain_text("qa-run")
     page.get_by_role("button", name="Evaluate against the base model").click()
     expect(page.locator("#evaluate")).to_be_enabled()
+    run_on = page.locator("#eval-backend")
+    expect(run_on).to_contain_text("Run on")
+    expect(page.locator("#eval-flavor")).to_be_hidden()
+    run_on.get_by_text("Hugging Face Jobs (billed to you)").click()  # the flavors with their prices
+    expect(page.locator("#eval-flavor")).to_be_visible()
+    run_on.get_by_text("This machine").click()
+    expect(page.locator("#eval-flavor")).to_be_hidden()
     page.locator("#eval-data textarea").fill(str(finished))
     page.locator("#eval-rows input").fill("4")
     page.locator("#evaluate").click()

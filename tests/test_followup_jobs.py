@@ -10,6 +10,7 @@ from helpers import BOB, wait_job
 from helpers import CANARY as ALICE
 
 from phi3space.errors import AuthError, ConfigError
+from phi3space.jobs.kinds import kind_of
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
 from phi3space.run import RunDir
@@ -71,7 +72,8 @@ def test_an_eval_job_runs_like_training_and_reports_through_job_status(trained_r
     assert s["evaluation"]["rows"] == 2 and s["evaluation"]["adapter"]["exact_match"] == 1.0
     assert s["step"] == s["max_steps"] == 2
     stored = runner.store.get(job.id)
-    assert ALICE not in json.dumps(json.loads(stored.args)) and "--run-dir" in stored.args
+    assert ALICE not in json.dumps(json.loads(stored.args))
+    assert kind_of(stored).argv(stored)[-2:] == ["--run-dir", stored.run_dir]  # the command line it ran
     for path in (runner.store.path, job.run.events, job.run.log):
         assert ALICE.encode() not in path.read_bytes()
 

@@ -13,8 +13,9 @@ A new backend is one module with a ``Backend`` subclass, plus one line in ``BACK
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from phi3space.config import BACKENDS, HUB_ONLY_BACKENDS, RunConfig
@@ -38,6 +39,39 @@ class Verdict:
         """Give the run this last word (its events say ``state``)."""
         error = {"kind": self.kind, "message": self.message, "hint": self.hint} if self.kind else None
         writer.finish(self.status, error, step=state.step, adapter=self.adapter)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A job of a kind that does not train on a config (eval, export), as a backend checks and runs it: its
+    ``python -m phi3space`` command line (subcommand first, without its run folder), the adapter it reads (a run
+    folder of this server, or a Hub repo), the caller's other inputs (a file or a Hub ID), the repo it pushes to, and
+    on a rented machine its flavor and time limit."""
+
+    kind: str
+    argv: tuple[str, ...]
+    adapter: str = ""
+    inputs: tuple[tuple[str, str], ...] = ()  # (the setting, e.g. "data", its value)
+    push_to: str | None = None
+    out: bool = False  # it writes files (``--out``) into its run folder too
+    flavor: str | None = None
+    timeout: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"task": asdict(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Task | None:
+        """The task a job's ``args`` hold; None for a plain command line (a merge, or a job of an older version)."""
+        found = json.loads(text or "null")
+        if not isinstance(found, dict) or "task" not in found:
+            return None
+        fields = found["task"]
+        return cls(**{**fields, "argv": tuple(fields["argv"]), "inputs": tuple(map(tuple, fields["inputs"]))})
+
+    def command(self, run_dir: str) -> list[str]:
+        """Its ``python -m phi3space`` arguments with its events (and files) in ``run_dir``."""
+        return [*self.argv, "--run-dir", run_dir] + (["--out", run_dir] if self.out else [])
 
 
 @dataclass
@@ -81,6 +115,19 @@ class Backend:
         when unknown."""
         return None
 
+    def check_task(self, task: Task, token: str | None) -> Task:
+        """``check`` for an eval or export job, before anything is created or billed; returns it resolved (its
+        flavor).
+
+        Raises:
+            Phi3SpaceError: what to fix.
+        """
+        return task
+
+    def task_longest_s(self, task: Task, queue_wait_s: float) -> float | None:
+        """``longest_s`` for an eval or export job."""
+        return None
+
     def start(self, job: Job, token: str | None, slot: int | None) -> Job:
         """Start ``job`` (the store says it is queued); returns it as stored now. A refusal that ends the job is
         raised after the job was given its last word."""
@@ -115,6 +162,19 @@ class Backend:
 
         Raises:
             Phi3SpaceError: the job could not start, or failed (its reason and a hint). Cancelled: Ctrl-C.
+        """
+        return None
+
+    @classmethod
+    def task_from_terminal(cls, task: Task, run_dir: str, token: str | None, echo: Callable[[dict], None],
+                           prepare: Callable[[Task], Task] | None = None) -> RunState | None:
+        """``python -m phi3space eval|export --backend`` this one: run ``task`` and follow it to its end, its events
+        in ``run_dir``; returns the run's state, or None when it runs in the terminal's own process (this machine).
+        ``prepare``: what the caller checks after the backend's checks, before anything is started (the export's
+        destination repo).
+
+        Raises:
+            Phi3SpaceError: the job could not start, or failed. Cancelled: Ctrl-C.
         """
         return None
 

@@ -1,28 +1,31 @@
 """What comes after a run, as jobs of their own (JobRunner's submit_eval and submit_export): measure its adapter
 against the base model, and export it to GGUF for Ollama and llama.cpp. Each is a kind (phi3space.jobs.kinds) whose
-whole command line is ``python -m phi3space eval|export ...`` with ``--run-dir`` set to the job's own folder; it
-queues, runs, stops and is followed like training, with the visitor's token only in its environment.
+whole command line is ``python -m phi3space eval|export ...`` with ``--run-dir`` set to the job's own folder; it goes
+through the submit pipeline (phi3space.jobs.submit) on the backend it is given (default: the one its run trained
+on), and queues, runs, stops and is followed like training, with the visitor's token only in its environment (on
+Hugging Face Jobs: a secret of the job).
 """
 
 from __future__ import annotations
 
-import json
-
+from phi3space.config.schema import ComputeConfig
 from phi3space.datadir import new_job_id, safe_name
-from phi3space.errors import ConfigError
-from phi3space.jobs.kinds import EVAL, EXPORT, TRAIN, Kind, kind_of
+from phi3space.errors import ConfigError, Phi3SpaceError
+from phi3space.jobs.backend import Backend, Task
+from phi3space.jobs.kinds import EVAL, EXPORT, TRAIN, check_backend, kind_of
 from phi3space.jobs.store import Job
-from phi3space.jobs.submit import Caller, check_inputs_allowed, check_token_lasts
+from phi3space.jobs.submit import Caller
+from phi3space.run import RunState
 
 MAX_EVAL_ROWS = 1000
 
 
 class FollowUps:
-    """JobRunner's jobs on a finished run's adapter (besides merge); it supplies get, status, pipeline, data, space
-    and _queue."""
+    """JobRunner's jobs on a finished run's adapter (besides merge); it supplies get, status, pipeline, data, space,
+    backend, queue_wait_s and _queue."""
 
-    def _adapter_of(self, job_id: str, owner: str, what: str) -> tuple[Job, str]:
-        """The finished training run ``job_id`` of ``owner`` and its adapter (its folder here, else its Hub repo).
+    def _source(self, job_id: str, owner: str, what: str) -> tuple[Job, RunState]:
+        """The finished training run ``job_id`` of ``owner`` and its state.
 
         Raises:
             ConfigError: not the owner's, not a training run, or no adapter.
@@ -32,65 +35,101 @@ class FollowUps:
         if not state.has_adapter or kind_of(source) is not TRAIN:
             raise ConfigError([f"job {job_id} has no adapter to {what} (status: {status})"],
                               f"{what.capitalize()} a finished run (or one stopped after it saved its adapter).")
-        return source, source.run_dir if source.run.has_adapter() else state.adapter_repo
+        return source, state
 
-    def _queue_followup(self, kind: Kind, owner: str, token: str | None, argv: list[str], name: str,
-                        out: bool = False) -> Job:
-        """Queue ``kind`` with ``argv``, its events (and with ``out``, its files) in a new folder of its own."""
+    def _backend_for(self, kind, source: Job, name: str | None) -> Backend:
+        backend = self.backend(name or source.backend)
+        check_backend(kind, backend.name)
+        return backend
+
+    @staticmethod
+    def _adapter(source: Job, state: RunState, backend: Backend) -> str:
+        """Where the job reads the adapter: its folder here (unless the job runs where this disk is not), else its
+        Hub repo."""
+        here = source.run.has_adapter()
+        if backend.needs_hub_destination:
+            return state.adapter_repo or source.run_dir  # (a folder only here: the backend refuses it, with a hint)
+        return source.run_dir if here else state.adapter_repo
+
+    @staticmethod
+    def _flavor(source: Job, backend: Backend, flavor: str | None) -> str | None:
+        """The flavor asked for, else the run's own when it trained on this backend (else the backend's default)."""
+        flavor = (flavor or "").strip() or None
+        if flavor or source.backend != backend.name:
+            return flavor
+        from phi3space import config
+
+        try:
+            return config.load(source.run.config).compute.flavor
+        except Phi3SpaceError:
+            return None
+
+    def _queue_task(self, task: Task, backend: Backend, owner: str, token: str | None, name: str) -> Job:
+        """Queue ``task`` on ``backend``, its events (and files) in a new folder of its own."""
         job_id = new_job_id()
         run = self.data.run(owner, job_id)
         run.path.mkdir(parents=True, exist_ok=True)
-        argv = [kind.name, *argv, "--run-dir", str(run.path)] + (["--out", str(run.path)] if out else [])
         return self._queue(Job(id=job_id, owner=owner, name=name, run_dir=str(run.path), needs_token=bool(token),
-                               kind=kind.name, args=json.dumps(argv)), token)
+                               kind=task.kind, args=task.to_json(), backend=backend.name, gpus=1), token)
 
     def submit_eval(self, job_id: str, owner: str, token: str | None = None, data: str | None = None, rows: int = 50,
-                    expires_at: float | None = None) -> Job:
-        """Queue ``python -m phi3space eval`` on a finished run's adapter: its eval rows, or up to ``rows`` rows of
-        ``data``; the results go into the job's events and, when the adapter is on the Hub, its card.
+                    expires_at: float | None = None, backend: str | None = None, flavor: str | None = None) -> Job:
+        """Queue (or on Hugging Face Jobs start) ``python -m phi3space eval`` on a finished run's adapter: its eval
+        rows, or up to ``rows`` rows of ``data``; the results go into the job's events and, when the adapter is on
+        the Hub, its card. ``backend``: where it runs (default: where the run trained); ``flavor``: its hardware there.
 
         Raises:
-            ConfigError: not a finished run of the owner's, rows out of range, or (on a Space) data on the server's disk.
-            AuthError: no sign-in on a Space, or one that has expired.
+            ConfigError: not a finished run of the owner's, rows out of range, (on a Space) data on the server's disk,
+                or (on Jobs) an adapter or data only on this machine, an unknown flavor.
+            AuthError: no sign-in where one is needed, or one that expires too soon.
         """
-        source, adapter = self._adapter_of(job_id, owner, "evaluate")
+        source, state = self._source(job_id, owner, "evaluate")
+        where = self._backend_for(EVAL, source, backend)
         if not isinstance(rows, int) or not 1 <= rows <= MAX_EVAL_ROWS:
             raise ConfigError([f"rows: {rows!r} (1 to {MAX_EVAL_ROWS})"], "e.g. 50 rows.")
-        caller = Caller(owner, token, expires_at)
-        self.pipeline.require_sign_in(caller, "evaluating here needs you to sign in with Hugging Face")
-        check_token_lasts(None, expires_at)
         data = (data or "").strip() or None
-        if data:
-            check_inputs_allowed({"data": data}, (self.data.uploads(owner),), self.space)
-        argv = [adapter, "--rows", str(rows)] + (["--data", data] if data else [])
-        return self._queue_followup(EVAL, owner, token, argv, f"{source.name}-eval")
+        adapter = self._adapter(source, state, where)
+        argv = (EVAL.name, adapter, "--rows", str(rows)) + (("--data", data) if data else ())
+        task = Task(EVAL.name, argv, adapter, (("data", data),) if data else (),
+                    push_to=state.adapter_repo if adapter == state.adapter_repo else None,  # its card gets the scores
+                    flavor=self._flavor(source, where, flavor), timeout=ComputeConfig().timeout)
+        task = self.pipeline.check_task(task, Caller(owner, token, expires_at), where,
+                                        "evaluating here needs you to sign in with Hugging Face", self.queue_wait_s())
+        return self._queue_task(task, where, owner, token, f"{source.name}-eval")
 
     def submit_export(self, job_id: str, owner: str, quant: str, push_to: str | None, token: str | None = None,
                       private: bool = True, system: str | None = None, temperature: float | None = None,
-                      expires_at: float | None = None) -> Job:
-        """Queue ``python -m phi3space export`` on a finished run's adapter: GGUF in ``quant`` and a Modelfile in the
-        job's folder, pushed to ``push_to`` (a repo, or 'auto' for <you>/<run name>-GGUF).
+                      expires_at: float | None = None, backend: str | None = None, flavor: str | None = None) -> Job:
+        """Queue (or on Hugging Face Jobs start) ``python -m phi3space export`` on a finished run's adapter: GGUF in
+        ``quant`` and a Modelfile in the job's folder, pushed to ``push_to`` (a repo, or 'auto' for <you>/<run
+        name>-GGUF; always pushed on a Space and on Jobs). ``backend`` and ``flavor`` as for submit_eval.
 
         Raises:
-            ConfigError: not a finished run of the owner's, an unknown quant. AuthError: no sign-in where needed.
+            ConfigError: not a finished run of the owner's, an unknown quant, (on Jobs) an adapter only on this
+                machine. AuthError: no sign-in where needed, or no write access to the destination.
         """
         from phi3space.engine.gguf_file import QUANTS
 
-        source, adapter = self._adapter_of(job_id, owner, "export")
+        source, state = self._source(job_id, owner, "export")
+        where = self._backend_for(EXPORT, source, backend)
         if quant not in QUANTS:
             raise ConfigError([f"quant: {quant!r} is not one of {', '.join(QUANTS)}"],
                               "k-quants (Q4_K_M, ...) need llama.cpp's llama-quantize, run on an f16 export.")
-        caller = Caller(owner, token, expires_at)
-        if push_to or self.space:
-            self.pipeline.require_sign_in(caller, "pushing to the Hub needs you to sign in")
-        check_token_lasts(None, expires_at)
-        name = safe_name(source.name)
-        if push_to or self.space:  # resolved ('auto') and proven writable now, not after the merge
+        name, caller = safe_name(source.name), Caller(owner, token, expires_at)
+        pushes = bool(push_to) or self.space or where.needs_hub_destination
+        adapter = self._adapter(source, state, where)
+        argv = (EXPORT.name, adapter, "--quant", quant, "--name", name) + (() if private else ("--public",))
+        argv += (("--system", system) if system else ()) + (("--temperature", f"{temperature:g}") if temperature is not None else ())
+        task = Task(EXPORT.name, argv, adapter, push_to=push_to or ("auto" if pushes else None), out=True,
+                    flavor=self._flavor(source, where, flavor), timeout=ComputeConfig().timeout)
+        task = self.pipeline.check_task(task, caller, where, "pushing to the Hub needs you to sign in",
+                                        self.queue_wait_s())
+        if pushes:  # resolved ('auto') and proven writable now, before anything runs or is billed
+            from dataclasses import replace
+
             from phi3space.hub.access import check_push_access
             from phi3space.hub.auth import acting_token
 
-            push_to = check_push_access(push_to or "auto", acting_token(token, self.space), f"{name}-GGUF", private)
-        argv = [adapter, "--quant", quant, "--name", name] + (["--push-to", push_to] if push_to else [])
-        argv += ([] if private else ["--public"]) + (["--system", system] if system else [])
-        argv += ["--temperature", f"{temperature:g}"] if temperature is not None else []
-        return self._queue_followup(EXPORT, owner, token, argv, f"{source.name}-gguf", out=True)
+            repo = check_push_access(task.push_to, acting_token(token, self.space), f"{name}-GGUF", private)
+            task = replace(task, argv=task.argv + ("--push-to", repo), push_to=repo)
+        return self._queue_task(task, where, owner, token, f"{source.name}-gguf")

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from phi3space.errors import ConfigError
+from phi3space.jobs.backend import Task
 from phi3space.jobs.store import Job
 
 
@@ -25,18 +26,24 @@ class Kind:
         folder's file)."""
         if self.trains:
             return [self.name, config_arg or str(job.run.config)] + (["--resume"] if job.resume else [])
-        return json.loads(job.args)  # its whole command line, subcommand first
+        task = Task.from_json(job.args)
+        return task.command(job.run_dir) if task else json.loads(job.args)  # its whole command line
 
 
 TRAIN = Kind("train", trains=True, backends=("local", "hf-jobs"))
 MERGE = Kind("merge", trains=False, backends=("local",))
-EVAL = Kind("eval", trains=False, backends=("local",))
-EXPORT = Kind("export", trains=False, backends=("local",))
+EVAL = Kind("eval", trains=False, backends=("local", "hf-jobs"))
+EXPORT = Kind("export", trains=False, backends=("local", "hf-jobs"))
 KINDS = {k.name: k for k in (TRAIN, MERGE, EVAL, EXPORT)}
 
 
 def kind_of(job: Job) -> Kind:
     return KINDS[job.kind]
+
+
+def task_of(job: Job) -> Task | None:
+    """What an eval or export job runs (None for training and merge)."""
+    return None if kind_of(job).trains else Task.from_json(job.args)
 
 
 def check_backend(kind: Kind, backend: str) -> None:

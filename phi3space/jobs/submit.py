@@ -21,7 +21,7 @@ from pathlib import Path
 
 from phi3space.config import RunConfig, auto_repo_name
 from phi3space.errors import AuthError, ConfigError, DataError, SignInNeeded
-from phi3space.jobs.backend import Backend
+from phi3space.jobs.backend import Backend, Task
 from phi3space.jobs.store import Job, JobStore
 from phi3space.refs import is_hub_id, is_local_ref
 from phi3space.report import human_duration
@@ -117,6 +117,15 @@ class Pipeline:
                                                    _local_token(caller.token), auto_repo_name(cfg), cfg.output.private)
             self.check_repo_free(cfg, caller.owner, job_id)
         return gpus
+
+    def check_task(self, task: Task, caller: Caller, backend: Backend, why: str, queue_wait_s: float) -> Task:
+        """Steps 1-3 for an eval or export job (its destination is checked by the caller, which resolves it);
+        returns it as the backend resolved it (its flavor)."""
+        self.require_sign_in(caller, why)
+        check_inputs_allowed({what: ref for what, ref in task.inputs}, (self.uploads(caller.owner),), self.space)
+        task = backend.check_task(task, caller.token if self.space else _local_token(caller.token))
+        check_token_lasts(backend.task_longest_s(task, queue_wait_s if backend.uses_slots else 0.0), caller.expires_at)
+        return task
 
     @staticmethod
     def check_dataset(dataset: str, token: str | None) -> None:

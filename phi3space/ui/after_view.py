@@ -12,8 +12,10 @@ import gradio as gr
 from phi3space.engine.gguf_file import QUANTS
 from phi3space.errors import ConfigError
 from phi3space.generation import GenerationSettings
+from phi3space.hub.auth import real_token
 from phi3space.jobs.kinds import EVAL, TRAIN, kind_of
 from phi3space.refs import check_repo_id
+from phi3space.ui import compute_box
 from phi3space.ui.common import UI_ONLY, user_errors
 from phi3space.ui.follow import Follower
 from phi3space.ui.jobs_view import following
@@ -77,19 +79,42 @@ def turn(page: int, step: int) -> int:
     return max(1, int(page or 1) + step)
 
 
+RUN_ON = [("Where the run trained", ""), ("This machine", "local"), ("Hugging Face Jobs (billed to you)", "hf-jobs")]
+
+
+def run_on(box: str) -> tuple[gr.Radio, gr.Dropdown]:
+    """A box's "Run on" choice and, for Hugging Face Jobs, its hardware (as the Train form's compute box offers)."""
+    with gr.Row(equal_height=True):
+        backend = gr.Radio(RUN_ON, value="", label="Run on", scale=3, elem_id=f"{box}-backend",
+                           info="On Hugging Face Jobs the adapter must be pushed and the data a Hub dataset.")
+        flavor = gr.Dropdown(compute_box.flavor_choices(fetch=False), value=None, allow_custom_value=True, scale=2,
+                             label="Jobs hardware", info="empty: the run's, else the smallest GPU", visible=False,
+                             elem_id=f"{box}-flavor")
+    backend.input(on_run_on, [backend], [flavor], api_visibility=UI_ONLY)
+    return backend, flavor
+
+
+def on_run_on(backend: str, oauth_token: gr.OAuthToken | None):
+    if backend != "hf-jobs":
+        return gr.Dropdown(visible=False)
+    return gr.Dropdown(choices=compute_box.flavor_choices(real_token(getattr(oauth_token, "token", None))), visible=True)
+
+
 @user_errors
-def evaluate(follower: Follower, data: str, rows, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+def evaluate(follower: Follower, data: str, rows, backend: str, flavor: str, profile: gr.OAuthProfile | None,
+             oauth_token: gr.OAuthToken | None):
     """Queue "evaluate the followed run's adapter against its base" as a job, and follow it."""
     visitor = identify(profile, oauth_token)
     job = get_runner().submit_eval(follower.job_id or "", visitor.require_owner(), visitor.token, data=data,
-                                   rows=int(rows or 0), expires_at=visitor.expires_at)
+                                   rows=int(rows or 0), expires_at=visitor.expires_at, backend=backend or None,
+                                   flavor=flavor or None)
     gr.Info(f"Evaluation job {job.id} submitted.")
     return following(job, follower), None
 
 
 @user_errors
-def export(follower: Follower, quant: str, repo: str, private: bool, system: str, temperature: str,
-           profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+def export(follower: Follower, quant: str, repo: str, private: bool, system: str, temperature: str, backend: str,
+           flavor: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
     """Queue "export the followed run's adapter to GGUF and push it" as a job, and follow it."""
     visitor = identify(profile, oauth_token)
     repo = (repo or "").strip()
@@ -100,7 +125,7 @@ def export(follower: Follower, quant: str, repo: str, private: bool, system: str
                                private=bool(private), system=(system or "").strip() or None,
                                temperature=GenerationSettings.checked(temperature=temperature).temperature
                                if (temperature or "").strip() else None,
-                               expires_at=visitor.expires_at)
+                               expires_at=visitor.expires_at, backend=backend or None, flavor=flavor or None)
     gr.Info(f"Export job {job.id} submitted.")
     return following(job, follower), None
 
@@ -119,6 +144,7 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
                              min_width=120)
             eval_btn = gr.Button("Evaluate", variant="primary", interactive=False, scale=1, elem_id="evaluate",
                                  min_width=120)
+        eval_backend, eval_flavor = run_on("eval")
     with gr.Accordion("Export to GGUF (Ollama, llama.cpp)", open=False, elem_id="export-box"):
         gr.Markdown("Merges the followed run's adapter into its 16-bit base and writes one GGUF file (with Phi-3's "
                     "chat template, stopping at `<|end|>`) and an Ollama `Modelfile`, pushed to a Hub repo of yours "
@@ -137,6 +163,7 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
                                      scale=1, elem_id="export-temperature", min_width=120)
             export_btn = gr.Button("Export and push", variant="primary", interactive=False, scale=1,
                                    elem_id="export", min_width=140)
+        export_backend, export_flavor = run_on("export")
     page = gr.State(1)
     summary = gr.Markdown(visible=False, elem_id="eval-summary")
     table = gr.Dataframe(headers=TABLE, label="Base and adapter, side by side", interactive=False, wrap=True,
@@ -148,9 +175,9 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
         ahead = gr.Button("Next ▶", size="sm", min_width=100, elem_id="eval-next")
     outputs = [drawn, page, eval_btn, export_btn, summary, table, caption, pager]
     timer.tick(refresh, [follower, drawn, page], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
-    eval_btn.click(evaluate, [follower, data, rows], [follower, seen], api_visibility=UI_ONLY)
-    export_btn.click(export, [follower, quant, repo, private, system, temperature], [follower, seen],
-                     api_visibility=UI_ONLY)
+    eval_btn.click(evaluate, [follower, data, rows, eval_backend, eval_flavor], [follower, seen], api_visibility=UI_ONLY)
+    export_btn.click(export, [follower, quant, repo, private, system, temperature, export_backend, export_flavor],
+                     [follower, seen], api_visibility=UI_ONLY)
     for button, step in ((back, -1), (ahead, 1)):
         button.click(lambda p, s=step: turn(p, s), page, page, api_visibility=UI_ONLY).then(
             refresh, [follower, drawn, page], outputs, api_visibility=UI_ONLY)

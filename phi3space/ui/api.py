@@ -77,26 +77,29 @@ def push_again(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAu
 
 
 @api_errors
-def evaluate_job(job_id: str, data: str = "", rows: int = 50, profile: gr.OAuthProfile | None = None,
-                 oauth_token: gr.OAuthToken | None = None) -> str:
+def evaluate_job(job_id: str, data: str = "", rows: int = 50, backend: str = "", flavor: str = "",
+                 profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None) -> str:
     """Queue an evaluation of a finished run's adapter against its base model (on its eval rows, or up to ``rows``
     rows of ``data``: a Hub dataset); returns the eval job's id. Its /job_status carries ``evaluation`` (both
-    summaries) when done."""
+    summaries) when done. ``backend``: local or hf-jobs (empty: where the run trained); ``flavor``: the Jobs
+    hardware (empty: the run's, else the smallest GPU flavor)."""
     visitor = signed_in(profile, oauth_token)
     return get_runner().submit_eval(job_id, visitor.require_owner(), visitor.token, data=data or None, rows=int(rows),
-                                    expires_at=visitor.expires_at).id
+                                    expires_at=visitor.expires_at, backend=backend or None, flavor=flavor or None).id
 
 
 @api_errors
 def export_job(job_id: str, quant: str = "q8_0", push_to: str = "", private: bool = True, system: str = "",
-               temperature: float | None = None, profile: gr.OAuthProfile | None = None,
-               oauth_token: gr.OAuthToken | None = None) -> str:
+               temperature: float | None = None, backend: str = "", flavor: str = "",
+               profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None) -> str:
     """Queue a GGUF export (f16, bf16 or q8_0) of a finished run's adapter, with an Ollama Modelfile, pushed to
-    ``push_to`` (empty: <you>/<run name>-GGUF); returns the export job's id."""
+    ``push_to`` (empty: <you>/<run name>-GGUF); returns the export job's id. ``backend`` and ``flavor`` as for
+    /evaluate_job."""
     visitor = signed_in(profile, oauth_token)
     return get_runner().submit_export(job_id, visitor.require_owner(), quant, push_to or "auto", visitor.token,
                                       private=bool(private), system=system or None, temperature=temperature,
-                                      expires_at=visitor.expires_at).id
+                                      expires_at=visitor.expires_at, backend=backend or None,
+                                      flavor=flavor or None).id
 
 
 @api_errors

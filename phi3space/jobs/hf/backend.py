@@ -20,9 +20,10 @@ from phi3space.config import RunConfig, default_run_name, timeout_seconds
 from phi3space.errors import AuthError, JobsError, Phi3SpaceError, SignInNeeded, register_secret, scrub
 from phi3space.hub.auth import acting_token
 from phi3space.hub.space import on_space
-from phi3space.jobs.backend import Backend, Host
-from phi3space.jobs.hf import follow, platform
+from phi3space.jobs.backend import Backend, Host, Task
+from phi3space.jobs.hf import follow, platform, tasks
 from phi3space.jobs.hf.protocol import CONFIG_VAR
+from phi3space.jobs.kinds import task_of
 from phi3space.jobs.store import Job
 
 FIRST_SEARCH_WAIT_S = 20  # how long a visitor's first call after a restart waits for their jobs to be found again
@@ -52,6 +53,12 @@ class HFJobsBackend(Backend):
     def longest_s(self, cfg: RunConfig, queue_wait_s: float) -> float | None:
         return SCHEDULING_S + (timeout_seconds(cfg.compute.timeout) or 0)
 
+    def check_task(self, task: Task, token: str | None) -> Task:
+        return tasks.check_task(task, self._token(None, token))[0]
+
+    def task_longest_s(self, task: Task, queue_wait_s: float) -> float | None:
+        return tasks.longest_s(task, SCHEDULING_S)
+
     def start(self, job: Job, token: str | None, slot: int | None) -> Job:
         """Start the job on the platform and follow it. A refusal is the run's last word (written by platform.start).
 
@@ -59,10 +66,17 @@ class HFJobsBackend(Backend):
             Phi3SpaceError: the platform's refusal.
         """
         token = self._token(job.owner, token)
-        cfg = config.load(job.run.config)
-        flavor = platform.check_job(cfg, token)
+        task = task_of(job)
+        if task is None:
+            cfg = config.load(job.run.config)
+            flavor = platform.check_job(cfg, token)
+        else:
+            task, flavor = tasks.check_task(task, token)
         self.host.store.update(job.id, phase="running", started=time.time())
-        ref = platform.start(cfg, token, flavor, job.id, job.run.writer(), resume=job.resume, labels=self._labels())
+        if task is None:
+            ref = platform.start(cfg, token, flavor, job.id, job.run.writer(), resume=job.resume, labels=self._labels())
+        else:
+            ref = platform.start_task(task, token, flavor, job.id, job.run.writer(), labels=self._labels())
         self.host.store.update(job.id, handle=str(ref))
         job = self.host.store.get(job.id)
         self._follow(job)
@@ -109,6 +123,12 @@ class HFJobsBackend(Backend):
 
         run_dir = train_cli(cfg, resume, token, echo=echo)
         return f"done: {run_dir} (adapter: {RunDir(run_dir).state().adapter_url})"
+
+    @classmethod
+    def task_from_terminal(cls, task: Task, run_dir: str, token: str | None, echo, prepare=None):
+        from phi3space.jobs.hf.cli import task_cli
+
+        return task_cli(task, run_dir, token, echo=echo, prepare=prepare).state()
 
     # ------------------------------------------------------------ following
 
@@ -182,8 +202,9 @@ class HFJobsBackend(Backend):
 
     def _run_follower(self, job: Job) -> None:
         ref = platform.JobRef.parse(job.handle)
+        trains = task_of(job) is None
         try:
-            cfg = config.load(job.run.config)
+            cfg = config.load(job.run.config) if trains else None
         except Phi3SpaceError:
             cfg = None
         while not self._stop.is_set():
@@ -192,7 +213,8 @@ class HFJobsBackend(Backend):
             if not token:
                 break  # waits for the owner's next visit (seen)
             try:
-                if follow.follow_to_end(ref, token, job.run, job.run.writer(), cfg, stop=self._stop):
+                if follow.follow_to_end(ref, token, job.run, job.run.writer(), cfg, stop=self._stop,
+                                       trains=trains):
                     self.host.ended(job, None, None)  # the platform's verdict is written already
                 break
             except AuthError:  # the token expired: the owner's next visit brings a new one

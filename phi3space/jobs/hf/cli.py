@@ -1,9 +1,10 @@
-"""``python -m phi3space train`` with ``compute.backend: hf-jobs`` from a terminal: submit, print the usual progress
-lines, and end like a local run (exit code, message and hint)."""
+"""``python -m phi3space train`` with ``compute.backend: hf-jobs`` (and ``eval``/``export`` with ``--backend hf-jobs``)
+from a terminal: submit, print the usual progress lines, and end like a local run (exit code, message and hint)."""
 
 from __future__ import annotations
 
 import signal
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -12,8 +13,10 @@ from pathlib import Path
 from phi3space import config
 from phi3space.config import RunConfig
 from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
+from phi3space.jobs.backend import Task
 from phi3space.jobs.hf.follow import cancel, follow_to_end
-from phi3space.jobs.hf.platform import JobRef, prepare, start
+from phi3space.jobs.hf.platform import JobRef, prepare, start, start_task
+from phi3space.jobs.hf.tasks import check_task
 from phi3space.run import RunDir
 
 
@@ -48,6 +51,35 @@ def train_cli(cfg: RunConfig, resume: bool, token: str | None, echo: Callable[[d
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
         ref = start(cfg, token, flavor, uuid.uuid4().hex[:12], writer, resume=resume)
+    follow(ref, token, run, writer, cfg)
+    return outcome(run)
+
+
+def task_cli(task: Task, run_dir: Path | str | None, token: str | None, echo: Callable[[dict], None] | None = None,
+             prepare: Callable[[Task], Task] | None = None) -> RunDir:
+    """``python -m phi3space eval|export ... --backend hf-jobs``: check, start the job, print the usual lines from
+    its mirrored events into ``run_dir``, and end like a local eval or export.
+
+    Raises:
+        Phi3SpaceError: what to fix (before anything is billed), the platform's refusal, or the job's failure.
+        Cancelled: stopped with Ctrl-C (the job is cancelled).
+    """
+    run = RunDir(run_dir or tempfile.mkdtemp(prefix=f"phi3space-{task.kind}-"))
+    if run.holds_run() or run.state().started is not None:
+        raise ConfigError([f"--run-dir: {run.path} already holds a run"], "Choose another folder.")
+    task, flavor = check_task(task, token)
+    task = prepare(task) if prepare else task
+    run.path.mkdir(parents=True, exist_ok=True)
+    writer = run.writer(echo=echo)
+    ref = start_task(task, token, flavor, uuid.uuid4().hex[:12], writer)
+    follow(ref, token, run, writer, None, trains=False)
+    outcome(run, trains=False)
+    return run
+
+
+def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: RunConfig | None, trains: bool = True) -> None:
+    """Follow the job to its end from a terminal: Ctrl-C (or SIGTERM) cancels it, and following goes on until it
+    has ended."""
 
     def interrupt() -> None:
         print(f"stopping: cancelling job {ref}; waiting for it to end (Ctrl-C again to stop waiting)", flush=True)
@@ -58,23 +90,24 @@ def train_cli(cfg: RunConfig, resume: bool, token: str | None, echo: Callable[[d
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
-        follow_to_end(ref, token, run, writer, cfg, on_interrupt=interrupt)
+        follow_to_end(ref, token, run, writer, cfg, on_interrupt=interrupt, trains=trains)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return outcome(run)
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def outcome(run: RunDir) -> Path:
-    """The run folder when the remote run completed and pushed its adapter; else the run's own error."""
+def outcome(run: RunDir, trains: bool = True) -> Path:
+    """The run folder when the remote run completed (and, training, pushed its adapter); else the run's own error."""
     state = run.state()
-    if state.status == "completed" and state.adapter_repo:
+    if state.status == "completed" and (state.adapter_repo or not trains):
         return run.path
     if state.status == "cancelled":
+        if not trains:
+            raise Cancelled(f"stopped at step {state.step}")
         raise Cancelled(f"stopped at step {state.step}" + (f"; the last checkpoint is on {state.checkpoint_url}"
                                                             if state.checkpoint_url else ""),
                         f"Continue with: python -m phi3space train {run.config} --resume")

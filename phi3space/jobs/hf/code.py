@@ -68,9 +68,14 @@ def launch_command(gpus: int, resume: bool = False, config_arg: str = CONFIG_ARG
     return ["python", "-u", *train]
 
 
-def job_command(gpus: int, resume: bool = False, code: Code | None = None) -> list[str]:
-    """The job's command: install ``code`` when given, then the trainer under a wrapper that passes SIGTERM on and
-    reports its exit code."""
+def task_command(argv: list[str]) -> list[str]:
+    """An eval or export job's command: one process (``argv``: its ``python -m phi3space`` arguments)."""
+    return ["python", "-u", "-m", "phi3space", *argv]
+
+
+def job_command(gpus: int, resume: bool = False, code: Code | None = None, argv: list[str] | None = None) -> list[str]:
+    """The job's command: install ``code`` when given, then the trainer (or, with ``argv``, that eval or export) under
+    a wrapper that passes SIGTERM on and reports its exit code."""
     install = ""
     if code is not None:
         wheel = shlex.quote(f"{CODE_MOUNT}/{code.filename}")
@@ -79,7 +84,7 @@ def job_command(gpus: int, resume: bool = False, code: Code | None = None) -> li
                    "python -m pip install --no-cache-dir --progress-bar off --disable-pip-version-check "
                    f"--root-user-action=ignore {wheel}; "
                    "set +e; ")
-    train = shlex.join(launch_command(gpus, resume))
+    train = shlex.join(task_command(argv) if argv is not None else launch_command(gpus, resume))
     wrapper = (f"{train} & child=$!; trap 'kill -TERM $child 2>/dev/null' TERM INT; wait $child; code=$?; "
                "while kill -0 $child 2>/dev/null; do wait $child; code=$?; done; "
                f'echo "{EXIT_PREFIX}$code"; exit $code')

@@ -104,6 +104,14 @@ def check_flavor(name: str, token: str | None) -> Flavor:
     return find_flavor(name, token)
 
 
+def smallest_gpu_flavor(token: str | None = None) -> Flavor:
+    """The cheapest flavor with one GPU or more (the first such when prices are unknown): an eval or export job's
+    default when its run did not train on Jobs."""
+    gpus = [f for f in hardware(token) if f.gpus]
+    priced = [f for f in gpus if f.price_per_hour is not None]
+    return min(priced, key=lambda f: f.price_per_hour) if priced else gpus[0]
+
+
 # Rough LoRA throughput of Phi-3-mini per GPU, relative to one H200 (bench/results: ~4,300 tokens/s on ~500-token
 # rows, ~9,800 on 2,048-token rows), scaled by each GPU's dense bf16 tensor throughput. An estimate for a price
 # tag, not a promise.

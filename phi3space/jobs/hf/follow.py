@@ -113,14 +113,15 @@ def cancel(ref: JobRef, token: str | None) -> None:
     call(lambda: HfApi().cancel_job(job_id=ref.id, namespace=ref.namespace, token=token), f"cancel job {ref}", JobsError)
 
 
-def last_word(info, state: RunState, cfg: RunConfig | None = None, exit_code: int | None = None) -> Verdict | None:
+def last_word(info, state: RunState, cfg: RunConfig | None = None, exit_code: int | None = None,
+              trains: bool = True) -> Verdict | None:
     """How the job ended once the platform says so (``info``), its events say ``state`` and its command reported
-    ``exit_code``: None when the events already tell the truth. A run is completed only when the job completed and
-    the adapter was pushed."""
+    ``exit_code``: None when the events already tell the truth. A training run is completed only when the job
+    completed and the adapter was pushed (an eval or export job: when its own events say so)."""
     stage, said = str(info.status.stage), scrub(info.status.message or "")
     adapter = state.adapter_repo if state.status != "failed" else None
     if stage == "COMPLETED":
-        if state.status in ("cancelled", "failed") or (state.status == "completed" and state.adapter_repo):
+        if state.status in ("cancelled", "failed") or (state.status == "completed" and (state.adapter_repo or not trains)):
             return None
         what = "completed without pushing an adapter" if state.status == "completed" else "ended without finishing its run"
         return Verdict("failed", "jobs", f"the Hugging Face job {what}", f"See its logs: {info.url}", adapter)
@@ -152,7 +153,7 @@ def _diagnose(info, exit_code: int | None, state: RunState, cfg: RunConfig | Non
 
 def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWriter, cfg: RunConfig | None = None,
                   stop: threading.Event | None = None, on_interrupt: Callable[[], None] | None = None,
-                  retry_s: float = POLL_S) -> bool:
+                  retry_s: float = POLL_S, trains: bool = True) -> bool:
     """Follow the job until it ends: its status message while it is being scheduled, then its output (mirrored),
     then the platform's last word where the events lack one. Returns False when ``stop`` was set first. Ctrl-C
     calls ``on_interrupt`` once, and following goes on until the job has ended.
@@ -168,7 +169,7 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
             if info is None:  # only inspect_job saying 404 means the job is gone
                 gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message=None),
                                              url=f"{ref}", durations=None)
-                _write(writer, last_word(gone, run.state(), cfg), run.state())
+                _write(writer, last_word(gone, run.state(), cfg, trains=trains), run.state())
                 return True
             stage = str(info.status.stage)
             if stage == "SCHEDULING":
@@ -187,7 +188,7 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
                     if stage not in TERMINAL:  # it ended while its stream was away: the replay has its last lines
                         _mirror(mirror, token, stop, ref)
                     state = _this_attempt(run.state(), info)
-                    _write(writer, last_word(info, state, cfg, mirror.exit_code), state)
+                    _write(writer, last_word(info, state, cfg, mirror.exit_code, trains), state)
                     return True
                 continue  # the stream ended before the job did (or the job is gone): ask again at once
         except KeyboardInterrupt:

@@ -28,10 +28,10 @@ from phi3space.config import RunConfig, timeout_seconds
 from phi3space.errors import ConfigError, JobsError, Phi3SpaceError, SignInNeeded, register_secret
 from phi3space.hub.access import whoami
 from phi3space.hub.errors import jobs_refusal
-from phi3space.jobs.backend import Verdict
+from phi3space.jobs.backend import Task, Verdict
 from phi3space.jobs.hf.code import CODE_BRANCH, code_volumes, job_command, job_image, launch_command, ships_code, upload_code
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
-from phi3space.jobs.hf.protocol import CONFIG_VAR
+from phi3space.jobs.hf.protocol import CONFIG_VAR, RUN_DIR_ARG, RUN_VAR
 from phi3space.refs import is_local_ref
 from phi3space.run import EventWriter, RunState
 
@@ -100,17 +100,36 @@ def prepare(cfg: RunConfig, token: str | None) -> Flavor:
 
 def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: EventWriter, resume: bool = False,
           labels: dict | None = None) -> JobRef:
-    """Start the job (never retried: a second POST could start, and bill, a second job) and say so in the run's
-    events. A refusal (no payment method, quota, bad flavor, no permission) becomes the run's last word.
+    """Start the training job (never retried: a second POST could start, and bill, a second job) and say so in the
+    run's events. A refusal (no payment method, quota, bad flavor, no permission) becomes the run's last word.
 
     Raises:
         JobsError / AuthError: the platform refused the job (already written to the run's events).
     """
-    from huggingface_hub import HfApi, constants
-
     job_cfg = _copy(cfg)
     job_cfg.output.dir = run_id  # the job puts its run folder under its own temp folder (see job_config)
-    env = {CONFIG_VAR: job_cfg.to_yaml(), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return launch({CONFIG_VAR: job_cfg.to_yaml()}, lambda code: job_command(flavor.gpus, resume, code), token, flavor,
+                  cfg.compute.flavor, cfg.compute.timeout, cfg.output.push_to, run_id, writer, labels,
+                  f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout ({cfg.compute.timeout})")
+
+
+def start_task(task: Task, token: str, flavor: Flavor, run_id: str, writer: EventWriter,
+               labels: dict | None = None) -> JobRef:
+    """``start`` for an eval or export job: ``python -m phi3space eval|export ...`` with its run folder inside the job
+    (``--run-dir env:PHI3SPACE_RUN_ID``), its events echoed into the log as a training job's are."""
+    argv = task.command(RUN_DIR_ARG)
+    return launch({RUN_VAR: run_id}, lambda code: job_command(1, code=code, argv=argv), token, flavor, task.flavor,
+                  task.timeout, task.push_to, run_id, writer, labels,
+                  f"Check the flavor ({task.flavor})")
+
+
+def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, timeout: str, code_repo: str | None,
+           run_id: str, writer: EventWriter, labels: dict | None, check: str) -> JobRef:
+    """Run a job whose command is ``command(code)`` (code: this code's wheel, when the image lacks it, uploaded to
+    ``code_repo``), the token as its secret only; say so in the run's events, or write the refusal there."""
+    from huggingface_hub import HfApi, constants
+
+    env = {**env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if constants.ENDPOINT.rstrip("/") != "https://huggingface.co":
         env["HF_ENDPOINT"] = constants.ENDPOINT  # a private Hub deployment (or a test's stand-in)
     namespace = whoami(token)["name"]
@@ -118,19 +137,17 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
     code = None
     if ships_code():  # off a Space with no image of one's own: the job installs this code first
         try:
-            code = upload_code(cfg.output.push_to, token, log=lambda m: writer.emit("log", message=m))
+            code = upload_code(code_repo, token, log=lambda m: writer.emit("log", message=m))
         except Phi3SpaceError as error:
             Verdict("failed", error.kind, error.message, error.hint).write(writer, RunState())
             raise
     try:
-        info = HfApi().run_job(image=job_image(), command=job_command(flavor.gpus, resume, code), env=env,
-                               volumes=code_volumes(code) or None, secrets={"HF_TOKEN": token}, flavor=cfg.compute.flavor,
-                               timeout=timeout_seconds(cfg.compute.timeout),
+        info = HfApi().run_job(image=job_image(), command=command(code), env=env, volumes=code_volumes(code) or None,
+                               secrets={"HF_TOKEN": token}, flavor=flavor_name, timeout=timeout_seconds(timeout),
                                labels={LABEL_ORIGIN: origin(), LABEL_RUN: safe_label(run_id), **(labels or {})},
                                name=safe_label(f"phi3space-{run_id}"), namespace=namespace, token=token)
     except Exception as exc:
-        error = jobs_refusal(exc, namespace, f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout "
-                             f"({cfg.compute.timeout}), and that the image exists ({job_image()})"
+        error = jobs_refusal(exc, namespace, f"{check}, and that the image exists ({job_image()})"
                              + (f" and this code's wheel ({code.repo_id}, branch {CODE_BRANCH})." if code else "."))
         if error is None:
             raise
@@ -138,8 +155,8 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
         raise error from None
     ref = JobRef(namespace, info.id)
     price = f", ${flavor.price_per_hour:.2f}/h" if flavor.price_per_hour is not None else ""
-    writer.emit("log", message=f"submitted to Hugging Face Jobs: {info.url} ({cfg.compute.flavor}{price}, timeout "
-                               f"{cfg.compute.timeout}); waiting for the hardware", job=str(ref), url=info.url)
+    writer.emit("log", message=f"submitted to Hugging Face Jobs: {info.url} ({flavor_name}{price}, timeout "
+                               f"{timeout}); waiting for the hardware", job=str(ref), url=info.url)
     return ref
 
 

@@ -20,6 +20,8 @@ EVENT_PREFIX = "@phi3space-event "
 EXIT_PREFIX = "@phi3space-exit "  # the job's command reports the trainer's exit code (an OOM kill leaves 137)
 CONFIG_VAR = "PHI3SPACE_RUN_CONFIG"
 CONFIG_ARG = f"env:{CONFIG_VAR}"  # what `python -m phi3space train` is given inside a job
+RUN_VAR = "PHI3SPACE_RUN_ID"
+RUN_DIR_ARG = f"env:{RUN_VAR}"  # the --run-dir (and --out) of `python -m phi3space eval|export` inside a job
 
 
 def inside_job(config_arg: str) -> bool:
@@ -37,6 +39,16 @@ def job_config(config_arg: str, overrides: list[str] | tuple[str, ...] = ()) -> 
     cfg = config.loads(text, overrides)
     cfg.output.dir = str(Path(tempfile.gettempdir()) / "phi3space" / Path(cfg.output.dir).name)
     return cfg
+
+
+def job_run_dir(run_dir_arg: str) -> Path:
+    """The run folder of an eval or export job inside a job (``--run-dir env:PHI3SPACE_RUN_ID``): under the
+    container's temp folder, as for training."""
+    name = os.environ.get(run_dir_arg.removeprefix("env:"), "").strip()
+    if not name:
+        raise ConfigError([f"--run-dir {run_dir_arg}: the environment value is empty"],
+                          "Inside a Hugging Face job the run's id comes in that value; elsewhere pass a folder.")
+    return Path(tempfile.gettempdir()) / "phi3space" / Path(name).name
 
 
 def job_echo(human: Callable[[dict], None] | None = None) -> Callable[[dict], None]:

@@ -1,0 +1,45 @@
+"""Eval and export jobs on Hugging Face Jobs: what is checked before one is started (the inputs are Hub IDs, the
+export pushes, a known flavor) and how long one can take. The job itself is the same wrapper as training's around
+``python -m phi3space eval|export ...`` (platform.start_task), followed and mirrored like training (follow.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from phi3space.config import timeout_seconds
+from phi3space.errors import ConfigError, SignInNeeded
+from phi3space.jobs.backend import Task
+from phi3space.jobs.hf.flavors import Flavor, check_flavor, smallest_gpu_flavor
+from phi3space.jobs.kinds import EXPORT
+from phi3space.refs import is_local_ref
+
+
+def check_task(task: Task, token: str | None) -> tuple[Task, Flavor]:
+    """A token, inputs the job can read (Hub IDs, never this machine's paths), a destination for an export, and a
+    known flavor (default: the smallest GPU flavor); returns the task with its flavor and that flavor.
+
+    Raises:
+        SignInNeeded, ConfigError: what to fix, before anything is billed.
+    """
+    if not token:
+        raise SignInNeeded(f"an {task.kind} job on Hugging Face Jobs needs your Hugging Face sign-in",
+                           "the job runs as you, billed to you.")
+    if is_local_ref(task.adapter):
+        raise ConfigError([f"the adapter is only on this machine ({task.adapter}); a Hugging Face job cannot read it"],
+                          "Push the run's adapter to the Hub first (Push, or python -m phi3space push RUN), then run "
+                          "this on Hugging Face Jobs; or run it on this machine.")
+    problems = [f"{what}: {ref!r} is on this machine; a Hugging Face job cannot read it"
+                for what, ref in task.inputs if ref and is_local_ref(ref)]
+    if problems:
+        raise ConfigError(problems, "Upload the data to the Hub and give its ID, e.g. `hf upload you/my-data ./qa.jsonl "
+                                    "--repo-type dataset`, then you/my-data; or run it on this machine.")
+    if task.kind == EXPORT.name and not task.push_to:
+        raise ConfigError(["an export on Hugging Face Jobs must push its files (the job's disk is gone when it ends)"],
+                          "Give a repo to push to, or auto for <you>/<run name>-GGUF.")
+    flavor = check_flavor(task.flavor, token) if task.flavor else smallest_gpu_flavor(token)
+    return dataclasses.replace(task, flavor=flavor.name), flavor
+
+
+def longest_s(task: Task, scheduling_s: float) -> float:
+    return scheduling_s + (timeout_seconds(task.timeout) or 0)
