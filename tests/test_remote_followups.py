@@ -193,3 +193,32 @@ def test_export_on_jobs_from_the_terminal_pushes_and_says_where(trained_run, ali
         alice.jobs.job(remote_id)["command"][2]
     assert_token_only_a_secret(alice, remote_id)
     assert CANARY not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_an_eval_on_jobs_is_listed_again_and_followed_after_a_wiped_restart(trained_run, alice, tmp_path, monkeypatch):
+    """A Space's disk is wiped on restart: the eval job the platform still runs comes back from what it carries (its
+    task, no secret) when its owner is next seen, and is followed to its results."""
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0")
+    alice.jobs.scheduling_s = 4.0  # still being scheduled while the app restarts
+    data = tmp_path / "data"
+    first = JobRunner(data, slots=1, poll_s=0.1, space=True)
+    try:
+        source = finished_run(first, trained_run, tmp_path)
+        job = first.submit_eval(source.id, "alice", CANARY, data="alice/qa", rows=3, backend="hf-jobs")
+    finally:
+        first.shutdown()
+    shutil.rmtree(data)
+    again = JobRunner(data, slots=1, poll_s=0.1, space=True)
+    try:
+        again.seen("alice", CANARY)
+        found = again.store.get(job.id)
+        assert found is not None and (found.kind, found.owner, found.backend) == ("eval", "alice", "hf-jobs")
+        assert found.handle == job.handle
+        s = wait_job(again, job.id, "alice", until=lambda s: s["status"] in FINAL, timeout=300)
+        assert s["status"] == "completed", (s, found.run.log.read_text()[-3000:])
+        assert s["evaluation"]["adapter"]["exact_match"] == 1.0 and s["step"] == 3
+        remote = alice.jobs.job(job.handle.split("/")[1])
+        assert CANARY not in json.dumps(remote["environment"])  # the task it carries holds no secret
+    finally:
+        again.shutdown()

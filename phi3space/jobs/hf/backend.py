@@ -22,7 +22,7 @@ from phi3space.hub.auth import acting_token
 from phi3space.hub.space import on_space
 from phi3space.jobs.backend import Backend, Host, Task
 from phi3space.jobs.hf import follow, platform, tasks
-from phi3space.jobs.hf.protocol import CONFIG_VAR
+from phi3space.jobs.hf.protocol import CONFIG_VAR, TASK_VAR
 from phi3space.jobs.kinds import task_of
 from phi3space.jobs.store import Job
 
@@ -174,17 +174,26 @@ class HFJobsBackend(Backend):
             self._follow(job)
 
     def _relist(self, owner: str, job_id: str, info) -> Job | None:
-        try:
-            cfg = config.loads((info.environment or {}).get(CONFIG_VAR, ""))
-        except Phi3SpaceError:
-            return None
+        """A job of ``owner``'s that the platform still runs and this server lost (a wiped disk), listed again from
+        what the job itself carries: a training job's config, or an eval or export job's Task."""
+        env = info.environment or {}
         run = self.host.data.run(owner, job_id)
-        cfg.output.dir = str(run.path)
+        try:
+            task = Task.from_json(env[TASK_VAR]) if TASK_VAR in env else None
+            cfg = None if task else config.loads(env.get(CONFIG_VAR, ""))
+        except (Phi3SpaceError, ValueError, TypeError):
+            return None
+        if task is None and cfg is None:
+            return None
         run.path.mkdir(parents=True, exist_ok=True)
-        cfg.save(run.config)
+        if cfg is not None:
+            cfg.output.dir = str(run.path)
+            cfg.save(run.config)
+        kind = {"kind": task.kind, "args": task.to_json(), "name": f"{task.adapter.rsplit('/', 1)[-1]}-{task.kind}"} \
+            if task else {"name": default_run_name(cfg)}
         created = info.created_at.timestamp() if info.created_at else time.time()
-        job = Job(id=job_id, owner=owner, name=default_run_name(cfg), run_dir=str(run.path), phase="running",
-                  created=created, started=created, backend=self.name, handle=f"{info.owner.name}/{info.id}")
+        job = Job(id=job_id, owner=owner, run_dir=str(run.path), phase="running", created=created, started=created,
+                  backend=self.name, handle=f"{info.owner.name}/{info.id}", **kind)
         self.host.store.add(job)
         return job
 

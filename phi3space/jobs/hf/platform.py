@@ -31,7 +31,7 @@ from phi3space.hub.errors import jobs_refusal
 from phi3space.jobs.backend import Task, Verdict
 from phi3space.jobs.hf.code import CODE_BRANCH, code_volumes, job_command, job_image, launch_command, ships_code, upload_code
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
-from phi3space.jobs.hf.protocol import CONFIG_VAR, RUN_DIR_ARG, RUN_VAR
+from phi3space.jobs.hf.protocol import CONFIG_VAR, RUN_DIR_ARG, RUN_VAR, TASK_VAR
 from phi3space.refs import is_local_ref
 from phi3space.run import EventWriter, RunState
 
@@ -118,9 +118,9 @@ def start_task(task: Task, token: str, flavor: Flavor, run_id: str, writer: Even
     """``start`` for an eval or export job: ``python -m phi3space eval|export ...`` with its run folder inside the job
     (``--run-dir env:PHI3SPACE_RUN_ID``), its events echoed into the log as a training job's are."""
     argv = task.command(RUN_DIR_ARG)
-    return launch({RUN_VAR: run_id}, lambda code: job_command(1, code=code, argv=argv), token, flavor, task.flavor,
-                  task.timeout, task.push_to, run_id, writer, labels,
-                  f"Check the flavor ({task.flavor})")
+    env = {RUN_VAR: run_id, TASK_VAR: task.to_json()}  # the task (no secret): a restart lists the job again from it
+    return launch(env, lambda code: job_command(1, code=code, argv=argv), token, flavor, task.flavor,
+                  task.timeout, task.push_to, run_id, writer, labels, f"Check the flavor ({task.flavor})")
 
 
 def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, timeout: str, code_repo: str | None,

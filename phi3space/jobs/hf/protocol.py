@@ -22,6 +22,7 @@ CONFIG_VAR = "PHI3SPACE_RUN_CONFIG"
 CONFIG_ARG = f"env:{CONFIG_VAR}"  # what `python -m phi3space train` is given inside a job
 RUN_VAR = "PHI3SPACE_RUN_ID"
 RUN_DIR_ARG = f"env:{RUN_VAR}"  # the --run-dir (and --out) of `python -m phi3space eval|export` inside a job
+TASK_VAR = "PHI3SPACE_TASK"  # an eval or export job's Task (plain data, no secret): how a restart lists it again
 
 
 def inside_job(config_arg: str) -> bool:
