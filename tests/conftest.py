@@ -49,6 +49,23 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+# The variables a job runner made for a Space in this process changes, as app.py's start does on a real Space
+# (phi3space.hub.auth.keep_owner_token_out: the owner's token out, implicit tokens off). Left set, they would follow
+# every later test of this worker into the processes it starts (a card's snippet would then send no token).
+_SPACE_START_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_DISABLE_IMPLICIT_TOKEN", "HF_TOKEN_PATH")
+
+
+@pytest.fixture(autouse=True)
+def _environment_as_it_was():
+    saved = {name: os.environ.get(name) for name in _SPACE_START_VARS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 # ---- the Hub stand-in
 
 
