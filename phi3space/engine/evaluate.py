@@ -11,6 +11,7 @@ gets the adapter's scores as ``model-index`` results (phi3space.hub.model_index)
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,18 +77,18 @@ def load_eval_rows(adapter_dir: Path, data: str | None, rows: int, token: str | 
 
 
 def _loss(model, ids: list[int], mask: list[int]) -> tuple[float, int]:
-    """Summed cross-entropy over the trained (assistant) tokens, and their number."""
+    """Summed cross-entropy over the trained (assistant) tokens, and their number (transformers' causal-LM loss,
+    the mean over those tokens, times their number)."""
     import torch
 
     device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    labels = torch.tensor([[i if m else -100 for i, m in zip(ids, mask)]], device=device)
+    labels = [i if m else -100 for i, m in zip(ids, mask)]
+    n = sum(1 for label in labels[1:] if label != -100)  # the loss predicts each token from the ones before it
+    if not n:
+        return 0.0, 0
     with torch.no_grad():
-        logits = model(input_ids=input_ids).logits[:, :-1].float()
-    target = labels[:, 1:]
-    total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                              ignore_index=-100, reduction="sum")
-    return float(total), int((target != -100).sum())
+        loss = model(input_ids=torch.tensor([ids], device=device), labels=torch.tensor([labels], device=device)).loss
+    return float(loss) * n, n
 
 
 def _reply(model, tokenizer, prompt: list[dict], settings: GenerationSettings, stop: list[int]) -> tuple[str, bool]:
@@ -148,11 +149,7 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
             ids, mask = tokenize_example({"messages": row.messages}, tokenizer, template)
             example = {"index": i, "prompt": row.prompt[-1]["content"], "reference": row.reference}
             for side in ("base", "adapter"):
-                if side == "base":
-                    with model.disable_adapter():
-                        reply, ended = _reply(model, tokenizer, row.prompt, settings, stop)
-                        loss, n = _loss(model, ids, mask)
-                else:
+                with model.disable_adapter() if side == "base" else nullcontext():
                     reply, ended = _reply(model, tokenizer, row.prompt, settings, stop)
                     loss, n = _loss(model, ids, mask)
                 example[side] = {"reply": reply, **scores(reply, row.reference), "loss": loss / n if n else None,
