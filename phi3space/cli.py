@@ -246,7 +246,7 @@ def cmd_export(args) -> int:
 
         args.out = str(job_protocol.job_run_dir(args.out))
     _stoppable("export")
-    _quiet_libraries()
+    _quiet_libraries(data=False)
     result = export(args.source, args.quant, _writer(args), out=args.out, push_to=args.push_to, token=resolve_token(),
                     private=args.private, system=args.system, temperature=settings and settings.temperature,
                     name=args.name)

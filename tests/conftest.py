@@ -174,3 +174,20 @@ def browser():
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+# ---- a real llama.cpp
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama.cpp's prebuilt CPU binaries from npm (node-llama-cpp, installed on first use: tests/llama.py). Skipped
+    where npm is missing or cannot install it, unless PHI3SPACE_REQUIRE_LLAMA_CPP=1 (CI), where that fails."""
+    import llama
+
+    try:
+        return llama.LlamaCpp(llama.install())
+    except (RuntimeError, OSError, StopIteration) as exc:
+        if os.environ.get("PHI3SPACE_REQUIRE_LLAMA_CPP") == "1":
+            pytest.fail(f"llama.cpp is needed (PHI3SPACE_REQUIRE_LLAMA_CPP=1) and could not be had: {exc}")
+        pytest.skip(f"no llama.cpp here: {exc}")

@@ -85,7 +85,7 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
     expect(page.locator("#job-progress")).to_contain_text("completed", timeout=180_000)
     expect(page.locator("#job-progress")).to_contain_text("GGUF and Modelfile on the Hub")
     expect(page.locator("#job-progress")).to_contain_text("alice/qa-run-GGUF")
-    assert {"qa-run-f16.gguf", "Modelfile", "README.md"} <= set(alice.files("alice/qa-run-GGUF"))
+    assert {"qa-run-F16.gguf", "Modelfile", "README.md"} <= set(alice.files("alice/qa-run-GGUF"))
     modelfile = alice.files("alice/qa-run-GGUF")["Modelfile"].decode()
     assert 'SYSTEM """Answer in one line."""' in modelfile and "temperature" not in modelfile  # left empty
     page.screenshot(path=str(ARTIFACTS / "after-1280-3-exported.png"), full_page=True)

@@ -134,10 +134,10 @@ def test_an_export_on_jobs_pushes_the_gguf_and_modelfile(trained_run, alice, run
     s = wait_job(runner, job.id, "alice", until=lambda s: s["status"] in FINAL, timeout=300)
     assert s["status"] == "completed", (s, job.run.log.read_text()[-3000:])
     repo = "alice/qa-run-GGUF"
-    assert s["exported"] == ["qa-run-q8_0.gguf", "Modelfile"] and job.run.state().model_url.endswith(repo)
+    assert s["exported"] == ["qa-run-Q8_0.gguf", "Modelfile"] and job.run.state().model_url.endswith(repo)
     files = alice.files(repo)
-    assert {"qa-run-q8_0.gguf", "Modelfile", "README.md"} <= set(files) and alice.repo(repo)["private"] is True
-    assert files["qa-run-q8_0.gguf"][:4] == b"GGUF"
+    assert {"qa-run-Q8_0.gguf", "Modelfile", "README.md"} <= set(files) and alice.repo(repo)["private"] is True
+    assert files["qa-run-Q8_0.gguf"][:4] == b"GGUF"
     remote_id = runner.store.get(job.id).handle.split("/")[1]
     spec = alice.jobs.job(remote_id)
     assert spec["flavor"] == config.load(source.run.config).compute.flavor  # the run's own
@@ -186,8 +186,8 @@ def test_export_on_jobs_from_the_terminal_pushes_and_says_where(trained_run, ali
     done = run_cli("export", ADAPTER, "--quant", "q8_0", "--backend", "hf-jobs", token=CANARY)  # no --out: pushed
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     repo = "alice/snarkle-GGUF"  # auto: <you>/<name>-GGUF, resolved before the job started
-    assert f"wrote snarkle-q8_0.gguf and Modelfile; on the Hub: {alice.url}/{repo}" in done.stdout
-    assert {"snarkle-q8_0.gguf", "Modelfile", "README.md"} <= set(alice.files(repo))
+    assert f"wrote snarkle-Q8_0.gguf and Modelfile; on the Hub: {alice.url}/{repo}" in done.stdout
+    assert {"snarkle-Q8_0.gguf", "Modelfile", "README.md"} <= set(alice.files(repo))
     (remote_id,) = alice.jobs.ids()
     assert f"--push-to {repo} --run-dir env:PHI3SPACE_RUN_ID --out env:PHI3SPACE_RUN_ID &" in \
         alice.jobs.job(remote_id)["command"][2]

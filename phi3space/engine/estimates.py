@@ -25,6 +25,17 @@ def model_size(base: str) -> tuple[float, int, int, int, int]:
     return next((v for k, v in KNOWN_SIZES.items() if k in name), KNOWN_SIZES["mini"])
 
 
+# A GGUF export's peak memory (engine/export.py streams: the libraries, then the base as stored in bf16 and one layer
+# in float32 at a time). The budget bench/export_memory.py checks, and what a machine for an export needs.
+EXPORT_FIXED_BYTES = 0.5e9
+EXPORT_BYTES_PER_BF16_BYTE = 1.2
+
+
+def export_memory_bytes(base: str) -> float:
+    """Memory a GGUF export of an adapter on ``base`` needs at most (bench/export_memory.py measures it)."""
+    return EXPORT_FIXED_BYTES + EXPORT_BYTES_PER_BF16_BYTE * 2 * model_size(base)[0]
+
+
 def sequences_per_row(cfg) -> int:
     """Sequences a row puts through the model: a DPO pair is two (its prompt with each answer)."""
     return 2 if cfg.training.objective == "dpo" else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter
@@ -151,4 +152,34 @@ def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, to
     tokenizer_source = path if RunDir(path).has_tokenizer() else base
     load_tokenizer(str(tokenizer_source), token).save_pretrained(out)
     return out
+
+
+def merged_weights(model) -> list[tuple[str, tuple[int, ...], Callable]]:
+    """The weights of ``model`` (a PeftModel) with its adapter merged, as (name, shape, make) in the base model's own
+    names, for engine.gguf_file.write_gguf. Nothing is merged until asked: ``make()`` has peft merge that one layer
+    in float32 (so a small update is not lost to bf16 rounding) and hands the weight over, and the model lets go of
+    it; so the whole model is never held twice, nor in float32."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    owners = {f"{name}.base_layer.weight": m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    saved = f".modules_to_save.{model.active_adapter}."
+    weights = []
+    for name, param in base.named_parameters():
+        if ".lora_" in name or ".original_module." in name:
+            continue
+        plain = name.replace(".base_layer.", ".").replace(saved, ".")
+        weights.append((plain, tuple(param.shape), partial(_hand_over, param, owners.get(name))))
+    return weights
+
+
+def _hand_over(param, lora_layer):
+    import torch
+
+    if lora_layer is not None:
+        param.data = param.data.float()
+        lora_layer.merge()
+    values = param.data
+    param.data = torch.empty(0, dtype=values.dtype, device=values.device)
+    return values
 

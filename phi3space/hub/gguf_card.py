@@ -15,36 +15,41 @@ def gguf_card(repo_id: str, gguf_file: str, quant: str, base: str | None) -> str
 
     data = ModelCardData(base_model=base if base and is_hub_id(base) else None, library_name="gguf",
                          pipeline_tag="text-generation", tags=["gguf", "phi3", "phi3space", "ollama", "llama.cpp"])
+    tag = quant.upper()  # the tag llama.cpp's -hf and Ollama's hf.co/ pick this repo's file by (it names the file)
+    name = repo_id.split("/")[-1].lower()
     body = f"""
 # {repo_id.split('/')[-1]}
 
 A Phi-3 fine-tune exported by phi3space: the LoRA adapter merged into its 16-bit base{f' ({base})' if base else ''}
-and written as GGUF ({quant}), with Phi-3's chat template and `<|end|>` as the end-of-generation token in its metadata.
+and written as GGUF ({tag}). The file carries the base's own chat template, `<|end|>` as its end-of-generation token
+and no BOS before a prompt, so llama.cpp and Ollama prompt it as it was trained.
 
 ## Run it
 
-Ollama:
+llama.cpp (downloads the file, then chats or serves an OpenAI-compatible API on port 8080):
 
 ```sh
-ollama run hf.co/{repo_id}
+llama-cli -hf {repo_id}:{tag}
+llama-server -hf {repo_id}:{tag}
 ```
 
-or with the `Modelfile` in this repo (template, stop tokens, system prompt and temperature):
+Ollama (it reads the chat template inside the GGUF and turns it into its own; for a private repo, add your Ollama
+SSH key to your Hugging Face account first):
 
 ```sh
-huggingface-cli download {repo_id} {gguf_file} Modelfile --local-dir .
-ollama create {repo_id.split('/')[-1].lower()} -f Modelfile
+ollama run hf.co/{repo_id}:{tag}
 ```
 
-llama.cpp:
+Or download the file with this repo's `Modelfile` (the same template written for Ollama, the stop tokens, and the
+system prompt and temperature when the export set them) and create a local Ollama model from it:
 
 ```sh
-llama-cli --hf-repo {repo_id} --hf-file {gguf_file} -cnv
-llama-server --hf-repo {repo_id} --hf-file {gguf_file}
+hf download {repo_id} {gguf_file} Modelfile --local-dir {name}
+cd {name} && ollama create {name} -f Modelfile && ollama run {name}
 ```
 
-Smaller files (Q4_K_M and the other k-quants) come from llama.cpp's quantizer:
-`llama-quantize {gguf_file} model-Q4_K_M.gguf Q4_K_M` (best from an f16 export).
+Smaller files (Q4_K_M and the other k-quants) come from llama.cpp's quantizer, best from an F16 export:
+`llama-quantize {gguf_file} {name}-Q4_K_M.gguf Q4_K_M`.
 """
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
 

@@ -27,7 +27,7 @@ TABLE = ["#", "prompt", "reference", "base", "adapter", "EM base / adapter"]
 SUMMARY = [("exact match", "exact_match"), ("token F1", "token_f1"), ("ROUGE-L", "rouge_l"),
            ("loss on assistant tokens", "loss"), (r"replies ending with <\|end\|>", "ended_with_end")]
 K_QUANTS = ("Q4_K_M and the other k-quants need llama.cpp's C++ quantizer: export f16 here, then run "
-            "`llama-quantize model-f16.gguf model-Q4_K_M.gguf Q4_K_M` on your machine.")
+            "`llama-quantize NAME-F16.gguf NAME-Q4_K_M.gguf Q4_K_M` on your machine.")
 
 
 def summary_md(evaluation: dict | None) -> str:
