@@ -118,6 +118,22 @@ def test_flavors_prices_and_the_cost_estimate_from_the_hubs_hardware_list(hub, m
     monkeypatch.setattr(flavors, "_hardware", None)
 
 
+def test_an_export_on_jobs_gets_the_cheapest_machine_with_the_memory_its_base_needs(hub, monkeypatch):
+    from phi3space.engine.estimates import export_memory_bytes
+
+    monkeypatch.setattr(flavors, "_hardware", None)
+    assert flavors.hardware()[0].ram_gb == 16.0  # cpu-basic, as list_jobs_hardware says
+    mini = export_memory_bytes("microsoft/Phi-3-mini-4k-instruct")  # 0.5 GB + 1.2 x 7.64 GB (bench/export_memory.py)
+    assert 9.5e9 < mini < 9.8e9 and flavors.flavor_with_memory(mini).name == "cpu-basic"  # 16 GB, $0.01/h, no GPU
+    medium = export_memory_bytes("microsoft/Phi-3-medium-4k-instruct")  # 34 GB: more than cpu-upgrade's 32 GB
+    assert flavors.flavor_with_memory(medium).name == "cpu-xl"  # 124 GB at $1.00/h: cheaper than a10g-large's 46 GB
+    hub.fail_all(503)  # memory unknown (the names only): the smallest GPU flavor, as before
+    monkeypatch.setattr(flavors, "_hardware", None)
+    assert flavors.flavor_with_memory(mini).gpus == 1
+    hub.heal()
+    monkeypatch.setattr(flavors, "_hardware", None)
+
+
 def test_event_lines_of_a_job_and_their_mirror(tmp_path, capsys, monkeypatch):
     echo = job_protocol.job_echo()
     echo({"type": "progress", "step": 1, "loss": float("nan")})

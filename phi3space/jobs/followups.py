@@ -120,8 +120,9 @@ class FollowUps:
         adapter = self._adapter(source, state, where)
         argv = (EXPORT.name, adapter, "--quant", quant, "--name", name) + (() if private else ("--public",))
         argv += (("--system", system) if system else ()) + (("--temperature", f"{temperature:g}") if temperature is not None else ())
+        # (not the run's own flavor: an export needs memory, not the GPU it trained on; the backend picks one)
         task = Task(EXPORT.name, argv, adapter, push_to=push_to or ("auto" if pushes else None), out=True,
-                    flavor=self._flavor(source, where, flavor), timeout=ComputeConfig().timeout)
+                    flavor=(flavor or "").strip() or None, timeout=ComputeConfig().timeout)
         task = self.pipeline.check_task(task, caller, where, "pushing to the Hub needs you to sign in",
                                         self.queue_wait_s())
         if pushes:  # resolved ('auto') and proven writable now, before anything runs or is billed

@@ -22,6 +22,7 @@ class Flavor:
     gpu: str = ""  # accelerator model (A10G, L4, ...); "" for CPU flavors
     memory_gb: float | None = None  # GPU memory per GPU
     price_per_hour: float | None = None  # USD
+    ram_gb: float | None = None  # the machine's memory
 
     def label(self) -> str:
         """'a10g-large · 1× A10G 24 GB · $1.50/h' (for the form's dropdown)."""
@@ -56,7 +57,8 @@ def _flavor(info) -> Flavor:
         memory = float(m.group(1)) / max(gpus, 1) if m else None
     per_hour = _PER_HOUR.get(str(info.unit_label).lower())
     price = round(info.unit_cost_usd * per_hour, 4) if per_hour and info.unit_cost_usd is not None else None
-    return Flavor(info.name, gpus, acc.model if acc is not None else "", memory, price)
+    ram = re.match(r"([\d.]+)\s*GB", str(getattr(info, "ram", "") or ""))
+    return Flavor(info.name, gpus, acc.model if acc is not None else "", memory, price, float(ram.group(1)) if ram else None)
 
 
 _hardware: tuple[float, list[Flavor]] | None = None
@@ -110,6 +112,13 @@ def smallest_gpu_flavor(token: str | None = None) -> Flavor:
     gpus = [f for f in hardware(token) if f.gpus]
     priced = [f for f in gpus if f.price_per_hour is not None]
     return min(priced, key=lambda f: f.price_per_hour) if priced else gpus[0]
+
+
+def flavor_with_memory(needed_bytes: float, token: str | None = None) -> Flavor:
+    """The cheapest flavor, GPU or not, whose machine has ``needed_bytes`` of memory (a GGUF export needs memory, not
+    a GPU); the smallest GPU flavor when the Hub's list does not say (offline)."""
+    fits = [f for f in hardware(token) if f.ram_gb and f.ram_gb * 1e9 >= needed_bytes and f.price_per_hour is not None]
+    return min(fits, key=lambda f: f.price_per_hour) if fits else smallest_gpu_flavor(token)
 
 
 # Rough LoRA throughput of Phi-3-mini per GPU, relative to one H200 (bench/results: ~4,300 tokens/s on ~500-token

@@ -6,18 +6,21 @@ export pushes, a known flavor) and how long one can take. The job itself is the 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 from phi3space.config import timeout_seconds
 from phi3space.errors import ConfigError, SignInNeeded
 from phi3space.jobs.backend import Task
-from phi3space.jobs.hf.flavors import Flavor, check_flavor, smallest_gpu_flavor
+from phi3space.jobs.hf.flavors import Flavor, check_flavor, flavor_with_memory, smallest_gpu_flavor
 from phi3space.jobs.kinds import EXPORT
 from phi3space.refs import is_local_ref
 
 
 def check_task(task: Task, token: str | None) -> tuple[Task, Flavor]:
     """A token, inputs the job can read (Hub IDs, never this machine's paths), a destination for an export, and a
-    known flavor (default: the smallest GPU flavor); returns the task with its flavor and that flavor.
+    known flavor (default: for an export the cheapest machine with the memory it needs, else the smallest GPU
+    flavor); returns the task with its flavor and that flavor.
 
     Raises:
         SignInNeeded, ConfigError: what to fix, before anything is billed.
@@ -37,8 +40,27 @@ def check_task(task: Task, token: str | None) -> tuple[Task, Flavor]:
     if task.kind == EXPORT.name and not task.push_to:
         raise ConfigError(["an export on Hugging Face Jobs must push its files (the job's disk is gone when it ends)"],
                           "Give a repo to push to, or auto for <you>/<run name>-GGUF.")
-    flavor = check_flavor(task.flavor, token) if task.flavor else smallest_gpu_flavor(token)
+    if task.flavor:
+        flavor = check_flavor(task.flavor, token)
+    elif task.kind == EXPORT.name:  # a machine with the memory the export needs (bench/export_memory.py)
+        from phi3space.engine.estimates import export_memory_bytes
+
+        flavor = flavor_with_memory(export_memory_bytes(adapter_base(task.adapter, token)), token)
+    else:
+        flavor = smallest_gpu_flavor(token)
     return dataclasses.replace(task, flavor=flavor.name), flavor
+
+
+def adapter_base(repo: str, token: str | None) -> str:
+    """The base model of an adapter repo on the Hub, from its adapter_config.json ('' when it cannot be read: then
+    sizes are Phi-3-mini's)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = json.loads(Path(hf_hub_download(repo, "adapter_config.json", token=token)).read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(config.get("base_model_name_or_path") or "") if isinstance(config, dict) else ""
 
 
 def longest_s(task: Task, scheduling_s: float) -> float:
