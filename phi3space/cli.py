@@ -236,6 +236,10 @@ def cmd_export(args) -> int:
                           push_to=args.push_to or "auto", prepare=export_destination(name, args.private, resolve_token()))
     if state is not None:  # it ran elsewhere (Hugging Face Jobs) and pushed its files
         print(f"wrote {' and '.join(state.exported)}; on the Hub: {state.model_url}")
+        from phi3space.hub.gguf_card import run_commands
+
+        repo = state.model_url.rstrip("/").split("/", 3)[-1] if state.model_url else None
+        print("run it:\n" + "\n".join(f"  {line}" for line in run_commands(state.exported[0], args.quant, repo)))
         return 0
     if not args.out:
         from phi3space.errors import ConfigError
@@ -251,6 +255,9 @@ def cmd_export(args) -> int:
                     private=args.private, system=args.system, temperature=settings and settings.temperature,
                     name=args.name)
     print(f"wrote {result['gguf']} and {result['modelfile']}" + (f"; on the Hub: {result['url']}" if result["url"] else ""))
+    from phi3space.hub.gguf_card import run_commands
+
+    print("run it:\n" + "\n".join(f"  {line}" for line in run_commands(result["gguf"], args.quant, result["repo_id"])))
     return 0
 
 

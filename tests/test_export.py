@@ -89,7 +89,8 @@ def test_export_reads_back_as_the_merged_model(quant, trained_run, merged, tmp_p
     assert 'SYSTEM """Answer briefly."""' in modelfile and "PARAMETER temperature 0.2" in modelfile
     state = RunDir(tmp_path / "job").state()
     assert state.status == "completed" and state.exported == [name, "Modelfile"]
-    assert f"wrote {out / name}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote {out / name}" in printed and f"llama-cli -m {out / name}" in printed  # the next command to run
 
 
 def test_export_pushes_the_file_and_modelfile_with_a_card_that_runs_them(trained_run, alice, tmp_path, monkeypatch):

@@ -188,6 +188,7 @@ def test_export_on_jobs_from_the_terminal_pushes_and_says_where(trained_run, ali
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     repo = "alice/snarkle-GGUF"  # auto: <you>/<name>-GGUF, resolved before the job started
     assert f"wrote snarkle-Q8_0.gguf and Modelfile; on the Hub: {alice.url}/{repo}" in done.stdout
+    assert f"ollama run hf.co/{repo}:Q8_0" in done.stdout and f"llama-cli -hf {repo}:Q8_0" in done.stdout
     assert {"snarkle-Q8_0.gguf", "Modelfile", "README.md"} <= set(alice.files(repo))
     (remote_id,) = alice.jobs.ids()
     assert f"--push-to {repo} --run-dir env:PHI3SPACE_RUN_ID --out env:PHI3SPACE_RUN_ID &" in \

@@ -9,14 +9,24 @@ from phi3space.refs import is_hub_id
 from phi3space.run import EventWriter, RunDir
 
 
+def run_commands(gguf_file: str, quant: str, repo_id: str | None = None) -> list[str]:
+    """The lines that run an exported file: from its Hub repo (llama.cpp's -hf and Ollama's hf.co/, by the file's
+    quant tag) when it was pushed, else from the file on this machine."""
+    if repo_id:
+        tag = quant.upper()
+        return [f"llama-cli -hf {repo_id}:{tag}", f"llama-server -hf {repo_id}:{tag}", f"ollama run hf.co/{repo_id}:{tag}"]
+    return [f"llama-cli -m {gguf_file}", f"llama-server -m {gguf_file}", "ollama create NAME -f Modelfile  (in the file's folder)"]
+
+
 def gguf_card(repo_id: str, gguf_file: str, quant: str, base: str | None) -> str:
     """The card: front matter the Hub indexes (gguf, base model) and the lines that run the file."""
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(base_model=base if base and is_hub_id(base) else None, library_name="gguf",
                          pipeline_tag="text-generation", tags=["gguf", "phi3", "phi3space", "ollama", "llama.cpp"])
-    tag = quant.upper()  # the tag llama.cpp's -hf and Ollama's hf.co/ pick this repo's file by (it names the file)
+    tag = quant.upper()
     name = repo_id.split("/")[-1].lower()
+    cli, server, ollama = run_commands(gguf_file, quant, repo_id)
     body = f"""
 # {repo_id.split('/')[-1]}
 
@@ -29,15 +39,15 @@ and no BOS before a prompt, so llama.cpp and Ollama prompt it as it was trained.
 llama.cpp (downloads the file, then chats or serves an OpenAI-compatible API on port 8080):
 
 ```sh
-llama-cli -hf {repo_id}:{tag}
-llama-server -hf {repo_id}:{tag}
+{cli}
+{server}
 ```
 
 Ollama (it reads the chat template inside the GGUF and turns it into its own; for a private repo, add your Ollama
 SSH key to your Hugging Face account first):
 
 ```sh
-ollama run hf.co/{repo_id}:{tag}
+{ollama}
 ```
 
 Or download the file with this repo's `Modelfile` (the same template written for Ollama, the stop tokens, and the
