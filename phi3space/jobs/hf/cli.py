@@ -72,14 +72,15 @@ def task_cli(task: Task, run_dir: Path | str | None, token: str | None, echo: Ca
     run.path.mkdir(parents=True, exist_ok=True)
     writer = run.writer(echo=echo)
     ref = start_task(task, token, flavor, uuid.uuid4().hex[:12], writer)
-    follow(ref, token, run, writer, None, trains=False)
+    follow(ref, token, run, writer, None, trains=False, timeout=task.timeout)
     outcome(run, trains=False)
     return run
 
 
-def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: RunConfig | None, trains: bool = True) -> None:
+def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: RunConfig | None, trains: bool = True,
+           timeout: str | None = None) -> None:
     """Follow the job to its end from a terminal: Ctrl-C (or SIGTERM) cancels it, and following goes on until it
-    has ended."""
+    has ended (``timeout``: an eval or export job's time limit)."""
 
     def interrupt() -> None:
         print(f"stopping: cancelling job {ref}; waiting for it to end (Ctrl-C again to stop waiting)", flush=True)
@@ -90,7 +91,7 @@ def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: RunConfig |
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
-        follow_to_end(ref, token, run, writer, cfg, on_interrupt=interrupt, trains=trains)
+        follow_to_end(ref, token, run, writer, cfg, on_interrupt=interrupt, trains=trains, timeout=timeout)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
