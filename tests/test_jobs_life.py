@@ -256,3 +256,18 @@ def test_a_completed_job_whose_log_never_answers_and_that_pushed_nothing_is_not_
     message = state.error["message"]
     assert message.startswith("the Hugging Face job completed, but its log could not be read (HTTP 503)") and \
         message.endswith("and its repo holds no adapter from it"), message
+
+
+def test_an_eval_or_export_job_stopped_at_its_time_limit_is_told_so_with_a_hint_of_its_own(alice, tmp_path):
+    from huggingface_hub import HfApi
+
+    alice.jobs.time_scale = 0.05  # a 1-minute limit ends the job after 3 s
+    info = HfApi().run_job(image=IMAGE, command=["sh", "-c", wrapped("sleep 60")], flavor="a10g-large", timeout=60,
+                           namespace="alice", token=CANARY)
+    run = RunDir(tmp_path / "eval")
+    follow.follow_to_end(JobRef("alice", info.id), CANARY, run, run.writer(), None, retry_s=0.3, trains=False,
+                         timeout="1m")
+    error = run.state().error
+    assert error["kind"] == "timeout" and error["message"] == \
+        "the Hugging Face job reached its time limit (1m) and was stopped (Job timeout)"
+    assert "faster flavor" in error["hint"] and "checkpoint" not in error["hint"]

@@ -255,3 +255,30 @@ def test_a_code_volume_the_platform_cannot_mount_refuses_the_job_and_the_hint_na
     assert "refused to start the job (404: " in refused.value.message and "Invalid rev id" in refused.value.message
     assert "this code's wheel (alice/snarkle, branch phi3space-code)" in refused.value.hint
     assert alice.jobs.ids() == [] and run.state().status == "failed"
+
+
+def test_an_eval_job_of_someone_elses_adapter_puts_its_wheel_in_the_users_own_repo(alice, tmp_path, monkeypatch):
+    """Off a Space with no image of one's own the job installs this code from a repo: never the adapter's when the
+    user may not write there (a 403 before anything ran), but their own private <user>/phi3space-code; their own
+    adapter's repo keeps it as before."""
+    from helpers import BOB, CANARY
+    from huggingface_hub import HfApi
+
+    from phi3space.jobs.backend import Task
+    from phi3space.jobs.hf import tasks
+
+    for name in ("PHI3SPACE_JOBS_IMAGE", "SPACE_ID", "SYSTEM"):
+        monkeypatch.delenv(name, raising=False)
+    alice.jobs.scheduling_s = 60  # nothing needs to run: where its code comes from is decided at start
+    HfApi(token=BOB).create_repo("bob/snarkle", private=False)
+    alice.add_repo("alice/mine", {"README.md": "mine"})
+    for adapter, home in (("bob/snarkle", "alice/phi3space-code"), ("alice/mine", "alice/mine")):
+        task, flavor = tasks.check_task(Task("eval", ("eval", adapter, "--rows", "3"), adapter, push_to=adapter,
+                                             timeout="4h"), CANARY)
+        run = RunDir(tmp_path / adapter.replace("/", "-"))
+        ref = remote.start_task(task, CANARY, flavor, "r1", run.writer())
+        (volume,) = alice.jobs.job(ref.id)["volumes"]
+        assert (volume["source"], volume["revision"]) == (home, code.CODE_BRANCH)
+        assert any(path.startswith("wheels/phi3space-") for path in alice.files(home, revision=code.CODE_BRANCH))
+    assert alice.repo("alice/phi3space-code")["private"] is True
+    assert list(alice.repo("bob/snarkle")["branches"]) == ["main"]  # bob's repo untouched

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from phi3space.config import RunConfig, timeout_seconds
@@ -29,7 +30,16 @@ from phi3space.errors import ConfigError, JobsError, Phi3SpaceError, SignInNeede
 from phi3space.hub.access import whoami
 from phi3space.hub.errors import jobs_refusal
 from phi3space.jobs.backend import Task, Verdict
-from phi3space.jobs.hf.code import CODE_BRANCH, code_volumes, job_command, job_image, launch_command, ships_code, upload_code
+from phi3space.jobs.hf.code import (
+    CODE_BRANCH,
+    code_home,
+    code_volumes,
+    job_command,
+    job_image,
+    launch_command,
+    ships_code,
+    upload_code,
+)
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
 from phi3space.jobs.hf.protocol import CONFIG_VAR, RUN_DIR_ARG, RUN_VAR, TASK_VAR
 from phi3space.refs import is_local_ref
@@ -120,13 +130,16 @@ def start_task(task: Task, token: str, flavor: Flavor, run_id: str, writer: Even
     argv = task.command(RUN_DIR_ARG)
     env = {RUN_VAR: run_id, TASK_VAR: task.to_json()}  # the task (no secret): a restart lists the job again from it
     return launch(env, lambda code: job_command(1, code=code, argv=argv), token, flavor, task.flavor,
-                  task.timeout, task.push_to, run_id, writer, labels, f"Check the flavor ({task.flavor})")
+                  task.timeout, lambda: code_home(task.push_to, token), run_id, writer, labels,
+                  f"Check the flavor ({task.flavor})")
 
 
-def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, timeout: str, code_repo: str | None,
-           run_id: str, writer: EventWriter, labels: dict | None, check: str) -> JobRef:
+def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, timeout: str,
+           code_repo: str | Callable[[], str] | None, run_id: str, writer: EventWriter, labels: dict | None,
+           check: str) -> JobRef:
     """Run a job whose command is ``command(code)`` (code: this code's wheel, when the image lacks it, uploaded to
-    ``code_repo``), the token as its secret only; say so in the run's events, or write the refusal there."""
+    ``code_repo``: a repo proven writable, or what finds one), the token as its secret only; say so in the run's
+    events, or write the refusal there."""
     from huggingface_hub import HfApi, constants
 
     env = {**env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -137,7 +150,8 @@ def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, tim
     code = None
     if ships_code():  # off a Space with no image of one's own: the job installs this code first
         try:
-            code = upload_code(code_repo, token, log=lambda m: writer.emit("log", message=m))
+            home = code_repo() if callable(code_repo) else code_repo
+            code = upload_code(home, token, log=lambda m: writer.emit("log", message=m))
         except Phi3SpaceError as error:
             Verdict("failed", error.kind, error.message, error.hint).write(writer, RunState())
             raise
