@@ -21,8 +21,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
+import importlib.util
 import io
 import os
+import re
 import shlex
 import zipfile
 from dataclasses import dataclass
@@ -61,6 +63,16 @@ def job_image() -> str:
 def ships_code() -> bool:
     """Whether a job gets this code as a wheel (its image does not have it)."""
     return job_image() == PUBLIC_IMAGE
+
+
+def image_has(package: str) -> bool:
+    """Whether a job's image has ``package``: with this code's wheel, when the project's requirements name it; else
+    (the Space's own image, or one named by PHI3SPACE_JOBS_IMAGE, taken to hold what this machine holds) when it is
+    installed here."""
+    if ships_code():
+        names = (re.split(r"[\s\[<>=!~;(]", r.strip(), maxsplit=1)[0].lower() for r in _requirements(_package_root()))
+        return package.lower() in names
+    return importlib.util.find_spec(package) is not None
 
 
 def launch_command(gpus: int, resume: bool = False, config_arg: str = CONFIG_ARG) -> list[str]:
