@@ -245,6 +245,7 @@ def test_a_completed_job_whose_log_never_answers_and_that_pushed_nothing_is_not_
     HfApi(token=CANARY).upload_file(path_or_fileobj=b"run: {}\noutput: {dir: /tmp/phi3space/another-run}\n",
                                     path_in_repo="config.yaml", repo_id="alice/x", commit_message="phi3space: adapter")
     alice.jobs.fail_logs(503)
+    alice.fail_next(5, 503, path_contains="/commits/")  # the Hub falters too: asked again later, not taken as "none"
     job_cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x", "dir": "run-8"},
                                 "compute": {"backend": "hf-jobs"}})
     info = HfApi().run_job(image=IMAGE, command=["sh", "-c", wrapped("echo trained")],
@@ -253,6 +254,7 @@ def test_a_completed_job_whose_log_never_answers_and_that_pushed_nothing_is_not_
     follow.follow_to_end(JobRef("alice", info.id), CANARY, run, run.writer(), jobs_cfg(), retry_s=0.1)
     state = run.state()
     assert state.status == "failed" and state.adapter_repo is None
+    assert sum("/api/models/alice/x/commits/" in r.path for r in alice.requests) == 6
     message = state.error["message"]
     assert message.startswith("the Hugging Face job completed, but its log could not be read (HTTP 503)") and \
         message.endswith("and its repo holds no adapter from it"), message

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from phi3space.config import RunConfig
-from phi3space.errors import AuthError, JobsError, scrub
+from phi3space.errors import AuthError, HubError, JobsError, scrub
 from phi3space.hub.errors import http_status, hub_error, retry_base_s, short_error, with_retries
 from phi3space.jobs.backend import Verdict
 from phi3space.jobs.hf.platform import JobRef
@@ -207,7 +207,7 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
             continue
         except AuthError:
             raise
-        except JobsError as exc:  # the platform could not be asked: ask again, later and later
+        except (JobsError, HubError) as exc:  # the platform (or the Hub) could not be asked: again, later and later
             print(f"phi3space jobs: {exc.message}", flush=True)
             wait = pace.failed()
         try:

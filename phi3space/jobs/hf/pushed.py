@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePosixPath
 
-from phi3space.errors import Phi3SpaceError
-from phi3space.hub.errors import call
+from phi3space.hub.errors import hub_error, with_retries
 from phi3space.jobs.hf.protocol import CONFIG_VAR
 from phi3space.run import RunDir
 
@@ -47,15 +46,14 @@ def run_of(info) -> tuple[str, str] | None:
 
 
 def pushed_adapter(info, token: str | None) -> Pushed | None:
-    """The adapter the job ``info`` (inspect_job's answer) pushed for its run, or None when its repo holds none (or
-    the Hub cannot be asked now).
+    """The adapter the job ``info`` (inspect_job's answer) pushed for its run, or None when its repo holds none.
 
     Raises:
-        AuthError: the token was refused.
+        AuthError: the token was refused. HubError: the Hub could not be asked (ask again later).
     """
     from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    from phi3space.errors import AuthError
     from phi3space.hub.push import ADAPTER_COMMIT
 
     found = run_of(info)
@@ -64,26 +62,37 @@ def pushed_adapter(info, token: str | None) -> Pushed | None:
     repo, run_id = found
     api = HfApi(token=token)
     try:
-        commits = call(lambda: api.list_repo_commits(repo), f"list the commits of {repo}", ref=repo)
-        since = info.created_at - CLOCK_SLACK if info.created_at else None
-        for commit in commits:  # newest first
-            if since is not None and commit.created_at < since:
-                break
-            if commit.title.strip() == ADAPTER_COMMIT and _names_run(api, repo, commit.commit_id, run_id):
-                return Pushed(repo, f"{constants.ENDPOINT}/{repo}", commit.commit_id)
-    except AuthError:
-        raise
-    except Phi3SpaceError:  # not there (yet), or the Hub cannot be asked: nothing proven
-        return None
+        commits = with_retries(lambda: api.list_repo_commits(repo), f"list the commits of {repo}")
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return None  # nothing pushed there at all
+    except Exception as exc:
+        raise _mapped(exc, f"list the commits of {repo}", repo) from None
+    since = info.created_at - CLOCK_SLACK if info.created_at else None
+    for commit in commits:  # newest first
+        if since is not None and commit.created_at < since:
+            break
+        if commit.title.strip() == ADAPTER_COMMIT and _names_run(api, repo, commit.commit_id, run_id):
+            return Pushed(repo, f"{constants.ENDPOINT}/{repo}", commit.commit_id)
     return None
+
+
+def _mapped(exc: Exception, what: str, repo: str) -> Exception:
+    mapped = hub_error(exc, what, repo)
+    return exc if mapped is None else mapped
 
 
 def _names_run(api, repo: str, commit: str, run_id: str) -> bool:
     """Whether the config pushed in ``commit`` is the one of run ``run_id``."""
     import yaml
+    from huggingface_hub.errors import EntryNotFoundError
 
-    path = call(lambda: api.hf_hub_download(repo, RunDir.CONFIG, revision=commit), f"download the config of {repo}",
-                ref=repo)
+    try:
+        path = with_retries(lambda: api.hf_hub_download(repo, RunDir.CONFIG, revision=commit),
+                            f"download the config of {repo}")
+    except EntryNotFoundError:
+        return False
+    except Exception as exc:
+        raise _mapped(exc, f"download the config of {repo}", repo) from None
     try:
         with open(path, encoding="utf-8") as fh:
             pushed = yaml.safe_load(fh) or {}
