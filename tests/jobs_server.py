@@ -23,10 +23,10 @@
 * Logs asked for while SCHEDULING: 404 (``scheduling_logs = "404"``) or an empty stream that ends (``"empty"``); with
   ``stream_cut_s = S`` every stream ends S seconds after it began (what it had to replay sent first), before the
   job does (the client asks again); with ``stream_cut_drop`` the connection closes mid-response instead (an error).
-* Faults of the log service: ``fail_logs(503)`` answers every log request of the jobs created from then on with that
-  status and a gateway's HTML page (what the service sends then is not documented), for ``for_s`` seconds of
-  ``clock()`` after each job was created, or for the whole job (``for_s=None``); ``heal_logs()`` ends it. The job
-  itself runs on and inspect_job answers as usual.
+* Faults of the log service: ``fail_logs(503)`` answers every log request of the jobs created from then on (or of
+  one job, from now on) with that status and a gateway's HTML page (what the service sends then is not documented),
+  for ``for_s`` seconds of ``clock()``, or for the whole job (``for_s=None``); ``heal_logs()`` ends it. The job
+  itself runs on, inspect_job answers as usual, and a stream already open goes on.
 * ``calls(job_id)``: every request about one job (inspect, logs, cancel), as ``(clock(), route, status)``, for
   asserting how often a client asks; ``clock`` is ``time.monotonic`` unless a test gives its own.
 Time limits run ``time_scale`` times faster than written (a 60 s ``timeoutSeconds`` ends a job after 3 s at 0.05),
@@ -162,12 +162,16 @@ class JobsStandIn:
         with self._lock:
             self._refusals[namespace] = (status, message)
 
-    def fail_logs(self, status=503, for_s=None):
-        """The log service fails: each job created from now on answers its log requests with ``status`` for
-        ``for_s`` seconds of ``clock()`` after it was created, or for its whole life with None (the route's status,
-        not the job's: inspect_job answers as usual and the job runs on)."""
+    def fail_logs(self, status=503, for_s=None, job_id=None):
+        """The log service fails: each job created from now on (with ``job_id``: that job, from now on) answers its
+        log requests with ``status`` for ``for_s`` seconds of ``clock()`` after it was created (``job_id``: from
+        now), or for its whole life with None (the route's status, not the job's: inspect_job answers as usual and
+        the job runs on). A stream already open goes on."""
         with self._lock:
-            self._logs_fault = (status, for_s)
+            if job_id is None:
+                self._logs_fault = (status, for_s)
+            else:
+                self._jobs[job_id].logs_fail = (status, None if for_s is None else self.clock() + for_s)
 
     def heal_logs(self):
         """The log service answers again, for every job."""

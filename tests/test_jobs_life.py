@@ -6,6 +6,7 @@ answers like the service: the 26 documented flavors, secrets by name."""
 
 import time
 import types
+from pathlib import Path
 
 import pytest
 from helpers import CANARY
@@ -273,3 +274,32 @@ def test_an_eval_or_export_job_stopped_at_its_time_limit_is_told_so_with_a_hint_
     assert error["kind"] == "timeout" and error["message"] == \
         "the Hugging Face job reached its time limit (1m) and was stopped (Job timeout)"
     assert "faster flavor" in error["hint"] and "checkpoint" not in error["hint"]
+
+
+def test_a_log_outage_keeps_the_lines_already_mirrored(alice, tmp_path, monkeypatch):
+    """Each stream replays from the first line: one that fails must not wipe the run's log (what the page shows)."""
+    import threading
+
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.05")
+    alice.jobs.stream_cut_s = 0.3  # streams end while the job runs: the client asks again, and meets the outage
+    ref = submit(wrapped("echo one; echo two; while [ ! -f go ]; do sleep 0.1; done; echo three"))
+    run = RunDir(tmp_path / "run")
+    follower = threading.Thread(target=follow.follow_to_end, args=(ref, CANARY, run, run.writer(), jobs_cfg()),
+                                kwargs={"retry_s": 0.1}, daemon=True)
+    follower.start()
+
+    def wait_until(condition):
+        deadline = time.time() + 60
+        while not condition() and time.time() < deadline:
+            time.sleep(0.05)
+        assert condition()
+
+    wait_until(lambda: run.log.exists() and run.log.read_text().splitlines() == ["one", "two"])
+    alice.jobs.fail_logs(503, None, job_id=ref.id)
+    wait_until(lambda: sum(status == 503 for _, _, status in alice.jobs.calls(ref.id)) >= 2)
+    assert run.log.read_text().splitlines() == ["one", "two"]  # kept through the outage
+    alice.jobs.heal_logs()
+    (Path(alice.jobs.job(ref.id)["folder"]) / "go").touch()
+    follower.join(60)
+    assert not follower.is_alive()
+    assert run.log.read_text().splitlines() == ["one", "two", "three", "@phi3space-exit 0"]

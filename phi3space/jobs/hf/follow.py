@@ -43,6 +43,7 @@ class Mirror:
         self.writer = writer or run.writer()
         self.exit_code: int | None = None  # what the job's command reported, once it did
         self.most_lines = 0  # the most lines one stream brought (each replays the job's output from its first line)
+        self.logged = 0  # the log lines (not events) written to the run's log so far
         try:
             inode = run.events.stat().st_ino
         except OSError:
@@ -55,13 +56,15 @@ class Mirror:
                                            and isinstance(e.get("seq"), int)), default=0)
 
     def follow(self, token: str | None, stop: threading.Event | None = None) -> None:
-        """Mirror the job's output until its log stream ends or ``stop`` is set. The stream replays from the job's
-        first line, so the log is rewritten and events already mirrored are skipped."""
+        """Mirror the job's output until its log stream ends or ``stop`` is set. Each stream replays from the job's
+        first line: events already mirrored are skipped, and so are the log lines an earlier stream wrote (the log is
+        only appended to, so a stream that fails keeps what was there)."""
         from huggingface_hub import HfApi
 
         lines = HfApi().fetch_job_logs(job_id=self.ref.id, namespace=self.ref.namespace, follow=True, token=token)
-        count = 0
-        with self.run.log.open("wb") as log:
+        count = seen = 0
+        log = None
+        try:
             for line in lines:
                 if stop is not None and stop.is_set():
                     return
@@ -74,8 +77,17 @@ class Mirror:
                 code = parse_exit(line)
                 if code is not None:
                     self.exit_code = code
+                seen += 1
+                if seen <= self.logged:
+                    continue
+                if log is None:  # this follower's first line starts the file afresh
+                    log = self.run.log.open("ab" if self.logged else "wb")
                 log.write((scrub(line) + "\n").encode("utf-8", "replace"))
                 log.flush()
+                self.logged += 1
+        finally:
+            if log is not None:
+                log.close()
 
     def _append(self, event: dict) -> None:
         with _mirrored_lock:
@@ -139,6 +151,7 @@ class Pace:
         return wait
 
     def ok(self) -> None:
+        """A success: the next failure waits ``first_s`` again."""
         self.failures = 0
 
 
