@@ -7,6 +7,7 @@ answering 404 means the job is gone. While the log cannot be read (the log servi
 with backoff (``Pace``: a few calls a minute); a job that ended with its log still unreadable gets its last word
 from what it pushed (pushed.py) or from its stage, never a failure for a run that completed.
 """
+
 from __future__ import annotations
 
 import threading
