@@ -28,7 +28,10 @@
   for ``for_s`` seconds of ``clock()``, or for the whole job (``for_s=None``); ``heal_logs()`` ends it. The job
   itself runs on, inspect_job answers as usual, and a stream already open goes on.
 * ``calls(job_id)``: every request about one job (inspect, logs, cancel), as ``(clock(), route, status)``, for
-  asserting how often a client asks; ``clock`` is ``time.monotonic`` unless a test gives its own.
+  asserting how often a client asks; ``clock`` is ``time.monotonic`` unless a test gives its own. As huggingface_hub
+  2.4 asks: ``inspect_job`` is one GET, never retried; ``fetch_job_logs(follow=True)`` raises at the first HTTP error
+  of its stream request (no retry), and after each stream that ends cleanly asks the job's state itself (a GET
+  counted as ``inspect``), waiting 2 to 10 s before streaming again while the job runs.
 Time limits run ``time_scale`` times faster than written (a 60 s ``timeoutSeconds`` ends a job after 3 s at 0.05),
 and durations are reported in the job's own (scaled) seconds.
 """
