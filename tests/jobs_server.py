@@ -23,6 +23,15 @@
 * Logs asked for while SCHEDULING: 404 (``scheduling_logs = "404"``) or an empty stream that ends (``"empty"``); with
   ``stream_cut_s = S`` every stream ends S seconds after it began (what it had to replay sent first), before the
   job does (the client asks again); with ``stream_cut_drop`` the connection closes mid-response instead (an error).
+* Faults of the log service: ``fail_logs(503)`` answers every log request of the jobs created from then on (or of
+  one job, from now on) with that status and a gateway's HTML page (what the service sends then is not documented),
+  for ``for_s`` seconds of ``clock()``, or for the whole job (``for_s=None``); ``heal_logs()`` ends it. The job
+  itself runs on, inspect_job answers as usual, and a stream already open goes on.
+* ``calls(job_id)``: every request about one job (inspect, logs, cancel), as ``(clock(), route, status)``, for
+  asserting how often a client asks; ``clock`` is ``time.monotonic`` unless a test gives its own. As huggingface_hub
+  2.4 asks: ``inspect_job`` is one GET, never retried; ``fetch_job_logs(follow=True)`` raises at the first HTTP error
+  of its stream request (no retry), and after each stream that ends cleanly asks the job's state itself (a GET
+  counted as ``inspect``), waiting 2 to 10 s before streaming again while the job runs.
 Time limits run ``time_scale`` times faster than written (a 60 s ``timeoutSeconds`` ends a job after 3 s at 0.05),
 and durations are reported in the job's own (scaled) seconds.
 """
@@ -107,6 +116,8 @@ class _Job:
         self.killed = False  # ended by the platform (out of memory, time limit): stage ERROR whatever the exit code
         self.kill_message = None
         self.mounts = {}  # mount path -> the job's folder standing in for it (jobs_volumes)
+        self.logs_fail = None  # (status, until: a clock() time or None for the whole job) of the log service
+        self.calls = []  # (clock(), route, status) of every request about this job
 
 
 class JobsStandIn:
@@ -136,6 +147,8 @@ class JobsStandIn:
             self.cancel_s = 1.0
             # The status message of a job whose command exits non-zero ("{code}" is replaced); None: no message.
             self.error_message = None
+            self._logs_fault = None  # (status, for_s) given to each job created: see fail_logs
+            self.clock = time.monotonic
         for job in jobs:
             with job.ended:
                 if job.stage == "SCHEDULING":  # never to start
@@ -151,6 +164,28 @@ class JobsStandIn:
                               429: "You have reached the maximum number of concurrent jobs"}.get(status, "Refused")
         with self._lock:
             self._refusals[namespace] = (status, message)
+
+    def fail_logs(self, status=503, for_s=None, job_id=None):
+        """The log service fails: each job created from now on (with ``job_id``: that job, from now on) answers its
+        log requests with ``status`` for ``for_s`` seconds of ``clock()`` after it was created (``job_id``: from
+        now), or for its whole life with None (the route's status, not the job's: inspect_job answers as usual and
+        the job runs on). A stream already open goes on."""
+        with self._lock:
+            if job_id is None:
+                self._logs_fault = (status, for_s)
+            else:
+                self._jobs[job_id].logs_fail = (status, None if for_s is None else self.clock() + for_s)
+
+    def heal_logs(self):
+        """The log service answers again, for every job."""
+        with self._lock:
+            self._logs_fault = None
+            for job in self._jobs.values():
+                job.logs_fail = None
+
+    def calls(self, job_id):
+        """The requests made about ``job_id`` (inspect, logs, cancel), oldest first: ``(clock(), route, status)``."""
+        return list(self._jobs[job_id].calls)
 
     def kill(self, job_id, message=None):
         """The kernel's out-of-memory killer: SIGKILL to the job's biggest process (the command's children before
@@ -188,6 +223,7 @@ class JobsStandIn:
     def dispatch(self, h, method, path, query, body, token):
         """Answer one /api/jobs request (and stream logs) on the hub's handler ``h``."""
         seg = [s for s in path.split("/")[3:] if s]
+        job = route = None
         try:
             user = self.hub._users.get(token) if token else None
             if token and user is None:
@@ -205,19 +241,34 @@ class JobsStandIn:
                 return self.hub._send(h, method, 200, self._list(namespace, query))
             job = self._jobs.get(seg[1]) if len(seg) >= 2 else None
             if job is None or job.namespace != namespace:
+                job = None
                 raise _Refused(404, "Job not found")
+            route = "/".join(seg[2:]) or "inspect"
             if len(seg) == 2 and method == "GET":
-                return self.hub._send(h, method, 200, self._info(job))
+                return self._answer(h, method, job, route, 200, self._info(job))
             if seg[2:] == ["cancel"] and method == "POST":
                 self._cancel(job)
-                return self.hub._send(h, method, 200, {})
+                return self._answer(h, method, job, route, 200, {})
             if seg[2:] == ["logs"] and method == "GET":
+                fault = job.logs_fail
+                if fault is not None and (fault[1] is None or self.clock() < fault[1]):
+                    # a gateway's page, not the API's JSON: no X-Error-Message (what the service sends is not documented)
+                    job.calls.append((self.clock(), route, fault[0]))
+                    return self.hub._send(h, method, fault[0], b"<html><body><h1>503 Service Temporarily Unavailable"
+                                                               b"</h1></body></html>", [("Content-Type", "text/html")])
                 if job.stage == "SCHEDULING" and self.scheduling_logs == "404":
                     raise _Refused(404, "Job logs are not available yet")
+                job.calls.append((self.clock(), route, 200))
                 return self._stream(h, job, query)
             raise _Refused(404, f"test hub: no Jobs route for {method} {path}")
         except _Refused as e:
+            if job is not None:
+                job.calls.append((self.clock(), route, e.status))
             return self.hub._send(h, method, e.status, {"error": e.message}, [("X-Error-Message", e.message)])
+
+    def _answer(self, h, method, job, route, status, payload):
+        job.calls.append((self.clock(), route, status))
+        return self.hub._send(h, method, status, payload)
 
     # ----------------------------------------------------------------- the service
     def _create(self, namespace, user, token, spec):
@@ -242,6 +293,9 @@ class JobsStandIn:
             job.mounts = mounts
             job.owner = {"id": user["name"], "name": namespace, "type": "user" if namespace == user["name"] else "org"}
             job.message = self.scheduling_message
+            if self._logs_fault is not None:
+                status, for_s = self._logs_fault
+                job.logs_fail = (status, None if for_s is None else self.clock() + for_s)
             self._jobs[job_id] = job
         timer = threading.Timer(self.scheduling_s, self._schedule, args=(job,))
         timer.daemon = True

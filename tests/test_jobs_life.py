@@ -5,6 +5,8 @@ how a failure is told (stage, exit code, running time; the service's message as 
 answers like the service: the 26 documented flavors, secrets by name."""
 
 import time
+import types
+from pathlib import Path
 
 import pytest
 from helpers import CANARY
@@ -12,6 +14,7 @@ from helpers import CANARY
 from phi3space import config
 from phi3space.jobs.hf import code, follow
 from phi3space.jobs.hf.platform import JobRef
+from phi3space.jobs.hf.protocol import CONFIG_VAR
 from phi3space.run import RunDir
 
 IMAGE = "hf.co/spaces/alice/phi3space"
@@ -144,3 +147,159 @@ def test_a_volume_mounts_a_repo_folder_at_a_revision_and_one_that_cannot_be_moun
             run(**volume)
         assert refused.value.response.status_code == status and said in str(refused.value), volume
     assert alice.jobs.ids() == before  # refused: no job started, nothing billed
+
+
+# A stand-in for the trainer inside a job: its events echoed into its log as the real one's are, its adapter pushed
+# to its destination repo with the run's config, as training.finish does (hub/push.upload_adapter), then its last word.
+TRAINER = """
+import os
+from phi3space.hub.push import upload_adapter
+from phi3space.jobs.hf.protocol import job_config, job_echo
+from phi3space.run import RunDir
+
+cfg = job_config("env:PHI3SPACE_RUN_CONFIG")
+run = RunDir(cfg.output.dir)
+run.path.mkdir(parents=True)
+cfg.save(run.config)
+writer = run.writer(echo=job_echo())
+writer.emit("run_started", max_steps=3)
+for step in (1, 2, 3):
+    writer.emit("progress", step=step, max_steps=3, loss=2.0 / step)
+run.adapter_weights.write_bytes(b"weights")
+run.adapter_config.write_text("{}")
+upload_adapter(run, cfg.output.push_to, os.environ["HF_TOKEN"], True, writer)
+writer.finish("completed", step=3, adapter=str(run.path))
+"""
+
+
+class VirtualClock:
+    """The follower's clock, moved on by its own waits (each also waited for real, ``scale`` times as long, so that
+    the job goes on meanwhile): how often it asks is then counted in the seconds it means, however slow this
+    machine is."""
+
+    def __init__(self, scale):
+        self.now, self.scale = 0.0, scale
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+        time.sleep(seconds * self.scale)
+
+
+def submit_trainer(hub, run_id="run-7") -> JobRef:
+    from huggingface_hub import HfApi
+
+    job_cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x", "dir": run_id},
+                                "compute": {"backend": "hf-jobs"}})
+    info = HfApi().run_job(image=IMAGE, command=["sh", "-c", wrapped('python -c "$TRAINER"')],
+                           env={CONFIG_VAR: job_cfg.to_yaml(), "TRAINER": TRAINER, "HF_ENDPOINT": hub.url},
+                           secrets={"HF_TOKEN": CANARY}, flavor="a10g-large", namespace="alice", token=CANARY)
+    return JobRef("alice", info.id)
+
+
+@pytest.mark.parametrize("failing", ["for the whole job", "for its first minutes"])
+def test_a_failing_log_service_is_asked_a_few_times_a_minute_and_a_completed_run_ends_completed(
+        alice, tmp_path, monkeypatch, failing):
+    """The log stream answers 503: the follower backs off (inspect_job and the log together at most 30 calls in any
+    minute), and a run that completed and pushed its adapter ends completed: from its log once the log answers
+    again, else from the adapter it pushed."""
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "2")  # the follower's real pace
+    clock = VirtualClock(scale=0.01)
+    monkeypatch.setattr(follow, "time", types.SimpleNamespace(sleep=clock.sleep, monotonic=clock.monotonic,
+                                                              time=time.time))
+    alice.jobs.clock = clock.monotonic
+    alice.jobs.scheduling_s = 0.2
+    alice.jobs.fail_logs(503, None if failing == "for the whole job" else 90)
+    ref = submit_trainer(alice)
+    run = RunDir(tmp_path / "run")
+    assert follow.follow_to_end(ref, CANARY, run, run.writer(), jobs_cfg()) is True
+
+    assert alice.jobs.wait(ref.id, timeout=5) == "COMPLETED"
+    calls = alice.jobs.calls(ref.id)
+    assert any(status == 503 for _, route, status in calls if route == "logs"), calls
+    busiest = max(sum(1 for u, _, _ in calls if t <= u < t + 60) for t, _, _ in calls)
+    assert busiest <= 30, f"{busiest} calls in a minute: {calls}"
+    state = run.state()
+    assert (state.status, state.adapter_repo, state.error) == ("completed", "alice/x", None), run.read_events()[0]
+    commit = alice.commits("alice/x")[-1]["oid"]
+    events, _ = run.read_events()
+    (push,) = [e for e in events if e["type"] == "push"]
+    assert push["repo_id"] == "alice/x"
+    if failing == "for the whole job":  # nothing of its log: its end is the adapter it pushed
+        said = " ".join(e.get("message", "") for e in events if e["type"] == "log")
+        assert "its log could not be read (HTTP 503)" in said and "the adapter it pushed to alice/x" in said
+        assert push["commit"] == commit
+    else:  # read from its log once it answered: every event, each once
+        assert state.step == 3 and [e["step"] for e in events if e["type"] == "progress"] == [1, 2, 3]
+        assert run.log.read_text().splitlines()[-1] == "@phi3space-exit 0"
+
+
+def test_a_completed_job_whose_log_never_answers_and_that_pushed_nothing_is_not_called_completed(
+        alice, tmp_path, monkeypatch):
+    """Nothing of this run on its repo (an older adapter of another run is there): no proof that it completed."""
+    from huggingface_hub import HfApi
+
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.01")
+    alice.add_repo("alice/x", {})
+    HfApi(token=CANARY).upload_file(path_or_fileobj=b"run: {}\noutput: {dir: /tmp/phi3space/another-run}\n",
+                                    path_in_repo="config.yaml", repo_id="alice/x", commit_message="phi3space: adapter")
+    alice.jobs.fail_logs(503)
+    alice.fail_next(5, 503, path_contains="/commits/")  # the Hub falters too: asked again later, not taken as "none"
+    job_cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x", "dir": "run-8"},
+                                "compute": {"backend": "hf-jobs"}})
+    info = HfApi().run_job(image=IMAGE, command=["sh", "-c", wrapped("echo trained")],
+                           env={CONFIG_VAR: job_cfg.to_yaml()}, flavor="a10g-large", namespace="alice", token=CANARY)
+    run = RunDir(tmp_path / "run")
+    follow.follow_to_end(JobRef("alice", info.id), CANARY, run, run.writer(), jobs_cfg(), retry_s=0.1)
+    state = run.state()
+    assert state.status == "failed" and state.adapter_repo is None
+    assert sum("/api/models/alice/x/commits/" in r.path for r in alice.requests) == 6
+    message = state.error["message"]
+    assert message.startswith("the Hugging Face job completed, but its log could not be read (HTTP 503)") and \
+        message.endswith("and its repo holds no adapter from it"), message
+
+
+def test_an_eval_or_export_job_stopped_at_its_time_limit_is_told_so_with_a_hint_of_its_own(alice, tmp_path):
+    from huggingface_hub import HfApi
+
+    alice.jobs.time_scale = 0.05  # a 1-minute limit ends the job after 3 s
+    info = HfApi().run_job(image=IMAGE, command=["sh", "-c", wrapped("sleep 60")], flavor="a10g-large", timeout=60,
+                           namespace="alice", token=CANARY)
+    run = RunDir(tmp_path / "eval")
+    follow.follow_to_end(JobRef("alice", info.id), CANARY, run, run.writer(), None, retry_s=0.3, trains=False,
+                         timeout="1m")
+    error = run.state().error
+    assert error["kind"] == "timeout" and error["message"] == \
+        "the Hugging Face job reached its time limit (1m) and was stopped (Job timeout)"
+    assert "faster flavor" in error["hint"] and "checkpoint" not in error["hint"]
+
+
+def test_a_log_outage_keeps_the_lines_already_mirrored(alice, tmp_path, monkeypatch):
+    """Each stream replays from the first line: one that fails must not wipe the run's log (what the page shows)."""
+    import threading
+
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0.05")
+    alice.jobs.stream_cut_s = 0.3  # streams end while the job runs: the client asks again, and meets the outage
+    ref = submit(wrapped("echo one; echo two; while [ ! -f go ]; do sleep 0.1; done; echo three"))
+    run = RunDir(tmp_path / "run")
+    follower = threading.Thread(target=follow.follow_to_end, args=(ref, CANARY, run, run.writer(), jobs_cfg()),
+                                kwargs={"retry_s": 0.1}, daemon=True)
+    follower.start()
+
+    def wait_until(condition):
+        deadline = time.time() + 60
+        while not condition() and time.time() < deadline:
+            time.sleep(0.05)
+        assert condition()
+
+    wait_until(lambda: run.log.exists() and run.log.read_text().splitlines() == ["one", "two"])
+    alice.jobs.fail_logs(503, None, job_id=ref.id)
+    wait_until(lambda: sum(status == 503 for _, _, status in alice.jobs.calls(ref.id)) >= 2)
+    assert run.log.read_text().splitlines() == ["one", "two"]  # kept through the outage
+    alice.jobs.heal_logs()
+    (Path(alice.jobs.job(ref.id)["folder"]) / "go").touch()
+    follower.join(60)
+    assert not follower.is_alive()
+    assert run.log.read_text().splitlines() == ["one", "two", "three", "@phi3space-exit 0"]

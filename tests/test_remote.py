@@ -271,3 +271,87 @@ def test_a_code_volume_the_platform_cannot_mount_refuses_the_job_and_the_hint_na
     assert "refused to start the job (404: " in refused.value.message and "Invalid rev id" in refused.value.message
     assert "this code's wheel (alice/snarkle, branch phi3space-code)" in refused.value.hint
     assert alice.jobs.ids() == [] and run.state().status == "failed"
+
+
+def test_an_eval_job_of_someone_elses_adapter_puts_its_wheel_in_the_users_own_repo(alice, tmp_path, monkeypatch):
+    """Off a Space with no image of one's own the job installs this code from a repo: never the adapter's when the
+    user may not write there (a 403 before anything ran), but their own private <user>/phi3space-code; their own
+    adapter's repo keeps it as before."""
+    from helpers import BOB, CANARY
+    from huggingface_hub import HfApi
+
+    from phi3space.jobs.backend import Task
+    from phi3space.jobs.hf import tasks
+
+    for name in ("PHI3SPACE_JOBS_IMAGE", "SPACE_ID", "SYSTEM"):
+        monkeypatch.delenv(name, raising=False)
+    alice.jobs.scheduling_s = 60  # nothing needs to run: where its code comes from is decided at start
+    HfApi(token=BOB).create_repo("bob/snarkle", private=False)
+    alice.add_repo("alice/mine", {"README.md": "mine"})
+    for adapter, home in (("bob/snarkle", "alice/phi3space-code"), ("alice/mine", "alice/mine")):
+        task, flavor = tasks.check_task(Task("eval", ("eval", adapter, "--rows", "3"), adapter, push_to=adapter,
+                                             timeout="4h"), CANARY)
+        run = RunDir(tmp_path / adapter.replace("/", "-"))
+        ref = remote.start_task(task, CANARY, flavor, "r1", run.writer())
+        (volume,) = alice.jobs.job(ref.id)["volumes"]
+        assert (volume["source"], volume["revision"]) == (home, code.CODE_BRANCH)
+        assert any(path.startswith("wheels/phi3space-") for path in alice.files(home, revision=code.CODE_BRANCH))
+    assert alice.repo("alice/phi3space-code")["private"] is True
+    assert list(alice.repo("bob/snarkle")["branches"]) == ["main"]  # bob's repo untouched
+
+
+def test_a_runs_tracker_settings_travel_with_its_job_keys_as_secrets_only(alice, tmp_path, monkeypatch):
+    """logging.report_to: trackio logs to a Space (the one named here, else <user>/phi3space-trackio); its settings
+    go in the job's environment, its keys among its secrets, nothing in its command line."""
+    from helpers import CANARY
+
+    monkeypatch.setenv("PHI3SPACE_JOBS_IMAGE", "hf.co/spaces/alice/phi3space")
+    for name in ("SPACE_ID", "SYSTEM", "TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_WRITE_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    alice.jobs.scheduling_s = 60  # nothing needs to run: what the job is given is decided at start
+    cfg = jobs_cfg()
+    cfg.output.push_to, cfg.logging.report_to = "alice/snarkle", "trackio"
+
+    def started(run_id):
+        run = RunDir(tmp_path / run_id)
+        ref = remote.start(cfg, CANARY, remote.check_job(cfg, CANARY), run_id, run.writer())
+        return alice.jobs.job(ref.id), ref.id, run
+
+    spec, _, run = started("r1")
+    assert spec["environment"]["TRACKIO_SPACE_ID"] == "alice/phi3space-trackio" and spec["secrets"] == ["HF_TOKEN"]
+    said = [e["message"] for e in run.read_events()[0] if e["type"] == "log"]
+    assert "trackio logs this run to the Space alice/phi3space-trackio" in said
+
+    monkeypatch.setenv("TRACKIO_SPACE_ID", "alice-lab/dashboard")
+    monkeypatch.setenv("TRACKIO_WRITE_TOKEN", "trackio-write-key-123")
+    spec, job_id, _ = started("r2")
+    assert spec["environment"]["TRACKIO_SPACE_ID"] == "alice-lab/dashboard"
+    assert spec["secrets"] == ["HF_TOKEN", "TRACKIO_WRITE_TOKEN"]
+    assert alice.jobs.secrets(job_id)["TRACKIO_WRITE_TOKEN"] == "trackio-write-key-123"
+    assert "trackio-write-key-123" not in json.dumps({k: v for k, v in spec.items() if k != "folder"})
+
+
+def test_a_tracker_that_cannot_work_on_a_job_is_refused_before_it_is_submitted(alice, monkeypatch):
+    from helpers import CANARY
+
+    from phi3space.jobs.hf import trackers
+
+    for name in ("PHI3SPACE_JOBS_IMAGE", "SPACE_ID", "SYSTEM", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = jobs_cfg()
+    cfg.logging.report_to = "wandb"
+    with pytest.raises(ConfigError, match="wandb is not installed in the image a Hugging Face job runs") as refused:
+        remote.check_job(cfg, CANARY)  # the job installs the project's requirements: wandb is not among them
+    assert "logging.report_to: trackio" in refused.value.hint
+
+    monkeypatch.setattr(trackers, "image_has", lambda package: True)  # an image of one's own that has it
+    with pytest.raises(ConfigError, match="WANDB_API_KEY is not set here") as refused:
+        remote.check_job(cfg, CANARY)
+    assert "export WANDB_API_KEY=" in refused.value.hint
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-key-0123456789")
+    assert remote.check_job(cfg, CANARY).name == "a10g-large"
+    monkeypatch.setenv("SYSTEM", "spaces")  # a visitor's job on a Space: the owner's key is not theirs to use
+    monkeypatch.setenv("SPACE_ID", "alice/phi3space")
+    with pytest.raises(ConfigError, match="a visitor's job on this Space cannot be given a Weights & Biases key"):
+        remote.check_job(cfg, CANARY)
+    assert alice.jobs.ids() == []

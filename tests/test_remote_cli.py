@@ -80,6 +80,25 @@ def test_train_on_jobs_from_the_cli_pushes_from_the_job_and_chats(alice, tmp_pat
     assert not any(CANARY.encode() in data for data in alice.files("alice/snarkle").values())
 
 
+@pytest.mark.slow
+def test_a_run_whose_log_never_answers_ends_completed_from_the_adapter_it_pushed(alice, tmp_path):
+    """The log service answers 503 for the whole job: the CLI says so, and ends like the run did (completed, its
+    adapter on the Hub), from the commit the job pushed."""
+    alice.jobs.fail_logs(503)
+    run_dir = tmp_path / "run"
+    result = run_cli("train", str(jobs_config(tmp_path, run_dir)), PHI3SPACE_RETRY_BASE_S="0.2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    job_id = only_job(alice)
+    assert alice.jobs.job(job_id)["status"]["stage"] == "COMPLETED"
+    assert {status for _, route, status in alice.jobs.calls(job_id) if route == "logs"} == {503}
+    assert "its log could not be read (HTTP 503): its end is read from the adapter it pushed to alice/snarkle" in \
+        result.stdout
+    state = RunDir(run_dir).state()
+    assert (state.status, state.adapter_repo, state.error) == ("completed", "alice/snarkle", None)
+    (adapter_commit,) = [c for c in alice.commits("alice/snarkle") if c["message"] == "phi3space: adapter"]
+    assert [e["commit"] for e in RunDir(run_dir).read_events()[0] if e["type"] == "push"] == [adapter_commit["oid"]]
+
+
 def test_a_job_refused_at_start_exits_2_with_the_platforms_reason(alice, tmp_path):
     alice.jobs.refuse("alice", 402)
     run_dir = tmp_path / "run"

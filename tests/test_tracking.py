@@ -4,6 +4,7 @@ reaches the tracker's config (trackio, in its local mode, trained for real)."""
 
 import importlib.util
 import os
+import types
 
 import pytest
 from helpers import CANARY, memorise_config
@@ -54,3 +55,33 @@ def test_a_run_logged_to_trackio_keeps_the_token_out_of_its_config(tiny_model, q
     assert b"learning_rate" in everything and b"train/loss" in everything  # the run's config and its losses
     assert CANARY.encode() not in everything
     assert os.environ["HF_TOKEN"] == CANARY
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_trackios_dashboard_space_and_its_static_copy_are_as_private_as_the_run(tmp_path, monkeypatch, private):
+    """transformers' TrackioCallback (the installed one) makes trackio's dashboard Space at the start and its static
+    copy at the end with ``private=hub_private_repo``; None (the default) leaves both public whatever the run is."""
+    trackio = pytest.importorskip("trackio")
+    from transformers import TrainerControl, TrainerState
+    from transformers.integrations.integration_utils import TrackioCallback
+
+    args = build_sft_config(run_config(tmp_path, "trackio", output__private=private), detect_hardware(), False)
+    assert args.hub_private_repo is private
+    made = {}
+
+    def init(**kwargs):  # trackio.init with a Space: it creates the Space with ``private`` (trackio/deploy.py)
+        made["space"] = kwargs
+        trackio.context_vars.current_space_id.set("alice/phi3space-trackio")
+
+    def freeze(**kwargs):  # trackio.freeze: the static copy, created with ``private`` (deploy_as_static_space)
+        made["static"] = kwargs
+        return kwargs["new_space_id"]
+
+    monkeypatch.setattr(trackio, "init", init)
+    monkeypatch.setattr(trackio, "freeze", freeze)
+    monkeypatch.setattr(trackio, "finish", lambda: None)
+    monkeypatch.setattr(trackio, "config", {}, raising=False)
+    callback, state, model = TrackioCallback(), TrainerState(), types.SimpleNamespace(config=None, peft_config=None)
+    callback.on_train_begin(args, state, TrainerControl(), model=model)
+    callback.on_train_end(args, state, TrainerControl(), model=model)
+    assert made["space"]["private"] is private and made["static"]["private"] is private

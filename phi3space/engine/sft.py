@@ -75,6 +75,9 @@ def training_arguments(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bo
         train_sampling_strategy="batch_rebalance" if balance else "random",
         report_to=report_to(cfg),
         project="phi3space",  # the tracker's project; the run is named after its folder
+        # trackio makes its dashboard Space (TRACKIO_SPACE_ID) and, after training, its static copy with this
+        # visibility: a private run's metrics stay private (None would leave them public).
+        hub_private_repo=cfg.output.private,
         run_name=cfg.run_dir.name,
         disable_tqdm=True,
         dataloader_num_workers=0,

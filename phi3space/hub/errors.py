@@ -26,9 +26,15 @@ def is_transient(exc: BaseException) -> bool:
                                    "NetworkError", "LocalEntryNotFound"))
 
 
+def retry_base_s() -> float:
+    """The first wait before asking the Hub (or Jobs) again after a transient failure: PHI3SPACE_RETRY_BASE_S, default
+    2 s; each later wait doubles it."""
+    return float(os.environ.get("PHI3SPACE_RETRY_BASE_S", "2"))
+
+
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, on_retry: Callable[[str], None] | None = None) -> T:
-    """Call ``fn``; retry transient failures with exponential backoff (base PHI3SPACE_RETRY_BASE_S, default 2 s)."""
-    base = float(os.environ.get("PHI3SPACE_RETRY_BASE_S", "2"))
+    """Call ``fn``; retry transient failures with exponential backoff (base ``retry_base_s()``)."""
+    base = retry_base_s()
     for attempt in range(1, attempts + 1):
         try:
             return fn()

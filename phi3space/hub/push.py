@@ -15,6 +15,7 @@ from phi3space.hub.errors import call, with_retries
 from phi3space.run import EventWriter, RunDir, checkpoint_name, checkpoint_step
 
 CHECKPOINT_BRANCH = "checkpoints"
+ADAPTER_COMMIT = "phi3space: adapter"  # the title of the commit that pushes a run's adapter (what a follower looks for)
 
 
 def _retry_log(writer: EventWriter | None):
@@ -34,7 +35,7 @@ def upload_adapter(run: RunDir, repo_id: str, token: str | None, private: bool, 
     log = _retry_log(writer)
     url = call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create repo", ref=repo_id, on_retry=log)
     info = call(lambda: api.upload_folder(folder_path=str(run.path), repo_id=repo_id, allow_patterns=RunDir.PUSHED,
-                                          commit_message="phi3space: adapter"), "upload", ref=repo_id, on_retry=log)
+                                          commit_message=ADAPTER_COMMIT), "upload", ref=repo_id, on_retry=log)
     result = {"repo_id": repo_id, "url": str(url).rstrip("/") if url else f"https://huggingface.co/{repo_id}",
               "commit": getattr(info, "oid", None) or ""}
     writer.emit("push", what="adapter", **result)

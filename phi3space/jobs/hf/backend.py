@@ -211,7 +211,8 @@ class HFJobsBackend(Backend):
 
     def _run_follower(self, job: Job) -> None:
         ref = platform.JobRef.parse(job.handle)
-        trains = task_of(job) is None
+        task = task_of(job)
+        trains = task is None
         try:
             cfg = config.load(job.run.config) if trains else None
         except Phi3SpaceError:
@@ -223,7 +224,7 @@ class HFJobsBackend(Backend):
                 break  # waits for the owner's next visit (seen)
             try:
                 if follow.follow_to_end(ref, token, job.run, job.run.writer(), cfg, stop=self._stop,
-                                       trains=trains):
+                                       trains=trains, timeout=task.timeout if task else None):
                     self.host.ended(job, None, None)  # the platform's verdict is written already
                 break
             except AuthError:  # the token expired: the owner's next visit brings a new one

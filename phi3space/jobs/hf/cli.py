@@ -12,11 +12,12 @@ from pathlib import Path
 
 from phi3space import config
 from phi3space.config import RunConfig
-from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
+from phi3space.errors import Cancelled, ConfigError, JobsError, Phi3SpaceError
 from phi3space.jobs.backend import Task
 from phi3space.jobs.hf.follow import cancel, follow_to_end
 from phi3space.jobs.hf.platform import JobRef, prepare, start, start_task
 from phi3space.jobs.hf.tasks import check_task
+from phi3space.jobs.kinds import EVAL, EXPORT
 from phi3space.run import RunDir
 
 
@@ -72,14 +73,21 @@ def task_cli(task: Task, run_dir: Path | str | None, token: str | None, echo: Ca
     run.path.mkdir(parents=True, exist_ok=True)
     writer = run.writer(echo=echo)
     ref = start_task(task, token, flavor, uuid.uuid4().hex[:12], writer)
-    follow(ref, token, run, writer, None, trains=False)
+    follow(ref, token, run, writer, None, trains=False, timeout=task.timeout)
     outcome(run, trains=False)
+    state = run.state()
+    results = state.evaluation if task.kind == EVAL.name else state.exported
+    if not results:  # it completed while its log could not be read: what it found is only on the job's page
+        where = f"; its files were pushed to {task.push_to}" if task.push_to and task.kind == EXPORT.name else ""
+        raise JobsError(f"the {task.kind} job completed, but its results could not be read here: its log could not "
+                        f"be read{where}", f"See the job's logs on Hugging Face (job {ref}).")
     return run
 
 
-def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: RunConfig | None, trains: bool = True) -> None:
+def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: RunConfig | None, trains: bool = True,
+           timeout: str | None = None) -> None:
     """Follow the job to its end from a terminal: Ctrl-C (or SIGTERM) cancels it, and following goes on until it
-    has ended."""
+    has ended (``timeout``: an eval or export job's time limit)."""
 
     def interrupt() -> None:
         print(f"stopping: cancelling job {ref}; waiting for it to end (Ctrl-C again to stop waiting)", flush=True)
@@ -90,7 +98,7 @@ def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: RunConfig |
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
-        follow_to_end(ref, token, run, writer, cfg, on_interrupt=interrupt, trains=trains)
+        follow_to_end(ref, token, run, writer, cfg, on_interrupt=interrupt, trains=trains, timeout=timeout)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -3,7 +3,9 @@
 
 Off a Space, with no image of one's own, a job runs exactly this code: a wheel of the phi3space package this process
 runs (its files as they are, a checkout or an installed copy), named by the hash of its content, is uploaded to the
-run's destination repo on the branch ``phi3space-code`` under ``wheels/`` (a re-run of the same code reuses it). The
+run's destination repo on the branch ``phi3space-code`` under ``wheels/`` (a re-run of the same code reuses it); for
+an eval of an adapter the user may not write to, to the user's own private ``<user>/phi3space-code`` instead
+(``code_home``). The
 job starts on a public PyTorch CUDA image with that folder mounted by the platform as a read-only volume
 (``code_volumes``: the repo at that branch, subfolder ``wheels``, at ``/phi3space-code``), and pip-installs the wheel
 from there with the project's requirements before training: no download of its own, no token for it. The start-up
@@ -19,8 +21,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
+import importlib.util
 import io
 import os
+import re
 import shlex
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ PUBLIC_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"  # CUDA 12.8 torc
 CODE_BRANCH = "phi3space-code"
 CODE_FOLDER = "wheels"  # the wheels' folder on that branch
 CODE_MOUNT = "/phi3space-code"  # where a job finds that folder (a read-only volume)
+CODE_REPO = "phi3space-code"  # the user's own repo for the wheel when a job's destination is not theirs to write
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,16 @@ def job_image() -> str:
 def ships_code() -> bool:
     """Whether a job gets this code as a wheel (its image does not have it)."""
     return job_image() == PUBLIC_IMAGE
+
+
+def image_has(package: str) -> bool:
+    """Whether a job's image has ``package``: with this code's wheel, when the project's requirements name it; else
+    (the Space's own image, or one named by PHI3SPACE_JOBS_IMAGE, taken to hold what this machine holds) when it is
+    installed here."""
+    if ships_code():
+        names = (re.split(r"[\s\[<>=!~;(]", r.strip(), maxsplit=1)[0].lower() for r in _requirements(_package_root()))
+        return package.lower() in names
+    return importlib.util.find_spec(package) is not None
 
 
 def launch_command(gpus: int, resume: bool = False, config_arg: str = CONFIG_ARG) -> list[str]:
@@ -159,6 +174,24 @@ def build_wheel() -> tuple[str, bytes]:
         for name, data in entries + [(f"{info}/RECORD", ("\n".join(record) + "\n").encode())]:
             wheel.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     return f"phi3space-{version}-py3-none-any.whl", buffer.getvalue()
+
+
+def code_home(repo_id: str | None, token: str) -> str:
+    """Where a job's wheel goes: ``repo_id`` (what the job pushes to) when the token may write there, else the user's
+    own private ``<user>/phi3space-code`` (created if needed); either proven writable first.
+
+    Raises:
+        AuthError / HubError: the user may not write to their own namespace either, or the Hub cannot be asked.
+    """
+    from phi3space.errors import AuthError
+    from phi3space.hub.access import check_push_access
+
+    if repo_id:
+        try:
+            return check_push_access(repo_id, token, CODE_REPO)
+        except AuthError:
+            pass  # not theirs (an eval of someone else's adapter): their own repo then
+    return check_push_access("auto", token, CODE_REPO, private=True)
 
 
 def upload_code(repo_id: str, token: str, log=None) -> Code:

@@ -1,11 +1,11 @@
 """Following a Hugging Face job to its end, as the service runs it: SCHEDULING (its status message shown), then its
-log stream mirrored into the local run folder, then the platform's verdict.
+log stream mirrored into the local run folder, then the platform's verdict (verdict.py).
 
 ``inspect_job`` decides: a log stream that answers an error (404 while the job is still being scheduled), ends
 before the job does, or drops is asked for again while the job's stage is not a final one; only ``inspect_job``
-answering 404 means the job is gone. How a failed job ended is read from its stage, the exit code its command
-reported (``@phi3space-exit N``, see protocol.py) and its running time against its timeout; the service's own
-status message is shown as it is, never interpreted.
+answering 404 means the job is gone. While the log cannot be read (the log service answering 503), both are asked
+with backoff (``Pace``: a few calls a minute); a job that ended with its log still unreadable gets its last word
+from what it pushed (pushed.py) or from its stage, never a failure for a run that completed.
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ import threading
 import time
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from phi3space.config import RunConfig, timeout_seconds
-from phi3space.errors import AuthError, JobsError, scrub
-from phi3space.hub.errors import http_status, hub_error, with_retries
+from phi3space.config import RunConfig
+from phi3space.errors import AuthError, HubError, JobsError, scrub
+from phi3space.hub.errors import http_status, hub_error, retry_base_s, short_error, with_retries
 from phi3space.jobs.backend import Verdict
 from phi3space.jobs.hf.platform import JobRef
 from phi3space.jobs.hf.protocol import parse_event, parse_exit
+from phi3space.jobs.hf.verdict import last_word
 from phi3space.run import EventWriter, RunDir, RunState
 
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 POLL_S = 5.0  # how often a job being scheduled, or one whose log stream dropped, is asked about
-OOM_EXIT = 137  # 128 + SIGKILL: what the kernel's out-of-memory killer leaves
+CAP_S = 30.0  # the longest wait between tries while the platform fails (at the default first wait, 2 s)
+MIN_WAIT_S = 0.05  # never a busy loop, even with PHI3SPACE_RETRY_BASE_S=0
 
 # The newest event mirrored per events file and job in this process: two followers of one job (a restarted runner
 # beside the thread of the old one) never write an event twice. A file replaced since (a wiped disk) starts afresh.
@@ -40,6 +43,8 @@ class Mirror:
         self.run, self.ref = run, ref
         self.writer = writer or run.writer()
         self.exit_code: int | None = None  # what the job's command reported, once it did
+        self.most_lines = 0  # the most lines one stream brought (each replays the job's output from its first line)
+        self.logged = 0  # the log lines (not events) written to the run's log so far
         try:
             inode = run.events.stat().st_ino
         except OSError:
@@ -52,15 +57,20 @@ class Mirror:
                                            and isinstance(e.get("seq"), int)), default=0)
 
     def follow(self, token: str | None, stop: threading.Event | None = None) -> None:
-        """Mirror the job's output until its log stream ends or ``stop`` is set. The stream replays from the job's
-        first line, so the log is rewritten and events already mirrored are skipped."""
+        """Mirror the job's output until its log stream ends or ``stop`` is set. Each stream replays from the job's
+        first line: events already mirrored are skipped, and so are the log lines an earlier stream wrote (the log is
+        only appended to, so a stream that fails keeps what was there)."""
         from huggingface_hub import HfApi
 
         lines = HfApi().fetch_job_logs(job_id=self.ref.id, namespace=self.ref.namespace, follow=True, token=token)
-        with self.run.log.open("wb") as log:
+        count = seen = 0
+        log = None
+        try:
             for line in lines:
                 if stop is not None and stop.is_set():
                     return
+                count += 1
+                self.most_lines = max(self.most_lines, count)
                 event = parse_event(line)
                 if event is not None:
                     self._append(event)
@@ -68,8 +78,17 @@ class Mirror:
                 code = parse_exit(line)
                 if code is not None:
                     self.exit_code = code
+                seen += 1
+                if seen <= self.logged:
+                    continue
+                if log is None:  # this follower's first line starts the file afresh
+                    log = self.run.log.open("ab" if self.logged else "wb")
                 log.write((scrub(line) + "\n").encode("utf-8", "replace"))
                 log.flush()
+                self.logged += 1
+        finally:
+            if log is not None:
+                log.close()
 
     def _append(self, event: dict) -> None:
         with _mirrored_lock:
@@ -84,8 +103,9 @@ class Mirror:
             _mirrored[self.key] = event["seq"]
 
 
-def inspect(ref: JobRef, token: str | None):
-    """The job as ``inspect_job`` sees it (transient failures retried); None when it answers 404: the job is gone.
+def inspect(ref: JobRef, token: str | None, attempts: int = 4):
+    """The job as ``inspect_job`` sees it (transient failures tried ``attempts`` times); None when it answers 404:
+    the job is gone.
 
     Raises:
         AuthError, JobsError: the token was refused, or the platform could not be asked.
@@ -94,7 +114,7 @@ def inspect(ref: JobRef, token: str | None):
 
     try:
         return with_retries(lambda: HfApi().inspect_job(job_id=ref.id, namespace=ref.namespace, token=token),
-                            f"read the state of job {ref}")
+                            f"read the state of job {ref}", attempts=attempts)
     except Exception as exc:
         if http_status(exc) == 404:
             return None
@@ -113,59 +133,55 @@ def cancel(ref: JobRef, token: str | None) -> None:
     call(lambda: HfApi().cancel_job(job_id=ref.id, namespace=ref.namespace, token=token), f"cancel job {ref}", JobsError)
 
 
-def last_word(info, state: RunState, cfg: RunConfig | None = None, exit_code: int | None = None,
-              trains: bool = True) -> Verdict | None:
-    """How the job ended once the platform says so (``info``), its events say ``state`` and its command reported
-    ``exit_code``: None when the events already tell the truth. A training run is completed only when the job
-    completed and the adapter was pushed (an eval or export job: when its own events say so)."""
-    stage, said = str(info.status.stage), scrub(info.status.message or "")
-    adapter = state.adapter_repo if state.status != "failed" else None
-    if stage == "COMPLETED":
-        if state.status in ("cancelled", "failed") or (state.status == "completed" and (state.adapter_repo or not trains)):
-            return None
-        what = "completed without pushing an adapter" if state.status == "completed" else "ended without finishing its run"
-        return Verdict("failed", "jobs", f"the Hugging Face job {what}", f"See its logs: {info.url}", adapter)
-    if stage == "CANCELED":
-        return None if state.final else Verdict("cancelled", adapter=adapter)
-    if state.status == "failed":
-        return None  # the trainer said why itself
-    kind, how, hint = _diagnose(info, exit_code, state, cfg)
-    return Verdict("failed", kind, f"the Hugging Face job {how}" + (f" ({said})" if said else ""), hint, adapter)
+class Pace:
+    """How soon the platform is asked again while it fails (a log stream that answers an error or brings nothing new,
+    inspect_job failing): ``first_s`` (``retry_base_s``, 2 s), doubled after each failure up to ``CAP_S`` (scaled
+    with it), back to at once after a success. A failing round asks inspect_job and the log once each: a follower
+    of a failing log service makes a few calls a minute (a free account has about 1000 Hub calls per 5 minutes,
+    shared with the job's own pushes)."""
+
+    def __init__(self):
+        self.first_s = max(MIN_WAIT_S, retry_base_s())
+        self.cap_s = max(self.first_s, CAP_S * self.first_s / 2)
+        self.failures = 0
+
+    def failed(self) -> float:
+        """The wait before the next try, after one more failure."""
+        wait = min(self.cap_s, self.first_s * 2 ** self.failures)
+        self.failures += 1
+        return wait
+
+    def ok(self) -> None:
+        """A success: the next failure waits ``first_s`` again."""
+        self.failures = 0
 
 
-def _diagnose(info, exit_code: int | None, state: RunState, cfg: RunConfig | None) -> tuple[str, str, str]:
-    """(kind, what happened, hint) from the stage, the exit code and the running time; never from message texts."""
-    resume = (f"Resume continues from the last checkpoint it pushed ({state.checkpoint_url})." if state.checkpoint_url
-              else "It pushed no checkpoint: submit it again.")
-    if str(info.status.stage) == "DELETED":
-        return "jobs", "was deleted", resume
-    timeout = timeout_seconds(cfg.compute.timeout) if cfg else None
-    ran = getattr(getattr(info, "durations", None), "running_secs", None)
-    if timeout and ran and ran >= 0.98 * timeout:
-        return "timeout", f"reached its time limit ({cfg.compute.timeout}) and was stopped", f"Raise compute.timeout. {resume}"
-    if exit_code == OOM_EXIT:
-        return "oom", "was killed (exit code 137, SIGKILL: most often for running out of memory)", \
-            (f"Pick a flavor with more memory, or lower training.batch_size or training.max_length (or use "
-             f"model.method: qlora). {resume}")
-    code = f" with exit code {exit_code}" if exit_code is not None else ""
-    return "jobs", f"failed{code}", f"See its logs: {info.url}. {resume}"
+def end_wait_s() -> float:
+    """How long a log that cannot be read is asked for after its job ended, before the run's end is taken from what
+    the job pushed (a training run) or from the platform's stage: two minutes at the default pace."""
+    return 60 * Pace().first_s
 
 
 def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWriter, cfg: RunConfig | None = None,
                   stop: threading.Event | None = None, on_interrupt: Callable[[], None] | None = None,
-                  retry_s: float = POLL_S, trains: bool = True) -> bool:
+                  retry_s: float = POLL_S, trains: bool = True, timeout: str | None = None) -> bool:
     """Follow the job until it ends: its status message while it is being scheduled, then its output (mirrored),
     then the platform's last word where the events lack one. Returns False when ``stop`` was set first. Ctrl-C
-    calls ``on_interrupt`` once, and following goes on until the job has ended.
+    calls ``on_interrupt`` once, and following goes on until the job has ended. ``timeout``: an eval or export
+    job's time limit (a training job's is its config's).
+
+    While the log cannot be read the platform is asked with backoff (``Pace``); once the job has ended, its log is
+    asked for ``end_wait_s()`` more, then a training run's end is read from the adapter it pushed (pushed.py).
 
     Raises:
         AuthError: the token was refused (expired): follow again with a new one.
     """
-    mirror = Mirror(run, ref, writer)
-    shown, streamed = None, False
+    mirror, pace = Mirror(run, ref, writer), Pace()
+    shown, ended_at, unreadable = None, None, None
     while stop is None or not stop.is_set():
+        wait = retry_s
         try:
-            info = inspect(ref, token)
+            info = inspect(ref, token, attempts=1)  # this loop paces its retries
             if info is None:  # only inspect_job saying 404 means the job is gone
                 gone = types.SimpleNamespace(status=types.SimpleNamespace(stage="DELETED", message=None),
                                              url=f"{ref}", durations=None)
@@ -173,24 +189,30 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
                 return True
             stage = str(info.status.stage)
             if stage == "SCHEDULING":
+                pace.ok()
                 said = f"Hugging Face Jobs: scheduling ({info.status.message or 'waiting for the hardware'})"
                 if said != shown:
                     writer.emit("log", message=said, job=str(ref))
                     shown = said
             else:
-                if stage not in TERMINAL or not streamed:
-                    _mirror(mirror, token, stop, ref)  # a final job's stream replays its whole output, then ends
-                    streamed = True
+                final = stage in TERMINAL
+                read = _mirror(mirror, token, stop, ref)  # a final job's stream replays its whole output, then ends
                 if stop is not None and stop.is_set():
                     break
-                info = inspect(ref, token)
-                if info is not None and str(info.status.stage) in TERMINAL:
-                    if stage not in TERMINAL:  # it ended while its stream was away: the replay has its last lines
-                        _mirror(mirror, token, stop, ref)
+                if final and read.whole:  # read to its end after the job ended: its whole output is mirrored
                     state = _this_attempt(run.state(), info)
-                    _write(writer, last_word(info, state, cfg, mirror.exit_code, trains), state)
+                    _write(writer, last_word(info, state, cfg, mirror.exit_code, trains, timeout), state)
                     return True
-                continue  # the stream ended before the job did (or the job is gone): ask again at once
+                if read.new:
+                    pace.ok()
+                    continue  # the stream ended before the job did, or the job has just ended: ask again at once
+                unreadable = read.error or unreadable
+                if final:
+                    ended_at = time.monotonic() if ended_at is None else ended_at
+                    if time.monotonic() - ended_at >= end_wait_s():
+                        _end_unread(ref, info, run, writer, token, cfg, trains, timeout, unreadable)
+                        return True
+                wait = pace.failed()
         except KeyboardInterrupt:
             if on_interrupt is None:
                 raise
@@ -199,13 +221,14 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
             continue
         except AuthError:
             raise
-        except JobsError as exc:  # the platform could not be asked: ask again
+        except (JobsError, HubError) as exc:  # the platform (or the Hub) could not be asked: again, later and later
             print(f"phi3space jobs: {exc.message}", flush=True)
+            wait = pace.failed()
         try:
             if stop is None:
-                time.sleep(retry_s)
+                time.sleep(wait)
             else:
-                stop.wait(retry_s)
+                stop.wait(wait)
         except KeyboardInterrupt:
             if on_interrupt is None:
                 raise
@@ -214,8 +237,51 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
     return False
 
 
-def _mirror(mirror: Mirror, token: str | None, stop: threading.Event | None, ref: JobRef) -> None:
+def _end_unread(ref: JobRef, info, run: RunDir, writer: EventWriter, token: str | None, cfg: RunConfig | None,
+                trains: bool, timeout: str | None, unreadable: str | None) -> None:
+    """The last word of a job that ended while its log could not be read: a training run that completed, from the
+    adapter it pushed; an eval or export whose command exited 0, completed; else the platform's stage."""
+    from phi3space.jobs.hf.pushed import pushed_adapter
+
+    why = f"its log could not be read ({unreadable or 'it brought no output'})"
+    state = _this_attempt(run.state(), info)
+    if state.final:
+        return
+    completed = str(info.status.stage) == "COMPLETED"
+    if completed and trains:
+        pushed = pushed_adapter(info, token)
+        if pushed is None:
+            verdict = Verdict("failed", "jobs", f"the Hugging Face job completed, but {why} and its repo holds no "
+                                                "adapter from it", f"See its logs: {info.url}")
+        else:
+            writer.emit("log", message=f"the Hugging Face job completed; {why}: its end is read from the adapter it "
+                                       f"pushed to {pushed.repo_id} (commit {pushed.commit[:12]})", job=str(ref))
+            writer.emit("push", what="adapter", repo_id=pushed.repo_id, url=pushed.url, commit=pushed.commit)
+            state = run.state()
+            verdict = Verdict("completed", adapter=pushed.repo_id)
+    elif completed:  # an eval or export whose command exited 0 (the wrapper passes its code on)
+        writer.emit("log", message=f"the Hugging Face job completed; {why}: its results are in its logs, {info.url}",
+                    job=str(ref))
+        verdict = Verdict("completed")
+    else:
+        writer.emit("log", message=f"{why}; the platform says the job ended {info.status.stage}", job=str(ref))
+        verdict = last_word(info, state, cfg, None, trains, timeout)
+    _write(writer, verdict, state)
+
+
+@dataclass
+class Read:
+    """What one log stream brought: more lines than any earlier stream of the job (``new``; each replays from its
+    first line), the whole output of a job (``whole``: the stream ended by itself), or the error it answered."""
+
+    new: bool = False
+    whole: bool = False
+    error: str | None = None
+
+
+def _mirror(mirror: Mirror, token: str | None, stop: threading.Event | None, ref: JobRef) -> Read:
     """One log stream, mirrored; its failure is not the job's: the caller asks inspect_job what became of it."""
+    before = mirror.most_lines
     try:
         mirror.follow(token, stop)
     except KeyboardInterrupt:
@@ -226,7 +292,9 @@ def _mirror(mirror: Mirror, token: str | None, stop: threading.Event | None, ref
             raise
         if isinstance(mapped, AuthError):
             raise mapped from None
-        time.sleep(1)  # the log service lags behind the job (404 right after it started): ask again shortly
+        status = http_status(exc)
+        return Read(new=mirror.most_lines > before, error=f"HTTP {status}" if status else short_error(exc))
+    return Read(new=mirror.most_lines > before, whole=True)
 
 
 def _write(writer: EventWriter, verdict: Verdict | None, state: RunState) -> None:

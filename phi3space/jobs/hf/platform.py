@@ -8,7 +8,8 @@ A run with ``compute.backend: hf-jobs`` is submitted with huggingface_hub's ``ru
 - command: ``python -m phi3space train env:PHI3SPACE_RUN_CONFIG``, or ``accelerate launch --multi_gpu
   --num_processes N -m phi3space train ...`` on a flavor with N GPUs, under a wrapper that reports its exit code;
 - env: the resolved run config as YAML (it never holds a token: config validation refuses token-shaped values);
-- secrets: the token, as ``HF_TOKEN``; never in env values, argv, labels or logs.
+- secrets: the token, as ``HF_TOKEN`` (and an experiment tracker's key, trackers.py); never in env values, argv,
+  labels or logs.
 
 Inside the job each event is also printed as one line, ``@phi3space-event {json}`` (numbered by ``seq``; see
 job_protocol.py). Here a ``Mirror`` follows the job's log stream and appends those events to the local run folder, so the CLI lines, the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from phi3space.config import RunConfig, timeout_seconds
@@ -29,9 +31,19 @@ from phi3space.errors import ConfigError, JobsError, Phi3SpaceError, SignInNeede
 from phi3space.hub.access import whoami
 from phi3space.hub.errors import jobs_refusal
 from phi3space.jobs.backend import Task, Verdict
-from phi3space.jobs.hf.code import CODE_BRANCH, code_volumes, job_command, job_image, launch_command, ships_code, upload_code
+from phi3space.jobs.hf.code import (
+    CODE_BRANCH,
+    code_home,
+    code_volumes,
+    job_command,
+    job_image,
+    launch_command,
+    ships_code,
+    upload_code,
+)
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
 from phi3space.jobs.hf.protocol import CONFIG_VAR, RUN_DIR_ARG, RUN_VAR, TASK_VAR
+from phi3space.jobs.hf.trackers import check_tracker, tracker_settings, where_it_logs
 from phi3space.refs import is_local_ref
 from phi3space.run import EventWriter, RunState
 
@@ -66,7 +78,7 @@ class JobRef:
 
 def check_job(cfg: RunConfig, token: str | None) -> Flavor:
     """What a job needs before it is started, except the destination repo: a token, Hub inputs, an image, a known
-    flavor.
+    flavor, a tracker that can work there (trackers.py).
 
     Raises:
         SignInNeeded, ConfigError: what to fix, before anything is billed.
@@ -80,6 +92,7 @@ def check_job(cfg: RunConfig, token: str | None) -> Flavor:
     if local:
         raise ConfigError(local, "Upload it to the Hub and use its ID, e.g. `hf upload you/my-data ./qa.jsonl "
                                  "--repo-type dataset`, then data.dataset: you/my-data.")
+    check_tracker(cfg)
     return check_flavor(cfg.compute.flavor, token)
 
 
@@ -108,9 +121,14 @@ def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: Event
     """
     job_cfg = _copy(cfg)
     job_cfg.output.dir = run_id  # the job puts its run folder under its own temp folder (see job_config)
-    return launch({CONFIG_VAR: job_cfg.to_yaml()}, lambda code: job_command(flavor.gpus, resume, code), token, flavor,
-                  cfg.compute.flavor, cfg.compute.timeout, cfg.output.push_to, run_id, writer, labels,
-                  f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout ({cfg.compute.timeout})")
+    tracker_env, tracker_secrets = tracker_settings(cfg, whoami(token)["name"])
+    said = where_it_logs(cfg, tracker_env, tracker_secrets)
+    if said:
+        writer.emit("log", message=said)
+    return launch({CONFIG_VAR: job_cfg.to_yaml(), **tracker_env}, lambda code: job_command(flavor.gpus, resume, code),
+                  token, flavor, cfg.compute.flavor, cfg.compute.timeout, cfg.output.push_to, run_id, writer, labels,
+                  f"Check compute.flavor ({cfg.compute.flavor}) and compute.timeout ({cfg.compute.timeout})",
+                  secrets=tracker_secrets)
 
 
 def start_task(task: Task, token: str, flavor: Flavor, run_id: str, writer: EventWriter,
@@ -120,13 +138,16 @@ def start_task(task: Task, token: str, flavor: Flavor, run_id: str, writer: Even
     argv = task.command(RUN_DIR_ARG)
     env = {RUN_VAR: run_id, TASK_VAR: task.to_json()}  # the task (no secret): a restart lists the job again from it
     return launch(env, lambda code: job_command(1, code=code, argv=argv), token, flavor, task.flavor,
-                  task.timeout, task.push_to, run_id, writer, labels, f"Check the flavor ({task.flavor})")
+                  task.timeout, lambda: code_home(task.push_to, token), run_id, writer, labels,
+                  f"Check the flavor ({task.flavor})")
 
 
-def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, timeout: str, code_repo: str | None,
-           run_id: str, writer: EventWriter, labels: dict | None, check: str) -> JobRef:
+def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, timeout: str,
+           code_repo: str | Callable[[], str] | None, run_id: str, writer: EventWriter, labels: dict | None,
+           check: str, secrets: dict | None = None) -> JobRef:
     """Run a job whose command is ``command(code)`` (code: this code's wheel, when the image lacks it, uploaded to
-    ``code_repo``), the token as its secret only; say so in the run's events, or write the refusal there."""
+    ``code_repo``: a repo proven writable, or what finds one), the token as its secret (with ``secrets``: a
+    tracker's key), never in its environment or command; say so in the run's events, or write the refusal there."""
     from huggingface_hub import HfApi, constants
 
     env = {**env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -137,13 +158,14 @@ def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, tim
     code = None
     if ships_code():  # off a Space with no image of one's own: the job installs this code first
         try:
-            code = upload_code(code_repo, token, log=lambda m: writer.emit("log", message=m))
+            home = code_repo() if callable(code_repo) else code_repo
+            code = upload_code(home, token, log=lambda m: writer.emit("log", message=m))
         except Phi3SpaceError as error:
             Verdict("failed", error.kind, error.message, error.hint).write(writer, RunState())
             raise
     try:
         info = HfApi().run_job(image=job_image(), command=command(code), env=env, volumes=code_volumes(code) or None,
-                               secrets={"HF_TOKEN": token}, flavor=flavor_name, timeout=timeout_seconds(timeout),
+                               secrets={**(secrets or {}), "HF_TOKEN": token}, flavor=flavor_name, timeout=timeout_seconds(timeout),
                                labels={LABEL_ORIGIN: origin(), LABEL_RUN: safe_label(run_id), **(labels or {})},
                                name=safe_label(f"phi3space-{run_id}"), namespace=namespace, token=token)
     except Exception as exc:
