@@ -49,7 +49,8 @@ def test_chat_on_zerogpu_streams_the_trained_answer_from_a_forked_worker(trained
     elsewhere = shutil.copytree(trained_run, tmp_path / "on-another-base", ignore=shutil.ignore_patterns("events*"))
     config = json.loads((elsewhere / "adapter_config.json").read_text())
     (elsewhere / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "acme/phi-3.5-x"}))
-    proc, url, log, started = _app(tmp_path, tiny_model)
+    schedule = tmp_path / "schedule"
+    proc, url, log, started = _app(tmp_path, tiny_model, FAKE_SPACES_SCHEDULE=str(schedule))
     try:
         assert any(f"chat model {tiny_model} loaded at start" in line for line in started), started
         c = client(url)
@@ -60,6 +61,10 @@ def test_chat_on_zerogpu_streams_the_trained_answer_from_a_forked_worker(trained
             c.predict(str(elsewhere), "What colour is a snarkle?", api_name="/chat")
         assert "acme/phi-3.5-x is not loaded here" in str(refused.value) and "PHI3SPACE_CHAT_BASES" in str(refused.value)
         assert c.predict(str(trained_run), "How many legs does a drobble have?", "", 1000, api_name="/chat") == "Seven."
+        schedule.write_text("quota")  # ZeroGPU refuses the next call: the visitor reads its sentence and a hint
+        with pytest.raises(AppError) as refused:
+            c.predict(str(trained_run), "What colour is a snarkle?", api_name="/chat")
+        assert "exceeded your free ZeroGPU quota" in str(refused.value) and "Hint: Sign in" in str(refused.value)
     finally:
         proc.kill()
         proc.wait()
@@ -167,7 +172,7 @@ def _scenario(script, tmp_path, tiny_model, real: bool, **env) -> list[dict]:
         pytest.importorskip("spaces")
     env = {**os.environ, "SPACES_ZERO_GPU": "true", "STAND_IN": str(STAND_IN), "USE_REAL_SPACES": "1" if real else "0",
            "PHI3SPACE_CHAT_BASES": str(tiny_model), "OTHER_BASE": str(tmp_path / "other-base"),
-           "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9", "ZEROGPU_HOME": str(tmp_path), **env}
+           "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9", **env}
     env.pop("PHI3SPACE_CHAT_ENGINES", None)
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
