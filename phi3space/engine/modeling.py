@@ -192,7 +192,7 @@ def load_model(base: str, method: str, hw: Hardware, token: str | None = None, g
     return model
 
 
-def load_for_inference(base: str, token: str | None = None, dtype: str | None = None, purpose: str = "chat"):
+def load_for_inference(base: str, token: str | None = None, dtype: str | None = None, purpose: str = "inference"):
     """The base model for generation or merging (``purpose``: chat, evaluation, merge, export), in the hardware's
     dtype (or ``dtype``), on its device, in eval mode. On a CPU it is loaded only if it fits in the memory this
     process may use (engine.memory), in bfloat16 when float32 would not fit and ``dtype`` is not given.
