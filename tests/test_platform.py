@@ -272,11 +272,14 @@ def test_the_space_pins_a_cuda_torch_without_touching_the_development_install():
     torch = Requirement(next(line for line in pre if line.startswith("torch")))
     pinned = Version(next(iter(torch.specifier)).version)
     assert pinned.local and pinned.local.startswith("cu") and index.rstrip("/").endswith(f"/whl/{pinned.local}")
+    assert int(pinned.local[2:]) >= 128  # CUDA 12.8 or newer: ZeroGPU's Blackwell cards (sm_120) need it
+    assert pinned.public in runtime.ZEROGPU_TORCH_VERSIONS  # a torch ZeroGPU supports, so one pin serves every GPU Space
     reqs = (ROOT / "requirements.txt").read_text()
     assert "index-url" not in reqs  # the README's `pip install torch==2.13.0 -r requirements.txt` stays a CPU install
     runtime_torch = Requirement(next(line for line in reqs.splitlines() if line.startswith("torch")))
     assert runtime_torch.specifier.contains(Version("2.13.0")) and runtime_torch.specifier.contains(pinned)
-    assert pinned.public == "2.13.0"  # the same torch as the README's development pin
+    readme = (ROOT / "README.md").read_text()
+    assert f"torch=={pinned}" in readme and "torch 2.13.0" in readme  # what the Space runs, what the tests ran on
 
     front = yaml.safe_load((ROOT / "README.md").read_text().split("---")[1])
     assert "suggested_storage" not in front

@@ -151,7 +151,7 @@ class ChatEngine:
 
     def __init__(self, base: str, token: str | None = None):
         self.base = base  # the token loads the base only: the engine is shared and keeps no one's token
-        self.model = load_for_inference(base, token)  # checks first that the base is a Phi-3
+        self.model = load_for_inference(base, token, purpose="chat")  # checks that it is a Phi-3 (and fits, on a CPU)
         self.tokenizer = load_tokenizer(base, token, training=False)
         self.adapters: dict[str, str] = {}  # name -> ref
         self.stop_ids = stop_token_ids(self.tokenizer)

@@ -141,7 +141,7 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
 
         tokenizer = load_tokenizer(str(path) if RunDir(path).has_tokenizer() else base, token)
         try:
-            model = PeftModel.from_pretrained(load_for_inference(base, token), str(path)).eval()
+            model = PeftModel.from_pretrained(load_for_inference(base, token, purpose="evaluation"), str(path)).eval()
         except (RuntimeError, ValueError, KeyError) as exc:
             raise _does_not_fit(str(adapter), base, path, exc) from None
         template, stop, started = training_template(tokenizer), stop_token_ids(tokenizer), time.time()

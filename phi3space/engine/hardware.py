@@ -25,6 +25,11 @@ from phi3space.errors import ConfigError, ModelError, Phi3SpaceError, scrub
 ALLOW_CPU_ENV = "PHI3SPACE_ALLOW_CPU"  # "1": train on the CPU even though nvidia-smi sees a GPU
 
 
+# The torch versions ZeroGPU supports (huggingface/hub-docs docs/hub/spaces-zerogpu.md, read 2026-12). Its GPUs are
+# RTX Pro 6000 Blackwell cards (sm_120), which need a build for CUDA 12.8 or newer: pre-requirements.txt pins one.
+ZEROGPU_TORCH_VERSIONS = ("2.8.0", "2.9.1", "2.10.0", "2.11.0")
+
+
 def zero_gpu() -> bool:
     """A ZeroGPU Space (gradio's own test)."""
     return os.environ.get("SPACES_ZERO_GPU") == "true"

@@ -140,7 +140,7 @@ def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, to
     path = resolve_adapter(adapter, token)
     base = base or adapter_base(path)
     stage(f"loading the base model {base} (16-bit)")
-    model = load_for_inference(base, token)
+    model = load_for_inference(base, token, purpose="merge")
     stage("merging the adapter into the base weights")
     try:
         merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()

@@ -192,13 +192,26 @@ def load_model(base: str, method: str, hw: Hardware, token: str | None = None, g
     return model
 
 
-def load_for_inference(base: str, token: str | None = None, dtype: str | None = None):
-    """The base model for generation or merging, in the hardware's dtype (or ``dtype``), on its device, in eval mode."""
+def load_for_inference(base: str, token: str | None = None, dtype: str | None = None, purpose: str = "inference"):
+    """The base model for generation or merging (``purpose``: chat, evaluation, merge, export), in the hardware's
+    dtype (or ``dtype``), on its device, in eval mode. On a CPU it is loaded only if it fits in the memory this
+    process may use (engine.memory), in bfloat16 when float32 would not fit and ``dtype`` is not given.
+
+    Raises:
+        OutOfMemory: on a CPU, the model would not fit.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    from phi3space.engine.memory import check_memory, cpu_dtype
+
     hw = detect_hardware()
     check_base(base, token)
+    if hw.device == "cpu":
+        if dtype:
+            check_memory(base, dtype, purpose, token)
+        else:
+            dtype = cpu_dtype(base, purpose, token)
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype or hw.dtype), token=token,
                                                      attn_implementation=hw.attn_implementation)

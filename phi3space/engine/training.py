@@ -25,6 +25,7 @@ from pathlib import Path
 from phi3space.config import RunConfig
 from phi3space.engine import data as data_mod
 from phi3space.engine.dpo import check_init_adapter, dpo_trainer, with_init_adapter
+from phi3space.engine.memory import check_memory
 from phi3space.engine.modeling import Hardware, check_base, detect_hardware, load_model
 from phi3space.engine.pairs import prepare_pairs
 from phi3space.engine.progress import _events_callback, eval_scores, is_main_process
@@ -107,6 +108,9 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
         prepared = data_mod.prepare_for_training(cfg.data, cfg.model.base, cfg.training.max_length, cfg.training.seed,
                                                  token)
     hw = detect_hardware(cfg.model.attn_implementation)
+    if hw.device == "cpu":  # before the model loads: a small machine refuses rather than being killed
+        check_memory(cfg.model.base, "nf4" if cfg.model.method == "qlora" else hw.dtype, "training", token,
+                     training=True)
     return Preflight(run, repo_id, ckpt, prepared, hw, init_adapter)
 
 

@@ -170,11 +170,11 @@ def stream_reply(adapter_dir: Path | None, base: str | None, messages: list[dict
     runner.touch()
     adapter = str(adapter_dir) if adapter_dir else None
     with chat_slot(visitor):
+        if zero_gpu():  # the bases loaded at start only; the reply in spaces.GPU's forked worker
+            yield from zerogpu.stream(base, adapter, messages, settings.as_kwargs(), seconds)
+            return
         engine = engine_for(base, visitor.hub_token(space), runner)  # loaded here, with the visitor's token
-        if zero_gpu():  # in spaces.GPU's forked worker: plain data in, text out
-            yield from zerogpu.on_gpu(base, adapter, messages, settings.as_kwargs(), seconds)
-        else:
-            yield from engine.stream(messages, adapter, max_seconds=seconds, **settings.as_kwargs())
+        yield from engine.stream(messages, adapter, max_seconds=seconds, **settings.as_kwargs())
 
 
 def _own_run_base(adapter_dir: Path | None) -> bool:
