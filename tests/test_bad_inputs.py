@@ -181,6 +181,11 @@ CASES = [
      "model.init_adapter: {d}/adapter was trained on"),
     # ---- runs, chat and push
     ("train-output-dir-is-a-file", T("output.dir={d}/notes.txt"), "output.dir: {d}/notes.txt is a file, not a folder"),
+    ("train-output-dir-root", T("output.dir=/"), "output.dir: / is not empty and holds no run of this app"),
+    ("train-output-dir-someones-folder", T("output.dir={d}/someones"),
+     "output.dir: {d}/someones is not empty and holds no run of this app (README.md, config.yaml, tokenizer.json)"),
+    ("train-output-dir-in-use", T("output.dir={d}/busy"), "output.dir: {d}/busy is in use by another run"),
+    ("train-output-dir-holds-a-run", T("output.dir={d}/adapter"), "output.dir: {d}/adapter already holds a run"),
     ("chat-negative-max-new-tokens", ["chat", "--adapter", "{d}/adapter", "--max-new-tokens", "-5", "--prompt", "hi"],
      "max_new_tokens: -5 must be at least 1"),
     ("chat-negative-temperature", ["chat", "--adapter", "{d}/adapter", "--temperature", "-1", "--prompt", "hi"],
@@ -296,12 +301,28 @@ def write_truncated_adapter(folder, base):
     weights.write_bytes(weights.read_bytes()[:200])
 
 
+SOMEONES = {"README.md": "# my notes\n", "config.yaml": "mine: true\n", "tokenizer.json": "{}"}
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, tiny_model):
+    import fcntl
+
     d = tmp_path_factory.mktemp("bad-inputs")
     write_inputs(d)
     write_truncated_adapter(d / "adapter", tiny_model)
-    return d
+    (d / "someones").mkdir()
+    for name, text in SOMEONES.items():
+        (d / "someones" / name).write_text(text)
+    (d / "busy").mkdir()
+    with open(d / "busy" / ".phi3space.lock", "w") as held:  # another run holds this folder while the cases run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield d
+
+
+def snapshot(d) -> dict:
+    """Every file under the folder with its size and time of change: what a case must leave as it was."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in d.rglob("*")}
 
 
 def run_cli(capsys, argv):
@@ -313,7 +334,9 @@ def run_cli(capsys, argv):
 @pytest.mark.parametrize("argv,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_error_and_one_hint(folder, capsys, argv, fragment):
     argv = [a.replace("{d}", str(folder)) for a in argv]
+    before = snapshot(folder)
     code, _, err = run_cli(capsys, argv)
+    assert snapshot(folder) == before, "a refused command left files behind or changed the user's"
     assert code == 2, err
     assert "Traceback" not in err
     lines = err.splitlines()
@@ -336,6 +359,7 @@ def test_good_inputs_in_the_same_folder_still_work(folder, capsys):
     code, out, err = run_cli(capsys, ["inspect", str(folder / "good.jsonl"), "--set", f"model.base={FIXTURE}"])
     assert code == 0, err
     assert "format: prompt_completion" in out and "[[Flimflam.<|end|><|endoftext|>]]" in out
+    assert {p.name: p.read_text() for p in (folder / "someones").iterdir()} == SOMEONES
 
 
 def test_alias_bomb_is_refused_before_it_expands(folder):
