@@ -157,6 +157,15 @@ CASES = [
      "ragged.json holds columns of different lengths (prompt: 2, completion: 1)"),
     ("data-unknown-columns", inspect_args("odd.jsonl"), "could not recognise the dataset format (columns: a, q)"),
     ("data-preference", inspect_args("pref.jsonl"), "this is preference data (chosen/rejected pairs)"),
+    ("data-eval-fraction-takes-every-row", inspect_args("four.jsonl", "data.eval_fraction=0.99"),
+     "data.eval_fraction 0.99 of 4 usable rows leaves no row to train on"),
+    ("train-eval-fraction-takes-every-row", T("data.dataset={d}/four.jsonl", "data.eval_fraction=0.9"),
+     "data.eval_fraction 0.9 of 4 usable rows leaves no row to train on"),
+    ("pairs-eval-fraction-takes-every-pair", pairs_args("pairs4.jsonl", "data.eval_fraction=0.95"),
+     "data.eval_fraction 0.95 of 4 usable rows leaves no row to train on"),
+    ("data-every-row-lacks-a-column", inspect_args("halves.jsonl"),
+     "no usable rows in {d}/halves.jsonl: format prompt_completion, columns completion, prompt; dropped 2 missing a "
+     "prompt or an answer column"),
     # ---- preference pairs (inspect FILE --set training.objective=dpo) and DPO settings
     ("pairs-not-preference", pairs_args("good.jsonl"),
      "training.objective dpo needs preference pairs: chosen and rejected columns (found: completion, prompt)"),
@@ -279,6 +288,15 @@ def write_inputs(d):
     write("ragged.json", json.dumps({"prompt": ["q1", "q2"], "completion": ["a1"]}))
     write("odd.jsonl", json.dumps({"q": "x", "a": "y"}) + "\n")
     write("pref.jsonl", json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    write("four.jsonl", "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(4)))
+    write("pairs4.jsonl", "".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n"
+                                  for i in range(4)))
+    write("halves.jsonl", json.dumps({"prompt": "q"}) + "\n" + json.dumps({"completion": "a"}) + "\n")
+    write("lacking.jsonl", "".join(json.dumps(r) + "\n" for r in (good_row, {"prompt": "q2"}, good_row)))
+    (d / "two-kinds").mkdir()
+    write("two-kinds/train.jsonl", json.dumps(good_row) + "\n")
+    write("two-kinds/train.csv", "question,answer\nWhere?,Here.\n")
+    write("two-kinds/test.csv", "text\nhello\n")
     lines = lambda *rows: "".join(json.dumps(r) + "\n" for r in rows)  # noqa: E731
     write("pair-same.jsonl", lines({"prompt": "q", "chosen": "a", "rejected": "a"},
                                    {"prompt": "q2", "chosen": "b ", "rejected": "b"}))
@@ -345,6 +363,24 @@ def test_bad_input_is_one_error_and_one_hint(folder, capsys, argv, fragment):
     assert fragment.replace("{d}", str(folder)) in err, err
     if TOKEN in " ".join(argv) or "access token" in fragment:
         assert TOKEN not in err and TOKEN_HINT in err, err
+
+
+# Inputs that are read, with their bad rows dropped and counted: id, argv, fragments of the report.
+DROPPED = [
+    ("data-a-row-lacks-a-column", inspect_args("lacking.jsonl"),
+     ["rows: 3 read, 2 kept, 1 dropped", "dropped 1: missing a prompt or an answer column"]),
+    ("data-folder-of-jsonl-and-csv", inspect_args("two-kinds"), ["rows: 2 read, 2 kept, 0 dropped"]),
+    ("data-folder-split-with-another-format", inspect_args("two-kinds", "data.split=test"),
+     ["format: text (columns: text)", "rows: 1 read, 1 kept"]),
+]
+
+
+@pytest.mark.parametrize("argv,fragments", [c[1:] for c in DROPPED], ids=[c[0] for c in DROPPED])
+def test_bad_rows_are_dropped_and_counted(folder, capsys, argv, fragments):
+    code, out, err = run_cli(capsys, [a.replace("{d}", str(folder)) for a in argv])
+    assert code == 0 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in out, out
 
 
 def test_cases_are_distinct_and_plenty():

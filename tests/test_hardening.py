@@ -209,3 +209,20 @@ def test_who_a_token_belongs_to_outlasts_a_hub_outage(hub, monkeypatch):
     hub.reset()
     with pytest.raises(AuthError):  # a refused token is refused, whatever was cached
         access.whoami(token)
+
+
+def test_a_json_row_lacking_a_column_is_dropped_and_counted_when_training(tiny_model, tmp_path, capsys):
+    """Issue 29: one row without its answer column ended inspect, train and eval in a bare StopIteration."""
+    import json
+
+    from helpers import QA_PAIRS, memorise_config, write_config
+
+    rows = [{"question": q, "answer": a} for q, a in QA_PAIRS] + [{"question": "Where is the answer?"}]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = RunDir(tmp_path / "run")
+    cfg = write_config(tmp_path / "run.yaml", memorise_config(tiny_model, str(data), run.path, training__max_steps=1))
+    code, err = run_main(["train", str(cfg)], capsys)
+    assert code == 0, err
+    started = next(e for e in run.read_events()[0] if e["type"] == "run_started")
+    assert started["dataset"]["kept"] == 4 and started["dataset"]["dropped"] == {"missing a prompt or an answer column": 1}
