@@ -226,3 +226,38 @@ def test_a_json_row_lacking_a_column_is_dropped_and_counted_when_training(tiny_m
     assert code == 0, err
     started = next(e for e in run.read_events()[0] if e["type"] == "run_started")
     assert started["dataset"]["kept"] == 4 and started["dataset"]["dropped"] == {"missing a prompt or an answer column": 1}
+
+
+def test_a_job_id_written_into_another_visitors_card_cannot_hide_the_owners_run(hub, tmp_path):
+    """Issue 29: mallory writes alice's job id into the card of a repo of her own (her config copy even names
+    alice's repo). After a restart that wiped the disk, whoever lists first, each sees her own run, and the record
+    speaks only for the repo it was read from."""
+    from huggingface_hub import HfApi
+
+    from phi3space.hub.records import publish_queued
+
+    alice, mallory, job = "hf_AliceSquat0123456789abcdefg", "hf_MallorySquat0123456789abcde", "0123456789ab"
+    hub.add_user("alice", alice)
+    hub.add_user("mallory", mallory)
+    HfApi(token=alice).create_repo("alice/real")
+    HfApi(token=mallory).create_repo("mallory/copy")
+    publish_queued(config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/real"}}),
+                   "alice/real", job, "alice", alice, created=1.0)
+    publish_queued(config.from_dict({"data": {"dataset": "mallory/qa"}, "output": {"push_to": "alice/real"}}),
+                   "mallory/copy", job, "mallory", mallory, created=0.5)
+
+    for order in (("mallory", "alice"), ("alice", "mallory")):  # two restarts, each with a wiped disk
+        runner = JobRunner(tmp_path / "-".join(order), space=False, command=lambda p: [sys.executable, "-c", "pass"])
+        tokens = {"alice": alice, "mallory": mallory}
+        try:
+            ids = {who: runner.restore_from_hub(who, tokens[who]) for who in order}
+            assert ids[order[0]] == [job] and len(ids[order[1]]) == 1 and ids[order[1]] != [job]
+            assert runner.restore_from_hub(order[1], tokens[order[1]]) == []  # asked again: listed once, same id
+            for who, repo, dataset in (("alice", "alice/real", "alice/qa"), ("mallory", "mallory/copy", "mallory/qa")):
+                [listed] = runner.list(who)
+                cfg = config.load(listed.run.config)
+                assert (cfg.output.push_to, cfg.data.dataset) == (repo, dataset)
+            with pytest.raises(ConfigError, match="among your jobs"):
+                runner.get(job, order[1])
+        finally:
+            runner.shutdown()

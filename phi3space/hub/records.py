@@ -121,6 +121,7 @@ def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
     events = call(pushed_events, f"download the events of {repo}", ref=repo)
     run.path.mkdir(parents=True, exist_ok=True)
     cfg.output.dir = str(run.path)  # the server chooses where a run lives, whatever the repo's copy says
+    cfg.output.push_to = repo  # and the record speaks for the repo it was read from, and no other
     cfg.save(run.config)
     if events is not None:
         data = open(events, "rb").read()

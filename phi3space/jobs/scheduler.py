@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from phi3space import config
 from phi3space.config import BACKENDS, RunConfig, default_run_name
-from phi3space.datadir import DataDir, new_job_id, safe_name
+from phi3space.datadir import DataDir, new_job_id
 from phi3space.engine.estimates import training_seconds
 from phi3space.engine.hardware import first_gpu_name, gpu_count
 from phi3space.errors import ConfigError, Phi3SpaceError, register_secret, scrub
@@ -288,26 +288,9 @@ class JobRunner(FollowUps):
         Raises:
             HubError / AuthError: the Hub could not be asked.
         """
-        from phi3space.hub.records import hub_runs, rebuild
+        from phi3space.jobs.restore import restore_from_hub
 
-        restored = []
-        for hub_run in hub_runs(owner, token):
-            job_id = safe_name(hub_run.job_id)
-            if self.store.get(job_id) is not None:
-                continue
-            run = self.data.run(owner, job_id)
-            try:
-                rebuild(run, hub_run, token)
-            except ConfigError as exc:  # one repo whose config was spoiled does not hide the others
-                print(f"phi3space: not restoring {hub_run.repo_id}: {exc.message}", file=sys.stderr)
-                continue
-            created = float(hub_run.record.get("created") or time.time())
-            with self._lock:
-                if self.store.get(job_id) is None:
-                    self.store.add(Job(id=job_id, owner=owner, name=default_run_name(config.load(run.config)),
-                                       run_dir=str(run.path), phase="done", created=created, finished=time.time()))
-                    restored.append(job_id)
-        return restored
+        return restore_from_hub(self, owner, token)
 
     def seen(self, owner: str, token: str) -> None:
         """A visitor is here with a (fresh) token: every backend may use it to follow their jobs again."""
