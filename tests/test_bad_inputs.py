@@ -202,6 +202,12 @@ CASES = [
     ("chat-top-p-zero", ["chat", "--adapter", "{d}/adapter", "--top-p", "0", "--prompt", "hi"], "top_p: 0.0 must be in (0, 1]"),
     ("chat-folder-without-adapter", ["chat", "--adapter", "{d}/nofiles", "--prompt", "hi"], "nofiles holds no adapter"),
     ("chat-missing-adapter", ["chat", "--adapter", "{d}/no-such-run", "--prompt", "hi"], "adapter not found: {d}/no-such-run"),
+    ("chat-adapter-config-not-json", ["chat", "--adapter", "{d}/badjson", "--prompt", "hi"],
+     "the adapter {d}/badjson is damaged: its adapter_config.json is not JSON (Expecting value: line 1 column 1"),
+    ("chat-adapter-config-names-no-base", ["chat", "--adapter", "{d}/nobase", "--prompt", "hi"],
+     "the adapter {d}/nobase is damaged: its adapter_config.json names no base model"),
+    ("merge-adapter-config-not-json", ["merge", "{d}/badjson", "--out", "{d}/merged"],
+     "the adapter {d}/badjson is damaged"),
     ("chat-truncated-adapter", ["chat", "--adapter", "{d}/adapter", "--prompt", "hi"], "/adapter are damaged"),
     ("push-no-adapter", ["push", "{d}/nofiles"], "{d}/nofiles holds no finished adapter"),
 ]
@@ -329,6 +335,9 @@ def folder(tmp_path_factory, tiny_model):
     d = tmp_path_factory.mktemp("bad-inputs")
     write_inputs(d)
     write_truncated_adapter(d / "adapter", tiny_model)
+    for name, text in (("badjson", "<html>not json</html>"), ("nobase", '{"r": 8}')):
+        (d / name).mkdir()
+        (d / name / "adapter_config.json").write_text(text)
     (d / "someones").mkdir()
     for name, text in SOMEONES.items():
         (d / "someones" / name).write_text(text)

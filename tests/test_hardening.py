@@ -261,3 +261,17 @@ def test_a_job_id_written_into_another_visitors_card_cannot_hide_the_owners_run(
                 runner.get(job, order[1])
         finally:
             runner.shutdown()
+
+
+def test_a_base_model_repo_given_as_an_adapter_is_named_as_such(hub_model, tmp_path, capsys):
+    """Issue 29: a Hub repo that is a base model, given to chat (CLI and /chat) as an adapter, was a
+    FileNotFoundError."""
+    code, err = run_main(["chat", "--adapter", hub_model, "--prompt", "hi"], capsys)
+    assert code == 2 and f"error: {hub_model} is not an adapter: the repo has no adapter_config.json" in err
+    assert f"hint: To chat with a whole model give it as --base {hub_model}" in err
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    try:  # what /chat and the chat tab call
+        with pytest.raises(ModelError, match="is not an adapter"):
+            resolve_for_visitor(hub_model, Visitor("alice", None), runner, space=False)
+    finally:
+        runner.shutdown()
