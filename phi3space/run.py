@@ -176,7 +176,7 @@ class RunDir:
             with self.events.open("rb") as fh:
                 fh.seek(offset)
                 data = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no events yet, or a path that is no run folder
             return [], offset
         end = data.rfind(b"\n") + 1
         events = []

@@ -210,6 +210,29 @@ CASES = [
      "the adapter {d}/badjson is damaged"),
     ("chat-truncated-adapter", ["chat", "--adapter", "{d}/adapter", "--prompt", "hi"], "/adapter are damaged"),
     ("push-no-adapter", ["push", "{d}/nofiles"], "{d}/nofiles holds no finished adapter"),
+    # ---- names no Hub ID or path can have; folders that are files
+    ("inspect-hub-id-with-dots", ["inspect", "foo/..bar", "--set", f"model.base={FIXTURE}"],
+     "data.dataset: 'foo/..bar' is not a valid Hub ID (letters, digits, '-', '_' and '.'; no '--' or '..'"),
+    ("set-base-hub-id-with-dashes", T("model.base=acme/tiny--phi3"), "model.base: 'acme/tiny--phi3' is not a valid Hub ID"),
+    ("set-push-to-with-dots", T("output.push_to=me/..adapter"),
+     "output.push_to: 'me/..adapter' is not a repo ID like your-name/my-adapter"),
+    ("chat-hub-id-with-dots", ["chat", "--adapter", "foo/..bar", "--prompt", "hi"], "adapter: 'foo/..bar' is not a valid Hub ID"),
+    ("eval-hub-id-with-dots", ["eval", "foo/bar.."], "adapter: 'foo/bar..' is not a valid Hub ID"),
+    ("eval-data-hub-id-with-dots", ["eval", "{d}/adapter", "--data=foo/bar-"], "'foo/bar-' is not a valid Hub ID"),
+    ("inspect-nul-in-dataset", ["inspect", "x\0y.jsonl"], "data.dataset: 'x\\x00y.jsonl' holds the control character '\\x00'"),
+    ("set-dataset-escape", T("data.dataset=data\x1b[31m.jsonl"), "holds the control character '\\x1b'"),
+    ("set-output-dir-control-character", T("output.dir={d}/run\tb"),
+     "output.dir: '{d}/run\\tb' holds the control character '\\t'; a Hub ID or a path has none"),
+    ("data-lone-surrogate", inspect_args("surrogate.jsonl"),
+     "surrogate.jsonl: line 1 holds a lone surrogate escape (\\ud800-\\udfff), which is not text"),
+    ("data-json-lone-surrogates", inspect_args("surrogates.json"), "surrogates.json: every row holds a lone surrogate"),
+    ("eval-run-dir-is-a-file", ["eval", "{d}/adapter", "--run-dir", "{d}/notes.txt"],
+     "--run-dir: {d}/notes.txt is a file, not a folder"),
+    ("export-run-dir-is-a-file", ["export", "{d}/adapter", "--out", "{d}/gguf", "--run-dir", "{d}/good.yaml"],
+     "--run-dir: {d}/good.yaml is a file, not a folder"),
+    ("merge-run-dir-is-a-file", ["merge", "{d}/adapter", "--out", "{d}/merged", "--run-dir", "{d}/good.jsonl"],
+     "--run-dir: {d}/good.jsonl is a file, not a folder"),
+    ("eval-source-is-a-file", ["eval", "{d}/notes.txt"], "adapter not found: {d}/notes.txt"),
 ]
 
 
@@ -297,6 +320,10 @@ def write_inputs(d):
     write("four.jsonl", "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(4)))
     write("pairs4.jsonl", "".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n"
                                   for i in range(4)))
+    write("surrogate.jsonl", '{"prompt": "caf\\ud800", "completion": "x"}\n')
+    write("surrogates.json", '[{"prompt": "q\\udfff", "completion": "x"}]')
+    write("some-surrogates.jsonl", json.dumps(good_row) + '\n{"prompt": "\\udc00", "completion": "x"}\n'
+          + json.dumps({"prompt": "smile \U0001F600", "completion": "ok"}, ensure_ascii=True) + "\n")
     write("halves.jsonl", json.dumps({"prompt": "q"}) + "\n" + json.dumps({"completion": "a"}) + "\n")
     write("lacking.jsonl", "".join(json.dumps(r) + "\n" for r in (good_row, {"prompt": "q2"}, good_row)))
     (d / "two-kinds").mkdir()
@@ -378,6 +405,8 @@ def test_bad_input_is_one_error_and_one_hint(folder, capsys, argv, fragment):
 DROPPED = [
     ("data-a-row-lacks-a-column", inspect_args("lacking.jsonl"),
      ["rows: 3 read, 2 kept, 1 dropped", "dropped 1: missing a prompt or an answer column"]),
+    ("data-some-lone-surrogates", inspect_args("some-surrogates.jsonl"),
+     ["rows: 3 read, 2 kept, 1 dropped", "dropped 1: a lone surrogate escape (\\ud800-\\udfff), which is not text"]),
     ("data-folder-of-jsonl-and-csv", inspect_args("two-kinds"), ["rows: 2 read, 2 kept, 0 dropped"]),
     ("data-folder-split-with-another-format", inspect_args("two-kinds", "data.split=test"),
      ["format: text (columns: text)", "rows: 1 read, 1 kept"]),

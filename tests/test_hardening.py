@@ -275,3 +275,29 @@ def test_a_base_model_repo_given_as_an_adapter_is_named_as_such(hub_model, tmp_p
             resolve_for_visitor(hub_model, Visitor("alice", None), runner, space=False)
     finally:
         runner.shutdown()
+
+
+def test_a_data_folder_that_is_a_file_stops_the_app_with_one_message(tmp_path):
+    """Issue 29: PHI3SPACE_DATA_DIR naming a file ended the app's start in a FileExistsError traceback."""
+    import subprocess
+
+    from helpers import ROOT, cli_env
+
+    taken = tmp_path / "data"
+    taken.write_text("my notes\n")
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=cli_env(PHI3SPACE_DATA_DIR=str(taken)))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"error: the data folder {taken} is a file, not a folder" in result.stderr
+    assert "hint: Point PHI3SPACE_DATA_DIR at a folder" in result.stderr and taken.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("ref, said", [("alice/..qa", "is not a valid Hub ID"), ("alice/q\x00a", "control character")])
+def test_every_jobs_inputs_pass_the_hub_id_rule_before_anything_starts(ref, said):
+    """An eval job from the page with such a --data went to the Hub client and failed there with a traceback."""
+    from phi3space.jobs.submit import check_inputs_allowed
+
+    for space in (False, True):
+        with pytest.raises(ConfigError, match=said) as info:
+            check_inputs_allowed({"data": ref}, (), space)
+        assert info.value.message.startswith("data: ")

@@ -263,7 +263,7 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append("data.dataset: required (a Hub dataset ID or a local JSON/JSONL/CSV/Parquet file)")
     p += [problem for key, ref in (("model.base", m.base), ("data.dataset", d.dataset), ("output.dir", o.dir),
                                    ("model.init_adapter", m.init_adapter or ""))
-          if (problem := ref_problem(ref, key)) and not looks_like_token(ref)]  # a token is reported on its own
+          if (problem := ref_problem(ref, key, hub=key != "output.dir")) and not looks_like_token(ref)]  # a token is reported on its own
     if not isinstance(d.columns, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in d.columns.items()):
         p.append("data.columns: expected a mapping of our column names to yours, e.g. {prompt: question}")

@@ -23,7 +23,7 @@ from phi3space.config import RunConfig, auto_repo_name
 from phi3space.errors import AuthError, ConfigError, DataError, SignInNeeded
 from phi3space.jobs.backend import Backend, Task
 from phi3space.jobs.store import Job, JobStore
-from phi3space.refs import is_hub_id, is_local_ref
+from phi3space.refs import is_hub_id, is_local_ref, ref_problem
 from phi3space.report import human_duration
 
 TOKEN_MARGIN_S = 300  # a sign-in must outlast the job's upper bound by this much
@@ -40,15 +40,18 @@ class Caller:
 
 
 def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), space: bool = False) -> None:
-    """On a Space, visitors give Hub IDs (or their uploads): paths of the server are refused.
+    """A Hub ID or a path each (refs.ref_problem: no control character, no Hub ID the Hub refuses); and on a Space,
+    visitors give Hub IDs (or their uploads): paths of the server are refused.
 
     Args:
         refs: setting name -> value, e.g. {"data.dataset": "./x.jsonl", "model.base": "microsoft/..."}.
         allowed: folders whose files are fine anyway (the visitor's uploads).
     """
+    problems = [problem for key, ref in refs.items() if ref and (problem := ref_problem(ref, key))]
+    if problems:
+        raise ConfigError(problems, "Give a Hub ID (owner/name) or a file or folder name, as typed on the Hub or disk.")
     if not space:
         return
-    problems = []
     for key, ref in refs.items():
         if not ref or not is_local_ref(ref):
             continue
