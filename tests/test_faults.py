@@ -262,3 +262,29 @@ def test_a_run_holds_its_folder_a_second_run_is_refused_and_a_kill_frees_it(tiny
     assert ".phi3space.lock" not in left and is_own_folder(run)
     fresh = run_cli("train", str(cfg_path))
     assert fresh.returncode == 2 and "already holds a run" in fresh.stderr and run.state().status == "completed"
+
+
+@pytest.mark.slow
+def test_a_killed_export_job_is_reported_as_the_export_not_the_training(trained_run, tmp_path):
+    """Issue 29: SIGKILL of an export job's process said "the training process was killed"."""
+    import signal
+
+    from phi3space.jobs.scheduler import JobRunner
+    from phi3space.jobs.store import Job
+
+    runner = JobRunner(tmp_path / "data", space=False, poll_s=0.05)
+    try:
+        source = tmp_path / "data" / "runs" / "me" / "aaaaaaaaaaaa"
+        shutil.copytree(trained_run, source)
+        runner.store.add(Job(id="aaaaaaaaaaaa", owner="me", name="trained", run_dir=str(source), phase="done"))
+        job = runner.submit_export("aaaaaaaaaaaa", "me", "q8_0", None)
+        deadline = time.time() + 60
+        while time.time() < deadline and not runner.store.get(job.id).pid:
+            time.sleep(0.02)
+        os.killpg(runner.store.get(job.id).pid, signal.SIGKILL)
+        while time.time() < deadline and runner.state(runner.get(job.id, "me"))["status"] not in ("failed", "completed"):
+            time.sleep(0.05)
+        s = runner.state(runner.get(job.id, "me"))
+        assert s["status"] == "failed" and s["error"]["message"] == "the export process was killed by signal 9", s
+    finally:
+        runner.shutdown()

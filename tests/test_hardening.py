@@ -301,3 +301,14 @@ def test_every_jobs_inputs_pass_the_hub_id_rule_before_anything_starts(ref, said
         with pytest.raises(ConfigError, match=said) as info:
             check_inputs_allowed({"data": ref}, (), space)
         assert info.value.message.startswith("data: ")
+
+
+def test_a_job_id_of_kilobytes_is_not_echoed_back(tmp_path):
+    """Issue 29: /job_status echoed a 10,000-character id in its error."""
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        with pytest.raises(ConfigError) as info:
+            runner.get("x" * 10_000, "me")
+        assert info.value.message == "no job 'xxxxxxxxxxxx'... (10,000 characters) among your jobs"
+    finally:
+        runner.shutdown()

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from phi3space import config
 from phi3space.config import BACKENDS, RunConfig, default_run_name
@@ -195,7 +196,8 @@ class JobRunner(FollowUps):
         """The job, if it belongs to ``owner``; anyone else gets the same 'not found' as for a missing job."""
         job = self.store.get(job_id) if job_id else None
         if job is None or job.owner != owner:
-            raise ConfigError([f"no job {job_id!r} among your jobs"], "Pick one of your jobs from the list.")
+            shown = repr(job_id) if len(job_id or "") <= 40 else f"{job_id[:12]!r}... ({len(job_id):,} characters)"
+            raise ConfigError([f"no job {shown} among your jobs"], "Pick one of your jobs from the list.")
         return job
 
     def list(self, owner: str) -> list[Job]:
@@ -238,12 +240,20 @@ class JobRunner(FollowUps):
                 "step": s.step, "max_steps": s.max_steps, "loss": s.loss, "eval_loss": s.eval_loss, "eta_s": s.eta_s,
                 # the adapter to chat with: its Hub repo once pushed, else the run folder
                 "adapter": (s.adapter_repo or s.adapter) if s.has_adapter else None,
-                "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": job.run_dir,
+                "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": self._shown(job.run_dir),
                 "metrics": s.metrics or None, "error": s.error if status == "failed" else None,
                 "push_pending": s.push_pending, "can_resume": s.can_resume, "evaluation": s.evaluation,
                 "exported": s.exported or None,
                 "queue_position": self.queue_position(job.id), "created": job.created, "started": job.started,
                 "finished": job.finished}
+
+    def _shown(self, path: str) -> str:
+        """A run folder as a visitor sees it: on a Space, inside the data folder (the server's own paths are not
+        theirs to know); here, where it is."""
+        try:
+            return str(Path(path).relative_to(self.data.root)) if self.space else path
+        except ValueError:
+            return path
 
     # ------------------------------------------------------------ stop, push again, restore, visitors
 
