@@ -312,3 +312,22 @@ def test_a_job_id_of_kilobytes_is_not_echoed_back(tmp_path):
         assert info.value.message == "no job 'xxxxxxxxxxxx'... (10,000 characters) among your jobs"
     finally:
         runner.shutdown()
+
+
+def test_two_submissions_in_one_second_get_two_auto_repos(alice, tmp_path, monkeypatch):
+    """Issue 29: the second of two quick submissions resolved 'auto' to the first's repo and was refused with a
+    message about the first job."""
+    import time
+
+    from helpers import CANARY
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261205-120000")  # both in the same second
+    runner = JobRunner(tmp_path / "data", space=True, command=lambda p: [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        jobs = [runner.submit(config.from_dict({"data": {"dataset": "alice/qa"}, "training": {"max_steps": 1}}),
+                              "alice", CANARY) for _ in range(2)]
+        repos = [config.load(j.run.config).output.push_to for j in jobs]
+        assert repos == ["alice/phi-3-mini-4k-instruct-qa-lora-20261205-120000",
+                         "alice/phi-3-mini-4k-instruct-qa-lora-20261205-120000-2"]
+    finally:
+        runner.shutdown()
