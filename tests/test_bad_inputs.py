@@ -163,6 +163,10 @@ CASES = [
      "data.eval_fraction 0.9 of 4 usable rows leaves no row to train on"),
     ("pairs-eval-fraction-takes-every-pair", pairs_args("pairs4.jsonl", "data.eval_fraction=0.95"),
      "data.eval_fraction 0.95 of 4 usable rows leaves no row to train on"),
+    ("data-split-of-one-file", inspect_args("good.jsonl", "data.split=test"),
+     "{d}/good.jsonl is one file, so it holds one split (train), not 'test'"),
+    ("train-eval-split-of-one-file", T("data.eval_split=validation"),
+     "{d}/good.jsonl is one file, so it holds one split (train), not 'validation'"),
     ("data-every-row-lacks-a-column", inspect_args("halves.jsonl"),
      "no usable rows in {d}/halves.jsonl: format prompt_completion, columns completion, prompt; dropped 2 missing a "
      "prompt or an answer column"),

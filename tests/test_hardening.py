@@ -331,3 +331,42 @@ def test_two_submissions_in_one_second_get_two_auto_repos(alice, tmp_path, monke
                          "alice/phi-3-mini-4k-instruct-qa-lora-20261205-120000-2"]
     finally:
         runner.shutdown()
+
+
+def test_after_a_restart_a_job_that_trained_says_so_and_a_stopped_queued_one_stays_stopped(alice, tmp_path):
+    """Issue 29: after a restart a job that had trained 80 steps was 'waiting in the queue', and jobs stopped while
+    queued came back failed."""
+    import json
+
+    from helpers import CANARY
+    from huggingface_hub import HfApi
+
+    sleeper = lambda p: [sys.executable, "-c", "import time; time.sleep(60)"]  # noqa: E731
+    cfg = lambda name: config.from_dict({"data": {"dataset": "alice/qa"}, "training": {"max_steps": 100},  # noqa: E731
+                                         "output": {"push_to": f"alice/{name}"}})
+    runner = JobRunner(tmp_path / "before", space=True, slots=1, command=sleeper)
+    try:
+        trained = runner.submit(cfg("trained"), "alice", CANARY)  # takes the one slot
+        stopped = runner.submit(cfg("stopped"), "alice", CANARY)  # waits in the queue, then is stopped there
+        assert runner.state(runner.cancel(stopped.id, "alice"))["status"] == "cancelled"
+    finally:
+        runner.shutdown()
+    events = [{"type": "run_started", "time": 1.0, "max_steps": 100},
+              {"type": "progress", "time": 2.0, "step": 80, "max_steps": 100, "loss": 1.5}]
+    api = HfApi(token=CANARY)  # what its checkpoints pushed before the Space restarted
+    api.create_branch("alice/trained", branch="checkpoints")
+    api.upload_file(path_or_fileobj="".join(json.dumps(e) + "\n" for e in events).encode(), path_in_repo="events.jsonl",
+                    repo_id="alice/trained", revision="checkpoints")
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="checkpoint-80/adapter_config.json", repo_id="alice/trained",
+                    revision="checkpoints")
+
+    runner = JobRunner(tmp_path / "after", space=True, command=sleeper)  # the disk was wiped
+    try:
+        assert sorted(runner.restore_from_hub("alice", CANARY)) == sorted([trained.id, stopped.id])
+        was_training = runner.state(runner.get(trained.id, "alice"))
+        assert was_training["status"] == "failed" and was_training["step"] == 80
+        assert was_training["error"]["message"] == "the Space restarted while this job was training (step 80)"
+        assert was_training["error"]["hint"].startswith("Resume it: it continues from its newest checkpoint")
+        assert runner.state(runner.get(stopped.id, "alice"))["status"] == "cancelled"
+    finally:
+        runner.shutdown()

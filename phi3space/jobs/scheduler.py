@@ -259,15 +259,18 @@ class JobRunner(FollowUps):
 
     def cancel(self, job_id: str, owner: str) -> Job:
         """Stop a job: a queued one at once; a running one through its backend (it saves and ends as cancelled)."""
+        stopped_queued = False
         with self._lock:
             job = self.get(job_id, owner)
             if job.phase == "queued":
-                self._tokens.pop(job_id, None)
+                token, stopped_queued = self._tokens.pop(job_id, None), True
                 self.store.update(job_id, cancel_requested=True)
                 self._ended(self.store.get(job_id), Verdict("cancelled"), None)
             elif job.phase == "running" and not job.cancel_requested:
                 self.backend(job).stop(job)
                 self.store.update(job_id, cancel_requested=True)
+        if stopped_queued:  # (a Hub call: outside the lock)
+            self.pipeline.record_cancelled(job, self.backend(job), token)
         return self.get(job_id, owner)
 
     def push_again(self, job_id: str, owner: str, token: str | None = None) -> Job:
