@@ -193,6 +193,12 @@ CASES = [
     ("train-init-adapter-other-base", T("model.init_adapter={d}/adapter", "output.dir={d}/run-other-base"),
      "model.init_adapter: {d}/adapter was trained on"),
     # ---- runs, chat and push
+    # refused before training starts: the run folder (made for it) is gone again, nothing else changed
+    ("train-data-missing", T("data.dataset={d}/gone-for-train.jsonl"), "data file not found: {d}/gone-for-train.jsonl"),
+    ("train-data-unusable", T("data.dataset={d}/pref.jsonl", "output.dir={d}/deep/new/run"),
+     "which is for DPO, not supervised fine-tuning"),
+    ("train-base-not-a-model", T("model.base={d}/nofiles"), "load model {d}/nofiles failed"),
+    ("train-resume-nothing", T("output.dir={d}/run-to-resume") + ["--resume"], "--resume: no checkpoint in {d}/run-to-resume"),
     ("train-output-dir-is-a-file", T("output.dir={d}/notes.txt"), "output.dir: {d}/notes.txt is a file, not a folder"),
     ("train-output-dir-root", T("output.dir=/"), "output.dir: / is not empty and holds no run of this app"),
     ("train-output-dir-someones-folder", T("output.dir={d}/someones"),
