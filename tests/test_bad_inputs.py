@@ -1,9 +1,12 @@
-"""Every bad input a person can hand the CLI ends in one `error:` line and one `hint:` line, exit status 2.
+"""Every bad input a person can hand the CLI ends in one `error:` line and one `hint:` line, exit status 2, and
+leaves the folder it names exactly as it was: no file written, changed or left behind (a run refused before it
+trains takes its new run folder away again).
 
 Each case runs ``phi3space.cli.main`` in-process on files written once into one shared folder: broken configs and
-``--set`` overrides for ``train`` (validation fails before any model loads) and broken data files for ``inspect``
-(the data fails to load before the tokenizer is needed). The last test checks that a good config and a good data
-file in the same folder still work afterwards. Nothing trains.
+``--set`` overrides for ``train`` (refused before any model loads, or in the cheap checks before training), broken
+data files for ``inspect``, adapters and run folders for ``chat``, ``merge``, ``eval`` and ``export``. ``DROPPED``
+holds inputs that are read with their bad rows dropped and counted. The last tests check that a good config and a
+good data file in the same folder still work afterwards, and that someone's folder was left alone. Nothing trains.
 """
 
 import json
@@ -454,3 +457,10 @@ def test_alias_bomb_is_refused_before_it_expands(folder):
         config.loads(text)
     with pytest.raises(ConfigError, match=r"alias \*a"):
         config.load(folder / "bomb.yaml")
+
+
+def test_the_readme_counts_these_cases():
+    from helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    assert f"a table of {len(CASES)} cases" in readme and f"{len(DROPPED)} more are read" in readme
