@@ -43,7 +43,7 @@ def resolve_adapter(ref: str, token: str | None = None) -> Path:
 
 
 def _checked(path: Path, ref: str) -> Path:
-    """``path`` when its adapter config is a JSON object naming its base model."""
+    """``path`` when its adapter config is a JSON object (which base it names is read by ``adapter_base``)."""
     import json
 
     where = RunDir(path).adapter_config
@@ -55,9 +55,8 @@ def _checked(path: Path, ref: str) -> Path:
         raise ModelError(f"the adapter {ref} is damaged: its {RunDir.ADAPTER_CONFIG} {why}",
                          "Push the adapter again from its run folder (python -m phi3space push RUN_DIR), or train "
                          "again.") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("base_model_name_or_path"), str):
-        raise ModelError(f"the adapter {ref} is damaged: its {RunDir.ADAPTER_CONFIG} names no base model "
-                         "(base_model_name_or_path)",
+    if not isinstance(raw, dict):
+        raise ModelError(f"the adapter {ref} is damaged: its {RunDir.ADAPTER_CONFIG} is not a JSON object",
                          "Push the adapter again from its run folder (python -m phi3space push RUN_DIR), or train "
                          "again.")
     return path

@@ -238,8 +238,8 @@ class JobRunner(FollowUps):
         status, s = self.status(job)
         return {"id": job.id, "name": job.name, "kind": job.kind, "backend": job.backend, "status": status,
                 "step": s.step, "max_steps": s.max_steps, "loss": s.loss, "eval_loss": s.eval_loss, "eta_s": s.eta_s,
-                # the adapter to chat with: its Hub repo once pushed, else the run folder
-                "adapter": (s.adapter_repo or s.adapter) if s.has_adapter else None,
+                # the adapter to chat with: its Hub repo once pushed, else the run folder (on a Space: the job id)
+                "adapter": (s.adapter_repo or (job.id if self.space else s.adapter)) if s.has_adapter else None,
                 "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": self._shown(job.run_dir),
                 "metrics": s.metrics or None, "error": s.error if status == "failed" else None,
                 "push_pending": s.push_pending, "can_resume": s.can_resume, "evaluation": s.evaluation,
