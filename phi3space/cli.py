@@ -162,7 +162,7 @@ def cmd_merge(args) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     _quiet_libraries()
-    writer = RunDir(args.run_dir).writer(echo=_print_event) if args.run_dir else EventWriter(None, echo=_print_event)
+    writer = _run_dir(args).writer(echo=_print_event) if args.run_dir else EventWriter(None, echo=_print_event)
     result = merge_and_push(args.adapter, writer, out=args.out, push_to=args.push_to, base=args.base,
                             token=resolve_token(), private=args.private)
     if result["out"]:
@@ -184,7 +184,26 @@ def _writer(args) -> EventWriter:
 
     if args.run_dir and job_protocol.inside_job(args.run_dir):  # in a Hugging Face job: its events echoed to its log
         return RunDir(job_protocol.job_run_dir(args.run_dir)).writer(echo=job_protocol.job_echo(_print_event))
-    return RunDir(args.run_dir).writer(echo=_print_event) if args.run_dir else EventWriter(None, echo=_print_event)
+    return _run_dir(args).writer(echo=_print_event) if args.run_dir else EventWriter(None, echo=_print_event)
+
+
+def _run_dir(args) -> RunDir:
+    """--run-dir, a folder (made if missing) for the command's events.
+
+    Raises:
+        ConfigError: it names a file, or a folder that cannot be made.
+    """
+    from phi3space.errors import ConfigError
+
+    run = RunDir(args.run_dir)
+    hint = "Give a folder for the events, e.g. --run-dir runs/my-eval (made if missing)."
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError([f"--run-dir: {run.path} is a file, not a folder"], hint)
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError([f"--run-dir: cannot make {run.path} ({exc.strerror})"], hint) from None
+    return run
 
 
 def cmd_eval(args) -> int:

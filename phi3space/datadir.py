@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from phi3space.errors import Phi3SpaceError
+from phi3space.errors import ConfigError, Phi3SpaceError
 from phi3space.run import RunDir
 
 
@@ -90,8 +90,14 @@ class DataDir:
             DataDirBusy: another process holds it.
         """
         root = self.root
-        root.mkdir(parents=True, exist_ok=True)
-        fh = open(root / ".lock", "a+")
+        hint = "Point PHI3SPACE_DATA_DIR at a folder (made if missing), or leave it unset for ./data."
+        if root.exists() and not root.is_dir():
+            raise ConfigError([f"the data folder {root} is a file, not a folder"], hint)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fh = open(root / ".lock", "a+")
+        except OSError as exc:
+            raise ConfigError([f"the data folder {root} cannot be used ({exc.strerror})"], hint) from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

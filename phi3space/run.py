@@ -21,7 +21,7 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-from phi3space.errors import scrub
+from phi3space.errors import ModelError, scrub
 from phi3space.state import FINAL, RunState  # noqa: F401  (RunState is read through RunDir.state)
 
 EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log",
@@ -154,8 +154,21 @@ class RunDir:
         return self.adapter_weights.exists() or self.latest_checkpoint() is not None
 
     def adapter_base(self) -> str:
-        """The base model the adapter in this folder was trained on."""
-        return json.loads(self.adapter_config.read_text())["base_model_name_or_path"]
+        """The base model the adapter in this folder was trained on.
+
+        Raises:
+            ModelError: its adapter config is unreadable or names no base model.
+        """
+        try:
+            raw = json.loads(self.adapter_config.read_bytes())
+        except (OSError, ValueError):
+            raw = None
+        base = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
+        if not isinstance(base, str) or not base:
+            raise ModelError(f"the adapter {self.path} is damaged: its {self.ADAPTER_CONFIG} names no base model "
+                             "(base_model_name_or_path)", "Give the base with --base, or push the adapter again from "
+                             "its run folder (python -m phi3space push RUN_DIR).")
+        return base
 
     # ------------------------------------------------------------ events
 
@@ -176,7 +189,7 @@ class RunDir:
             with self.events.open("rb") as fh:
                 fh.seek(offset)
                 data = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no events yet, or a path that is no run folder
             return [], offset
         end = data.rfind(b"\n") + 1
         events = []

@@ -1,9 +1,12 @@
-"""Every bad input a person can hand the CLI ends in one `error:` line and one `hint:` line, exit status 2.
+"""Every bad input a person can hand the CLI ends in one `error:` line and one `hint:` line, exit status 2, and
+leaves the folder it names exactly as it was: no file written, changed or left behind (a run refused before it
+trains takes its new run folder away again).
 
 Each case runs ``phi3space.cli.main`` in-process on files written once into one shared folder: broken configs and
-``--set`` overrides for ``train`` (validation fails before any model loads) and broken data files for ``inspect``
-(the data fails to load before the tokenizer is needed). The last test checks that a good config and a good data
-file in the same folder still work afterwards. Nothing trains.
+``--set`` overrides for ``train`` (refused before any model loads, or in the cheap checks before training), broken
+data files for ``inspect``, adapters and run folders for ``chat``, ``merge``, ``eval`` and ``export``. ``DROPPED``
+holds inputs that are read with their bad rows dropped and counted. The last tests check that a good config and a
+good data file in the same folder still work afterwards, and that someone's folder was left alone. Nothing trains.
 """
 
 import json
@@ -157,6 +160,19 @@ CASES = [
      "ragged.json holds columns of different lengths (prompt: 2, completion: 1)"),
     ("data-unknown-columns", inspect_args("odd.jsonl"), "could not recognise the dataset format (columns: a, q)"),
     ("data-preference", inspect_args("pref.jsonl"), "this is preference data (chosen/rejected pairs)"),
+    ("data-eval-fraction-takes-every-row", inspect_args("four.jsonl", "data.eval_fraction=0.99"),
+     "data.eval_fraction 0.99 of 4 usable rows leaves no row to train on"),
+    ("train-eval-fraction-takes-every-row", T("data.dataset={d}/four.jsonl", "data.eval_fraction=0.9"),
+     "data.eval_fraction 0.9 of 4 usable rows leaves no row to train on"),
+    ("pairs-eval-fraction-takes-every-pair", pairs_args("pairs4.jsonl", "data.eval_fraction=0.95"),
+     "data.eval_fraction 0.95 of 4 usable rows leaves no row to train on"),
+    ("data-split-of-one-file", inspect_args("good.jsonl", "data.split=test"),
+     "{d}/good.jsonl is one file, so it holds one split (train), not 'test'"),
+    ("train-eval-split-of-one-file", T("data.eval_split=validation"),
+     "{d}/good.jsonl is one file, so it holds one split (train), not 'validation'"),
+    ("data-every-row-lacks-a-column", inspect_args("halves.jsonl"),
+     "no usable rows in {d}/halves.jsonl: format prompt_completion, columns completion, prompt; dropped 2 missing a "
+     "prompt or an answer column"),
     # ---- preference pairs (inspect FILE --set training.objective=dpo) and DPO settings
     ("pairs-not-preference", pairs_args("good.jsonl"),
      "training.objective dpo needs preference pairs: chosen and rejected columns (found: completion, prompt)"),
@@ -180,7 +196,18 @@ CASES = [
     ("train-init-adapter-other-base", T("model.init_adapter={d}/adapter", "output.dir={d}/run-other-base"),
      "model.init_adapter: {d}/adapter was trained on"),
     # ---- runs, chat and push
+    # refused before training starts: the run folder (made for it) is gone again, nothing else changed
+    ("train-data-missing", T("data.dataset={d}/gone-for-train.jsonl"), "data file not found: {d}/gone-for-train.jsonl"),
+    ("train-data-unusable", T("data.dataset={d}/pref.jsonl", "output.dir={d}/deep/new/run"),
+     "which is for DPO, not supervised fine-tuning"),
+    ("train-base-not-a-model", T("model.base={d}/nofiles"), "load model {d}/nofiles failed"),
+    ("train-resume-nothing", T("output.dir={d}/run-to-resume") + ["--resume"], "--resume: no checkpoint in {d}/run-to-resume"),
     ("train-output-dir-is-a-file", T("output.dir={d}/notes.txt"), "output.dir: {d}/notes.txt is a file, not a folder"),
+    ("train-output-dir-root", T("output.dir=/"), "output.dir: / is not empty and holds no run of this app"),
+    ("train-output-dir-someones-folder", T("output.dir={d}/someones"),
+     "output.dir: {d}/someones is not empty and holds no run of this app (README.md, config.yaml, tokenizer.json)"),
+    ("train-output-dir-in-use", T("output.dir={d}/busy"), "output.dir: {d}/busy is in use by another run"),
+    ("train-output-dir-holds-a-run", T("output.dir={d}/adapter"), "output.dir: {d}/adapter already holds a run"),
     ("chat-negative-max-new-tokens", ["chat", "--adapter", "{d}/adapter", "--max-new-tokens", "-5", "--prompt", "hi"],
      "max_new_tokens: -5 must be at least 1"),
     ("chat-negative-temperature", ["chat", "--adapter", "{d}/adapter", "--temperature", "-1", "--prompt", "hi"],
@@ -188,8 +215,37 @@ CASES = [
     ("chat-top-p-zero", ["chat", "--adapter", "{d}/adapter", "--top-p", "0", "--prompt", "hi"], "top_p: 0.0 must be in (0, 1]"),
     ("chat-folder-without-adapter", ["chat", "--adapter", "{d}/nofiles", "--prompt", "hi"], "nofiles holds no adapter"),
     ("chat-missing-adapter", ["chat", "--adapter", "{d}/no-such-run", "--prompt", "hi"], "adapter not found: {d}/no-such-run"),
+    ("chat-adapter-config-not-json", ["chat", "--adapter", "{d}/badjson", "--prompt", "hi"],
+     "the adapter {d}/badjson is damaged: its adapter_config.json is not JSON (Expecting value: line 1 column 1"),
+    ("chat-adapter-config-names-no-base", ["chat", "--adapter", "{d}/nobase", "--prompt", "hi"],
+     "the adapter {d}/nobase is damaged: its adapter_config.json names no base model"),
+    ("merge-adapter-config-not-json", ["merge", "{d}/badjson", "--out", "{d}/merged"],
+     "the adapter {d}/badjson is damaged"),
     ("chat-truncated-adapter", ["chat", "--adapter", "{d}/adapter", "--prompt", "hi"], "/adapter are damaged"),
     ("push-no-adapter", ["push", "{d}/nofiles"], "{d}/nofiles holds no finished adapter"),
+    # ---- names no Hub ID or path can have; folders that are files
+    ("inspect-hub-id-with-dots", ["inspect", "foo/..bar", "--set", f"model.base={FIXTURE}"],
+     "data.dataset: 'foo/..bar' is not a valid Hub ID (letters, digits, '-', '_' and '.'; no '--' or '..'"),
+    ("set-base-hub-id-with-dashes", T("model.base=acme/tiny--phi3"), "model.base: 'acme/tiny--phi3' is not a valid Hub ID"),
+    ("set-push-to-with-dots", T("output.push_to=me/..adapter"),
+     "output.push_to: 'me/..adapter' is not a repo ID like your-name/my-adapter"),
+    ("chat-hub-id-with-dots", ["chat", "--adapter", "foo/..bar", "--prompt", "hi"], "adapter: 'foo/..bar' is not a valid Hub ID"),
+    ("eval-hub-id-with-dots", ["eval", "foo/bar.."], "adapter: 'foo/bar..' is not a valid Hub ID"),
+    ("eval-data-hub-id-with-dots", ["eval", "{d}/adapter", "--data=foo/bar-"], "'foo/bar-' is not a valid Hub ID"),
+    ("inspect-nul-in-dataset", ["inspect", "x\0y.jsonl"], "data.dataset: 'x\\x00y.jsonl' holds the control character '\\x00'"),
+    ("set-dataset-escape", T("data.dataset=data\x1b[31m.jsonl"), "holds the control character '\\x1b'"),
+    ("set-output-dir-control-character", T("output.dir={d}/run\tb"),
+     "output.dir: '{d}/run\\tb' holds the control character '\\t'; a Hub ID or a path has none"),
+    ("data-lone-surrogate", inspect_args("surrogate.jsonl"),
+     "surrogate.jsonl: line 1 holds a lone surrogate escape (\\ud800-\\udfff), which is not text"),
+    ("data-json-lone-surrogates", inspect_args("surrogates.json"), "surrogates.json: every row holds a lone surrogate"),
+    ("eval-run-dir-is-a-file", ["eval", "{d}/adapter", "--run-dir", "{d}/notes.txt"],
+     "--run-dir: {d}/notes.txt is a file, not a folder"),
+    ("export-run-dir-is-a-file", ["export", "{d}/adapter", "--out", "{d}/gguf", "--run-dir", "{d}/good.yaml"],
+     "--run-dir: {d}/good.yaml is a file, not a folder"),
+    ("merge-run-dir-is-a-file", ["merge", "{d}/adapter", "--out", "{d}/merged", "--run-dir", "{d}/good.jsonl"],
+     "--run-dir: {d}/good.jsonl is a file, not a folder"),
+    ("eval-source-is-a-file", ["eval", "{d}/notes.txt"], "adapter not found: {d}/notes.txt"),
 ]
 
 
@@ -274,6 +330,19 @@ def write_inputs(d):
     write("ragged.json", json.dumps({"prompt": ["q1", "q2"], "completion": ["a1"]}))
     write("odd.jsonl", json.dumps({"q": "x", "a": "y"}) + "\n")
     write("pref.jsonl", json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    write("four.jsonl", "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(4)))
+    write("pairs4.jsonl", "".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n"
+                                  for i in range(4)))
+    write("surrogate.jsonl", '{"prompt": "caf\\ud800", "completion": "x"}\n')
+    write("surrogates.json", '[{"prompt": "q\\udfff", "completion": "x"}]')
+    write("some-surrogates.jsonl", json.dumps(good_row) + '\n{"prompt": "\\udc00", "completion": "x"}\n'
+          + json.dumps({"prompt": "smile \U0001F600", "completion": "ok"}, ensure_ascii=True) + "\n")
+    write("halves.jsonl", json.dumps({"prompt": "q"}) + "\n" + json.dumps({"completion": "a"}) + "\n")
+    write("lacking.jsonl", "".join(json.dumps(r) + "\n" for r in (good_row, {"prompt": "q2"}, good_row)))
+    (d / "two-kinds").mkdir()
+    write("two-kinds/train.jsonl", json.dumps(good_row) + "\n")
+    write("two-kinds/train.csv", "question,answer\nWhere?,Here.\n")
+    write("two-kinds/test.csv", "text\nhello\n")
     lines = lambda *rows: "".join(json.dumps(r) + "\n" for r in rows)  # noqa: E731
     write("pair-same.jsonl", lines({"prompt": "q", "chosen": "a", "rejected": "a"},
                                    {"prompt": "q2", "chosen": "b ", "rejected": "b"}))
@@ -296,12 +365,31 @@ def write_truncated_adapter(folder, base):
     weights.write_bytes(weights.read_bytes()[:200])
 
 
+SOMEONES = {"README.md": "# my notes\n", "config.yaml": "mine: true\n", "tokenizer.json": "{}"}
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, tiny_model):
+    import fcntl
+
     d = tmp_path_factory.mktemp("bad-inputs")
     write_inputs(d)
     write_truncated_adapter(d / "adapter", tiny_model)
-    return d
+    for name, text in (("badjson", "<html>not json</html>"), ("nobase", '{"r": 8}')):
+        (d / name).mkdir()
+        (d / name / "adapter_config.json").write_text(text)
+    (d / "someones").mkdir()
+    for name, text in SOMEONES.items():
+        (d / "someones" / name).write_text(text)
+    (d / "busy").mkdir()
+    with open(d / "busy" / ".phi3space.lock", "w") as held:  # another run holds this folder while the cases run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield d
+
+
+def snapshot(d) -> dict:
+    """Every file under the folder with its size and time of change: what a case must leave as it was."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in d.rglob("*")}
 
 
 def run_cli(capsys, argv):
@@ -313,7 +401,9 @@ def run_cli(capsys, argv):
 @pytest.mark.parametrize("argv,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_error_and_one_hint(folder, capsys, argv, fragment):
     argv = [a.replace("{d}", str(folder)) for a in argv]
+    before = snapshot(folder)
     code, _, err = run_cli(capsys, argv)
+    assert snapshot(folder) == before, "a refused command left files behind or changed the user's"
     assert code == 2, err
     assert "Traceback" not in err
     lines = err.splitlines()
@@ -322,6 +412,26 @@ def test_bad_input_is_one_error_and_one_hint(folder, capsys, argv, fragment):
     assert fragment.replace("{d}", str(folder)) in err, err
     if TOKEN in " ".join(argv) or "access token" in fragment:
         assert TOKEN not in err and TOKEN_HINT in err, err
+
+
+# Inputs that are read, with their bad rows dropped and counted: id, argv, fragments of the report.
+DROPPED = [
+    ("data-a-row-lacks-a-column", inspect_args("lacking.jsonl"),
+     ["rows: 3 read, 2 kept, 1 dropped", "dropped 1: missing a prompt or an answer column"]),
+    ("data-some-lone-surrogates", inspect_args("some-surrogates.jsonl"),
+     ["rows: 3 read, 2 kept, 1 dropped", "dropped 1: a lone surrogate escape (\\ud800-\\udfff), which is not text"]),
+    ("data-folder-of-jsonl-and-csv", inspect_args("two-kinds"), ["rows: 2 read, 2 kept, 0 dropped"]),
+    ("data-folder-split-with-another-format", inspect_args("two-kinds", "data.split=test"),
+     ["format: text (columns: text)", "rows: 1 read, 1 kept"]),
+]
+
+
+@pytest.mark.parametrize("argv,fragments", [c[1:] for c in DROPPED], ids=[c[0] for c in DROPPED])
+def test_bad_rows_are_dropped_and_counted(folder, capsys, argv, fragments):
+    code, out, err = run_cli(capsys, [a.replace("{d}", str(folder)) for a in argv])
+    assert code == 0 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in out, out
 
 
 def test_cases_are_distinct_and_plenty():
@@ -336,6 +446,7 @@ def test_good_inputs_in_the_same_folder_still_work(folder, capsys):
     code, out, err = run_cli(capsys, ["inspect", str(folder / "good.jsonl"), "--set", f"model.base={FIXTURE}"])
     assert code == 0, err
     assert "format: prompt_completion" in out and "[[Flimflam.<|end|><|endoftext|>]]" in out
+    assert {p.name: p.read_text() for p in (folder / "someones").iterdir()} == SOMEONES
 
 
 def test_alias_bomb_is_refused_before_it_expands(folder):
@@ -346,3 +457,10 @@ def test_alias_bomb_is_refused_before_it_expands(folder):
         config.loads(text)
     with pytest.raises(ConfigError, match=r"alias \*a"):
         config.load(folder / "bomb.yaml")
+
+
+def test_the_readme_counts_these_cases():
+    from helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    assert f"a table of {len(CASES)} cases" in readme and f"{len(DROPPED)} more are read" in readme

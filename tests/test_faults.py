@@ -223,3 +223,68 @@ def test_sigkill_while_a_checkpoint_is_being_saved_then_resume(tiny_model, tmp_p
     assert ("checkpoint-3 is incomplete" in result.stdout) == cut_short
     assert run.state().status == "completed" and run.state().step == 8
     assert all(run.checkpoint_is_whole(p) for p in run.checkpoints())
+
+
+@pytest.mark.slow
+def test_a_run_holds_its_folder_a_second_run_is_refused_and_a_kill_frees_it(tiny_model, tmp_path):
+    """Two trainings into one folder: the second is refused while the first runs (it held the folder, not just
+    checked it); SIGKILL of the first lets the folder go with its process, and --resume continues there."""
+    import signal
+
+    from phi3space.engine.outdir import RUN_FILES, is_own_folder
+    from phi3space.run import checkpoint_step
+
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    run = RunDir(tmp_path / "run")
+    cfg_path = write_config(tmp_path / "run.yaml", memorise_config(
+        tiny_model, str(data), run.path, training__max_steps=400, training__save_steps=1, training__logging_steps=1))
+    first = start_cli("train", str(cfg_path), output=False)
+    deadline = time.time() + 120
+    while time.time() < deadline and run.latest_checkpoint() is None:
+        time.sleep(0.05)
+    assert run.latest_checkpoint() is not None, "the first run never saved a checkpoint"
+
+    second = run_cli("train", str(cfg_path), "--set", "training.max_steps=2")
+    assert second.returncode == 2 and f"error: output.dir: {run.path} is in use by another run" in second.stderr
+    assert "Traceback" not in second.stderr and "hint: Wait for that run to end" in second.stderr
+    again = run_cli("train", str(cfg_path), "--resume")  # not even as its resume
+    assert again.returncode == 2 and "is in use by another run" in again.stderr
+    assert first.poll() is None, "the refused runs disturbed the first"
+
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    resumed = run_cli("train", str(cfg_path), "--resume", "--set", "training.max_steps=" + str(
+        run.checkpoint_progress(run.latest_checkpoint()) + 1))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert run.state().status == "completed" and run.has_adapter()
+    left = sorted(p.name for p in run.path.iterdir())
+    assert all(name in RUN_FILES or checkpoint_step(name) is not None for name in left), left
+    assert ".phi3space.lock" not in left and is_own_folder(run)
+    fresh = run_cli("train", str(cfg_path))
+    assert fresh.returncode == 2 and "already holds a run" in fresh.stderr and run.state().status == "completed"
+
+
+@pytest.mark.slow
+def test_a_killed_export_job_is_reported_as_the_export_not_the_training(trained_run, tmp_path):
+    """Issue 29: SIGKILL of an export job's process said "the training process was killed"."""
+    import signal
+
+    from phi3space.jobs.scheduler import JobRunner
+    from phi3space.jobs.store import Job
+
+    runner = JobRunner(tmp_path / "data", space=False, poll_s=0.05)
+    try:
+        source = tmp_path / "data" / "runs" / "me" / "aaaaaaaaaaaa"
+        shutil.copytree(trained_run, source)
+        runner.store.add(Job(id="aaaaaaaaaaaa", owner="me", name="trained", run_dir=str(source), phase="done"))
+        job = runner.submit_export("aaaaaaaaaaaa", "me", "q8_0", None)
+        deadline = time.time() + 60
+        while time.time() < deadline and not runner.store.get(job.id).pid:
+            time.sleep(0.02)
+        os.killpg(runner.store.get(job.id).pid, signal.SIGKILL)
+        while time.time() < deadline and runner.state(runner.get(job.id, "me"))["status"] not in ("failed", "completed"):
+            time.sleep(0.05)
+        s = runner.state(runner.get(job.id, "me"))
+        assert s["status"] == "failed" and s["error"]["message"] == "the export process was killed by signal 9", s
+    finally:
+        runner.shutdown()

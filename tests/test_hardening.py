@@ -209,3 +209,164 @@ def test_who_a_token_belongs_to_outlasts_a_hub_outage(hub, monkeypatch):
     hub.reset()
     with pytest.raises(AuthError):  # a refused token is refused, whatever was cached
         access.whoami(token)
+
+
+def test_a_json_row_lacking_a_column_is_dropped_and_counted_when_training(tiny_model, tmp_path, capsys):
+    """Issue 29: one row without its answer column ended inspect, train and eval in a bare StopIteration."""
+    import json
+
+    from helpers import QA_PAIRS, memorise_config, write_config
+
+    rows = [{"question": q, "answer": a} for q, a in QA_PAIRS] + [{"question": "Where is the answer?"}]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = RunDir(tmp_path / "run")
+    cfg = write_config(tmp_path / "run.yaml", memorise_config(tiny_model, str(data), run.path, training__max_steps=1))
+    code, err = run_main(["train", str(cfg)], capsys)
+    assert code == 0, err
+    started = next(e for e in run.read_events()[0] if e["type"] == "run_started")
+    assert started["dataset"]["kept"] == 4 and started["dataset"]["dropped"] == {"missing a prompt or an answer column": 1}
+
+
+def test_a_job_id_written_into_another_visitors_card_cannot_hide_the_owners_run(hub, tmp_path):
+    """Issue 29: mallory writes alice's job id into the card of a repo of her own (her config copy even names
+    alice's repo). After a restart that wiped the disk, whoever lists first, each sees her own run, and the record
+    speaks only for the repo it was read from."""
+    from huggingface_hub import HfApi
+
+    from phi3space.hub.records import publish_queued
+
+    alice, mallory, job = "hf_AliceSquat0123456789abcdefg", "hf_MallorySquat0123456789abcde", "0123456789ab"
+    hub.add_user("alice", alice)
+    hub.add_user("mallory", mallory)
+    HfApi(token=alice).create_repo("alice/real")
+    HfApi(token=mallory).create_repo("mallory/copy")
+    publish_queued(config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/real"}}),
+                   "alice/real", job, "alice", alice, created=1.0)
+    publish_queued(config.from_dict({"data": {"dataset": "mallory/qa"}, "output": {"push_to": "alice/real"}}),
+                   "mallory/copy", job, "mallory", mallory, created=0.5)
+
+    for order in (("mallory", "alice"), ("alice", "mallory")):  # two restarts, each with a wiped disk
+        runner = JobRunner(tmp_path / "-".join(order), space=False, command=lambda p: [sys.executable, "-c", "pass"])
+        tokens = {"alice": alice, "mallory": mallory}
+        try:
+            ids = {who: runner.restore_from_hub(who, tokens[who]) for who in order}
+            assert ids[order[0]] == [job] and len(ids[order[1]]) == 1 and ids[order[1]] != [job]
+            assert runner.restore_from_hub(order[1], tokens[order[1]]) == []  # asked again: listed once, same id
+            for who, repo, dataset in (("alice", "alice/real", "alice/qa"), ("mallory", "mallory/copy", "mallory/qa")):
+                [listed] = runner.list(who)
+                cfg = config.load(listed.run.config)
+                assert (cfg.output.push_to, cfg.data.dataset) == (repo, dataset)
+            with pytest.raises(ConfigError, match="among your jobs"):
+                runner.get(job, order[1])
+        finally:
+            runner.shutdown()
+
+
+def test_a_base_model_repo_given_as_an_adapter_is_named_as_such(hub_model, tmp_path, capsys):
+    """Issue 29: a Hub repo that is a base model, given to chat (CLI and /chat) as an adapter, was a
+    FileNotFoundError."""
+    code, err = run_main(["chat", "--adapter", hub_model, "--prompt", "hi"], capsys)
+    assert code == 2 and f"error: {hub_model} is not an adapter: the repo has no adapter_config.json" in err
+    assert f"hint: To chat with a whole model give it as --base {hub_model}" in err
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    try:  # what /chat and the chat tab call
+        with pytest.raises(ModelError, match="is not an adapter"):
+            resolve_for_visitor(hub_model, Visitor("alice", None), runner, space=False)
+    finally:
+        runner.shutdown()
+
+
+def test_a_data_folder_that_is_a_file_stops_the_app_with_one_message(tmp_path):
+    """Issue 29: PHI3SPACE_DATA_DIR naming a file ended the app's start in a FileExistsError traceback."""
+    import subprocess
+
+    from helpers import ROOT, cli_env
+
+    taken = tmp_path / "data"
+    taken.write_text("my notes\n")
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=cli_env(PHI3SPACE_DATA_DIR=str(taken)))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"error: the data folder {taken} is a file, not a folder" in result.stderr
+    assert "hint: Point PHI3SPACE_DATA_DIR at a folder" in result.stderr and taken.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("ref, said", [("alice/..qa", "is not a valid Hub ID"), ("alice/q\x00a", "control character")])
+def test_every_jobs_inputs_pass_the_hub_id_rule_before_anything_starts(ref, said):
+    """An eval job from the page with such a --data went to the Hub client and failed there with a traceback."""
+    from phi3space.jobs.submit import check_inputs_allowed
+
+    for space in (False, True):
+        with pytest.raises(ConfigError, match=said) as info:
+            check_inputs_allowed({"data": ref}, (), space)
+        assert info.value.message.startswith("data: ")
+
+
+def test_a_job_id_of_kilobytes_is_not_echoed_back(tmp_path):
+    """Issue 29: /job_status echoed a 10,000-character id in its error."""
+    runner = JobRunner(tmp_path / "data", space=False, command=lambda p: [sys.executable, "-c", "pass"])
+    try:
+        with pytest.raises(ConfigError) as info:
+            runner.get("x" * 10_000, "me")
+        assert info.value.message == "no job 'xxxxxxxxxxxx'... (10,000 characters) among your jobs"
+    finally:
+        runner.shutdown()
+
+
+def test_two_submissions_in_one_second_get_two_auto_repos(alice, tmp_path, monkeypatch):
+    """Issue 29: the second of two quick submissions resolved 'auto' to the first's repo and was refused with a
+    message about the first job."""
+    import time
+
+    from helpers import CANARY
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261205-120000")  # both in the same second
+    runner = JobRunner(tmp_path / "data", space=True, command=lambda p: [sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        jobs = [runner.submit(config.from_dict({"data": {"dataset": "alice/qa"}, "training": {"max_steps": 1}}),
+                              "alice", CANARY) for _ in range(2)]
+        repos = [config.load(j.run.config).output.push_to for j in jobs]
+        assert repos == ["alice/phi-3-mini-4k-instruct-qa-lora-20261205-120000",
+                         "alice/phi-3-mini-4k-instruct-qa-lora-20261205-120000-2"]
+    finally:
+        runner.shutdown()
+
+
+def test_after_a_restart_a_job_that_trained_says_so_and_a_stopped_queued_one_stays_stopped(alice, tmp_path):
+    """Issue 29: after a restart a job that had trained 80 steps was 'waiting in the queue', and jobs stopped while
+    queued came back failed."""
+    import json
+
+    from helpers import CANARY
+    from huggingface_hub import HfApi
+
+    sleeper = lambda p: [sys.executable, "-c", "import time; time.sleep(60)"]  # noqa: E731
+    cfg = lambda name: config.from_dict({"data": {"dataset": "alice/qa"}, "training": {"max_steps": 100},  # noqa: E731
+                                         "output": {"push_to": f"alice/{name}"}})
+    runner = JobRunner(tmp_path / "before", space=True, slots=1, command=sleeper)
+    try:
+        trained = runner.submit(cfg("trained"), "alice", CANARY)  # takes the one slot
+        stopped = runner.submit(cfg("stopped"), "alice", CANARY)  # waits in the queue, then is stopped there
+        assert runner.state(runner.cancel(stopped.id, "alice"))["status"] == "cancelled"
+    finally:
+        runner.shutdown()
+    events = [{"type": "run_started", "time": 1.0, "max_steps": 100},
+              {"type": "progress", "time": 2.0, "step": 80, "max_steps": 100, "loss": 1.5}]
+    api = HfApi(token=CANARY)  # what its checkpoints pushed before the Space restarted
+    api.create_branch("alice/trained", branch="checkpoints")
+    api.upload_file(path_or_fileobj="".join(json.dumps(e) + "\n" for e in events).encode(), path_in_repo="events.jsonl",
+                    repo_id="alice/trained", revision="checkpoints")
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="checkpoint-80/adapter_config.json", repo_id="alice/trained",
+                    revision="checkpoints")
+
+    runner = JobRunner(tmp_path / "after", space=True, command=sleeper)  # the disk was wiped
+    try:
+        assert sorted(runner.restore_from_hub("alice", CANARY)) == sorted([trained.id, stopped.id])
+        was_training = runner.state(runner.get(trained.id, "alice"))
+        assert was_training["status"] == "failed" and was_training["step"] == 80
+        assert was_training["error"]["message"] == "the Space restarted while this job was training (step 80)"
+        assert was_training["error"]["hint"].startswith("Resume it: it continues from its newest checkpoint")
+        assert runner.state(runner.get(stopped.id, "alice"))["status"] == "cancelled"
+    finally:
+        runner.shutdown()

@@ -32,7 +32,7 @@ def test_a_record_edited_on_the_hub_cannot_reach_server_paths(hub, tmp_path):
         alice = client(url, ALICE)
         jobs = json.loads(alice.predict(api_name="/list_jobs"))  # her first call after the restart brings it back
         assert [(j["id"], j["status"]) for j in jobs] == [("0123456789ab", "failed")]
-        run = RunDir(jobs[0]["run_dir"])
+        run = runner.get(jobs[0]["id"], "alice").run
         assert run.path.is_relative_to(runner.data.run("alice", "x").path.parent)  # under her own folder
         assert config.load(run.config).output.dir == str(run.path)  # the server chose it, not the repo's copy
         with pytest.raises(gradio_client.exceptions.AppError, match="is a path on the server"):

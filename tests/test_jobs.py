@@ -183,7 +183,8 @@ def test_on_a_space_the_owners_token_never_reaches_a_visitors_job(make_runner, m
     hub.add_user("visitor", "tok-visitor-0123456789")
     runner = make_runner(space=True)
     s = wait(runner, runner.submit(cfg("complete"), "visitor", "tok-visitor-0123456789").id, "visitor")
-    seen = json.loads((RunDir(s["run_dir"]).path / "seen.json").read_text())
+    assert not Path(s["run_dir"]).is_absolute() and s["adapter"] == s["id"]  # no server folder is shown to a visitor
+    seen = json.loads((runner.get(s["id"], "visitor").run.path / "seen.json").read_text())
     assert seen["hf_token"] == "tok-visitor-0123456789" and not Path(seen["hf_token_path"]).exists()
     assert not [r for r in hub.requests if r.token == "hf_OwnerTokenOfTheSpace123"]
     for push_to in (None, "visitor/x"):  # on a Space every run goes to the visitor's account: a sign-in is needed

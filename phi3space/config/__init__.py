@@ -35,12 +35,13 @@ from phi3space.config.schema import (
     default_run_name,
     short_name,
     timeout_seconds,
+    unused_auto_name,
 )
 
 __all__ = [
     "ALIASES", "BACKENDS", "HUB_ONLY_BACKENDS", "DEFAULT_BASE", "HF_TOKEN_PATTERN", "MAX_CONFIG_BYTES", "METHODS", "PHI3_TARGET_MODULES",
     "RANGES", "SCHEDULERS", "TIMEOUT_RANGE_S", "TOKEN_HINT", "ComputeConfig", "DataConfig", "LoraSettings",
     "ModelConfig", "OutputConfig", "Range", "RunConfig", "TrainingConfig", "auto_repo_name", "default_run_name",
-    "from_dict", "load", "loads", "reference", "short_name", "timeout_seconds",
+    "from_dict", "load", "loads", "reference", "short_name", "timeout_seconds", "unused_auto_name",
     "_SECTION_CLASSES", "_allowed_keys",  # private, for the tests
 ]

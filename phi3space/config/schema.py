@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -171,10 +172,26 @@ def default_run_name(cfg: RunConfig) -> str:
 def auto_repo_name(cfg: RunConfig) -> str:
     """The repo name ``output.push_to: auto`` resolves to: the run's name and the time it was resolved, so that
     two runs on the same base and data never overwrite each other's adapter (a resumed run keeps its repo: the
-    resolved name is saved in its config)."""
+    resolved name is saved in its config; ``unused_auto_name`` keeps two resolved in one second apart)."""
     import time
 
     return f"{default_run_name(cfg)[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def unused_auto_name(name: str) -> str:
+    """``name`` the first time this process resolves ``auto`` to it; then ``name-2``, ``name-3``, ... (two
+    submissions within one second must not share a repo)."""
+    with _given_lock:
+        candidate, n = name, 1
+        while candidate in _given:
+            n += 1
+            candidate = f"{name}-{n}"
+        _given.add(candidate)
+    return candidate
+
+
+_given: set[str] = set()  # the names ``auto`` was resolved to in this process
+_given_lock = threading.Lock()
 
 
 # Every numeric setting and its allowed range, checked before any model loads. The upper ends sit far above any
@@ -263,7 +280,7 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append("data.dataset: required (a Hub dataset ID or a local JSON/JSONL/CSV/Parquet file)")
     p += [problem for key, ref in (("model.base", m.base), ("data.dataset", d.dataset), ("output.dir", o.dir),
                                    ("model.init_adapter", m.init_adapter or ""))
-          if (problem := ref_problem(ref, key)) and not looks_like_token(ref)]  # a token is reported on its own
+          if (problem := ref_problem(ref, key, hub=key != "output.dir")) and not looks_like_token(ref)]  # a token is reported on its own
     if not isinstance(d.columns, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in d.columns.items()):
         p.append("data.columns: expected a mapping of our column names to yours, e.g. {prompt: question}")

@@ -27,14 +27,39 @@ def resolve_adapter(ref: str, token: str | None = None) -> Path:
         if not RunDir(path).adapter_config.exists():
             raise ModelError(f"{ref} holds no adapter (no {RunDir.ADAPTER_CONFIG})",
                              "Point at the folder of a finished run (it holds the adapter's weights and config).")
-        return path
+        return _checked(path, ref)
     from huggingface_hub import snapshot_download
 
     def download() -> Path:
         check_read_access(ref, "model", token)
         return Path(snapshot_download(ref, token=token, allow_patterns=["adapter_*", "tokenizer*", "*.jinja", RunDir.CONFIG]))
 
-    return call(download, f"download adapter {ref}", ModelError, ref)
+    path = call(download, f"download adapter {ref}", ModelError, ref)
+    if not RunDir(path).adapter_config.exists():
+        raise ModelError(f"{ref} is not an adapter: the repo has no {RunDir.ADAPTER_CONFIG} (a base model, or a "
+                         "merged one?)", f"To chat with a whole model give it as --base {ref}; --adapter takes a LoRA "
+                         "adapter (a run folder or the repo a run pushed to).")
+    return _checked(path, ref)
+
+
+def _checked(path: Path, ref: str) -> Path:
+    """``path`` when its adapter config is a JSON object (which base it names is read by ``adapter_base``)."""
+    import json
+
+    where = RunDir(path).adapter_config
+    try:
+        raw = json.loads(where.read_bytes())
+    except (OSError, ValueError) as exc:
+        why = f"cannot be read ({exc.strerror})" if isinstance(exc, OSError) else \
+            f"is not JSON ({str(exc).splitlines()[0][:80]})"
+        raise ModelError(f"the adapter {ref} is damaged: its {RunDir.ADAPTER_CONFIG} {why}",
+                         "Push the adapter again from its run folder (python -m phi3space push RUN_DIR), or train "
+                         "again.") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"the adapter {ref} is damaged: its {RunDir.ADAPTER_CONFIG} is not a JSON object",
+                         "Push the adapter again from its run folder (python -m phi3space push RUN_DIR), or train "
+                         "again.")
+    return path
 
 
 def _does_not_fit(ref: str, base: str, path: Path, exc: Exception) -> ModelError:

@@ -9,17 +9,16 @@ The rows are read by ``sources`` (a Hub dataset, or a local file or folder that 
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from pathlib import Path
 from typing import Any
 
 from phi3space.config import DataConfig
 
 # open_split, load_rows and Source live in sources and are importable from here too, as before the split.
+from phi3space.engine.arrowrows import ArrowRows
 from phi3space.engine.sources import Source, load_rows, open_split  # noqa: F401
 from phi3space.engine.tokens import add_token_stats, drop_untrained, set_token_stats, tokenize
 from phi3space.errors import DataError
@@ -28,6 +27,9 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 # Column pairs recognised as prompt -> completion, in order of preference.
 PAIR_COLUMNS = [("prompt", "completion"), ("prompt", "response"), ("question", "answer"), ("query", "response"),
                 ("instruction", "response"), ("input", "output"), ("input", "target"), ("source", "target")]
+# The columns a row of each format must have (prompt_completion: one pair of PAIR_COLUMNS).
+_NEEDS = {"messages": ("messages",), "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
+          "text": ("text",)}
 
 
 @dataclass
@@ -158,7 +160,11 @@ def _pair(prompt: Any, completion: Any, system: Any = None) -> tuple[list | None
 
 
 def normalise_row(row: dict, fmt: str) -> tuple[dict | None, str]:
-    """One row -> ``{"messages": [...]}`` (or ``{"text": ...}``), or None and the reason it cannot be used."""
+    """One row -> ``{"messages": [...]}`` (or ``{"text": ...}``), or None and the reason it cannot be used (a JSON
+    row may lack a column the other rows have)."""
+    lacking = [c for c in _NEEDS.get(fmt, ()) if c not in row]
+    if lacking:
+        return None, f"missing the {' and '.join(lacking)} column"
     if fmt == "messages":
         msgs, why = _clean_messages(row.get("messages"), "role", "content",
                                     {"system": "system", "user": "user", "assistant": "assistant"})
@@ -173,8 +179,10 @@ def normalise_row(row: dict, fmt: str) -> tuple[dict | None, str]:
             prompt = f"{prompt}\n\n{inp}"
         msgs, why = _pair(prompt, row.get("output"), row.get("system"))
     elif fmt == "prompt_completion":
-        p, c = next((p, c) for p, c in PAIR_COLUMNS if p in row and c in row)
-        msgs, why = _pair(row.get(p), row.get(c), row.get("system"))
+        pair = next(((p, c) for p, c in PAIR_COLUMNS if p in row and c in row), None)
+        if pair is None:  # a JSON row without one of the columns the others have
+            return None, "missing a prompt or an answer column"
+        msgs, why = _pair(row.get(pair[0]), row.get(pair[1]), row.get("system"))
     else:
         text = row.get("text")
         if not isinstance(text, str):
@@ -243,59 +251,6 @@ def normalise(rows: Iterable[dict], data: DataConfig, source: str, broken: Count
 SAMPLE_ROWS = 10_000
 
 
-class _ArrowRows:
-    """Normalised rows written to an Arrow file as they come, a thousand at a time, then memory-mapped as a
-    Dataset: what a split holds is never all in memory at once. The file lives in a folder of this process's that
-    is removed when it exits."""
-
-    def __init__(self):
-        self.path = _work_dir() / f"rows-{uuid.uuid4().hex}.arrow"
-        self.batch: list[dict] = []
-        self.writer = self.sink = self.schema = None
-
-    def add(self, item: dict) -> None:
-        self.batch.append(item)
-        if len(self.batch) >= 1000:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-
-        if self.writer is None:  # messages (lists of role/content) or text, whatever the columns are named
-            role = pa.struct([("role", pa.string()), ("content", pa.string())])
-            self.schema = pa.schema([(k, pa.list_(role) if isinstance(v, list) else pa.string())
-                                     for k, v in self.batch[0].items()])
-            self.sink = pa.OSFile(str(self.path), "wb")
-            self.writer = pa.ipc.new_stream(self.sink, self.schema)
-        self.writer.write_batch(pa.RecordBatch.from_pylist(self.batch, schema=self.schema))
-        self.batch.clear()
-
-    def finish(self):
-        import datasets
-
-        if self.batch:
-            self._flush()
-        self.writer.close()
-        self.sink.close()
-        return datasets.Dataset.from_file(str(self.path))
-
-
-_WORK_DIR: Path | None = None
-
-
-def _work_dir() -> Path:
-    """This process's folder for Arrow files (normalised rows, token ids), removed at exit."""
-    global _WORK_DIR
-    if _WORK_DIR is None:
-        import atexit
-        import shutil
-        import tempfile
-
-        _WORK_DIR = Path(tempfile.mkdtemp(prefix="phi3space-data-"))
-        atexit.register(shutil.rmtree, _WORK_DIR, True)
-    return _WORK_DIR
-
-
 def _read_split(data: DataConfig, split: str, source: str, token: str | None, sample: int | None,
                 limit: int | None = None, kind: RowKind = SFT_ROWS):
     """One split, normalised: (Dataset, DatasetReport). ``sample``: read only the first rows (kept in memory);
@@ -308,7 +263,7 @@ def _read_split(data: DataConfig, split: str, source: str, token: str | None, sa
         head = list(islice(opened.rows, sample + 1))
         rows, cut = head[:sample], len(head) > sample
     in_memory: list[dict] = []
-    arrow = _ArrowRows() if sample is None else None
+    arrow = ArrowRows() if sample is None else None
     add = arrow.add if arrow else in_memory.append
     kept = 0
 
@@ -338,6 +293,9 @@ def prepare(data: DataConfig, seed: int = 42, token: str | None = None, sample: 
         eval_ds, _ = _read_split(data, data.eval_split, f"{data.dataset} [{data.eval_split}]", token, sample, None, kind)
     elif data.eval_fraction > 0 and len(train_ds) >= 4:
         n_eval = max(1, round(len(train_ds) * data.eval_fraction))
+        if n_eval >= len(train_ds):
+            raise DataError(f"data.eval_fraction {data.eval_fraction:g} of {len(train_ds)} usable rows leaves no row "
+                            "to train on", "Lower data.eval_fraction (e.g. 0.1), or set it to 0 to evaluate on none.")
         parts = train_ds.train_test_split(test_size=n_eval, seed=seed)
         train_ds, eval_ds = parts["train"], parts["test"]
     report.train_rows = len(train_ds)

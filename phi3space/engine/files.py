@@ -9,6 +9,7 @@ import codecs
 import errno
 import json
 import logging
+import re
 import stat
 from collections import Counter
 from collections.abc import Iterator
@@ -156,13 +157,37 @@ def _read_json_document(path: Path, broken: Counter) -> list[dict]:
         raise DataError(f"{path} is a JSON array of {kinds}, not of objects (one per row)", _JSON_HINT)
     if len(rows) < len(data):
         broken["not a JSON object"] += len(data) - len(rows)
+    if _lone_surrogate(text, rows):
+        kept = [r for r in rows if not _lone_surrogate(text, r)]
+        broken[_SURROGATE] += len(rows) - len(kept)
+        if not kept:
+            raise DataError(f"{path}: every row holds {_SURROGATE}", _SURROGATE_HINT)
+        rows = kept
     return rows
+
+
+_SURROGATE = "a lone surrogate escape (\\ud800-\\udfff), which is not text"
+_SURROGATE_HINT = ("Fix the text those rows came from: a \\ud800-\\udfff escape is only half of a character (a whole "
+                   "one is a pair, e.g. \\ud83d\\ude00).")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(text: str, value) -> bool:
+    """``value`` (parsed from ``text``) holds half of a UTF-16 pair written as a JSON escape: Python reads it, but no
+    UTF-8 text (nor Arrow) can hold it. Whole pairs are read as one character and pass."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _iter_json_lines(path: Path, broken: Counter) -> Iterator[dict]:
     """Rows of a JSON-lines file, one line at a time (a file of any size in little memory). Lines that do not
     parse, or hold something other than an object, are counted in ``broken``."""
-    first_problem, found, nonblank = "", False, False
+    first_problem, found, nonblank, hint = "", False, False, _JSON_HINT
     try:
         fh = path.open("rb")
     except OSError as exc:
@@ -183,7 +208,11 @@ def _iter_json_lines(path: Path, broken: Counter) -> Iterator[dict]:
                 why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
                 first_problem = first_problem or f"{path} is not JSON: line {number} does not parse ({why})"
                 continue
-            if isinstance(row, dict):
+            if isinstance(row, dict) and _lone_surrogate(line, row):
+                broken[_SURROGATE] += 1
+                if not first_problem:
+                    first_problem, hint = f"{path}: line {number} holds {_SURROGATE}", _SURROGATE_HINT
+            elif isinstance(row, dict):
                 found = True
                 yield row
             else:
@@ -193,7 +222,7 @@ def _iter_json_lines(path: Path, broken: Counter) -> Iterator[dict]:
     if not nonblank:
         raise DataError(f"{path} is empty (only blank lines)", _EMPTY_HINT)
     if not found:  # not one usable line: the whole file is something else
-        raise DataError(first_problem, _JSON_HINT)
+        raise DataError(first_problem, hint)
 
 
 def _count_lines(path: Path) -> tuple[int, bool]:

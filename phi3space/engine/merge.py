@@ -82,6 +82,7 @@ def merge_and_push(adapter: str, writer: EventWriter, out: str | Path | None = N
     from phi3space.hub.access import check_push_access
     from phi3space.run import RunDir
 
+    created = bool(out) and not Path(out).exists()  # a merge that fails leaves no folder it made
     if out:
         _check_out(Path(out))  # before any model loads
     total = 4 + (2 if push_to else 0)
@@ -114,6 +115,8 @@ def merge_and_push(adapter: str, writer: EventWriter, out: str | Path | None = N
     except Phi3SpaceError as exc:
         writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task="merge", step=done,
                       adapter=None)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
         if not out:

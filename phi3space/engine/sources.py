@@ -44,6 +44,10 @@ class Source:
 def _open_local(ref: str, split: str) -> Source:
     path = Path(ref).expanduser()
     _check_path(path, ref)
+    if path.is_file() and split != "train":  # one file is one split: data.split or eval_split would be ignored
+        raise DataError(f"{ref} is one file, so it holds one split (train), not {split!r}",
+                        f"Leave data.split at train and hold rows out with data.eval_fraction (not data.eval_split), "
+                        f"or point at a folder with {split}.jsonl beside train.jsonl.")
     files = _local_files(path, split)
     if not files:
         raise DataError(f"no {split!r} data files (JSON, JSONL, CSV, Parquet) in {ref}",

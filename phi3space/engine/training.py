@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import shutil
 import signal
 import threading
@@ -27,6 +26,7 @@ from phi3space.engine import data as data_mod
 from phi3space.engine.dpo import check_init_adapter, dpo_trainer, with_init_adapter
 from phi3space.engine.memory import check_memory
 from phi3space.engine.modeling import Hardware, check_base, detect_hardware, load_model
+from phi3space.engine.outdir import Claim, claim
 from phi3space.engine.pairs import prepare_pairs
 from phi3space.engine.progress import _events_callback, eval_scores, is_main_process
 from phi3space.engine.sft import sft_trainer
@@ -236,16 +236,24 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
         Cancelled: stopped by a signal (the adapter so far and a checkpoint are saved).
     """
     run = RunDir(cfg.output.dir)
-    _check_output_dir(run)
-    # Refused before anything is written: that run's events and adapter stay as they are.
-    if not resume and run.holds_run():
-        raise ConfigError([f"output.dir: {run.path} already holds a run"],
-                          "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
-    done = run.state()
-    if resume and done.status == "completed" and (cfg.training.max_steps or 0) <= done.step:
-        raise ConfigError([f"--resume: the run in {run.path} already completed its {done.step} steps"],
-                          f"Nothing to continue: push it with `python -m phi3space push {run.path}`, train further with "
-                          f"--set training.max_steps=MORE, or start a new run in another folder.")
+    # Refused before anything is written: someone's folder, or a run's events and adapter, stay as they are.
+    with claim(run, resume, hold=is_main_process()) as held:
+        done = run.state()
+        if resume and done.status == "completed" and (cfg.training.max_steps or 0) <= done.step:
+            raise ConfigError([f"--resume: the run in {run.path} already completed its {done.step} steps"],
+                              f"Nothing to continue: push it with `python -m phi3space push {run.path}`, train further "
+                              f"with --set training.max_steps=MORE, or start a new run in another folder.")
+        trainer, fitted = _run(cfg, run, resume, token, echo, held)
+    if fitted.cancelled:
+        step = trainer.state.global_step
+        raise Cancelled(f"stopped at step {step}; the adapter so far is saved in {run.path}",
+                        f"Continue with: python -m phi3space train {run.config} --resume")
+    return run.path
+
+
+def _run(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, echo, held: Claim):
+    """Preflight, fit and finish in a held folder; a run refused before its trainer exists leaves nothing in a
+    folder that was empty."""
     writer = run.writer(enabled=is_main_process(), echo=echo)
     trainer = fitted = None
     with stop_requests() as stop:
@@ -257,6 +265,8 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
             finish(cfg, pre, trainer, fitted, token, writer)
         except Phi3SpaceError as exc:
             _fail(writer, exc, trainer, fitted, run)
+            if trainer is None:
+                held.undo()
             raise
         except Exception as exc:
             known = _as_oom(exc, cfg, run) or _as_disk_full(exc, run)
@@ -266,12 +276,10 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
                       trainer, fitted, run)
                 raise
             _fail(writer, known, trainer, fitted, run)
+            if trainer is None:
+                held.undo()
             raise known from None
-    if fitted.cancelled:
-        step = trainer.state.global_step
-        raise Cancelled(f"stopped at step {step}; the adapter so far is saved in {run.path}",
-                        f"Continue with: python -m phi3space train {run.config} --resume")
-    return run.path
+    return trainer, fitted
 
 
 def _planned_steps(trainer) -> int:
@@ -299,21 +307,6 @@ def _as_oom(exc: Exception, cfg: RunConfig, run: RunDir) -> OutOfMemory | None:
             hint += " Then add --resume to continue from the last checkpoint."
         return OutOfMemory("the GPU ran out of memory", hint)
     return None
-
-
-def _check_output_dir(run: RunDir) -> None:
-    """output.dir must be a folder this process can write (checked before anything is written)."""
-    if run.path.exists() and not run.path.is_dir():
-        raise ConfigError([f"output.dir: {run.path} is a file, not a folder"],
-                          "Choose a folder for the run, e.g. --set output.dir=runs/NEW.")
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError([f"output.dir: cannot create {run.path} ({exc.strerror})"],
-                          "Choose a folder you can write to, e.g. --set output.dir=runs/NEW.") from None
-    if not os.access(run.path, os.W_OK | os.X_OK):
-        raise ConfigError([f"output.dir: {run.path} is not writable"],
-                          "Choose a folder you can write to, e.g. --set output.dir=runs/NEW.")
 
 
 def _as_disk_full(exc: Exception, run: RunDir) -> DiskFull | None:

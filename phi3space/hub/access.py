@@ -10,6 +10,7 @@ import hashlib
 import threading
 import time
 
+from phi3space.config import unused_auto_name
 from phi3space.errors import AuthError, HubError
 from phi3space.hub.errors import call, is_transient, with_retries
 from phi3space.hub.space import on_space
@@ -90,7 +91,7 @@ def check_push_access(push_to: str, token: str | None, auto_name: str, private: 
             write access to the repo.
     """
     user = whoami(token)
-    repo_id = f"{user['name']}/{auto_name}" if push_to == "auto" else push_to
+    repo_id = f"{user['name']}/{unused_auto_name(auto_name)}" if push_to == "auto" else push_to
     role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
         raise AuthError("the Hugging Face token is read-only and cannot create repos or push",

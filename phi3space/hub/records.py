@@ -47,8 +47,10 @@ def job_record(status: str, step: int | None = None, max_steps: int | None = Non
     return record(job_id, os.environ.get(OWNER_ENV) or "", status, step, max_steps, metrics)
 
 
-def publish_queued(cfg: RunConfig, repo_id: str, job_id: str, owner: str, token: str, created: float) -> None:
-    """Put a queued job's record (a pending card) and its config on its repo's main branch, in one commit.
+def publish_queued(cfg: RunConfig, repo_id: str, job_id: str, owner: str, token: str, created: float,
+                   status: str = "queued") -> None:
+    """Put a queued job's record (a pending card) and its config on its repo's main branch, in one commit; again
+    with ``status`` cancelled when it is stopped before it starts (a restart must not bring it back as failed).
 
     Raises:
         HubError / AuthError: the Hub refused or could not be reached.
@@ -57,11 +59,11 @@ def publish_queued(cfg: RunConfig, repo_id: str, job_id: str, owner: str, token:
 
     from phi3space.hub.card import pending_card
 
-    card = pending_card(cfg, repo_id, record(job_id, owner, "queued", created=created))
+    card = pending_card(cfg, repo_id, record(job_id, owner, status, created=created))
     ops = [CommitOperationAdd(RunDir.CARD, card.encode("utf-8")),
            CommitOperationAdd(RunDir.CONFIG, cfg.to_yaml().encode("utf-8"))]
     api = HfApi(token=token)
-    call(lambda: api.create_commit(repo_id, ops, commit_message=f"phi3space: job {job_id} queued"),
+    call(lambda: api.create_commit(repo_id, ops, commit_message=f"phi3space: job {job_id} {status}"),
          "record the job on the Hub", ref=repo_id)
 
 
@@ -121,6 +123,7 @@ def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
     events = call(pushed_events, f"download the events of {repo}", ref=repo)
     run.path.mkdir(parents=True, exist_ok=True)
     cfg.output.dir = str(run.path)  # the server chooses where a run lives, whatever the repo's copy says
+    cfg.output.push_to = repo  # and the record speaks for the repo it was read from, and no other
     cfg.save(run.config)
     if events is not None:
         data = open(events, "rb").read()
@@ -130,8 +133,12 @@ def rebuild(run: RunDir, hub_run: HubRun, token: str) -> None:
         run.append("push", what="adapter", repo_id=repo, url=f"{constants.ENDPOINT}/{repo}", commit="")
         run.finish("completed", step=rec.get("step") or state.step, metrics=rec.get("metrics") or {}, adapter=None)
         return
+    if rec.get("status") == "cancelled":  # stopped before it started
+        run.finish("cancelled", step=state.step, adapter=None)
+        return
     pushed = bool(hub_checkpoint_steps(repo, token))
-    doing = "waiting in the queue" if rec.get("status") == "queued" else "training"
+    # The card says queued until the final push; the events pushed with its checkpoints say how far it got.
+    doing = f"training (step {state.step})" if state.started is not None or state.step else "waiting in the queue"
     hint = (f"Resume it: it continues from its newest checkpoint on {repo} (branch {CHECKPOINT_BRANCH})." if pushed
             else "Submit it again: it pushed no checkpoint to continue from.")
     run.finish("failed", {"kind": "interrupted", "message": f"the Space restarted while this job was {doing}", "hint": hint},

@@ -49,10 +49,11 @@ def job_env(token: str | None, space: bool, base: dict | None = None) -> dict[st
 
 
 def last_word(exit_code: int | None, state: RunState, cancel_requested: bool,
-              since: float | None = None) -> Verdict | None:
+              since: float | None = None, kind: str = "train") -> Verdict | None:
     """How a process that ended with ``exit_code`` (None: it ended while no one was watching) ended, when its own
     events say ``state``; None when they already tell the truth. A last word written before ``since`` (an earlier
-    attempt of a resumed job) does not count."""
+    attempt of a resumed job) does not count. ``kind``: the job's (train, merge, eval, export), named in the
+    message."""
     if since is not None and state.final and (state.finished or 0) < since:
         state = RunState(step=state.step)
     if ((state.status == "completed" and exit_code in (0, None)) or state.status == "failed"
@@ -70,7 +71,8 @@ def last_word(exit_code: int | None, state: RunState, cancel_requested: bool,
     else:
         how = f"exited with code {exit_code}" + (" after finishing its run" if state.final else "")
         hint = oom if exit_code == 137 else "See the log below."
-    return Verdict("failed", "crash", f"the training process {how}", hint, adapter=state.adapter)
+    what = {"train": "training", "eval": "evaluation"}.get(kind, kind)
+    return Verdict("failed", "crash", f"the {what} process {how}", hint, adapter=state.adapter)
 
 
 class _Adopted:
@@ -146,7 +148,7 @@ class LocalBackend(Backend):
         if job.pid and _is_our_process(job):
             self._procs[job.id] = _Adopted(job)
         else:
-            self.host.ended(job, last_word(None, job.run.state(), job.cancel_requested, since=job.started), None)
+            self.host.ended(job, last_word(None, job.run.state(), job.cancel_requested, job.started, job.kind), None)
 
     def poll(self) -> None:
         for job_id, proc in list(self._procs.items()):
@@ -156,7 +158,7 @@ class LocalBackend(Backend):
                 self._kill_at.pop(job_id, None)
                 code = code if isinstance(proc, subprocess.Popen) else None
                 job = self.host.store.get(job_id)
-                self.host.ended(job, last_word(code, job.run.state(), job.cancel_requested, since=job.started), code)
+                self.host.ended(job, last_word(code, job.run.state(), job.cancel_requested, job.started, job.kind), code)
             elif job_id in self._kill_at and time.time() > self._kill_at[job_id]:
                 self._signal(job_id, signal.SIGKILL)
                 self._kill_at.pop(job_id)

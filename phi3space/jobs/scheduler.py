@@ -23,10 +23,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from phi3space import config
 from phi3space.config import BACKENDS, RunConfig, default_run_name
-from phi3space.datadir import DataDir, new_job_id, safe_name
+from phi3space.datadir import DataDir, new_job_id
 from phi3space.engine.estimates import training_seconds
 from phi3space.engine.hardware import first_gpu_name, gpu_count
 from phi3space.errors import ConfigError, Phi3SpaceError, register_secret, scrub
@@ -195,7 +196,8 @@ class JobRunner(FollowUps):
         """The job, if it belongs to ``owner``; anyone else gets the same 'not found' as for a missing job."""
         job = self.store.get(job_id) if job_id else None
         if job is None or job.owner != owner:
-            raise ConfigError([f"no job {job_id!r} among your jobs"], "Pick one of your jobs from the list.")
+            shown = repr(job_id) if len(job_id or "") <= 40 else f"{job_id[:12]!r}... ({len(job_id):,} characters)"
+            raise ConfigError([f"no job {shown} among your jobs"], "Pick one of your jobs from the list.")
         return job
 
     def list(self, owner: str) -> list[Job]:
@@ -236,28 +238,39 @@ class JobRunner(FollowUps):
         status, s = self.status(job)
         return {"id": job.id, "name": job.name, "kind": job.kind, "backend": job.backend, "status": status,
                 "step": s.step, "max_steps": s.max_steps, "loss": s.loss, "eval_loss": s.eval_loss, "eta_s": s.eta_s,
-                # the adapter to chat with: its Hub repo once pushed, else the run folder
-                "adapter": (s.adapter_repo or s.adapter) if s.has_adapter else None,
-                "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": job.run_dir,
+                # the adapter to chat with: its Hub repo once pushed, else the run folder (on a Space: the job id)
+                "adapter": (s.adapter_repo or (job.id if self.space else s.adapter)) if s.has_adapter else None,
+                "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": self._shown(job.run_dir),
                 "metrics": s.metrics or None, "error": s.error if status == "failed" else None,
                 "push_pending": s.push_pending, "can_resume": s.can_resume, "evaluation": s.evaluation,
                 "exported": s.exported or None,
                 "queue_position": self.queue_position(job.id), "created": job.created, "started": job.started,
                 "finished": job.finished}
 
+    def _shown(self, path: str) -> str:
+        """A run folder as a visitor sees it: on a Space, inside the data folder (the server's own paths are not
+        theirs to know); here, where it is."""
+        try:
+            return str(Path(path).relative_to(self.data.root)) if self.space else path
+        except ValueError:
+            return path
+
     # ------------------------------------------------------------ stop, push again, restore, visitors
 
     def cancel(self, job_id: str, owner: str) -> Job:
         """Stop a job: a queued one at once; a running one through its backend (it saves and ends as cancelled)."""
+        stopped_queued = False
         with self._lock:
             job = self.get(job_id, owner)
             if job.phase == "queued":
-                self._tokens.pop(job_id, None)
+                token, stopped_queued = self._tokens.pop(job_id, None), True
                 self.store.update(job_id, cancel_requested=True)
                 self._ended(self.store.get(job_id), Verdict("cancelled"), None)
             elif job.phase == "running" and not job.cancel_requested:
                 self.backend(job).stop(job)
                 self.store.update(job_id, cancel_requested=True)
+        if stopped_queued:  # (a Hub call: outside the lock)
+            self.pipeline.record_cancelled(job, self.backend(job), token)
         return self.get(job_id, owner)
 
     def push_again(self, job_id: str, owner: str, token: str | None = None) -> Job:
@@ -288,26 +301,9 @@ class JobRunner(FollowUps):
         Raises:
             HubError / AuthError: the Hub could not be asked.
         """
-        from phi3space.hub.records import hub_runs, rebuild
+        from phi3space.jobs.restore import restore_from_hub
 
-        restored = []
-        for hub_run in hub_runs(owner, token):
-            job_id = safe_name(hub_run.job_id)
-            if self.store.get(job_id) is not None:
-                continue
-            run = self.data.run(owner, job_id)
-            try:
-                rebuild(run, hub_run, token)
-            except ConfigError as exc:  # one repo whose config was spoiled does not hide the others
-                print(f"phi3space: not restoring {hub_run.repo_id}: {exc.message}", file=sys.stderr)
-                continue
-            created = float(hub_run.record.get("created") or time.time())
-            with self._lock:
-                if self.store.get(job_id) is None:
-                    self.store.add(Job(id=job_id, owner=owner, name=default_run_name(config.load(run.config)),
-                                       run_dir=str(run.path), phase="done", created=created, finished=time.time()))
-                    restored.append(job_id)
-        return restored
+        return restore_from_hub(self, owner, token)
 
     def seen(self, owner: str, token: str) -> None:
         """A visitor is here with a (fresh) token: every backend may use it to follow their jobs again."""

@@ -15,15 +15,16 @@ Nothing here knows the page: errors carry their own message and hint (phi3space.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from phi3space.config import RunConfig, auto_repo_name
-from phi3space.errors import AuthError, ConfigError, DataError, SignInNeeded
+from phi3space.errors import AuthError, ConfigError, DataError, Phi3SpaceError, SignInNeeded
 from phi3space.jobs.backend import Backend, Task
 from phi3space.jobs.store import Job, JobStore
-from phi3space.refs import is_hub_id, is_local_ref
+from phi3space.refs import is_hub_id, is_local_ref, ref_problem
 from phi3space.report import human_duration
 
 TOKEN_MARGIN_S = 300  # a sign-in must outlast the job's upper bound by this much
@@ -40,15 +41,18 @@ class Caller:
 
 
 def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), space: bool = False) -> None:
-    """On a Space, visitors give Hub IDs (or their uploads): paths of the server are refused.
+    """A Hub ID or a path each (refs.ref_problem: no control character, no Hub ID the Hub refuses); and on a Space,
+    visitors give Hub IDs (or their uploads): paths of the server are refused.
 
     Args:
         refs: setting name -> value, e.g. {"data.dataset": "./x.jsonl", "model.base": "microsoft/..."}.
         allowed: folders whose files are fine anyway (the visitor's uploads).
     """
+    problems = [problem for key, ref in refs.items() if ref and (problem := ref_problem(ref, key))]
+    if problems:
+        raise ConfigError(problems, "Give a Hub ID (owner/name) or a file or folder name, as typed on the Hub or disk.")
     if not space:
         return
-    problems = []
     for key, ref in refs.items():
         if not ref or not is_local_ref(ref):
             continue
@@ -154,6 +158,20 @@ class Pipeline:
             from phi3space.hub.records import publish_queued
 
             publish_queued(cfg, cfg.output.push_to, job.id, job.owner, caller.token, job.created)
+
+    def record_cancelled(self, job: Job, backend: Backend, token: str | None) -> None:
+        """On a Space, a job stopped before it started says so on its card (else a restart brings it back failed).
+        A Hub that cannot be reached does not undo the stop: it is reported in the server's log."""
+        if not (self.space and token and not backend.survives_restart and job.kind == "train"):
+            return
+        from phi3space import config
+        from phi3space.hub.records import publish_queued
+
+        try:
+            cfg = config.load(job.run.config)
+            publish_queued(cfg, cfg.output.push_to, job.id, job.owner, token, job.created, status="cancelled")
+        except Phi3SpaceError as exc:
+            print(f"phi3space: job {job.id} was stopped, but its card could not say so: {exc.message}", file=sys.stderr)
 
 
 def _local_token(token: str | None) -> str | None:

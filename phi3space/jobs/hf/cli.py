@@ -12,6 +12,7 @@ from pathlib import Path
 
 from phi3space import config
 from phi3space.config import RunConfig
+from phi3space.engine.outdir import check_folder
 from phi3space.errors import Cancelled, ConfigError, JobsError, Phi3SpaceError
 from phi3space.jobs.backend import Task
 from phi3space.jobs.hf.follow import cancel, follow_to_end
@@ -43,6 +44,7 @@ def train_cli(cfg: RunConfig, resume: bool, token: str | None, echo: Callable[[d
         if echo:
             echo({"type": "log", "message": f"following job {ref} again"})
     else:
+        check_folder(run, resume)  # someone's folder is never written into
         if not resume and (run.holds_run() or earlier.started is not None):  # (one that never started may go again)
             raise ConfigError([f"output.dir: {run.path} already holds a run"],
                               "Add --resume to continue it, or choose another folder with --set output.dir=runs/NEW.")
