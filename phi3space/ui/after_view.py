@@ -19,7 +19,7 @@ from phi3space.ui import compute_box
 from phi3space.ui.common import UI_ONLY, user_errors
 from phi3space.ui.follow import Follower
 from phi3space.ui.jobs_view import following
-from phi3space.ui.services import get_runner, identify
+from phi3space.ui.services import get_runner, identify, run_status
 
 PAGE_ROWS = 10
 SHOWN_CHARS = 240  # of a reply in the table (the whole reply is in the job's events)
@@ -63,7 +63,7 @@ def refresh(follower: Follower, seen: tuple | None, page: int, profile: gr.OAuth
             job = runner.get(follower.job_id, owner)
         except ConfigError:  # not among the visitor's jobs (any more): nothing to offer
             job = None
-    status, state = runner.status(job) if job is not None else (None, None)
+    status, state = run_status(job) if job is not None else (None, None)
     done = job is not None and kind_of(job) is TRAIN and state.has_adapter
     results = job is not None and kind_of(job) is EVAL and bool(state.examples)
     signature = (follower.job_id, status, done, len(state.examples) if state else 0, page)

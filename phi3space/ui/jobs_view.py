@@ -22,7 +22,7 @@ from phi3space.refs import check_repo_id
 from phi3space.run import FINAL, RunState
 from phi3space.ui.common import UI_ONLY, user_errors
 from phi3space.ui.follow import Follower, progress_html
-from phi3space.ui.services import get_runner, identify, signed_in
+from phi3space.ui.services import get_runner, identify, run_status, signed_in
 
 TABLE_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "adapter / model", "submitted", "job"]
 # Room for each column at any width (a phone sees the name and status first, and scrolls the table sideways inside
@@ -58,7 +58,7 @@ def _rows(jobs: list[Job], statuses: dict[str, str]) -> list[list]:
     fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""  # noqa: E731
     rows = []
     for job in reversed(jobs):
-        status, s = runner.status(job)
+        status, s = run_status(job)
         eval_loss = (s.metrics or {}).get("eval_loss", s.eval_loss)
         rows.append([job.name, statuses[job.id], f"{s.step}/{s.max_steps or '?'}", fmt(s.loss), fmt(eval_loss),
                      _where(runner, job, status, s), time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created)), job.id])
@@ -82,11 +82,15 @@ def default_job(jobs: list[Job], statuses: dict[str, str], remembered: str | Non
 
 def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
     """One timer tick: new events of the followed job, and the job list when a status or the followed job's
-    progress changed."""
+    progress changed.
+
+    The follower is changed in place and never sent back: a tick that began before a click chose another job
+    (Evaluate, Export, Merge, the job list) would otherwise put the old follower back when it ends, and the page would
+    go on following the old job."""
     owner = _owner(profile, oauth_token)
     runner = get_runner()
     jobs = runner.list(owner) if owner else []
-    statuses = {j.id: runner.status(j)[0] for j in jobs}
+    statuses = {j.id: run_status(j)[0] for j in jobs}
     if follower.job_id is None or follower.job_id not in statuses:
         follower.follow(default_job(jobs, statuses, follower.remembered))
     job = next((j for j in jobs if j.id == follower.job_id), None)
@@ -97,7 +101,7 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     memory = follower.job_id if follower.job_id != follower.remembered else gr.skip()
     follower.remembered = follower.job_id
     if not new and not changed and (job is None or status in FINAL):
-        return (follower, seen, memory) + (gr.skip(),) * 12
+        return (gr.skip(), seen, memory) + (gr.skip(),) * 12
     stage = None
     if job is not None and not kind_of(job).trains:  # a merge job: what it is doing, rather than steps and losses
         stage = "done" if status == "completed" else (follower.stage or "starting")
@@ -109,11 +113,11 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     picker = gr.Dropdown(choices=_choices(jobs, statuses), value=follower.job_id) if changed else gr.skip()
     live = job is not None and status not in FINAL
     stop = gr.Button("Cancel" if status == "queued" else "Stop", interactive=live)
-    state = runner.status(job)[1] if job is not None else None  # the follower's state, with the schedule's status
+    state = run_status(job)[1] if job is not None else None  # the follower's state, with the page's status
     resume = gr.Button(visible=state is not None and state.can_resume)
     done = state is not None and state.has_adapter and not state.model_url
     push = gr.Button(visible=state is not None and state.push_pending)
-    return (follower, signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
+    return (gr.skip(), signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
             gr.Button(interactive=done), push, *rewards)
 
 

@@ -14,6 +14,7 @@ from phi3space.errors import AuthError, Phi3SpaceError, SignInNeeded, register_s
 from phi3space.hub.auth import acting_token, real_token
 from phi3space.hub.space import on_space
 from phi3space.jobs.scheduler import JobRunner
+from phi3space.state import RunState
 
 LOCAL_OWNER = "local"
 
@@ -35,6 +36,33 @@ def set_runner(runner: JobRunner | None) -> None:
     global _runner
     with _runner_lock:
         _runner = runner
+
+
+def run_status(job) -> tuple[str, RunState]:
+    """A job's status and state as the page shows them: the runner's (queued and running from the schedule, the rest
+    from the run's events), except that a run whose events already hold its last word shows it at once, while its
+    process is still exiting (seconds later): the page's status and buttons follow the event. (/job_status keeps the
+    runner's, which waits for the process.)"""
+    status, state = get_runner().status(job)
+    if status == "running":
+        said = job.run.state()
+        if said.final and (said.finished or 0) >= (job.started or 0):  # (not an earlier attempt's, when resumed)
+            return said.status, said
+    return status, state
+
+
+def demo_settings() -> dict | None:
+    """The form's starting values when the page opens with the demo (phi3space.demo: off a Space, on a machine
+    without a CUDA GPU, or PHI3SPACE_DEMO=1), its tiny base model built on the way under the data folder; None
+    otherwise (the page then starts from RunConfig's defaults, Phi-3-mini)."""
+    from phi3space import demo
+    from phi3space.engine.hardware import gpu_count
+
+    runner = get_runner()
+    if not demo.wanted(runner.space, gpu_count()):
+        return None
+    demo.prepare(runner.root)
+    return demo.settings(runner.root)
 
 
 @dataclass(frozen=True)
