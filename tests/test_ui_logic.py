@@ -123,6 +123,7 @@ def test_runs_get_names_that_tell_them_apart():
     assert forms.run_name(cfg, None, {first}) == first + "-2"
     assert forms.run_name(cfg, "", {first, first + "-2"}) == first + "-3"
     assert forms.run_name(cfg, "  my   first try ", {first}) == "my first try"
+    assert forms.run_name(cfg, "my first try", {first, "my first try"}) == "my first try-2"  # Start pressed twice
 
 
 def test_plan_counts_steps_and_warns():

@@ -67,19 +67,19 @@ def build_app() -> gr.Blocks:
 
 @user_errors
 def open_in_chat(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
-    """One click from a finished run to the chat tab, with its adapter chosen."""
+    """One click from a finished run (or a job on it: its eval, export or merge) to the chat tab, its adapter chosen."""
     from phi3space.ui.chat_tab import adapter_choices
-    from phi3space.ui.services import get_runner, identify, run_status
+    from phi3space.ui.services import acted_on, get_runner, identify
 
     owner = identify(profile, oauth_token).owner
     choices = adapter_choices(owner)
-    if follower.job_id in {v for _, v in choices}:
-        return gr.Dropdown(choices=choices, value=follower.job_id), gr.Tabs(selected="chat")
-    status = None
+    run, state = None, None
     if owner and follower.job_id:
         runner = get_runner()
-        status = run_status(runner.get(follower.job_id, owner))[0]
-    gr.Warning(no_adapter_text(status))
+        run, state = acted_on(runner.get(follower.job_id, owner), runner.list(owner))
+    if run is not None and run.id in {v for _, v in choices}:
+        return gr.Dropdown(choices=choices, value=run.id), gr.Tabs(selected="chat")
+    gr.Warning(no_adapter_text(state.status if state else None))
     return gr.skip(), gr.skip()
 
 

@@ -199,12 +199,9 @@ def text_entry(spec: FieldSpec) -> bool:
 def run_name(cfg: RunConfig, typed: str | None, taken: list[str] | set[str]) -> str:
     """The name a new run gets: what the visitor typed, else <base>-<dataset>-<method>; numbered past ``taken`` (a
     second run of the same name is name-2, so two runs never look alike in the list)."""
-    base = " ".join((typed or "").split())[:80] or config_mod.default_run_name(cfg)
-    n, name = 1, base
-    while name in taken:
-        n += 1
-        name = f"{base}-{n}"
-    return name
+    from phi3space.jobs.followups import unique_name
+
+    return unique_name(" ".join((typed or "").split())[:80] or config_mod.default_run_name(cfg), taken)
 
 
 def stash_upload(path: str | Path, folder: Path) -> Path:
