@@ -18,8 +18,10 @@ from gradio.utils import get_upload_folder
 
 from phi3space import config as config_mod
 from phi3space.errors import Phi3SpaceError
+from phi3space.hub.access import check_reachable
 from phi3space.hub.space import on_space
 from phi3space.jobs.submit import inputs
+from phi3space.refs import is_hub_id
 from phi3space.run import RunDir
 from phi3space.ui import compute_box, forms
 from phi3space.ui.common import UI_ONLY, code_block, page_text, user_errors
@@ -95,10 +97,19 @@ def _config(profile, oauth_token, upload, values):
     return visitor, cfg
 
 
+def _checked(cfg, visitor):
+    """What Inspect and Start both check before anything is queued: the Hub answers when the form names Hub repos
+    (asked once: an unreachable Hub is said in seconds), and the data reads, cleans and tokenizes (Inspect's
+    report, returned)."""
+    if any(is_hub_id(ref) for ref in inputs(cfg).values()) or cfg.output.push_to:
+        check_reachable()
+    return forms.inspect_dataset(cfg, visitor.hub_token())
+
+
 @user_errors
 def inspect_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, run_name, *values):
     visitor, cfg = _config(profile, oauth_token, upload, values)
-    found = forms.inspect_dataset(cfg, visitor.hub_token())
+    found = _checked(cfg, visitor)
     plan = forms.plan(cfg, found, forms.gpu_memory_gb())
     return code_block(found.text), found.histogram(), found.segments, found, plan.markdown()
 
@@ -161,9 +172,7 @@ def start(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, fo
           *values):
     visitor, cfg = _config(profile, oauth_token, upload, values)
     owner = visitor.require_owner()
-    # The same checks as Inspect (the data read and cleaned, the tokenizer loaded): what Inspect refuses is refused
-    # here at once, rather than by the job a minute later.
-    forms.inspect_dataset(cfg, visitor.hub_token())
+    _checked(cfg, visitor)  # what Inspect refuses is refused here at once, rather than by the job a minute later
     runner = get_runner()
     name = forms.run_name(cfg, run_name, {j.name for j in runner.list(owner)})
     job = runner.submit(cfg, owner, visitor.token, visitor.expires_at, name=name)

@@ -1,0 +1,80 @@
+"""Start on the page: it checks what Inspect checks and refuses at once (nothing queued), says an unreachable Hub
+without the retries, and a name used before gets a number. The demo's settings (phi3space.demo) are the form's
+start off a Space without a GPU, and they validate."""
+
+import sys
+
+import gradio as gr
+import pytest
+from helpers import FIXTURE
+
+from phi3space import config, demo
+from phi3space.jobs.scheduler import JobRunner
+from phi3space.ui import forms, services, train_tab
+from phi3space.ui.follow import Follower
+
+
+@pytest.fixture
+def runner(tmp_path):
+    runner = JobRunner(tmp_path / "data", slots=1, space=False, command=lambda p: [sys.executable, "-c", "import time; time.sleep(60)"])
+    services.set_runner(runner)
+    yield runner
+    runner.shutdown()
+    services.set_runner(None)
+
+
+def form(**settings) -> list:
+    values = dict(zip(forms.FIELDS, forms.default_values()))
+    values.update({key.replace("__", "."): value for key, value in settings.items()})
+    return [values[key] for key in forms.FIELDS]
+
+
+def start(values, run_name=""):
+    return train_tab.start(None, None, Follower(), None, run_name, *values)
+
+
+def test_start_refuses_at_once_what_inspect_refuses(runner, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    values = form(data__dataset=str(empty), model__base=str(FIXTURE))
+    with pytest.raises(gr.Error) as inspected:
+        train_tab.inspect_click(None, None, None, "", *values)
+    with pytest.raises(gr.Error) as started:
+        start(values)
+    assert started.value.message == inspected.value.message and "no usable rows" in started.value.message.lower()
+    assert runner.list("local") == []
+
+
+def test_an_unreachable_hub_is_said_at_start_without_retries(runner, hub, monkeypatch):
+    monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "30")  # were the retries taken, this test would take minutes
+    hub.down = True
+    try:
+        with pytest.raises(gr.Error, match="cannot be reached"):
+            start(form(data__dataset="alice/qa", model__base=str(FIXTURE)))
+    finally:
+        hub.down = False
+    assert runner.list("local") == []
+
+
+def test_a_run_name_used_before_gets_a_number(runner, qa_file):
+    values = form(data__dataset=str(qa_file), model__base=str(FIXTURE))
+    start(values, "my run")
+    start(values, "my run")
+    assert [j.name for j in runner.list("local")] == ["my run", "my run-2"]
+
+
+def test_the_demo_is_the_start_off_a_space_without_a_gpu_and_its_settings_validate(tmp_path, monkeypatch):
+    monkeypatch.delenv(demo.ENV, raising=False)
+    assert demo.wanted(space=False, gpus=0) and not demo.wanted(space=False, gpus=1) and not demo.wanted(True, 0)
+    monkeypatch.setenv(demo.ENV, "0")
+    assert not demo.wanted(space=False, gpus=0)
+    monkeypatch.setenv(demo.ENV, "1")
+    assert demo.wanted(space=True, gpus=8)
+    start = demo.settings(tmp_path)
+    cfg = forms.config_from_form(form(**{k.replace(".", "__"): v for k, v in start.items()}))
+    assert (cfg.model.base, cfg.data.dataset, cfg.data.eval_split) == (str(tmp_path / "demo" / "phi3-tiny-demo"),
+                                                                       str(demo.DATASET), "test")
+    assert config.default_run_name(cfg) == "phi3-tiny-demo-vellmora-lora"
+    rows = (demo.DATASET / "train.jsonl").read_text().splitlines()
+    assert len(rows) == 32 and all(line in rows for line in (demo.DATASET / "test.jsonl").read_text().splitlines())
+    assert (demo.HERE / "tokenizer" / "LICENSE").read_text().strip().startswith("MIT License")
