@@ -90,7 +90,7 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
     files = page.locator("#job-files")
     expect(files).to_contain_text(re.compile(r"qa-run-f16 ?\.gguf"))
     with page.expect_download() as download:
-        files.get_by_text("Modelfile").click()
+        files.locator("tr", has_text="Modelfile").locator("[data-testid=download-link]").click()
     assert 'SYSTEM """Answer in one line."""' in open(download.value.path()).read()
     assert alice.repo("alice/qa-run-GGUF") is None
     page.screenshot(path=str(ARTIFACTS / "after-1280-3-exported-here.png"), full_page=True)

@@ -52,8 +52,8 @@ def test_the_demo_trains_chats_evaluates_and_exports_with_nothing_typed(browser,
     expect(progress).to_contain_text("phi3-tiny-demo-vellmora-lora")
     expect(progress).to_contain_text("completed", timeout=300_000)
     (job,) = runner.list("local")
-    status, state = runner.status(job)
-    assert status == "completed" and state.eval_loss < 0.1 and state.step == state.max_steps == 160
+    state = job.run.state()  # what the page shows: the run's last event (its process may still be exiting)
+    assert state.status == "completed" and state.eval_loss < 0.1 and state.step == state.max_steps == 160
     page.screenshot(path=str(ARTIFACTS / "demo-1280-2-trained.png"), full_page=True)
 
     page.locator("#open-chat").click()
@@ -78,6 +78,18 @@ def test_the_demo_trains_chats_evaluates_and_exports_with_nothing_typed(browser,
     assert evaluation["base"]["exact_match"] == 0 and evaluation["adapter"]["exact_match"] == 1
     assert evaluation["adapter"]["loss"] < evaluation["base"]["loss"]
     page.screenshot(path=str(ARTIFACTS / "demo-1280-4-evaluated.png"), full_page=True)
+
+    # Export with nothing typed and no token: written here, offered for download.
+    page.get_by_role("button", name="Export to GGUF").click()
+    page.locator("#export").click()
+    expect(progress).to_contain_text("phi3-tiny-demo-vellmora-lora-gguf")
+    expect(progress).to_contain_text("completed", timeout=300_000)
+    files = page.locator("#job-files")
+    expect(files).to_contain_text(re.compile(r"q8_0 ?\.gguf"))
+    with page.expect_download() as download:
+        files.locator("tr", has_text=".gguf").locator("[data-testid=download-link]").click()
+    assert open(download.value.path(), "rb").read(4) == b"GGUF"
+    page.screenshot(path=str(ARTIFACTS / "demo-1280-5-exported.png"), full_page=True)
     page.context.close()
 
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)

@@ -25,9 +25,9 @@ from phi3space.ui.follow import Follower, progress_html
 from phi3space.ui.services import acted_on, actions_note, get_runner, identify, run_status, signed_in
 
 TABLE_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "adapter / model", "submitted", "job"]
-# Room for each column at any width (a phone sees the name and status first, and scrolls the table sideways inside
-# its box for the rest, never the page).
-TABLE_WIDTHS = ["200px", "100px", "80px", "80px", "90px", "300px", "160px", "120px"]
+# Room for each column at any width (a phone sees the name, status, steps and loss first, and scrolls the table
+# sideways inside its box for the rest, never the page).
+TABLE_WIDTHS = ["130px", "92px", "64px", "64px", "76px", "260px", "140px", "110px"]  # (a phone: four columns in view)
 
 
 @dataclass
