@@ -78,3 +78,17 @@ def test_the_demo_is_the_start_off_a_space_without_a_gpu_and_its_settings_valida
     rows = (demo.DATASET / "train.jsonl").read_text().splitlines()
     assert len(rows) == 32 and all(line in rows for line in (demo.DATASET / "test.jsonl").read_text().splitlines())
     assert (demo.HERE / "tokenizer" / "LICENSE").read_text().strip().startswith("MIT License")
+
+
+def test_inspect_names_an_upload_by_its_own_name_not_the_servers_copy(runner, qa_file):
+    values = form(model__base=str(FIXTURE), data__eval_fraction=0)
+    report = train_tab.inspect_click(None, None, str(qa_file), "", *values)[0]
+    assert "qa.jsonl (uploaded)" in report and str(runner.root) not in report
+
+
+def test_the_plan_warns_of_a_batch_larger_than_the_rows_and_counts_one_step_right():
+    cfg = forms.config_from_form(form(data__dataset="user/data", training__batch_size=8, training__grad_accum=1))
+    plan = forms.plan(cfg, forms.Inspection("user/data", "", rows=4, lengths=[10] * 4), gpu_gb=80)
+    assert plan.steps == 1 and "**1 optimizer step**" in plan.markdown()
+    assert any(w.startswith("only 1 step:") for w in plan.warnings)
+    assert any("batch size 8 is more than the 4 training rows" in w and "to 2 or less" in w for w in plan.warnings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from phi3space.engine.gguf_file import QUANTS
-from phi3space.errors import ConfigError
+from phi3space.errors import AuthError, ConfigError
 from phi3space.generation import GenerationSettings
 from phi3space.hub.auth import real_token
 from phi3space.jobs.followups import output_files
@@ -130,6 +130,10 @@ def export(follower: Follower, quant: str, push: bool, repo: str, private: bool,
                                                            "or leave it empty for you/<run name>-GGUF.")
     runner = get_runner()
     run = acted_on_id(follower, visitor.require_owner())
+    if push and not runner.space and not visitor.hub_token():
+        raise AuthError("pushing the GGUF needs a Hugging Face token",
+                        "Untick 'Push to the Hub' to write it here and download it from this page; or set HF_TOKEN (or "
+                        "run `hf auth login`) and restart the app.")
     job = runner.submit_export(run.id, visitor.require_owner(), quant, (repo or "auto") if push else None, visitor.token,
                                private=bool(private), system=(system or "").strip() or None,
                                temperature=GenerationSettings.checked(temperature=temperature).temperature
@@ -145,10 +149,12 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
     files = gr.File(label="Files of the followed job, to download", file_count="multiple", interactive=False,
                     visible=False, elem_id="job-files")
     with gr.Accordion("Evaluate against the base model", open=False, elem_id="eval-box"):
-        gr.Markdown("Greedy replies from the base model and from it with the followed run's adapter, on the run's "
-                    "eval rows (or a dataset you name), scored against the reference answers: exact match, token F1, "
-                    "ROUGE-L, the loss on the answers, and how many replies end with `<|end|>`. When the adapter is "
-                    "on the Hub, its card gets the scores. It runs as a job, like training.")
+        gr.Markdown("Greedy replies from the base model and from it with the run's adapter, on the run's eval rows "
+                    "(or a dataset you name), scored against the reference answers: exact match, token F1, ROUGE-L, the "
+                    "loss on the answers, and how many replies end with `<|end|>`. When the adapter is on the Hub, its "
+                    "card gets the scores. It runs as a job, like training, with an ETA once it started. How long: two "
+                    "replies a row (base and adapter), each up to a few hundred tokens; on a CPU a few seconds a row "
+                    "for the demo's tiny model, and minutes a row for Phi-3-mini (use a GPU, or fewer rows).")
         with gr.Row(equal_height=True):
             data = gr.Textbox(label="Rows to evaluate on", placeholder="empty: the run's eval rows; or a dataset",
                               scale=3, elem_id="eval-data", min_width=200)

@@ -134,6 +134,8 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
         parts.append(f"reward accuracy {state.train_rewards[-1][1]:.2f}")
     if status == "running" and stage is None:
         parts.append("loading data and model…" if not total else f"ETA {fmt_duration(state.eta_s)}")
+    elif status == "running" and state.eta_s is not None:  # an eval or export job: what is left of its stages
+        parts.append(f"ETA {fmt_duration(state.eta_s)}")
     icon = {"running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️"}.get(status, "")
     head = f"<p>{icon} <b>{escape(job.name)}</b> ({job.id}): <b class='job-status'>{status}</b> · {' · '.join(parts)}</p>"
     if status == "failed" and state.error:

@@ -110,6 +110,8 @@ def _checked(cfg, visitor):
 def inspect_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, run_name, *values):
     visitor, cfg = _config(profile, oauth_token, upload, values)
     found = _checked(cfg, visitor)
+    if upload:  # the visitor's file by its own name, not the server's copy of it
+        found.text = found.text.replace(cfg.data.dataset, f"{Path(upload).name} (uploaded)")
     plan = forms.plan(cfg, found, forms.gpu_memory_gb())
     return code_block(found.text), found.histogram(), found.segments, found, plan.markdown()
 
