@@ -3,6 +3,7 @@ without the retries, and a name used before gets a number. The demo's settings (
 start off a Space without a GPU, and they validate."""
 
 import sys
+import time
 
 import gradio as gr
 import pytest
@@ -92,3 +93,44 @@ def test_the_plan_warns_of_a_batch_larger_than_the_rows_and_counts_one_step_righ
     assert plan.steps == 1 and "**1 optimizer step**" in plan.markdown()
     assert any(w.startswith("only 1 step:") for w in plan.warnings)
     assert any("batch size 8 is more than the 4 training rows" in w and "to 2 or less" in w for w in plan.warnings)
+
+
+LINGERS = """
+import sys, time
+from pathlib import Path
+from phi3space.run import RunDir
+run = RunDir(Path(sys.argv[1]).parent)
+run.adapter_weights.write_bytes(b"weights")
+run.adapter_config.write_text("{}")
+run.append("run_started", max_steps=4)
+run.finish("completed", step=4, adapter=str(run.path))
+Path(sys.argv[2]).touch()
+time.sleep(300)  # a process that takes its time to exit after its last word
+"""
+
+
+def test_the_page_and_its_actions_follow_a_runs_last_event_while_its_process_exits(tmp_path):
+    from phi3space.ui import jobs_view
+
+    said = tmp_path / "said"
+    runner = JobRunner(tmp_path / "data", slots=1, space=False, poll_s=0.05,
+                       command=lambda p: [sys.executable, "-c", LINGERS, str(p), str(said)])
+    services.set_runner(runner)
+    try:
+        job = runner.submit(config.from_dict({"data": {"dataset": "user/data"}}), "local", name="lingers")
+        for _ in range(600):  # until the run has said its last word (not a timed assertion: the next lines are)
+            if said.exists():
+                break
+            time.sleep(0.1)
+        assert runner.status(runner.get(job.id, "local"))[0] == "running"  # the process lives on
+        assert services.run_status(runner.get(job.id, "local"))[0] == "completed"  # the page goes by the event
+        follower = Follower()
+        out = jobs_view.load(follower, job.id, None, None)
+        stop, chat, merge, note = out[8], out[10], out[11], out[-1]
+        assert "completed" in out[3] and not stop.interactive and chat.interactive and merge.interactive
+        assert note == f"Evaluate, Export, Merge and Chat act on **lingers** ({job.id})."
+        evaluation = runner.submit_eval(job.id, "local")  # accepted: the adapter is there
+        assert evaluation.kind == "eval" and evaluation.name == "lingers-eval"
+    finally:
+        runner.shutdown()
+        services.set_runner(None)

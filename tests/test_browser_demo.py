@@ -47,7 +47,11 @@ def test_the_demo_trains_chats_evaluates_and_exports_with_nothing_typed(browser,
     page.screenshot(path=str(ARTIFACTS / "demo-1280-1-opened.png"), full_page=True)
 
     page.locator("#start").click()
-    expect(page.locator("#start")).to_be_enabled()  # again, once the submission is in
+    # Disabled while the submission is in flight (it reads and tokenizes the data first, as Inspect does): a second
+    # press cannot queue the run twice. Enabled again once it is in.
+    expect(page.locator("#start")).to_be_disabled()
+    expect(page.locator("#start")).to_have_text("Submitting…")
+    expect(page.locator("#start")).to_be_enabled()
     progress = page.locator("#job-progress")
     expect(progress).to_contain_text("phi3-tiny-demo-vellmora-lora")
     expect(progress).to_contain_text("completed", timeout=300_000)

@@ -353,7 +353,9 @@ def test_messages_say_what_is_true():
     failed = no_adapter_text("failed")
     assert "failed" in failed and "wait" not in failed.lower()
     assert "No run is selected" in no_adapter_text(None)
-    assert "no Hugging Face token" in local_mode_text()  # the tests run without HF_TOKEN or a saved login
+    without = local_mode_text()  # the tests run without HF_TOKEN or a saved login
+    assert "no Hugging Face token" in without and "Training and chat work" not in without
+    assert "pushing to the Hub" in without and "need `hf auth login` or HF_TOKEN" in without
 
 
 def test_messages_say_what_is_true_with_a_token(monkeypatch):

@@ -64,6 +64,17 @@ class FollowUps:
     """JobRunner's jobs on a finished run's adapter (besides merge); it supplies get, status, pipeline, data, space,
     backend, queue_wait_s and _queue."""
 
+    def said(self, job: Job) -> tuple[str, RunState]:
+        """A job's status and state as ``status`` gives them, except that a run whose events already hold its last
+        word has ended as they say, while its process may still be exiting (seconds later): what the page shows, and
+        what the actions on a finished run (evaluate, export, merge, chat) go by."""
+        status, state = self.status(job)
+        if status == "running":
+            ended = job.run.state()
+            if ended.final and (ended.finished or 0) >= (job.started or 0):  # (not an earlier attempt's, when resumed)
+                return ended.status, ended
+        return status, state
+
     def _source(self, job_id: str, owner: str, what: str) -> tuple[Job, RunState]:
         """The finished training run ``job_id`` of ``owner`` and its state.
 
@@ -71,7 +82,7 @@ class FollowUps:
             ConfigError: not the owner's, not a training run, or no adapter.
         """
         source = self.get(job_id, owner)
-        status, state = self.status(source)
+        status, state = self.said(source)
         if not state.has_adapter or kind_of(source) is not TRAIN:
             raise ConfigError([f"job {job_id} has no adapter to {what} (status: {status})"],
                               f"{what.capitalize()} a finished run (or one stopped after it saved its adapter).")

@@ -124,7 +124,7 @@ class JobRunner(FollowUps):
             ConfigError: the job is not the owner's, or it left no adapter. AuthError: no sign-in where one is needed.
         """
         source = self.get(job_id, owner)
-        status, state = self.status(source)
+        status, state = self.said(source)
         if not state.has_adapter or kind_of(source) is not TRAIN:
             raise ConfigError([f"job {job_id} has no adapter to merge (status: {status})"],
                               "Merge a finished run (or one stopped after it saved its adapter).")

@@ -27,7 +27,7 @@ from phi3space.ui.services import acted_on, actions_note, get_runner, identify, 
 TABLE_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "adapter / model", "submitted", "job"]
 # Room for each column at any width (a phone sees the name, status, steps and loss first, and scrolls the table
 # sideways inside its box for the rest, never the page).
-TABLE_WIDTHS = ["130px", "92px", "64px", "64px", "76px", "260px", "140px", "110px"]  # (a phone: four columns in view)
+TABLE_WIDTHS = ["130px", "92px", "64px", "64px", "88px", "260px", "140px", "110px"]  # (a phone: four columns in view)
 
 
 @dataclass
@@ -106,7 +106,8 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     if job is not None and not kind_of(job).trains:  # a merge job: what it is doing, rather than steps and losses
         stage = "done" if status == "completed" else (follower.stage or "starting")
     html = progress_html(job, status, follower.state, runner.queue_position(job.id) if job else None, stage)
-    plot = _plot(follower) if new or changed else gr.skip()
+    trains = job is None or kind_of(job).trains  # an eval, export or merge job has no loss: no empty chart for it
+    plot = gr.LinePlot(value=_plot(follower), visible=trains) if new or changed else gr.skip()
     rewards = [_rewards_plot(follower, m) if new or changed else gr.skip() for m in REWARD_METRICS]
     log = follower.log_text(job, status) if new or changed else gr.skip()
     table = _rows(jobs, statuses) if new or changed else gr.skip()  # steps and losses move during a run

@@ -39,16 +39,9 @@ def set_runner(runner: JobRunner | None) -> None:
 
 
 def run_status(job) -> tuple[str, RunState]:
-    """A job's status and state as the page shows them: the runner's (queued and running from the schedule, the rest
-    from the run's events), except that a run whose events already hold its last word shows it at once, while its
-    process is still exiting (seconds later): the page's status and buttons follow the event. (/job_status keeps the
-    runner's, which waits for the process.)"""
-    status, state = get_runner().status(job)
-    if status == "running":
-        said = job.run.state()
-        if said.final and (said.finished or 0) >= (job.started or 0):  # (not an earlier attempt's, when resumed)
-            return said.status, said
-    return status, state
+    """A job's status and state as the page shows them (JobRunner.said): a run whose events hold its last word shows
+    it at once, while its process may still be exiting; /job_status keeps the runner's, which waits for the process."""
+    return get_runner().said(job)
 
 
 def acted_on(job, jobs: list) -> tuple:
