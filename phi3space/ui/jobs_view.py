@@ -1,5 +1,6 @@
 """The visitor's jobs: the followed job's progress, live loss chart and log; the list of their runs; Stop, Resume,
-Chat, and Merge and push.
+Chat, and Merge (written here for download, pushed when asked). Chat and Merge act on the training run, also while
+one of its eval, export or merge jobs is followed, and a note says on which run or why they are disabled.
 
 A gr.Timer polls; each tick reads only the events appended since the last one (Follower). The followed job's id is
 kept in the browser (gr.BrowserState), so a reload, or the page opened again later, follows the same job; without
