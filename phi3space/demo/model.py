@@ -35,8 +35,8 @@ def build_phi3(dest: Path, seed: int = 0, device: str = "cpu", bf16: bool = Fals
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
-    for name in ("tokenizer.json", "tokenizer_config.json", "LICENSE"):
-        shutil.copyfile(TOKENIZER / name, dest / name)
+    for source in [*TOKENIZER.glob("tokenizer*.json"), TOKENIZER / "LICENSE"]:  # the tokenizer's files, its licence
+        shutil.copyfile(source, dest / source.name)
     return sum(p.numel() for p in model.parameters())
 
 
