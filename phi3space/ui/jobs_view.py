@@ -28,7 +28,7 @@ from phi3space.ui.services import acted_on, actions_note, get_runner, identify, 
 TABLE_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "adapter / model", "submitted", "job"]
 # Room for each column at any width (a phone sees the name, status, steps and loss first, and scrolls the table
 # sideways inside its box for the rest, never the page).
-TABLE_WIDTHS = ["104px", "84px", "72px", "64px", "96px", "260px", "140px", "110px"]  # (a phone: four columns in view)
+TABLE_WIDTHS = ["92px", "96px", "72px", "64px", "96px", "260px", "140px", "110px"]  # (a phone: four columns in view)
 
 
 @dataclass

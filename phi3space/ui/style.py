@@ -25,7 +25,7 @@ CSS = """
 #runs-table th, #runs-table th * { white-space: nowrap; word-break: normal; overflow-wrap: normal; }
 #runs-table .table-wrap, #runs-table .table-container { overflow-x: auto; max-width: 100%; }
 /* A cell breaks a word only when it cannot fit on a line of its own (a status or a loss stays whole). */
-#runs-table .cell-wrap span { word-break: normal; overflow-wrap: break-word; }
+#runs-table .cell-wrap span { word-break: normal; overflow-wrap: break-word; font-size: var(--text-xs); }
 
 /* A dropdown's text stops before its arrow (a long value, such as a model folder, ran under it). */
 .secondary-wrap input { padding-right: 26px !important; text-overflow: ellipsis; }
@@ -39,7 +39,6 @@ CSS = """
   #job-log textarea { max-height: 11em; }
   #loss-plot { max-height: 300px; }
   #data-upload .wrap { min-height: 0; }
-  #runs-table .cell-wrap span { font-size: var(--text-xs); }
 }
 
 /* Checkboxes keep room for their label (gradio gives a checkbox no minimum width in a row of fields). */
