@@ -196,8 +196,9 @@ def test_a_form_filled_by_hand_trains_a_mapped_csv_survives_a_reload_and_chats(b
     table = page.locator("#runs-table").bounding_box()  # every column fits at 1280 px (the last one was cut off)
     last = page.locator("#runs-table th").last.bounding_box()
     assert last["x"] + last["width"] <= table["x"] + table["width"] + 0.5, (last, table)
-    # Merge and push checks the destination before it queues anything (this machine has no Hub login).
-    open_panel(page, "Merge and push the full model")
+    # Merge with a push checks the destination before it queues anything (this machine has no Hub login).
+    open_panel(page, "Merge into the full model")
+    page.locator("#merge-push").get_by_role("checkbox").check()
     page.locator("#merge-repo textarea").fill("someone/merged")
     page.locator("#merge").click()
     expect(page.get_by_text(re.compile("pushing the merged model needs a Hugging Face token")).first).to_be_visible()

@@ -2,6 +2,7 @@
 and Export to GGUF (pushed, with the k-quant note), at 1280 px and on a 390 px phone. Screenshots go to
 test-artifacts/after-*.png."""
 
+import re
 import shutil
 
 import pytest
@@ -72,15 +73,31 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
     expect(table).not_to_contain_text(QA_PAIRS[0][0])
     page.locator("#eval-table").screenshot(path=str(ARTIFACTS / "after-1280-2-table-page-2.png"))
 
-    page.locator("#job-picker input").click()  # back to the run, to export it
-    page.get_by_role("option", name="qa-run · train1 · completed").click()
+    # Still following the eval job: the actions act on the run it evaluated, and say so.
+    expect(page.locator("#actions-note")).to_contain_text("act on qa-run (train1)")
+    expect(page.locator("#open-chat")).to_be_enabled()
     page.get_by_role("button", name="Export to GGUF").click()
     expect(page.locator("#export")).to_be_enabled()
     expect(page.locator("#export-box")).to_contain_text("Q4_K_M and the other k-quants need llama.cpp")
     page.locator("#export-quant input").click()
     page.get_by_role("option", name="f16", exact=True).click()
     page.locator("#export-system textarea").fill("Answer in one line.")
+    # Written here first, and offered for download: nothing is pushed unless asked.
+    expect(page.locator("#export-push").get_by_role("checkbox")).not_to_be_checked()
     page.locator("#export").click()
+    expect(page.locator("#job-progress")).to_contain_text("qa-run-gguf")
+    expect(page.locator("#job-progress")).to_contain_text("completed", timeout=180_000)
+    files = page.locator("#job-files")
+    expect(files).to_contain_text(re.compile(r"qa-run-f16 ?\.gguf"))
+    with page.expect_download() as download:
+        files.locator("tr", has_text="Modelfile").locator("[data-testid=download-link]").click()
+    assert 'SYSTEM """Answer in one line."""' in open(download.value.path()).read()
+    assert alice.repo("alice/qa-run-GGUF") is None
+    page.screenshot(path=str(ARTIFACTS / "after-1280-3-exported-here.png"), full_page=True)
+
+    page.locator("#export-push").get_by_role("checkbox").check()  # and now pushed too
+    page.locator("#export").click()
+    expect(page.locator("#job-progress")).to_contain_text("qa-run-gguf-2")  # a second job of the same name: numbered
     expect(page.locator("#job-progress")).to_contain_text("qa-run-gguf")
     expect(page.locator("#job-progress")).to_contain_text("completed", timeout=180_000)
     expect(page.locator("#job-progress")).to_contain_text("GGUF and Modelfile on the Hub")
@@ -88,7 +105,7 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
     assert {"qa-run-F16.gguf", "Modelfile", "README.md"} <= set(alice.files("alice/qa-run-GGUF"))
     modelfile = alice.files("alice/qa-run-GGUF")["Modelfile"].decode()
     assert 'SYSTEM """Answer in one line."""' in modelfile and "temperature" not in modelfile  # left empty
-    page.screenshot(path=str(ARTIFACTS / "after-1280-3-exported.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "after-1280-4-exported-and-pushed.png"), full_page=True)
     context.close()
 
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)

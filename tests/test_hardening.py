@@ -370,3 +370,34 @@ def test_after_a_restart_a_job_that_trained_says_so_and_a_stopped_queued_one_sta
         assert runner.state(runner.get(stopped.id, "alice"))["status"] == "cancelled"
     finally:
         runner.shutdown()
+
+
+def test_a_call_while_a_damaged_store_is_rebuilt_waits_for_the_runs_listed_again(tmp_path):
+    """The flake behind the test above: one thread found the store damaged and started a fresh one, and another
+    thread's call read the fresh store, still empty, before the runs were listed in it again."""
+    import threading
+
+    from phi3space.jobs.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    relisting, release = threading.Event(), threading.Event()
+
+    def relist():  # what the scheduler's relisting does, held at its start until the other call has begun
+        relisting.set()
+        release.wait(30)
+        store.add(Job(id="a", owner="me", name="a", run_dir=str(tmp_path), phase="done"))
+
+    store.on_reset = relist
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"jobs.sqlite{suffix}").unlink(missing_ok=True)
+    store.path.write_bytes(b"this is not a database any more " * 100)
+    finder = threading.Thread(target=store.list)
+    finder.start()
+    assert relisting.wait(30)
+    seen = []
+    other = threading.Thread(target=lambda: seen.append([j.id for j in store.list("me")]))
+    other.start()
+    release.set()
+    finder.join()
+    other.join()
+    assert seen == [["a"]]

@@ -131,11 +131,11 @@ def test_the_merge_button_checks_the_destination_before_queueing(trained_run, al
         follower = Follower()
         follower.follow(source)
         with pytest.raises(gr.Error, match="needs a Hugging Face token"):
-            jobs_view.merge(follower, "alice/x", True, None, None)
+            jobs_view.merge(follower, True, "alice/x", True, None, None)
         monkeypatch.setenv("HF_TOKEN", ALICE)
         for repo, message in (("not a repo", "is not a Hub repo ID"), ("bob/x", "cannot push to bob/x")):
             with pytest.raises(gr.Error, match=message):
-                jobs_view.merge(follower, repo, True, None, None)
+                jobs_view.merge(follower, True, repo, True, None, None)
         assert [j.id for j in runner.list("local")] == [source.id]
     finally:
         runner.shutdown()

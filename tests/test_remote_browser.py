@@ -57,5 +57,5 @@ def test_choose_hugging_face_jobs_see_the_price_start_and_follow(browser, hub, t
         expect(progress).to_contain_text(f"Adapter on the Hub: {hub.url}/alice/snarkle")
         page.screenshot(path=str(ARTIFACTS / "jobs-2-finished.png"), full_page=True)
         (job,) = runner.list("local")
-        assert runner.status(job)[0] == "completed" and job.handle
+        assert runner.said(job)[0] == "completed" and job.handle  # (what the page shows: the run's last event)
         assert hub.jobs.secrets(job.handle.split("/")[1]) == {"HF_TOKEN": CANARY}

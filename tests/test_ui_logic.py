@@ -123,6 +123,7 @@ def test_runs_get_names_that_tell_them_apart():
     assert forms.run_name(cfg, None, {first}) == first + "-2"
     assert forms.run_name(cfg, "", {first, first + "-2"}) == first + "-3"
     assert forms.run_name(cfg, "  my   first try ", {first}) == "my first try"
+    assert forms.run_name(cfg, "my first try", {first, "my first try"}) == "my first try-2"  # Start pressed twice
 
 
 def test_plan_counts_steps_and_warns():
@@ -178,7 +179,11 @@ def test_follower_reads_only_new_events(tmp_path):
     w.emit("eval", step=2, eval_loss=2.5)
     assert f.poll()
     frame = f.loss_frame()
-    assert list(frame["split"]) == ["train", "train", "eval"] and list(frame["loss"]) == [3.0, 2.0, 2.5]
+    # the only eval point is drawn as a short level stroke ending at it (a line chart draws nothing for one point)
+    assert list(frame["split"]) == ["train", "train", "eval", "eval"] and list(frame["loss"]) == [3.0, 2.0, 2.5, 2.5]
+    assert list(frame["step"]) == [1, 2, 1, 2]
+    w.emit("eval", step=4, eval_loss=2.25)
+    assert f.poll() and list(f.loss_frame()["step"]) == [1, 2, 2, 4]  # two points: a line as they are
     assert "step 2/4" in f.log_text()
     html = progress_html(job, "running", f.state, None)
     assert "step 2/4" in html and "ETA 0:20" in html and 'value="2" max="4"' in html
@@ -263,7 +268,7 @@ def test_the_chart_has_its_eval_series_from_the_first_point(tmp_path):
     f.follow(Job(id="j", owner="me", name="run", run_dir=str(tmp_path), phase="running"))
     f.poll()
     frame = f.loss_frame()
-    assert list(frame["split"]) == ["train", "eval"] and frame["loss"].isna().tolist() == [False, True]
+    assert list(frame["split"]) == ["train", "train", "eval"] and frame["loss"].isna().tolist() == [False, False, True]
     run.append("eval", step=5, eval_loss=2.0)
     f.poll()
     assert f.loss_frame()["loss"].isna().sum() == 0
@@ -273,7 +278,7 @@ def test_the_chart_has_its_eval_series_from_the_first_point(tmp_path):
     g = Follower()
     g.follow(Job(id="k", owner="me", name="run", run_dir=str(quiet.path), phase="running"))
     g.poll()
-    assert list(g.loss_frame()["split"]) == ["train"]
+    assert list(g.loss_frame()["split"]) == ["train", "train"]  # (one point, drawn as a short stroke), no eval series
 
 
 def test_a_reload_restores_only_what_fits_the_form(tmp_path):
@@ -317,17 +322,20 @@ def test_a_reload_follows_the_remembered_job_else_the_running_one(tmp_path):
         assert jobs_view.default_job(jobs, statuses, queued.id).id == queued.id
         assert jobs_view.default_job(jobs, statuses, "gone").id == running.id
 
-        out = jobs_view.load(Follower(), None, None, None)
-        follower, memory, stop, chat, merge = out[0], out[2], out[8], out[10], out[11]
+        follower = Follower()
+        out = jobs_view.load(follower, None, None, None)  # (the follower changed in place, never sent back)
+        memory, stop, chat, merge = out[2], out[8], out[10], out[11]
+        assert out[0] == jobs_view.gr.skip()
         assert follower.job_id == running.id and memory == running.id  # remembered in the browser
         assert stop.value == "Stop" and stop.interactive and not chat.interactive and not merge.interactive
-        out = jobs_view.load(Follower(), queued.id, None, None)
-        assert out[0].job_id == queued.id and out[8].value == "Cancel" and out[8].interactive
+        out = jobs_view.load(follower, queued.id, None, None)
+        assert follower.job_id == queued.id and out[8].value == "Cancel" and out[8].interactive
         assert out[2] == jobs_view.gr.skip()  # already what the browser holds
         assert "number 1 in the queue" in out[3]
 
         # The runs table moves with the followed run's progress, not only when a status changes.
-        follower, seen = jobs_view.load(Follower(), running.id, None, None)[:2]
+        follower = Follower()
+        seen = jobs_view.load(follower, running.id, None, None)[1]
         running.run.append("run_started", max_steps=10)
         running.run.append("progress", step=3, max_steps=10, loss=2.5)
         table = jobs_view.poll(follower, seen, None, None)[6]
@@ -345,7 +353,9 @@ def test_messages_say_what_is_true():
     failed = no_adapter_text("failed")
     assert "failed" in failed and "wait" not in failed.lower()
     assert "No run is selected" in no_adapter_text(None)
-    assert "no Hugging Face token" in local_mode_text()  # the tests run without HF_TOKEN or a saved login
+    without = local_mode_text()  # the tests run without HF_TOKEN or a saved login
+    assert "no Hugging Face token" in without and "Training and chat work" not in without
+    assert "pushing to the Hub" in without and "need `hf auth login` or HF_TOKEN" in without
 
 
 def test_messages_say_what_is_true_with_a_token(monkeypatch):

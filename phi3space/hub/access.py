@@ -133,3 +133,23 @@ def base_license(base: str, token: str | None) -> str | None:
         return ModelCard.load(base, token=token).data.license
     except Exception:  # the licence is a nicety; a push must not fail for it
         return None
+
+
+def check_reachable(timeout_s: float = 3.0) -> None:
+    """Ask the Hub once, without retries, whether it answers at all (any HTTP answer counts): a form that names Hub
+    repos is refused in seconds when it does not, rather than after the retries meant for a Hub that blinks.
+
+    Raises:
+        HubError: no answer (offline, refused, timed out).
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout_s, follow_redirects=False)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise HubError(f"the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached: {type(exc).__name__}",
+                       "Check this machine's connection, or train on files here: a local dataset file or folder and "
+                       "a local model folder (the demo's, with PHI3SPACE_DEMO=1).") from None

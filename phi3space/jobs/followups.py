@@ -8,21 +8,72 @@ Hugging Face Jobs: a secret of the job).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from phi3space.config.schema import ComputeConfig
 from phi3space.datadir import new_job_id, safe_name
 from phi3space.errors import ConfigError, Phi3SpaceError
 from phi3space.jobs.backend import Backend, Task
-from phi3space.jobs.kinds import EVAL, EXPORT, TRAIN, check_backend, kind_of
+from phi3space.jobs.kinds import EVAL, EXPORT, MERGE, TRAIN, check_backend, kind_of, task_of
 from phi3space.jobs.store import Job
 from phi3space.jobs.submit import Caller
 from phi3space.run import RunState
 
 MAX_EVAL_ROWS = 1000
+MERGED = "merged"  # where a merge job that is not pushed writes the merged model, in its own folder
+
+
+def unique_name(name: str, taken) -> str:
+    """``name``, numbered past the names in ``taken`` (name-2, name-3, ...): two jobs never look alike in a list."""
+    n, out = 1, name
+    while out in taken:
+        n += 1
+        out = f"{name}-{n}"
+    return out
+
+
+def output_files(job: Job, state: RunState) -> list[Path]:
+    """The files a completed export or merge job wrote on this machine, to offer for download: the GGUF and its
+    Modelfile, or the merged model's files. None for other jobs, or before the job completed."""
+    if state.status != "completed":
+        return []
+    if job.kind == EXPORT.name:
+        paths = [job.run.path / name for name in state.exported]
+    elif job.kind == MERGE.name and (job.run.path / MERGED).is_dir():
+        paths = sorted((job.run.path / MERGED).iterdir())
+    else:
+        paths = []
+    return [p for p in paths if p.is_file()]
+
+
+def source_of(job: Job, jobs: list[Job], state_of) -> Job | None:
+    """The training run a job acts on: itself for a training run, else the run whose adapter an eval, export or merge
+    job reads (its folder, or its Hub repo: ``state_of(run)`` gives a run's RunState); None when it is not among
+    ``jobs``."""
+    if kind_of(job) is TRAIN:
+        return job
+    adapter = json.loads(job.args)[1] if kind_of(job) is MERGE else task_of(job).adapter
+    for run in jobs:
+        if kind_of(run) is TRAIN and adapter in (run.run_dir, state_of(run).adapter_repo):
+            return run
+    return None
 
 
 class FollowUps:
     """JobRunner's jobs on a finished run's adapter (besides merge); it supplies get, status, pipeline, data, space,
     backend, queue_wait_s and _queue."""
+
+    def said(self, job: Job) -> tuple[str, RunState]:
+        """A job's status and state as ``status`` gives them, except that a run whose events already hold its last
+        word has ended as they say, while its process may still be exiting (seconds later): what the page shows, and
+        what the actions on a finished run (evaluate, export, merge, chat) go by."""
+        status, state = self.status(job)
+        if status == "running":
+            ended = job.run.state()
+            if ended.final and (ended.finished or 0) >= (job.started or 0):  # (not an earlier attempt's, when resumed)
+                return ended.status, ended
+        return status, state
 
     def _source(self, job_id: str, owner: str, what: str) -> tuple[Job, RunState]:
         """The finished training run ``job_id`` of ``owner`` and its state.
@@ -31,7 +82,7 @@ class FollowUps:
             ConfigError: not the owner's, not a training run, or no adapter.
         """
         source = self.get(job_id, owner)
-        status, state = self.status(source)
+        status, state = self.said(source)
         if not state.has_adapter or kind_of(source) is not TRAIN:
             raise ConfigError([f"job {job_id} has no adapter to {what} (status: {status})"],
                               f"{what.capitalize()} a finished run (or one stopped after it saved its adapter).")
@@ -69,6 +120,7 @@ class FollowUps:
         job_id = new_job_id()
         run = self.data.run(owner, job_id)
         run.path.mkdir(parents=True, exist_ok=True)
+        name = unique_name(name, {j.name for j in self.list(owner)})
         return self._queue(Job(id=job_id, owner=owner, name=name, run_dir=str(run.path), needs_token=bool(token),
                                kind=task.kind, args=task.to_json(), backend=backend.name, gpus=1), token)
 

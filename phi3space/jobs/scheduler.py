@@ -34,7 +34,7 @@ from phi3space.errors import ConfigError, Phi3SpaceError, register_secret, scrub
 from phi3space.hub.auth import acting_token, keep_owner_token_out
 from phi3space.hub.space import on_space, space_id
 from phi3space.jobs.backend import Backend, Host, Verdict, backend_class
-from phi3space.jobs.followups import FollowUps
+from phi3space.jobs.followups import MERGED, FollowUps
 from phi3space.jobs.idle import IdlePause
 from phi3space.jobs.kinds import MERGE, TRAIN, check_backend, kind_of
 from phi3space.jobs.store import Job, JobStore, StoreBusy
@@ -115,27 +115,32 @@ class JobRunner(FollowUps):
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
 
-    def submit_merge(self, job_id: str, push_to: str, owner: str, token: str | None = None, private: bool = True,
+    def submit_merge(self, job_id: str, push_to: str | None, owner: str, token: str | None = None, private: bool = True,
                      name: str | None = None, expires_at: float | None = None) -> Job:
         """Queue a job that folds a finished run's adapter into its base model and pushes the merged 16-bit model to
-        ``push_to`` (``python -m phi3space merge ... --push-to``); it runs, queues and stops like training.
+        ``push_to`` (``python -m phi3space merge ... --push-to``), or off a Space with no ``push_to`` writes it into
+        the job's folder (``followups.MERGED``); it runs, queues and stops like training.
 
         Raises:
             ConfigError: the job is not the owner's, or it left no adapter. AuthError: no sign-in where one is needed.
         """
         source = self.get(job_id, owner)
-        status, state = self.status(source)
+        status, state = self.said(source)
         if not state.has_adapter or kind_of(source) is not TRAIN:
             raise ConfigError([f"job {job_id} has no adapter to merge (status: {status})"],
                               "Merge a finished run (or one stopped after it saved its adapter).")
+        if not push_to and self.space:
+            raise ConfigError(["a merged model on a Space goes to your Hub account"], "Name the destination repo.")
         caller = Caller(owner, token, expires_at)
-        self.pipeline.require_sign_in(caller, "pushing to the Hub needs you to sign in")
-        check_token_lasts(None, expires_at)
+        if push_to:
+            self.pipeline.require_sign_in(caller, "pushing to the Hub needs you to sign in")
+            check_token_lasts(None, expires_at)
         merge_id = new_job_id()
         run = self.data.run(owner, merge_id)
         run.path.mkdir(parents=True, exist_ok=True)
         adapter = source.run_dir if source.run.has_adapter() else state.adapter_repo
-        argv = [MERGE.name, adapter, "--push-to", push_to, "--run-dir", str(run.path)] + ([] if private else ["--public"])
+        where = ["--push-to", push_to] if push_to else ["--out", str(run.path / MERGED)]
+        argv = [MERGE.name, adapter, *where, "--run-dir", str(run.path)] + ([] if private else ["--public"])
         return self._queue(Job(id=merge_id, owner=owner, name=name or f"{source.name}-merged", run_dir=str(run.path),
                                needs_token=bool(token), kind=MERGE.name, args=json.dumps(argv)), token)
 

@@ -67,7 +67,9 @@ class JobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.set_aside: Path | None = None
         self.on_reset: Callable[[], None] | None = None
-        self._reset_lock = threading.Lock()
+        # Held by every call and through a reset with its relisting: no call can read the fresh store before the
+        # runs are listed in it again (re-entrant: the relisting adds them through the same calls).
+        self._lock = threading.RLock()
         try:
             self._create()
         except sqlite3.DatabaseError as exc:
@@ -109,6 +111,10 @@ class JobStore:
         """``fn`` on a connection, in a transaction. A store another process keeps locked becomes a message; one
         damaged while the app runs is started afresh (its runs listed again from their folders) and ``fn`` runs again.
         """
+        with self._lock:
+            return self._attempt(fn)
+
+    def _attempt(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         for attempt in (1, 2):
             try:
                 with self._connect() as db:
@@ -128,13 +134,8 @@ class JobStore:
         raise AssertionError("unreachable")
 
     def _reset(self, exc: Exception) -> None:
-        with self._reset_lock:
-            try:
-                with self._connect() as db:
-                    db.execute("SELECT count(*) FROM jobs").fetchone()
-                return  # another thread started it afresh already
-            except sqlite3.DatabaseError:
-                self._start_afresh(exc)
+        """(Called with the lock held.)"""
+        self._start_afresh(exc)
         if self.on_reset is not None:
             self.on_reset()
 

@@ -18,12 +18,22 @@ TITLE = "phi3space: fine-tune Phi-3 with LoRA / QLoRA"
 INTRO = ("Pick a dataset (a Hub ID or an uploaded file), inspect it, press **Start**, watch the loss fall, then chat "
          "with your adapter. Each run trains in its own process; runs wait in a queue, one per GPU.")
 POLL_S = 1.0
+DEMO_TEXT = (
+    "**Demo mode** (this machine has no CUDA GPU): the form starts with a *tiny* Phi-3 (8.5 M parameters, random "
+    "weights, built here with Phi-3's real tokenizer) and a demo dataset shipped with the app: 32 questions and answers "
+    "about Vellmora, an island made up for it. Press **Start training**: it learns the answers by heart in a few "
+    "minutes on a CPU. Then ask the **Chat** tab *What is the capital of Vellmora?* (one question at a time: press "
+    "**Clear** between them, a model this small learned single questions), **Evaluate** the run against its base, or "
+    "**Export** it to GGUF. It shows the whole flow, not a useful model. To fine-tune the real Phi-3-mini, pick it "
+    "under **Base model** and name a dataset (it needs a GPU), or start the app with `PHI3SPACE_DEMO=0`.")
 
 
 def build_app() -> gr.Blocks:
     from phi3space.ui import after_view, api, chat_tab, jobs_view, train_tab
     from phi3space.ui.common import UI_ONLY
+    from phi3space.ui.services import demo_settings
 
+    start = demo_settings()
     with gr.Blocks(title="phi3space") as demo:
         with gr.Row(elem_id="header", equal_height=False):
             gr.Markdown(f"# {TITLE}\n{INTRO}")
@@ -31,6 +41,8 @@ def build_app() -> gr.Blocks:
                 gr.LoginButton(scale=0, min_width=220, elem_classes=["login"])
             else:
                 gr.Markdown(local_mode_text(), elem_id="local-mode")
+        if start:
+            gr.Markdown(DEMO_TEXT, elem_id="demo-banner")
         for problem in platform_problems():
             gr.Markdown(f"⚠️ **{problem}**", elem_id="platform-banner")
         follower = gr.State(Follower())
@@ -38,7 +50,7 @@ def build_app() -> gr.Blocks:
         timer = gr.Timer(POLL_S)
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
-                train = train_tab.build(follower, seen)
+                train = train_tab.build(follower, seen, start)
                 jobs = jobs_view.build(timer, follower, seen)
                 after_view.build(timer, follower, seen)
             with gr.Tab("Chat", id="chat"):
@@ -55,19 +67,19 @@ def build_app() -> gr.Blocks:
 
 @user_errors
 def open_in_chat(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
-    """One click from a finished run to the chat tab, with its adapter chosen."""
+    """One click from a finished run (or a job on it: its eval, export or merge) to the chat tab, its adapter chosen."""
     from phi3space.ui.chat_tab import adapter_choices
-    from phi3space.ui.services import get_runner, identify
+    from phi3space.ui.services import acted_on, get_runner, identify
 
     owner = identify(profile, oauth_token).owner
     choices = adapter_choices(owner)
-    if follower.job_id in {v for _, v in choices}:
-        return gr.Dropdown(choices=choices, value=follower.job_id), gr.Tabs(selected="chat")
-    status = None
+    run, state = None, None
     if owner and follower.job_id:
         runner = get_runner()
-        status = runner.status(runner.get(follower.job_id, owner))[0]
-    gr.Warning(no_adapter_text(status))
+        run, state = acted_on(runner.get(follower.job_id, owner), runner.list(owner))
+    if run is not None and run.id in {v for _, v in choices}:
+        return gr.Dropdown(choices=choices, value=run.id), gr.Tabs(selected="chat")
+    gr.Warning(no_adapter_text(state.status if state else None))
     return gr.skip(), gr.skip()
 
 
@@ -91,8 +103,9 @@ def local_mode_text() -> str:
                 "and pushing, Hub datasets and private repos wait until it can (restart the app then).")
     if resolve_token():
         return "Local mode: runs use this machine's Hugging Face login (HF_TOKEN or `hf auth login`)."
-    return ("Local mode: no Hugging Face token on this machine. Training and chat work; pushing to the Hub and "
-            "private or gated repos need `hf auth login` or HF_TOKEN.")
+    return ("Local mode, no Hugging Face token on this machine: runs on this machine's files (the demo's too) and "
+            "on public Hub datasets and models work; pushing to the Hub, and private or gated repos, need "
+            "`hf auth login` or HF_TOKEN (then restart the app).")
 
 
 def platform_problems() -> list[str]:

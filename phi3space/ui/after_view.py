@@ -10,16 +10,17 @@ from __future__ import annotations
 import gradio as gr
 
 from phi3space.engine.gguf_file import QUANTS
-from phi3space.errors import ConfigError
+from phi3space.errors import AuthError, ConfigError
 from phi3space.generation import GenerationSettings
 from phi3space.hub.auth import real_token
-from phi3space.jobs.kinds import EVAL, TRAIN, kind_of
+from phi3space.jobs.followups import output_files
+from phi3space.jobs.kinds import EVAL, kind_of
 from phi3space.refs import check_repo_id
 from phi3space.ui import compute_box
 from phi3space.ui.common import UI_ONLY, user_errors
 from phi3space.ui.follow import Follower
-from phi3space.ui.jobs_view import following
-from phi3space.ui.services import get_runner, identify
+from phi3space.ui.jobs_view import acted_on_id, following
+from phi3space.ui.services import acted_on, get_runner, identify, run_status
 
 PAGE_ROWS = 10
 SHOWN_CHARS = 240  # of a reply in the table (the whole reply is in the job's events)
@@ -53,8 +54,9 @@ def table_page(examples: list[dict], page: int) -> tuple[list[list], str, int]:
 
 def refresh(follower: Follower, seen: tuple | None, page: int, profile: gr.OAuthProfile | None,
             oauth_token: gr.OAuthToken | None):
-    """A timer tick: the buttons follow the followed job (a finished run can be evaluated and exported), and an
-    eval job's results appear when they are there."""
+    """A timer tick: the buttons follow the run the actions act on (the followed run, or the run the followed eval,
+    export or merge job read), an eval job's results appear when they are there, and a finished export's or local
+    merge's files are offered for download."""
     owner = identify(profile, oauth_token).owner
     runner = get_runner()
     job = None
@@ -63,16 +65,19 @@ def refresh(follower: Follower, seen: tuple | None, page: int, profile: gr.OAuth
             job = runner.get(follower.job_id, owner)
         except ConfigError:  # not among the visitor's jobs (any more): nothing to offer
             job = None
-    status, state = runner.status(job) if job is not None else (None, None)
-    done = job is not None and kind_of(job) is TRAIN and state.has_adapter
+    status, state = run_status(job) if job is not None else (None, None)
+    _, run_state = acted_on(job, runner.list(owner)) if job is not None else (None, None)
+    done = run_state is not None and run_state.has_adapter
     results = job is not None and kind_of(job) is EVAL and bool(state.examples)
-    signature = (follower.job_id, status, done, len(state.examples) if state else 0, page)
+    files = [str(p) for p in output_files(job, state)] if job is not None else []
+    signature = (follower.job_id, status, done, len(state.examples) if state else 0, page, tuple(files))
     if signature == seen:
-        return (seen,) + (gr.skip(),) * 7
+        return (seen,) + (gr.skip(),) * 8
     rows, caption, page = table_page(state.examples if results else [], page)
     return (signature, page, gr.Button(interactive=done), gr.Button(interactive=done),
             gr.update(value=summary_md(state.evaluation if results else None), visible=results),
-            gr.update(value=rows, visible=results), caption, gr.Row(visible=results))
+            gr.update(value=rows, visible=results), caption, gr.Row(visible=results),
+            gr.File(value=files or None, visible=bool(files)))
 
 
 def turn(page: int, step: int) -> int:
@@ -105,7 +110,8 @@ def evaluate(follower: Follower, data: str, rows, backend: str, flavor: str, pro
              oauth_token: gr.OAuthToken | None):
     """Queue "evaluate the followed run's adapter against its base" as a job, and follow it."""
     visitor = identify(profile, oauth_token)
-    job = get_runner().submit_eval(follower.job_id or "", visitor.require_owner(), visitor.token, data=data,
+    run = acted_on_id(follower, visitor.require_owner())
+    job = get_runner().submit_eval(run.id, visitor.require_owner(), visitor.token, data=data,
                                    rows=int(rows or 0), expires_at=visitor.expires_at, backend=backend or None,
                                    flavor=flavor or None)
     gr.Info(f"Evaluation job {job.id} submitted.")
@@ -113,15 +119,22 @@ def evaluate(follower: Follower, data: str, rows, backend: str, flavor: str, pro
 
 
 @user_errors
-def export(follower: Follower, quant: str, repo: str, private: bool, system: str, temperature: str, backend: str,
-           flavor: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
-    """Queue "export the followed run's adapter to GGUF and push it" as a job, and follow it."""
+def export(follower: Follower, quant: str, push: bool, repo: str, private: bool, system: str, temperature: str,
+           backend: str, flavor: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """Queue "export the run's adapter to GGUF" as a job, and follow it: the files are written here (offered for
+    download when done) and with ``push`` (always on a Space or on Jobs) pushed to ``repo`` (empty: you/<run>-GGUF)."""
     visitor = identify(profile, oauth_token)
     repo = (repo or "").strip()
-    if repo:
-        repo = check_repo_id(repo, "destination repo", hint="Type the repo the GGUF goes to, e.g. your-name/my-model-GGUF.")
+    if repo and push:
+        repo = check_repo_id(repo, "destination repo", hint="Type the repo the GGUF goes to, e.g. your-name/my-model-GGUF, "
+                                                           "or leave it empty for you/<run name>-GGUF.")
     runner = get_runner()
-    job = runner.submit_export(follower.job_id or "", visitor.require_owner(), quant, repo or "auto", visitor.token,
+    run = acted_on_id(follower, visitor.require_owner())
+    if push and not runner.space and not visitor.hub_token():
+        raise AuthError("pushing the GGUF needs a Hugging Face token",
+                        "Untick 'Push to the Hub' to write it here and download it from this page; or set HF_TOKEN (or "
+                        "run `hf auth login`) and restart the app.")
+    job = runner.submit_export(run.id, visitor.require_owner(), quant, (repo or "auto") if push else None, visitor.token,
                                private=bool(private), system=(system or "").strip() or None,
                                temperature=GenerationSettings.checked(temperature=temperature).temperature
                                if (temperature or "").strip() else None,
@@ -132,11 +145,16 @@ def export(follower: Follower, quant: str, repo: str, private: bool, system: str
 
 def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
     drawn = gr.State(None)
+    space = get_runner().space
+    files = gr.File(label="Files of the followed job, to download", file_count="multiple", interactive=False,
+                    visible=False, elem_id="job-files")
     with gr.Accordion("Evaluate against the base model", open=False, elem_id="eval-box"):
-        gr.Markdown("Greedy replies from the base model and from it with the followed run's adapter, on the run's "
-                    "eval rows (or a dataset you name), scored against the reference answers: exact match, token F1, "
-                    "ROUGE-L, the loss on the answers, and how many replies end with `<|end|>`. When the adapter is "
-                    "on the Hub, its card gets the scores. It runs as a job, like training.")
+        gr.Markdown("Greedy replies from the base model and from it with the run's adapter, on the run's eval rows "
+                    "(or a dataset you name), scored against the reference answers: exact match, token F1, ROUGE-L, the "
+                    "loss on the answers, and how many replies end with `<|end|>`. When the adapter is on the Hub, its "
+                    "card gets the scores. It runs as a job, like training, with an ETA once it started. How long: two "
+                    "replies a row (base and adapter), each up to a few hundred tokens; on a CPU a few seconds a row "
+                    "for the demo's tiny model, and minutes a row for Phi-3-mini (use a GPU, or fewer rows).")
         with gr.Row(equal_height=True):
             data = gr.Textbox(label="Rows to evaluate on", placeholder="empty: the run's eval rows; or a dataset",
                               scale=3, elem_id="eval-data", min_width=200)
@@ -146,12 +164,15 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
                                  min_width=120)
         eval_backend, eval_flavor = run_on("eval")
     with gr.Accordion("Export to GGUF (Ollama, llama.cpp)", open=False, elem_id="export-box"):
-        gr.Markdown("Merges the followed run's adapter into its 16-bit base and writes one GGUF file (with Phi-3's "
-                    "chat template, stopping at `<|end|>`) and an Ollama `Modelfile`, pushed to a Hub repo of yours "
-                    f"with a card that shows `ollama run hf.co/...`. {K_QUANTS}")
+        gr.Markdown("Merges the run's adapter into its 16-bit base and writes one GGUF file (with Phi-3's chat "
+                    "template, stopping at `<|end|>`) and an Ollama `Modelfile`, offered for download here when done; "
+                    "with 'Push to the Hub' (always on a Space or on Jobs) also pushed to a Hub repo of yours with a card "
+                    f"that shows `ollama run hf.co/...`. {K_QUANTS}")
         with gr.Row(equal_height=True):
             quant = gr.Dropdown(list(QUANTS), value="q8_0", label="Type", scale=1, elem_id="export-quant",
                                 min_width=140)
+            push = gr.Checkbox(value=space, label="Push to the Hub", interactive=not space, scale=1,
+                               elem_id="export-push", elem_classes=["switch"], min_width=140)
             repo = gr.Textbox(label="Destination repo", placeholder="empty: you/<run name>-GGUF", scale=3,
                               elem_id="export-repo", min_width=200)
             private = gr.Checkbox(value=True, label="Private repo", scale=1, elem_id="export-private",
@@ -161,7 +182,7 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
                                 elem_id="export-system", min_width=200)
             temperature = gr.Textbox(label="Temperature (Modelfile)", placeholder="empty: Ollama's default",
                                      scale=1, elem_id="export-temperature", min_width=120)
-            export_btn = gr.Button("Export and push", variant="primary", interactive=False, scale=1,
+            export_btn = gr.Button("Export", variant="primary", interactive=False, scale=1,
                                    elem_id="export", min_width=140)
         export_backend, export_flavor = run_on("export")
     page = gr.State(1)
@@ -173,10 +194,10 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
         back = gr.Button("◀ Previous", size="sm", min_width=100, elem_id="eval-previous")
         caption = gr.Markdown(elem_id="eval-page")
         ahead = gr.Button("Next ▶", size="sm", min_width=100, elem_id="eval-next")
-    outputs = [drawn, page, eval_btn, export_btn, summary, table, caption, pager]
+    outputs = [drawn, page, eval_btn, export_btn, summary, table, caption, pager, files]
     timer.tick(refresh, [follower, drawn, page], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
     eval_btn.click(evaluate, [follower, data, rows, eval_backend, eval_flavor], [follower, seen], api_visibility=UI_ONLY)
-    export_btn.click(export, [follower, quant, repo, private, system, temperature, export_backend, export_flavor],
+    export_btn.click(export, [follower, quant, push, repo, private, system, temperature, export_backend, export_flavor],
                      [follower, seen], api_visibility=UI_ONLY)
     for button, step in ((back, -1), (ahead, 1)):
         button.click(lambda p, s=step: turn(p, s), page, page, api_visibility=UI_ONLY).then(

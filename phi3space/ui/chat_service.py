@@ -27,7 +27,7 @@ from phi3space.jobs.store import Job
 from phi3space.refs import is_local_ref, ref_problem
 from phi3space.report import human_duration
 from phi3space.run import RunDir
-from phi3space.ui.services import Visitor, get_runner
+from phi3space.ui.services import Visitor, get_runner, run_status
 
 CHAT_CONCURRENCY = {"concurrency_limit": MAX_BATCH, "concurrency_id": "chat"}  # the page and /chat share it: as
 # many replies at once as the engine writes in one batch (gradio's default of 4 would let two accounts hold them all)
@@ -56,7 +56,7 @@ def resolve_for_visitor(ref: str, visitor: Visitor, runner: JobRunner, space: bo
         raise ModelError(problem, "Pick one of your finished runs, or type a Hub adapter repo ID (user/name).")
     jobs = runner.list(visitor.owner) if visitor.owner else []
     for job in jobs:
-        status, state = runner.status(job)
+        status, state = run_status(job)
         if ref in (job.id, job.run_dir, state.adapter_repo, state.adapter_url):
             if state.can_chat and job.run.has_adapter():
                 return job.run.path

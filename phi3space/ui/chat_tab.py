@@ -10,7 +10,7 @@ from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
 from phi3space.ui.chat_service import CHAT_CONCURRENCY, build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import UI_ONLY, user_errors
-from phi3space.ui.services import get_runner, identify
+from phi3space.ui.services import get_runner, identify, run_status
 
 # The generation sliders: their labels and steps are the page's; their ends, starting values and notes are
 # GenerationSettings' (one range for the page and the engine).
@@ -43,7 +43,7 @@ def adapter_choices(owner: str | None) -> list[tuple[str, str]]:
     runner = get_runner()
     out = []
     for job in reversed(runner.list(owner)):
-        status, state = runner.status(job)
+        status, state = run_status(job)
         if state.can_chat:  # in its folder, or only on the Hub
             note = " (stopped early)" if status == "cancelled" else " (not pushed yet)" if state.push_pending else ""
             out.append((f"{job.name} · {job.id}{note}", job.id))

@@ -17,6 +17,15 @@ def _line(event: dict) -> str | None:
         return f"{event.get('type')}: " + ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "time"))
 
 
+def drawable(points: list, last_step: int) -> list:
+    """A series as a line chart can draw it: a single point becomes a short level stroke ending at it (a line chart
+    draws nothing for one point, e.g. a run's only evaluation)."""
+    if len(points) != 1:
+        return list(points)
+    step, value = points[0][0], points[0][1]
+    return [(step - max(1, last_step // 50), value), (step, value)]
+
+
 @dataclass
 class Follower:
     """One visitor's view of one job; each poll reads only what was appended since the last one."""
@@ -51,8 +60,9 @@ class Follower:
         """Train and eval loss by step, for a gr.LinePlot (x=step, y=loss, color=split)."""
         import pandas as pd
 
-        rows = [(step, loss, "train") for step, loss in self.state.train_losses]
-        rows += [(step, loss, "eval") for step, loss in self.state.eval_losses]
+        last = max((step for step, _ in self.state.train_losses + self.state.eval_losses), default=0)
+        rows = [(step, loss, "train") for step, loss in drawable(self.state.train_losses, last)]
+        rows += [(step, loss, "eval") for step, loss in drawable(self.state.eval_losses, last)]
         if self.state.train_losses and not self.state.eval_losses and self.expects_eval:
             # The chart fixes its series (and colours) when it is first drawn: the eval series must be there from the
             # start, as an empty point the chart leaves out, or the eval line never shows until a reload.
@@ -124,6 +134,8 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
         parts.append(f"reward accuracy {state.train_rewards[-1][1]:.2f}")
     if status == "running" and stage is None:
         parts.append("loading data and model…" if not total else f"ETA {fmt_duration(state.eta_s)}")
+    elif status == "running" and state.eta_s is not None:  # an eval or export job: what is left of its stages
+        parts.append(f"ETA {fmt_duration(state.eta_s)}")
     icon = {"running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️"}.get(status, "")
     head = f"<p>{icon} <b>{escape(job.name)}</b> ({job.id}): <b class='job-status'>{status}</b> · {' · '.join(parts)}</p>"
     if status == "failed" and state.error:

@@ -197,16 +197,11 @@ def text_entry(spec: FieldSpec) -> bool:
 
 
 def run_name(cfg: RunConfig, typed: str | None, taken: list[str] | set[str]) -> str:
-    """The name a new run gets: what the visitor typed, else <base>-<dataset>-<method> numbered past ``taken``."""
-    typed = " ".join((typed or "").split())[:80]
-    if typed:
-        return typed
-    base = config_mod.default_run_name(cfg)
-    n, name = 1, base
-    while name in taken:
-        n += 1
-        name = f"{base}-{n}"
-    return name
+    """The name a new run gets: what the visitor typed, else <base>-<dataset>-<method>; numbered past ``taken`` (a
+    second run of the same name is name-2, so two runs never look alike in the list)."""
+    from phi3space.jobs.followups import unique_name
+
+    return unique_name(" ".join((typed or "").split())[:80] or config_mod.default_run_name(cfg), taken)
 
 
 def stash_upload(path: str | Path, folder: Path) -> Path:
@@ -314,8 +309,11 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
     steps = planned_steps(cfg, seen.rows if seen else None, jobs.flavor.gpus if jobs else 1)
     warnings = jobs.warnings() if jobs else []
     if steps is not None and steps < MIN_USEFUL_STEPS:
-        warnings.append(f"only {steps} steps: too few for the adapter to learn much. Raise epochs or max_steps "
-                        f"(or lower batch size x grad accum).")
+        warnings.append(f"only {steps} step{'s' if steps != 1 else ''}: too few for the adapter to learn much. Raise "
+                        f"epochs or max_steps (or lower batch size x grad accum).")
+    if seen and seen.rows and t.batch_size > seen.rows:
+        warnings.append(f"batch size {t.batch_size} is more than the {seen.rows} training rows: each step sees every "
+                        f"row once. Lower batch size to {max(1, seen.rows // 2)} or less for more steps per epoch.")
     if seen and seen.lengths:
         over = sum(n > t.max_length for n in seen.lengths) / len(seen.lengths)
         if over > 0.5:

@@ -14,6 +14,7 @@ from phi3space.errors import AuthError, Phi3SpaceError, SignInNeeded, register_s
 from phi3space.hub.auth import acting_token, real_token
 from phi3space.hub.space import on_space
 from phi3space.jobs.scheduler import JobRunner
+from phi3space.state import RunState
 
 LOCAL_OWNER = "local"
 
@@ -35,6 +36,49 @@ def set_runner(runner: JobRunner | None) -> None:
     global _runner
     with _runner_lock:
         _runner = runner
+
+
+def run_status(job) -> tuple[str, RunState]:
+    """A job's status and state as the page shows them (JobRunner.said): a run whose events hold its last word shows
+    it at once, while its process may still be exiting; /job_status keeps the runner's, which waits for the process."""
+    return get_runner().said(job)
+
+
+def acted_on(job, jobs: list) -> tuple:
+    """The training run the page's actions (Evaluate, Export, Merge, Chat) act on while ``job`` is followed: the run
+    itself, or the run an eval, export or merge job read; and its (page) state. (None, None) when there is none."""
+    from phi3space.jobs.followups import source_of
+
+    run = source_of(job, jobs, lambda j: run_status(j)[1]) if job is not None else None
+    return (run, run_status(run)[1]) if run is not None else (None, None)
+
+
+def actions_note(job, run, state: RunState | None) -> str:
+    """Why the actions on a run are (not) there, in the page's words (markdown)."""
+    if job is None:
+        return "Evaluate, Export, Merge and Chat act on a finished run: start one, or pick one under 'Follow job'."
+    if run is None:
+        return "The run this job acted on is no longer in your list: pick a finished run under 'Follow job'."
+    name = f"**{run.name}** ({run.id})"
+    if state.has_adapter:
+        return f"Evaluate, Export, Merge and Chat act on {name}."
+    if state.status in ("queued", "running"):
+        return f"Evaluate, Export, Merge and Chat unlock when {name} finishes (it is {state.status})."
+    return f"{name} ended without an adapter ({state.status}): resume it from its last checkpoint, or start again."
+
+
+def demo_settings() -> dict | None:
+    """The form's starting values when the page opens with the demo (phi3space.demo: off a Space, on a machine
+    without a CUDA GPU, or PHI3SPACE_DEMO=1), its tiny base model built on the way under the data folder; None
+    otherwise (the page then starts from RunConfig's defaults, Phi-3-mini)."""
+    from phi3space import demo
+    from phi3space.engine.hardware import gpu_count
+
+    runner = get_runner()
+    if not demo.wanted(runner.space, gpu_count()):
+        return None
+    demo.prepare(runner.root)
+    return demo.settings(runner.root)
 
 
 @dataclass(frozen=True)

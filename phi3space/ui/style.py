@@ -24,6 +24,22 @@ CSS = """
 #eval-summary th, #eval-summary td:not(:first-child) { white-space: nowrap; }
 #runs-table th, #runs-table th * { white-space: nowrap; word-break: normal; overflow-wrap: normal; }
 #runs-table .table-wrap, #runs-table .table-container { overflow-x: auto; max-width: 100%; }
+/* A cell breaks a word only when it cannot fit on a line of its own (a status or a loss stays whole). */
+#runs-table .cell-wrap span { word-break: normal; overflow-wrap: break-word; font-size: var(--text-xs); }
+
+/* A dropdown's text stops before its arrow (a long value, such as a model folder, ran under it). */
+.secondary-wrap input { padding-right: 26px !important; text-overflow: ellipsis; }
+
+/* The chat's "Adapter" / "Base model" label sits above the replies, not floating over the first one. */
+#chat-adapter-replies label.float, #chat-base-replies label.float { position: static; margin-bottom: 4px; }
+
+/* On a phone: shorter help text, log and chart, so the page is not a long scroll. */
+@media (max-width: 640px) {
+  .info-text { font-size: var(--text-xs); line-height: 1.3; }
+  #job-log textarea { max-height: 11em; }
+  #loss-plot { max-height: 300px; }
+  #data-upload .wrap { min-height: 0; }
+}
 
 /* Checkboxes keep room for their label (gradio gives a checkbox no minimum width in a row of fields). */
 .switch { min-width: min(150px, 100%) !important; }

@@ -18,14 +18,18 @@ from gradio.utils import get_upload_folder
 
 from phi3space import config as config_mod
 from phi3space.errors import Phi3SpaceError
+from phi3space.hub.access import check_reachable
 from phi3space.hub.space import on_space
 from phi3space.jobs.submit import inputs
+from phi3space.refs import is_hub_id
 from phi3space.run import RunDir
 from phi3space.ui import compute_box, forms
 from phi3space.ui.common import UI_ONLY, code_block, page_text, user_errors
 from phi3space.ui.follow import Follower
 from phi3space.ui.jobs_view import following
 from phi3space.ui.services import check_inputs_allowed, get_runner, identify
+
+START, SUBMITTING = "Start training", "Submitting…"
 
 
 @dataclass
@@ -42,16 +46,17 @@ class TrainTab:
         return [self.upload, self.run_name, *self.fields]
 
 
-def _component(spec: forms.FieldSpec):
-    component = _make(spec)
+def _component(spec: forms.FieldSpec, initial: dict):
+    component = _make(spec, initial.get(spec.key, spec.default))
     component.elem_id = spec.key.replace(".", "-")  # stable hooks for the browser test
     return component
 
 
-def _make(spec: forms.FieldSpec):
-    info, width, value = spec.help, 160, forms.shown(spec, spec.default)  # the defaults are the CLI's: RunConfig's
+def _make(spec: forms.FieldSpec, initial):
+    info, width, value = spec.help, 160, forms.shown(spec, initial)  # RunConfig's defaults (the CLI's), or the demo's
     if spec.key == "model.base":
-        return gr.Dropdown(forms.BASE_MODELS, value=value, label="Base model", info=info, allow_custom_value=True,
+        choices = forms.BASE_MODELS if value in forms.BASE_MODELS else [value, *forms.BASE_MODELS]  # (the demo's)
+        return gr.Dropdown(choices, value=value, label="Base model", info=info, allow_custom_value=True,
                            scale=3, min_width=260)
     if spec.key == "model.method":
         return gr.Radio(list(spec.choices), value=value, label="Method", info=info, scale=2, min_width=200)
@@ -92,10 +97,21 @@ def _config(profile, oauth_token, upload, values):
     return visitor, cfg
 
 
+def _checked(cfg, visitor):
+    """What Inspect and Start both check before anything is queued: the Hub answers when the form names Hub repos
+    (asked once: an unreachable Hub is said in seconds), and the data reads, cleans and tokenizes (Inspect's
+    report, returned)."""
+    if any(is_hub_id(ref) for ref in inputs(cfg).values()) or cfg.output.push_to:
+        check_reachable()
+    return forms.inspect_dataset(cfg, visitor.hub_token())
+
+
 @user_errors
 def inspect_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, run_name, *values):
     visitor, cfg = _config(profile, oauth_token, upload, values)
-    found = forms.inspect_dataset(cfg, visitor.hub_token())
+    found = _checked(cfg, visitor)
+    if upload:  # the visitor's file by its own name, not the server's copy of it
+        found.text = found.text.replace(cfg.data.dataset, f"{Path(upload).name} (uploaded)")
     plan = forms.plan(cfg, found, forms.gpu_memory_gb())
     return code_block(found.text), found.histogram(), found.segments, found, plan.markdown()
 
@@ -158,6 +174,7 @@ def start(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, fo
           *values):
     visitor, cfg = _config(profile, oauth_token, upload, values)
     owner = visitor.require_owner()
+    _checked(cfg, visitor)  # what Inspect refuses is refused here at once, rather than by the job a minute later
     runner = get_runner()
     name = forms.run_name(cfg, run_name, {j.name for j in runner.list(owner)})
     job = runner.submit(cfg, owner, visitor.token, visitor.expires_at, name=name)
@@ -172,7 +189,10 @@ def default_push_to(profile: gr.OAuthProfile | None):
     return f"{profile.username}/{config_mod.short_name(config_mod.DEFAULT_BASE)}-lora"
 
 
-def build(follower: gr.State, seen: gr.State) -> TrainTab:
+def build(follower: gr.State, seen: gr.State, initial: dict | None = None) -> TrainTab:
+    """The tab, its fields starting from ``initial`` (section.key -> value: the demo's settings) where given, else
+    from RunConfig's defaults."""
+    initial = initial or {}
     specs = {key: forms.field_spec(key) for key in forms.FIELDS}
     fields: dict = {}  # key -> component, only while laying out; handlers get the list in FIELDS order
     memory = gr.BrowserState(None, storage_key="phi3space-form")
@@ -181,11 +201,11 @@ def build(follower: gr.State, seen: gr.State) -> TrainTab:
         with gr.Accordion(title, open=False, elem_id=elem_id):
             with gr.Row(equal_height=False):
                 for key in keys:
-                    fields[key] = _component(specs[key])
+                    fields[key] = _component(specs[key], initial)
 
     with gr.Row(elem_id="dataset-row", equal_height=False):
         with gr.Column(scale=3, min_width=260):
-            fields["data.dataset"] = _component(specs["data.dataset"])
+            fields["data.dataset"] = _component(specs["data.dataset"], initial)
         with gr.Column(scale=2, min_width=260):
             upload = gr.File(label="…or upload a data file",
                              file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="data-upload")
@@ -202,18 +222,19 @@ def build(follower: gr.State, seen: gr.State) -> TrainTab:
                                          min_width=300)
     inspection = gr.State(None)
     with gr.Row(elem_id="model-row", equal_height=False):
-        fields["model.base"] = _component(specs["model.base"])
-        fields["model.method"] = _component(specs["model.method"])
-        fields["training.objective"] = _component(specs["training.objective"])
-        run_name = gr.Textbox(label="Run name", info="Tells your runs apart in the list.", scale=2, min_width=200,
-                              placeholder="automatic: <base>-<dataset>-<method>", elem_id="run-name")
+        fields["model.base"] = _component(specs["model.base"], initial)
+        fields["model.method"] = _component(specs["model.method"], initial)
+        fields["training.objective"] = _component(specs["training.objective"], initial)
+        run_name = gr.Textbox(label="Run name", info="Tells your runs apart. Empty: <base>-<dataset>-<method>; a name "
+                              "used before gets a number.", scale=2, min_width=200, placeholder="automatic",
+                              elem_id="run-name")
     settings("Dataset settings", forms.DATA_FIELDS, "data-settings")
     settings("LoRA settings", forms.LORA_FIELDS, "lora-settings")
     settings("Training settings", forms.TRAINING_FIELDS, "training-settings")
     settings("Logging, checkpoints and hardware", forms.ADVANCED_FIELDS, "advanced-settings")
     with gr.Row(elem_id="output-row", equal_height=False):
         for key in forms.OUTPUT_FIELDS:
-            fields[key] = _component(specs[key])
+            fields[key] = _component(specs[key], initial)
     fields.update(compute_box.build(specs, fields["output.push_checkpoints"]))  # this machine or Hugging Face Jobs
     with gr.Accordion("Config file (YAML)", open=False, elem_id="config-accordion"):
         with gr.Row():
@@ -223,7 +244,7 @@ def build(follower: gr.State, seen: gr.State) -> TrainTab:
         yaml_preview = gr.Code(language="yaml", label="Config preview", interactive=False, elem_id="config-preview")
     plan_md = gr.Markdown("Steps: press **Inspect** to count the rows.", elem_id="plan")
     with gr.Row():
-        start_btn = gr.Button("Start training", variant="primary", elem_id="start")
+        start_btn = gr.Button(START, variant="primary", elem_id="start")
     components = [fields[key] for key in forms.FIELDS]
 
     form_inputs = [upload, run_name, *components]
@@ -233,5 +254,10 @@ def build(follower: gr.State, seen: gr.State) -> TrainTab:
           [yaml_preview, plan_md, download, memory], show_progress="hidden", trigger_mode="always_last",
           api_visibility=UI_ONLY)
     yaml_upload.upload(load_yaml, yaml_upload, components, api_visibility=UI_ONLY)
-    start_btn.click(start, [follower, *form_inputs], [follower, seen], api_visibility=UI_ONLY)
+    # Start is disabled while its submission is in flight (a second press cannot queue the same job twice), and
+    # enabled again however the submission ended.
+    start_btn.click(lambda: gr.Button(SUBMITTING, interactive=False), None, start_btn, queue=False,
+                    api_visibility=UI_ONLY).then(
+        start, [follower, *form_inputs], [follower, seen], api_visibility=UI_ONLY).then(
+        lambda: gr.Button(START, interactive=True), None, start_btn, queue=False, api_visibility=UI_ONLY)
     return TrainTab(components, upload, run_name, memory, start_btn)
