@@ -221,6 +221,8 @@ CASES = [
      "the adapter {d}/nobase is damaged: its adapter_config.json names no base model"),
     ("merge-adapter-config-not-json", ["merge", "{d}/badjson", "--out", "{d}/merged"],
      "the adapter {d}/badjson is damaged"),
+    ("export-adapter-config-not-json", ["export", "{d}/badjson", "--out", "{d}/gguf"],
+     "the adapter {d}/badjson is damaged: its adapter_config.json is not JSON"),
     ("chat-truncated-adapter", ["chat", "--adapter", "{d}/adapter", "--prompt", "hi"], "/adapter are damaged"),
     ("push-no-adapter", ["push", "{d}/nofiles"], "{d}/nofiles holds no finished adapter"),
     # ---- names no Hub ID or path can have; folders that are files

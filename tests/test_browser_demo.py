@@ -89,7 +89,7 @@ def test_the_demo_trains_chats_evaluates_and_exports_with_nothing_typed(browser,
     expect(progress).to_contain_text("phi3-tiny-demo-vellmora-lora-gguf")
     expect(progress).to_contain_text("completed", timeout=300_000)
     files = page.locator("#job-files")
-    expect(files).to_contain_text(re.compile(r"q8_0 ?\.gguf"))
+    expect(files).to_contain_text(re.compile(r"q8_0 ?\.gguf", re.I))
     with page.expect_download() as download:
         files.locator("tr", has_text=".gguf").locator("[data-testid=download-link]").click()
     assert open(download.value.path(), "rb").read(4) == b"GGUF"

@@ -16,6 +16,7 @@ contract as merge).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from phi3space.datadir import safe_name
@@ -59,6 +60,7 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
         raise ConfigError([f"--quant: {quant!r} is not one of {', '.join(QUANTS)}"],
                           "k-quants (Q4_K_M, ...) need llama.cpp's llama-quantize: export f16, then quantize it there.")
     out = Path(out)
+    created = not out.exists()  # a folder this export made goes again if it fails
     _check_out(out)
     reclaim_parts(out)
     total = 5 + (2 if push_to else 0)
@@ -97,6 +99,8 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
     except Phi3SpaceError as exc:
         writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task="export",
                       step=done, adapter=None)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
         raise
     writer.finish("completed", task="export", step=done, adapter=None, model=result["url"] or result["gguf"])
     return result
@@ -118,7 +122,7 @@ def _write_merged(adapter: str, target: Path, quant: str, name: str, token: str 
     base = adapter_base(path)
     dtype = stored_dtype(base, token)
     stage(f"loading the base model {base} ({dtype})")
-    model = load_for_inference(base, token, dtype=dtype)
+    model = load_for_inference(base, token, dtype=dtype, purpose="export")
     try:
         model = PeftModel.from_pretrained(model, str(path))
     except (RuntimeError, ValueError, KeyError) as exc:

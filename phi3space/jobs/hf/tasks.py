@@ -6,15 +6,15 @@ export pushes, a known flavor) and how long one can take. The job itself is the 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from phi3space.config import timeout_seconds
-from phi3space.errors import ConfigError, SignInNeeded
+from phi3space.errors import ConfigError, Phi3SpaceError, SignInNeeded
 from phi3space.jobs.backend import Task
 from phi3space.jobs.hf.flavors import Flavor, check_flavor, flavor_with_memory, smallest_gpu_flavor
 from phi3space.jobs.kinds import EXPORT
 from phi3space.refs import is_local_ref
+from phi3space.run import RunDir
 
 
 def check_task(task: Task, token: str | None) -> tuple[Task, Flavor]:
@@ -52,15 +52,14 @@ def check_task(task: Task, token: str | None) -> tuple[Task, Flavor]:
 
 
 def adapter_base(repo: str, token: str | None) -> str:
-    """The base model of an adapter repo on the Hub, from its adapter_config.json ('' when it cannot be read: then
-    sizes are Phi-3-mini's)."""
+    """The base model of an adapter repo on the Hub, from its adapter config ('' when it cannot be read: then sizes
+    are Phi-3-mini's)."""
     from huggingface_hub import hf_hub_download
 
     try:
-        config = json.loads(Path(hf_hub_download(repo, "adapter_config.json", token=token)).read_text())
-    except (OSError, ValueError):
+        return RunDir(Path(hf_hub_download(repo, RunDir.ADAPTER_CONFIG, token=token)).parent).adapter_base()
+    except (OSError, ValueError, Phi3SpaceError):
         return ""
-    return str(config.get("base_model_name_or_path") or "") if isinstance(config, dict) else ""
 
 
 def longest_s(task: Task, scheduling_s: float) -> float:
