@@ -257,8 +257,7 @@ def cmd_export(args) -> int:
         print(f"wrote {' and '.join(state.exported)}; on the Hub: {state.model_url}")
         from phi3space.hub.gguf_card import run_commands
 
-        repo = state.model_url.rstrip("/").split("/", 3)[-1] if state.model_url else None
-        print("run it:\n" + "\n".join(f"  {line}" for line in run_commands(state.exported[0], args.quant, repo)))
+        print("run it:\n" + "\n".join(f"  {line}" for line in run_commands(state.exported[0], state.model_url)))
         return 0
     if not args.out:
         from phi3space.errors import ConfigError
@@ -276,7 +275,7 @@ def cmd_export(args) -> int:
     print(f"wrote {result['gguf']} and {result['modelfile']}" + (f"; on the Hub: {result['url']}" if result["url"] else ""))
     from phi3space.hub.gguf_card import run_commands
 
-    print("run it:\n" + "\n".join(f"  {line}" for line in run_commands(result["gguf"], args.quant, result["repo_id"])))
+    print("run it:\n" + "\n".join(f"  {line}" for line in run_commands(result["gguf"], result["repo_id"])))
     return 0
 
 

@@ -88,7 +88,8 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
     expect(page.locator("#job-progress")).to_contain_text("qa-run-gguf")
     expect(page.locator("#job-progress")).to_contain_text("completed", timeout=180_000)
     files = page.locator("#job-files")
-    expect(files).to_contain_text(re.compile(r"qa-run-f16 ?\.gguf"))
+    expect(files).to_contain_text(re.compile(r"qa-run-F16 ?\.gguf"))
+    expect(page.locator("#job-progress .run-it")).to_contain_text("llama-cli -m qa-run-F16.gguf")  # the next command
     with page.expect_download() as download:
         files.locator("tr", has_text="Modelfile").locator("[data-testid=download-link]").click()
     assert 'SYSTEM """Answer in one line."""' in open(download.value.path()).read()
@@ -102,6 +103,7 @@ def test_evaluate_and_export_from_the_page(browser, app, finished, alice):
     expect(page.locator("#job-progress")).to_contain_text("completed", timeout=180_000)
     expect(page.locator("#job-progress")).to_contain_text("GGUF and Modelfile on the Hub")
     expect(page.locator("#job-progress")).to_contain_text("alice/qa-run-GGUF")
+    expect(page.locator("#job-progress .run-it")).to_contain_text("ollama run hf.co/alice/qa-run-GGUF:F16")
     assert {"qa-run-F16.gguf", "Modelfile", "README.md"} <= set(alice.files("alice/qa-run-GGUF"))
     modelfile = alice.files("alice/qa-run-GGUF")["Modelfile"].decode()
     assert 'SYSTEM """Answer in one line."""' in modelfile and "temperature" not in modelfile  # left empty

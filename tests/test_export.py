@@ -89,6 +89,7 @@ def test_export_reads_back_as_the_merged_model(quant, trained_run, merged, tmp_p
     assert 'SYSTEM """Answer briefly."""' in modelfile and "PARAMETER temperature 0.2" in modelfile
     state = RunDir(tmp_path / "job").state()
     assert state.status == "completed" and state.exported == [name, "Modelfile"]
+    assert state.step == state.max_steps == 4  # every stage counted: adapter, base, merge and write, Modelfile
     printed = capsys.readouterr().out
     assert f"wrote {out / name}" in printed and f"llama-cli -m {out / name}" in printed  # the next command to run
 

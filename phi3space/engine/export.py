@@ -63,7 +63,7 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
     created = not out.exists()  # a folder this export made goes again if it fails
     _check_out(out)
     reclaim_parts(out)
-    total = 5 + (2 if push_to else 0)
+    total = 4 + (2 if push_to else 0)
     done = 0
     writer.emit("run_started", task="export", adapter=str(adapter), push_to=push_to, quant=quant, max_steps=total)
 

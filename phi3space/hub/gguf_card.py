@@ -9,13 +9,16 @@ from phi3space.refs import is_hub_id
 from phi3space.run import EventWriter, RunDir
 
 
-def run_commands(gguf_file: str, quant: str, repo_id: str | None = None) -> list[str]:
-    """The lines that run an exported file: from its Hub repo (llama.cpp's -hf and Ollama's hf.co/, by the file's
-    quant tag) when it was pushed, else from the file on this machine."""
-    if repo_id:
-        tag = quant.upper()
+def run_commands(gguf_file: str, repo: str | None = None) -> list[str]:
+    """The lines that run an exported file: from its Hub repo (a repo ID or its URL) by the file's quant tag
+    (``<name>-<QUANT>.gguf``: llama.cpp's -hf and Ollama's hf.co/ pick a file by it) when it was pushed, else from
+    the file itself."""
+    if repo:
+        repo_id = "/".join(repo.rstrip("/").split("/")[-2:])
+        tag = Path(gguf_file).stem.rsplit("-", 1)[-1]
         return [f"llama-cli -hf {repo_id}:{tag}", f"llama-server -hf {repo_id}:{tag}", f"ollama run hf.co/{repo_id}:{tag}"]
-    return [f"llama-cli -m {gguf_file}", f"llama-server -m {gguf_file}", "ollama create NAME -f Modelfile  (in the file's folder)"]
+    return [f"llama-cli -m {gguf_file}", f"llama-server -m {gguf_file}",
+            "ollama create NAME -f Modelfile  (in the folder of the file and its Modelfile)"]
 
 
 def gguf_card(repo_id: str, gguf_file: str, quant: str, base: str | None) -> str:
@@ -26,7 +29,7 @@ def gguf_card(repo_id: str, gguf_file: str, quant: str, base: str | None) -> str
                          pipeline_tag="text-generation", tags=["gguf", "phi3", "phi3space", "ollama", "llama.cpp"])
     tag = quant.upper()
     name = repo_id.split("/")[-1].lower()
-    cli, server, ollama = run_commands(gguf_file, quant, repo_id)
+    cli, server, ollama = run_commands(gguf_file, repo_id)
     body = f"""
 # {repo_id.split('/')[-1]}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
+from phi3space.hub.gguf_card import run_commands
 from phi3space.jobs.store import Job
 from phi3space.report import fmt_duration, format_event
 from phi3space.run import RunDir, RunState
@@ -146,4 +147,7 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
         if url:
             url = escape(url, quote=True)
             head += f"<p>{what} on the Hub: <a href='{url}' target='_blank'>{url}</a></p>"
+    if job.kind == "export" and status == "completed" and state.exported:
+        lines = "\n".join(run_commands(state.exported[0], state.model_url))
+        head += f"<p>Run it on your machine:</p><pre class='run-it'>{escape(lines)}</pre>"
     return head + bar
