@@ -24,6 +24,9 @@ os.environ.pop("HF_TOKEN", None)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The page opens with the Phi-3-mini defaults in the tests (as on a GPU machine); the demo's own tests set it to 1.
 os.environ.setdefault("PHI3SPACE_DEMO", "0")
+# A test that builds the app without naming a data folder gets one of its worker's own, never the checkout's ./data:
+# two workers sharing it were refused ("the data folder is in use") and left a jobs.sqlite in the checkout.
+os.environ["PHI3SPACE_DATA_DIR"] = tempfile.mkdtemp(prefix="phi3space-data-")
 
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
