@@ -71,7 +71,7 @@ def log_at_bottom(page) -> None:
 
 # Every setting, as typed by hand: (key, value). Values the tiny model memorises QA_PAIRS with in 40 steps.
 BY_HAND = [
-    ("data.split", "train"), ("data.config_name", "default"), ("data.eval_split", "test"),
+    ("data.split", "train"), ("data.config_name", "default"), ("data.eval_split", "train"),
     ("data.eval_fraction", "0.2"), ("data.max_samples", "4"), ("data.columns", "prompt: Frage, completion: Antwort"),
     ("lora.r", "16"), ("lora.alpha", "32"), ("lora.dropout", "0"),
     ("lora.target_modules", "qkv_proj, o_proj, gate_up_proj, down_proj"),
@@ -137,14 +137,15 @@ def test_a_form_filled_by_hand_trains_a_mapped_csv_survives_a_reload_and_chats(b
     field(page, "output.push_to").fill("")
 
     preview = page.locator("#config-preview")
-    for line in ("max_steps: 40", "eval_steps: 10", "max_samples: 4", "eval_split: test", "attn_implementation: eager",
+    for line in ("max_steps: 40", "eval_steps: 10", "max_samples: 4", "eval_split: train", "attn_implementation: eager",
                  "lr_scheduler: constant", "save_total_limit: 1", "gradient_checkpointing: false", "private: false",
                  "prompt: Frage", "completion: Antwort", "/uploads/local/"):
         expect(preview).to_contain_text(line)
     expect(page.locator("#plan")).not_to_contain_text("Settings to fix")
 
     page.locator("#inspect").click()
-    expect(page.locator("#example")).to_contain_text("Flimflam.")
+    # a training row (which one depends on the held-out 20%), its answer the trained span
+    expect(page.locator("#example")).to_contain_text(re.compile("|".join(re.escape(a) for _, a in QA_PAIRS)))
     expect(page.locator("#inspection-report")).to_contain_text("format: prompt_completion")
     expect(page.locator("#inspection-report")).to_contain_text("training on 4 rows, evaluating on 4")
     expect(page.locator("#plan")).to_contain_text("40 optimizer steps")
