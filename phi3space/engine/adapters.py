@@ -71,6 +71,11 @@ def adapter_base(adapter_dir: Path) -> str:
     return RunDir(adapter_dir).adapter_base()
 
 
+def tokenizer_source(adapter_dir: Path, base: str) -> str:
+    """Where an adapter's tokenizer is read: the adapter's folder when it saved one (a run's does), else its base."""
+    return str(adapter_dir) if RunDir(adapter_dir).has_tokenizer() else base
+
+
 def adapter_name(ref: str) -> str:
     """A peft adapter name for ``ref``: readable, and distinct for distinct refs."""
     return f"{re.sub(r'[^A-Za-z0-9_]', '_', ref)[-40:]}_{hashlib.sha1(ref.encode()).hexdigest()[:8]}"

@@ -124,7 +124,7 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
     Raises:
         DataError / ModelError / HubError: as the rows, the models and the Hub report them; in the events too.
     """
-    from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter
+    from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter, tokenizer_source
     from phi3space.engine.metrics import scores
     from phi3space.engine.modeling import load_for_inference, load_tokenizer, stop_token_ids
     from phi3space.engine.tokens import tokenize_example, training_template
@@ -139,7 +139,7 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
         writer.emit("progress", task="eval", step=0, max_steps=len(found), stage=f"loading {base} and the adapter")
         from peft import PeftModel
 
-        tokenizer = load_tokenizer(str(path) if RunDir(path).has_tokenizer() else base, token)
+        tokenizer = load_tokenizer(tokenizer_source(path, base), token)
         try:
             model = PeftModel.from_pretrained(load_for_inference(base, token, purpose="evaluation"), str(path)).eval()
         except (RuntimeError, ValueError, KeyError) as exc:

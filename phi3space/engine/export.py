@@ -107,12 +107,11 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
 
 
 def _write_merged(adapter: str, target: Path, quant: str, name: str, token: str | None, stage) -> str:
-    """Load the base in bf16 with the adapter attached, and write the merged model as ``target`` a layer at a time
-    (four stages). Returns the base's ID."""
-    from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter
+    """Load the base as stored with the adapter attached, and write the merged model as ``target`` a layer at a time
+    (three stages). Returns the base's ID."""
+    from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter, tokenizer_source
     from phi3space.engine.merge import merged_weights
     from phi3space.engine.modeling import load_for_inference, load_tokenizer
-    from phi3space.run import RunDir
 
     _give_freed_memory_back()
     stage(f"loading the adapter {adapter}")
@@ -128,7 +127,7 @@ def _write_merged(adapter: str, target: Path, quant: str, name: str, token: str 
     except (RuntimeError, ValueError, KeyError) as exc:
         raise _does_not_fit(str(adapter), base, path, exc) from None
     cfg = model.get_base_model().config.to_dict()
-    tokenizer = load_tokenizer(str(path if RunDir(path).has_tokenizer() else base), token, training=False)
+    tokenizer = load_tokenizer(tokenizer_source(path, base), token, training=False)
     vocab = read_vocab(tokenizer, cfg["vocab_size"])
     del tokenizer
     stage(f"merging and writing {target.name} ({quant}), a layer at a time")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter
+from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter, tokenizer_source
 from phi3space.engine.modeling import load_for_inference, load_tokenizer
 from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
 from phi3space.run import EventWriter, RunDir
@@ -80,7 +80,6 @@ def merge_and_push(adapter: str, writer: EventWriter, out: str | Path | None = N
     from phi3space.engine.adapters import adapter_base, resolve_adapter
     from phi3space.engine.merge import merge_adapter
     from phi3space.hub.access import check_push_access
-    from phi3space.run import RunDir
 
     created = bool(out) and not Path(out).exists()  # a merge that fails leaves no folder it made
     if out:
@@ -152,8 +151,7 @@ def merge_adapter(adapter: str, out_dir: str | Path, base: str | None = None, to
     out = Path(out_dir)
     stage(f"saving the merged model to {out}")
     merged.save_pretrained(out)
-    tokenizer_source = path if RunDir(path).has_tokenizer() else base
-    load_tokenizer(str(tokenizer_source), token).save_pretrained(out)
+    load_tokenizer(tokenizer_source(path, base), token).save_pretrained(out)
     return out
 
 
