@@ -62,7 +62,12 @@ _SPACE_START_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_DISABLE_IMPLI
 
 @pytest.fixture(autouse=True)
 def _environment_as_it_was():
+    """Each test starts as a fresh process would: the Space's start variables as they were, and no repo name that
+    ``output.push_to: auto`` already gave out (a test that expects you/NAME got NAME-2 after another test's NAME)."""
+    from phi3space.config import schema
+
     saved = {name: os.environ.get(name) for name in _SPACE_START_VARS}
+    schema._given.clear()
     yield
     for name, value in saved.items():
         if value is None:

@@ -19,23 +19,27 @@ from phi3space.state import RunState
 LOCAL_OWNER = "local"
 
 _runner: JobRunner | None = None
+_built_here = False  # whether _runner is the one get_runner built (and so ours to shut down when replaced)
 _runner_lock = threading.Lock()
 
 
 def get_runner() -> JobRunner:
     """The process's one job runner (the queue is per GPU by nature); built on first use."""
-    global _runner
+    global _runner, _built_here
     with _runner_lock:
         if _runner is None:
-            _runner = JobRunner()
+            _runner, _built_here = JobRunner(), True
         return _runner
 
 
 def set_runner(runner: JobRunner | None) -> None:
-    """Use another runner (tests), or None to build a fresh one on next use."""
-    global _runner
+    """Use another runner (tests), or None to build a fresh one on next use. A runner get_runner built is shut down
+    when replaced: it holds its data folder's lock, so a fresh one on the same folder would be refused."""
+    global _runner, _built_here
     with _runner_lock:
-        _runner = runner
+        if _built_here and _runner is not None and _runner is not runner:
+            _runner.shutdown()
+        _runner, _built_here = runner, False
 
 
 def run_status(job) -> tuple[str, RunState]:
