@@ -2,11 +2,13 @@
 
 Built from YAML plus ``--set a.b=value`` overrides, checked up front (all problems reported at once, each by key
 name with the allowed values), saved beside the run and pushed with the adapter so that a run can be repeated.
-Each field carries its help text in ``metadata["help"]``: that is the reference the README and the UI show.
+Each field is declared once (``fields.setting``), its help text, allowed values, aliases and form group in its
+``metadata``: the reference the README shows, the checks and the web form are derived from it.
 
-The package in three parts, all re-exported here: ``schema`` (the settings, their defaults, help text, allowed values
-and validation rules), ``loading`` (YAML files and text, ``--set`` overrides, what is refused on the way in) and
-``docs`` (the reference table).
+The package in four parts, all re-exported here: ``fields`` (``setting()`` and the tables derived from the
+declarations), ``schema`` (the settings, their defaults, help text, allowed values and validation rules),
+``loading`` (YAML files and text, ``--set`` overrides, what is refused on the way in) and ``docs`` (the reference
+table).
 """
 
 from phi3space.config.docs import reference
@@ -21,6 +23,7 @@ from phi3space.config.schema import (
     PHI3_TARGET_MODULES,
     RANGES,
     SCHEDULERS,
+    SETTINGS,
     TIMEOUT_RANGE_S,
     ComputeConfig,
     DataConfig,
@@ -40,7 +43,7 @@ from phi3space.config.schema import (
 
 __all__ = [
     "ALIASES", "BACKENDS", "HUB_ONLY_BACKENDS", "DEFAULT_BASE", "HF_TOKEN_PATTERN", "MAX_CONFIG_BYTES", "METHODS", "PHI3_TARGET_MODULES",
-    "RANGES", "SCHEDULERS", "TIMEOUT_RANGE_S", "TOKEN_HINT", "ComputeConfig", "DataConfig", "LoraSettings",
+    "RANGES", "SCHEDULERS", "SETTINGS", "TIMEOUT_RANGE_S", "TOKEN_HINT", "ComputeConfig", "DataConfig", "LoraSettings",
     "ModelConfig", "OutputConfig", "Range", "RunConfig", "TrainingConfig", "auto_repo_name", "default_run_name",
     "from_dict", "load", "loads", "reference", "short_name", "timeout_seconds", "unused_auto_name",
     "_SECTION_CLASSES", "_allowed_keys",  # private, for the tests

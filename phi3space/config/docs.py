@@ -6,12 +6,12 @@ Part of ``phi3space.config`` (imported from there).
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import yaml
 
-from phi3space.config.schema import _SECTION_CLASSES, RANGES
+from phi3space.config.fields import value_at
+from phi3space.config.schema import SETTINGS, RunConfig
 
 
 def reference() -> str:
@@ -22,16 +22,15 @@ def reference() -> str:
             return ""
         return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
 
+    defaults = RunConfig()
     lines = ["| key | default | meaning |", "|---|---|---|"]
-    for section, cls in _SECTION_CLASSES.items():
-        defaults = cls()
-        for f in fields(cls):
-            help = f.metadata.get("help", "")
-            choices = f.metadata.get("choices")
-            if choices:
-                help += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
-            if f"{section}.{f.name}" in RANGES:
-                help += f" Range: {RANGES[f'{section}.{f.name}']}."
-            help = help.replace("<", "&lt;").replace(">", "&gt;")
-            lines.append(f"| `{section}.{f.name}` | {shown(getattr(defaults, f.name))} | {help} |")
+    for key, f in SETTINGS.items():
+        help = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices:
+            help += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
+        if "range" in f.metadata:
+            help += f" Range: {f.metadata['range']}."
+        help = help.replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| `{key}` | {shown(value_at(defaults, key))} | {help} |")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import errno
 import stat
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from phi3space.config.schema import (
     _SECTION_CLASSES,
     ALIASES,
     HUB_ONLY_BACKENDS,
+    SETTINGS,
     RunConfig,
     _allowed_keys,
     _show,
@@ -278,7 +278,6 @@ def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), def
     problems: list[str] = []
     refused: set[str] = set()  # keys already reported; _validate says nothing more about them
     tokens = False
-    field_of = {f"{s}.{f.name}": f for s, cls in _SECTION_CLASSES.items() for f in fields(cls)}
     cfg = RunConfig()
     for key, value in flat.items():
         if _holds_token(key) or _holds_token(value):
@@ -287,14 +286,14 @@ def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), def
             problems.append(f"{_name(key)}: holds what looks like a Hugging Face access token (not shown here)")
         elif key in _SECTION_CLASSES:
             problems.append(f"{key}: expected a mapping of settings, got {_show(value)}")
-        elif key not in field_of:
+        elif key not in SETTINGS:
             guess = _suggest(key)
             problems.append(f"{_name(key)}: unknown setting" + (f" (did you mean {guess}?)" if guess else
                                                                  f"; known sections: {', '.join(_SECTION_CLASSES)}"))
         else:
             section, name = key.split(".", 1)
             part = getattr(cfg, section)
-            setattr(part, name, _coerce(value, field_of[key], key, getattr(part, name), problems))
+            setattr(part, name, _coerce(value, SETTINGS[key], key, getattr(part, name), problems))
     if cfg.compute.backend in HUB_ONLY_BACKENDS and "output.push_checkpoints" not in flat:
         cfg.output.push_checkpoints = True  # a job's disk is gone when it ends: the Hub keeps what Resume needs
     problems += [p for p in _validate(cfg) if p.split(":", 1)[0] not in refused]

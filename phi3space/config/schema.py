@@ -1,5 +1,7 @@
-"""The run config's settings: one dataclass per section, each field with its default and help text, the allowed
-values (choices, numeric ranges), the names other tools use for them, run and repo names, and the validation rules.
+"""The run config's settings: one dataclass per section, each field declared once with ``fields.setting`` (its
+default, help text, allowed values, the names other tools use for it, how the web form shows it); the tables read
+elsewhere (``SETTINGS``, ``RANGES``, ``ALIASES``) are derived from those declarations. Also run and repo names and
+the validation rules.
 
 Part of ``phi3space.config`` (imported from there); nothing here reads files or parses YAML.
 """
@@ -10,12 +12,13 @@ import dataclasses
 import math
 import re
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from phi3space.config.fields import aliases_of, ranges_of, setting, settings_of, value_at
 from phi3space.errors import looks_like_token
 from phi3space.ranges import Range
 from phi3space.refs import is_repo_id, ref_problem
@@ -38,99 +41,148 @@ BACKENDS = {
 HUB_ONLY_BACKENDS = ("hf-jobs",)  # the job's disk is gone when it ends: its adapter and checkpoints go to a repo
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass
 class ModelConfig:
-    base: str = _f(DEFAULT_BASE, "Phi-3 / Phi-3.5 checkpoint: Hub ID or local folder.")
-    method: str = _f("lora", "lora (16/32-bit base) or qlora (4-bit nf4 base).", choices=METHODS)
-    attn_implementation: str = _f("auto", "auto, flash_attention_2, sdpa or eager.",
-                                  choices=("auto", "flash_attention_2", "sdpa", "eager"))
-    init_adapter: str | None = _f(None, "Start from this LoRA adapter (a run folder or a Hub adapter repo, e.g. your SFT "
-                                        "run) instead of a new one; its rank and layers replace the lora settings.")
+    """``model:``: the base checkpoint, how it is loaded, and the adapter a run may start from."""
+
+    base: str = setting(DEFAULT_BASE, "Phi-3 / Phi-3.5 checkpoint: Hub ID or local folder.", group="main",
+                        aliases=("model_name_or_path", "base_model", "model_name", "model_id"))
+    method: str = setting("lora", "lora (16/32-bit base) or qlora (4-bit nf4 base).", choices=METHODS, group="main",
+                          aliases=("load_in_4bit", "quantization"))
+    attn_implementation: str = setting("auto", "auto, flash_attention_2, sdpa or eager.",
+                                       choices=("auto", "flash_attention_2", "sdpa", "eager"), group="advanced")
+    init_adapter: str | None = setting(
+        None, "Start from this LoRA adapter (a run folder or a Hub adapter repo, e.g. your SFT run) instead of a new "
+              "one; its rank and layers replace the lora settings.", group="lora",
+        aliases=("adapter_name_or_path", "lora_adapter"), placeholder="empty: a new adapter; e.g. you/my-sft-adapter")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("", "Hub dataset ID, or a local JSON/JSONL/CSV/Parquet file or folder.")
-    config_name: str | None = _f(None, "Hub dataset configuration (subset) name.")
-    split: str = _f("train", "Split to train on.")
-    eval_split: str | None = _f(None, "Split to evaluate on; when empty, eval_fraction of the training rows is held out.")
-    eval_fraction: float = _f(0.1, "Share of training rows held out for evaluation when there is no eval_split (0 = none).")
-    max_samples: int | None = _f(None, "Use at most this many training rows (after cleaning).")
-    columns: dict = _f({}, "Map our names to yours, e.g. {prompt: question, completion: answer} or {messages: dialog}.")
+    """``data:``: which rows to train and evaluate on, and how their columns are named."""
+
+    dataset: str = setting("", "Hub dataset ID, or a local JSON/JSONL/CSV/Parquet file or folder.", group="main",
+                           aliases=("dataset_name", "dataset_path", "train_file"))
+    config_name: str | None = setting(None, "Hub dataset configuration (subset) name.",
+                                      aliases=("dataset_config_name", "subset"),
+                                      placeholder="empty: the default configuration")
+    split: str = setting("train", "Split to train on.")
+    eval_split: str | None = setting(None, "Split to evaluate on; when empty, eval_fraction of the training rows is "
+                                           "held out.", placeholder="empty: hold out the eval fraction")
+    eval_fraction: float = setting(0.1, "Share of training rows held out for evaluation when there is no eval_split "
+                                        "(0 = none).", range=Range(0, 1, high_open=True), step=0.01)
+    max_samples: int | None = setting(None, "Use at most this many training rows (after cleaning).",
+                                      range=Range(1, 1_000_000_000, "or empty for all rows"),
+                                      aliases=("max_train_samples",), placeholder="empty: all rows")
+    columns: dict = setting({}, "Map our names to yours, e.g. {prompt: question, completion: answer} or "
+                                "{messages: dialog}.", placeholder="e.g. prompt: question, completion: answer")
 
 
 @dataclass
 class LoraSettings:
-    r: int = _f(16, "LoRA rank.")
-    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
-    dropout: float = _f(0.05, "Dropout on the LoRA path, in [0, 1).")
-    target_modules: Any = _f("all-linear", "all-linear, or a list of Phi-3 linear layers: " + ", ".join(PHI3_TARGET_MODULES))
+    """``lora:``: the adapter's shape (peft's LoraConfig: r, lora_alpha, lora_dropout, target_modules)."""
+
+    r: int = setting(16, "LoRA rank.", range=Range(1, 1024, "typical: 8-64"), aliases=("lora_r", "rank", "lora_rank"))
+    alpha: int = setting(32, "LoRA alpha (scale = alpha / r).", range=Range(1, 4096, "typical: 2 x r"),
+                         aliases=("lora_alpha",))
+    dropout: float = setting(0.05, "Dropout on the LoRA path, in [0, 1).", range=Range(0, 1, high_open=True), step=0.01,
+                             aliases=("lora_dropout",))
+    target_modules: Any = setting("all-linear", "all-linear, or a list of Phi-3 linear layers: "
+                                  + ", ".join(PHI3_TARGET_MODULES), aliases=("lora_target_modules",))
 
 
 @dataclass
 class TrainingConfig:
-    objective: str = _f("sft", "sft: learn the answers (conversations, prompt/completion); dpo: prefer the chosen "
-                               "answer over the rejected one (prompt/chosen/rejected pairs).", choices=OBJECTIVES)
-    beta: float = _f(0.1, "dpo: how far the adapter may move from the reference (higher: closer to it).")
-    loss_type: str = _f("sigmoid", "dpo: trl's preference loss (sigmoid is DPO's own; ipo, hinge, robust, ...).",
-                        choices=DPO_LOSSES)
-    learning_rate: float = _f(2e-4, "Peak learning rate (LoRA, not full fine-tuning).")
-    lr_scheduler: str = _f("cosine", "Learning-rate schedule.", choices=SCHEDULERS)
-    warmup_ratio: float = _f(0.03, "Share of steps spent warming up, in [0, 1).")
-    epochs: float = _f(1.0, "Passes over the training rows (ignored when max_steps is set).")
-    max_steps: int | None = _f(None, "Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = _f(4, "Rows per device per step.")
-    grad_accum: int = _f(4, "Gradient accumulation steps (effective batch = batch_size x grad_accum x GPUs).")
-    max_length: int = _f(2048, "Tokens per row; longer rows are truncated.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    seed: int = _f(42, "Random seed (data order, LoRA init, eval split).")
-    logging_steps: int = _f(5, "Write a progress event every N steps.")
-    eval_steps: int | None = _f(None, "Evaluate every N steps (default: at each checkpoint).")
-    save_steps: int = _f(100, "Save a checkpoint every N steps.")
-    save_total_limit: int = _f(2, "Checkpoints kept in the run folder.")
-    gradient_checkpointing: bool = _f(True, "Trade compute for memory (GPU only; off on CPU).")
-    packing: bool = _f(False, "Pack short rows into max_length sequences (fewer, fuller steps; rows stay apart with "
-                              "flash-attention, sdpa or eager).")
+    """``training:``: the objective and trl's training arguments (most under trl's own names)."""
+
+    objective: str = setting("sft", "sft: learn the answers (conversations, prompt/completion); dpo: prefer the chosen "
+                                    "answer over the rejected one (prompt/chosen/rejected pairs).", choices=OBJECTIVES,
+                             group="main", aliases=("rl", "stage", "trainer"))
+    beta: float = setting(0.1, "dpo: how far the adapter may move from the reference (higher: closer to it).",
+                          range=Range(0, 100, "typical: 0.01-0.5", low_open=True), step=0.01,
+                          aliases=("dpo_beta", "pref_beta"))
+    loss_type: str = setting("sigmoid", "dpo: trl's preference loss (sigmoid is DPO's own; ipo, hinge, robust, ...).",
+                             choices=DPO_LOSSES, aliases=("pref_loss",))
+    learning_rate: float = setting(2e-4, "Peak learning rate (LoRA, not full fine-tuning).",
+                                   range=Range(0, 1, "LoRA typical: 1e-4 to 3e-4", low_open=True), step=1e-5,
+                                   aliases=("lr",))
+    lr_scheduler: str = setting("cosine", "Learning-rate schedule.", choices=SCHEDULERS,
+                                aliases=("lr_scheduler_type", "scheduler"))
+    warmup_ratio: float = setting(0.03, "Share of steps spent warming up, in [0, 1).", range=Range(0, 1, high_open=True),
+                                  step=0.01, aliases=("warmup", "warmup_steps"))
+    epochs: float = setting(1.0, "Passes over the training rows (ignored when max_steps is set).",
+                            range=Range(0, 1000, low_open=True), step=0.5,
+                            aliases=("num_train_epochs", "num_epochs", "epoch"))
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides epochs).",
+                                    range=Range(1, 10_000_000, "or empty to use epochs"),
+                                    aliases=("num_steps", "steps", "max_iters"), placeholder="empty: use epochs")
+    batch_size: int = setting(4, "Rows per device per step.", range=Range(1, 4096),
+                              aliases=("per_device_train_batch_size", "micro_batch_size", "train_batch_size"))
+    grad_accum: int = setting(4, "Gradient accumulation steps (effective batch = batch_size x grad_accum x GPUs).",
+                              range=Range(1, 4096), aliases=("gradient_accumulation_steps", "gradient_accumulation"))
+    max_length: int = setting(2048, "Tokens per row; longer rows are truncated.",
+                              range=Range(16, 131072, "Phi-3-mini-4k: up to 4096"),
+                              aliases=("max_seq_length", "max_seq_len", "seq_len", "sequence_len", "cutoff_len",
+                                       "max_len"))
+    weight_decay: float = setting(0.0, "AdamW weight decay.", range=Range(0, 10, "typical: 0-0.1"), step=0.01)
+    seed: int = setting(42, "Random seed (data order, LoRA init, eval split).", range=Range(0, 2**32 - 1))
+    logging_steps: int = setting(5, "Write a progress event every N steps.", range=Range(1, 10_000_000),
+                                 group="advanced")
+    eval_steps: int | None = setting(None, "Evaluate every N steps (default: at each checkpoint).",
+                                     range=Range(1, 10_000_000, "or empty to evaluate at each checkpoint"),
+                                     group="advanced", placeholder="empty: at each checkpoint")
+    save_steps: int = setting(100, "Save a checkpoint every N steps.", range=Range(1, 10_000_000), group="advanced")
+    save_total_limit: int = setting(2, "Checkpoints kept in the run folder.", range=Range(1, 1000), group="advanced")
+    gradient_checkpointing: bool = setting(True, "Trade compute for memory (GPU only; off on CPU).", group="advanced")
+    packing: bool = setting(False, "Pack short rows into max_length sequences (fewer, fuller steps; rows stay apart "
+                                   "with flash-attention, sdpa or eager).", group="advanced")
 
 
 @dataclass
 class OutputConfig:
-    dir: str = _f("", "Run folder (default: runs/<base>-<dataset>-<method>).")
-    push_to: str | None = _f(None, "Hub repo for the adapter (user/name), or 'auto' for "
-                                   "<you>/<base>-<dataset>-<method>-<date>-<time> (a new repo per run).")
-    private: bool = _f(True, "Create the Hub repo as private.")
-    push_checkpoints: bool = _f(False, "Also push each checkpoint (to the repo's 'checkpoints' branch).")
+    """``output:``: the run folder and the Hub repo the adapter (and its checkpoints) go to."""
+
+    dir: str = setting("", "Run folder (default: runs/<base>-<dataset>-<method>).", group=None,  # the server's choice
+                       aliases=("output_dir",))
+    push_to: str | None = setting(None, "Hub repo for the adapter (user/name), or 'auto' for "
+                                        "<you>/<base>-<dataset>-<method>-<date>-<time> (a new repo per run).",
+                                  aliases=("hub_model_id", "repo_id"), placeholder="you/my-adapter")
+    private: bool = setting(True, "Create the Hub repo as private.", aliases=("hub_private_repo",))
+    push_checkpoints: bool = setting(False, "Also push each checkpoint (to the repo's 'checkpoints' branch).")
 
 
 @dataclass
 class ComputeConfig:
-    backend: str = _f("local", "Where the run trains: local (this machine's GPUs, in the app's queue) or hf-jobs (a "
-                               "Hugging Face Job on rented hardware, billed to you; needs output.push_to).",
-                      choices=tuple(BACKENDS))
-    flavor: str = _f("a10g-large", "Hugging Face Jobs hardware for hf-jobs, e.g. l4x1, a10g-large, a100-large; "
-                                   "several GPUs (a10g-largex2, l4x4, h200x8) train data-parallel with accelerate.")
-    timeout: str = _f("4h", "hf-jobs: the job is stopped after this long (s, m, h or d; e.g. 90m, 6h), which also "
-                            "caps its cost; Resume continues from the last pushed checkpoint.")
-    gpus: str = _f("1", "local, in the app's queue: GPUs (slots) the run takes, 1, N or all; more than one trains "
-                        "data-parallel under accelerate launch. (hf-jobs: the flavor decides; CLI: accelerate launch.)")
+    """``compute:``: where the run trains (this machine or Hugging Face Jobs), on what, and for how long."""
+
+    backend: str = setting("local", "Where the run trains: local (this machine's GPUs, in the app's queue) or hf-jobs "
+                                    "(a Hugging Face Job on rented hardware, billed to you; needs output.push_to).",
+                           choices=tuple(BACKENDS))
+    flavor: str = setting("a10g-large", "Hugging Face Jobs hardware for hf-jobs, e.g. l4x1, a10g-large, a100-large; "
+                                       "several GPUs (a10g-largex2, l4x4, h200x8) train data-parallel with accelerate.",
+                          aliases=("hardware", "gpu", "instance_type"))
+    timeout: str = setting("4h", "hf-jobs: the job is stopped after this long (s, m, h or d; e.g. 90m, 6h), which "
+                                 "also caps its cost; Resume continues from the last pushed checkpoint.")
+    gpus: str = setting("1", "local, in the app's queue: GPUs (slots) the run takes, 1, N or all; more than one trains "
+                             "data-parallel under accelerate launch. (hf-jobs: the flavor decides; CLI: accelerate "
+                             "launch.)")
 
 
 @dataclass
 class LoggingConfig:
-    report_to: str = _f("none", "Also log the run to an experiment tracker, as transformers' report_to: none, trackio "
-                                "(Hugging Face's tracker; a local dashboard, or a Space with TRACKIO_SPACE_ID) or wandb "
-                                "(Weights & Biases; WANDB_API_KEY or wandb login). No token is put in its config.",
-                         choices=REPORT_TO)
+    """``logging:``: the experiment tracker a run also logs to."""
+
+    report_to: str = setting("none", "Also log the run to an experiment tracker, as transformers' report_to: none, "
+                                     "trackio (Hugging Face's tracker; a local dashboard, or a Space with "
+                                     "TRACKIO_SPACE_ID) or wandb (Weights & Biases; WANDB_API_KEY or wandb login). No "
+                                     "token is put in its config.", choices=REPORT_TO, group="advanced")
 
 
 @dataclass
 class RunConfig:
+    """A whole run: every section's settings. Build it with ``phi3space.config.load``/``loads``/``from_dict``, which
+    validate it (a RunConfig made directly holds the defaults and is not checked)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -140,21 +192,32 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
+        """The settings as plain nested dicts (section -> setting -> value)."""
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
+        """The settings as YAML, in declaration order: what is saved beside the run and pushed with the adapter."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
+        """Write ``to_yaml()`` to ``path``."""
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
     @property
     def run_dir(self) -> Path:
+        """The run folder (``output.dir``)."""
         return Path(self.output.dir)
 
 
 _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "training": TrainingConfig,
                     "output": OutputConfig, "compute": ComputeConfig, "logging": LoggingConfig}
+
+SETTINGS = settings_of(_SECTION_CLASSES)  # 'section.name' -> its field (help and all in its metadata)
+# Every numeric setting's allowed range, checked before any model loads. The upper ends sit far above any useful
+# value: they catch a typo (lora.r: 1e9) before it becomes an out-of-memory error an hour into a run.
+RANGES = ranges_of(SETTINGS)
+# What other tools (transformers, trl, axolotl, ...) call our settings; checked before spelling suggestions.
+ALIASES = aliases_of(SETTINGS)
 
 
 def short_name(ref: str) -> str:
@@ -165,6 +228,7 @@ def short_name(ref: str) -> str:
 
 
 def default_run_name(cfg: RunConfig) -> str:
+    """The run's name when none is given: <base>-<dataset>-<method> (with -dpo for a DPO run)."""
     name = f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
     return f"{name}-dpo" if cfg.training.objective == "dpo" else name
 
@@ -194,58 +258,6 @@ _given: set[str] = set()  # the names ``auto`` was resolved to in this process
 _given_lock = threading.Lock()
 
 
-# Every numeric setting and its allowed range, checked before any model loads. The upper ends sit far above any
-# useful value: they catch a typo (lora.r: 1e9) before it becomes an out-of-memory error an hour into a run.
-RANGES = {
-    "data.eval_fraction": Range(0, 1, high_open=True),
-    "data.max_samples": Range(1, 1_000_000_000, "or empty for all rows"),
-    "lora.r": Range(1, 1024, "typical: 8-64"),
-    "lora.alpha": Range(1, 4096, "typical: 2 x r"),
-    "lora.dropout": Range(0, 1, high_open=True),
-    "training.learning_rate": Range(0, 1, "LoRA typical: 1e-4 to 3e-4", low_open=True),
-    "training.beta": Range(0, 100, "typical: 0.01-0.5", low_open=True),
-    "training.warmup_ratio": Range(0, 1, high_open=True),
-    "training.epochs": Range(0, 1000, low_open=True),
-    "training.max_steps": Range(1, 10_000_000, "or empty to use epochs"),
-    "training.batch_size": Range(1, 4096),
-    "training.grad_accum": Range(1, 4096),
-    "training.max_length": Range(16, 131072, "Phi-3-mini-4k: up to 4096"),
-    "training.weight_decay": Range(0, 10, "typical: 0-0.1"),
-    "training.seed": Range(0, 2**32 - 1),
-    "training.logging_steps": Range(1, 10_000_000),
-    "training.eval_steps": Range(1, 10_000_000, "or empty to evaluate at each checkpoint"),
-    "training.save_steps": Range(1, 10_000_000),
-    "training.save_total_limit": Range(1, 1000),
-}
-
-# What other tools (transformers, trl, axolotl, ...) call our settings; checked before spelling suggestions.
-ALIASES = {
-    "lr": "training.learning_rate",
-    "num_train_epochs": "training.epochs", "num_epochs": "training.epochs", "epoch": "training.epochs",
-    "max_seq_length": "training.max_length", "max_seq_len": "training.max_length", "seq_len": "training.max_length",
-    "sequence_len": "training.max_length", "cutoff_len": "training.max_length", "max_len": "training.max_length",
-    "per_device_train_batch_size": "training.batch_size", "micro_batch_size": "training.batch_size",
-    "train_batch_size": "training.batch_size",
-    "gradient_accumulation_steps": "training.grad_accum", "gradient_accumulation": "training.grad_accum",
-    "lr_scheduler_type": "training.lr_scheduler", "scheduler": "training.lr_scheduler",
-    "warmup": "training.warmup_ratio", "warmup_steps": "training.warmup_ratio",
-    "num_steps": "training.max_steps", "steps": "training.max_steps", "max_iters": "training.max_steps",
-    "lora_r": "lora.r", "rank": "lora.r", "lora_rank": "lora.r",
-    "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules",
-    "model_name_or_path": "model.base", "base_model": "model.base", "model_name": "model.base",
-    "model_id": "model.base",
-    "load_in_4bit": "model.method", "quantization": "model.method",
-    "dataset_name": "data.dataset", "dataset_path": "data.dataset", "train_file": "data.dataset",
-    "dataset_config_name": "data.config_name", "subset": "data.config_name", "max_train_samples": "data.max_samples",
-    "output_dir": "output.dir", "hub_model_id": "output.push_to", "repo_id": "output.push_to",
-    "hub_private_repo": "output.private",
-    "dpo_beta": "training.beta", "pref_beta": "training.beta", "pref_loss": "training.loss_type",
-    "rl": "training.objective", "stage": "training.objective", "trainer": "training.objective",
-    "adapter_name_or_path": "model.init_adapter", "lora_adapter": "model.init_adapter",
-    "hardware": "compute.flavor", "gpu": "compute.flavor", "instance_type": "compute.flavor",
-}
-
-
 def _show(value: Any, limit: int = 60) -> str:
     """A value for a one-line message: its repr, cut short."""
     text = repr(value)
@@ -253,21 +265,22 @@ def _show(value: Any, limit: int = 60) -> str:
 
 
 def _allowed_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in fields(cls)]
+    """Every setting's key, 'section.name'."""
+    return list(SETTINGS)
 
 
 def _validate(cfg: RunConfig) -> list[str]:
+    """Every problem with ``cfg``'s values, one line each, named by key (empty when it is valid); normalises
+    ``lora.target_modules`` written as 'a, b' and ``compute.timeout`` on the way."""
     p: list[str] = []
     m, d, lo, o = cfg.model, cfg.data, cfg.lora, cfg.output
-    for section, cls in _SECTION_CLASSES.items():
-        for f in fields(cls):
-            choices = f.metadata.get("choices")
-            value = getattr(getattr(cfg, section), f.name)
-            if choices and value not in choices:
-                p.append(f"{section}.{f.name}: {_show(value)} is not one of {', '.join(choices)}")
+    for key, f in SETTINGS.items():
+        choices = f.metadata.get("choices")
+        value = value_at(cfg, key)
+        if choices and value not in choices:
+            p.append(f"{key}: {_show(value)} is not one of {', '.join(choices)}")
     for key, allowed in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = value_at(cfg, key)
         if value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
