@@ -24,14 +24,19 @@ def runner(tmp_path):
     services.set_runner(None)
 
 
-def form(**settings) -> list:
-    values = dict(zip(forms.FIELDS, forms.default_values()))
+def form(**settings) -> dict:
+    values = forms.default_values()
     values.update({key.replace("__", "."): value for key, value in settings.items()})
+    return values
+
+
+def listed(values: dict) -> list:
+    """The form's values as gradio hands them to a handler: in the order of its components (forms.FIELDS)."""
     return [values[key] for key in forms.FIELDS]
 
 
 def start(values, run_name=""):
-    return train_tab.start(None, None, Follower(), None, run_name, *values)
+    return train_tab.start(None, None, Follower(), None, run_name, *listed(values))
 
 
 def test_start_refuses_at_once_what_inspect_refuses(runner, tmp_path):
@@ -39,7 +44,7 @@ def test_start_refuses_at_once_what_inspect_refuses(runner, tmp_path):
     empty.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
     values = form(data__dataset=str(empty), model__base=str(FIXTURE))
     with pytest.raises(gr.Error) as inspected:
-        train_tab.inspect_click(None, None, None, "", *values)
+        train_tab.inspect_click(None, None, None, "", *listed(values))
     with pytest.raises(gr.Error) as started:
         start(values)
     assert started.value.message == inspected.value.message and "no usable rows" in started.value.message.lower()
@@ -83,7 +88,7 @@ def test_the_demo_is_the_start_off_a_space_without_a_gpu_and_its_settings_valida
 
 def test_inspect_names_an_upload_by_its_own_name_not_the_servers_copy(runner, qa_file):
     values = form(model__base=str(FIXTURE), data__eval_fraction=0)
-    report = train_tab.inspect_click(None, None, str(qa_file), "", *values)[0]
+    report = train_tab.inspect_click(None, None, str(qa_file), "", *listed(values))[0]
     assert "qa.jsonl (uploaded)" in report and str(runner.root) not in report
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import fields
 
 import pytest
@@ -102,3 +103,28 @@ def test_a_token_anywhere_is_refused_and_never_echoed():
 def test_config_text_is_capped():
     with pytest.raises(ConfigError, match="over the 64 KiB limit"):
         config.loads("data: {dataset: x}\n" + "#" * config.MAX_CONFIG_BYTES)
+
+
+def test_a_setting_is_declared_once_and_its_tables_are_derived():
+    from dataclasses import dataclass
+
+    from phi3space.config.fields import aliases_of, group_of, ranges_of, setting, settings_of
+
+    @dataclass
+    class Extra:
+        rate: float = setting(0.5, "A rate.", range=config.Range(0, 1), step=0.1, aliases=("r8",), group="advanced")
+        name: str = setting("a", "A name.", choices=("a", "b"))
+        hidden: str = setting("", "Chosen by the server.", group=None)
+        tags: list = setting(["x"], "Tags.")
+
+    settings = settings_of({"extra": Extra})
+    assert list(settings) == ["extra.rate", "extra.name", "extra.hidden", "extra.tags"]
+    assert ranges_of(settings) == {"extra.rate": config.Range(0, 1)} and aliases_of(settings) == {"r8": "extra.rate"}
+    assert [group_of(key, f) for key, f in settings.items()] == ["advanced", "extra", None, "extra"]
+    assert settings["extra.name"].metadata == {"help": "A name.", "choices": ("a", "b")}
+    assert Extra().tags == ["x"] and Extra().tags is not Extra().tags
+    with pytest.raises(ValueError, match="'r8' is given to both extra.rate and more.other"):
+        aliases_of({**settings, "more.other": dataclasses.field(metadata={"aliases": ("r8",)})})
+    # The run config's own tables are read from its declarations.
+    assert config.RANGES["training.learning_rate"] is config.SETTINGS["training.learning_rate"].metadata["range"]
+    assert config.ALIASES["lr"] == "training.learning_rate" and config.ALIASES["hardware"] == "compute.flavor"

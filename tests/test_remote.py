@@ -226,7 +226,7 @@ def test_the_forms_hardware_group_and_the_plans_cost_line(hub, monkeypatch):
 
     monkeypatch.setattr(flavors, "_hardware", None)
     values = forms.form_values(jobs_cfg(flavor="l4x4", timeout="90m"))
-    assert values[-4:] == ["hf-jobs", "l4x4", "90m", "1"]
+    assert [values[f"compute.{k}"] for k in ("backend", "flavor", "timeout", "gpus")] == ["hf-jobs", "l4x4", "90m", "1"]
     assert forms.config_from_form(values).compute == jobs_cfg(flavor="l4x4", timeout="90m").compute
 
     inspection = forms.Inspection("alice/qa", "", rows=8000, lengths=[300] * 50)

@@ -47,14 +47,14 @@ def test_form_round_trips_a_config():
 
 def test_form_numbers_and_empty_optionals():
     values = forms.form_values(config.from_dict({"data": {"dataset": "user/data"}}))
-    values[forms.FIELDS.index("lora.r")] = 32.0  # gr.Number gives floats
-    values[forms.FIELDS.index("training.max_steps")] = None
-    values[forms.FIELDS.index("output.push_to")] = "  "
+    values["lora.r"] = 32.0  # gr.Number gives floats
+    values["training.max_steps"] = None
+    values["output.push_to"] = "  "
     cfg = forms.config_from_form(values, dataset="/uploads/qa.jsonl")
     assert cfg.lora.r == 32 and isinstance(cfg.lora.r, int)
     assert cfg.training.max_steps is None and cfg.output.push_to is None and cfg.data.dataset == "/uploads/qa.jsonl"
     assert cfg.data.eval_split is None and cfg.data.config_name is None
-    values[forms.FIELDS.index("lora.dropout")] = 1.5
+    values["lora.dropout"] = 1.5
     with pytest.raises(ConfigError, match="lora.dropout"):
         forms.config_from_form(values)
 
@@ -72,6 +72,16 @@ def test_every_setting_is_in_the_form_with_a_kind_and_help():
     assert forms.field_spec("training.learning_rate").step < 1e-3 and forms.field_spec("lora.dropout").step == 0.01
 
 
+def test_the_forms_groups_come_from_the_settings_declarations():
+    assert list(forms.GROUPS) == list(forms.GROUP_ORDER)
+    assert forms.FIELDS == [key for group in forms.GROUP_ORDER for key in forms.GROUPS[group]]
+    assert forms.GROUPS["main"] == ["model.base", "model.method", "data.dataset", "training.objective"]
+    assert "model.init_adapter" in forms.GROUPS["lora"] and "logging.report_to" in forms.GROUPS["advanced"]
+    assert forms.GROUPS["compute"] == ["compute.backend", "compute.flavor", "compute.timeout", "compute.gpus"]
+    assert forms.SERVER_CHOSEN == {"output.dir"}
+    assert forms.field_spec("training.max_steps").placeholder == "empty: use epochs"
+
+
 def test_the_forms_defaults_are_the_clis_defaults():
     """One source: the components start at the RunConfig defaults, which are what `phi3space train` uses."""
     import gradio as gr
@@ -80,7 +90,7 @@ def test_the_forms_defaults_are_the_clis_defaults():
 
     with gr.Blocks():
         tab = train_tab.build(gr.State(Follower()), gr.State(None))
-    shown = [c.value for c in tab.fields]
+    shown = {key: c.value for key, c in tab.fields.items()}
     assert shown == forms.default_values()
     cli_defaults = config.load(None, ["data.dataset=user/data"]).to_dict()
     assert forms.config_from_form(shown, dataset="user/data").to_dict() == cli_defaults
@@ -90,13 +100,13 @@ def test_the_forms_defaults_are_the_clis_defaults():
 def test_an_empty_optional_field_is_not_set_and_a_zero_is_explained():
     values = forms.default_values()
     for key in ("training.max_steps", "training.eval_steps", "data.max_samples"):
-        values[forms.FIELDS.index(key)] = "  "
-    values[forms.FIELDS.index("data.config_name")] = None
+        values[key] = "  "
+    values["data.config_name"] = None
     cfg = forms.config_from_form(values, "user/data")
     assert cfg.training.max_steps is None and cfg.training.eval_steps is None and cfg.data.max_samples is None
-    values[forms.FIELDS.index("training.max_steps")] = "40"
-    values[forms.FIELDS.index("data.max_samples")] = "0"
-    values[forms.FIELDS.index("data.columns")] = "prompt question"
+    values["training.max_steps"] = "40"
+    values["data.max_samples"] = "0"
+    values["data.columns"] = "prompt question"
     with pytest.raises(ConfigError) as err:
         forms.config_from_form(values, "user/data")
     assert any(p.startswith("data.max_samples: 0 is outside") and "empty for all rows" in p for p in err.value.problems)
@@ -290,9 +300,9 @@ def test_a_reload_restores_only_what_fits_the_form(tmp_path):
     received = Path(get_upload_folder()) / "phi3space-test" / "qa.jsonl"
     received.parent.mkdir(parents=True, exist_ok=True)
     received.write_text("{}\n")
-    values = dict(zip(forms.FIELDS, forms.default_values(), strict=True))
+    values = forms.default_values()
     values.update({"lora.r": 8, "model.method": "nonsense", "training.max_steps": 40, "output.private": "yes"})
-    memory = train_tab.remember(str(received), "my run", list(values.values()))
+    memory = train_tab.remember(str(received), "my run", values)
     restored = train_tab.restore(memory, None, None)
     assert restored[0] == str(received) and restored[1] == "my run"
     by_key = dict(zip(forms.FIELDS, restored[2:], strict=True))

@@ -6,48 +6,41 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from phi3space import config as config_mod
 from phi3space.config import RunConfig
+from phi3space.config.fields import group_of, value_at
 from phi3space.engine.estimates import estimate_memory_gb, model_size
 from phi3space.errors import ConfigError
 
 BASE_MODELS = ["microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-128k-instruct", "microsoft/Phi-3.5-mini-instruct"]
 
-# Every setting of a RunConfig is in the form except output.dir (the server chooses the run folder); a test checks
-# that. The Train tab builds one component per key, grouped like this, in a list in FIELDS order.
-MAIN_FIELDS = ["data.dataset", "model.base", "model.method", "training.objective"]
-DATA_FIELDS = ["data.split", "data.config_name", "data.eval_split", "data.eval_fraction", "data.max_samples",
-               "data.columns"]
-LORA_FIELDS = ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "model.init_adapter"]
-TRAINING_FIELDS = ["training.learning_rate", "training.lr_scheduler", "training.warmup_ratio", "training.epochs",
-                   "training.max_steps", "training.batch_size", "training.grad_accum", "training.max_length",
-                   "training.weight_decay", "training.seed", "training.beta", "training.loss_type"]
-ADVANCED_FIELDS = ["training.logging_steps", "training.eval_steps", "training.save_steps", "training.save_total_limit",
-                   "training.gradient_checkpointing", "training.packing", "model.attn_implementation",
-                   "logging.report_to"]
-OUTPUT_FIELDS = ["output.push_to", "output.private", "output.push_checkpoints"]
-COMPUTE_FIELDS = ["compute.backend", "compute.flavor", "compute.timeout", "compute.gpus"]  # laid out by compute_box.py
-FIELDS = MAIN_FIELDS + DATA_FIELDS + LORA_FIELDS + TRAINING_FIELDS + ADVANCED_FIELDS + OUTPUT_FIELDS + COMPUTE_FIELDS
-SERVER_CHOSEN = {"output.dir"}
+# The form's groups in page order; which settings each shows comes from their declarations (``group=`` in
+# phi3space.config.schema). "main" is the dataset and model rows, "compute" the hardware box (compute_box.py), the
+# others a settings panel each; a setting with no group (output.dir: the server chooses the run folder) is not shown.
+GROUP_ORDER = ("main", "data", "lora", "training", "advanced", "output", "compute")
 
-# What an empty optional field means, shown inside it (a gr.Number without a placeholder turns "empty" into 0).
-PLACEHOLDERS = {
-    "data.config_name": "empty: the default configuration",
-    "data.eval_split": "empty: hold out the eval fraction",
-    "data.max_samples": "empty: all rows",
-    "data.columns": "e.g. prompt: question, completion: answer",
-    "training.max_steps": "empty: use epochs",
-    "training.eval_steps": "empty: at each checkpoint",
-    "output.push_to": "you/my-adapter",
-    "model.init_adapter": "empty: a new adapter; e.g. you/my-sft-adapter",
-}
-# Spinner steps for fractional settings (the browser's default step of 1 jumps over every useful value).
-STEPS = {"training.learning_rate": 1e-5, "training.warmup_ratio": 0.01, "training.weight_decay": 0.01,
-         "training.epochs": 0.5, "lora.dropout": 0.01, "data.eval_fraction": 0.01, "training.beta": 0.01}
+
+def _grouped() -> dict[str, list[str]]:
+    """Form group -> the settings it shows, from each setting's declared group."""
+    groups: dict[str, list[str]] = {group: [] for group in GROUP_ORDER}
+    for key, f in config_mod.SETTINGS.items():
+        group = group_of(key, f)
+        if group is None:
+            continue
+        if group not in groups:
+            raise ValueError(f"{key}: form group {group!r} is not one of {', '.join(GROUP_ORDER)}")
+        groups[group].append(key)
+    return groups
+
+
+GROUPS = _grouped()  # form group -> its settings ('section.name'), in declaration order
+FIELDS = [key for keys in GROUPS.values() for key in keys]  # every setting the form shows, group by group
+SERVER_CHOSEN = set(config_mod.SETTINGS) - set(FIELDS)
 MAX_COLUMNS_TEXT = 2000
 
 MIN_USEFUL_STEPS = 20
@@ -55,6 +48,8 @@ MIN_USEFUL_STEPS = 20
 
 @dataclass
 class FieldSpec:
+    """How the form shows one setting, read from its declaration in the run config."""
+
     key: str
     label: str
     help: str
@@ -66,28 +61,22 @@ class FieldSpec:
     step: float = 1  # (no min/max on the component: gradio would refuse out-of-range values without our message)
 
 
-def _config_field(key: str):
-    section, name = key.split(".")
-    cls = config_mod._SECTION_CLASSES[section]
-    return cls, next(f for f in fields(cls) if f.name == name)
-
-
 def config_keys() -> list[str]:
     """Every setting of a RunConfig, as section.name."""
-    return [f"{s}.{f.name}" for s, cls in config_mod._SECTION_CLASSES.items() for f in fields(cls)]
+    return list(config_mod.SETTINGS)
 
 
 def field_spec(key: str) -> FieldSpec:
-    """How the form shows one setting: kind, default, help, range and placeholder, all from the config's dataclasses."""
-    cls, f = _config_field(key)
-    default = getattr(cls(), f.name)
+    """How the form shows one setting: kind, default, help, choices, step and placeholder, all from its declaration."""
+    f = config_mod.SETTINGS[key]
+    default = value_at(RunConfig(), key)
     types = [t.strip() for t in str(f.type).split("|")]
     choices = tuple(f.metadata.get("choices", ()))
     kind = ("choice" if choices else "bool" if types[0] == "bool" else "mapping" if types[0] == "dict"
             else types[0] if types[0] in ("int", "float") else "text")
     return FieldSpec(key, f.name.replace("_", " "), f.metadata.get("help", ""), default, kind, choices,
-                     optional="None" in types or kind == "mapping", placeholder=PLACEHOLDERS.get(key),
-                     step=STEPS.get(key, 1))
+                     optional="None" in types or kind == "mapping", placeholder=f.metadata.get("placeholder"),
+                     step=f.metadata.get("step", 1))
 
 
 def format_columns(columns: dict) -> str:
@@ -133,40 +122,38 @@ def shown(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
-def form_values(cfg: RunConfig) -> list:
-    """The form's values for a config, in FIELDS order (to fill the form from an uploaded YAML)."""
-    return [shown(field_spec(key), getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])) for key in FIELDS]
+def form_values(cfg: RunConfig) -> dict[str, Any]:
+    """The form's values for a config, by setting key (to fill the form from an uploaded YAML)."""
+    return {key: shown(field_spec(key), value_at(cfg, key)) for key in FIELDS}
 
 
-def default_values() -> list:
-    """The form's values before anyone touches it: the RunConfig defaults (the CLI's), in FIELDS order."""
+def default_values() -> dict[str, Any]:
+    """The form's values before anyone touches it, by setting key: the RunConfig defaults (the CLI's)."""
     return form_values(RunConfig())
 
 
-def config_from_form(values: list | tuple, dataset: str | None = None) -> RunConfig:
-    """A validated RunConfig from the form's values (FIELDS order); ``dataset`` overrides data.dataset (uploads).
-    An empty optional field (None or blank) means "not set".
+def config_from_form(values: Mapping[str, Any], dataset: str | None = None) -> RunConfig:
+    """A validated RunConfig from the form's values by setting key; ``dataset`` overrides data.dataset (uploads).
+    An empty optional field (None or blank) means "not set"; a setting left out keeps its default.
 
     Raises:
         ConfigError: every invalid setting at once.
     """
     raw: dict[str, dict] = {}
     problems: list[str] = []
-    for key, value in zip(FIELDS, values, strict=True):
+    for key, value in {**values, **({"data.dataset": dataset} if dataset else {})}.items():
         if isinstance(value, str):
             value = value.strip()
-        if key == "data.dataset" and dataset:
-            value = dataset
-        spec = field_spec(key)
-        if spec.kind == "mapping":
+        spec = field_spec(key) if key in config_mod.SETTINGS else None
+        if spec and spec.kind == "mapping":
             try:
                 value = parse_columns(value or "")
             except ConfigError as exc:
                 problems += exc.problems
                 continue
-        if spec.optional and value in (None, "", {}):
+        if spec and spec.optional and value in (None, "", {}):
             continue
-        section, name = key.split(".")
+        section, _, name = key.partition(".")
         raw.setdefault(section, {})[name] = value
     try:
         cfg = config_mod.from_dict(raw)

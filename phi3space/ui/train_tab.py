@@ -1,9 +1,11 @@
 """Train tab: dataset + Inspect, model, run name and every setting, the config preview with steps and warnings,
 Start.
 
-Only layout and wiring; the logic lives in forms.py, services.py and jobs.py. The form's components are kept in a
-list aligned with forms.FIELDS, so a handler receives their values in that order. The browser keeps the form
-(gr.BrowserState): a reload, or the page opened again, finds it as it was left.
+Only layout and wiring; the logic lives in forms.py, services.py and jobs.py. The form's components are a mapping
+from setting key ('training.learning_rate') to component, laid out by the groups the settings declare; gradio hands a
+handler their values in that mapping's order (forms.FIELDS), and ``_named`` turns them back into key -> value at once,
+so the RunConfig is built from names. The browser keeps the form (gr.BrowserState): a reload, or the page opened
+again, finds it as it was left.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from gradio.utils import get_upload_folder
@@ -30,11 +33,17 @@ from phi3space.ui.jobs_view import following
 from phi3space.ui.services import check_inputs_allowed, get_runner, identify
 
 START, SUBMITTING = "Start training", "Submitting…"
+# The settings panels: form group -> (title, elem_id). The main, output and compute groups have rows of their own.
+PANELS = {"data": ("Dataset settings", "data-settings"), "lora": ("LoRA settings", "lora-settings"),
+          "training": ("Training settings", "training-settings"),
+          "advanced": ("Logging, checkpoints and hardware", "advanced-settings")}
 
 
 @dataclass
 class TrainTab:
-    fields: list  # components, in forms.FIELDS order
+    """The Train tab's components that the rest of the page wires to."""
+
+    fields: dict  # setting key -> its component, in forms.FIELDS order
     upload: gr.File
     run_name: gr.Textbox
     memory: gr.BrowserState  # the form as this browser last left it (restored on reload)
@@ -43,7 +52,18 @@ class TrainTab:
     @property
     def restored(self) -> list:
         """What restore() fills, in its return order."""
-        return [self.upload, self.run_name, *self.fields]
+        return [self.upload, self.run_name, *self.fields.values()]
+
+
+def _named(values: tuple | list) -> dict[str, Any]:
+    """The settings' values as gradio hands them to a handler (in forms.FIELDS order, the order of the components'
+    mapping) by setting key."""
+    return dict(zip(forms.FIELDS, values, strict=True))
+
+
+def _listed(values: dict[str, Any]) -> list:
+    """Values by setting key, in the order of the form's components (a handler's outputs)."""
+    return [values[key] for key in forms.FIELDS]
 
 
 def _component(spec: forms.FieldSpec, initial: dict):
@@ -89,7 +109,8 @@ def _dataset_ref(upload, owner: str | None) -> str | None:
     return str(forms.stash_upload(upload, get_runner().data.uploads(owner or "anonymous")))
 
 
-def _config(profile, oauth_token, upload, values):
+def _config(profile, oauth_token, upload, values: dict[str, Any]):
+    """The visitor and the validated RunConfig the form (``values`` by setting key) describes."""
     visitor = identify(profile, oauth_token)
     dataset = _dataset_ref(upload, visitor.owner)
     cfg = forms.config_from_form(values, dataset)
@@ -108,7 +129,9 @@ def _checked(cfg, visitor):
 
 @user_errors
 def inspect_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, run_name, *values):
-    visitor, cfg = _config(profile, oauth_token, upload, values)
+    """Inspect: the data read, cleaned and tokenized as training would, its report, lengths, one example and the
+    plan."""
+    visitor, cfg = _config(profile, oauth_token, upload, _named(values))
     found = _checked(cfg, visitor)
     if upload:  # the visitor's file by its own name, not the server's copy of it
         found.text = found.text.replace(cfg.data.dataset, f"{Path(upload).name} (uploaded)")
@@ -116,18 +139,19 @@ def inspect_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | 
     return code_block(found.text), found.histogram(), found.segments, found, plan.markdown()
 
 
-def remember(upload, run_name, values) -> dict:
-    """The form as this browser's stored page state (JSON): restored when the page is opened again."""
-    return {"upload": upload if isinstance(upload, str) else None, "run_name": run_name or "",
-            "values": dict(zip(forms.FIELDS, values, strict=True))}
+def remember(upload, run_name, values: dict[str, Any]) -> dict:
+    """The form (``values`` by setting key) as this browser's stored page state (JSON): restored when the page is
+    opened again."""
+    return {"upload": upload if isinstance(upload, str) else None, "run_name": run_name or "", "values": dict(values)}
 
 
 def preview(inspection, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, upload, run_name, *values):
     """Config YAML, steps and warnings; an unfinished form shows its problems here instead of a pop-up. The form is
     remembered in the browser on the way."""
-    memory = remember(upload, run_name, values)
+    settings = _named(values)
+    memory = remember(upload, run_name, settings)
     try:
-        _, cfg = _config(profile, oauth_token, upload, values)
+        _, cfg = _config(profile, oauth_token, upload, settings)
     except Phi3SpaceError as exc:
         return gr.skip(), f"**Settings to fix:**\n\n{code_block(exc.message)}", gr.skip(), memory
     cfg.output.dir = ""
@@ -144,20 +168,19 @@ def restore(memory, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken 
     """Page load: the form as this browser left it (upload, run name, every setting); what no longer fits (a
     value of the wrong kind, an upload gradio no longer holds) stays as it is. With nothing stored, on a Space, the
     destination repo defaults to the visitor's namespace."""
-    keep = [gr.skip()] * (2 + len(forms.FIELDS))
+    upload = run_name = gr.skip()
+    values = {key: gr.skip() for key in forms.FIELDS}
     if not isinstance(memory, dict) or not isinstance(memory.get("values"), dict):
-        keep[2 + forms.FIELDS.index("output.push_to")] = default_push_to(profile)
-        return keep
-    upload = memory.get("upload")
-    if isinstance(upload, str) and Path(upload).is_file() and Path(upload).resolve().is_relative_to(
+        values["output.push_to"] = default_push_to(profile)
+        return [upload, run_name, *_listed(values)]
+    stored = memory.get("upload")
+    if isinstance(stored, str) and Path(stored).is_file() and Path(stored).resolve().is_relative_to(
             Path(get_upload_folder()).resolve()):  # only a file gradio received (stored state comes from the browser)
-        keep[0] = upload
+        upload = stored
     if isinstance(memory.get("run_name"), str):
-        keep[1] = memory["run_name"]
-    for i, key in enumerate(forms.FIELDS):
-        if key in memory["values"] and forms.fits(key, memory["values"][key]):
-            keep[2 + i] = memory["values"][key]
-    return keep
+        run_name = memory["run_name"]
+    values.update({key: value for key, value in memory["values"].items() if key in values and forms.fits(key, value)})
+    return [upload, run_name, *_listed(values)]
 
 
 @user_errors
@@ -166,13 +189,14 @@ def load_yaml(file):
     if not file:
         return [gr.skip()] * len(forms.FIELDS)
     cfg = config_mod.load(file)
-    return forms.form_values(cfg)
+    return _listed(forms.form_values(cfg))
 
 
 @user_errors
 def start(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, follower: Follower, upload, run_name,
           *values):
-    visitor, cfg = _config(profile, oauth_token, upload, values)
+    """Start: the form checked as Inspect checks it, then submitted; the page follows the new job."""
+    visitor, cfg = _config(profile, oauth_token, upload, _named(values))
     owner = visitor.require_owner()
     _checked(cfg, visitor)  # what Inspect refuses is refused here at once, rather than by the job a minute later
     runner = get_runner()
@@ -184,6 +208,7 @@ def start(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, fo
 
 
 def default_push_to(profile: gr.OAuthProfile | None):
+    """The destination repo a signed-in visitor on a Space starts with: her namespace (elsewhere: left as it is)."""
     if profile is None or not on_space():
         return gr.skip()
     return f"{profile.username}/{config_mod.short_name(config_mod.DEFAULT_BASE)}-lora"
@@ -194,18 +219,16 @@ def build(follower: gr.State, seen: gr.State, initial: dict | None = None) -> Tr
     from RunConfig's defaults."""
     initial = initial or {}
     specs = {key: forms.field_spec(key) for key in forms.FIELDS}
-    fields: dict = {}  # key -> component, only while laying out; handlers get the list in FIELDS order
+    placed: dict = {}  # key -> component, as they are laid out
     memory = gr.BrowserState(None, storage_key="phi3space-form")
 
-    def settings(title: str, keys: list[str], elem_id: str) -> None:
-        with gr.Accordion(title, open=False, elem_id=elem_id):
-            with gr.Row(equal_height=False):
-                for key in keys:
-                    fields[key] = _component(specs[key], initial)
+    def place(keys: list[str]) -> None:
+        for key in keys:
+            placed[key] = _component(specs[key], initial)
 
     with gr.Row(elem_id="dataset-row", equal_height=False):
         with gr.Column(scale=3, min_width=260):
-            fields["data.dataset"] = _component(specs["data.dataset"], initial)
+            place(["data.dataset"])
         with gr.Column(scale=2, min_width=260):
             upload = gr.File(label="…or upload a data file",
                              file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="data-upload")
@@ -222,20 +245,18 @@ def build(follower: gr.State, seen: gr.State, initial: dict | None = None) -> Tr
                                          min_width=300)
     inspection = gr.State(None)
     with gr.Row(elem_id="model-row", equal_height=False):
-        fields["model.base"] = _component(specs["model.base"], initial)
-        fields["model.method"] = _component(specs["model.method"], initial)
-        fields["training.objective"] = _component(specs["training.objective"], initial)
+        place([key for key in forms.GROUPS["main"] if key != "data.dataset"])
         run_name = gr.Textbox(label="Run name", info="Tells your runs apart. Empty: <base>-<dataset>-<method>; a name "
                               "used before gets a number.", scale=2, min_width=200, placeholder="automatic",
                               elem_id="run-name")
-    settings("Dataset settings", forms.DATA_FIELDS, "data-settings")
-    settings("LoRA settings", forms.LORA_FIELDS, "lora-settings")
-    settings("Training settings", forms.TRAINING_FIELDS, "training-settings")
-    settings("Logging, checkpoints and hardware", forms.ADVANCED_FIELDS, "advanced-settings")
+    for group, (title, elem_id) in PANELS.items():
+        with gr.Accordion(title, open=False, elem_id=elem_id):
+            with gr.Row(equal_height=False):
+                place(forms.GROUPS[group])
     with gr.Row(elem_id="output-row", equal_height=False):
-        for key in forms.OUTPUT_FIELDS:
-            fields[key] = _component(specs[key], initial)
-    fields.update(compute_box.build(specs, fields["output.push_checkpoints"]))  # this machine or Hugging Face Jobs
+        place(forms.GROUPS["output"])
+    placed.update(compute_box.build(specs, placed["output.push_checkpoints"]))  # this machine or Hugging Face Jobs
+    fields = {key: placed[key] for key in forms.FIELDS}  # the order handlers receive their values in
     with gr.Accordion("Config file (YAML)", open=False, elem_id="config-accordion"):
         with gr.Row():
             yaml_upload = gr.File(label="Load a config file into the form", file_types=[".yaml", ".yml"],
@@ -245,19 +266,17 @@ def build(follower: gr.State, seen: gr.State, initial: dict | None = None) -> Tr
     plan_md = gr.Markdown("Steps: press **Inspect** to count the rows.", elem_id="plan")
     with gr.Row():
         start_btn = gr.Button(START, variant="primary", elem_id="start")
-    components = [fields[key] for key in forms.FIELDS]
-
-    form_inputs = [upload, run_name, *components]
+    form_inputs = [upload, run_name, *fields.values()]
     inspect_btn.click(lambda: gr.Accordion(open=True), None, inspect_box, api_visibility=UI_ONLY).then(
         inspect_click, form_inputs, [report, histogram, example, inspection, plan_md], api_visibility=UI_ONLY)
     gr.on([c.change for c in form_inputs] + [inspection.change], preview, [inspection, *form_inputs],
           [yaml_preview, plan_md, download, memory], show_progress="hidden", trigger_mode="always_last",
           api_visibility=UI_ONLY)
-    yaml_upload.upload(load_yaml, yaml_upload, components, api_visibility=UI_ONLY)
+    yaml_upload.upload(load_yaml, yaml_upload, list(fields.values()), api_visibility=UI_ONLY)
     # Start is disabled while its submission is in flight (a second press cannot queue the same job twice), and
     # enabled again however the submission ended.
     start_btn.click(lambda: gr.Button(SUBMITTING, interactive=False), None, start_btn, queue=False,
                     api_visibility=UI_ONLY).then(
         start, [follower, *form_inputs], [follower, seen], api_visibility=UI_ONLY).then(
         lambda: gr.Button(START, interactive=True), None, start_btn, queue=False, api_visibility=UI_ONLY)
-    return TrainTab(components, upload, run_name, memory, start_btn)
+    return TrainTab(fields, upload, run_name, memory, start_btn)
