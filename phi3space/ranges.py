@@ -16,6 +16,7 @@ class Range:
     high_open: bool = False
 
     def allows(self, value: float) -> bool:
+        """Whether ``value`` lies in the range (an open end excluded)."""
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
         return above and below

@@ -215,6 +215,7 @@ class Inspection:
     segments: list[tuple[str, str | None]] = field(default_factory=list)
 
     def histogram(self, bins: int = 20):
+        """Rows per token length, in about ``bins`` equal bins, as a frame for the bar plot (tokens, rows)."""
         import pandas as pd
 
         if not self.lengths:
@@ -251,11 +252,15 @@ def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
 
 @dataclass
 class Plan:
+    """What the form says before Start: the optimizer steps (None until Inspect counted the rows), the warnings,
+    and on Hugging Face Jobs the cost line."""
+
     steps: int | None
     warnings: list[str]
     cost: str | None = None  # on Hugging Face Jobs: the flavor, its price and the estimated cost
 
     def markdown(self) -> str:
+        """The plan as the markdown shown under the form."""
         if self.steps:
             steps = f"**{self.steps} optimizer step{'s' if self.steps != 1 else ''}**"
         else:
@@ -273,6 +278,8 @@ def gpu_memory_gb() -> float | None:
 
 
 def planned_steps(cfg: RunConfig, rows: int | None, devices: int = 1) -> int | None:
+    """Optimizer steps the run will take: max_steps when set, else epochs over ``rows`` (at most max_samples) with
+    the batch spread over ``devices``; None when the rows are not known yet."""
     t = cfg.training
     if t.max_steps:
         return t.max_steps
