@@ -35,7 +35,15 @@ def _grouped() -> dict[str, list[str]]:
         if group not in groups:
             raise ValueError(f"{key}: form group {group!r} is not one of {', '.join(GROUP_ORDER)}")
         groups[group].append(key)
-    return groups
+    return {group: _home_first(keys) for group, keys in groups.items()}
+
+
+def _home_first(keys: list[str]) -> list[str]:
+    """A group's settings with those of its main section first (lora's own before model.init_adapter, training's
+    before model.attn_implementation), each part in declaration order."""
+    sections = [key.split(".")[0] for key in keys]
+    home = max(sections, key=sections.count) if sections else None
+    return [k for k in keys if k.split(".")[0] == home] + [k for k in keys if k.split(".")[0] != home]
 
 
 GROUPS = _grouped()  # form group -> its settings ('section.name'), in declaration order
