@@ -37,6 +37,8 @@ class RunState:
     examples: list = field(default_factory=list)  # an eval job's rows: prompt, reference, base and adapter replies
     evaluation: dict | None = None  # an eval job's results: {rows, dataset, base: {...}, adapter: {...}}
     exported: list = field(default_factory=list)  # an export job's files (GGUF, Modelfile)
+    general: dict | None = None  # the general-skills check before the push: phi3space.engine.general's result
+    push_held: str | None = None  # why the push was held (the adapter got worse at general skills): "Push anyway"
     hardware: str = ""
     started: float | None = None
     finished: float | None = None
@@ -66,7 +68,10 @@ class RunState:
 
     @property
     def push_pending(self) -> bool:
-        """It trained and saved its adapter, but the push failed (Hub down, sign-in expired): "Push again"."""
+        """It trained and saved its adapter, but the push failed (Hub down, sign-in expired): "Push again"; or it was
+        held because the adapter got worse at general skills: "Push anyway"."""
+        if self.push_held:
+            return self.status == "completed" and bool(self.adapter) and not self.pushed
         return (self.status == "failed" and bool(self.adapter) and not self.pushed
                 and (self.error or {}).get("kind") in ("hub", "auth"))
 
@@ -74,7 +79,7 @@ class RunState:
         kind = e.get("type")
         if kind == "run_started":  # also a resumed run: what an earlier attempt ended with no longer holds
             self.status, self.error, self.adapter, self.finished = "running", None, None, None
-            self.examples, self.evaluation = [], None
+            self.examples, self.evaluation, self.general, self.push_held = [], None, None, None
             self.max_steps = e.get("max_steps")
             self.hardware = e.get("hardware") or self.hardware
             self.started = e.get("time")
@@ -96,7 +101,7 @@ class RunState:
             self.checkpoint = e.get("path") or self.checkpoint
         elif kind == "push":
             if e.get("what", "adapter") == "adapter":
-                self.adapter_repo, self.adapter_url = e.get("repo_id"), e.get("url")
+                self.adapter_repo, self.adapter_url, self.push_held = e.get("repo_id"), e.get("url"), None
             elif e.get("what") in ("model", "gguf"):
                 self.model_url = e.get("url")
             elif e.get("what") == "card":
@@ -108,6 +113,10 @@ class RunState:
         elif kind == "evaluation":
             # (a Jobs run's mirrored events also carry the job's id and their number in its log)
             self.evaluation = {k: v for k, v in e.items() if k not in ("type", "time", "task", "job", "seq")}
+        elif kind == "general_check":
+            self.general = {k: v for k, v in e.items() if k not in ("type", "time", "job", "seq")}
+        elif kind == "push_held":
+            self.push_held = e.get("message")
         elif kind == "export":
             self.exported = list(e.get("files") or [])
         elif kind == "error":
