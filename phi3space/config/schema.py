@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from phi3space.config.objectives import OBJECTIVES, objective_of, objectives_help
 from phi3space.errors import looks_like_token
 from phi3space.ranges import Range
 from phi3space.refs import is_repo_id, ref_problem
@@ -25,7 +26,6 @@ PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 REPORT_TO = ("none", "trackio", "wandb")  # transformers' report_to names of the trackers a run may also log to
-OBJECTIVES = ("sft", "dpo")
 # trl's DPOConfig.loss_type values for a pair of answers (trl 1.16; 'sft' and the unpaired ones left out).
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "apo_zero",
               "apo_down", "discopop", "sigmoid_norm")
@@ -75,8 +75,7 @@ class LoraSettings:
 
 @dataclass
 class TrainingConfig:
-    objective: str = _f("sft", "sft: learn the answers (conversations, prompt/completion); dpo: prefer the chosen "
-                               "answer over the rejected one (prompt/chosen/rejected pairs).", choices=OBJECTIVES)
+    objective: str = _f("sft", objectives_help(), choices=tuple(OBJECTIVES))
     beta: float = _f(0.1, "dpo: how far the adapter may move from the reference (higher: closer to it).")
     loss_type: str = _f("sigmoid", "dpo: trl's preference loss (sigmoid is DPO's own; ipo, hinge, robust, ...).",
                         choices=DPO_LOSSES)
@@ -166,7 +165,7 @@ def short_name(ref: str) -> str:
 
 def default_run_name(cfg: RunConfig) -> str:
     name = f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
-    return f"{name}-dpo" if cfg.training.objective == "dpo" else name
+    return name + objective_of(cfg).run_suffix
 
 
 def auto_repo_name(cfg: RunConfig) -> str:
@@ -294,8 +293,8 @@ def _validate(cfg: RunConfig) -> list[str]:
                      + ", ".join(PHI3_TARGET_MODULES) + " (Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj)")
     elif tm != "all-linear":
         p.append(f"lora.target_modules: {_show(tm)}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
-    if cfg.training.objective == "dpo" and cfg.training.packing:
-        p.append("training.packing: packs SFT rows; DPO's pairs are not packed (set it to false)")
+    if cfg.training.objective in OBJECTIVES:  # (an unknown one is reported above)
+        p += objective_of(cfg).problems(cfg)
     if o.push_checkpoints and not o.push_to and cfg.compute.backend not in HUB_ONLY_BACKENDS:  # (said below for those)
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not is_repo_id(o.push_to):
