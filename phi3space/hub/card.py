@@ -9,10 +9,7 @@ from phi3space.refs import is_hub_id
 from phi3space.run import RunDir, RunState
 
 RECORD_TAG = "phi3space"  # every adapter card carries it; list_models(filter=...) finds them
-
-
 RECORD_KEY = "phi3space"  # the front matter key of a web app job's record
-
 
 
 def plot_loss(state: RunState, path) -> bool:
@@ -48,7 +45,6 @@ def _card_data(cfg: RunConfig, license: str | None, record: dict | None):
     """The front matter: what the Hub indexes (tags, base model, datasets) and, for a web app job, its record
     (phi3space.records: which job, of which Space, how far it got), which is how a run is found again."""
     from huggingface_hub import ModelCardData
-
 
     tags = [cfg.model.method, cfg.training.objective, "trl", "peft", "phi3", RECORD_TAG]
     extra = {RECORD_KEY: record} if record else {}
