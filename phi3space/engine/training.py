@@ -53,11 +53,11 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
         _refuse_a_finished_run(cfg, run, resume)
         writer = run.writer(enabled=is_main_process(), echo=echo)
         with stop_requests() as stop, failures(cfg, run, writer, held) as reached:
-            pre = preflight(cfg, run, resume, token, writer)
+            pre = preflight(cfg, run, resume, token, writer)  # 1. set-up: cheap checks and data, then the model
             callbacks = [_events_callback(writer, stop, pre.destination.checkpoint_pusher())]
             reached.trainer = trainer = build_trainer(cfg, pre, token, callbacks)
-            reached.fitted = fitted = fit(cfg, pre, trainer, writer, stop)
-            pre.destination.publish(trainer, fitted.metrics, fitted.cancelled)
+            reached.fitted = fitted = fit(cfg, pre, trainer, writer, stop)  # 2. train and evaluate
+            pre.destination.publish(trainer, fitted.metrics, fitted.cancelled)  # 3. adapter, card, Hub
             writer.finish(fitted.status, step=trainer.state.global_step, metrics=fitted.metrics, adapter=str(run.path))
     if fitted.cancelled:
         raise Cancelled(f"stopped at step {trainer.state.global_step}; the adapter so far is saved in {run.path}",
@@ -77,11 +77,6 @@ class Preflight:
     data: Prepared
     hardware: Hardware
     init_adapter: Path | None = None  # the adapter the run starts from (model.init_adapter), downloaded if need be
-
-    @property
-    def repo_id(self) -> str | None:
-        """The Hub repo the adapter is pushed to; None to keep it local."""
-        return self.destination.repo_id
 
 
 def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writer: EventWriter) -> Preflight:
