@@ -76,24 +76,16 @@ def cmd_train(args) -> int:
 
 def cmd_inspect(args) -> int:
     from phi3space import config
-    from phi3space.engine import data, tokens
+    from phi3space.engine.objectives import objective_of
     from phi3space.hub.auth import resolve_token
 
     cfg = config.from_dict({"data": {"dataset": args.dataset}}, args.set or [])
     _quiet_libraries()
-    t = cfg.training
-    if t.objective == "dpo":  # preference pairs: a prompt with its chosen and rejected answers
-        from phi3space.engine import pairs
-
-        found = pairs.prepare_pairs(cfg.data, cfg.model.base, t.max_length, t.seed, resolve_token())
-        print("\n".join(found.report.lines()))
-        print("\nexample pair:\n")
-        print(pairs.render_pair_text(found.train[0], found.tokenizer))
-        return 0
-    found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, t.max_length, t.seed, resolve_token())
+    objective = objective_of(cfg)  # SFT's rows, or DPO's pairs: a prompt with its chosen and rejected answers
+    found = objective.rows_to_show(cfg, resolve_token())
     print("\n".join(found.report.lines()))
-    print("\nexample (trained tokens between [[ and ]]):\n")
-    print(tokens.render_marked(found.train[0], found.tokenizer))
+    print(f"\n{objective.example_title}:\n")
+    print(objective.example_text(found.train[0], found.tokenizer))
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from phi3space.config.fields import aliases_of, ranges_of, setting, settings_of, value_at
+from phi3space.config.objectives import OBJECTIVES, objective_of, objectives_help
 from phi3space.errors import looks_like_token
 from phi3space.ranges import Range
 from phi3space.refs import is_repo_id, ref_problem
@@ -28,7 +29,6 @@ PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 METHODS = ("lora", "qlora")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 REPORT_TO = ("none", "trackio", "wandb")  # transformers' report_to names of the trackers a run may also log to
-OBJECTIVES = ("sft", "dpo")
 # trl's DPOConfig.loss_type values for a pair of answers (trl 1.16; 'sft' and the unpaired ones left out).
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "apo_zero",
               "apo_down", "discopop", "sigmoid_norm")
@@ -95,14 +95,8 @@ class LoraSettings:
 class TrainingConfig:
     """``training:``: the objective and trl's training arguments (most under trl's own names)."""
 
-    objective: str = setting("sft", "sft: learn the answers (conversations, prompt/completion); dpo: prefer the chosen "
-                                    "answer over the rejected one (prompt/chosen/rejected pairs).", choices=OBJECTIVES,
-                             group="main", aliases=("rl", "stage", "trainer"))
-    beta: float = setting(0.1, "dpo: how far the adapter may move from the reference (higher: closer to it).",
-                          range=Range(0, 100, "typical: 0.01-0.5", low_open=True), step=0.01,
-                          aliases=("dpo_beta", "pref_beta"))
-    loss_type: str = setting("sigmoid", "dpo: trl's preference loss (sigmoid is DPO's own; ipo, hinge, robust, ...).",
-                             choices=DPO_LOSSES, aliases=("pref_loss",))
+    objective: str = setting("sft", objectives_help(), choices=tuple(OBJECTIVES), group="main",
+                             aliases=("rl", "stage", "trainer"))
     learning_rate: float = setting(2e-4, "Peak learning rate (LoRA, not full fine-tuning).",
                                    range=Range(0, 1, "LoRA typical: 1e-4 to 3e-4", low_open=True), step=1e-5,
                                    aliases=("lr",))
@@ -126,6 +120,11 @@ class TrainingConfig:
                                        "max_len"))
     weight_decay: float = setting(0.0, "AdamW weight decay.", range=Range(0, 10, "typical: 0-0.1"), step=0.01)
     seed: int = setting(42, "Random seed (data order, LoRA init, eval split).", range=Range(0, 2**32 - 1))
+    beta: float = setting(0.1, "dpo: how far the adapter may move from the reference (higher: closer to it).",
+                          range=Range(0, 100, "typical: 0.01-0.5", low_open=True), step=0.01,
+                          aliases=("dpo_beta", "pref_beta"))
+    loss_type: str = setting("sigmoid", "dpo: trl's preference loss (sigmoid is DPO's own; ipo, hinge, robust, ...).",
+                             choices=DPO_LOSSES, aliases=("pref_loss",))
     logging_steps: int = setting(5, "Write a progress event every N steps.", range=Range(1, 10_000_000),
                                  group="advanced")
     eval_steps: int | None = setting(None, "Evaluate every N steps (default: at each checkpoint).",
@@ -230,7 +229,7 @@ def short_name(ref: str) -> str:
 def default_run_name(cfg: RunConfig) -> str:
     """The run's name when none is given: <base>-<dataset>-<method> (with -dpo for a DPO run)."""
     name = f"{short_name(cfg.model.base)}-{short_name(cfg.data.dataset)}-{cfg.model.method}"
-    return f"{name}-dpo" if cfg.training.objective == "dpo" else name
+    return name + objective_of(cfg).run_suffix
 
 
 def auto_repo_name(cfg: RunConfig) -> str:
@@ -307,8 +306,8 @@ def _validate(cfg: RunConfig) -> list[str]:
                      + ", ".join(PHI3_TARGET_MODULES) + " (Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj)")
     elif tm != "all-linear":
         p.append(f"lora.target_modules: {_show(tm)}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
-    if cfg.training.objective == "dpo" and cfg.training.packing:
-        p.append("training.packing: packs SFT rows; DPO's pairs are not packed (set it to false)")
+    if cfg.training.objective in OBJECTIVES:  # (an unknown one is reported above)
+        p += objective_of(cfg).problems(cfg)
     if o.push_checkpoints and not o.push_to and cfg.compute.backend not in HUB_ONLY_BACKENDS:  # (said below for those)
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not is_repo_id(o.push_to):

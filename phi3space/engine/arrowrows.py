@@ -17,6 +17,7 @@ class ArrowRows:
         self.writer = self.sink = self.schema = None
 
     def add(self, item: dict) -> None:
+        """Add one normalised row (written out with the next thousand)."""
         self.batch.append(item)
         if len(self.batch) >= 1000:
             self._flush()
@@ -34,6 +35,7 @@ class ArrowRows:
         self.batch.clear()
 
     def finish(self):
+        """Write what is left and return the rows as a memory-mapped ``datasets.Dataset``."""
         import datasets
 
         if self.batch:

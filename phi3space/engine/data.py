@@ -52,6 +52,7 @@ class DatasetReport:
     lengths: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
+        """The report as a run_started event carries it (without the per-row lengths)."""
         d = dict(self.__dict__)
         d.pop("lengths")
         return d
@@ -63,6 +64,7 @@ class DatasetReport:
         return round(self.train_rows * self.rows_in_split / self.total)
 
     def lines(self) -> list[str]:
+        """The report in lines a person reads (Inspect, the CLI)."""
         out = [f"dataset: {self.source}", f"format: {self.format} (columns: {', '.join(self.columns)})"]
         if self.rows_in_split is not None:
             size = f"{self.rows_in_split:,}" if self.rows_in_split_exact else f"about {self.rows_in_split:,}"

@@ -1,6 +1,6 @@
 """Preference tuning: trl's DPOConfig for a run and trl's DPOTrainer over preference pairs (``pairs``), with the
-same LoRA or QLoRA adapter set-up as SFT; and the starting adapter a run may continue from (model.init_adapter),
-whatever its objective. ``training`` loads the model and hands it here.
+same LoRA or QLoRA adapter set-up as SFT (``sft``). ``training`` loads the model and hands it here; ``objectives``
+registers it, with its pairs, as the DPO objective.
 
 The reference model is never a second copy of the base. With a new adapter trl computes the reference with the
 adapter disabled (the base itself: ``DPOTrainer`` sets ``ref_model=None`` for a peft model and wraps the reference
@@ -11,14 +11,11 @@ of it, named "ref", as the reference: the SFT model, as the recipe wants, at the
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 from phi3space.config import RunConfig
 from phi3space.engine.data import Prepared
 from phi3space.engine.modeling import Hardware
 from phi3space.engine.sft import new_adapter, training_arguments
-from phi3space.errors import ConfigError
-from phi3space.run import RunDir
 
 REFERENCE_ADAPTER = "ref"  # the name trl gives its frozen copy of a starting adapter
 
@@ -63,34 +60,3 @@ def _trainer_class():
 
     return Trainer
 
-
-# ---------------------------------------------------------------- the starting adapter
-
-def check_init_adapter(cfg: RunConfig, token: str | None) -> Path | None:
-    """The starting adapter's folder (a run folder, or a Hub adapter repo downloaded), after checking that it was
-    trained on model.base; None when the run starts a new adapter.
-
-    Raises:
-        ModelError: not found, not an adapter, or no access.
-        ConfigError: trained on another base model.
-    """
-    ref = cfg.model.init_adapter
-    if not ref:
-        return None
-    from phi3space.engine.adapters import resolve_adapter
-
-    path = resolve_adapter(ref, token)
-    base = RunDir(path).adapter_base()
-    if Path(base).name.lower() != Path(cfg.model.base).name.lower() and base != cfg.model.base:
-        raise ConfigError([f"model.init_adapter: {ref} was trained on {base}, not on model.base {cfg.model.base}"],
-                          f"Set model.base: {base}, or start from an adapter trained on {cfg.model.base}.")
-    return path
-
-
-def with_init_adapter(model, path: Path | None):
-    """``model`` carrying the starting adapter, trainable (peft), or ``model`` itself when there is none."""
-    if path is None:
-        return model
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(path), is_trainable=True)

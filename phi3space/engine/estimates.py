@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from phi3space.engine.objectives import objective_of
+
 KNOWN_SIZES = {  # params, hidden, layers, intermediate, vocab
     "mini": (3.82e9, 3072, 32, 8192, 32064),
     "small": (7.4e9, 4096, 32, 14336, 100352),
@@ -37,8 +39,8 @@ def export_memory_bytes(base: str) -> float:
 
 
 def sequences_per_row(cfg) -> int:
-    """Sequences a row puts through the model: a DPO pair is two (its prompt with each answer)."""
-    return 2 if cfg.training.objective == "dpo" else 1
+    """Sequences a row puts through the model: the objective's (a DPO pair is two, its prompt with each answer)."""
+    return objective_of(cfg).sequences_per_row
 
 
 def estimate_memory_gb(cfg) -> float:
@@ -69,6 +71,8 @@ MINI_PARAMS = 3.82e9
 
 
 def tokens_per_s(gpu_name: str | None, params: float, method: str) -> float:
+    """Training tokens per second of a LoRA (or QLoRA) run on ``gpu_name`` (None: the CPU), scaled to the model's
+    size from Phi-3-mini's."""
     base = CPU_TOKENS_PER_S
     if gpu_name:
         base = next((v for k, v in TOKENS_PER_S.items() if k.lower() in gpu_name.lower()), TOKENS_PER_S["L4"])
@@ -79,16 +83,12 @@ def tokens_per_s(gpu_name: str | None, params: float, method: str) -> float:
 def training_seconds(cfg, gpu_name: str | None = None, rows: int | None = None) -> float | None:
     """About how long ``cfg`` trains here (every row max_length long: an upper bound); None when the number of
     steps is unknown (epochs over a dataset not counted yet)."""
-    from phi3space.engine.estimates import model_size
-
     t = cfg.training
     steps = t.max_steps
     if not steps and rows:
         steps = max(1, math.ceil(math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum) * t.epochs))
     if not steps:
         return None
-    tokens = steps * t.batch_size * t.grad_accum * t.max_length * sequences_per_row(cfg)
-    if t.objective == "dpo":
-        tokens *= 4 / 3  # the reference's forward pass (no backward): about a third of a training step's work
-    return tokens / tokens_per_s(gpu_name, model_size(cfg.model.base)[0], cfg.model.method)
+    work = steps * t.batch_size * t.grad_accum * t.max_length * sequences_per_row(cfg) * objective_of(cfg).work_per_token
+    return work / tokens_per_s(gpu_name, model_size(cfg.model.base)[0], cfg.model.method)
 

@@ -13,6 +13,7 @@ from phi3space.run import EventWriter, RunDir
 
 
 def is_main_process() -> bool:
+    """This process writes the run's events and files (rank 0, or the only process)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 

@@ -1,6 +1,7 @@
 """Supervised fine-tuning: trl's SFTConfig for a run, the LoRA adapter's settings, and trl's SFTTrainer as this
 project runs it (a compact loss off CUDA, length-balanced micro-batches), over data already tokenised with its labels
-(``data.prepare_for_training``). ``training`` loads the model and hands it here.
+(``data.prepare_for_training``). ``training`` loads the model and hands it here; ``objectives`` registers it as
+the SFT objective.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from functools import cache
 from phi3space.config import RunConfig
 from phi3space.engine.data import Prepared
 from phi3space.engine.modeling import Hardware
+from phi3space.engine.tokens import render_segments
 from phi3space.errors import ConfigError
 
 
@@ -87,6 +89,7 @@ def training_arguments(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bo
 
 
 def lora_config(cfg: RunConfig):
+    """peft's LoRA settings for a new adapter (rank, alpha, dropout, the layers it adapts)."""
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -115,6 +118,11 @@ def sft_trainer(cfg: RunConfig, model, data: Prepared, hw: Hardware, callbacks=(
     trainer.compact_loss = hw.device != "cuda"
     trainer.remove_callback(PrinterCallback)  # progress is reported through events, not printed dicts
     return trainer
+
+
+def render_example(row: dict, tokenizer) -> list[tuple[str, str | None]]:
+    """One row for the form: its text as the chat template renders it, in segments, the trained ones labelled."""
+    return [(text, "trained" if trained else None) for text, trained in render_segments(row, tokenizer)]
 
 
 @cache

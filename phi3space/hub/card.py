@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from phi3space.config import RunConfig
+from phi3space.config.objectives import objective_of
 from phi3space.generation import DEFAULTS as GENERATION
 from phi3space.refs import is_hub_id
 from phi3space.run import RunDir, RunState
 
 RECORD_TAG = "phi3space"  # every adapter card carries it; list_models(filter=...) finds them
-
-
 RECORD_KEY = "phi3space"  # the front matter key of a web app job's record
-
 
 
 def plot_loss(state: RunState, path) -> bool:
@@ -47,7 +45,6 @@ def _card_data(cfg: RunConfig, license: str | None, record: dict | None):
     """The front matter: what the Hub indexes (tags, base model, datasets) and, for a web app job, its record
     (phi3space.records: which job, of which Space, how far it got), which is how a run is found again."""
     from huggingface_hub import ModelCardData
-
 
     tags = [cfg.model.method, cfg.training.objective, "trl", "peft", "phi3", RECORD_TAG]
     extra = {RECORD_KEY: record} if record else {}
@@ -91,8 +88,8 @@ def model_card(cfg: RunConfig, state: RunState, license: str | None = None, repo
             ("epochs / max steps", f"{t.epochs:g} / {t.max_steps or '-'}"),
             ("batch size x grad accum", f"{t.batch_size} x {t.grad_accum}"), ("max length", t.max_length),
             ("seed", t.seed)]
-    if t.objective == "dpo":
-        rows[:0] = [("objective", f"DPO (beta {t.beta:g}, loss {t.loss_type})")]
+    objective = objective_of(cfg)
+    rows[:0] = objective.card_settings(cfg)
     if cfg.model.init_adapter:
         rows[:0] = [("started from adapter", cfg.model.init_adapter)]
     body = f"""
@@ -107,12 +104,8 @@ A {'QLoRA' if cfg.model.method == 'qlora' else 'LoRA'} adapter for [{cfg.model.b
 |---|---|
 | final eval loss | {fmt(m.get('eval_loss'))} |
 | best eval loss | {fmt(m.get('best_eval_loss'))} |
-""" + (f"""| eval reward accuracy | {fmt(m.get('eval_reward_accuracy'))} |
-| eval reward margin | {fmt(m.get('eval_reward_margin'))} |
-| final train reward accuracy | {fmt(m.get('final_reward_accuracy'))} |
-| final train reward margin | {fmt(m.get('final_reward_margin'))} |
-""" if t.objective == "dpo" else f"""| eval perplexity | {fmt(m.get('perplexity'))} |
-""") + f"""| final train loss | {fmt(m.get('final_train_loss'))} |
+""" + "".join(f"| {label} | {fmt(m.get(key))} |\n" for label, key in objective.card_results) + f"""\
+| final train loss | {fmt(m.get('final_train_loss'))} |
 | mean train loss (whole run) | {fmt(m.get('train_loss'))} |
 | steps | {fmt(m.get('steps'))} |
 | tokens | {fmt(m.get('tokens'))} |
@@ -152,10 +145,7 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 def _how(cfg: RunConfig) -> str:
     """How the adapter was trained, in a sentence."""
     start = f", starting from the adapter `{cfg.model.init_adapter}`" if cfg.model.init_adapter else ""
-    if cfg.training.objective == "dpo":
-        return (f"preference-tuned with DPO on the prompt/chosen/rejected pairs of `{cfg.data.dataset}`{start} with "
-                "phi3space (trl's DPOTrainer; the reference is the model without this training's changes).")
-    return f"fine-tuned on `{cfg.data.dataset}`{start} with phi3space (trl's SFTTrainer, loss on assistant turns only)."
+    return objective_of(cfg).how_trained(cfg.data.dataset, start)
 
 
 def _link(ref: str) -> str:

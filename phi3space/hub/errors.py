@@ -49,6 +49,7 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, on_retry: Ca
 
 
 def short_error(exc: BaseException) -> str:
+    """The first line of a failure, with its HTTP status, secrets scrubbed, at most 300 characters."""
     status = getattr(getattr(exc, "response", None), "status_code", None)
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return scrub(f"HTTP {status}: {first}" if status and str(status) not in first else first)[:300]
@@ -88,6 +89,7 @@ def hub_error(exc: BaseException, what: str, ref: str | None = None,
 
 
 def gated(ref: str | None, error: type[Phi3SpaceError] = HubError) -> Phi3SpaceError:
+    """The error for a gated repo: whose terms to accept, and where."""
     page = f"https://huggingface.co/{ref}" if ref else "the repo's page"
     return error(f"{ref or 'the repo'} is gated: its owner asks users to accept terms first",
                  f"Open {page}, accept the terms, and sign in (or set HF_TOKEN).")
@@ -103,7 +105,6 @@ def call(fn: Callable[[], T], what: str, error: type[Phi3SpaceError] = HubError,
         if mapped is None:
             raise
         raise mapped from None
-
 
 
 def http_status(exc: BaseException) -> int | None:

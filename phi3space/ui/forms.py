@@ -14,6 +14,7 @@ from typing import Any
 from phi3space import config as config_mod
 from phi3space.config import RunConfig
 from phi3space.config.fields import group_of, value_at
+from phi3space.config.objectives import objective_of
 from phi3space.engine.estimates import estimate_memory_gb, model_size
 from phi3space.errors import ConfigError
 
@@ -242,16 +243,11 @@ def inspect_dataset(cfg: RunConfig, token: str | None) -> Inspection:
     """What ``phi3space inspect`` shows: format, rows kept/dropped and why, token lengths, one rendered example
     (from the first rows of a large split; the row count is then scaled to the whole split). For DPO, the rows are
     preference pairs and the example is a prompt with its chosen and rejected answers."""
-    from phi3space.engine import data, pairs, tokens
+    from phi3space.engine import objectives
 
-    t = cfg.training
-    if t.objective == "dpo":
-        found = pairs.prepare_pairs(cfg.data, cfg.model.base, t.max_length, t.seed, token)
-        segments = pairs.render_pair(found.train[0], found.tokenizer)
-    else:
-        found = data.prepare_with_tokenizer(cfg.data, cfg.model.base, t.max_length, t.seed, token)
-        segments = [(text, "trained" if trained else None)
-                    for text, trained in tokens.render_segments(found.train[0], found.tokenizer)]
+    objective = objectives.objective_of(cfg)  # what it needs inside a job: its data, its example
+    found = objective.rows_to_show(cfg, token)
+    segments = objective.example_segments(found.train[0], found.tokenizer)
     report = found.report
     return Inspection(cfg.data.dataset, "\n".join(report.lines()), report.estimated_train_rows(), report.lengths, segments)
 
@@ -320,7 +316,7 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
         over = sum(n > t.max_length for n in seen.lengths) / len(seen.lengths)
         if over > 0.5:
             p90 = sorted(seen.lengths)[int(0.9 * (len(seen.lengths) - 1))]
-            rows = "pairs" if t.objective == "dpo" else "rows"  # (a pair: its prompt with the longer answer)
+            rows = objective_of(cfg).rows  # (a pair: its prompt with the longer answer)
             warnings.append(f"{over:.0%} of {rows} are longer than max_length {t.max_length} and will be truncated "
                             f"(90% of {rows} fit in {p90} tokens): raise max_length.")
     need = estimate_memory_gb(cfg)
