@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,8 +103,6 @@ def run_probe(cfg: RunConfig, lengths: Lengths, folder: Path, steps: int = PROBE
               token: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> Probe:
     """Train ``steps`` steps of the longest rows in a process of its own and read what its events measured."""
     from phi3space.hub.auth import token_env
-
-    import tempfile
 
     name = "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted((changes or {}).items())) or "as-set"
     out = Path(tempfile.mkdtemp(prefix=f"probe-{name}-", dir=folder))
