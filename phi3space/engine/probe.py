@@ -116,11 +116,14 @@ def run_probe(cfg: RunConfig, lengths: Lengths, folder: Path, steps: int = PROBE
                                   stderr=subprocess.STDOUT, env=env, timeout=timeout_s).returncode
         except subprocess.TimeoutExpired:
             return Probe(changes or {}, problem=f"the probe did not finish {steps} steps in {timeout_s:.0f} s")
-    return read_probe(RunDir(out), started, code, changes or {})
+    said = out.with_suffix(".log").read_text(errors="replace").splitlines()
+    refusal = next((line.removeprefix("error: ") for line in reversed(said) if line.startswith("error: ")), None)
+    return read_probe(RunDir(out), started, code, changes or {}, refusal)
 
 
-def read_probe(run: RunDir, started: float, exit_code: int, changes: dict) -> Probe:
-    """A probe's measurements from its run's events (``started``: when its process was started)."""
+def read_probe(run: RunDir, started: float, exit_code: int, changes: dict, refusal: str | None = None) -> Probe:
+    """A probe's measurements from its run's events (``started``: when its process was started; ``refusal``: the
+    error line the CLI printed, for a run refused before it left events, such as one that cannot load here)."""
     events, _ = run.read_events() if run.events.exists() else ([], 0)
     progress = [e for e in events if e.get("type") == "progress" and e.get("tokens") is not None]
     peak = max((e.get("peak_memory_bytes") or 0 for e in events), default=0) or None
@@ -133,9 +136,11 @@ def read_probe(run: RunDir, started: float, exit_code: int, changes: dict) -> Pr
     error = next((e.get("error") for e in reversed(events) if e.get("type") == "run_finished" and e.get("error")), None)
     if error:
         probe.problem = error.get("message") or error.get("kind")
-        probe.out_of_memory = error.get("kind") == "out_of_memory"
+        probe.out_of_memory = error.get("kind") == "oom"
     elif exit_code in (-9, 137):
         probe.problem, probe.out_of_memory = "the probe was killed (out of memory on this machine)", True
+    elif refusal:  # refused before training (its base cannot load here): a smaller batch would not change that
+        probe.problem = refusal
     elif exit_code != 0 or probe.tokens_per_s is None:
         probe.problem = f"the probe ended with exit code {exit_code} before it could be timed (see its log)"
     return probe

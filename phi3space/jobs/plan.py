@@ -94,6 +94,7 @@ def options(cfg: RunConfig, probe: Probe, tokens: float, fits_here: bool, here_g
     if probe.ran:
         eta = (probe.startup_s or 0) + tokens / probe.tokens_per_s
         out.append({"flavor": "here", "hardware": here_gpu or "this machine's CPU", "eta_s": round(eta),
+                    "tokens_per_s": round(probe.tokens_per_s, 1),
                     "cost_usd": None, "fits": fits_here, "measured": True, "error": MEASURED_ERROR})
     needed_gb = (probe.peak_memory_bytes / 1e9 if here_gpu and probe.peak_memory_bytes else estimate_memory_gb(cfg) * 1.074)
     for flavor in F.hardware(token):
@@ -104,7 +105,7 @@ def options(cfg: RunConfig, probe: Probe, tokens: float, fits_here: bool, here_g
             continue
         eta = F.STARTUP_S + tokens / speed
         price = flavor.price_per_hour
-        out.append({"flavor": flavor.name, "hardware": flavor.label(), "eta_s": round(eta),
+        out.append({"flavor": flavor.name, "hardware": flavor.label(), "eta_s": round(eta), "tokens_per_s": round(speed, 1),
                     "cost_usd": round(price * eta / 3600, 2) if price is not None else None,
                     "fits": flavor.memory_gb is None or needed_gb <= HEADROOM * flavor.memory_gb,
                     "measured": False, "error": error})
