@@ -1,11 +1,13 @@
-"""The measured plan against the run it plans, printing JSON: the plan's probe (a few steps of the longest rows) and
-then the real training of the same config, each in its own process on this machine; their peak memory and tokens per
-second side by side, with the ratio (issue 31 asks for both within 25% on a CPU). Both numbers come from the runs'
-own progress events (peak memory: the process's, tokens/s: from the end of the first step to the last).
+"""The measured plan against the run it plans, printing JSON: the plan's probe (a few steps of the run's rows, its
+longest micro-batch among them) and then the real training of the same config, each in its own process on this
+machine; their peak memory and tokens per second side by side, with the ratio (issue 31 asks for both within 25% on
+a CPU). Both numbers come from the runs' own progress events (peak memory: the process's, tokens/s: from the end of
+the first step to the last).
 
     python bench/plan_probe.py                              # the "larger" random Phi-3, 200 generated chats
     python bench/plan_probe.py --model tiny --rows 64       # quick
     python bench/plan_probe.py --out bench/results/cpu-plan-probe.json
+
 """
 
 from __future__ import annotations

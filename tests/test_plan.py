@@ -1,4 +1,4 @@
-"""The measured plan (phi3space.jobs.plan): a probe of the real training on the run's longest rows, here, and what
+"""The measured plan (phi3space.jobs.plan): a probe of the real training on the run's own rows, here, and what
 it says about fitting, time and price here and on each Jobs flavor (the flavors and prices of the Jobs stand-in,
 which copies the Hub's documented list)."""
 
@@ -33,12 +33,12 @@ def test_a_plan_measures_the_real_training_here_and_prices_each_jobs_flavor(tiny
     cfg = _cfg(tiny_model, tmp_path)
     said = []
     plan = make_plan(cfg, progress=said.append, folder=tmp_path / "plan")
-    assert said[0] == "reading and measuring the training rows" and "probing 4 steps" in said[1]
+    assert said[0] == "reading and measuring the training rows" and "probing 6 steps of the run as set" in said[1]
     assert plan["fits"] is True and plan["settings_that_fit"] == {}
     assert 100e6 < plan["peak_memory_bytes"] < 4e9 and plan["tokens_per_s"] > 0
     assert plan["rows"] == 4 and plan["tokens"] == pytest.approx(40 * 4 * plan["mean_row_tokens"], rel=0.01)
     probe = plan["probes"][0]
-    assert probe["steps"] == 4 and probe["problem"] is None and probe["startup_s"] > 0
+    assert probe["steps"] == 6 and probe["problem"] is None and probe["startup_s"] > 0
     assert plan["eta_s"] == pytest.approx(probe["startup_s"] + plan["tokens"] / probe["tokens_per_s"], abs=1)
     here, *elsewhere = plan["options"]
     assert here["flavor"] == "here" and here["measured"] is True and here["cost_usd"] is None

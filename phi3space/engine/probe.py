@@ -1,13 +1,13 @@
-"""A measured plan's probe: a few steps of the real training, on the run's own longest rows, on this machine.
+"""A measured plan's probe: a few steps of the real training, on the run's own rows, on this machine.
 
-The probe is the real thing, not a model of it: ``python -m phi3space train`` in its own process (as a job runs),
-on a config that differs from the user's only in its rows (the longest ones, enough for ``steps`` optimizer steps
-with the run's micro-batch and accumulation), its step count, and in keeping nothing (no eval, no checkpoint, no
-push, no tracker, a throw-away folder). What it measures comes back through the run's events, as for any run: each
-progress event carries the tokens trained so far, the time, and the process's peak memory
-(``engine.memory.peak_memory_bytes``: the CUDA allocator's peak on a GPU, the process's peak resident memory on a
-CPU). Its own process also means an out-of-memory probe (a CUDA error, or the kernel's OOM killer on a CPU) is a
-measured "does not fit", not a crash of the plan.
+The probe is the real thing, not a model of it: ``python -m phi3space train`` in its own process (as a job runs), on
+a config that differs from the user's only in its rows (its longest micro-batch, and others drawn at random, enough
+for ``steps`` optimizer steps with the run's micro-batch and accumulation), its step count, and in keeping nothing
+(no eval, no checkpoint, no push, no tracker, a throw-away folder). What it measures comes back through the run's
+events, as for any run: each progress event carries the tokens trained so far, the time, and the process's peak
+memory (``engine.memory.peak_memory_bytes``: the CUDA allocator's peak on a GPU, the process's peak resident memory
+on a CPU). Its own process also means an out-of-memory probe (a CUDA error, or the kernel's OOM killer on a CPU) is
+a measured "does not fit", not a crash of the plan.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ import yaml
 from phi3space.config import RunConfig
 from phi3space.run import RunDir
 
-PROBE_STEPS = 4  # the first step warms up (kernels, allocator) and is not timed
+PROBE_STEPS = 6  # the first step warms up (kernels, allocator) and is not timed
 PROBE_TIMEOUT_S = 1800
 
 
 @dataclass
 class Lengths:
-    """The run's training rows' token lengths (each capped at max_length), and the file of its longest rows."""
+    """The run's training rows' token lengths (each capped at max_length), and the file of the probe's rows."""
 
     lengths: list[int]
-    longest: Path
+    rows: Path
 
     @property
     def total(self) -> int:
@@ -63,12 +63,15 @@ def rows_per_step(cfg: RunConfig) -> int:
 
 
 def measure_lengths(cfg: RunConfig, folder: Path, steps: int = PROBE_STEPS, token: str | None = None) -> Lengths:
-    """Read, normalise and tokenise the run's training rows as training does, and write the longest ones (enough for
-    ``steps`` steps) to ``folder``/longest.jsonl, longest first.
+    """Read, normalise and tokenise the run's training rows as training does, and write the probe's rows to
+    ``folder``/probe.jsonl: the longest micro-batch (the worst batch the run will meet: its peak memory) and rows
+    drawn at random from the rest (the run's mix of lengths: its speed), enough for ``steps`` steps.
 
     Raises:
         DataError: as training would (no such dataset, no usable rows).
     """
+    import random
+
     from phi3space.engine.data import prepare
     from phi3space.engine.modeling import load_tokenizer
     from phi3space.engine.tokens import tokenize
@@ -77,14 +80,17 @@ def measure_lengths(cfg: RunConfig, folder: Path, steps: int = PROBE_STEPS, toke
     tokenizer = load_tokenizer(cfg.model.base, token)
     measured = tokenize(rows, tokenizer, cfg.training.max_length)
     lengths = [min(n, cfg.training.max_length) for n in measured["tokens"]]
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])[: rows_per_step(cfg) * steps]
-    longest = folder / "longest.jsonl"
-    rows.select(order).to_json(str(longest), lines=True, force_ascii=False)
-    return Lengths(lengths, longest)
+    by_length = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    worst, rest = by_length[: cfg.training.batch_size], by_length[cfg.training.batch_size:]
+    wanted = max(rows_per_step(cfg) * steps - len(worst), 0)
+    drawn = random.Random(cfg.training.seed).sample(rest, min(wanted, len(rest)))
+    probe_rows = folder / "probe.jsonl"
+    rows.select(worst + drawn).to_json(str(probe_rows), lines=True, force_ascii=False)
+    return Lengths(lengths, probe_rows)
 
 
 def probe_config(cfg: RunConfig, rows: Path, out: Path, steps: int, changes: dict | None = None) -> dict:
-    """The user's config as a probe runs it: their settings (with ``changes``, {"section.name": value}), the longest
+    """The user's config as a probe runs it: their settings (with ``changes``, {"section.name": value}), the probe's
     rows, ``steps`` steps, and nothing kept (no eval, no checkpoint, no push, no tracker)."""
     d = asdict(cfg)
     d.pop("compute", None)  # it runs here, as a process of its own
@@ -101,13 +107,13 @@ def probe_config(cfg: RunConfig, rows: Path, out: Path, steps: int, changes: dic
 
 def run_probe(cfg: RunConfig, lengths: Lengths, folder: Path, steps: int = PROBE_STEPS, changes: dict | None = None,
               token: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> Probe:
-    """Train ``steps`` steps of the longest rows in a process of its own and read what its events measured."""
+    """Train ``steps`` steps of the probe's rows in a process of its own and read what its events measured."""
     from phi3space.hub.auth import token_env
 
     name = "-".join(f"{k.split('.')[-1]}{v}" for k, v in sorted((changes or {}).items())) or "as-set"
     out = Path(tempfile.mkdtemp(prefix=f"probe-{name}-", dir=folder))
     config_file = out.with_suffix(".yaml")
-    config_file.write_text(yaml.safe_dump(probe_config(cfg, lengths.longest, out, steps, changes), sort_keys=False))
+    config_file.write_text(yaml.safe_dump(probe_config(cfg, lengths.rows, out, steps, changes), sort_keys=False))
     started = time.time()
     env = {**token_env(token, space=False), "PHI3SPACE_PROBE": "1"}
     with open(out.with_suffix(".log"), "wb") as log:

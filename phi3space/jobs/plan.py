@@ -1,7 +1,8 @@
 """A measured plan before the run: will it fit, how fast, how long, and what would it cost where.
 
 ``python -m phi3space plan CONFIG --json`` and the page's "Plan" run this. It probes the real training on this
-machine (phi3space.engine.probe: a few steps of the run's own longest rows in a training process of their own) and
+machine (phi3space.engine.probe: a few steps of the run's own rows, its longest micro-batch among them, in a
+training process of their own) and
 reports the measured peak memory and tokens per second, whether the whole run fits here, and when it does not, the
 first of the usual remedies that a probe shows to fit (half the micro-batch with twice the accumulation, so the
 effective batch stays; gradient checkpointing; QLoRA). Then, for this machine and each Hugging Face Jobs GPU flavor,
@@ -20,7 +21,7 @@ from phi3space.config import RunConfig
 from phi3space.engine.probe import PROBE_STEPS, Lengths, Probe, available_memory_bytes, measure_lengths, run_probe
 
 HEADROOM = 0.9  # a run fits when its measured peak is within this share of the memory there
-MEASURED_ERROR = 0.25  # this machine: measured on the longest rows (the peak is theirs; the speed varies a little)
+MEASURED_ERROR = 0.25  # this machine: measured (bench/plan_probe.py compares the probe with the whole run)
 SCALED_ERROR = 0.5  # another GPU: this probe scaled by published relative throughput
 TABLE_ERROR = 1.0  # a GPU, measured on a CPU: the throughput table's figure for this row length, within a factor 2
 MAX_TRIES = 3  # remedies probed when the run does not fit as set
@@ -126,7 +127,7 @@ def make_plan(cfg: RunConfig, token: str | None = None, steps: int = PROBE_STEPS
         lengths = measure_lengths(cfg, scratch, steps, token)
         available, source = available_memory_bytes()
         here_gpu = _here_name()
-        say(f"probing {steps} steps of the longest rows as set")
+        say(f"probing {steps} steps of the run as set")
         tried = [run_probe(cfg, lengths, scratch, steps, None, token)]
         fits = _fits(tried[0], available)
         if not fits and (tried[0].out_of_memory or tried[0].ran):
