@@ -91,7 +91,7 @@ def _loss(model, ids: list[int], mask: list[int]) -> tuple[float, int]:
     return float(loss) * n, n
 
 
-def _reply(model, tokenizer, prompt: list[dict], settings: GenerationSettings, stop: list[int]) -> tuple[str, bool]:
+def greedy_reply(model, tokenizer, prompt: list[dict], settings: GenerationSettings, stop: list[int]) -> tuple[str, bool]:
     """The greedy reply to ``prompt`` and whether it ended with <|end|> (not the length cap)."""
     import torch
 
@@ -150,7 +150,7 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
             example = {"index": i, "prompt": row.prompt[-1]["content"], "reference": row.reference}
             for side in ("base", "adapter"):
                 with model.disable_adapter() if side == "base" else nullcontext():
-                    reply, ended = _reply(model, tokenizer, row.prompt, settings, stop)
+                    reply, ended = greedy_reply(model, tokenizer, row.prompt, settings, stop)
                     loss, n = _loss(model, ids, mask)
                 example[side] = {"reply": reply, **scores(reply, row.reference), "loss": loss / n if n else None,
                                  "tokens": n, "ended_with_end": ended}

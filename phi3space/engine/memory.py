@@ -150,3 +150,15 @@ def cpu_dtype(base: str, purpose: str, token: str | None = None) -> str:
         check_memory(base, "bfloat16", purpose, token)
         return "bfloat16"
     return "float32"
+
+
+def peak_memory_bytes() -> int:
+    """This process's peak memory so far: on a GPU, the most the CUDA allocator has held (what runs out first);
+    else the process's peak resident memory. Training's progress events carry it (the page, the plan's probe)."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_reserved())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux

@@ -9,6 +9,7 @@ import math
 import os
 import time
 
+from phi3space.engine.memory import peak_memory_bytes
 from phi3space.run import EventWriter, RunDir
 
 
@@ -58,7 +59,8 @@ def _events_callback(writer: EventWriter, stop_flag: dict, on_checkpoint=None):
                             grad_norm=logs.get("grad_norm"), tokens=logs.get("num_tokens"), tokens_per_s=tokens_per_s,
                             mean_token_accuracy=logs.get("mean_token_accuracy"),
                             reward_accuracy=logs.get("rewards/accuracies"), reward_margin=logs.get("rewards/margins"),
-                            elapsed_s=round(elapsed, 2), eta_s=round(eta, 1) if eta is not None else None)
+                            elapsed_s=round(elapsed, 2), eta_s=round(eta, 1) if eta is not None else None,
+                            peak_memory_bytes=peak_memory_bytes())
             elif "eval_loss" in logs:
                 writer.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"],
                             eval_token_accuracy=logs.get("eval_mean_token_accuracy"), **eval_scores(logs))

@@ -1,0 +1,61 @@
+"""The measured plan (phi3space.jobs.plan): a probe of the real training on the run's own rows, here, and what
+it says about fitting, time and price here and on each Jobs flavor (the flavors and prices of the Jobs stand-in,
+which copies the Hub's documented list)."""
+
+import pytest
+from helpers import memorise_config, write_qa_jsonl
+
+from phi3space import config
+from phi3space.jobs.plan import make_plan, remedies
+
+
+def _cfg(tiny_model, tmp_path, **overrides):
+    data = write_qa_jsonl(tmp_path / "qa.jsonl")
+    return config.from_dict(memorise_config(tiny_model, str(data), tmp_path / "run", **overrides))
+
+
+def test_remedies_keep_the_effective_batch_and_end_with_checkpointing_and_qlora_on_a_gpu(tiny_model, tmp_path):
+    cfg = _cfg(tiny_model, tmp_path, training__batch_size=8, training__grad_accum=2,
+               training__gradient_checkpointing=False)
+    on_gpu = remedies(cfg, gpu=True)
+    assert [c["training.batch_size"] * c["training.grad_accum"] for c in on_gpu[:3]] == [16, 16, 16]
+    assert [c["training.batch_size"] for c in on_gpu[:3]] == [4, 2, 1]
+    assert on_gpu[3] == {**on_gpu[2], "training.gradient_checkpointing": True}
+    assert on_gpu[4] == {**on_gpu[3], "model.method": "qlora"}
+    assert all("model.method" not in c for c in remedies(cfg, gpu=False))  # no QLoRA without a GPU
+
+
+@pytest.mark.slow
+def test_a_plan_measures_the_real_training_here_and_prices_each_jobs_flavor(tiny_model, tmp_path, hub, monkeypatch):
+    from phi3space.jobs.hf import flavors
+
+    monkeypatch.setattr(flavors, "_hardware", None)  # the stand-in's list, not one an earlier test cached
+    cfg = _cfg(tiny_model, tmp_path)
+    said = []
+    plan = make_plan(cfg, progress=said.append, folder=tmp_path / "plan")
+    assert said[0] == "reading and measuring the training rows" and "probing 6 steps of the run as set" in said[1]
+    assert plan["fits"] is True and plan["settings_that_fit"] == {}
+    assert 100e6 < plan["peak_memory_bytes"] < 4e9 and plan["tokens_per_s"] > 0
+    assert plan["rows"] == 4 and plan["tokens"] == pytest.approx(40 * 4 * plan["mean_row_tokens"], rel=0.01)
+    probe = plan["probes"][0]
+    assert probe["steps"] == 6 and probe["problem"] is None and probe["startup_s"] > 0
+    assert plan["eta_s"] == pytest.approx(probe["startup_s"] + plan["tokens"] / probe["tokens_per_s"], abs=1)
+    here, *elsewhere = plan["options"]
+    assert here["flavor"] == "here" and here["measured"] is True and here["cost_usd"] is None
+    by_name = {o["flavor"]: o for o in elsewhere}
+    assert "cpu-basic" not in by_name and {"t4-small", "a10g-large", "h200"} <= set(by_name)
+    a10g, h200 = by_name["a10g-large"], by_name["h200"]
+    assert a10g["cost_usd"] > 0 and a10g["error"] > here["error"] and h200["tokens_per_s"] > a10g["tokens_per_s"]
+    # The price is the flavor's hourly price times the estimated time (the stand-in's price list, per minute there)
+    price = next(f for f in hub.jobs.hardware if f["name"] == "a10g-large")["unitCostUSD"] * 60
+    assert a10g["cost_usd"] == pytest.approx(price * a10g["eta_s"] / 3600, abs=0.01)
+
+
+@pytest.mark.slow
+def test_a_run_whose_base_cannot_load_here_does_not_fit_and_says_why(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI3SPACE_MEMORY_LIMIT_BYTES", str(50 * 2**20))  # 50 MB: the process alone is more
+    plan = make_plan(_cfg(tiny_model, tmp_path), folder=tmp_path / "plan")
+    assert plan["fits"] is False and plan["settings_that_fit"] is None and plan["eta_s"] is None
+    assert len(plan["probes"]) == 1  # a smaller batch does not make a base load: no remedy is probed
+    assert plan["probes"][0]["problem"].startswith("training needs about 0.5 GB of memory to load")
+    assert [o["flavor"] for o in plan["options"]][:1] != ["here"]
