@@ -50,6 +50,10 @@ def format_event(e: dict) -> str | None:
         return f"run {e.get('status')} at step {e.get('step')}{loss}; adapter: {e.get('adapter') or 'none'}"
     if kind == "log":
         return e.get("message")
+    if kind == "general_check":
+        return f"general skills: {e.get('verdict')}" + "".join(f"\n  lost: {x}" for x in e.get("lost_questions") or [])
+    if kind == "push_held":
+        return f"push held: {e.get('message')}\nhint: {e.get('hint')}"
     return None
 
 

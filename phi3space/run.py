@@ -25,7 +25,8 @@ from phi3space.errors import ModelError, scrub
 from phi3space.state import FINAL, RunState  # noqa: F401  (RunState is read through RunDir.state)
 
 EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log",
-               "example", "evaluation", "export")  # the last three: an eval job's rows and results, an export's files
+               "example", "evaluation", "export",  # an eval job's rows and results, an export's files
+               "general_check", "push_held")  # a training's general-skills check before its push, a push it held
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 

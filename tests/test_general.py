@@ -75,3 +75,49 @@ def test_a_loss_within_the_margin_is_not_worse():
     examples = [{"id": str(i), "base": {"right": True}, "adapter": {"right": i != 0}} for i in range(10)]
     assert summary(examples, margin=0.1)["worse"] is False
     assert summary(examples, margin=0.05)["worse"] is True and summary(examples, 0.05)["lost"] == ["0"]
+
+
+@pytest.mark.slow
+def test_a_run_that_unlearned_what_its_base_knew_holds_its_push_until_the_user_pushes_anyway(
+        tiny_model, trained_run, alice, tmp_path, monkeypatch):
+    """As a user meets it: a base that knows some answers (here: the learned adapter merged into the tiny Phi-3, with
+    those questions as the general set), a narrow run that teaches other answers to them, and a push to the Hub."""
+    from helpers import CANARY, memorise_config, write_qa_jsonl
+
+    from phi3space import config
+    from phi3space.engine import general, training
+    from phi3space.engine.merge import merge_adapter
+    from phi3space.hub.model_index import GENERAL_DATASET
+    from phi3space.hub.push import push_run
+    from phi3space.run import RunDir
+
+    knowing = merge_adapter(str(trained_run), tmp_path / "knowing-base")
+    asked = tmp_path / "general.jsonl"
+    asked.write_text("".join(__import__("json").dumps(q) + "\n" for q in ASKED))
+    monkeypatch.setattr(general, "QUESTIONS", asked)
+    general.questions.cache_clear()
+    try:
+        other = write_qa_jsonl(tmp_path / "other.jsonl", [(q, "Nobody knows.") for q, _ in QA_PAIRS])
+        cfg = config.from_dict(memorise_config(knowing, str(other), tmp_path / "run",
+                                               output__push_to="alice/forgetful", output__general_margin=0.25))
+        run = RunDir(training.train(cfg, token=CANARY))
+    finally:
+        general.questions.cache_clear()
+    state = run.state()
+    assert state.status == "completed" and state.general["base"] == 1.0 and state.general["adapter"] == 0.0
+    assert state.push_held == ("general questions: the adapter got 0/4 right, its base 4/4: the adapter lost 100% on "
+                               "general skills, more than the margin of 25%: the push to alice/forgetful is held")
+    assert state.push_pending and not state.pushed
+    assert "adapter_model.safetensors" not in alice.files("alice/forgetful")  # held: nothing of it on the Hub
+    card = run.card.read_text()
+    assert "## General skills: did it get worse?" in card and "**The adapter lost more than the margin of 25%.**" in card
+    assert "| What is the capital of Zorbia? | Flimflam. | Flimflam. (right) | Nobody knows. (wrong) |" in card
+
+    push_run(run.path, token=CANARY)  # the user read it, and pushes anyway
+    files = alice.files("alice/forgetful")
+    assert "adapter_model.safetensors" in files and not run.state().push_held and run.state().pushed
+    from huggingface_hub import ModelCard
+
+    pushed = ModelCard(files["README.md"].decode())
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in pushed.data.eval_results}
+    assert results == {(GENERAL_DATASET, "adapter_accuracy"): 0.0, (GENERAL_DATASET, "base_accuracy"): 1.0}

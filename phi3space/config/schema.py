@@ -148,6 +148,13 @@ class OutputConfig:
                                   aliases=("hub_model_id", "repo_id"), placeholder="you/my-adapter")
     private: bool = setting(True, "Create the Hub repo as private.", aliases=("hub_private_repo",))
     push_checkpoints: bool = setting(False, "Also push each checkpoint (to the repo's 'checkpoints' branch).")
+    general_check: bool = setting(True, "Before the push, ask base and adapter the app's general questions (a few "
+                                        "dozen short ones: arithmetic, facts, language, code) and show what the "
+                                        "adapter lost or gained.")
+    general_margin: float = setting(0.1, "Hold the push when the adapter gets this share of the general questions "
+                                         "fewer right than its base.", range=Range(0, 1), step=0.05)
+    push_if_worse: bool = setting(False, "Push even when the adapter lost more than general_margin on the general "
+                                         "questions (the CLI's --push-anyway).")
 
 
 @dataclass

@@ -93,11 +93,13 @@ class Destination:
         from phi3space.hub.records import job_record
 
         trainer.processing_class.save_pretrained(str(run.path))
+        pushes = bool(self.repo_id) and not cancelled
+        held = self.check_general_skills(trainer) if pushes and cfg.output.general_check else False
         license = base_license(cfg.model.base, self.token) if self.repo_id else None
         status = "cancelled" if cancelled else "completed"
         record = job_record(status, trainer.state.global_step, trainer.state.max_steps, metrics)
         write_card(cfg, run, license=license, repo_id=self.repo_id, metrics=metrics, record=record)
-        if self.repo_id and not cancelled:
+        if pushes and not held:
             from phi3space.hub.push import upload_adapter
 
             try:
@@ -106,3 +108,27 @@ class Destination:
                 raise type(exc)(f"push to {self.repo_id} failed: {exc.message}; the adapter is kept in {run.path}",
                                 f"Push it later with: python -m phi3space push {run.path}") from None
 
+
+    def check_general_skills(self, trainer) -> bool:
+        """Ask base and adapter the general questions (phi3space.engine.general) and report it; True when the push
+        is held: the adapter lost more than output.general_margin and output.push_if_worse is off."""
+        from phi3space.engine.general import general_check, verdict
+
+        cfg, writer = self.cfg, self.writer
+        writer.emit("log", message="checking general skills before the push: base and adapter answer the general "
+                                   "questions")
+        model = trainer.model.eval()
+        result = general_check(model, trainer.processing_class, cfg.output.general_margin)
+        said = verdict(result)
+        lost = [f"{e['question']} (base: {e['base']['reply'][:60]!r}; adapter: {e['adapter']['reply'][:60]!r})"
+                for e in result["examples"] if e["id"] in result["lost"]]
+        writer.emit("general_check", verdict=said, lost_questions=lost, **result)
+        if not result["worse"]:
+            return False
+        if cfg.output.push_if_worse:
+            writer.emit("log", message=f"warning: {said}; pushing anyway (output.push_if_worse)")
+            return False
+        writer.emit("push_held", message=f"{said}: the push to {self.repo_id} is held",
+                    hint=f"Read the lost questions; to push it anyway: python -m phi3space push {self.run.path} "
+                         "(the page: Push anyway), or train with --push-anyway.")
+        return True

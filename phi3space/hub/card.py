@@ -139,6 +139,12 @@ output = model.generate(**inputs, max_new_tokens={GENERATION.max_new_tokens}, eo
 print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 """
+    if state.general:
+        from phi3space.hub.model_index import general_results, general_section
+
+        data.eval_results = general_results(state.general)
+        data.model_name = repo_id.split("/")[-1] if repo_id else RunDir(cfg.output.dir).path.name
+        body += "\n" + general_section(state.general)
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
 
 

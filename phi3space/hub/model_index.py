@@ -36,6 +36,40 @@ def eval_results(result: dict) -> list:
             for key, name in METRICS.items() if result["adapter"].get(key) is not None]
 
 
+GENERAL_DATASET = "phi3space/general-skills"  # the model-index dataset of the general-skills check
+GENERAL_SECTION = "## General skills: did it get worse?"
+
+
+def general_results(general: dict) -> list:
+    """The general-skills check as model-index results: the adapter's share right (and its base's, for comparison)."""
+    from huggingface_hub import EvalResult
+
+    return [EvalResult(task_type="text-generation", task_name="Text generation", dataset_type=GENERAL_DATASET,
+                       dataset_name="phi3space general skills", metric_type=f"{side}_accuracy",
+                       metric_name=f"{side} accuracy on {general['questions']} general questions",
+                       metric_value=round(float(general[side]), 4))
+            for side in ("adapter", "base")]
+
+
+def general_section(general: dict) -> str:
+    """The card's general-skills section: both scores, the verdict, and each question the two answered differently."""
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")[:80]  # noqa: E731
+    mark = lambda side: "right" if side["right"] else "wrong"  # noqa: E731
+    differ = [e for e in general["examples"] if e["base"]["right"] != e["adapter"]["right"]]
+    rows = "".join(f"| {cell(e['question'])} | {cell(e['answer'])} | {cell(e['base']['reply'])} ({mark(e['base'])}) | "
+                   f"{cell(e['adapter']['reply'])} ({mark(e['adapter'])}) |\n" for e in differ)
+    n = general["questions"]
+    text = (f"{GENERAL_SECTION}\n\nBefore the push, base and adapter answered the same {n} short general questions "
+            f"(arithmetic, geography, science, language, reasoning, code), greedily: the base got "
+            f"{round(general['base'] * n)}/{n} right, the adapter {round(general['adapter'] * n)}/{n}.")
+    if general["worse"]:
+        text += f" **The adapter lost more than the margin of {general['margin']:.0%}.**"
+    if not differ:
+        return text + " They got the same questions right.\n"
+    return (text + " The questions they answered differently:\n\n| question | answer | base | adapter |\n"
+            "|---|---|---|---|\n" + rows)
+
+
 def _table(result: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     cell = lambda name: name.replace("|", "\\|")  # noqa: E731  (a | in <|end|> would end a table cell)
@@ -52,7 +86,8 @@ def with_eval_results(card_text: str, result: dict, model_name: str) -> str:
 
     card = ModelCard(card_text)
     card.data.model_name = model_name
-    card.data.eval_results = eval_results(result)
+    kept = [r for r in card.data.eval_results or [] if r.dataset_type == GENERAL_DATASET]  # the training's own check
+    card.data.eval_results = kept + eval_results(result)
     text = re.sub(rf"\n{re.escape(SECTION)}\n.*?(?=\n## |\Z)", "", card.text, flags=re.S).rstrip()
     card.text = f"{text}\n\n{_table(result)}"
     return str(card)
