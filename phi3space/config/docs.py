@@ -11,21 +11,22 @@ from typing import Any
 
 import yaml
 
-from phi3space.config.schema import _SECTION_CLASSES, RANGES
+from phi3space.config.schema import RANGES, RunConfig, section_classes
 
 
-def reference() -> str:
-    """The run config reference as a markdown table, from each field's default and help text (the README's
-    "Run config reference" is this text; ``python -m phi3space config`` prints it)."""
+def reference(cls: type[RunConfig] = RunConfig) -> str:
+    """The run config reference as a markdown table, from each field's default and help text (``cls``: a subclass
+    with sections of its own; the README's "Run config reference" is ``python -m phi3space config``'s, with where
+    the run trains)."""
     def shown(value: Any) -> str:
         if value in (None, "", {}) and not isinstance(value, bool):
             return ""
         return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
 
     lines = ["| key | default | meaning |", "|---|---|---|"]
-    for section, cls in _SECTION_CLASSES.items():
-        defaults = cls()
-        for f in fields(cls):
+    for section, part in section_classes(cls).items():
+        defaults = part()
+        for f in fields(part):
             help = f.metadata.get("help", "")
             choices = f.metadata.get("choices")
             if choices:

@@ -14,6 +14,7 @@ from phi3space import config as config_mod
 from phi3space.config import RunConfig
 from phi3space.engine.estimates import estimate_memory_gb, model_size
 from phi3space.errors import ConfigError
+from phi3space.jobs import spec as job_spec
 
 BASE_MODELS = ["microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-128k-instruct", "microsoft/Phi-3.5-mini-instruct"]
 
@@ -68,13 +69,13 @@ class FieldSpec:
 
 def _config_field(key: str):
     section, name = key.split(".")
-    cls = config_mod._SECTION_CLASSES[section]
+    cls = job_spec.SECTIONS[section]
     return cls, next(f for f in fields(cls) if f.name == name)
 
 
 def config_keys() -> list[str]:
     """Every setting of a RunConfig, as section.name."""
-    return [f"{s}.{f.name}" for s, cls in config_mod._SECTION_CLASSES.items() for f in fields(cls)]
+    return [f"{s}.{f.name}" for s, cls in job_spec.SECTIONS.items() for f in fields(cls)]
 
 
 def field_spec(key: str) -> FieldSpec:
@@ -135,6 +136,7 @@ def shown(spec: FieldSpec, value: Any) -> Any:
 
 def form_values(cfg: RunConfig) -> list:
     """The form's values for a config, in FIELDS order (to fill the form from an uploaded YAML)."""
+    cfg = job_spec.of(cfg)  # (with where it trains)
     return [shown(field_spec(key), getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])) for key in FIELDS]
 
 
@@ -169,7 +171,7 @@ def config_from_form(values: list | tuple, dataset: str | None = None) -> RunCon
         section, name = key.split(".")
         raw.setdefault(section, {})[name] = value
     try:
-        cfg = config_mod.from_dict(raw)
+        cfg = job_spec.from_dict(raw)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
@@ -300,11 +302,10 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
     """Steps and the warnings a user needs before pressing Start."""
     t = cfg.training
     seen = inspection if inspection is not None and inspection.dataset == cfg.data.dataset else None
-    jobs = None
-    if cfg.compute.backend == "hf-jobs":  # the flavor's GPUs, not this machine's, and what they will cost
-        from phi3space.jobs.hf.flavors import estimate
-
-        jobs = estimate(cfg, seen.rows if seen else None, seen.lengths if seen else None)
+    job = job_spec.of(cfg)
+    jobs = job_spec.backend_class(job.compute.backend).estimate(job, seen.rows if seen else None,
+                                                               seen.lengths if seen else None)
+    if jobs is not None:  # the flavor's GPUs, not this machine's, and what they will cost
         gpu_gb = jobs.flavor.memory_gb
     steps = planned_steps(cfg, seen.rows if seen else None, jobs.flavor.gpus if jobs else 1)
     warnings = jobs.warnings() if jobs else []
