@@ -46,17 +46,16 @@ def _print_event(e: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from phi3space import config
     from phi3space.hub.auth import resolve_token
-    from phi3space.jobs.backend import backend_class
+    from phi3space.jobs import spec
     from phi3space.jobs.hf import protocol as job_protocol
 
     echo = _print_event
     if job_protocol.inside_job(args.config):  # in a Hugging Face job: the config came in an environment value
         cfg, echo = job_protocol.job_config(args.config, args.set or []), job_protocol.job_echo(_print_event)
     else:
-        cfg = config.load(args.config, args.set or [])
-        done = backend_class(cfg.compute.backend).train_from_terminal(cfg, args.resume, resolve_token(), _print_event)
+        cfg = spec.load(args.config, args.set or [])
+        done = spec.backend_class(cfg.compute.backend).train_from_terminal(cfg, args.resume, resolve_token(), _print_event)
         if done is not None:  # it ran elsewhere (Hugging Face Jobs): followed here to its end
             print(done)
             return 0
@@ -285,17 +284,16 @@ def cmd_push(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from phi3space.config import reference
+    from phi3space.jobs.spec import reference
 
     print(reference(), end="")
     return 0
 
 
 def _backend_arguments(p) -> None:
-    from phi3space.config import BACKENDS
-    from phi3space.config.schema import ComputeConfig
+    from phi3space.jobs.spec import BACKENDS, DEFAULT_BACKEND
 
-    p.add_argument("--backend", choices=tuple(BACKENDS), default=ComputeConfig().backend,
+    p.add_argument("--backend", choices=tuple(BACKENDS), default=DEFAULT_BACKEND,
                    help="where it runs, as compute.backend; elsewhere than here it is followed to its end (the adapter "
                         "and data must be on the Hub, an export is pushed: --push-to, default auto)")
     p.add_argument("--flavor", help="the hardware there (Hugging Face Jobs: default the smallest GPU flavor)")

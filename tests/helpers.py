@@ -308,9 +308,9 @@ if mode == "crash-after-finish":
 
 def fake_run_config(mode: str, **extra):
     """A run config the stand-in trainer acts out: ``mode`` (its dataset) says what it does."""
-    from phi3space import config
+    from phi3space.jobs import spec
 
-    return config.from_dict({"data": {"dataset": mode}, **extra})
+    return spec.from_dict({"data": {"dataset": mode}, **extra})
 
 
 def wait_job(runner, job_id, owner="me", until=lambda s: s["status"] in FINAL, timeout=20) -> dict:

@@ -127,4 +127,6 @@ def test_a_setting_is_declared_once_and_its_tables_are_derived():
         aliases_of({**settings, "more.other": dataclasses.field(metadata={"aliases": ("r8",)})})
     # The run config's own tables are read from its declarations.
     assert config.RANGES["training.learning_rate"] is config.SETTINGS["training.learning_rate"].metadata["range"]
-    assert config.ALIASES["lr"] == "training.learning_rate" and config.ALIASES["hardware"] == "compute.flavor"
+    from phi3space.jobs import spec
+
+    assert config.ALIASES["lr"] == "training.learning_rate" and spec.JobConfig.aliases()["hardware"] == "compute.flavor"

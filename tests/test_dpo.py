@@ -204,8 +204,10 @@ def test_dpo_settings_validate_and_reach_the_form():
 
     for key in ("training.objective", "training.beta", "training.loss_type", "model.init_adapter"):
         assert key in forms.FIELDS
+    from phi3space.jobs import spec
+
     values = forms.form_values(cfg)
-    assert forms.config_from_form(values).to_dict() == cfg.to_dict()
+    assert forms.config_from_form(values).to_dict() == spec.of(cfg).to_dict()  # (the form also says where it trains)
     # A pair is two sequences in each pass, and the reference adds a forward pass: DPO needs more memory and time.
     from phi3space.engine import estimates
 

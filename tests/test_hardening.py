@@ -11,6 +11,7 @@ import pytest
 from phi3space import cli, config
 from phi3space.engine.adapters import resolve_adapter
 from phi3space.errors import ConfigError, ModelError
+from phi3space.jobs import spec
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job, JobStore, StoreBusy
 from phi3space.run import RunDir
@@ -124,9 +125,9 @@ def test_on_a_space_a_dataset_typo_is_refused_before_any_repo_is_created(hub, tm
 
 def test_on_a_space_a_jobs_config_without_a_destination_goes_to_auto():
     with pytest.raises(ConfigError) as info:  # off a Space the destination must be said
-        config.from_dict({"data": {"dataset": "alice/qa"}, "compute": {"backend": "hf-jobs"}})
+        spec.from_dict({"data": {"dataset": "alice/qa"}, "compute": {"backend": "hf-jobs"}})
     assert "compute.backend: hf-jobs needs output.push_to" in str(info.value) and "push_checkpoints" not in str(info.value)
-    cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "compute": {"backend": "hf-jobs"}},
+    cfg = spec.from_dict({"data": {"dataset": "alice/qa"}, "compute": {"backend": "hf-jobs"}},
                            defaults={"output.push_to": "auto", "output.push_checkpoints": True})
     assert (cfg.output.push_to, cfg.output.push_checkpoints) == ("auto", True)
 
@@ -165,9 +166,9 @@ def test_the_page_points_a_pending_push_at_its_button_not_the_command_line():
 @pytest.mark.parametrize("typed, kept", [("4H", "4h"), ("2D", "2d"), ("90 m", "90m"), ("5400", "5400"), ("5400.5", "5400")])
 def test_a_jobs_timeout_is_spelled_the_way_the_jobs_client_reads_it(typed, kept):
     """The client takes a lower-case unit as the last character, or whole seconds: '4H' would fail at start."""
-    cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},
-                            "compute": {"backend": "hf-jobs", "timeout": typed}})
-    assert cfg.compute.timeout == kept and config.timeout_seconds(kept) == config.timeout_seconds(typed)
+    cfg = spec.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},
+                          "compute": {"backend": "hf-jobs", "timeout": typed}})
+    assert cfg.compute.timeout == kept and spec.timeout_seconds(kept) == spec.timeout_seconds(typed)
 
 
 def test_the_app_starts_offline_with_a_saved_token_and_says_the_hub_cannot_be_reached(hub, tmp_path, monkeypatch):

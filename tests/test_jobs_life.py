@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import CANARY
 
-from phi3space import config
+from phi3space.jobs import spec
 from phi3space.jobs.hf import code, follow
 from phi3space.jobs.hf.platform import JobRef
 from phi3space.jobs.hf.protocol import CONFIG_VAR
@@ -21,7 +21,7 @@ IMAGE = "hf.co/spaces/alice/phi3space"
 
 
 def jobs_cfg(**compute):
-    return config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x"},
+    return spec.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x"},
                              "compute": {"backend": "hf-jobs", **compute}})
 
 
@@ -191,7 +191,7 @@ class VirtualClock:
 def submit_trainer(hub, run_id="run-7") -> JobRef:
     from huggingface_hub import HfApi
 
-    job_cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x", "dir": run_id},
+    job_cfg = spec.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x", "dir": run_id},
                                 "compute": {"backend": "hf-jobs"}})
     info = HfApi().run_job(image=IMAGE, command=["sh", "-c", wrapped('python -c "$TRAINER"')],
                            env={CONFIG_VAR: job_cfg.to_yaml(), "TRAINER": TRAINER, "HF_ENDPOINT": hub.url},
@@ -247,7 +247,7 @@ def test_a_completed_job_whose_log_never_answers_and_that_pushed_nothing_is_not_
                                     path_in_repo="config.yaml", repo_id="alice/x", commit_message="phi3space: adapter")
     alice.jobs.fail_logs(503)
     alice.fail_next(5, 503, path_contains="/commits/")  # the Hub falters too: asked again later, not taken as "none"
-    job_cfg = config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x", "dir": "run-8"},
+    job_cfg = spec.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "alice/x", "dir": "run-8"},
                                 "compute": {"backend": "hf-jobs"}})
     info = HfApi().run_job(image=IMAGE, command=["sh", "-c", wrapped("echo trained")],
                            env={CONFIG_VAR: job_cfg.to_yaml()}, flavor="a10g-large", namespace="alice", token=CANARY)

@@ -5,6 +5,8 @@ import ast
 import re
 from pathlib import Path
 
+from phi3space.jobs.spec import BACKENDS
+
 PACKAGE = Path(__file__).resolve().parent.parent / "phi3space"
 
 # Each layer may import its own and the ones after it in this list, never one before it.
@@ -106,18 +108,42 @@ def test_floor_modules_are_small_and_modules_stay_under_about_400_lines():
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
 
 
-def test_only_the_backend_registry_and_config_spell_a_backend_name():
-    """Backends are named in config's registry (BACKENDS, HUB_ONLY_BACKENDS); the engine, the jobs and the CLI ask
-    the Backend they hold (the page may name them in its own words)."""
+def _backend_names(tree: ast.AST) -> list[int]:
+    """Lines where a backend's name is spelled as a value: 'hf-jobs' anywhere; 'local' where it is compared, or put
+    in a tuple, list, set or mapping (where a backend would be; 'local' elsewhere is an owner or a word)."""
+    names = set(BACKENDS)
+    found = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names - {"local"}]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            values = [node.left, *node.comparators]
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            values = node.elts
+        elif isinstance(node, ast.Dict):
+            values = [*node.keys, *node.values]
+        else:
+            continue
+        found += [node.lineno for v in values if isinstance(v, ast.Constant) and v.value in names]
+    return sorted(set(found))
+
+
+def test_only_the_jobs_spell_a_backend_name():
+    """Backends are named in their registry (phi3space.jobs.spec.BACKENDS) and their own modules; everything else
+    (config, engine, CLI, the page) reads their descriptions (label, billed, options, limits), and inside the jobs
+    nothing compares a backend's name."""
     spelled = []
     for name, path in _modules().items():
-        if name.startswith("phi3space.config") or name.startswith("phi3space.ui"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and c.value in ("hf-jobs", "local")
-                                                     for c in [node.left, *node.comparators]):
-                spelled.append(f"{name}:{node.lineno}")
+        tree = ast.parse(path.read_text())
+        if not name.startswith("phi3space.jobs"):
+            spelled += [f"{name}:{line}" for line in _backend_names(tree)]
+        elif name != "phi3space.jobs.spec":
+            spelled += [f"{name}:{node.lineno}" for node in ast.walk(tree) if isinstance(node, ast.Compare) and any(
+                isinstance(c, ast.Constant) and c.value in BACKENDS for c in [node.left, *node.comparators])]
     assert spelled == []
+
+
+def test_the_backend_name_check_finds_them():
+    found = _backend_names(ast.parse('a = ("local", "x")\nb = x == "local"\nc = "hf-jobs"\nowner = "local"\n'))
+    assert found == [1, 2, 3]
 
 
 def test_words_for_the_page_live_in_the_ui():

@@ -9,6 +9,7 @@ import pytest
 
 from phi3space import config
 from phi3space.errors import ConfigError
+from phi3space.jobs import spec
 from phi3space.jobs.hf import code, flavors
 from phi3space.jobs.hf import follow as following
 from phi3space.jobs.hf import platform as remote
@@ -17,33 +18,33 @@ from phi3space.run import RunDir, RunState
 
 
 def jobs_cfg(**compute):
-    return config.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},
+    return spec.from_dict({"data": {"dataset": "alice/qa"}, "output": {"push_to": "auto"},
                              "compute": {"backend": "hf-jobs", **compute}})
 
 
 def test_compute_settings_their_defaults_and_checks():
-    local = config.from_dict({"data": {"dataset": "x"}})
+    local = spec.from_dict({"data": {"dataset": "x"}})
     assert (local.compute.backend, local.compute.flavor, local.compute.timeout) == ("local", "a10g-large", "4h")
     assert local.output.push_checkpoints is False
     cfg = jobs_cfg(flavor="l4x4", timeout=5400)
-    assert cfg.compute.timeout == "5400" and config.timeout_seconds(cfg.compute.timeout) == 5400
+    assert cfg.compute.timeout == "5400" and spec.timeout_seconds(cfg.compute.timeout) == 5400
     assert cfg.output.push_checkpoints is True  # on Jobs, checkpoints go to the Hub unless told otherwise
-    off = config.from_dict({"data": {"dataset": "x"}, "output": {"push_to": "auto", "push_checkpoints": False},
+    off = spec.from_dict({"data": {"dataset": "x"}, "output": {"push_to": "auto", "push_checkpoints": False},
                             "compute": {"backend": "hf-jobs"}})
     assert off.output.push_checkpoints is False
-    assert [config.timeout_seconds(t) for t in ("90m", "4h", "1.5d", "30s", "soon", "")] == [5400, 14400, 129600, 30, None, None]
+    assert [spec.timeout_seconds(t) for t in ("90m", "4h", "1.5d", "30s", "soon", "")] == [5400, 14400, 129600, 30, None, None]
     with pytest.raises(ConfigError) as info:
-        config.from_dict({"data": {"dataset": "x"}, "compute": {"backend": "gpu-cloud", "flavor": "A10G Large!",
+        spec.from_dict({"data": {"dataset": "x"}, "compute": {"backend": "gpu-cloud", "flavor": "A10G Large!",
                                                                 "timeout": "30s"}})
     text = str(info.value)
     for expected in ("compute.backend: 'gpu-cloud' is not one of local, hf-jobs", "compute.flavor: 'A10G Large!'",
                      "compute.timeout: '30s' is outside 1m to 7d"):
         assert expected in text
     with pytest.raises(ConfigError, match="compute.backend: hf-jobs needs output.push_to"):
-        config.from_dict({"data": {"dataset": "x"}, "compute": {"backend": "hf-jobs"}})
+        spec.from_dict({"data": {"dataset": "x"}, "compute": {"backend": "hf-jobs"}})
     with pytest.raises(ConfigError, match="did you mean compute.flavor"):
-        config.from_dict({"data": {"dataset": "x"}, "hardware": "a10g-large"})
-    assert "| `compute.flavor` | `a10g-large` |" in config.reference()
+        spec.from_dict({"data": {"dataset": "x"}, "hardware": "a10g-large"})
+    assert "| `compute.flavor` | `a10g-large` |" in spec.reference()
 
 
 def test_the_jobs_command_is_the_same_engine_one_process_per_gpu():

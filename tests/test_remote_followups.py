@@ -127,7 +127,7 @@ def test_an_eval_on_jobs_gives_the_numbers_a_local_eval_gives_and_puts_them_on_t
 def test_an_export_on_jobs_pushes_the_gguf_and_modelfile(trained_run, alice, runner, tmp_path, monkeypatch):
     monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0")
     source = finished_run(runner, trained_run, tmp_path, backend="hf-jobs")
-    from phi3space import config
+    from phi3space.jobs import spec as job_spec
 
     job = runner.submit_export(source.id, "alice", "q8_0", None, CANARY)  # where its run trained: Jobs
     assert job.backend == "hf-jobs"
@@ -141,7 +141,7 @@ def test_an_export_on_jobs_pushes_the_gguf_and_modelfile(trained_run, alice, run
     remote_id = runner.store.get(job.id).handle.split("/")[1]
     spec = alice.jobs.job(remote_id)
     # Not the GPU it trained on: the cheapest machine with the memory an export of its base needs (cpu-basic, 16 GB)
-    assert config.load(source.run.config).compute.flavor != "cpu-basic" and spec["flavor"] == "cpu-basic"
+    assert job_spec.load(source.run.config).compute.flavor != "cpu-basic" and spec["flavor"] == "cpu-basic"
     assert "--push-to alice/qa-run-GGUF" in spec["command"][2]
     assert "--out env:PHI3SPACE_RUN_ID" in spec["command"][2]
     assert_token_only_a_secret(alice, remote_id, runner.data.root)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from phi3space import config
+from phi3space.jobs import spec
 from phi3space.run import RunDir, RunState, checkpoint_step
 
 PACKAGE = Path(__file__).resolve().parent.parent / "phi3space"
@@ -55,13 +55,13 @@ def test_the_layout_test_catches_a_module_that_builds_a_run_path(tmp_path):
 def test_readme_config_reference_is_generated_from_the_dataclass_help():
     printed = subprocess.run([sys.executable, "-m", "phi3space", "config"], capture_output=True, text=True,
                              check=True).stdout
-    assert printed == config.reference()
+    assert printed == spec.reference()
     assert "| `training.learning_rate` | `0.0002` |" in printed
     readme = README.read_text()
     start = readme.index("<!-- config-reference")
     section = readme[readme.index("\n", start) + 1:readme.index("<!-- end config-reference -->")]
     assert section == printed, "README's reference is stale: paste the output of `python -m phi3space config`"
-    keys = {f"`{s}.{f}`" for s, cls in config._SECTION_CLASSES.items() for f in cls.__dataclass_fields__}
+    keys = {f"`{s}.{f}`" for s, cls in spec.SECTIONS.items() for f in cls.__dataclass_fields__}
     assert all(k in section for k in keys)
 
 

@@ -11,6 +11,7 @@ from phi3space import config
 from phi3space.engine import estimates
 from phi3space.errors import AuthError, ConfigError, ModelError
 from phi3space.hub.auth import MOCK_TOKEN
+from phi3space.jobs import spec
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
 from phi3space.jobs.submit import check_inputs_allowed
@@ -92,7 +93,7 @@ def test_the_forms_defaults_are_the_clis_defaults():
         tab = train_tab.build(gr.State(Follower()), gr.State(None))
     shown = {key: c.value for key, c in tab.fields.items()}
     assert shown == forms.default_values()
-    cli_defaults = config.load(None, ["data.dataset=user/data"]).to_dict()
+    cli_defaults = spec.load(None, ["data.dataset=user/data"]).to_dict()  # (the CLI reads where it trains too)
     assert forms.config_from_form(shown, dataset="user/data").to_dict() == cli_defaults
     assert forms.config_from_form(forms.form_values(config.RunConfig()), "user/data").to_dict() == cli_defaults
 

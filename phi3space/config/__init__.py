@@ -16,16 +16,13 @@ from phi3space.config.loading import HF_TOKEN_PATTERN, MAX_CONFIG_BYTES, TOKEN_H
 from phi3space.config.schema import (
     _SECTION_CLASSES,
     ALIASES,
-    BACKENDS,
     DEFAULT_BASE,
-    HUB_ONLY_BACKENDS,
+    ELSEWHERE,
     METHODS,
     PHI3_TARGET_MODULES,
     RANGES,
     SCHEDULERS,
     SETTINGS,
-    TIMEOUT_RANGE_S,
-    ComputeConfig,
     DataConfig,
     LoraSettings,
     ModelConfig,
@@ -36,15 +33,15 @@ from phi3space.config.schema import (
     _allowed_keys,
     auto_repo_name,
     default_run_name,
+    section_classes,
     short_name,
-    timeout_seconds,
     unused_auto_name,
 )
 
 __all__ = [
-    "ALIASES", "BACKENDS", "HUB_ONLY_BACKENDS", "DEFAULT_BASE", "HF_TOKEN_PATTERN", "MAX_CONFIG_BYTES", "METHODS", "PHI3_TARGET_MODULES",
-    "RANGES", "SCHEDULERS", "SETTINGS", "TIMEOUT_RANGE_S", "TOKEN_HINT", "ComputeConfig", "DataConfig", "LoraSettings",
+    "ALIASES", "DEFAULT_BASE", "ELSEWHERE", "HF_TOKEN_PATTERN", "MAX_CONFIG_BYTES", "METHODS", "PHI3_TARGET_MODULES",
+    "RANGES", "SCHEDULERS", "SETTINGS", "TOKEN_HINT", "DataConfig", "LoraSettings",
     "ModelConfig", "OutputConfig", "Range", "RunConfig", "TrainingConfig", "auto_repo_name", "default_run_name",
-    "from_dict", "load", "loads", "reference", "short_name", "timeout_seconds", "unused_auto_name",
+    "from_dict", "load", "loads", "reference", "section_classes", "short_name", "unused_auto_name",
     "_SECTION_CLASSES", "_allowed_keys",  # private, for the tests
 ]

@@ -10,21 +10,22 @@ from typing import Any
 
 import yaml
 
-from phi3space.config.fields import value_at
-from phi3space.config.schema import SETTINGS, RunConfig
+from phi3space.config.fields import settings_of, value_at
+from phi3space.config.schema import RunConfig, section_classes
 
 
-def reference() -> str:
-    """The run config reference as a markdown table, from each field's default and help text (the README's
-    "Run config reference" is this text; ``python -m phi3space config`` prints it)."""
+def reference(cls: type[RunConfig] = RunConfig) -> str:
+    """The run config reference as a markdown table, from each field's default and help text (``cls``: a subclass
+    with sections of its own; the README's "Run config reference" is ``python -m phi3space config``'s, with where
+    the run trains)."""
     def shown(value: Any) -> str:
         if value in (None, "", {}) and not isinstance(value, bool):
             return ""
         return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
 
-    defaults = RunConfig()
+    defaults = cls()
     lines = ["| key | default | meaning |", "|---|---|---|"]
-    for key, f in SETTINGS.items():
+    for key, f in settings_of(section_classes(cls)).items():
         help = f.metadata.get("help", "")
         choices = f.metadata.get("choices")
         if choices:

@@ -16,16 +16,15 @@ from typing import Any
 
 import yaml
 
+from phi3space.config.fields import settings_of
 from phi3space.config.schema import (
-    _SECTION_CLASSES,
-    ALIASES,
-    HUB_ONLY_BACKENDS,
-    SETTINGS,
+    ELSEWHERE,
     RunConfig,
     _allowed_keys,
     _show,
     _validate,
     default_run_name,
+    section_classes,
 )
 from phi3space.errors import HF_TOKEN_SHAPE, ConfigError, looks_like_token
 
@@ -200,12 +199,12 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _suggest(key: str) -> str | None:
+def _suggest(key: str, cls: type[RunConfig] = RunConfig) -> str | None:
     """The setting someone probably meant: a known alias (lr), the same name in another section, or a near spelling."""
-    allowed = _allowed_keys()
+    allowed = _allowed_keys(cls)
     name = key.rsplit(".", 1)[-1].lower().replace("-", "_")
-    if name in ALIASES:
-        return ALIASES[name]
+    if name in cls.aliases():
+        return cls.aliases()[name]
     same_name = [k for k in allowed if k.endswith("." + name)]
     if len(same_name) == 1:
         return same_name[0]
@@ -253,24 +252,35 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, default: Any, problems: 
         return default
 
 
-def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), defaults: dict | None = None) -> RunConfig:
-    """Build and validate a RunConfig from a nested dict plus ``KEY=VALUE`` overrides; ``defaults`` (flat keys, e.g.
-    {"output.push_to": "auto"} on a Space) stand in for settings the config leaves out.
+def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), defaults: dict | None = None,
+              cls: type[RunConfig] = RunConfig) -> RunConfig:
+    """Build and validate a RunConfig (or ``cls``, a subclass with sections of its own) from a nested dict plus
+    ``KEY=VALUE`` overrides; ``defaults`` (flat keys, e.g. {"output.push_to": "auto"} on a Space) stand in for
+    settings the config leaves out. A section another layer defines (``ELSEWHERE``) and ``cls`` lacks is kept as
+    written, unread.
 
     Raises:
         ConfigError: listing every unknown key and invalid value at once.
     """
     raw = dict(raw or {})
+    sections = section_classes(cls)
     flat: dict[str, Any] = {}
+    elsewhere: dict[str, dict] = {}
     for section, values in raw.items():
-        if section in _SECTION_CLASSES and isinstance(values, dict):
+        if section in ELSEWHERE and section not in sections and isinstance(values, dict):
+            elsewhere[section] = dict(values)
+        elif section in sections and isinstance(values, dict):
             for k, v in values.items():
                 flat[f"{section}.{k}"] = v
-        elif values is not None or section not in _SECTION_CLASSES:
+        elif values is not None or section not in sections:
             flat[str(section)] = values  # an unknown name, or a section that is not a mapping: reported below
     for item in overrides:
         key, value = _parse_override(item)
-        flat[key] = value
+        section, _, name = key.partition(".")
+        if section in ELSEWHERE and section not in sections and name:
+            elsewhere.setdefault(section, {})[name] = value
+        else:
+            flat[key] = value
     for key, value in (defaults or {}).items():
         if flat.get(key) is None:
             flat[key] = value
@@ -278,23 +288,24 @@ def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), def
     problems: list[str] = []
     refused: set[str] = set()  # keys already reported; _validate says nothing more about them
     tokens = False
-    cfg = RunConfig()
+    field_of = settings_of(sections)
+    cfg = cls(elsewhere=elsewhere)
     for key, value in flat.items():
         if _holds_token(key) or _holds_token(value):
             tokens = True
             refused.add(key)
             problems.append(f"{_name(key)}: holds what looks like a Hugging Face access token (not shown here)")
-        elif key in _SECTION_CLASSES:
+        elif key in sections:
             problems.append(f"{key}: expected a mapping of settings, got {_show(value)}")
-        elif key not in SETTINGS:
-            guess = _suggest(key)
+        elif key not in field_of:
+            guess = _suggest(key, cls)
             problems.append(f"{_name(key)}: unknown setting" + (f" (did you mean {guess}?)" if guess else
-                                                                 f"; known sections: {', '.join(_SECTION_CLASSES)}"))
+                                                                 f"; known sections: {', '.join(sections)}"))
         else:
             section, name = key.split(".", 1)
             part = getattr(cfg, section)
-            setattr(part, name, _coerce(value, SETTINGS[key], key, getattr(part, name), problems))
-    if cfg.compute.backend in HUB_ONLY_BACKENDS and "output.push_checkpoints" not in flat:
+            setattr(part, name, _coerce(value, field_of[key], key, getattr(part, name), problems))
+    if cfg.hub_only and "output.push_checkpoints" not in flat:
         cfg.output.push_checkpoints = True  # a job's disk is gone when it ends: the Hub keeps what Resume needs
     problems += [p for p in _validate(cfg) if p.split(":", 1)[0] not in refused]
     if problems:
@@ -304,8 +315,10 @@ def from_dict(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), def
     return cfg
 
 
-def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML run config (or start from defaults when ``path`` is None) and apply overrides.
+def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+         cls: type[RunConfig] = RunConfig) -> RunConfig:
+    """Read a YAML run config (or start from defaults when ``path`` is None) and apply overrides (``cls``: as for
+    ``from_dict``).
 
     The file must be UTF-8 YAML of at most MAX_CONFIG_BYTES, without aliases (*name).
     """
@@ -313,9 +326,10 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
     if path is not None:
         p = Path(path)
         raw = _parse_yaml(_read_config_file(p), str(p))
-    return from_dict(raw, overrides)
+    return from_dict(raw, overrides, cls=cls)
 
 
-def loads(text: str, overrides: list[str] | tuple[str, ...] = (), defaults: dict | None = None) -> RunConfig:
+def loads(text: str, overrides: list[str] | tuple[str, ...] = (), defaults: dict | None = None,
+          cls: type[RunConfig] = RunConfig) -> RunConfig:
     """Like ``load`` for YAML text (the web form and the API)."""
-    return from_dict(_parse_yaml(text, "config"), overrides, defaults)
+    return from_dict(_parse_yaml(text, "config"), overrides, defaults, cls)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,11 @@ REPORT_TO = ("none", "trackio", "wandb")  # transformers' report_to names of the
 # trl's DPOConfig.loss_type values for a pair of answers (trl 1.16; 'sft' and the unpaired ones left out).
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "apo_zero",
               "apo_down", "discopop", "sigmoid_norm")
-# compute.backend -> the class that runs jobs there ("module:class", imported by phi3space.jobs.backend when used).
-# A new backend is one module plus one line here.
-BACKENDS = {
-    "local": "phi3space.jobs.local:LocalBackend",
-    "hf-jobs": "phi3space.jobs.hf.backend:HFJobsBackend",
-}
-HUB_ONLY_BACKENDS = ("hf-jobs",)  # the job's disk is gone when it ends: its adapter and checkpoints go to a repo
+# Sections of a run's file that another layer defines: ``compute`` (where and on what the run trains) is the job's
+# spec, phi3space.jobs.spec's. A plain RunConfig read from a file keeps them as written (``RunConfig.elsewhere``), so
+# that a run's config saved or pushed from below that layer keeps them too.
+ELSEWHERE = ("compute",)
+FILE_ORDER = ("model", "data", "lora", "training", "output", "compute", "logging")  # the sections' order in a file
 
 
 @dataclass
@@ -157,22 +155,6 @@ class OutputConfig:
                                          "questions (the CLI's --push-anyway).")
 
 
-@dataclass
-class ComputeConfig:
-    """``compute:``: where the run trains (this machine or Hugging Face Jobs), on what, and for how long."""
-
-    backend: str = setting("local", "Where the run trains: local (this machine's GPUs, in the app's queue) or hf-jobs "
-                                    "(a Hugging Face Job on rented hardware, billed to you; needs output.push_to).",
-                           choices=tuple(BACKENDS))
-    flavor: str = setting("a10g-large", "Hugging Face Jobs hardware for hf-jobs, e.g. l4x1, a10g-large, a100-large; "
-                                       "several GPUs (a10g-largex2, l4x4, h200x8) train data-parallel with accelerate.",
-                          aliases=("hardware", "gpu", "instance_type"))
-    timeout: str = setting("4h", "hf-jobs: the job is stopped after this long (s, m, h or d; e.g. 90m, 6h), which "
-                                 "also caps its cost; Resume continues from the last pushed checkpoint.")
-    gpus: str = setting("1", "local, in the app's queue: GPUs (slots) the run takes, 1, N or all; more than one trains "
-                             "data-parallel under accelerate launch. (hf-jobs: the flavor decides; CLI: accelerate "
-                             "launch.)")
-
 
 @dataclass
 class LoggingConfig:
@@ -194,12 +176,29 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    elsewhere: dict = field(default_factory=dict)  # ELSEWHERE sections, as written (not read here)
+
+    @property
+    def hub_only(self) -> bool:
+        """Where the run trains keeps nothing once it ends: its adapter and checkpoints must go to a Hub repo (a
+        subclass that knows where it runs says so; phi3space.jobs.spec.JobConfig)."""
+        return False
+
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        """What other tools call this class's settings (ALIASES, plus those declared in a subclass's sections)."""
+        return ALIASES if cls is RunConfig else aliases_of(settings_of(section_classes(cls)))
+
+    def more_problems(self) -> list[str]:
+        """What a subclass checks besides the recipe (its own sections), reported with the rest."""
+        return []
 
     def to_dict(self) -> dict:
-        """The settings as plain nested dicts (section -> setting -> value)."""
-        return dataclasses.asdict(self)
+        """Every section as plain data (the YAML file's layout), the sections kept from elsewhere included."""
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in section_classes(type(self))}
+        out.update((k, v) for k, v in self.elsewhere.items() if k not in out)
+        return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
 
     def to_yaml(self) -> str:
         """The settings as YAML, in declaration order: what is saved beside the run and pushed with the adapter."""
@@ -215,8 +214,17 @@ class RunConfig:
         return Path(self.output.dir)
 
 
-_SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "training": TrainingConfig,
-                    "output": OutputConfig, "compute": ComputeConfig, "logging": LoggingConfig}
+def section_classes(cls: type[RunConfig] = RunConfig) -> dict[str, type]:
+    """A config class's sections: name -> dataclass, in the file's order."""
+    found = {f.name: type(f.default_factory()) for f in fields(cls) if f.name != "elsewhere"}
+    return dict(sorted(found.items(), key=lambda kv: _order(kv[0])))
+
+
+def _order(section: str) -> int:
+    return FILE_ORDER.index(section) if section in FILE_ORDER else len(FILE_ORDER)
+
+
+_SECTION_CLASSES = section_classes(RunConfig)
 
 SETTINGS = settings_of(_SECTION_CLASSES)  # 'section.name' -> its field (help and all in its metadata)
 # Every numeric setting's allowed range, checked before any model loads. The upper ends sit far above any useful
@@ -270,17 +278,17 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _allowed_keys() -> list[str]:
-    """Every setting's key, 'section.name'."""
-    return list(SETTINGS)
+def _allowed_keys(cls: type[RunConfig] = RunConfig) -> list[str]:
+    """Every setting's key of ``cls``'s sections, 'section.name'."""
+    return list(settings_of(section_classes(cls)))
 
 
 def _validate(cfg: RunConfig) -> list[str]:
     """Every problem with ``cfg``'s values, one line each, named by key (empty when it is valid); normalises
-    ``lora.target_modules`` written as 'a, b' and ``compute.timeout`` on the way."""
+    ``lora.target_modules`` written as 'a, b' on the way (a subclass checks its own sections: more_problems)."""
     p: list[str] = []
     m, d, lo, o = cfg.model, cfg.data, cfg.lora, cfg.output
-    for key, f in SETTINGS.items():
+    for key, f in settings_of(section_classes(type(cfg))).items():
         choices = f.metadata.get("choices")
         value = value_at(cfg, key)
         if choices and value not in choices:
@@ -315,42 +323,9 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"lora.target_modules: {_show(tm)}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
     if cfg.training.objective in OBJECTIVES:  # (an unknown one is reported above)
         p += objective_of(cfg).problems(cfg)
-    if o.push_checkpoints and not o.push_to and cfg.compute.backend not in HUB_ONLY_BACKENDS:  # (said below for those)
+    if o.push_checkpoints and not o.push_to and not cfg.hub_only:  # (said by the subclass for those)
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not is_repo_id(o.push_to):
         p.append(f"output.push_to: {_show(o.push_to)} is not a repo ID like your-name/my-adapter (or 'auto')")
-    p += _validate_compute(cfg.compute, o)
-    return p
+    return p + cfg.more_problems()
 
-
-# A job's time limit: a number of seconds, or a number with s, m, h or d (the forms huggingface_hub's run_job takes).
-_TIMEOUT = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-TIMEOUT_RANGE_S = (60, 7 * 86400)
-
-
-def timeout_seconds(text: str | int | float) -> int | None:
-    """'90m' -> 5400, '4h' -> 14400, '3600' -> 3600; None when it is not a duration."""
-    m = _TIMEOUT.fullmatch(str(text).strip().lower())
-    return int(float(m.group(1)) * _UNIT_S[m.group(2)]) if m else None
-
-
-def _validate_compute(c: ComputeConfig, o: OutputConfig) -> list[str]:
-    p = []
-    if not isinstance(c.flavor, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", c.flavor or ""):
-        p.append(f"compute.flavor: {_show(c.flavor)} is not a Jobs hardware name like a10g-large or l4x1")
-    seconds = timeout_seconds(c.timeout)
-    low, high = TIMEOUT_RANGE_S
-    if seconds is None:
-        p.append(f"compute.timeout: {_show(c.timeout)} is not a duration; write e.g. 90m, 4h or 1d")
-    elif not low <= seconds <= high:
-        p.append(f"compute.timeout: {_show(c.timeout)} is outside 1m to 7d")
-    else:  # one spelling, the one the Jobs client reads: '4H' -> '4h', '90 m' -> '90m', '5400.5' -> '5400'
-        m = _TIMEOUT.fullmatch(str(c.timeout).strip().lower())
-        c.timeout = f"{m.group(1)}{m.group(2)}" if m.group(2) else str(seconds)
-    if not re.fullmatch(r"all|[1-9]\d?", str(c.gpus)):
-        p.append(f"compute.gpus: {_show(c.gpus)} is not 1, a number of GPUs or all")
-    if c.backend in HUB_ONLY_BACKENDS and not o.push_to:
-        p.append(f"compute.backend: {c.backend} needs output.push_to (the job's disk is gone when it ends: the adapter "
-                 "must go to the Hub); e.g. output.push_to: auto")
-    return p

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -92,7 +92,7 @@ def measure_lengths(cfg: RunConfig, folder: Path, steps: int = PROBE_STEPS, toke
 def probe_config(cfg: RunConfig, rows: Path, out: Path, steps: int, changes: dict | None = None) -> dict:
     """The user's config as a probe runs it: their settings (with ``changes``, {"section.name": value}), the probe's
     rows, ``steps`` steps, and nothing kept (no eval, no checkpoint, no push, no tracker)."""
-    d = asdict(cfg)
+    d = cfg.to_dict()
     d.pop("compute", None)  # it runs here, as a process of its own
     d["data"].update(dataset=str(rows), config_name=None, split="train", eval_split=None, eval_fraction=0,
                      max_samples=None, columns={})

@@ -6,20 +6,22 @@ of every backend; it never asks which one it holds. A backend starts a job, stop
 restart, follows it into its run folder (events.jsonl), and says when and how it ended (a ``Verdict``, from which
 the scheduler gives the run its last word through the one writer, ``RunDir.finish``).
 
-A new backend is one module with a ``Backend`` subclass, plus one line in ``BACKENDS`` (phi3space.config, where
-``compute.backend``'s choices come from).
+A new backend is one module with a ``Backend`` subclass that describes itself (``label``, ``billed``, ``options``,
+``limits``, ``needs_hub_destination``, ``here``), plus one line in ``BACKENDS`` (phi3space.jobs.spec, where
+``compute.backend``'s choices come from). The page, the CLI and the kinds read that description; none names a
+backend.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from phi3space.config import BACKENDS, HUB_ONLY_BACKENDS, RunConfig
+from phi3space.config import RunConfig
 from phi3space.datadir import DataDir
+from phi3space.jobs.spec import backend_class, backend_classes
 from phi3space.jobs.store import Job, JobStore
 from phi3space.run import EventWriter, RunState
 
@@ -58,6 +60,7 @@ class Task:
     timeout: str | None = None
 
     def to_json(self) -> str:
+        """The task as a job's ``args`` (plain data)."""
         return json.dumps({"task": asdict(self)})
 
     @classmethod
@@ -86,9 +89,16 @@ class Host:
 
 
 class Backend:
-    """Where jobs run. Subclasses set ``name`` and ``uses_slots`` and implement start/stop/recover."""
+    """Where jobs run. Subclasses describe themselves (the class variables below) and implement start, stop and
+    recover."""
 
     name: ClassVar[str]
+    label: ClassVar[str]  # how the page names it ("This machine")
+    here: ClassVar[bool] = False  # runs on this machine, with its disk (a merge runs only there)
+    billed: ClassVar[bool] = False  # it costs its owner money (the page says so beside its label)
+    options: ClassVar[tuple[str, ...]] = ()  # the compute settings it reads (flavor, timeout, gpus)
+    limits: ClassVar[str] = ""  # what bounds a job there, in words (its time limit, its GPUs)
+    needs_hub_destination: ClassVar[bool] = False  # its disk is gone when the job ends: the adapter must be pushed
     uses_slots: ClassVar[bool] = False  # waits in the queue for this machine's GPU slots; else starts at submit
     survives_restart: ClassVar[bool] = False  # the platform keeps the job and this backend finds it again after a
     # restart (else, on a Space, the job is recorded on its repo's card: phi3space.hub.records)
@@ -96,10 +106,11 @@ class Backend:
     def __init__(self, host: Host, **options):
         self.host = host
 
-    @property
-    def needs_hub_destination(self) -> bool:
-        """Its disk is gone when the job ends: the adapter must be pushed (a fact of the setting, kept in config)."""
-        return self.name in HUB_ONLY_BACKENDS
+    @classmethod
+    def estimate(cls, cfg: RunConfig, rows: int | None, lengths: list[int] | None):
+        """What a training run costs there and how long it may take, for the plan before Start (an object with
+        ``flavor``, ``warnings()`` and ``markdown()``); None where nothing is billed or bounded."""
+        return None
 
     def check(self, cfg: RunConfig, token: str | None, slots: int) -> int:
         """What this backend checks at submit, before anything is created or billed; returns the GPUs (slots) the
@@ -179,6 +190,4 @@ class Backend:
         return None
 
 
-def backend_class(name: str) -> type[Backend]:
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+__all__ = ["Backend", "Host", "Task", "Verdict", "backend_class", "backend_classes"]  # (the registry: jobs.spec)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from phi3space.config.schema import ComputeConfig
 from phi3space.datadir import new_job_id, safe_name
 from phi3space.errors import ConfigError, Phi3SpaceError
 from phi3space.jobs.backend import Backend, Task
 from phi3space.jobs.kinds import EVAL, EXPORT, MERGE, TRAIN, check_backend, kind_of, task_of
+from phi3space.jobs.spec import ComputeConfig
 from phi3space.jobs.store import Job
 from phi3space.jobs.submit import Caller
 from phi3space.run import RunState
@@ -90,7 +90,7 @@ class FollowUps:
 
     def _backend_for(self, kind, source: Job, name: str | None) -> Backend:
         backend = self.backend(name or source.backend)
-        check_backend(kind, backend.name)
+        check_backend(kind, backend)
         return backend
 
     @staticmethod
@@ -108,10 +108,10 @@ class FollowUps:
         flavor = (flavor or "").strip() or None
         if flavor or source.backend != backend.name:
             return flavor
-        from phi3space import config
+        from phi3space.jobs import spec
 
         try:
-            return config.load(source.run.config).compute.flavor
+            return spec.load(source.run.config).compute.flavor
         except Phi3SpaceError:
             return None
 

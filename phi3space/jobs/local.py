@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from phi3space.config import RunConfig
 from phi3space.engine.estimates import training_seconds
 from phi3space.engine.hardware import first_gpu_name, training_refusal
 from phi3space.errors import ConfigError
@@ -25,6 +24,7 @@ from phi3space.hub.auth import token_env
 from phi3space.hub.records import JOB_ENV, OWNER_ENV
 from phi3space.jobs.backend import Backend, Host, Verdict
 from phi3space.jobs.kinds import kind_of
+from phi3space.jobs.spec import JobConfig
 from phi3space.jobs.store import Job
 from phi3space.refs import is_local_ref
 from phi3space.run import RunState
@@ -86,7 +86,13 @@ class _Adopted:
 
 
 class LocalBackend(Backend):
+    """This machine: a process per job on its GPU slots, in the app's queue."""
+
     name = "local"
+    label = "This machine"
+    here = True
+    options = ("gpus",)
+    limits = "this machine's GPU slots (compute.gpus: 1, N or all)"
     uses_slots = True
 
     def __init__(self, host: Host, slots: int = 1, grace_s: float | None = None,
@@ -98,7 +104,7 @@ class LocalBackend(Backend):
         self._procs: dict[str, subprocess.Popen | _Adopted] = {}
         self._kill_at: dict[str, float] = {}
 
-    def check(self, cfg: RunConfig, token: str | None, slots: int) -> int:
+    def check(self, cfg: JobConfig, token: str | None, slots: int) -> int:
         refusal = training_refusal()
         if refusal is not None:
             raise refusal
@@ -112,7 +118,7 @@ class LocalBackend(Backend):
                               "Ask for fewer (or all), or train on Hugging Face Jobs with a multi-GPU flavor.")
         return gpus
 
-    def longest_s(self, cfg: RunConfig, queue_wait_s: float) -> float | None:
+    def longest_s(self, cfg: JobConfig, queue_wait_s: float) -> float | None:
         train = training_seconds(cfg, first_gpu_name())
         return None if train is None else queue_wait_s + train
 

@@ -26,14 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from phi3space import config
-from phi3space.config import BACKENDS, RunConfig, default_run_name
+from phi3space.config import RunConfig, default_run_name
 from phi3space.datadir import DataDir, new_job_id
 from phi3space.engine.estimates import training_seconds
 from phi3space.engine.hardware import first_gpu_name, gpu_count
 from phi3space.errors import ConfigError, Phi3SpaceError, register_secret, scrub
 from phi3space.hub.auth import acting_token, keep_owner_token_out
 from phi3space.hub.space import on_space, space_id
-from phi3space.jobs.backend import Backend, Host, Verdict, backend_class
+from phi3space.jobs import spec
+from phi3space.jobs.backend import Backend, Host, Verdict
 from phi3space.jobs.followups import MERGED, FollowUps
 from phi3space.jobs.idle import IdlePause
 from phi3space.jobs.kinds import MERGE, TRAIN, check_backend, kind_of
@@ -72,7 +73,7 @@ class JobRunner(FollowUps):
         self._stop = threading.Event()
         host = Host(self.store, self.data, self.space, self._ended)
         options = {"slots": self.slots, "grace_s": grace_s, "command": command}
-        self.backends: dict[str, Backend] = {name: backend_class(name)(host, **options) for name in BACKENDS}
+        self.backends: dict[str, Backend] = {name: cls(host, **options) for name, cls in spec.backend_classes().items()}
         self.recover()
         self._thread = threading.Thread(target=self._loop, name="phi3space-jobs", daemon=True)
         self._thread.start()
@@ -92,13 +93,15 @@ class JobRunner(FollowUps):
     def submit(self, cfg: RunConfig, owner: str, token: str | None = None, expires_at: float | None = None,
                name: str | None = None) -> Job:
         """Queue (or, on a backend without slots, start) a training run for ``owner``, named ``name`` (else
-        <base>-<dataset>-<method>), after the submit pipeline's checks; its run folder is chosen here.
+        <base>-<dataset>-<method>), after the submit pipeline's checks; its run folder is chosen here. ``cfg``: a
+        JobConfig, or a RunConfig whose compute section (kept as written) is read here.
 
         Raises:
             Phi3SpaceError: what to fix (nothing was created), or the platform's refusal (the job is listed as failed).
         """
+        cfg = spec.of(cfg)
         caller, backend = Caller(owner, token, expires_at), self.backend(cfg.compute.backend)
-        check_backend(TRAIN, backend.name)
+        check_backend(TRAIN, backend)
         gpus = self.pipeline.check_train(cfg, caller, backend, self.slots, self.queue_wait_s())
         job_id = new_job_id()
         run = self.data.run(owner, job_id)
@@ -160,7 +163,7 @@ class JobRunner(FollowUps):
         if status not in ("failed", "cancelled"):
             raise ConfigError([f"job {job_id} is {status}: only a failed or stopped job can be resumed"],
                               "Stop it first, or start a new run.")
-        cfg, backend, caller = config.load(job.run.config), self.backend(job), Caller(owner, token, expires_at)
+        cfg, backend, caller = spec.load(job.run.config), self.backend(job), Caller(owner, token, expires_at)
         cfg.output.dir = str(job.run.path)  # whatever the saved config says, the job's own folder
         self.pipeline.check_train(cfg, caller, backend, self.slots, self.queue_wait_s(), job_id=job.id)
         if not backend.checkpoint_exists(job, acting_token(token, self.space)):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from phi3space.errors import Phi3SpaceError
+from phi3space.jobs.spec import DEFAULT_BACKEND
 from phi3space.run import RunDir
 
 
@@ -35,7 +36,7 @@ class Job:
     resume: bool = False  # continue from the newest checkpoint (a failed or stopped job resumed)
     kind: str = "train"  # what it does: a name in phi3space.jobs.kinds.KINDS
     args: str = ""  # a kind that does not train on its run folder's config: its command line, as JSON (a merge)
-    backend: str = "local"  # where it runs: a name in phi3space.config.BACKENDS (compute.backend)
+    backend: str = DEFAULT_BACKEND  # where it runs: a name in phi3space.jobs.spec.BACKENDS (compute.backend)
     handle: str | None = None  # the backend's own name for it (a Hugging Face job: "namespace/id")
     gpus: int = 1  # slots it takes from ``slot`` on (compute.gpus); more than one: accelerate launch
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from phi3space.config import RunConfig, auto_repo_name
 from phi3space.errors import AuthError, ConfigError, DataError, Phi3SpaceError, SignInNeeded
 from phi3space.jobs.backend import Backend, Task
+from phi3space.jobs.spec import JobConfig
 from phi3space.jobs.store import Job, JobStore
 from phi3space.refs import is_hub_id, is_local_ref, ref_problem
 from phi3space.report import human_duration
@@ -102,7 +103,7 @@ class Pipeline:
             raise SignInNeeded(why, "on a Space every run is kept in your Hub account (the Space's own disk does not "
                                     "survive a restart).")
 
-    def check_train(self, cfg: RunConfig, caller: Caller, backend: Backend, slots: int, queue_wait_s: float,
+    def check_train(self, cfg: JobConfig, caller: Caller, backend: Backend, slots: int, queue_wait_s: float,
                     job_id: str | None = None) -> int:
         """Steps 1-4 for a training run (resolving ``cfg`` in place); returns the GPU slots it takes."""
         self.require_sign_in(caller, "training here needs you to sign in with Hugging Face")

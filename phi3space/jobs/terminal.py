@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from phi3space.config.schema import ComputeConfig
-from phi3space.jobs.backend import Task, backend_class
+from phi3space.jobs.backend import Task
 from phi3space.jobs.kinds import EXPORT
+from phi3space.jobs.spec import ComputeConfig, backend_class
 from phi3space.refs import is_local_ref
 from phi3space.run import RunDir, RunState
 

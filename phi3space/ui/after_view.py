@@ -15,6 +15,7 @@ from phi3space.generation import GenerationSettings
 from phi3space.hub.auth import real_token
 from phi3space.jobs.followups import output_files
 from phi3space.jobs.kinds import EVAL, kind_of
+from phi3space.jobs.spec import backend_class
 from phi3space.refs import check_repo_id
 from phi3space.ui import compute_box
 from phi3space.ui.common import UI_ONLY, user_errors
@@ -84,7 +85,7 @@ def turn(page: int, step: int) -> int:
     return max(1, int(page or 1) + step)
 
 
-RUN_ON = [("Where the run trained", ""), ("This machine", "local"), ("Hugging Face Jobs (billed to you)", "hf-jobs")]
+RUN_ON = [("Where the run trained", ""), *compute_box.backend_choices()]
 
 
 def run_on(box: str) -> tuple[gr.Radio, gr.Dropdown]:
@@ -100,7 +101,8 @@ def run_on(box: str) -> tuple[gr.Radio, gr.Dropdown]:
 
 
 def on_run_on(backend: str, oauth_token: gr.OAuthToken | None):
-    if backend != "hf-jobs":
+    """A backend with hardware to choose shows its flavors (with prices, asked with the visitor's token)."""
+    if not backend or "flavor" not in backend_class(backend).options:
         return gr.Dropdown(visible=False)
     return gr.Dropdown(choices=compute_box.flavor_choices(real_token(getattr(oauth_token, "token", None))), visible=True)
 

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from phi3space import config as config_mod
 from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
+from phi3space.jobs import spec as job_spec
 from phi3space.ui.chat_service import CHAT_CONCURRENCY, build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import api_errors
 from phi3space.ui.services import get_runner, signed_in
@@ -29,7 +29,7 @@ def submit_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: g
     visitor = signed_in(profile, oauth_token)
     owner = visitor.require_owner()
     runner = get_runner()
-    cfg = config_mod.loads(config_yaml, defaults=runner.pipeline.defaults())
+    cfg = job_spec.loads(config_yaml, defaults=runner.pipeline.defaults())
     return runner.submit(cfg, owner, visitor.token, visitor.expires_at).id
 
 
@@ -81,7 +81,7 @@ def evaluate_job(job_id: str, data: str = "", rows: int = 50, backend: str = "",
                  profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None) -> str:
     """Queue an evaluation of a finished run's adapter against its base model (on its eval rows, or up to ``rows``
     rows of ``data``: a Hub dataset); returns the eval job's id. Its /job_status carries ``evaluation`` (both
-    summaries) when done. ``backend``: local or hf-jobs (empty: where the run trained); ``flavor``: the Jobs
+    summaries) when done. ``backend``: a name in compute.backend's choices (empty: where the run trained); ``flavor``: the Jobs
     hardware (empty: the run's, else the smallest GPU flavor)."""
     visitor = signed_in(profile, oauth_token)
     return get_runner().submit_eval(job_id, visitor.require_owner(), visitor.token, data=data or None, rows=int(rows),

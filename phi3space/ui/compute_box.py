@@ -8,6 +8,7 @@ import gradio as gr
 
 from phi3space.hub.auth import real_token
 from phi3space.jobs.hf import flavors
+from phi3space.jobs.spec import backend_class, backend_classes
 from phi3space.ui.common import UI_ONLY
 
 
@@ -24,9 +25,21 @@ def flavor_choices(token: str | None = None, fetch: bool = True) -> list[tuple[s
 def on_backend(backend: str, flavor: str, oauth_token: gr.OAuthToken | None):
     """Choosing Hugging Face Jobs: the flavors with today's prices, and checkpoints pushed (the job's disk is gone
     when it ends; Resume continues from the Hub)."""
-    if backend != "hf-jobs":
+    chosen = backend_class(backend)
+    if "flavor" not in chosen.options:
         return gr.skip(), gr.skip()
-    return gr.Dropdown(choices=flavor_choices(real_token(getattr(oauth_token, "token", None))), value=flavor), True
+    return (gr.Dropdown(choices=flavor_choices(real_token(getattr(oauth_token, "token", None))), value=flavor),
+            True if chosen.needs_hub_destination else gr.skip())
+
+
+def backend_label(cls, queued: bool = False) -> str:
+    """A backend as the page names it: its label, whether it waits in the app's queue, whether it is billed."""
+    return cls.label + (" (queued)" if queued and cls.uses_slots else "") + (" (billed to you)" if cls.billed else "")
+
+
+def backend_choices(queued: bool = False) -> list[tuple[str, str]]:
+    """(label, name) of every backend, from their own descriptions."""
+    return [(backend_label(cls, queued), name) for name, cls in backend_classes().items()]
 
 
 def build(specs: dict, push_checkpoints: gr.Checkbox) -> dict:
@@ -36,8 +49,7 @@ def build(specs: dict, push_checkpoints: gr.Checkbox) -> dict:
     backend_spec, flavor_spec, timeout_spec, gpus_spec = (specs[f"compute.{k}"] for k in ("backend", "flavor", "timeout", "gpus"))
     with gr.Accordion("Hardware: this machine or Hugging Face Jobs", open=False, elem_id="compute"):
         with gr.Row():
-            backend = gr.Radio([("This machine (queued)", "local"), ("Hugging Face Jobs (billed to you)", "hf-jobs")],
-                               value=backend_spec.default, label="Where to train", info=backend_spec.help,
+            backend = gr.Radio(backend_choices(queued=True), value=backend_spec.default, label="Where to train", info=backend_spec.help,
                                elem_id="compute-backend")
             flavor = gr.Dropdown(flavor_choices(fetch=False), value=flavor_spec.default, allow_custom_value=True,
                                  label="Jobs hardware (price per hour)", info=flavor_spec.help, elem_id="compute-flavor")

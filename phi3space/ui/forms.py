@@ -17,6 +17,7 @@ from phi3space.config.fields import group_of, value_at
 from phi3space.config.objectives import objective_of
 from phi3space.engine.estimates import estimate_memory_gb, model_size
 from phi3space.errors import ConfigError
+from phi3space.jobs import spec as job_spec
 
 BASE_MODELS = ["microsoft/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-128k-instruct", "microsoft/Phi-3.5-mini-instruct"]
 
@@ -29,7 +30,7 @@ GROUP_ORDER = ("main", "data", "lora", "training", "advanced", "output", "comput
 def _grouped() -> dict[str, list[str]]:
     """Form group -> the settings it shows, from each setting's declared group."""
     groups: dict[str, list[str]] = {group: [] for group in GROUP_ORDER}
-    for key, f in config_mod.SETTINGS.items():
+    for key, f in job_spec.SETTINGS.items():
         group = group_of(key, f)
         if group is None:
             continue
@@ -49,7 +50,7 @@ def _home_first(keys: list[str]) -> list[str]:
 
 GROUPS = _grouped()  # form group -> its settings ('section.name'), in declaration order
 FIELDS = [key for keys in GROUPS.values() for key in keys]  # every setting the form shows, group by group
-SERVER_CHOSEN = set(config_mod.SETTINGS) - set(FIELDS)
+SERVER_CHOSEN = set(job_spec.SETTINGS) - set(FIELDS)
 MAX_COLUMNS_TEXT = 2000
 
 MIN_USEFUL_STEPS = 20
@@ -71,14 +72,14 @@ class FieldSpec:
 
 
 def config_keys() -> list[str]:
-    """Every setting of a RunConfig, as section.name."""
-    return list(config_mod.SETTINGS)
+    """Every setting of a job's config (where it trains included), as section.name."""
+    return list(job_spec.SETTINGS)
 
 
 def field_spec(key: str) -> FieldSpec:
     """How the form shows one setting: kind, default, help, choices, step and placeholder, all from its declaration."""
-    f = config_mod.SETTINGS[key]
-    default = value_at(RunConfig(), key)
+    f = job_spec.SETTINGS[key]
+    default = value_at(job_spec.JobConfig(), key)
     types = [t.strip() for t in str(f.type).split("|")]
     choices = tuple(f.metadata.get("choices", ()))
     kind = ("choice" if choices else "bool" if types[0] == "bool" else "mapping" if types[0] == "dict"
@@ -133,12 +134,13 @@ def shown(spec: FieldSpec, value: Any) -> Any:
 
 def form_values(cfg: RunConfig) -> dict[str, Any]:
     """The form's values for a config, by setting key (to fill the form from an uploaded YAML)."""
+    cfg = job_spec.of(cfg)  # (with where it trains)
     return {key: shown(field_spec(key), value_at(cfg, key)) for key in FIELDS}
 
 
 def default_values() -> dict[str, Any]:
     """The form's values before anyone touches it, by setting key: the RunConfig defaults (the CLI's)."""
-    return form_values(RunConfig())
+    return form_values(job_spec.JobConfig())
 
 
 def config_from_form(values: Mapping[str, Any], dataset: str | None = None) -> RunConfig:
@@ -153,7 +155,7 @@ def config_from_form(values: Mapping[str, Any], dataset: str | None = None) -> R
     for key, value in {**values, **({"data.dataset": dataset} if dataset else {})}.items():
         if isinstance(value, str):
             value = value.strip()
-        spec = field_spec(key) if key in config_mod.SETTINGS else None
+        spec = field_spec(key) if key in job_spec.SETTINGS else None
         if spec and spec.kind == "mapping":
             try:
                 value = parse_columns(value or "")
@@ -165,7 +167,7 @@ def config_from_form(values: Mapping[str, Any], dataset: str | None = None) -> R
         section, _, name = key.partition(".")
         raw.setdefault(section, {})[name] = value
     try:
-        cfg = config_mod.from_dict(raw)
+        cfg = job_spec.from_dict(raw)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
@@ -298,11 +300,10 @@ def plan(cfg: RunConfig, inspection: Inspection | None = None, gpu_gb: float | N
     """Steps and the warnings a user needs before pressing Start."""
     t = cfg.training
     seen = inspection if inspection is not None and inspection.dataset == cfg.data.dataset else None
-    jobs = None
-    if cfg.compute.backend == "hf-jobs":  # the flavor's GPUs, not this machine's, and what they will cost
-        from phi3space.jobs.hf.flavors import estimate
-
-        jobs = estimate(cfg, seen.rows if seen else None, seen.lengths if seen else None)
+    job = job_spec.of(cfg)
+    jobs = job_spec.backend_class(job.compute.backend).estimate(job, seen.rows if seen else None,
+                                                               seen.lengths if seen else None)
+    if jobs is not None:  # the flavor's GPUs, not this machine's, and what they will cost
         gpu_gb = jobs.flavor.memory_gb
     steps = planned_steps(cfg, seen.rows if seen else None, jobs.flavor.gpus if jobs else 1)
     warnings = jobs.warnings() if jobs else []

@@ -23,6 +23,7 @@ from phi3space import config as config_mod
 from phi3space.errors import Phi3SpaceError
 from phi3space.hub.access import check_reachable
 from phi3space.hub.space import on_space
+from phi3space.jobs import spec as job_spec
 from phi3space.jobs.submit import inputs
 from phi3space.refs import is_hub_id
 from phi3space.run import RunDir
@@ -188,7 +189,7 @@ def load_yaml(file):
     """An uploaded run config fills the form (every setting but output.dir, which the server chooses)."""
     if not file:
         return [gr.skip()] * len(forms.FIELDS)
-    cfg = config_mod.load(file)
+    cfg = job_spec.load(file)
     return _listed(forms.form_values(cfg))
 
 

@@ -15,15 +15,16 @@ import sys
 import threading
 import time
 
-from phi3space import config
-from phi3space.config import RunConfig, default_run_name, timeout_seconds
+from phi3space.config import default_run_name
 from phi3space.errors import AuthError, JobsError, Phi3SpaceError, SignInNeeded, register_secret, scrub
 from phi3space.hub.auth import acting_token
 from phi3space.hub.space import on_space
+from phi3space.jobs import spec
 from phi3space.jobs.backend import Backend, Host, Task
-from phi3space.jobs.hf import follow, platform, tasks
+from phi3space.jobs.hf import flavors, follow, platform, tasks
 from phi3space.jobs.hf.protocol import CONFIG_VAR, TASK_VAR
 from phi3space.jobs.kinds import task_of
+from phi3space.jobs.spec import JobConfig, timeout_seconds
 from phi3space.jobs.store import Job
 
 FIRST_SEARCH_WAIT_S = 20  # how long a visitor's first call after a restart waits for their jobs to be found again
@@ -31,8 +32,20 @@ SCHEDULING_S = 10 * 60  # allowance for the platform to find the hardware, befor
 
 
 class HFJobsBackend(Backend):
+    """Hugging Face Jobs: rented hardware on the visitor's account, started at submit and followed from its log."""
+
     name = "hf-jobs"
+    label = "Hugging Face Jobs"
+    billed = True
+    options = ("flavor", "timeout")
+    limits = "compute.timeout stops the job (and caps its cost); the flavor decides its GPUs"
+    needs_hub_destination = True
     survives_restart = True  # list_jobs with the app's label finds its jobs again
+
+    @classmethod
+    def estimate(cls, cfg: JobConfig, rows: int | None, lengths: list[int] | None) -> flavors.Estimate:
+        """The flavor's hardware and price, the time the run may take, and what that costs."""
+        return flavors.estimate(cfg, rows, lengths)
 
     def __init__(self, host: Host, **options):
         super().__init__(host)
@@ -46,11 +59,11 @@ class HFJobsBackend(Backend):
 
     # ------------------------------------------------------------ the backend interface
 
-    def check(self, cfg: RunConfig, token: str | None, slots: int) -> int:
+    def check(self, cfg: JobConfig, token: str | None, slots: int) -> int:
         platform.check_job(cfg, self._token(None, token))
         return 0  # the flavor's GPUs, not this machine's
 
-    def longest_s(self, cfg: RunConfig, queue_wait_s: float) -> float | None:
+    def longest_s(self, cfg: JobConfig, queue_wait_s: float) -> float | None:
         return SCHEDULING_S + (timeout_seconds(cfg.compute.timeout) or 0)
 
     def check_task(self, task: Task, token: str | None) -> Task:
@@ -68,7 +81,7 @@ class HFJobsBackend(Backend):
         token = self._token(job.owner, token)
         task = task_of(job)
         if task is None:
-            cfg = config.load(job.run.config)
+            cfg = spec.load(job.run.config)
             flavor = platform.check_job(cfg, token)
         else:
             task, flavor = tasks.check_task(task, token)
@@ -117,7 +130,7 @@ class HFJobsBackend(Backend):
         self._stop.set()
 
     @classmethod
-    def train_from_terminal(cls, cfg: RunConfig, resume: bool, token: str | None, echo) -> str | None:
+    def train_from_terminal(cls, cfg: JobConfig, resume: bool, token: str | None, echo) -> str | None:
         from phi3space.jobs.hf.cli import train_cli
         from phi3space.run import RunDir
 
@@ -180,7 +193,7 @@ class HFJobsBackend(Backend):
         run = self.host.data.run(owner, job_id)
         try:
             task = Task.from_json(env[TASK_VAR]) if TASK_VAR in env else None
-            cfg = None if task else config.loads(env.get(CONFIG_VAR, ""))
+            cfg = None if task else spec.loads(env.get(CONFIG_VAR, ""))
         except (Phi3SpaceError, ValueError, TypeError):
             return None
         if task is None and cfg is None:
@@ -214,7 +227,7 @@ class HFJobsBackend(Backend):
         task = task_of(job)
         trains = task is None
         try:
-            cfg = config.load(job.run.config) if trains else None
+            cfg = spec.load(job.run.config) if trains else None
         except Phi3SpaceError:
             cfg = None
         while not self._stop.is_set():

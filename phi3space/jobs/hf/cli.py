@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from phi3space import config
-from phi3space.config import RunConfig
 from phi3space.engine.outdir import check_folder
 from phi3space.errors import Cancelled, ConfigError, JobsError, Phi3SpaceError
 from phi3space.jobs.backend import Task
@@ -19,6 +18,7 @@ from phi3space.jobs.hf.follow import cancel, follow_to_end
 from phi3space.jobs.hf.platform import JobRef, prepare, start, start_task
 from phi3space.jobs.hf.tasks import check_task
 from phi3space.jobs.kinds import EVAL, EXPORT
+from phi3space.jobs.spec import JobConfig
 from phi3space.run import RunDir
 
 
@@ -29,7 +29,7 @@ def submitted_job(run: RunDir) -> JobRef | None:
     return JobRef.parse(refs[-1]) if refs else None
 
 
-def train_cli(cfg: RunConfig, resume: bool, token: str | None, echo: Callable[[dict], None] | None = None) -> Path:
+def train_cli(cfg: JobConfig, resume: bool, token: str | None, echo: Callable[[dict], None] | None = None) -> Path:
     """``python -m phi3space train`` with compute.backend hf-jobs: submit, print the usual progress lines, and end
     like a local run. A run folder whose job still runs is followed again instead of submitted twice.
 
@@ -86,7 +86,7 @@ def task_cli(task: Task, run_dir: Path | str | None, token: str | None, echo: Ca
     return run
 
 
-def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: RunConfig | None, trains: bool = True,
+def follow(ref: JobRef, token: str | None, run: RunDir, writer, cfg: JobConfig | None, trains: bool = True,
            timeout: str | None = None) -> None:
     """Follow the job to its end from a terminal: Ctrl-C (or SIGTERM) cancels it, and following goes on until it
     has ended (``timeout``: an eval or export job's time limit)."""

@@ -8,9 +8,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from phi3space.config import RunConfig, timeout_seconds
 from phi3space.errors import ConfigError
 from phi3space.hub.errors import hub_error
+from phi3space.jobs.spec import JobConfig, timeout_seconds
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _hours(h: float) -> str:
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
 
 
-def estimate(cfg: RunConfig, rows: int | None = None, lengths: list[int] | None = None,
+def estimate(cfg: JobConfig, rows: int | None = None, lengths: list[int] | None = None,
              token: str | None = None) -> Estimate:
     """Time and cost of ``cfg`` on its flavor, from the planned tokens and a per-GPU throughput table."""
     flavor = find_flavor(cfg.compute.flavor, token)

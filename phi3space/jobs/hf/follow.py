@@ -16,13 +16,13 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from phi3space.config import RunConfig
 from phi3space.errors import AuthError, HubError, JobsError, scrub
 from phi3space.hub.errors import http_status, hub_error, retry_base_s, short_error, with_retries
 from phi3space.jobs.backend import Verdict
 from phi3space.jobs.hf.platform import JobRef
 from phi3space.jobs.hf.protocol import parse_event, parse_exit
 from phi3space.jobs.hf.verdict import last_word
+from phi3space.jobs.spec import JobConfig
 from phi3space.run import EventWriter, RunDir, RunState
 
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
@@ -162,7 +162,7 @@ def end_wait_s() -> float:
     return 60 * Pace().first_s
 
 
-def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWriter, cfg: RunConfig | None = None,
+def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWriter, cfg: JobConfig | None = None,
                   stop: threading.Event | None = None, on_interrupt: Callable[[], None] | None = None,
                   retry_s: float = POLL_S, trains: bool = True, timeout: str | None = None) -> bool:
     """Follow the job until it ends: its status message while it is being scheduled, then its output (mirrored),
@@ -237,7 +237,7 @@ def follow_to_end(ref: JobRef, token: str | None, run: RunDir, writer: EventWrit
     return False
 
 
-def _end_unread(ref: JobRef, info, run: RunDir, writer: EventWriter, token: str | None, cfg: RunConfig | None,
+def _end_unread(ref: JobRef, info, run: RunDir, writer: EventWriter, token: str | None, cfg: JobConfig | None,
                 trains: bool, timeout: str | None, unreadable: str | None) -> None:
     """The last word of a job that ended while its log could not be read: a training run that completed, from the
     adapter it pushed; an eval or export whose command exited 0, completed; else the platform's stage."""

@@ -26,7 +26,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from phi3space.config import RunConfig, timeout_seconds
 from phi3space.errors import ConfigError, JobsError, Phi3SpaceError, SignInNeeded, register_secret
 from phi3space.hub.access import whoami
 from phi3space.hub.errors import jobs_refusal
@@ -44,6 +43,7 @@ from phi3space.jobs.hf.code import (
 from phi3space.jobs.hf.flavors import Flavor, check_flavor
 from phi3space.jobs.hf.protocol import CONFIG_VAR, RUN_DIR_ARG, RUN_VAR, TASK_VAR
 from phi3space.jobs.hf.trackers import check_tracker, tracker_settings, where_it_logs
+from phi3space.jobs.spec import JobConfig, timeout_seconds
 from phi3space.refs import is_local_ref
 from phi3space.run import EventWriter, RunState
 
@@ -76,7 +76,21 @@ class JobRef:
         return cls(namespace, job_id)
 
 
-def check_job(cfg: RunConfig, token: str | None) -> Flavor:
+def check_on_hub(inputs, then: str) -> None:
+    """The one check that a job's inputs, (setting, value) pairs, are Hub IDs: a Hugging Face job cannot read a path
+    on this machine (``then``: how to name the upload afterwards, or what else to do).
+
+    Raises:
+        ConfigError: every input that is a path here.
+    """
+    local = [f"{key}: {value!r} is a path on this machine; a Hugging Face job cannot read it"
+             for key, value in inputs if value and is_local_ref(value)]
+    if local:
+        raise ConfigError(local, "Upload it to the Hub and use its ID, e.g. `hf upload you/my-data ./qa.jsonl "
+                                 f"--repo-type dataset`, {then}")
+
+
+def check_job(cfg: JobConfig, token: str | None) -> Flavor:
     """What a job needs before it is started, except the destination repo: a token, Hub inputs, an image, a known
     flavor, a tracker that can work there (trackers.py).
 
@@ -86,17 +100,13 @@ def check_job(cfg: RunConfig, token: str | None) -> Flavor:
     if not token:
         raise SignInNeeded("training on Hugging Face Jobs needs your Hugging Face token",
                            "the job runs as you, billed to you.")
-    local = [f"{key}: {value!r} is a path on this machine; a Hugging Face job cannot read it"
-             for key, value in (("data.dataset", cfg.data.dataset), ("model.base", cfg.model.base),
-                                ("model.init_adapter", cfg.model.init_adapter or "")) if value and is_local_ref(value)]
-    if local:
-        raise ConfigError(local, "Upload it to the Hub and use its ID, e.g. `hf upload you/my-data ./qa.jsonl "
-                                 "--repo-type dataset`, then data.dataset: you/my-data.")
+    check_on_hub((("data.dataset", cfg.data.dataset), ("model.base", cfg.model.base),
+                  ("model.init_adapter", cfg.model.init_adapter or "")), "then data.dataset: you/my-data.")
     check_tracker(cfg)
     return check_flavor(cfg.compute.flavor, token)
 
 
-def prepare(cfg: RunConfig, token: str | None) -> Flavor:
+def prepare(cfg: JobConfig, token: str | None) -> Flavor:
     """``check_job``, then push access (``output.push_to: auto`` is resolved here, so the job and this machine agree
     on the repo): everything checked before the CLI starts a job.
 
@@ -111,7 +121,7 @@ def prepare(cfg: RunConfig, token: str | None) -> Flavor:
     return flavor
 
 
-def start(cfg: RunConfig, token: str, flavor: Flavor, run_id: str, writer: EventWriter, resume: bool = False,
+def start(cfg: JobConfig, token: str, flavor: Flavor, run_id: str, writer: EventWriter, resume: bool = False,
           labels: dict | None = None) -> JobRef:
     """Start the training job (never retried: a second POST could start, and bill, a second job) and say so in the
     run's events. A refusal (no payment method, quota, bad flavor, no permission) becomes the run's last word.
@@ -182,10 +192,10 @@ def launch(env: dict, command, token: str, flavor: Flavor, flavor_name: str, tim
     return ref
 
 
-def _copy(cfg: RunConfig) -> RunConfig:
-    from phi3space import config
+def _copy(cfg: JobConfig) -> JobConfig:
+    from phi3space.jobs import spec
 
-    return config.from_dict(cfg.to_dict())
+    return spec.from_dict(cfg.to_dict())
 
 
 __all__ = ["JobRef", "JobsError", "job_image", "launch_command", "prepare", "start"]  # (the image and command: code.py)

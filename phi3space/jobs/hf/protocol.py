@@ -11,9 +11,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from phi3space import config
-from phi3space.config import RunConfig
 from phi3space.errors import ConfigError
+from phi3space.jobs import spec
+from phi3space.jobs.spec import JobConfig
 from phi3space.run import EVENT_TYPES
 
 EVENT_PREFIX = "@phi3space-event "
@@ -29,7 +29,7 @@ def inside_job(config_arg: str) -> bool:
     return config_arg.startswith("env:")
 
 
-def job_config(config_arg: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def job_config(config_arg: str, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
     """The run config a job was given in an environment value; its run folder goes under the container's temp
     folder (the same path in every process of a multi-GPU job)."""
     name = config_arg.removeprefix("env:")
@@ -37,7 +37,7 @@ def job_config(config_arg: str, overrides: list[str] | tuple[str, ...] = ()) -> 
     if not text.strip():
         raise ConfigError([f"{config_arg}: the environment value {name} is empty"],
                           "Inside a Hugging Face job the run config comes in that value; elsewhere pass a YAML file.")
-    cfg = config.loads(text, overrides)
+    cfg = spec.loads(text, overrides)
     cfg.output.dir = str(Path(tempfile.gettempdir()) / "phi3space" / Path(cfg.output.dir).name)
     return cfg
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from phi3space.config import timeout_seconds
 from phi3space.errors import ConfigError, Phi3SpaceError, SignInNeeded
 from phi3space.jobs.backend import Task
 from phi3space.jobs.hf.flavors import Flavor, check_flavor, flavor_with_memory, smallest_gpu_flavor
+from phi3space.jobs.hf.platform import check_on_hub
 from phi3space.jobs.kinds import EXPORT
+from phi3space.jobs.spec import timeout_seconds
 from phi3space.refs import is_local_ref
 from phi3space.run import RunDir
 
@@ -32,11 +33,7 @@ def check_task(task: Task, token: str | None) -> tuple[Task, Flavor]:
         raise ConfigError([f"the adapter is only on this machine ({task.adapter}); a Hugging Face job cannot read it"],
                           "Push the run's adapter to the Hub first (Push, or python -m phi3space push RUN), then run "
                           "this on Hugging Face Jobs; or run it on this machine.")
-    problems = [f"{what}: {ref!r} is on this machine; a Hugging Face job cannot read it"
-                for what, ref in task.inputs if ref and is_local_ref(ref)]
-    if problems:
-        raise ConfigError(problems, "Upload the data to the Hub and give its ID, e.g. `hf upload you/my-data ./qa.jsonl "
-                                    "--repo-type dataset`, then you/my-data; or run it on this machine.")
+    check_on_hub(task.inputs, "then you/my-data; or run it on this machine.")
     if task.kind == EXPORT.name and not task.push_to:
         raise ConfigError(["an export on Hugging Face Jobs must push its files (the job's disk is gone when it ends)"],
                           "Give a repo to push to, or auto for <you>/<run name>-GGUF.")

@@ -4,15 +4,15 @@ limit; the service's own status message is shown as it is, never interpreted."""
 
 from __future__ import annotations
 
-from phi3space.config import RunConfig, timeout_seconds
 from phi3space.errors import scrub
 from phi3space.jobs.backend import Verdict
+from phi3space.jobs.spec import JobConfig, timeout_seconds
 from phi3space.run import RunState
 
 OOM_EXIT = 137  # 128 + SIGKILL: what the kernel's out-of-memory killer leaves
 
 
-def last_word(info, state: RunState, cfg: RunConfig | None = None, exit_code: int | None = None,
+def last_word(info, state: RunState, cfg: JobConfig | None = None, exit_code: int | None = None,
               trains: bool = True, timeout: str | None = None) -> Verdict | None:
     """How the job ended once the platform says so (``info``), its events say ``state`` and its command reported
     ``exit_code``: None when the events already tell the truth. A training run is completed only when the job
@@ -33,7 +33,7 @@ def last_word(info, state: RunState, cfg: RunConfig | None = None, exit_code: in
     return Verdict("failed", kind, f"the Hugging Face job {how}" + (f" ({said})" if said else ""), hint, adapter)
 
 
-def _diagnose(info, exit_code: int | None, state: RunState, cfg: RunConfig | None,
+def _diagnose(info, exit_code: int | None, state: RunState, cfg: JobConfig | None,
               timeout: str | None = None) -> tuple[str, str, str]:
     """(kind, what happened, hint) from the stage, the exit code and the running time; never from message texts.
     ``cfg``: a training run's config (None for an eval or export job, whose time limit is ``timeout``)."""
