@@ -128,6 +128,11 @@ class TrainingConfig:
     eval_steps: int | None = setting(None, "Evaluate every N steps (default: at each checkpoint).",
                                      range=Range(1, 10_000_000, "or empty to evaluate at each checkpoint"),
                                      group="advanced", placeholder="empty: at each checkpoint")
+    early_stopping_patience: int | None = setting(
+        None, "Stop when the eval loss has not improved for this many evaluations in a row, and keep the adapter of "
+              "the best one (needs eval rows; evaluations are at each checkpoint unless eval_steps says otherwise).",
+        range=Range(1, 1000, "or empty to train to the end"), group="advanced", aliases=("patience",),
+        placeholder="empty: train to the end")
     save_steps: int = setting(100, "Save a checkpoint every N steps.", range=Range(1, 10_000_000), group="advanced")
     save_total_limit: int = setting(2, "Checkpoints kept in the run folder.", range=Range(1, 1000), group="advanced")
     gradient_checkpointing: bool = setting(True, "Trade compute for memory (GPU only; off on CPU).", group="advanced")
@@ -323,6 +328,13 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"lora.target_modules: {_show(tm)}; use all-linear or a list of " + ", ".join(PHI3_TARGET_MODULES))
     if cfg.training.objective in OBJECTIVES:  # (an unknown one is reported above)
         p += objective_of(cfg).problems(cfg)
+    t = cfg.training
+    if t.early_stopping_patience and not (d.eval_split or (d.eval_fraction or 0) > 0):
+        p.append("training.early_stopping_patience: needs eval rows to watch (data.eval_fraction above 0, or "
+                 "data.eval_split)")
+    elif t.early_stopping_patience and t.eval_steps and t.save_steps % t.eval_steps:
+        p.append(f"training.early_stopping_patience: needs training.save_steps ({t.save_steps}) to be a multiple of "
+                 f"training.eval_steps ({t.eval_steps}), so that the best evaluation has its checkpoint to keep")
     if o.push_checkpoints and not o.push_to and not cfg.hub_only:  # (said by the subclass for those)
         p.append("output.push_checkpoints: needs output.push_to (the repo whose 'checkpoints' branch gets them)")
     if o.push_to and o.push_to != "auto" and not is_repo_id(o.push_to):

@@ -66,6 +66,11 @@ def training_arguments(cfg: RunConfig, hw: Hardware, has_eval: bool, balance: bo
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps if has_eval else None,
+        # Early stopping watches the eval loss and keeps the best checkpoint's adapter (transformers' own callback,
+        # added by the recipe; it needs the best model loaded at the end).
+        load_best_model_at_end=bool(t.early_stopping_patience and has_eval),
+        metric_for_best_model="eval_loss" if t.early_stopping_patience and has_eval else None,
+        greater_is_better=False if t.early_stopping_patience and has_eval else None,
         bf16=hw.bf16,
         fp16=hw.fp16,
         use_cpu=hw.device == "cpu",

@@ -36,7 +36,7 @@ from phi3space.engine.outdir import Claim, claim
 from phi3space.engine.progress import _events_callback, eval_scores, is_main_process
 from phi3space.engine.publish import Destination
 from phi3space.errors import Cancelled, ConfigError, DiskFull, Diverged, OutOfMemory, Phi3SpaceError
-from phi3space.run import EventWriter, RunDir
+from phi3space.run import EventWriter, RunDir, checkpoint_step
 
 
 def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=None) -> Path:
@@ -105,6 +105,10 @@ def build_trainer(cfg: RunConfig, pre: Preflight, token: str | None = None, call
     model = load_model(cfg.model.base, cfg.model.method, pre.hardware, token,
                        cfg.training.gradient_checkpointing and pre.hardware.device == "cuda")
     model = with_init_adapter(model, pre.init_adapter)
+    if cfg.training.early_stopping_patience and pre.data.eval is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience)]
     return objective_of(cfg).trainer(cfg, model, pre.data, pre.hardware, callbacks)
 
 
@@ -174,10 +178,21 @@ def fit(cfg: RunConfig, pre: Preflight, trainer, writer: EventWriter, stop: dict
         metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
                    "steps": trainer.state.global_step,
                    "tokens": trainer.state.num_input_tokens_seen or _last_tokens(trainer)}
+        if not cancelled and trainer.state.global_step < max_steps and cfg.training.early_stopping_patience:
+            metrics.update(_stopped_early(cfg, trainer, writer))
     if trainer.eval_dataset is not None and not cancelled:
         ev = trainer.evaluate()
         metrics.update(eval_loss=ev["eval_loss"], **eval_scores(ev))
     return Fitted(metrics, cancelled)
+
+
+def _stopped_early(cfg: RunConfig, trainer, writer: EventWriter) -> dict:
+    """Say that early stopping ended the run, and which checkpoint's adapter it kept (the trainer loaded it)."""
+    best_step = checkpoint_step(Path(trainer.state.best_model_checkpoint or "").name)
+    writer.emit("log", message=f"stopped early at step {trainer.state.global_step}: the eval loss did not improve for "
+                               f"{cfg.training.early_stopping_patience} evaluations in a row; the adapter is the best "
+                               f"one's, from step {best_step} (eval loss {trainer.state.best_metric:.4f})")
+    return {"stopped_early_at": trainer.state.global_step, "best_step": best_step}
 
 
 @contextmanager
