@@ -55,8 +55,7 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
         with stop_requests() as stop, failures(cfg, run, writer, held) as reached:
             pre = preflight(cfg, run, resume, token, writer)  # 1. set-up: cheap checks and data, then the model
             callbacks = [_events_callback(writer, stop, pre.destination.checkpoint_pusher())]
-            reached.trainer = trainer = build_trainer(cfg, pre, token, callbacks)
-            reached.fitted = fitted = fit(cfg, pre, trainer, writer, stop)  # 2. train and evaluate
+            trainer, fitted = fit_in_memory(cfg, pre, token, callbacks, writer, stop, reached)  # 2. train, evaluate
             pre.destination.publish(trainer, fitted.metrics, fitted.cancelled)  # 3. adapter, card, Hub
             writer.finish(fitted.status, step=trainer.state.global_step, metrics=fitted.metrics, adapter=str(run.path))
     if fitted.cancelled:
@@ -193,6 +192,45 @@ def _stopped_early(cfg: RunConfig, trainer, writer: EventWriter) -> dict:
                                f"{cfg.training.early_stopping_patience} evaluations in a row; the adapter is the best "
                                f"one's, from step {best_step} (eval loss {trainer.state.best_metric:.4f})")
     return {"stopped_early_at": trainer.state.global_step, "best_step": best_step}
+
+
+def fit_in_memory(cfg: RunConfig, pre: Preflight, token: str | None, callbacks: list, writer: EventWriter, stop: dict,
+                  reached: Reached) -> tuple:
+    """Build the trainer and fit; when that runs out of memory, once more with half the micro-batch and twice the
+    accumulation (the same effective batch), from the last checkpoint if one was saved, and say so. Returns the
+    trainer and what training left."""
+    retried = False
+    while True:
+        reached.trainer = trainer = build_trainer(cfg, pre, token, callbacks)
+        try:
+            reached.fitted = fitted = fit(cfg, pre, trainer, writer, stop)
+            return trainer, fitted
+        except Exception as exc:
+            if retried or _as_oom(exc, cfg, pre.run) is None or cfg.training.batch_size < 2:
+                raise
+        reached.trainer = trainer = None
+        _smaller_batch(cfg, pre, writer)
+        retried = True
+
+
+def _smaller_batch(cfg: RunConfig, pre: Preflight, writer: EventWriter) -> None:
+    """Halve the micro-batch, double the accumulation, give the memory back, and continue from the last checkpoint."""
+    import gc
+
+    import torch
+
+    t = cfg.training
+    before = f"micro-batch {t.batch_size} x accumulation {t.grad_accum}"
+    t.batch_size, t.grad_accum = t.batch_size // 2, t.grad_accum * 2
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    pre.checkpoint = pre.run.latest_checkpoint() or pre.checkpoint
+    if is_main_process():
+        cfg.save(pre.run.config)  # the settings the run goes on with (the card and --resume read them)
+    writer.emit("log", message=f"out of memory with {before}: trying once more with micro-batch {t.batch_size} x "
+                               f"accumulation {t.grad_accum} (the same effective batch)"
+                               + (f", from {pre.checkpoint.name}" if pre.checkpoint else ""))
 
 
 @contextmanager
