@@ -40,6 +40,7 @@ class RunState:
     general: dict | None = None  # the general-skills check before the push: phi3space.engine.general's result
     push_held: str | None = None  # why the push was held (the adapter got worse at general skills): "Push anyway"
     hardware: str = ""
+    versions: dict = field(default_factory=dict)  # this app's and the training libraries' versions (run_started)
     started: float | None = None
     finished: float | None = None
 
@@ -82,6 +83,7 @@ class RunState:
             self.examples, self.evaluation, self.general, self.push_held = [], None, None, None
             self.max_steps = e.get("max_steps")
             self.hardware = e.get("hardware") or self.hardware
+            self.versions = e.get("versions") or self.versions
             self.started = e.get("time")
         elif kind == "progress":
             for k in ("step", "max_steps", "loss", "eta_s", "epoch", "tokens_per_s"):

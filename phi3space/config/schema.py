@@ -64,6 +64,9 @@ class DataConfig:
     config_name: str | None = setting(None, "Hub dataset configuration (subset) name.",
                                       aliases=("dataset_config_name", "subset"),
                                       placeholder="empty: the default configuration")
+    revision: str | None = setting(None, "Hub dataset revision: a commit hash, branch or tag (empty: the latest). A run "
+                                         "records the commit it read here, so that it can be repeated.",
+                                   placeholder="empty: the latest")
     split: str = setting("train", "Split to train on.")
     eval_split: str | None = setting(None, "Split to evaluate on; when empty, eval_fraction of the training rows is "
                                            "held out.", placeholder="empty: hold out the eval fraction")

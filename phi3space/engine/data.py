@@ -49,6 +49,7 @@ class DatasetReport:
     max_length: int | None = None
     rows_in_split: int | None = None  # set when only a sample was read (Inspect): the split's size
     rows_in_split_exact: bool = True  # False when counted by lines (JSON lines)
+    revision: str | None = None  # a Hub dataset's commit that was read
     lengths: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -276,6 +277,7 @@ def _read_split(data: DataConfig, split: str, source: str, token: str | None, sa
         kept += 1
 
     report = _normalise_stream(rows, data, source, opened.broken, keep, kind)
+    report.revision = opened.revision
     ds = arrow.finish() if arrow else datasets.Dataset.from_list(in_memory)
     if cut:
         report.rows_in_split, report.rows_in_split_exact = opened.size()

@@ -34,6 +34,7 @@ class Source:
     broken: Counter
     known: int = 0  # rows of the parts whose size is known without reading them (Arrow files, JSON documents)
     uncounted: list[Path] = field(default_factory=list)  # JSON-lines files: sized by their lines, on demand
+    revision: str | None = None  # a Hub dataset's commit that was read (a run records it, to be repeated)
 
     def size(self) -> tuple[int, bool]:
         """The split's row count, and whether it is exact (JSON lines are counted by lines, blank ones too)."""
@@ -73,8 +74,9 @@ def _open_local(ref: str, split: str) -> Source:
     return source
 
 
-def _open_hub(ref: str, config_name: str | None, split: str, token: str | None) -> Source:
+def _open_hub(ref: str, config_name: str | None, split: str, token: str | None, revision: str | None = None) -> Source:
     import datasets
+    from huggingface_hub import HfApi, constants
     from huggingface_hub import errors as hub_errors
 
     from phi3space.hub.access import check_read_access
@@ -82,9 +84,15 @@ def _open_hub(ref: str, config_name: str | None, split: str, token: str | None) 
 
     try:
         check_read_access(ref, "dataset", token)
-        ds = datasets.load_dataset(ref, config_name, split=split, token=token)
+        if not constants.HF_HUB_OFFLINE:  # the commit read: the latest one, or the one asked for
+            revision = HfApi().dataset_info(ref, revision=revision, token=token or False).sha or revision
+        ds = datasets.load_dataset(ref, config_name, split=split, token=token, revision=revision)
     except hub_errors.GatedRepoError:
         raise gated(f"datasets/{ref}", DataError) from None
+    except hub_errors.RevisionNotFoundError:
+        raise DataError(f"dataset {ref} has no revision {revision!r}",
+                        "Set data.revision to a commit hash, branch or tag of the dataset, or leave it empty for the "
+                        "latest.") from None
     except (datasets.exceptions.DatasetNotFoundError, hub_errors.RepositoryNotFoundError, FileNotFoundError) as exc:
         if "is a gated dataset" in str(exc):  # datasets reports gated repos as DatasetNotFoundError too
             raise gated(f"datasets/{ref}", DataError) from None
@@ -104,7 +112,8 @@ def _open_hub(ref: str, config_name: str | None, split: str, token: str | None) 
         if is_transient(exc):
             raise hub_error(exc, f"load dataset {ref}", f"datasets/{ref}", DataError) from None
         raise
-    return Source(iter(ds), Counter(), len(ds))  # Arrow rows, one at a time: never the whole split as Python objects
+    # Arrow rows, one at a time: never the whole split as Python objects
+    return Source(iter(ds), Counter(), len(ds), revision=revision)
 
 
 def open_split(data: DataConfig, split: str, token: str | None = None) -> Source:
@@ -113,7 +122,7 @@ def open_split(data: DataConfig, split: str, token: str | None = None) -> Source
 
     if is_local_ref(data.dataset):
         return _open_local(data.dataset, split)
-    return _open_hub(data.dataset, data.config_name, split, token)
+    return _open_hub(data.dataset, data.config_name, split, token, data.revision)
 
 
 def load_rows(data: DataConfig, split: str, token: str | None = None) -> tuple[list[dict], Counter]:

@@ -91,6 +91,10 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
     check_base(cfg.model.base, token)  # a wrong or unreachable model fails before the data is read
     init_adapter = check_init_adapter(cfg, token)
     prepared = objective_of(cfg).rows_to_train(cfg, token)
+    if prepared.report.revision and prepared.report.revision != cfg.data.revision:
+        cfg.data.revision = prepared.report.revision  # the commit read: the saved (and pushed) config repeats the run
+        if is_main_process():
+            cfg.save(run.config)
     hw = detect_hardware(cfg.model.attn_implementation)
     if hw.device == "cpu":  # before the model loads: a small machine refuses rather than being killed
         check_memory(cfg.model.base, "nf4" if cfg.model.method == "qlora" else hw.dtype, "training", token,
@@ -255,10 +259,13 @@ def stop_requests():
 
 
 def library_versions() -> dict[str, str]:
-    """The versions of the libraries that train (reported in run_started, so that a run can be repeated)."""
+    """The versions of this app and of the libraries that train (reported in run_started and on the card, so that a
+    run can be repeated)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
+    import phi3space
+
+    out = {"phi3space": phi3space.__version__}
     for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "huggingface_hub"):
         try:
             out[name] = version(name)

@@ -119,7 +119,7 @@ A {'QLoRA' if cfg.model.method == 'qlora' else 'LoRA'} adapter for [{cfg.model.b
 | setting | value |
 |---|---|
 """ + "".join(f"| {k} | {v} |\n" for k, v in rows) + f"""
-The full resolved configuration is in `{RunDir.CONFIG}`; `python -m phi3space train {RunDir.CONFIG}` repeats the run.
+{train_again(cfg, state, repo_id)}
 
 ## Usage
 
@@ -146,6 +146,35 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
         data.model_name = repo_id.split("/")[-1] if repo_id else RunDir(cfg.output.dir).path.name
         body += "\n" + general_section(state.general)
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
+
+
+def train_again(cfg: RunConfig, state: RunState, repo_id: str | None) -> str:
+    """The card's "Train again" section: what makes the run repeatable (its whole config with the dataset's commit,
+    the app's and libraries' versions), a link that opens the Space's form filled from this card for the visitor's
+    own account, and the same from a terminal, here or on Hugging Face Jobs."""
+    import phi3space
+    from phi3space.hub.space import public_space
+
+    versions = {"phi3space": phi3space.__version__, **state.versions}
+    pinned = (f" at commit `{cfg.data.revision}`" if cfg.data.revision and is_hub_id(cfg.data.dataset) else "")
+    lines = [f"`{RunDir.CONFIG}` holds the whole run: every setting, the dataset `{cfg.data.dataset}`{pinned}. It was "
+             "trained with " + ", ".join(f"{name} {v}" for name, v in versions.items()) + "."]
+    repo = repo_id or "you/this-adapter"
+    space = public_space()
+    if space:
+        lines.append(f"\n[**Train again**](https://huggingface.co/spaces/{space}?from={repo}) opens the form of the "
+                     f"{space} Space filled from this card, to train under your own account.")
+    folder = repo.split("/")[-1]
+    lines.append(f"""
+From a terminal (the adapter goes to your own account):
+
+```bash
+hf download {repo} {RunDir.CONFIG} --local-dir {folder}
+python -m phi3space train {folder}/{RunDir.CONFIG} --set output.push_to=auto
+# or on Hugging Face Jobs (billed to you):
+python -m phi3space train {folder}/{RunDir.CONFIG} --set output.push_to=auto --set compute.backend=hf-jobs
+```""")
+    return "## Train again\n\n" + "\n".join(lines)
 
 
 def _how(cfg: RunConfig) -> str:

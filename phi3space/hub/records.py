@@ -15,6 +15,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from phi3space.config import RunConfig
 from phi3space.errors import ConfigError, Phi3SpaceError
@@ -166,3 +167,31 @@ def created_at(hub_run: HubRun) -> float:
 
 __all__ = ["HubRun", "JOB_ENV", "OWNER_ENV", "RECORD_KEY", "RECORD_TAG", "hub_runs", "job_record",
            "publish_queued", "rebuild", "record"]
+
+
+def card_config(repo_id: str, token: str | bool | None) -> Path:
+    """The run config pushed beside an adapter's card (``config.yaml``): what "Train again" fills the form from
+    (``token``: as huggingface_hub takes it; False for none, None for this machine's login).
+
+    Raises:
+        HubError / AuthError: no such repo, no access, or it holds no run config (not a phi3space adapter).
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from phi3space.errors import HubError
+    from phi3space.refs import is_repo_id
+
+    if not is_repo_id(repo_id):
+        raise HubError(f"{repo_id!r} is not a Hub repo ID (owner/name)", "Open the link from an adapter's card.")
+    def fetch() -> str | None:
+        try:
+            return hf_hub_download(repo_id, RunDir.CONFIG, token=token)
+        except EntryNotFoundError:
+            return None
+
+    path = call(fetch, "download run config", ref=repo_id)
+    if path is None:
+        raise HubError(f"{repo_id} has no {RunDir.CONFIG}: it was not trained with phi3space",
+                       "Open Train again from the card of an adapter phi3space trained.")
+    return Path(path)

@@ -16,3 +16,12 @@ def space_id() -> str | None:
     return os.environ.get("SPACE_ID") if on_space() else None
 
 
+PUBLIC_SPACE_VAR = "PHI3SPACE_PUBLIC_SPACE"
+
+
+def public_space() -> str | None:
+    """The Space a card's "Train again" opens: the one this runs in, else the one ``PHI3SPACE_PUBLIC_SPACE`` names
+    (owner/name: where a CLI or Jobs user's cards should send people); None: the card gives terminal lines only."""
+    return space_id() or os.environ.get(PUBLIC_SPACE_VAR, "").strip() or None
+
+

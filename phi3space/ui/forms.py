@@ -132,6 +132,20 @@ def shown(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
+def from_card(repo_id: str, token: str | bool | None, push_to: str = "auto") -> dict[str, Any]:
+    """The form's values to train again from an adapter's card (``?from=<repo>``): the run's whole pushed config,
+    with the adapter going to ``push_to`` (the visitor's own account), never to the card's repo.
+
+    Raises:
+        HubError / AuthError: the repo cannot be read or holds no run config; ConfigError: that config is wrong.
+    """
+    from phi3space.hub.records import card_config
+
+    cfg = job_spec.load(card_config(repo_id, token))
+    cfg.output.push_to = push_to
+    return form_values(cfg)
+
+
 def form_values(cfg: RunConfig) -> dict[str, Any]:
     """The form's values for a config, by setting key (to fill the form from an uploaded YAML)."""
     cfg = job_spec.of(cfg)  # (with where it trains)

@@ -22,6 +22,7 @@ from gradio.utils import get_upload_folder
 from phi3space import config as config_mod
 from phi3space.errors import Phi3SpaceError
 from phi3space.hub.access import check_reachable
+from phi3space.hub.auth import real_token
 from phi3space.hub.space import on_space
 from phi3space.jobs import spec as job_spec
 from phi3space.jobs.submit import inputs
@@ -165,12 +166,16 @@ def preview(inspection, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthTo
     return text, forms.plan(cfg, inspection, forms.gpu_memory_gb()).markdown(), str(path), memory
 
 
-def restore(memory, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+def restore(memory, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, request: gr.Request):
     """Page load: the form as this browser left it (upload, run name, every setting); what no longer fits (a
     value of the wrong kind, an upload gradio no longer holds) stays as it is. With nothing stored, on a Space, the
-    destination repo defaults to the visitor's namespace."""
+    destination repo defaults to the visitor's namespace. Opened as ``?from=<repo>`` (a card's "Train again"): the
+    form is that run's, for the visitor's own account."""
     upload = run_name = gr.skip()
     values = {key: gr.skip() for key in forms.FIELDS}
+    card = (request.query_params.get("from") or "").strip() if request is not None else ""
+    if card:
+        return train_again(card, profile, oauth_token, values)
     if not isinstance(memory, dict) or not isinstance(memory.get("values"), dict):
         values["output.push_to"] = default_push_to(profile)
         return [upload, run_name, *_listed(values)]
@@ -182,6 +187,22 @@ def restore(memory, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken 
         run_name = memory["run_name"]
     values.update({key: value for key, value in memory["values"].items() if key in values and forms.fits(key, value)})
     return [upload, run_name, *_listed(values)]
+
+
+def train_again(repo_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None,
+                values: dict[str, Any]) -> list:
+    """The form filled from ``repo_id``'s pushed run config, its adapter going to the visitor's own namespace (or
+    auto); a card that cannot be read leaves the form as it is and says why."""
+    token = real_token(getattr(oauth_token, "token", None))  # on a Space, never the owner's: none is no token
+    mine = default_push_to(profile)
+    try:
+        values.update(forms.from_card(repo_id, token or (False if on_space() else None),
+                                      mine if isinstance(mine, str) else "auto"))
+    except Phi3SpaceError as exc:
+        gr.Warning(page_text(f"Train again from {repo_id}: {exc.message}. {exc.hint}"))
+        return [gr.skip(), gr.skip(), *_listed(values)]
+    gr.Info(page_text(f"The form holds the run of {repo_id}; its adapter will go to your account. Press Start."))
+    return [gr.skip(), f"{repo_id.split('/')[-1]} again", *_listed(values)]
 
 
 @user_errors
