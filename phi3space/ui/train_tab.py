@@ -166,7 +166,8 @@ def preview(inspection, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthTo
     return text, forms.plan(cfg, inspection, forms.gpu_memory_gb()).markdown(), str(path), memory
 
 
-def restore(memory, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, request: gr.Request):
+def restore(memory, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None,
+            request: gr.Request = None):
     """Page load: the form as this browser left it (upload, run name, every setting); what no longer fits (a
     value of the wrong kind, an upload gradio no longer holds) stays as it is. With nothing stored, on a Space, the
     destination repo defaults to the visitor's namespace. Opened as ``?from=<repo>`` (a card's "Train again"): the
