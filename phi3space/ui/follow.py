@@ -114,6 +114,27 @@ class Follower:
 PUSH_AGAIN = "The adapter is kept: press 'Push again' to push it with your current sign-in (you may sign in again first)."
 
 
+def general_html(state: RunState) -> str:
+    """The general-skills check before the push: both scores, whether the push is held ('Push anyway'), and the
+    questions base and adapter answered differently."""
+    g = state.general
+    n = g["questions"]
+    mark = lambda side: "✅" if side["right"] else "❌"  # noqa: E731
+    rows = "".join(f"<tr><td>{escape(e['question'])}</td><td>{escape(e['answer'])}</td>"
+                   f"<td>{mark(e['base'])} {escape(e['base']['reply'][:80])}</td>"
+                   f"<td>{mark(e['adapter'])} {escape(e['adapter']['reply'][:80])}</td></tr>"
+                   for e in g["examples"] if e["base"]["right"] != e["adapter"]["right"])
+    out = (f"<p class='general-check'>General skills before the push: the adapter got <b>{round(g['adapter'] * n)}/{n}"
+           f"</b> general questions right, its base <b>{round(g['base'] * n)}/{n}</b>.</p>")
+    if state.push_held:
+        out += (f"<p class='push-held'>⚠️ {escape(state.push_held)}.<br><i>Look at the questions below; press "
+                "'Push anyway' to push it all the same.</i></p>")
+    if rows:
+        out += ("<table class='general-diff'><tr><th>question</th><th>answer</th><th>base</th><th>adapter</th></tr>"
+                + rows + "</table>")
+    return out
+
+
 def progress_html(job: Job | None, status: str | None, state: RunState, queue_position: int | None,
                   stage: str | None = None) -> str:
     """A progress bar with step, loss and ETA (or the place in the queue, or the final status); ``stage`` is what a
@@ -142,6 +163,8 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
     if status == "failed" and state.error:
         hint = PUSH_AGAIN if state.push_pending else state.error.get("hint") or ""  # the page has a button for it
         head += f"<p>{escape(str(state.error.get('message')))}<br><i>{escape(hint)}</i></p>"
+    if state.general:
+        head += general_html(state)
     model = "GGUF and Modelfile" if job.kind == "export" else "Merged model"  # (what an export pushes)
     for what, url in (("Adapter", state.adapter_url), (model, state.model_url)):
         if url:

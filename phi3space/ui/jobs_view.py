@@ -119,7 +119,8 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     resume = gr.Button(visible=state is not None and state.can_resume)
     run, run_state = acted_on(job, jobs)  # the actions act on the training run, whichever of its jobs is followed
     done = run_state is not None and run_state.has_adapter
-    push = gr.Button(visible=state is not None and state.push_pending)
+    push = gr.Button("Push anyway" if state is not None and state.push_held else "Push again",
+                     visible=state is not None and state.push_pending)
     return (gr.skip(), signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
             gr.Button(interactive=done), push, *rewards, actions_note(job, run, run_state))
 
