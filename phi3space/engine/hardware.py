@@ -115,7 +115,7 @@ def training_refusal() -> Phi3SpaceError | None:
     if zero_gpu():
         return ConfigError(["training is not available on ZeroGPU hardware: a GPU is lent only for short calls "
                             "(chat works; a fine-tuning run does not fit)"],
-                           "Send the run to Hugging Face Jobs (compute.backend: hf-jobs; billed to you), duplicate "
+                           "Send the run to Hugging Face Jobs (choose it as compute.backend; billed to you), duplicate "
                            "this Space on dedicated GPU hardware (e.g. l4x1), or train with `python -m phi3space "
                            "train` on your own machine; then chat with the adapter here.")
     return gpu_problem()
