@@ -46,6 +46,8 @@ def gpu_count() -> int:
 
 @dataclass
 class GPU:
+    """One GPU as nvidia-smi reports it (memory in GB)."""
+
     index: int
     name: str
     total_gb: float
@@ -141,6 +143,7 @@ def memory_for_training_gb(held_by_chat_gb: float = 0.0) -> float | None:
 
 
 def first_gpu_name() -> str | None:
+    """The first GPU's name (for time estimates), or None without a GPU."""
     found = gpus()
     return found[0].name if found else None
 
