@@ -164,7 +164,8 @@ class Estimate:
         return out
 
     def markdown(self) -> str:
-        """The plan's line on the page: the flavor, the likely and the most cost, and that it is billed to you."""
+        """The plan's line on the page: the flavor, the likely and the highest cost, billed to you (or that the price
+        is unknown)."""
         head = f"**Hugging Face Jobs:** {self.flavor.label()}"
         if self.flavor.price_per_hour is None:
             return head + " · price unknown (the Hub's hardware list could not be read)"
