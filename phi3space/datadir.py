@@ -22,6 +22,8 @@ from phi3space.run import RunDir
 
 
 class DataDirBusy(Phi3SpaceError):
+    """The data folder cannot serve this app: another app holds it, or it lies on a FUSE mount."""
+
     kind = "busy"
 
 
@@ -31,10 +33,12 @@ def data_dir() -> Path:
 
 
 def safe_name(text: str) -> str:
+    """``text`` as one folder name (an owner, a job id): anything but letters, digits, ``._-`` becomes ``_``; never empty."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "user"
 
 
 def new_job_id() -> str:
+    """A fresh job id: 12 random hex digits."""
     return uuid.uuid4().hex[:12]
 
 
@@ -46,10 +50,12 @@ class DataDir:
 
     @property
     def runs(self) -> Path:
+        """The folder that holds every owner's run folders."""
         return self.root / "runs"
 
     @property
     def store(self) -> Path:
+        """The job store's SQLite file."""
         return self.root / "jobs.sqlite"
 
     def run(self, owner: str, job_id: str) -> RunDir:
@@ -67,10 +73,12 @@ class DataDir:
         return Path(path).expanduser().resolve().is_relative_to(self.runs.resolve())
 
     def uploads(self, owner: str) -> Path:
+        """The folder of ``owner``'s uploaded files (not created)."""
         return self.root / "uploads" / safe_name(owner)
 
     @property
     def all_uploads(self) -> Path:
+        """The folder that holds every owner's uploads."""
         return self.root / "uploads"
 
     def check_local_disk(self) -> None:

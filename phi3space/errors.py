@@ -24,6 +24,8 @@ class Phi3SpaceError(Exception):
 
 
 class ConfigError(Phi3SpaceError):
+    """Bad settings: every problem found, in one message (``problems`` keeps them one by one)."""
+
     kind = "config"
 
     def __init__(self, problems: list[str], hint: str = ""):
@@ -33,14 +35,21 @@ class ConfigError(Phi3SpaceError):
 
 
 class DataError(Phi3SpaceError):
+    """The training or evaluation data cannot be used: missing, unreadable, or in no format we train on."""
+
     kind = "data"
 
 
 class ModelError(Phi3SpaceError):
+    """A base model or an adapter cannot be used (missing, damaged, not a Phi-3, trained on another base), or torch
+    cannot use the GPU here."""
+
     kind = "model"
 
 
 class AuthError(Phi3SpaceError):
+    """A Hugging Face token is missing, refused, or may not do what was asked."""
+
     kind = "auth"
 
 
@@ -54,6 +63,8 @@ class SignInNeeded(AuthError):
 
 
 class HubError(Phi3SpaceError):
+    """The Hugging Face Hub refused the work or could not be reached."""
+
     kind = "hub"
 
 
@@ -64,18 +75,26 @@ class JobsError(Phi3SpaceError):
 
 
 class OutOfMemory(Phi3SpaceError):
+    """The work does not fit in the memory here (GPU or CPU)."""
+
     kind = "oom"
 
 
 class DiskFull(Phi3SpaceError):
+    """The disk filled up while writing a run's files."""
+
     kind = "disk"
 
 
 class Diverged(Phi3SpaceError):
+    """Training went wrong numerically (the loss became NaN or infinite)."""
+
     kind = "diverged"
 
 
 class Cancelled(Phi3SpaceError):
+    """The work was stopped before it ended (Stop on the page, Ctrl-C, a signal)."""
+
     kind = "cancelled"
 
 
@@ -83,6 +102,7 @@ HF_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")  # what a Hugging Face acces
 
 
 def looks_like_token(value: str) -> bool:
+    """``value`` holds something shaped like a Hugging Face access token (``hf_...``)."""
     return isinstance(value, str) and HF_TOKEN_SHAPE.search(value) is not None
 
 

@@ -27,6 +27,8 @@ def _f(default: Any, help: str, range: Range, capped: bool = False) -> Any:
 
 @dataclass(frozen=True)
 class GenerationSettings:
+    """How a chat reply is written; valid once built (ConfigError names every bad setting)."""
+
     max_new_tokens: int = _f(256, f"Longest reply, in new tokens (at most {MAX_NEW_TOKENS}: more is lowered to that); "
                                   "a reply also ends at Phi-3's end-of-turn token.",
                              Range(1, MAX_NEW_TOKENS, f"more than {MAX_NEW_TOKENS} is lowered to {MAX_NEW_TOKENS}"),

@@ -69,33 +69,41 @@ class RunDir:
 
     @property
     def config(self) -> Path:
+        """The run's resolved config (config.yaml)."""
         return self.path / self.CONFIG
 
     @property
     def events(self) -> Path:
+        """The run's event log (events.jsonl), what every view folds into a RunState."""
         return self.path / self.EVENTS
 
     @property
     def log(self) -> Path:
+        """The job's output, stdout and stderr (train.log)."""
         return self.path / self.LOG
 
     @property
     def adapter_weights(self) -> Path:
+        """The trained adapter's weights."""
         return self.path / self.ADAPTER_WEIGHTS
 
     @property
     def adapter_config(self) -> Path:
+        """The trained adapter's peft config (it names the base model)."""
         return self.path / self.ADAPTER_CONFIG
 
     @property
     def card(self) -> Path:
+        """The model card (README.md), pushed with the adapter."""
         return self.path / self.CARD
 
     @property
     def plot(self) -> Path:
+        """The loss curve's image."""
         return self.path / self.PLOT
 
     def checkpoint(self, step: int) -> Path:
+        """The checkpoint folder for ``step`` (it may not exist)."""
         return self.path / checkpoint_name(step)
 
     def checkpoints(self) -> list[Path]:
@@ -145,9 +153,11 @@ class RunDir:
         return scrub("\n".join(text.splitlines()[-lines:]))
 
     def has_tokenizer(self) -> bool:
+        """The run saved a tokenizer beside its adapter."""
         return (self.path / self.TOKENIZER_CONFIG).exists()
 
     def has_adapter(self) -> bool:
+        """Both adapter files are here."""
         return self.adapter_weights.exists() and self.adapter_config.exists()
 
     def holds_run(self) -> bool:
@@ -174,6 +184,7 @@ class RunDir:
     # ------------------------------------------------------------ events
 
     def writer(self, enabled: bool = True, echo: Callable[[dict], None] | None = None) -> EventWriter:
+        """An EventWriter for this run's events (``echo``: called with each event, as the CLI prints them)."""
         return EventWriter(self.events, enabled, echo)
 
     def append(self, type: str, **fields: Any) -> dict:

@@ -46,6 +46,7 @@ class RunState:
 
     @property
     def final(self) -> bool:
+        """The run has ended: completed, failed or cancelled."""
         return self.status in FINAL
 
     @property
@@ -65,6 +66,7 @@ class RunState:
 
     @property
     def pushed(self) -> bool:
+        """The adapter was pushed to a Hub repo."""
         return bool(self.adapter_repo)
 
     @property
@@ -77,6 +79,7 @@ class RunState:
                 and (self.error or {}).get("kind") in ("hub", "auth"))
 
     def fold(self, e: dict) -> None:
+        """Take one more event ``e`` into the state (events in the order they were written)."""
         kind = e.get("type")
         if kind == "run_started":  # also a resumed run: what an earlier attempt ended with no longer holds
             self.status, self.error, self.adapter, self.finished = "running", None, None, None
@@ -134,6 +137,7 @@ class RunState:
 
     @classmethod
     def from_events(cls, events: list[dict]) -> RunState:
+        """The state after ``events``, folded in order."""
         state = cls()
         for e in events:
             state.fold(e)

@@ -235,6 +235,7 @@ class ChatEngine:
             reply.gone = True  # a visitor who stops reading frees the place at the next slice
 
     def reply(self, messages: list[dict], adapter: str | None = None, **kw) -> str:
+        """The whole reply at once (``stream``'s last text, stripped): the same arguments and errors as ``stream``."""
         last = ""
         for text in self.stream(messages, adapter, **kw):  # each item is the whole reply so far
             last = text

@@ -68,6 +68,7 @@ def _does_not_fit(ref: str, base: str, path: Path, exc: Exception) -> ModelError
 
 
 def adapter_base(adapter_dir: Path) -> str:
+    """The base model the adapter in ``adapter_dir`` was trained on (RunDir.adapter_base; ModelError when it names none)."""
     return RunDir(adapter_dir).adapter_base()
 
 

@@ -27,6 +27,8 @@ END = "<|end|>"
 
 @dataclass
 class Row:
+    """One held-out chat row to evaluate on: the prompt, the reference answer and the whole row."""
+
     prompt: list[dict]  # the messages before the last assistant turn
     reference: str  # the last assistant turn
     messages: list[dict]  # the whole row (for the loss on its assistant tokens)

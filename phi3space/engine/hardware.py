@@ -46,6 +46,8 @@ def gpu_count() -> int:
 
 @dataclass
 class GPU:
+    """One GPU as nvidia-smi reports it (memory in GB)."""
+
     index: int
     name: str
     total_gb: float
@@ -115,7 +117,7 @@ def training_refusal() -> Phi3SpaceError | None:
     if zero_gpu():
         return ConfigError(["training is not available on ZeroGPU hardware: a GPU is lent only for short calls "
                             "(chat works; a fine-tuning run does not fit)"],
-                           "Send the run to Hugging Face Jobs (compute.backend: hf-jobs; billed to you), duplicate "
+                           "Send the run to Hugging Face Jobs (choose it as compute.backend; billed to you), duplicate "
                            "this Space on dedicated GPU hardware (e.g. l4x1), or train with `python -m phi3space "
                            "train` on your own machine; then chat with the adapter here.")
     return gpu_problem()
@@ -141,6 +143,7 @@ def memory_for_training_gb(held_by_chat_gb: float = 0.0) -> float | None:
 
 
 def first_gpu_name() -> str | None:
+    """The first GPU's name (for time estimates), or None without a GPU."""
     found = gpus()
     return found[0].name if found else None
 

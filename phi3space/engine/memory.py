@@ -134,8 +134,8 @@ def check_memory(base: str, dtype: str, purpose: str, token: str | None = None, 
     raise OutOfMemory(f"{purpose} needs about {need / GB:.1f} GB of memory to load {base} ({params / 1e9:.2f} B "
                       f"parameters in {dtype}){smaller}, but this process may use {have / GB:.1f} GB ({source})",
                       "Run it where there is room: a GPU Space (e.g. l4x1) or ZeroGPU for chat, Hugging Face Jobs "
-                      "for training, evaluation, merge and export (--backend hf-jobs, or the page's Hardware/Run on "
-                      "choice), or a machine with more memory; on a CPU, bfloat16 halves what float32 needs.")
+                      "for training, evaluation, merge and export (choose it with --backend, or with the page's Hardware/Run "
+                      "on choice), or a machine with more memory; on a CPU, bfloat16 halves what float32 needs.")
 
 
 def cpu_dtype(base: str, purpose: str, token: str | None = None) -> str:

@@ -20,15 +20,18 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalise(text: str) -> str:
+    """``text`` as SQuAD compares answers: lower case, no punctuation or articles, single spaces."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the normalised prediction equals the normalised reference, else 0.0."""
     return float(normalise(prediction) == normalise(reference))
 
 
 def token_f1(prediction: str, reference: str) -> float:
+    """F1 of the words the normalised prediction and reference share (1.0 when both are empty)."""
     pred, ref = normalise(prediction).split(), normalise(reference).split()
     if not pred or not ref:
         return float(pred == ref)
@@ -49,6 +52,7 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 
 def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure: the longest common subsequence of the normalised words (1.0 when both are empty)."""
     pred, ref = normalise(prediction).split(), normalise(reference).split()
     if not pred or not ref:
         return float(pred == ref)

@@ -19,6 +19,8 @@ SUPPORTED_MODEL_TYPES = ("phi3",)
 
 @dataclass
 class Hardware:
+    """Where a model loads and in which precision: the device, dtype and attention implementation, and the GPUs."""
+
     device: str  # cuda | mps | cpu
     dtype: str  # bfloat16 | float16 | float32
     attn_implementation: str
@@ -28,13 +30,16 @@ class Hardware:
 
     @property
     def bf16(self) -> bool:
+        """Train in bfloat16 (the Trainer's ``bf16`` flag)."""
         return self.dtype == "bfloat16"
 
     @property
     def fp16(self) -> bool:
+        """Train in float16 (the Trainer's ``fp16`` flag)."""
         return self.dtype == "float16"
 
     def describe(self) -> str:
+        """One line for the run_started event and the log: the GPUs (or device), dtype and attention."""
         if self.device == "cuda":
             return f"{self.gpu_count} x {self.gpu_name} ({self.gpu_memory_gb:.0f} GB), {self.dtype}, {self.attn_implementation}"
         return f"{self.device}, {self.dtype}, {self.attn_implementation}"
@@ -150,6 +155,7 @@ def _ensure_phi3_template(tok, training: bool = True) -> None:
 
 
 def stop_token_ids(tokenizer) -> list[int]:
+    """The ids of the STOP_TOKENS this tokenizer knows (a reply ends at any of them)."""
     vocab = tokenizer.get_vocab()
     return [vocab[t] for t in STOP_TOKENS if t in vocab]
 

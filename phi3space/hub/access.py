@@ -77,6 +77,7 @@ def check_read_access(repo_id: str, repo_type: str, token: str | None) -> None:
 
 
 def namespaces(user: dict) -> list[str]:
+    """Where ``user`` (a whoami answer) may own repos: their name, then their organisations."""
     return [user["name"]] + [o["name"] for o in user.get("orgs", []) if o.get("name")]
 
 

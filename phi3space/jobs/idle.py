@@ -26,6 +26,9 @@ class IdlePause:
 
     @classmethod
     def from_env(cls, space: str | None) -> IdlePause | None:
+        """The idle pause PHI3SPACE_PAUSE_IDLE_MINUTES asks for on the Space ``space``: None when it is unset or this is
+        no Space, and None with a line on stderr saying why when it is not a positive number of minutes or the owner's
+        HF_TOKEN secret is missing."""
         raw = os.environ.get(PAUSE_ENV)
         if not raw or not space:
             return None

@@ -105,6 +105,11 @@ class LocalBackend(Backend):
         self._kill_at: dict[str, float] = {}
 
     def check(self, cfg: JobConfig, token: str | None, slots: int) -> int:
+        """``Backend.check``: this machine can train (not ZeroGPU, a usable GPU) and has the GPU slots asked for; local
+        data and base paths become absolute. Returns the slots the job takes.
+
+        Raises:
+            Phi3SpaceError: training is refused here (ZeroGPU, a GPU torch cannot use), or more GPUs than slots."""
         refusal = training_refusal()
         if refusal is not None:
             raise refusal
@@ -119,10 +124,13 @@ class LocalBackend(Backend):
         return gpus
 
     def longest_s(self, cfg: JobConfig, queue_wait_s: float) -> float | None:
+        """``Backend.longest_s``: the queue's wait plus the estimated training time on the first GPU; None when unknown."""
         train = training_seconds(cfg, first_gpu_name())
         return None if train is None else queue_wait_s + train
 
     def start(self, job: Job, token: str | None, slot: int | None) -> Job:
+        """``Backend.start``: run the job's command in its own process group (its output into the run's log), on
+        ``slot`` and the slots after it."""
         env = job_env(token, self.host.space)
         env[JOB_ENV], env[OWNER_ENV] = job.id, job.owner  # for the record on the final card
         gpus = job.gpus or 1
@@ -151,12 +159,14 @@ class LocalBackend(Backend):
         self._kill_at[job.id] = time.time() + self.grace_s
 
     def recover(self, job: Job) -> None:
+        """``Backend.recover``: adopt the job's process when it still runs, else give the job its last word."""
         if job.pid and _is_our_process(job):
             self._procs[job.id] = _Adopted(job)
         else:
             self.host.ended(job, last_word(None, job.run.state(), job.cancel_requested, job.started, job.kind), None)
 
     def poll(self) -> None:
+        """``Backend.poll``: end the jobs whose process exited, and SIGKILL those past their grace period."""
         for job_id, proc in list(self._procs.items()):
             code = proc.poll()
             if code is not None:
@@ -181,6 +191,7 @@ class LocalBackend(Backend):
         return bool(cfg.output.push_to and cfg.output.push_checkpoints and hub_checkpoint_steps(cfg.output.push_to, token))
 
     def shutdown(self) -> None:
+        """``Backend.shutdown``: kill the process groups this process started (an adopted process is left alone)."""
         for proc in list(self._procs.values()):
             if isinstance(proc, subprocess.Popen) and proc.poll() is None:
                 try:

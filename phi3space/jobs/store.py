@@ -42,6 +42,7 @@ class Job:
 
     @property
     def run(self) -> RunDir:
+        """The job's run folder."""
         return RunDir(self.run_dir)
 
 
@@ -53,6 +54,8 @@ T = TypeVar("T")
 
 
 class StoreBusy(Phi3SpaceError):
+    """The job store stayed locked by another process past the retries."""
+
     kind = "busy"
 
 
@@ -141,11 +144,16 @@ class JobStore:
             self.on_reset()
 
     def add(self, job: Job) -> None:
+        """Store a new job."""
         row = asdict(job)
         self._run(lambda db: db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES "
                                         f"({', '.join('?' for _ in _COLUMNS)})", [row[c] for c in _COLUMNS]))
 
     def update(self, job_id: str, **values) -> None:
+        """Set some of a job's columns.
+
+        Raises:
+            ValueError: a name that is not a job column."""
         unknown = set(values) - set(_COLUMNS)
         if unknown:
             raise ValueError(f"not a job column: {sorted(unknown)}")
@@ -153,6 +161,7 @@ class JobStore:
         self._run(lambda db: db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id]))
 
     def get(self, job_id: str) -> Job | None:
+        """The job ``job_id``, or None."""
         jobs = self._select("WHERE id = ?", (job_id,))
         return jobs[0] if jobs else None
 

@@ -33,6 +33,7 @@ K_QUANTS = ("Q4_K_M and the other k-quants need llama.cpp's C++ quantizer: expor
 
 
 def summary_md(evaluation: dict | None) -> str:
+    """An evaluation's scores as a markdown table, base beside adapter; empty without one."""
     if not evaluation:
         return ""
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -82,6 +83,7 @@ def refresh(follower: Follower, seen: tuple | None, page: int, profile: gr.OAuth
 
 
 def turn(page: int, step: int) -> int:
+    """The page of examples after turning ``step`` pages from ``page`` (never below 1)."""
     return max(1, int(page or 1) + step)
 
 
@@ -146,6 +148,8 @@ def export(follower: Follower, quant: str, push: bool, repo: str, private: bool,
 
 
 def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
+    """Lay out what comes after training, for the followed job: evaluate against the base (its scores and
+    examples), export to GGUF, and its files to download; wired to ``timer``."""
     drawn = gr.State(None)
     space = get_runner().space
     files = gr.File(label="Files of the followed job, to download", file_count="multiple", interactive=False,

@@ -116,6 +116,7 @@ def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = DEF
 
 
 def build() -> None:
+    """Register the API endpoints (for gradio_client and scripts) on the Blocks being built."""
     gr.api(submit_job, api_name="submit_job")
     gr.api(job_status, api_name="job_status")
     gr.api(cancel_job, api_name="cancel_job")

@@ -19,6 +19,8 @@ SLIDERS = {"max_new_tokens": ("Max new tokens", 1), "temperature": ("Temperature
 
 @dataclass
 class ChatTab:
+    """What other parts of the page wire to in the chat tab: its adapter picker."""
+
     adapter: gr.Dropdown
 
 
@@ -51,6 +53,7 @@ def adapter_choices(owner: str | None) -> list[tuple[str, str]]:
 
 
 def refresh_choices(current: str | None, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """The adapter picker with the visitor's current runs, keeping ``current``."""
     return gr.Dropdown(choices=adapter_choices(identify(profile, oauth_token).owner), value=current or None)
 
 
@@ -82,6 +85,7 @@ def respond(adapter: str, system: str, max_new_tokens: float, temperature: float
 
 
 def build() -> ChatTab:
+    """Lay out the chat tab (adapter, settings, replies beside the base model's) and wire its events."""
     with gr.Row():
         adapter = gr.Dropdown(label="Adapter", info="One of your finished runs, or a Hub adapter repo ID (user/name).",
                               choices=[], allow_custom_value=True, scale=3, min_width=260, elem_id="chat-adapter")

@@ -23,6 +23,8 @@ SIGN_IN = "Press 'Sign in with Hugging Face' at the top of the page"
 
 
 def as_gr_error(exc: Phi3SpaceError, for_html: bool = True) -> gr.Error:
+    """``exc`` as the gr.Error a person sees: its message, its hint (for sign-in, how to sign in on the page) and
+    a title by its kind; ``for_html``: escaped, as a page shows it."""
     hint = f"{SIGN_IN}: {exc.why}" if isinstance(exc, SignInNeeded) and exc.why else \
         f"{SIGN_IN}." if isinstance(exc, SignInNeeded) else exc.hint
     text = exc.message + (f"\n\nHint: {hint}" if hint else "")

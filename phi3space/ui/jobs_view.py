@@ -33,6 +33,9 @@ TABLE_WIDTHS = ["92px", "96px", "72px", "64px", "96px", "260px", "140px", "110px
 
 @dataclass
 class JobsView:
+    """What other parts of the page wire to in the jobs view: the followed job, its picker, the chat button, and what
+    a poll refreshes."""
+
     follower: gr.State
     job_memory: gr.BrowserState
     job_picker: gr.Dropdown
@@ -183,6 +186,10 @@ def following(job: Job, previous: Follower | None = None) -> Follower:
 
 @user_errors
 def stop(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
+    """Stop the followed job (the owner's only); says so in a toast.
+
+    Raises:
+        AuthError: nobody is signed in."""
     owner = identify(profile, oauth_token).owner
     if owner is None:
         raise AuthError("sign in to stop your jobs", "Press 'Sign in with Hugging Face'.")
@@ -244,6 +251,7 @@ def merge(follower: Follower, push: bool, repo: str, private: bool, profile: gr.
 
 
 def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> JobsView:
+    """Lay out the visitor's runs (progress, the table, stop/resume/push/merge) and wire them to ``timer``."""
     job_memory = gr.BrowserState(None, storage_key="phi3space-followed-job")
     gr.Markdown("### Your runs", elem_id="runs-title")
     progress = gr.HTML(progress_html(None, None, RunState(), None), elem_id="job-progress")

@@ -87,6 +87,8 @@ def demo_settings() -> dict | None:
 
 @dataclass(frozen=True)
 class Visitor:
+    """Who is using the page: their name as an owner of jobs, their token, and when a page sign-in expires."""
+
     owner: str | None  # None: an anonymous visitor of a public Space
     token: str | None  # the visitor's own token; None off a Space means "use HF_TOKEN"
     expires_at: float | None = None  # when a page sign-in's token expires (Unix time); None when unknown
@@ -96,6 +98,10 @@ class Visitor:
         return acting_token(self.token, space)
 
     def require_owner(self) -> str:
+        """The visitor's owner name.
+
+        Raises:
+            SignInNeeded: an anonymous visitor."""
         if self.owner is None:
             raise SignInNeeded("sign in with Hugging Face to train and to see your jobs")
         return self.owner

@@ -60,16 +60,20 @@ class HFJobsBackend(Backend):
     # ------------------------------------------------------------ the backend interface
 
     def check(self, cfg: JobConfig, token: str | None, slots: int) -> int:
+        """``Backend.check``: a token, Hub inputs and a known flavor (platform.check_job); takes none of this machine's GPU slots."""
         platform.check_job(cfg, self._token(None, token))
         return 0  # the flavor's GPUs, not this machine's
 
     def longest_s(self, cfg: JobConfig, queue_wait_s: float) -> float | None:
+        """``Backend.longest_s``: the platform's scheduling time plus compute.timeout."""
         return SCHEDULING_S + (timeout_seconds(cfg.compute.timeout) or 0)
 
     def check_task(self, task: Task, token: str | None) -> Task:
+        """``Backend.check_task``: what an eval or export job needs there; returns it with its flavor."""
         return tasks.check_task(task, self._token(None, token))[0]
 
     def task_longest_s(self, task: Task, queue_wait_s: float) -> float | None:
+        """``Backend.task_longest_s``: the platform's scheduling time plus the task's timeout."""
         return tasks.longest_s(task, SCHEDULING_S)
 
     def start(self, job: Job, token: str | None, slot: int | None) -> Job:
@@ -108,6 +112,7 @@ class HFJobsBackend(Backend):
             self._follow(job)
 
     def checkpoint_exists(self, job: Job, token: str | None) -> bool:
+        """``Backend.checkpoint_exists``: only a checkpoint pushed to the Hub counts (the job's disk is gone)."""
         return bool(job.run.state().checkpoint_url)  # the job's own disk is gone: only a pushed one counts
 
     def seen(self, owner: str, token: str) -> None:
@@ -127,10 +132,12 @@ class HFJobsBackend(Backend):
                 finder.join(FIRST_SEARCH_WAIT_S)  # with the jobs the platform still runs for them
 
     def shutdown(self) -> None:
+        """``Backend.shutdown``: stop following; the jobs run on, and a restart finds them again."""
         self._stop.set()
 
     @classmethod
     def train_from_terminal(cls, cfg: JobConfig, resume: bool, token: str | None, echo) -> str | None:
+        """``Backend.train_from_terminal``: submit the job, follow it to its end, and say where its adapter is."""
         from phi3space.jobs.hf.cli import train_cli
         from phi3space.run import RunDir
 
@@ -139,6 +146,7 @@ class HFJobsBackend(Backend):
 
     @classmethod
     def task_from_terminal(cls, task: Task, run_dir: str, token: str | None, echo, prepare=None):
+        """``Backend.task_from_terminal``: submit the eval or export job and follow it to its end."""
         from phi3space.jobs.hf.cli import task_cli
 
         return task_cli(task, run_dir, token, echo=echo, prepare=prepare).state()

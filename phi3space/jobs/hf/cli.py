@@ -6,11 +6,11 @@ from __future__ import annotations
 import signal
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from phi3space import config
+from phi3space.datadir import new_job_id
 from phi3space.engine.outdir import check_folder
 from phi3space.errors import Cancelled, ConfigError, JobsError, Phi3SpaceError
 from phi3space.jobs.backend import Task
@@ -53,7 +53,7 @@ def train_cli(cfg: JobConfig, resume: bool, token: str | None, echo: Callable[[d
         flavor = prepare(cfg, token)
         run.path.mkdir(parents=True, exist_ok=True)
         cfg.save(run.config)
-        ref = start(cfg, token, flavor, uuid.uuid4().hex[:12], writer, resume=resume)
+        ref = start(cfg, token, flavor, new_job_id(), writer, resume=resume)
     follow(ref, token, run, writer, cfg)
     return outcome(run)
 
@@ -74,7 +74,7 @@ def task_cli(task: Task, run_dir: Path | str | None, token: str | None, echo: Ca
     task = prepare(task) if prepare else task
     run.path.mkdir(parents=True, exist_ok=True)
     writer = run.writer(echo=echo)
-    ref = start_task(task, token, flavor, uuid.uuid4().hex[:12], writer)
+    ref = start_task(task, token, flavor, new_job_id(), writer)
     follow(ref, token, run, writer, None, trains=False, timeout=task.timeout)
     outcome(run, trains=False)
     state = run.state()

@@ -134,21 +134,26 @@ STARTUP_S = 10 * 60  # image pull, model download and load, before the first ste
 
 @dataclass
 class Estimate:
+    """A training run's plan on one flavor: its hardware and price, the timeout, and the time it may take."""
+
     flavor: Flavor
     timeout_s: int
     hours: float | None  # training time, startup included; None when the steps are not known yet
 
     @property
     def cost(self) -> float | None:
+        """The likely cost in dollars (the estimated time, at most the timeout); None when the price or time is unknown."""
         price = self.flavor.price_per_hour
         return None if price is None or self.hours is None else price * min(self.hours, self.timeout_s / 3600)
 
     @property
     def max_cost(self) -> float | None:
+        """The most it can cost in dollars (the whole timeout); None when the price is unknown."""
         price = self.flavor.price_per_hour
         return None if price is None else price * self.timeout_s / 3600
 
     def warnings(self) -> list[str]:
+        """What to change before Start: a timeout shorter than the run, a flavor without a GPU."""
         out = []
         if self.hours is not None and self.hours * 3600 > self.timeout_s:
             out.append(f"the run needs about {_hours(self.hours)} but compute.timeout stops it after "
@@ -159,6 +164,8 @@ class Estimate:
         return out
 
     def markdown(self) -> str:
+        """The plan's line on the page: the flavor, the likely and the highest cost, billed to you (or that the price
+        is unknown)."""
         head = f"**Hugging Face Jobs:** {self.flavor.label()}"
         if self.flavor.price_per_hour is None:
             return head + " · price unknown (the Hub's hardware list could not be read)"

@@ -59,11 +59,14 @@ def origin() -> str:
 
 
 def safe_label(text: str) -> str:
+    """``text`` as a job's name or label value: at most 60 characters of letters, digits and ``._-``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "--", text)[:60] or "x"
 
 
 @dataclass
 class JobRef:
+    """A Hugging Face job: its namespace and id (``str`` gives ``namespace/id``, the stored handle)."""
+
     namespace: str
     id: str
 
@@ -72,6 +75,7 @@ class JobRef:
 
     @classmethod
     def parse(cls, text: str) -> JobRef:
+        """The JobRef of a stored handle ``namespace/id``."""
         namespace, _, job_id = text.partition("/")
         return cls(namespace, job_id)
 

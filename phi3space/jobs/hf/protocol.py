@@ -26,6 +26,7 @@ TASK_VAR = "PHI3SPACE_TASK"  # an eval or export job's Task (plain data, no secr
 
 
 def inside_job(config_arg: str) -> bool:
+    """``config_arg`` names an environment value (``env:...``): this process runs inside a Hugging Face job."""
     return config_arg.startswith("env:")
 
 

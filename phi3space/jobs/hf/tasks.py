@@ -60,4 +60,5 @@ def adapter_base(repo: str, token: str | None) -> str:
 
 
 def longest_s(task: Task, scheduling_s: float) -> float:
+    """At most how long an eval or export job takes there: ``scheduling_s`` plus its timeout."""
     return scheduling_s + (timeout_seconds(task.timeout) or 0)
