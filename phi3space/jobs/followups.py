@@ -16,8 +16,10 @@ from typing import ClassVar
 
 from phi3space.datadir import new_job_id, safe_name
 from phi3space.engine.gguf_file import QUANTS
-from phi3space.errors import ConfigError, Phi3SpaceError
+from phi3space.errors import ConfigError, Phi3SpaceError, register_secret
 from phi3space.hub.auth import acting_token
+from phi3space.hub.push import push_run
+from phi3space.hub.records import record
 from phi3space.jobs import spec
 from phi3space.jobs.backend import Backend, Task
 from phi3space.jobs.kinds import EVAL, EXPORT, MERGE, TRAIN, Kind, check_backend, kind_of, task_of
@@ -209,8 +211,8 @@ def _flavor(source: Job, backend: Backend, flavor: str | None) -> str | None:
 
 
 class FollowUps:
-    """JobRunner's jobs on a finished run's adapter; it supplies get, status, list, pipeline, data, space, backend,
-    queue_wait_s and _queue."""
+    """JobRunner's actions on a finished run's adapter: the jobs that act on it, and pushing it again; it supplies get,
+    status, list, pipeline, data, space, backend, queue_wait_s and _queue."""
 
     def said(self, job: Job) -> tuple[str, RunState]:
         """A job's status and state as ``status`` gives them, except that a run whose events already hold its last
@@ -257,3 +259,21 @@ class FollowUps:
             raise ConfigError([f"job {job_id} has no adapter to {what} (status: {status})"],
                               f"{what.capitalize()} a finished run (or one stopped after it saved its adapter).")
         return source, state
+
+    def push_again(self, job_id: str, owner: str, token: str | None = None) -> Job:
+        """Push a run whose push failed, with the caller's current token (no retraining); the job then completes.
+
+        Raises:
+            ConfigError: nothing waits to be pushed. AuthError / HubError: the push failed again.
+        """
+        job = self.get(job_id, owner)
+        status, state = self.status(job)
+        if not state.push_pending or not job.run.has_adapter():
+            raise ConfigError([f"job {job_id} has no adapter waiting to be pushed"],
+                              "Push again is for a finished run whose push failed.")
+        self.pipeline.require_sign_in(Caller(owner, token), "pushing to the Hub needs you to sign in")
+        register_secret(token)
+        rec = record(job.id, job.owner, "completed", state.step, state.max_steps, state.metrics, job.created) if self.space else None
+        push_run(job.run.path, token=acting_token(token, self.space), record=rec)
+        job.run.finish("completed", step=state.step, metrics=state.metrics, adapter=state.adapter)
+        return self.get(job_id, owner)

@@ -44,7 +44,7 @@ from phi3space.run import RunState
 
 class JobRunner(FollowUps):
     """Queue and run jobs: ``slots`` at a time on this machine (one per GPU), the rest wait in order of submission;
-    jobs on other backends start at once. (Merge, evaluate and export: FollowUps.)"""
+    jobs on other backends start at once. (Merge, evaluate, export and push again: FollowUps.)"""
 
     def __init__(self, root=None, slots: int | None = None, grace_s: float | None = None, poll_s: float = 0.5,
                  command: Callable | None = None, space: bool | None = None):
@@ -245,7 +245,7 @@ class JobRunner(FollowUps):
         except ValueError:
             return path
 
-    # ------------------------------------------------------------ stop, push again, restore, visitors
+    # ------------------------------------------------------------ stop, restore, visitors
 
     def cancel(self, job_id: str, owner: str) -> Job:
         """Stop a job: a queued one at once; a running one through its backend (it saves and ends as cancelled)."""
@@ -261,27 +261,6 @@ class JobRunner(FollowUps):
                 self.store.update(job_id, cancel_requested=True)
         if stopped_queued:  # (a Hub call: outside the lock)
             self.pipeline.record_cancelled(job, self.backend(job), token)
-        return self.get(job_id, owner)
-
-    def push_again(self, job_id: str, owner: str, token: str | None = None) -> Job:
-        """Push a run whose push failed, with the caller's current token (no retraining); the job then completes.
-
-        Raises:
-            ConfigError: nothing waits to be pushed. AuthError / HubError: the push failed again.
-        """
-        from phi3space.hub.push import push_run
-        from phi3space.hub.records import record
-
-        job = self.get(job_id, owner)
-        status, state = self.status(job)
-        if not state.push_pending or not job.run.has_adapter():
-            raise ConfigError([f"job {job_id} has no adapter waiting to be pushed"],
-                              "Push again is for a finished run whose push failed.")
-        self.pipeline.require_sign_in(Caller(owner, token), "pushing to the Hub needs you to sign in")
-        register_secret(token)
-        rec = record(job.id, job.owner, "completed", state.step, state.max_steps, state.metrics, job.created) if self.space else None
-        push_run(job.run.path, token=acting_token(token, self.space), record=rec)
-        job.run.finish("completed", step=state.step, metrics=state.metrics, adapter=state.adapter)
         return self.get(job_id, owner)
 
     def restore_from_hub(self, owner: str, token: str) -> list[str]:
