@@ -10,6 +10,7 @@ import pytest
 from helpers import FIXTURE
 
 from phi3space import config, demo
+from phi3space.jobs.followups import Evaluate
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.ui import forms, services, train_tab
 from phi3space.ui.follow import Follower
@@ -134,7 +135,7 @@ def test_the_page_and_its_actions_follow_a_runs_last_event_while_its_process_exi
         stop, chat, merge, note = out[8], out[10], out[11], out[-1]
         assert "completed" in out[3] and not stop.interactive and chat.interactive and merge.interactive
         assert note == f"Evaluate, Export, Merge and Chat act on **lingers** ({job.id})."
-        evaluation = runner.submit_eval(job.id, "local")  # accepted: the adapter is there
+        evaluation = runner.submit(Evaluate(job.id), "local")  # accepted: the adapter is there
         assert evaluation.kind == "eval" and evaluation.name == "lingers-eval"
     finally:
         runner.shutdown()

@@ -269,6 +269,7 @@ def test_a_killed_export_job_is_reported_as_the_export_not_the_training(trained_
     """Issue 29: SIGKILL of an export job's process said "the training process was killed"."""
     import signal
 
+    from phi3space.jobs.followups import Export
     from phi3space.jobs.scheduler import JobRunner
     from phi3space.jobs.store import Job
 
@@ -277,7 +278,7 @@ def test_a_killed_export_job_is_reported_as_the_export_not_the_training(trained_
         source = tmp_path / "data" / "runs" / "me" / "aaaaaaaaaaaa"
         shutil.copytree(trained_run, source)
         runner.store.add(Job(id="aaaaaaaaaaaa", owner="me", name="trained", run_dir=str(source), phase="done"))
-        job = runner.submit_export("aaaaaaaaaaaa", "me", "q8_0", None)
+        job = runner.submit(Export("aaaaaaaaaaaa", "q8_0", None), "me")
         deadline = time.time() + 60
         while time.time() < deadline and not runner.store.get(job.id).pid:
             time.sleep(0.02)

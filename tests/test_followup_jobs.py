@@ -1,4 +1,4 @@
-"""Evaluate and export as jobs (JobRunner.submit_eval / submit_export, what the page and /evaluate_job, /export_job
+"""Evaluate and export as jobs (JobRunner.submit with Evaluate / Export, what the page and /evaluate_job, /export_job
 call): they need a finished run of the caller's, check what they are given before queueing, and run like training
 with the visitor's token only in their environment."""
 
@@ -10,6 +10,7 @@ from helpers import BOB, wait_job
 from helpers import CANARY as ALICE
 
 from phi3space.errors import AuthError, ConfigError
+from phi3space.jobs.followups import Evaluate, Export
 from phi3space.jobs.kinds import kind_of
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
@@ -43,18 +44,18 @@ def finished_run(runner, trained_run, tmp_path, owner="alice") -> Job:
 def test_followups_refuse_before_queueing(alice, runner, tmp_path):
     source = finished_run(runner, None, tmp_path)
     with pytest.raises(ConfigError, match="no job"):
-        runner.submit_eval(source.id, "bob", BOB)
+        runner.submit(Evaluate(source.id), "bob", BOB)
     with pytest.raises(AuthError, match="sign in"):
-        runner.submit_eval(source.id, "alice", None)
+        runner.submit(Evaluate(source.id), "alice", None)
     with pytest.raises(ConfigError, match="rows"):
-        runner.submit_eval(source.id, "alice", ALICE, rows=0)
+        runner.submit(Evaluate(source.id, rows=0), "alice", ALICE)
     with pytest.raises(ConfigError, match="path on the server"):  # on a Space: Hub IDs or the visitor's uploads
-        runner.submit_eval(source.id, "alice", ALICE, data="/etc/passwd")
+        runner.submit(Evaluate(source.id, data="/etc/passwd"), "alice", ALICE)
     with pytest.raises(ConfigError, match="k-quants") as err:
-        runner.submit_export(source.id, "alice", "q4_k_m", None, ALICE)
+        runner.submit(Export(source.id, "q4_k_m", None), "alice", ALICE)
     assert "is not one of f16, bf16, q8_0" in err.value.message
     with pytest.raises(AuthError, match="cannot push to bob/x"):
-        runner.submit_export(source.id, "alice", "q8_0", "bob/x", ALICE)
+        runner.submit(Export(source.id, "q8_0", "bob/x"), "alice", ALICE)
     assert [j.id for j in runner.list("alice")] == [source.id]
 
 
@@ -65,7 +66,7 @@ def test_an_eval_job_runs_like_training_and_reports_through_job_status(trained_r
     uploads.mkdir(parents=True, exist_ok=True)
     data = uploads / "qa.jsonl"
     shutil.copyfile(trained_run.parent / "qa.jsonl", data)
-    job = runner.submit_eval(source.id, "alice", ALICE, data=str(data), rows=2)
+    job = runner.submit(Evaluate(source.id, data=str(data), rows=2), "alice", ALICE)
     assert job.kind == "eval" and job.name == "qa-run-eval"
     s = wait_job(runner, job.id, "alice", timeout=240)
     assert s["status"] == "completed", job.run.log.read_text()[-2000:]

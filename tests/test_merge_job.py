@@ -1,5 +1,5 @@
 """Merge and push: `python -m phi3space merge RUN --push-to REPO` folds the adapter into its base and uploads the
-merged model, stage by stage as events; the web page runs the same command as a job (JobRunner.submit_merge) that
+merged model, stage by stage as events; the web page runs the same command as a job (JobRunner.submit with Merge) that
 queues, runs and reports like training, with the visitor's token only in its environment."""
 
 import json
@@ -12,6 +12,7 @@ from helpers import CANARY as ALICE
 
 from phi3space import cli
 from phi3space.errors import AuthError, ConfigError
+from phi3space.jobs.followups import Merge
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
 from phi3space.run import RunDir
@@ -91,7 +92,7 @@ def wait_until_final(runner, job_id, owner, timeout=240) -> str:
 @pytest.mark.slow
 def test_a_merge_job_runs_like_training_with_the_visitors_token_only_in_its_environment(trained_run, alice, runner):
     source = finished_training_job(runner, trained_run)
-    job = runner.submit_merge(source.id, "alice/qa-merged", "alice", ALICE, private=False)
+    job = runner.submit(Merge(source.id, "alice/qa-merged", private=False), "alice", ALICE)
     assert job.name == "qa-run-merged" and job.needs_token
     assert wait_until_final(runner, job.id, "alice") == "completed", job.run.log.read_text()[-2000:]
     status, state = runner.status(runner.get(job.id, "alice"))
@@ -110,15 +111,15 @@ def test_a_merge_job_runs_like_training_with_the_visitors_token_only_in_its_envi
 def test_a_merge_job_needs_a_finished_run_of_the_owner_and_on_a_space_a_sign_in(trained_run, alice, runner, tmp_path):
     source = finished_training_job(runner, trained_run)
     with pytest.raises(ConfigError, match="no job"):
-        runner.submit_merge(source.id, "bob/x", "bob", BOB)
+        runner.submit(Merge(source.id, "bob/x"), "bob", BOB)
     with pytest.raises(AuthError, match="sign in"):
-        runner.submit_merge(source.id, "alice/x", "alice", None)
+        runner.submit(Merge(source.id, "alice/x"), "alice", None)
     failed = RunDir(tmp_path / "failed-run")
     failed.append("run_started", max_steps=4)
     failed.append("run_finished", status="failed", step=1)
     runner.store.add(Job(id="failed1", owner="alice", name="f", run_dir=str(failed.path), phase="done"))
     with pytest.raises(ConfigError, match="no adapter to merge"):
-        runner.submit_merge("failed1", "alice/x", "alice", ALICE)
+        runner.submit(Merge("failed1", "alice/x"), "alice", ALICE)
 
 
 def test_the_merge_button_checks_the_destination_before_queueing(trained_run, alice, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import shutil
 import pytest
 from helpers import CANARY, FINAL, run_cli, wait_job
 
+from phi3space.jobs.followups import Evaluate, Export
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job
 from phi3space.run import RunDir
@@ -74,8 +75,8 @@ def test_what_a_job_elsewhere_cannot_read_is_refused_at_submit_with_a_hint(alice
     from phi3space.errors import ConfigError
 
     local_only = stand_in_run(runner, tmp_path, "train1", pushed=False, backend="hf-jobs")
-    for submit in (lambda: runner.submit_eval(local_only, "alice", CANARY, data="alice/qa"),  # its run's backend
-                   lambda: runner.submit_export(local_only, "alice", "q8_0", None, CANARY, backend="hf-jobs")):
+    for submit in (lambda: runner.submit(Evaluate(local_only, data="alice/qa"), "alice", CANARY),  # its run's backend
+                   lambda: runner.submit(Export(local_only, "q8_0", None, backend="hf-jobs"), "alice", CANARY)):
         with pytest.raises(ConfigError, match="only on this machine") as err:
             submit()
         assert "Push the run's adapter to the Hub first" in err.value.hint
@@ -85,10 +86,10 @@ def test_what_a_job_elsewhere_cannot_read_is_refused_at_submit_with_a_hint(alice
     uploads.mkdir(parents=True, exist_ok=True)
     (uploads / "qa.jsonl").write_text("{}\n")
     with pytest.raises(ConfigError, match="a Hugging Face job cannot read it") as err:
-        runner.submit_eval(source, "alice", CANARY, data=str(uploads / "qa.jsonl"), backend="hf-jobs")
+        runner.submit(Evaluate(source, data=str(uploads / "qa.jsonl"), backend="hf-jobs"), "alice", CANARY)
     assert "hf upload" in err.value.hint
     with pytest.raises(ConfigError, match="not a Hugging Face Jobs hardware flavor"):
-        runner.submit_eval(source, "alice", CANARY, data="alice/qa", backend="hf-jobs", flavor="a10g-huge")
+        runner.submit(Evaluate(source, data="alice/qa", backend="hf-jobs", flavor="a10g-huge"), "alice", CANARY)
     assert alice.jobs.ids() == [] and [j.kind for j in runner.list("alice")] == ["train", "train"]
 
 
@@ -97,12 +98,12 @@ def test_an_eval_on_jobs_gives_the_numbers_a_local_eval_gives_and_puts_them_on_t
                                                                                        tmp_path, monkeypatch):
     monkeypatch.setenv("PHI3SPACE_RETRY_BASE_S", "0")
     source = finished_run(runner, trained_run, tmp_path)
-    here = runner.submit_eval(source.id, "alice", CANARY, data="alice/qa", rows=3)  # where the run trained: here
+    here = runner.submit(Evaluate(source.id, data="alice/qa", rows=3), "alice", CANARY)  # where the run trained: here
     assert here.backend == "local"
     local = wait_job(runner, here.id, "alice", timeout=240)
     assert local["status"] == "completed", here.run.log.read_text()[-2000:]
 
-    job = runner.submit_eval(source.id, "alice", CANARY, data="alice/qa", rows=3, backend="hf-jobs")
+    job = runner.submit(Evaluate(source.id, data="alice/qa", rows=3, backend="hf-jobs"), "alice", CANARY)
     assert job.backend == "hf-jobs" and job.handle.startswith("alice/") and job.pid is None
     s = wait_job(runner, job.id, "alice", until=lambda s: s["status"] in FINAL, timeout=300)
     assert s["status"] == "completed", (s, job.run.log.read_text()[-3000:])
@@ -129,7 +130,7 @@ def test_an_export_on_jobs_pushes_the_gguf_and_modelfile(trained_run, alice, run
     source = finished_run(runner, trained_run, tmp_path, backend="hf-jobs")
     from phi3space.jobs import spec as job_spec
 
-    job = runner.submit_export(source.id, "alice", "q8_0", None, CANARY)  # where its run trained: Jobs
+    job = runner.submit(Export(source.id, "q8_0", None), "alice", CANARY)  # where its run trained: Jobs
     assert job.backend == "hf-jobs"
     s = wait_job(runner, job.id, "alice", until=lambda s: s["status"] in FINAL, timeout=300)
     assert s["status"] == "completed", (s, job.run.log.read_text()[-3000:])
@@ -207,7 +208,7 @@ def test_an_eval_on_jobs_is_listed_again_and_followed_after_a_wiped_restart(trai
     first = JobRunner(data, slots=1, poll_s=0.1, space=True)
     try:
         source = finished_run(first, trained_run, tmp_path)
-        job = first.submit_eval(source.id, "alice", CANARY, data="alice/qa", rows=3, backend="hf-jobs")
+        job = first.submit(Evaluate(source.id, data="alice/qa", rows=3, backend="hf-jobs"), "alice", CANARY)
     finally:
         first.shutdown()
     shutil.rmtree(data)

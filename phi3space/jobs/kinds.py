@@ -2,8 +2,10 @@
 run folder's events (phi3space.run), and is queued, started, stopped and followed the same way on every backend.
 
 A new kind is one entry here (its command line, whether it trains on a config and can resume, whether it needs this
-machine's disk) plus its CLI subcommand; the scheduler, the backends and the views need nothing new. Where a kind
-may run is read from the backends' own descriptions (``Backend.here``), never from their names.
+machine's disk) plus its CLI subcommand (``phi3space/cli/<name>.py``, registered from ``KINDS``) and, for a kind
+that acts on a finished run, its request (phi3space.jobs.followups); the scheduler, the backends and the views need
+nothing new. Where a kind may run is read from the backends' own descriptions (``Backend.here``), never from their
+names.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ back from there. The store and the run folders stay on local disk, never on a bu
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -35,17 +34,17 @@ from phi3space.hub.auth import acting_token, keep_owner_token_out
 from phi3space.hub.space import on_space, space_id
 from phi3space.jobs import spec
 from phi3space.jobs.backend import Backend, Host, Verdict
-from phi3space.jobs.followups import MERGED, FollowUps
+from phi3space.jobs.followups import FollowUp, FollowUps
 from phi3space.jobs.idle import IdlePause
-from phi3space.jobs.kinds import MERGE, TRAIN, check_backend, kind_of
+from phi3space.jobs.kinds import TRAIN, check_backend, kind_of
 from phi3space.jobs.store import Job, JobStore, StoreBusy
-from phi3space.jobs.submit import Caller, Pipeline, check_token_lasts
+from phi3space.jobs.submit import Caller, Pipeline
 from phi3space.run import RunState
 
 
 class JobRunner(FollowUps):
     """Queue and run jobs: ``slots`` at a time on this machine (one per GPU), the rest wait in order of submission;
-    jobs on other backends start at once. (Evaluate and export: FollowUps.)"""
+    jobs on other backends start at once. (Merge, evaluate, export and push again: FollowUps.)"""
 
     def __init__(self, root=None, slots: int | None = None, grace_s: float | None = None, poll_s: float = 0.5,
                  command: Callable | None = None, space: bool | None = None):
@@ -80,9 +79,15 @@ class JobRunner(FollowUps):
 
     @property
     def root(self):
+        """The data folder (runs, uploads, the job store)."""
         return self.data.root
 
     def backend(self, job_or_name: Job | str) -> Backend:
+        """The backend a job runs on, or the one of that name.
+
+        Raises:
+            ConfigError: no backend of that name.
+        """
         name = job_or_name if isinstance(job_or_name, str) else job_or_name.backend
         if name not in self.backends:
             raise ConfigError([f"compute.backend: {name!r} is not one of {', '.join(self.backends)}"])
@@ -90,17 +95,22 @@ class JobRunner(FollowUps):
 
     # ------------------------------------------------------------ submit, resume
 
-    def submit(self, cfg: RunConfig, owner: str, token: str | None = None, expires_at: float | None = None,
+    def submit(self, job: RunConfig | FollowUp, owner: str, token: str | None = None, expires_at: float | None = None,
                name: str | None = None) -> Job:
-        """Queue (or, on a backend without slots, start) a training run for ``owner``, named ``name`` (else
-        <base>-<dataset>-<method>), after the submit pipeline's checks; its run folder is chosen here. ``cfg``: a
-        JobConfig, or a RunConfig whose compute section (kept as written) is read here.
+        """Queue (or, on a backend without slots, start) a job for ``owner`` after the submit pipeline's checks, in a
+        run folder chosen here: a training run of ``job``, a run config (a JobConfig, or a RunConfig whose compute
+        section, kept as written, is read here), named ``name`` (else <base>-<dataset>-<method>); or the kind of job
+        ``job`` asks for on a finished run's adapter (``followups.Merge``, ``Evaluate``, ``Export``), named ``name``
+        (else <run name>-merged, -eval, -gguf). ``token``: the visitor's, which ``expires_at`` (Unix time).
 
         Raises:
             Phi3SpaceError: what to fix (nothing was created), or the platform's refusal (the job is listed as failed).
         """
-        cfg = spec.of(cfg)
-        caller, backend = Caller(owner, token, expires_at), self.backend(cfg.compute.backend)
+        caller = Caller(owner, token, expires_at)
+        if isinstance(job, FollowUp):
+            return self._follow_up(job, caller, name)
+        cfg = spec.of(job)
+        backend = self.backend(cfg.compute.backend)
         check_backend(TRAIN, backend)
         gpus = self.pipeline.check_train(cfg, caller, backend, self.slots, self.queue_wait_s())
         job_id = new_job_id()
@@ -117,35 +127,6 @@ class JobRunner(FollowUps):
             if isinstance(exc, StoreBusy) or self.store.get(job.id) is None:  # never listed: no folder left either
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
-
-    def submit_merge(self, job_id: str, push_to: str | None, owner: str, token: str | None = None, private: bool = True,
-                     name: str | None = None, expires_at: float | None = None) -> Job:
-        """Queue a job that folds a finished run's adapter into its base model and pushes the merged 16-bit model to
-        ``push_to`` (``python -m phi3space merge ... --push-to``), or off a Space with no ``push_to`` writes it into
-        the job's folder (``followups.MERGED``); it runs, queues and stops like training.
-
-        Raises:
-            ConfigError: the job is not the owner's, or it left no adapter. AuthError: no sign-in where one is needed.
-        """
-        source = self.get(job_id, owner)
-        status, state = self.said(source)
-        if not state.has_adapter or kind_of(source) is not TRAIN:
-            raise ConfigError([f"job {job_id} has no adapter to merge (status: {status})"],
-                              "Merge a finished run (or one stopped after it saved its adapter).")
-        if not push_to and self.space:
-            raise ConfigError(["a merged model on a Space goes to your Hub account"], "Name the destination repo.")
-        caller = Caller(owner, token, expires_at)
-        if push_to:
-            self.pipeline.require_sign_in(caller, "pushing to the Hub needs you to sign in")
-            check_token_lasts(None, expires_at)
-        merge_id = new_job_id()
-        run = self.data.run(owner, merge_id)
-        run.path.mkdir(parents=True, exist_ok=True)
-        adapter = source.run_dir if source.run.has_adapter() else state.adapter_repo
-        where = ["--push-to", push_to] if push_to else ["--out", str(run.path / MERGED)]
-        argv = [MERGE.name, adapter, *where, "--run-dir", str(run.path)] + ([] if private else ["--public"])
-        return self._queue(Job(id=merge_id, owner=owner, name=name or f"{source.name}-merged", run_dir=str(run.path),
-                               needs_token=bool(token), kind=MERGE.name, args=json.dumps(argv)), token)
 
     def resume(self, job_id: str, owner: str, token: str | None = None, expires_at: float | None = None) -> Job:
         """Queue a failed or stopped training run again; it continues from its newest checkpoint (this machine's, or
@@ -209,6 +190,7 @@ class JobRunner(FollowUps):
         return job
 
     def list(self, owner: str) -> list[Job]:
+        """``owner``'s jobs."""
         return self.store.list(owner)
 
     def status(self, job: Job) -> tuple[str, RunState]:
@@ -263,7 +245,7 @@ class JobRunner(FollowUps):
         except ValueError:
             return path
 
-    # ------------------------------------------------------------ stop, push again, restore, visitors
+    # ------------------------------------------------------------ stop, restore, visitors
 
     def cancel(self, job_id: str, owner: str) -> Job:
         """Stop a job: a queued one at once; a running one through its backend (it saves and ends as cancelled)."""
@@ -279,27 +261,6 @@ class JobRunner(FollowUps):
                 self.store.update(job_id, cancel_requested=True)
         if stopped_queued:  # (a Hub call: outside the lock)
             self.pipeline.record_cancelled(job, self.backend(job), token)
-        return self.get(job_id, owner)
-
-    def push_again(self, job_id: str, owner: str, token: str | None = None) -> Job:
-        """Push a run whose push failed, with the caller's current token (no retraining); the job then completes.
-
-        Raises:
-            ConfigError: nothing waits to be pushed. AuthError / HubError: the push failed again.
-        """
-        from phi3space.hub.push import push_run
-        from phi3space.hub.records import record
-
-        job = self.get(job_id, owner)
-        status, state = self.status(job)
-        if not state.push_pending or not job.run.has_adapter():
-            raise ConfigError([f"job {job_id} has no adapter waiting to be pushed"],
-                              "Push again is for a finished run whose push failed.")
-        self.pipeline.require_sign_in(Caller(owner, token), "pushing to the Hub needs you to sign in")
-        register_secret(token)
-        rec = record(job.id, job.owner, "completed", state.step, state.max_steps, state.metrics, job.created) if self.space else None
-        push_run(job.run.path, token=acting_token(token, self.space), record=rec)
-        job.run.finish("completed", step=state.step, metrics=state.metrics, adapter=state.adapter)
         return self.get(job_id, owner)
 
     def restore_from_hub(self, owner: str, token: str) -> list[str]:

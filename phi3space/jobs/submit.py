@@ -65,6 +65,7 @@ def check_inputs_allowed(refs: dict[str, str], allowed: tuple[Path, ...] = (), s
 
 
 def inputs(cfg: RunConfig) -> dict[str, str]:
+    """A run's inputs a visitor names (setting -> value), for ``check_inputs_allowed``."""
     return {"data.dataset": cfg.data.dataset, "model.base": cfg.model.base, "model.init_adapter": cfg.model.init_adapter or ""}
 
 
@@ -99,6 +100,7 @@ class Pipeline:
         return {"output.push_to": "auto", "output.push_checkpoints": True} if self.space else {}
 
     def require_sign_in(self, caller: Caller, why: str) -> None:
+        """On a Space, a caller without a token is refused (SignInNeeded, saying ``why``)."""
         if self.space and not caller.token:
             raise SignInNeeded(why, "on a Space every run is kept in your Hub account (the Space's own disk does not "
                                     "survive a restart).")

@@ -1,6 +1,7 @@
 """``python -m phi3space eval|export ... --backend NAME`` from a terminal: the job as a ``Task`` for that backend,
 which runs it and follows it here to its end (Hugging Face Jobs), or leaves it to the terminal's own process (this
-machine). It names no backend: each one says what it does (``Backend.task_from_terminal``)."""
+machine). It names no backend: each one says what it does (``Backend.task_from_terminal``). The export's destination
+check (``export_destination``) is the export jobs' too (phi3space.jobs.followups)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from phi3space.engine.gguf_file import QUANTS
 from phi3space.errors import AuthError, ConfigError
 from phi3space.generation import GenerationSettings
 from phi3space.hub.auth import real_token
-from phi3space.jobs.followups import output_files
+from phi3space.jobs.followups import Evaluate, Export, output_files
 from phi3space.jobs.kinds import EVAL, kind_of
 from phi3space.jobs.spec import backend_class
 from phi3space.refs import check_repo_id
@@ -115,9 +115,9 @@ def evaluate(follower: Follower, data: str, rows, backend: str, flavor: str, pro
     """Queue "evaluate the followed run's adapter against its base" as a job, and follow it."""
     visitor = identify(profile, oauth_token)
     run = acted_on_id(follower, visitor.require_owner())
-    job = get_runner().submit_eval(run.id, visitor.require_owner(), visitor.token, data=data,
-                                   rows=int(rows or 0), expires_at=visitor.expires_at, backend=backend or None,
-                                   flavor=flavor or None)
+    job = get_runner().submit(Evaluate(run.id, data=data, rows=int(rows or 0), backend=backend or None,
+                                       flavor=flavor or None), visitor.require_owner(), visitor.token,
+                              expires_at=visitor.expires_at)
     gr.Info(f"Evaluation job {job.id} submitted.")
     return following(job, follower), None
 
@@ -138,11 +138,11 @@ def export(follower: Follower, quant: str, push: bool, repo: str, private: bool,
         raise AuthError("pushing the GGUF needs a Hugging Face token",
                         "Untick 'Push to the Hub' to write it here and download it from this page; or set HF_TOKEN (or "
                         "run `hf auth login`) and restart the app.")
-    job = runner.submit_export(run.id, visitor.require_owner(), quant, (repo or "auto") if push else None, visitor.token,
-                               private=bool(private), system=(system or "").strip() or None,
+    job = runner.submit(Export(run.id, quant, (repo or "auto") if push else None, private=bool(private),
+                               system=(system or "").strip() or None,
                                temperature=GenerationSettings.checked(temperature=temperature).temperature
-                               if (temperature or "").strip() else None,
-                               expires_at=visitor.expires_at, backend=backend or None, flavor=flavor or None)
+                               if (temperature or "").strip() else None, backend=backend or None, flavor=flavor or None),
+                        visitor.require_owner(), visitor.token, expires_at=visitor.expires_at)
     gr.Info(f"Export job {job.id} submitted.")
     return following(job, follower), None
 

@@ -17,6 +17,7 @@ import gradio as gr
 from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
 from phi3space.jobs import spec as job_spec
+from phi3space.jobs.followups import Evaluate, Export
 from phi3space.ui.chat_service import CHAT_CONCURRENCY, build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import api_errors
 from phi3space.ui.services import get_runner, signed_in
@@ -84,8 +85,9 @@ def evaluate_job(job_id: str, data: str = "", rows: int = 50, backend: str = "",
     summaries) when done. ``backend``: a name in compute.backend's choices (empty: where the run trained); ``flavor``: the Jobs
     hardware (empty: the run's, else the smallest GPU flavor)."""
     visitor = signed_in(profile, oauth_token)
-    return get_runner().submit_eval(job_id, visitor.require_owner(), visitor.token, data=data or None, rows=int(rows),
-                                    expires_at=visitor.expires_at, backend=backend or None, flavor=flavor or None).id
+    return get_runner().submit(Evaluate(job_id, data=data or None, rows=int(rows), backend=backend or None,
+                                        flavor=flavor or None), visitor.require_owner(), visitor.token,
+                               expires_at=visitor.expires_at).id
 
 
 @api_errors
@@ -96,10 +98,9 @@ def export_job(job_id: str, quant: str = "q8_0", push_to: str = "", private: boo
     ``push_to`` (empty: <you>/<run name>-GGUF); returns the export job's id. ``backend`` and ``flavor`` as for
     /evaluate_job."""
     visitor = signed_in(profile, oauth_token)
-    return get_runner().submit_export(job_id, visitor.require_owner(), quant, push_to or "auto", visitor.token,
-                                      private=bool(private), system=system or None, temperature=temperature,
-                                      expires_at=visitor.expires_at, backend=backend or None,
-                                      flavor=flavor or None).id
+    return get_runner().submit(Export(job_id, quant, push_to or "auto", private=bool(private), system=system or None,
+                                      temperature=temperature, backend=backend or None, flavor=flavor or None),
+                               visitor.require_owner(), visitor.token, expires_at=visitor.expires_at).id
 
 
 @api_errors

@@ -17,6 +17,7 @@ import gradio as gr
 
 from phi3space.errors import AuthError, ConfigError
 from phi3space.hub.access import check_push_access
+from phi3space.jobs.followups import Merge
 from phi3space.jobs.kinds import kind_of
 from phi3space.jobs.store import Job
 from phi3space.refs import check_repo_id
@@ -244,7 +245,7 @@ def merge(follower: Follower, push: bool, repo: str, private: bool, profile: gr.
                             "Untick 'Push to the Hub' to merge here and download the files from this page; or set "
                             "HF_TOKEN (or run `hf auth login`) and restart the app.")
         check_push_access(repo, token, source.name, bool(private))  # a wrong namespace or a read-only token fails here
-    job = runner.submit_merge(source.id, repo if push else None, owner, visitor.token, private=bool(private))
+    job = runner.submit(Merge(source.id, repo if push else None, private=bool(private)), owner, visitor.token)
     gr.Info(f"Merge job {job.id} submitted: " + (f"the merged model goes to {repo}." if push else
                                                   "its files are offered for download here when it is done."))
     return following(job, follower), None
