@@ -48,6 +48,22 @@ from helpers import (  # noqa: E402
 )
 
 
+def _hub_backoff_sooner(scale=0.01):
+    """huggingface_hub waits 1, 2, 4, 8, 8 s between its own tries of a Hub request answered 429 or 5xx (its
+    http_backoff); the Hub stand-in answers so on purpose, and those waits were whole seconds of several tests. In
+    the test processes each wait is ``scale`` as long: the same tries, sooner (the processes the tests start keep
+    the library's waits)."""
+    import time
+    from types import SimpleNamespace
+
+    from huggingface_hub.utils import _http
+
+    _http.time = SimpleNamespace(**{**vars(time), "sleep": lambda seconds: time.sleep(seconds * scale)})
+
+
+_hub_backoff_sooner()
+
+
 def pytest_collection_modifyitems(items):
     """The slow tier first (in its own order), the quick tests after it: with several workers (pytest -n), the
     long tests start at once and the many short ones fill the workers' ends evenly."""
