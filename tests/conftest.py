@@ -48,6 +48,22 @@ from helpers import (  # noqa: E402
 )
 
 
+def _hub_backoff_sooner(scale=0.01):
+    """huggingface_hub waits 1, 2, 4, 8, 8 s between its own tries of a Hub request answered 429 or 5xx (its
+    http_backoff); the Hub stand-in answers so on purpose, and those waits were whole seconds of several tests. In
+    the test processes each wait is ``scale`` as long: the same tries, sooner (the processes the tests start keep
+    the library's waits)."""
+    import time
+    from types import SimpleNamespace
+
+    from huggingface_hub.utils import _http
+
+    _http.time = SimpleNamespace(**{**vars(time), "sleep": lambda seconds: time.sleep(seconds * scale)})
+
+
+_hub_backoff_sooner()
+
+
 def pytest_collection_modifyitems(items):
     """The slow tier first (in its own order), the quick tests after it: with several workers (pytest -n), the
     long tests start at once and the many short ones fill the workers' ends evenly."""
@@ -110,10 +126,36 @@ def jobs_image(monkeypatch) -> str:
 # ---- the model, data and a trained run
 
 
+def _built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name`` that ``build(folder)`` fills, built once for the whole test run: under pytest -n the
+    workers share the folder above their own temporary ones, and a file lock makes the others wait for the first
+    (the pattern pytest-xdist's documentation gives for session fixtures). A build that failed is tried again."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """Folder of a tiny random-weight Phi-3 (real tokenizer, hidden 64, 2 layers), built once per session."""
-    return build_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3"))
+def build_once(tmp_path_factory):
+    """``build_once(name, build)``: the folder ``build(folder)`` filled, once for the whole run, all workers
+    together (for what many tests read and none changes: the tiny model, a trained run, its exports)."""
+    return lambda name, build: _built_once(tmp_path_factory, name, build)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(build_once) -> Path:
+    """Folder of a tiny random-weight Phi-3 (real tokenizer, hidden 64, 2 layers), built once per test run."""
+    return build_once("tiny-phi3", build_tiny_phi3)
 
 
 @pytest.fixture(scope="session")
@@ -129,16 +171,17 @@ def qa_file(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_model, tmp_path_factory) -> Path:
-    """A finished run folder whose adapter answers QA_PAIRS exactly (trained once per session through the API).
-    Tests copy it before they change it."""
+def trained_run(tiny_model, build_once) -> Path:
+    """A finished run folder (``run``, beside its data ``qa.jsonl``) whose adapter answers QA_PAIRS exactly, trained
+    once per test run through the API. Every worker reads the same folder: tests copy it before they change it."""
     from phi3space import config
     from phi3space.engine import training
 
-    root = tmp_path_factory.mktemp("trained")
-    data = write_qa_jsonl(root / "qa.jsonl")
-    cfg = config.from_dict(memorise_config(tiny_model, str(data), root / "run"))
-    return training.train(cfg)
+    def train(root):
+        data = write_qa_jsonl(root / "qa.jsonl")
+        training.train(config.from_dict(memorise_config(tiny_model, str(data), root / "run")))
+
+    return build_once("trained", train) / "run"
 
 
 # ---- the app

@@ -43,14 +43,15 @@ def answer_logps(model, tokenizer, rows):
 
 
 @pytest.fixture(scope="module")
-def dpo_run(tiny_model, tmp_path_factory):
-    """A finished DPO run on all but the held-out pairs (a fifth of them evaluated on)."""
-    root = tmp_path_factory.mktemp("dpo")
-    data = write_pairs_jsonl(root / "pairs.jsonl", preference_pairs(PAIR_THINGS[:-HELD_OUT]))
-    cfg = config.from_dict(dpo_config(tiny_model, str(data), root / "run", data__eval_fraction=0.2,
-                                      training__max_steps=12, training__save_steps=12, training__eval_steps=6,
-                                      training__logging_steps=2))
-    return training.train(cfg)
+def dpo_run(tiny_model, build_once):
+    """A finished DPO run on all but the held-out pairs (a fifth of them evaluated on), trained once per test run."""
+    def train(root):
+        data = write_pairs_jsonl(root / "pairs.jsonl", preference_pairs(PAIR_THINGS[:-HELD_OUT]))
+        training.train(config.from_dict(dpo_config(tiny_model, str(data), root / "run", data__eval_fraction=0.2,
+                                                   training__max_steps=12, training__save_steps=12,
+                                                   training__eval_steps=6, training__logging_steps=2)))
+
+    return build_once("dpo", train) / "run"
 
 
 @pytest.mark.slow

@@ -27,15 +27,15 @@ TOLERANCE = {"f16": 0.005, "bf16": 0.02, "q8_0": 0.05}
 
 
 @pytest.fixture(scope="module")
-def merged(trained_run, tmp_path_factory):
-    """The merged model (16-bit base + adapter) in float32, and its tokenizer."""
+def merged(trained_run, build_once):
+    """The merged model (16-bit base + adapter, merged once per test run) in float32, and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from phi3space.engine.merge import merge_adapter
     from phi3space.engine.modeling import load_tokenizer
 
-    folder = merge_adapter(str(trained_run), tmp_path_factory.mktemp("merged"))
+    folder = build_once("merged", lambda out: merge_adapter(str(trained_run), out))
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), load_tokenizer(str(folder))
 
 

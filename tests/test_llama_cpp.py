@@ -34,15 +34,18 @@ CONVERSATIONS = [
 ]
 
 
+QUANTS = ("f16", "q8_0")
+
+
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
-    """The trained run exported as f16 and q8_0 by the CLI: {quant: path}."""
-    out = tmp_path_factory.mktemp("gguf")
-    files = {}
-    for quant in ("f16", "q8_0"):
-        assert cli.main(["export", str(trained_run), "--quant", quant, "--out", str(out)]) == 0
-        files[quant] = out / f"{trained_run.name}-{quant.upper()}.gguf"
-    return files
+def exported(trained_run, build_once):
+    """The trained run exported as f16 and q8_0 by the CLI (once per test run): {quant: path}."""
+    def export(out):
+        for quant in QUANTS:
+            assert cli.main(["export", str(trained_run), "--quant", quant, "--out", str(out)]) == 0
+
+    out = build_once("gguf", export)
+    return {quant: out / f"{trained_run.name}-{quant.upper()}.gguf" for quant in QUANTS}
 
 
 def metadata(path, key):
