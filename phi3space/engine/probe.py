@@ -37,6 +37,7 @@ class Lengths:
 
     @property
     def total(self) -> int:
+        """Tokens in all the training rows (each capped at max_length)."""
         return sum(self.lengths)
 
 
@@ -54,6 +55,7 @@ class Probe:
 
     @property
     def ran(self) -> bool:
+        """It trained its steps and was timed."""
         return self.problem is None and self.tokens_per_s is not None
 
 

@@ -70,11 +70,14 @@ def publish_queued(cfg: RunConfig, repo_id: str, job_id: str, owner: str, token:
 
 @dataclass
 class HubRun:
+    """One of a visitor's runs found on the Hub: its adapter repo and the record on its card."""
+
     repo_id: str
     record: dict
 
     @property
     def job_id(self) -> str:
+        """The web app job id the record names."""
         return str(self.record["job"])
 
 
@@ -162,6 +165,7 @@ def _checked_config(repo: str, raw: bytes) -> RunConfig:
 
 
 def created_at(hub_run: HubRun) -> float:
+    """When the run's job was submitted, as its record says (now, when it does not)."""
     return float(hub_run.record.get("created") or time.time())
 
 

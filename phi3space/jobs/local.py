@@ -82,6 +82,7 @@ class _Adopted:
         self.pid, self._job = job.pid, job
 
     def poll(self) -> int | None:
+        """None while the adopted process still runs; -1 once it is gone (its exit code is unknown here)."""
         return None if _is_our_process(self._job) else -1  # the exit code is unknown: events decide
 
 

@@ -29,6 +29,7 @@ DEMO_TEXT = (
 
 
 def build_app() -> gr.Blocks:
+    """The whole web page: the Train and Chat tabs, the job views, and the API endpoints (not yet launched)."""
     from phi3space.ui import after_view, api, chat_tab, jobs_view, train_tab
     from phi3space.ui.common import UI_ONLY
     from phi3space.ui.services import demo_settings
