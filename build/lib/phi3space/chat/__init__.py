@@ -1,0 +1,1 @@
+"""Chat: one base model loaded once, adapters by name, batched streamed replies."""

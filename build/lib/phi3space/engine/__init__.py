@@ -1,0 +1,1 @@
+"""What runs inside a job's process: data, tokens, models, training, merging. Never imports gradio."""
