@@ -1,1 +1,0 @@
-"""Chat: one base model loaded once, adapters by name, batched streamed replies."""

@@ -1,1 +1,0 @@
-"""Hugging Face Jobs: the platform client, the job protocol, flavors and the backend."""
