@@ -69,20 +69,14 @@ def _speed_on(flavor, here_gpu: str | None, measured: float, cfg: RunConfig, mea
     """Tokens/s on ``flavor`` and the estimate's relative error."""
     from phi3space.jobs.hf import flavors as F
 
-    gpus = max(flavor.gpus, 1)
-    parallel = gpus * (F.DATA_PARALLEL_EFFICIENCY if gpus > 1 else 1)
-    there = F.GPU_SPEED.get(flavor.gpu.upper(), F.GPU_SPEED["A10G"])
-    if here_gpu:
-        here = next((v for k, v in F.GPU_SPEED.items() if k.lower() in here_gpu.lower()), F.GPU_SPEED["A10G"])
-        return measured * there / here * parallel, SCALED_ERROR
-    (x0, y0), (x1, y1) = F.H200_TOKENS_PER_S
-    per_gpu = min(max(y0 + (mean_length - x0) * (y1 - y0) / (x1 - x0), y0), y1) * there
+    if here_gpu:  # measured on a GPU: scaled by the two GPUs' relative throughput (and the flavor's GPUs)
+        gpus = max(flavor.gpus, 1)
+        parallel = gpus * (F.DATA_PARALLEL_EFFICIENCY if gpus > 1 else 1)
+        return measured * F.gpu_speed(flavor.gpu) / F.gpu_speed(here_gpu) * parallel, SCALED_ERROR
     from phi3space.engine.estimates import MINI_PARAMS, model_size
 
-    per_gpu *= MINI_PARAMS / max(model_size(cfg.model.base)[0], 1e6)  # the table is Phi-3-mini's
-    if cfg.model.method == "qlora":
-        per_gpu *= F.QLORA_SPEED
-    return per_gpu * parallel, TABLE_ERROR
+    table = F.flavor_tokens_per_s(flavor, mean_length, cfg.model.method)
+    return table * MINI_PARAMS / max(model_size(cfg.model.base)[0], 1e6), TABLE_ERROR  # (the table is Phi-3-mini's)
 
 
 def options(cfg: RunConfig, probe: Probe, tokens: float, fits_here: bool, here_gpu: str | None, mean_length: float,

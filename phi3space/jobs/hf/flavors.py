@@ -132,6 +132,22 @@ DATA_PARALLEL_EFFICIENCY = 0.9
 STARTUP_S = 10 * 60  # image pull, model download and load, before the first step
 
 
+def gpu_speed(gpu: str) -> float:
+    """A GPU's throughput relative to one H200 (GPU_SPEED; an A10G's when the name is not in the table)."""
+    return next((v for k, v in GPU_SPEED.items() if k.lower() in gpu.lower()), GPU_SPEED["A10G"]) if gpu else GPU_SPEED["A10G"]
+
+
+def flavor_tokens_per_s(flavor: Flavor, mean_length: float, method: str) -> float:
+    """Phi-3-mini's LoRA (or QLoRA) training tokens/s on ``flavor``, all its GPUs, for rows of ``mean_length``
+    tokens: the H200 figures for that length, scaled by the GPU's relative throughput."""
+    (x0, y0), (x1, y1) = H200_TOKENS_PER_S
+    per_gpu = min(max(y0 + (mean_length - x0) * (y1 - y0) / (x1 - x0), y0), y1) * gpu_speed(flavor.gpu)
+    if method == "qlora":
+        per_gpu *= QLORA_SPEED
+    gpus = max(flavor.gpus, 1)
+    return per_gpu * gpus * (DATA_PARALLEL_EFFICIENCY if gpus > 1 else 1)
+
+
 @dataclass
 class Estimate:
     """A training run's plan on one flavor: its hardware and price, the timeout, and the time it may take."""
@@ -190,9 +206,5 @@ def estimate(cfg: JobConfig, rows: int | None = None, lengths: list[int] | None 
         tokens = min(rows, cfg.data.max_samples or rows) * (1 - cfg.data.eval_fraction) * t.epochs * mean
     else:
         return Estimate(flavor, timeout_seconds(cfg.compute.timeout) or 0, None)
-    (x0, y0), (x1, y1) = H200_TOKENS_PER_S
-    per_gpu = min(max(y0 + (mean - x0) * (y1 - y0) / (x1 - x0), y0), y1) * GPU_SPEED.get(flavor.gpu.upper(), 0.13)
-    if cfg.model.method == "qlora":
-        per_gpu *= QLORA_SPEED
-    speed = per_gpu * gpus * (DATA_PARALLEL_EFFICIENCY if gpus > 1 else 1)
+    speed = flavor_tokens_per_s(flavor, mean, cfg.model.method)
     return Estimate(flavor, timeout_seconds(cfg.compute.timeout) or 0, (STARTUP_S + tokens / speed) / 3600)
