@@ -155,15 +155,12 @@ def read_probe(run: RunDir, started: float, exit_code: int, changes: dict, refus
 
 
 def available_memory_bytes() -> tuple[int | None, str]:
-    """What the run may use here: the first GPU's memory when there is one, else this machine's available memory."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info(0)
-            return int(total), f"{torch.cuda.get_device_name(0)} memory"
-    except Exception:  # noqa: BLE001 - no usable GPU: plan for the CPU
-        pass
+    """What the run may use here: the first GPU's memory when there is one (nvidia-smi, as the rest of the app asks),
+    else this machine's available memory."""
+    from phi3space.engine.hardware import gpus
     from phi3space.engine.memory import available_bytes
 
+    found = gpus()
+    if found:
+        return int(found[0].total_gb * 2**30), f"{found[0].name} memory"
     return available_bytes()
