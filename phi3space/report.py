@@ -14,7 +14,7 @@ def fmt_duration(seconds: float | None) -> str:
 def format_event(e: dict) -> str | None:
     """One readable line per event, or None for events the CLI does not print."""
     kind = e["type"]
-    if e.get("task") in ("merge", "eval", "export"):  # a job of stages (or rows), not of steps and losses
+    if e.get("task") in ("merge", "eval", "export", "plan"):  # a job of stages (or rows), not of steps and losses
         return _format_stage_event(e)
     if kind == "progress":
         parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}", f"epoch {e.get('epoch') or 0:.2f}",
@@ -68,6 +68,8 @@ def _format_stage_event(e: dict) -> str | None:
                          + [f"  {side:8s} " + " | ".join(_score(k, (e.get(side) or {}).get(k)) for k in
                                                           ("exact_match", "token_f1", "rouge_l", "loss", "ended_with_end"))
                             for side in ("base", "adapter")])
+    if kind == "plan":
+        return "\n".join(plan_lines(e))
     if kind == "export":
         return "wrote " + ", ".join(e.get("files") or [])
     if kind == "push":
@@ -94,3 +96,38 @@ def human_duration(seconds: float | None) -> str:
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
 
+
+GB = 1e9
+
+
+def plan_lines(plan: dict) -> list[str]:
+    """A measured plan (phi3space.jobs.plan.make_plan's JSON) in readable lines: what was measured, whether it
+    fits, and a table of where it could run."""
+    out = [f"measured here ({plan['hardware']}): {plan['probe_steps']} steps on {plan['rows']} rows of "
+           f"{plan['mean_row_tokens']:g} tokens on average (longest {plan['longest_row_tokens']})",
+           f"peak memory: {fmt_gb(plan['peak_memory_bytes'])} of {fmt_gb(plan['memory_available_bytes'])} available "
+           f"({plan['memory_source']})",
+           f"speed: {plan['tokens_per_s'] or '?'} tokens/s"]
+    if plan["fits"]:
+        out.append(f"fits here: yes; the whole run ({plan['tokens']:,} tokens) about {fmt_duration(plan['eta_s'])}")
+    else:
+        problem = next((p["problem"] for p in plan["probes"] if p["problem"]), None)
+        out.append("fits here: no" + (f" ({problem})" if problem else ""))
+        fix = plan["settings_that_fit"]
+        out.append(f"it fits with: {' '.join(f'--set {k}={v}' for k, v in fix.items())}" if fix else
+                   "nothing tried fits here: choose a larger GPU below")
+    out += ["", "where          time       price     fits  error  hardware"]
+    for o in plan["options"]:
+        out.append(f"{o['flavor']:<14} {fmt_duration(o['eta_s']):<10} {fmt_price(o['cost_usd']):<9} {'yes' if o['fits'] else 'no':<5} "
+                   f"±{o['error']:.0%}{'':<2} {o['hardware']}")
+    return out
+
+
+def fmt_gb(n: int | None) -> str:
+    """'12.30 GB' (decimal gigabytes), '? GB' when unknown."""
+    return f"{n / GB:.2f} GB" if n else "? GB"
+
+
+def fmt_price(usd: float | None) -> str:
+    """'$1.25', or '-' where nothing is billed."""
+    return f"${usd:.2f}" if usd is not None else "-"

@@ -26,7 +26,8 @@ from phi3space.state import FINAL, RunState  # noqa: F401  (RunState is read thr
 
 EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log",
                "example", "evaluation", "export",  # an eval job's rows and results, an export's files
-               "general_check", "push_held")  # a training's general-skills check before its push, a push it held
+               "general_check", "push_held",  # a training's general-skills check before its push, a push it held
+               "plan")  # a plan job's measured plan (phi3space.jobs.plan)
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 

@@ -39,6 +39,7 @@ class RunState:
     exported: list = field(default_factory=list)  # an export job's files (GGUF, Modelfile)
     general: dict | None = None  # the general-skills check before the push: phi3space.engine.general's result
     push_held: str | None = None  # why the push was held (the adapter got worse at general skills): "Push anyway"
+    plan: dict | None = None  # a plan job's measured plan (phi3space.jobs.plan.make_plan's JSON)
     hardware: str = ""
     versions: dict = field(default_factory=dict)  # this app's and the training libraries' versions (run_started)
     started: float | None = None
@@ -122,6 +123,8 @@ class RunState:
             self.general = {k: v for k, v in e.items() if k not in ("type", "time", "job", "seq")}
         elif kind == "push_held":
             self.push_held = e.get("message")
+        elif kind == "plan":
+            self.plan = {k: v for k, v in e.items() if k not in ("type", "time", "task", "job", "seq")}
         elif kind == "export":
             self.exported = list(e.get("files") or [])
         elif kind == "error":

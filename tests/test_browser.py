@@ -21,6 +21,7 @@ import pytest
 import yaml
 from helpers import ARTIFACTS, PAIR_THINGS, QA_PAIRS, memorise_config, preference_pairs, write_pairs_jsonl
 
+from phi3space.report import fmt_duration, fmt_price
 from phi3space.run import RunDir
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]  # one worker, in order: the second test follows the first's run
@@ -151,12 +152,31 @@ def test_a_form_filled_by_hand_trains_a_mapped_csv_survives_a_reload_and_chats(b
     expect(page.locator("#plan")).to_contain_text("40 optimizer steps")
     page.screenshot(path=str(ARTIFACTS / "1280-1-form-inspected.png"), full_page=True)
 
+    # Plan: a few steps of this very run on this machine (a job of its own, queued like training), then whether it
+    # fits, how long it takes here and what it costs on each Jobs flavor.
+    page.locator("#plan-button").click()
+    expect(page.locator("#job-progress")).to_contain_text("by hand-plan")
+    expect(page.locator("#job-progress")).to_contain_text("It fits here", timeout=120_000)
+    plan_job = runner.list("local")[-1]
+    plan = plan_job.run.state().plan
+    assert plan_job.name == "by hand-plan" and plan["fits"] is True and plan["tokens_per_s"] > 0
+    assert plan["rows"] == 4 and plan["tokens"] == pytest.approx(40 * 4 * plan["mean_row_tokens"], rel=0.01)
+    shown = page.locator(".plan-options tr")
+    here = shown.filter(has_text="this machine's CPU").locator("td").all_inner_texts()
+    assert here[:3] == ["here", fmt_duration(plan["options"][0]["eta_s"]), "-"] and here[3] == "yes"
+    a10g = next(o for o in plan["options"] if o["flavor"] == "a10g-large")
+    cells = shown.filter(has_text="a10g-large").first.locator("td").all_inner_texts()
+    assert cells[:3] == ["a10g-large", fmt_duration(a10g["eta_s"]), fmt_price(a10g["cost_usd"])]
+    expect(page.locator("#job-progress")).to_contain_text(f"{plan['tokens_per_s']} tokens/s")
+    page.screenshot(path=str(ARTIFACTS / "1280-1b-plan.png"), full_page=True)
+
     # Start; pause the training process after its first progress event, and reload the page meanwhile.
     page.locator("#start").click()
     progress = page.locator("#job-progress")
+    expect(progress).not_to_contain_text("by hand-plan")  # the page follows the new run
     expect(progress).to_contain_text("by hand")
     job = runner.list("local")[-1]
-    assert job.name == "by hand"
+    assert job.name == "by hand" and job.kind == "train"
     started = wait_for_event(job.run, "run_started")
     assert started["dataset"]["format"] == "prompt_completion" and started["dataset"]["train_rows"] == 4
     wait_for_event(job.run, "progress")
@@ -203,7 +223,7 @@ def test_a_form_filled_by_hand_trains_a_mapped_csv_survives_a_reload_and_chats(b
     page.locator("#merge-repo textarea").fill("someone/merged")
     page.locator("#merge").click()
     expect(page.get_by_text(re.compile("pushing the merged model needs a Hugging Face token")).first).to_be_visible()
-    assert len(runner.list("local")) == 1
+    assert [j.kind for j in runner.list("local")] == ["plan", "train"]
     page.screenshot(path=str(ARTIFACTS / "1280-3-finished.png"), full_page=True)
 
     page.locator("#open-chat").click()
@@ -280,7 +300,7 @@ def test_on_a_phone_nothing_is_clipped_and_a_config_file_fills_every_setting(bro
     for selector in ("#header h1", "#header", "#dataset-row", "#data-upload", "#inspection-report",
                      "#inspection-report pre", "#model-row", "#output-row", "#output-push_to", "#output-private",
                      "#output-push_checkpoints", "#start", "#runs-title", "#job-progress", "#job-buttons",
-                     "#loss-plot", "#job-log", "#runs-table"):
+                     "#loss-plot", "#job-log", "#runs-table", "#plan-button"):
         inside_screen(page, selector)
     for th in page.locator("#runs-table th").all():
         box = th.bounding_box()
@@ -288,6 +308,16 @@ def test_on_a_phone_nothing_is_clipped_and_a_config_file_fills_every_setting(bro
         assert th.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), f"{th.inner_text()!r} is cut off"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "390-1-train-tab.png"), full_page=True)
+
+    page.locator("#plan-button").click()  # the plan's table scrolls sideways inside its own box, never the page
+    expect(page.locator("#job-progress")).to_contain_text("It fits here", timeout=120_000)
+    expect(page.locator(".plan-options")).to_contain_text("a10g-large")
+    inside_screen(page, "#job-progress")
+    box = page.locator(".plan-table").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390.5, box
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.locator("#job-progress").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "390-1b-plan.png"))
 
     page.get_by_role("tab", name="Chat").click()
     for selector in ("#chat-adapter", "#chat-compare", "#chat-message", "#chat-send"):

@@ -3,10 +3,12 @@ it says about fitting, time and price here and on each Jobs flavor (the flavors 
 which copies the Hub's documented list)."""
 
 import pytest
-from helpers import memorise_config, write_qa_jsonl
+from helpers import memorise_config, wait_job, write_qa_jsonl
 
 from phi3space import config
+from phi3space.jobs.kinds import PLAN
 from phi3space.jobs.plan import make_plan, remedies
+from phi3space.jobs.scheduler import JobRunner
 
 
 def _cfg(tiny_model, tmp_path, **overrides):
@@ -26,14 +28,27 @@ def test_remedies_keep_the_effective_batch_and_end_with_checkpointing_and_qlora_
 
 
 @pytest.mark.slow
-def test_a_plan_measures_the_real_training_here_and_prices_each_jobs_flavor(tiny_model, tmp_path, hub, monkeypatch):
+def test_a_plan_job_measures_the_real_training_here_and_prices_each_jobs_flavor(tiny_model, tmp_path, hub,
+                                                                                monkeypatch):
+    """The page's Plan: a job of its own, queued on this machine like training (its probe never shares the GPU with
+    a run), whose events hold its stages and then the plan."""
     from phi3space.jobs.hf import flavors
 
     monkeypatch.setattr(flavors, "_hardware", None)  # the stand-in's list, not one an earlier test cached
     cfg = _cfg(tiny_model, tmp_path)
-    said = []
-    plan = make_plan(cfg, progress=said.append, folder=tmp_path / "plan")
+    runner = JobRunner(tmp_path / "data", slots=1, poll_s=0.1, space=False)
+    try:
+        job = runner.submit(cfg, "me", name="qa", kind=PLAN)
+        assert job.name == "qa-plan" and job.kind == "plan" and job.backend == "local"
+        done = wait_job(runner, job.id, timeout=300)
+    finally:
+        runner.shutdown()
+    assert done["status"] == "completed", done
+    events, _ = job.run.read_events()
+    said = [e["stage"] for e in events if e["type"] == "progress"]
     assert said[0] == "reading and measuring the training rows" and "probing 6 steps of the run as set" in said[1]
+    plan = job.run.state().plan
+    assert [e for e in events if e["type"] == "plan"][0]["tokens_per_s"] == plan["tokens_per_s"]
     assert plan["fits"] is True and plan["settings_that_fit"] == {}
     assert 100e6 < plan["peak_memory_bytes"] < 4e9 and plan["tokens_per_s"] > 0
     assert plan["rows"] == 4 and plan["tokens"] == pytest.approx(40 * 4 * plan["mean_row_tokens"], rel=0.01)

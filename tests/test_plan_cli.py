@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import memorise_config, run_cli, write_config, write_qa_jsonl
 
-from phi3space.cli.plan import lines
+from phi3space.report import plan_lines as lines
 
 
 @pytest.mark.slow

@@ -15,10 +15,10 @@ import argparse
 from importlib import import_module
 from types import ModuleType
 
-from phi3space.cli import chat, common, config, inspect, plan, push
+from phi3space.cli import chat, common, config, inspect, push
 from phi3space.jobs.kinds import KINDS
 
-OTHERS = (inspect, chat, push, config, plan)  # the subcommands that are not a job's
+OTHERS = (inspect, chat, push, config)  # the subcommands that are not a job's
 
 
 def commands() -> list[ModuleType]:

@@ -22,7 +22,7 @@ from phi3space.hub.push import push_run
 from phi3space.hub.records import record
 from phi3space.jobs import spec
 from phi3space.jobs.backend import Backend, Task
-from phi3space.jobs.kinds import EVAL, EXPORT, MERGE, TRAIN, Kind, check_backend, kind_of, task_of
+from phi3space.jobs.kinds import EVAL, EXPORT, MERGE, PLAN, TRAIN, Kind, check_backend, kind_of, task_of
 from phi3space.jobs.spec import ComputeConfig
 from phi3space.jobs.store import Job
 from phi3space.jobs.submit import Caller, check_token_lasts
@@ -62,6 +62,8 @@ def source_of(job: Job, jobs: list[Job], state_of) -> Job | None:
     ``jobs``."""
     if kind_of(job) is TRAIN:
         return job
+    if kind_of(job) is PLAN:  # a plan acts on a config, not on a run
+        return None
     adapter = json.loads(job.args)[1] if kind_of(job) is MERGE else task_of(job).adapter
     for run in jobs:
         if kind_of(run) is TRAIN and adapter in (run.run_dir, state_of(run).adapter_repo):

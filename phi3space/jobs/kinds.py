@@ -49,7 +49,8 @@ TRAIN = Kind("train", trains=True)
 MERGE = Kind("merge", trains=False, here_only=True)
 EVAL = Kind("eval", trains=False)
 EXPORT = Kind("export", trains=False)
-KINDS = {k.name: k for k in (TRAIN, MERGE, EVAL, EXPORT)}
+PLAN = Kind("plan", trains=False, here_only=True)  # measures a run on this machine before it starts (jobs.plan)
+KINDS = {k.name: k for k in (TRAIN, MERGE, EVAL, EXPORT, PLAN)}
 
 
 def kind_of(job: Job) -> Kind:

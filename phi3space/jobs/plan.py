@@ -81,14 +81,15 @@ def _speed_on(flavor, here_gpu: str | None, measured: float, cfg: RunConfig, mea
 
 def options(cfg: RunConfig, probe: Probe, tokens: float, fits_here: bool, here_gpu: str | None, mean_length: float,
             token: str | None = None) -> list[dict]:
-    """Where the run could go: this machine (measured) and each Jobs GPU flavor (estimated), with time and price."""
+    """Where the run could go: this machine (measured), then each Jobs GPU flavor (estimated), with time and price:
+    those it fits on first, the cheapest first."""
     from phi3space.engine.estimates import estimate_memory_gb
     from phi3space.jobs.hf import flavors as F
 
-    out = []
+    here, out = [], []
     if probe.ran:
         eta = (probe.startup_s or 0) + tokens / probe.tokens_per_s
-        out.append({"flavor": "here", "hardware": here_gpu or "this machine's CPU", "eta_s": round(eta),
+        here.append({"flavor": "here", "hardware": here_gpu or "this machine's CPU", "eta_s": round(eta),
                     "tokens_per_s": round(probe.tokens_per_s, 1),
                     "cost_usd": None, "fits": fits_here, "measured": True, "error": MEASURED_ERROR})
     needed_gb = (probe.peak_memory_bytes / 1e9 if here_gpu and probe.peak_memory_bytes else estimate_memory_gb(cfg) * 1.074)
@@ -104,7 +105,8 @@ def options(cfg: RunConfig, probe: Probe, tokens: float, fits_here: bool, here_g
                     "cost_usd": round(price * eta / 3600, 2) if price is not None else None,
                     "fits": flavor.memory_gb is None or needed_gb <= HEADROOM * flavor.memory_gb,
                     "measured": False, "error": error})
-    return out
+    out.sort(key=lambda o: (not o["fits"], o["cost_usd"] is None, o["cost_usd"] or 0, o["eta_s"]))  # cheapest first
+    return here + out
 
 
 def make_plan(cfg: RunConfig, token: str | None = None, steps: int = PROBE_STEPS, folder: Path | None = None,
@@ -147,6 +149,37 @@ def make_plan(cfg: RunConfig, token: str | None = None, steps: int = PROBE_STEPS
     finally:
         if folder is None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def plan_run(cfg: RunConfig, token: str | None, writer=None, progress=None) -> dict:
+    """``make_plan`` as a job (the page's Plan): its stages, then the plan, are ``writer``'s events (an EventWriter;
+    None: none), and its end is the run's last word, completed, failed with what to fix, or cancelled."""
+    if writer is None:
+        return make_plan(cfg, token, progress=progress)
+    from phi3space.errors import Cancelled, Phi3SpaceError
+
+    done = 0
+    writer.emit("run_started", task="plan", adapter=None, max_steps=None)
+
+    def stage(text: str) -> None:
+        nonlocal done
+        done += 1
+        writer.emit("progress", task="plan", step=done, max_steps=None, stage=text)
+        if progress:
+            progress(text)
+
+    try:
+        plan = make_plan(cfg, token, progress=stage)
+    except Cancelled:
+        writer.finish("cancelled", task="plan", step=done, adapter=None)
+        raise
+    except Phi3SpaceError as exc:
+        writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task="plan", step=done,
+                      adapter=None)
+        raise
+    writer.emit("plan", task="plan", **plan)
+    writer.finish("completed", task="plan", step=done, adapter=None)
+    return plan
 
 
 def _changed(cfg: RunConfig, changes: dict) -> RunConfig:

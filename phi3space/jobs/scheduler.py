@@ -16,6 +16,7 @@ back from there. The store and the run folders stay on local disk, never on a bu
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -34,9 +35,9 @@ from phi3space.hub.auth import acting_token, keep_owner_token_out
 from phi3space.hub.space import on_space, space_id
 from phi3space.jobs import spec
 from phi3space.jobs.backend import Backend, Host, Verdict
-from phi3space.jobs.followups import FollowUp, FollowUps
+from phi3space.jobs.followups import FollowUp, FollowUps, unique_name
 from phi3space.jobs.idle import IdlePause
-from phi3space.jobs.kinds import TRAIN, check_backend, kind_of
+from phi3space.jobs.kinds import PLAN, TRAIN, Kind, check_backend, kind_of
 from phi3space.jobs.store import Job, JobStore, StoreBusy
 from phi3space.jobs.submit import Caller, Pipeline
 from phi3space.run import RunState
@@ -96,12 +97,14 @@ class JobRunner(FollowUps):
     # ------------------------------------------------------------ submit, resume
 
     def submit(self, job: RunConfig | FollowUp, owner: str, token: str | None = None, expires_at: float | None = None,
-               name: str | None = None) -> Job:
+               name: str | None = None, kind: Kind = TRAIN) -> Job:
         """Queue (or, on a backend without slots, start) a job for ``owner`` after the submit pipeline's checks, in a
         run folder chosen here: a training run of ``job``, a run config (a JobConfig, or a RunConfig whose compute
         section, kept as written, is read here), named ``name`` (else <base>-<dataset>-<method>); or the kind of job
         ``job`` asks for on a finished run's adapter (``followups.Merge``, ``Evaluate``, ``Export``), named ``name``
         (else <run name>-merged, -eval, -gguf). ``token``: the visitor's, which ``expires_at`` (Unix time).
+        ``kind``: for a run config, ``TRAIN`` it, or ``PLAN`` it first (a measured plan on this machine, queued like
+        training so that its probe never shares the GPU with a run; named <run name>-plan).
 
         Raises:
             Phi3SpaceError: what to fix (nothing was created), or the platform's refusal (the job is listed as failed).
@@ -110,6 +113,8 @@ class JobRunner(FollowUps):
         if isinstance(job, FollowUp):
             return self._follow_up(job, caller, name)
         cfg = spec.of(job)
+        if kind is PLAN:
+            return self._plan(cfg, caller, name)
         backend = self.backend(cfg.compute.backend)
         check_backend(TRAIN, backend)
         gpus = self.pipeline.check_train(cfg, caller, backend, self.slots, self.queue_wait_s())
@@ -127,6 +132,19 @@ class JobRunner(FollowUps):
             if isinstance(exc, StoreBusy) or self.store.get(job.id) is None:  # never listed: no folder left either
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
+
+    def _plan(self, cfg: RunConfig, caller: Caller, name: str | None) -> Job:
+        """Queue ``python -m phi3space plan`` on ``cfg`` in a new folder, on this machine (what the probe measures)."""
+        backend = next(b for b in self.backends.values() if PLAN.runs_on(b))
+        job_id = new_job_id()
+        run = self.data.run(caller.owner, job_id)
+        cfg.output.dir = str(run.path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        cfg.save(run.config)
+        name = unique_name(f"{name or default_run_name(cfg)}-plan", {j.name for j in self.list(caller.owner)})
+        argv = [PLAN.name, str(run.config), "--run-dir", str(run.path), "--json"]
+        return self._queue(Job(id=job_id, owner=caller.owner, name=name, run_dir=str(run.path), kind=PLAN.name,
+                               args=json.dumps(argv), needs_token=bool(caller.token), backend=backend.name), caller.token)
 
     def resume(self, job_id: str, owner: str, token: str | None = None, expires_at: float | None = None) -> Job:
         """Queue a failed or stopped training run again; it continues from its newest checkpoint (this machine's, or

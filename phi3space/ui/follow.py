@@ -7,7 +7,7 @@ from html import escape
 
 from phi3space.hub.gguf_card import run_commands
 from phi3space.jobs.store import Job
-from phi3space.report import fmt_duration, format_event
+from phi3space.report import fmt_duration, fmt_gb, fmt_price, format_event
 from phi3space.run import RunDir, RunState
 
 
@@ -135,6 +135,27 @@ def general_html(state: RunState) -> str:
     return out
 
 
+def plan_html(plan: dict) -> str:
+    """A plan job's result: what the probe measured here, whether the run fits (or the settings that make it fit),
+    and a table of where it could run, with time, price and the estimate's error."""
+    fix = plan.get("settings_that_fit")
+    head = (f"<p class='plan-summary'>Measured here ({escape(str(plan['hardware']))}), {plan['probe_steps']} steps of "
+            f"your longest rows: peak memory <b>{fmt_gb(plan['peak_memory_bytes'])}</b> of "
+            f"{fmt_gb(plan['memory_available_bytes'])}, <b>{plan['tokens_per_s'] or '?'}</b> tokens/s.<br>")
+    if plan["fits"]:
+        head += f"✅ It fits here: the whole run ({plan['tokens']:,} tokens) takes about <b>{fmt_duration(plan['eta_s'])}</b>."
+    else:
+        problem = next((p["problem"] for p in plan["probes"] if p.get("problem")), None)
+        head += "⚠️ It does not fit here as set" + (f" ({escape(problem)})" if problem else "") + ". "
+        head += (f"It fits with: <code>{escape(', '.join(f'{k} = {v}' for k, v in fix.items()))}</code>." if fix else
+                 "Nothing tried fits here: pick a larger GPU below.")
+    rows = "".join(f"<tr><td>{escape(o['flavor'])}</td><td>{fmt_duration(o['eta_s'])}</td><td>{fmt_price(o['cost_usd'])}"
+                   f"</td><td>{'yes' if o['fits'] else 'no'}</td><td>±{o['error']:.0%}</td><td>{escape(o['hardware'])}</td></tr>"
+                   for o in plan["options"])
+    return head + ("</p><div class='plan-table'><table class='plan-options'><tr><th>where</th><th>time</th><th>price"
+                   "</th><th>fits</th><th>error</th><th>hardware</th></tr>" + rows + "</table></div>")
+
+
 def progress_html(job: Job | None, status: str | None, state: RunState, queue_position: int | None,
                   stage: str | None = None) -> str:
     """A progress bar with step, loss and ETA (or the place in the queue, or the final status); ``stage`` is what a
@@ -147,7 +168,10 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
                 f"({ahead} job{'s' if ahead != 1 else ''} ahead of it, plus the one training now).</p>")
     step, total = state.step or 0, state.max_steps
     bar = f'<progress value="{step}" max="{total}" style="width:100%"></progress>' if total else "<progress style='width:100%'></progress>"
-    parts = [f"step {step}/{total or '?'}" if stage is None else f"stage {step}/{total or '?'}: {escape(stage)}"]
+    if stage is None:
+        parts = [f"step {step}/{total or '?'}"]
+    else:  # (a plan does not know its stages ahead: it says what it is doing)
+        parts = [f"stage {step}/{total}: {escape(stage)}" if total else escape(stage)]
     if state.loss is not None:
         parts.append(f"loss {state.loss:.4f}")
     if state.eval_loss is not None:
@@ -165,6 +189,8 @@ def progress_html(job: Job | None, status: str | None, state: RunState, queue_po
         head += f"<p>{escape(str(state.error.get('message')))}<br><i>{escape(hint)}</i></p>"
     if state.general:
         head += general_html(state)
+    if state.plan:
+        head += plan_html(state.plan)
     model = "GGUF and Modelfile" if job.kind == "export" else "Merged model"  # (what an export pushes)
     for what, url in (("Adapter", state.adapter_url), (model, state.model_url)):
         if url:

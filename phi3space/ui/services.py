@@ -61,6 +61,8 @@ def actions_note(job, run, state: RunState | None) -> str:
     """Why the actions on a run are (not) there, in the page's words (markdown)."""
     if job is None:
         return "Evaluate, Export, Merge and Chat act on a finished run: start one, or pick one under 'Follow job'."
+    if job.kind == "plan":
+        return "A plan measures a run before it starts: press **Start** to train it, then act on the run."
     if run is None:
         return "The run this job acted on is no longer in your list: pick a finished run under 'Follow job'."
     name = f"**{run.name}** ({run.id})"

@@ -22,6 +22,8 @@ CSS = """
 
 /* Tables keep their header words whole and scroll sideways inside their box on a narrow screen. */
 #eval-summary th, #eval-summary td:not(:first-child) { white-space: nowrap; }
+.plan-table { max-width: 100%; overflow-x: auto; }
+.plan-options th, .plan-options td { white-space: nowrap; padding: 2px 8px; }
 #runs-table th, #runs-table th * { white-space: nowrap; word-break: normal; overflow-wrap: normal; }
 #runs-table .table-wrap, #runs-table .table-container { overflow-x: auto; max-width: 100%; }
 /* A cell breaks a word only when it cannot fit on a line of its own (a status or a loss stays whole). */

@@ -25,6 +25,7 @@ from phi3space.hub.access import check_reachable
 from phi3space.hub.auth import real_token
 from phi3space.hub.space import on_space
 from phi3space.jobs import spec as job_spec
+from phi3space.jobs.kinds import PLAN, TRAIN, Kind
 from phi3space.jobs.submit import inputs
 from phi3space.refs import is_hub_id
 from phi3space.run import RunDir
@@ -219,14 +220,26 @@ def load_yaml(file):
 def start(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, follower: Follower, upload, run_name,
           *values):
     """Start: the form checked as Inspect checks it, then submitted; the page follows the new job."""
+    return _submit(TRAIN, profile, oauth_token, follower, upload, run_name, values)
+
+
+@user_errors
+def plan_click(profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None, follower: Follower, upload,
+               run_name, *values):
+    """Plan: the form checked as Start checks it, then a plan job queued (a few steps of the run on this machine,
+    then whether it fits, how long and at what price here and on each Jobs flavor); the page follows it."""
+    return _submit(PLAN, profile, oauth_token, follower, upload, run_name, values)
+
+
+def _submit(kind: Kind, profile, oauth_token, follower: Follower, upload, run_name, values):
     visitor, cfg = _config(profile, oauth_token, upload, _named(values))
     owner = visitor.require_owner()
     _checked(cfg, visitor)  # what Inspect refuses is refused here at once, rather than by the job a minute later
     runner = get_runner()
     name = forms.run_name(cfg, run_name, {j.name for j in runner.list(owner)})
-    job = runner.submit(cfg, owner, visitor.token, visitor.expires_at, name=name)
+    job = runner.submit(cfg, owner, visitor.token, visitor.expires_at, name=name, kind=kind)
     where = "starting now" if runner.queue_position(job.id) is None else f"number {runner.queue_position(job.id)} in the queue"
-    gr.Info(page_text(f"Job {job.id} ({name}) submitted: {where}."))
+    gr.Info(page_text(f"Job {job.id} ({job.name}) submitted: {where}."))
     return following(job, follower), None
 
 
@@ -257,6 +270,7 @@ def build(follower: gr.State, seen: gr.State, initial: dict | None = None) -> Tr
                              file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="data-upload")
         with gr.Column(scale=1, min_width=120):
             inspect_btn = gr.Button("Inspect", elem_id="inspect")
+            plan_btn = gr.Button("Plan", elem_id="plan-button", size="sm")
     with gr.Accordion("Dataset inspection", open=False, elem_id="inspect-box") as inspect_box:
         report = gr.Markdown(elem_id="inspection-report")
         with gr.Row():
@@ -302,4 +316,5 @@ def build(follower: gr.State, seen: gr.State, initial: dict | None = None) -> Tr
                     api_visibility=UI_ONLY).then(
         start, [follower, *form_inputs], [follower, seen], api_visibility=UI_ONLY).then(
         lambda: gr.Button(START, interactive=True), None, start_btn, queue=False, api_visibility=UI_ONLY)
+    plan_btn.click(plan_click, [follower, *form_inputs], [follower, seen], api_visibility=UI_ONLY)
     return TrainTab(fields, upload, run_name, memory, start_btn)
