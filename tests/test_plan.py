@@ -74,3 +74,22 @@ def test_a_run_whose_base_cannot_load_here_does_not_fit_and_says_why(tiny_model,
     assert len(plan["probes"]) == 1  # a smaller batch does not make a base load: no remedy is probed
     assert plan["probes"][0]["problem"].startswith("training needs about 0.5 GB of memory to load")
     assert [o["flavor"] for o in plan["options"]][:1] != ["here"]
+
+
+def test_the_probe_times_a_step_as_a_fixed_cost_plus_its_tokens_and_prices_the_runs_own_steps():
+    """A probe mixes the longest micro-batch into a few steps: the run's speed is read from a line through the
+    steps' (tokens, seconds), at the run's own tokens per step, not from the probe's mean (issue 31's 25%)."""
+    from phi3space.engine.probe import Probe, step_time
+
+    fixed, per_token, elapsed, seen, progress = 0.5, 0.001, 2.0, 900, []
+    for tokens in (900, 2000, 300, 500, 400, 600):  # the first (warm-up) step is not timed
+        elapsed += fixed + per_token * tokens if progress else 0
+        seen += tokens if progress else 0
+        progress.append({"tokens": seen, "elapsed_s": elapsed})
+    assert step_time(progress) == pytest.approx((fixed, per_token))
+    probe = Probe(tokens_per_s=999.0, step_s=step_time(progress))
+    assert probe.speed_at(400) == pytest.approx(400 / (0.5 + 0.4))  # the run's 400-token steps: 444 tokens/s
+    assert probe.speed_at(4000) == pytest.approx(4000 / 4.5)
+    assert step_time(progress[:3]) is None and Probe(tokens_per_s=999.0).speed_at(400) == 999.0  # too few: its mean
+    flat = [{"tokens": 100 * i, "elapsed_s": 1.0 * i} for i in range(6)]
+    assert step_time(flat) is None  # all steps alike: no line

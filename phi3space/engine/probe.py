@@ -52,6 +52,16 @@ class Probe:
     steps: int = 0
     problem: str | None = None  # why it did not finish (out of memory, an error), in the run's words
     out_of_memory: bool = False
+    step_s: tuple[float, float] | None = None  # an optimizer step's time: (fixed seconds, seconds per token)
+
+    def speed_at(self, step_tokens: float) -> float | None:
+        """Tokens/s of steps of ``step_tokens`` tokens each (the run's mean): the probe mixes the longest micro-batch
+        into its few steps, and a step has a fixed cost besides its tokens (large for a small model on a CPU), so
+        its own mean speed would not be the run's."""
+        if self.step_s is None or step_tokens <= 0:
+            return self.tokens_per_s
+        fixed, per_token = self.step_s
+        return step_tokens / (fixed + per_token * step_tokens)
 
     @property
     def ran(self) -> bool:
@@ -126,7 +136,12 @@ def run_probe(cfg: RunConfig, lengths: Lengths, folder: Path, steps: int = PROBE
             return Probe(changes or {}, problem=f"the probe did not finish {steps} steps in {timeout_s:.0f} s")
     said = out.with_suffix(".log").read_text(errors="replace").splitlines()
     refusal = next((line.removeprefix("error: ") for line in reversed(said) if line.startswith("error: ")), None)
-    return read_probe(RunDir(out), started, code, changes or {}, refusal)
+    probe = read_probe(RunDir(out), started, code, changes or {}, refusal)
+    if probe.ran:  # the speed of the run's own steps: its micro-batch and accumulation, rows of its mean length
+        step_rows = probe_config(cfg, lengths.rows, out, steps, changes)["training"]
+        mean = lengths.total / max(len(lengths.lengths), 1)
+        probe.tokens_per_s = probe.speed_at(step_rows["batch_size"] * step_rows["grad_accum"] * mean)
+    return probe
 
 
 def read_probe(run: RunDir, started: float, exit_code: int, changes: dict, refusal: str | None = None) -> Probe:
@@ -141,6 +156,7 @@ def read_probe(run: RunDir, started: float, exit_code: int, changes: dict, refus
     timed = progress[1:]  # from the end of the first (warm-up) step
     if len(timed) >= 1 and timed[-1]["elapsed_s"] > progress[0]["elapsed_s"]:
         probe.tokens_per_s = (timed[-1]["tokens"] - progress[0]["tokens"]) / (timed[-1]["elapsed_s"] - progress[0]["elapsed_s"])
+        probe.step_s = step_time(progress)
     error = next((e.get("error") for e in reversed(events) if e.get("type") == "run_finished" and e.get("error")), None)
     if error:
         probe.problem = error.get("message") or error.get("kind")
@@ -152,6 +168,23 @@ def read_probe(run: RunDir, started: float, exit_code: int, changes: dict, refus
     elif exit_code != 0 or probe.tokens_per_s is None:
         probe.problem = f"the probe ended with exit code {exit_code} before it could be timed (see its log)"
     return probe
+
+
+def step_time(progress: list[dict]) -> tuple[float, float] | None:
+    """A least-squares line through the timed steps' (tokens, seconds): an optimizer step's fixed seconds and its
+    seconds per token; None when the steps do not tell them apart (too few, all alike, or a line that runs
+    backwards, as noise can make it)."""
+    steps = [(b["tokens"] - a["tokens"], b["elapsed_s"] - a["elapsed_s"]) for a, b in zip(progress, progress[1:])]
+    if len(steps) < 3:
+        return None
+    n = len(steps)
+    mean_x, mean_y = sum(x for x, _ in steps) / n, sum(y for _, y in steps) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in steps)
+    if spread <= 0:
+        return None
+    per_token = sum((x - mean_x) * (y - mean_y) for x, y in steps) / spread
+    fixed = mean_y - per_token * mean_x
+    return (fixed, per_token) if fixed >= 0 and per_token > 0 else None
 
 
 def available_memory_bytes() -> tuple[int | None, str]:
