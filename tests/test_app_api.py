@@ -12,6 +12,7 @@ from helpers import FINAL, client, memorise_config, status, wait_for, write_qa_j
 from phi3space.run import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.xdist_group("app_api")  # one worker: one app (the module-wide fixture) for its tests
 
 
 @pytest.fixture(scope="module")

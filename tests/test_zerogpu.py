@@ -15,6 +15,7 @@ import pytest
 from helpers import ROOT, client, free_port
 
 STAND_IN = ROOT / "tests" / "fixtures" / "zerogpu"
+pytestmark = pytest.mark.xdist_group("zerogpu")  # one worker: the scenarios of a module-wide process are shared
 
 
 def _app(tmp_path, tiny_model, **extra):
@@ -150,7 +151,7 @@ def ask(base, max_new_tokens=8):
     return in_a_request_thread(lambda: list(chat_service.stream_reply(None, base, HI, ME, False, settings))[-1])
 """
 
-SERVED = PRELUDE + """
+SERVED = """
 torch.nn.Linear(2, 2).to("cuda")  # on the thread that imported spaces: emulated
 def place():
     torch.nn.Linear(2, 2).to("cuda")
@@ -167,27 +168,54 @@ if os.environ.get("USE_REAL_SPACES") != "1":  # the stand-in's worker can reply 
 """
 
 
-def _scenario(script, tmp_path, tiny_model, real: bool, **env) -> list[dict]:
+def _scenario(parts, tmp_path, tiny_model, real: bool, **env) -> list[dict]:
+    """Run ``parts`` (scripts after PRELUDE) one after the other in one process (one start of torch and the models
+    for several scenarios); what each part printed, as one dict per part."""
     if real:
         pytest.importorskip("spaces")
     env = {**os.environ, "SPACES_ZERO_GPU": "true", "STAND_IN": str(STAND_IN), "USE_REAL_SPACES": "1" if real else "0",
            "PHI3SPACE_CHAT_BASES": str(tiny_model), "OTHER_BASE": str(tmp_path / "other-base"),
            "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9", **env}
     env.pop("PHI3SPACE_CHAT_ENGINES", None)
+    script = PRELUDE + "".join(f"\nprint(json.dumps({{'part': {i}}}))\n" + part for i, part in enumerate(parts))
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert ("fixtures" in records[0]["spaces"]) != real  # the package the test meant
-    return records
+    found = [{} for _ in parts]
+    for r in records[1:]:
+        if set(r) == {"part"}:
+            at = r["part"]
+        else:
+            found[at].update(r)
+    return found
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory, tiny_model):
+    """The stand-in's scenarios, served and failures, in one process: (what each printed, its folder)."""
+    tmp = tmp_path_factory.mktemp("zerogpu-stand-in")
+    return _scenario([SERVED, FAILURES], tmp, tiny_model, real=False), tmp
+
+
+@pytest.fixture(scope="module")
+def real_spaces(tmp_path_factory, tiny_model):
+    """The real spaces' scenarios, served and its device API's refusals, in one process: (what each printed, its
+    folder)."""
+    tmp = tmp_path_factory.mktemp("zerogpu-real")
+    port = free_port()
+    env = {"SPACES_ZERO_DEVICE_API_URL": f"http://127.0.0.1:{port}", "DEVICE_API_PORT": str(port),
+           "ZEROGPU_PROC_SELF_CGROUP_PATH": str(_cgroup(tmp))}
+    return _scenario([SERVED, REAL_SCHEDULE], tmp, tiny_model, real=True, **env), tmp
 
 
 @pytest.mark.parametrize("real", [False, True], ids=["stand-in", "real-spaces"])
-def test_on_zerogpu_a_base_not_loaded_at_start_is_refused_by_name_and_the_preloaded_one_stays(tmp_path, tiny_model,
+def test_on_zerogpu_a_base_not_loaded_at_start_is_refused_by_name_and_the_preloaded_one_stays(request, tiny_model,
                                                                                             real):
     """spaces emulates CUDA only on the thread that imported it, so a model can be loaded at start and nowhere else:
     a request for another base gets a sentence naming it and what the owner can set, and nothing is evicted."""
-    records = _scenario(SERVED, tmp_path, tiny_model, real)
-    found = {key: value for r in records[1:] for key, value in r.items()}
+    parts, tmp_path = request.getfixturevalue("real_spaces" if real else "stand_in")
+    found = parts[0]
     assert found["elsewhere"]["error"] in ("RuntimeError", "AssertionError")  # a CUDA placement off that thread fails
     if not real:
         assert "Low-level CUDA init" in found["elsewhere"]["message"]  # where the real one's _cuda_init_raise says
@@ -202,7 +230,7 @@ def test_on_zerogpu_a_base_not_loaded_at_start_is_refused_by_name_and_the_preloa
         assert isinstance(found["served"]["value"], str), found["served"]  # the preloaded base still answers
 
 
-FAILURES = PRELUDE + """
+FAILURES = """
 tiny = os.environ["PHI3SPACE_CHAT_BASES"]
 zerogpu.start()
 broken = os.environ["OTHER_BASE"] + "-adapter"  # a folder that is gone by the time the worker reads it
@@ -219,11 +247,11 @@ for case in ("quota", "queue", "unavailable"):
 """
 
 
-def test_on_zerogpu_every_failure_in_the_worker_or_the_platform_is_a_sentence(tmp_path, tiny_model):
+def test_on_zerogpu_every_failure_in_the_worker_or_the_platform_is_a_sentence(stand_in):
     """spaces passes on an exception raised in its worker as the class name only, and raises its own gr.Error for a
     GPU taken back, a quota or a queue: each becomes a ModelError with a message and a hint (the page and /chat
     show those as they are)."""
-    found = {k: v for r in _scenario(FAILURES, tmp_path, tiny_model, real=False)[1:] for k, v in r.items()}
+    found = stand_in[0][1]
     assert all(found[case]["error"] == "ModelError" and found[case]["hint"] for case in found), found
     assert "adapter" in found["worker_refused"]["message"] and found["worker_refused"]["message"] != "ModelError"
     assert "took the GPU back" in found["aborted"]["message"]
@@ -232,7 +260,7 @@ def test_on_zerogpu_every_failure_in_the_worker_or_the_platform_is_a_sentence(tm
     assert "No GPU was available" in found["unavailable"]["message"]
 
 
-REAL_SCHEDULE = PRELUDE + """
+REAL_SCHEDULE = """
 import http.server
 answers = {}
 
@@ -271,13 +299,10 @@ os._exit(0)
 """
 
 
-def test_the_real_spaces_refusals_reach_the_visitor_as_sentences(tmp_path, tiny_model):
+def test_the_real_spaces_refusals_reach_the_visitor_as_sentences(real_spaces):
     """The real spaces.GPU wrapper and client (0.51.3), against a stand-in for ZeroGPU's device API: its quota,
     queue and "no GPU" refusals and a failed worker come back as ModelError sentences with a hint."""
-    port = free_port()
-    env = {"SPACES_ZERO_DEVICE_API_URL": f"http://127.0.0.1:{port}", "DEVICE_API_PORT": str(port),
-           "ZEROGPU_PROC_SELF_CGROUP_PATH": str(_cgroup(tmp_path))}
-    found = {k: v for r in _scenario(REAL_SCHEDULE, tmp_path, tiny_model, real=True, **env)[1:] for k, v in r.items()}
+    found = real_spaces[0][1]
     assert all(found[case]["error"] == "ModelError" and found[case]["hint"] for case in found), found
     assert "GPU limit" in found["quota"]["message"]  # spaces' own words for an anonymous caller over quota
     assert "No GPU was available after 60s" in found["queue"]["message"]
