@@ -156,7 +156,7 @@ def test_server_gone_keeps_the_adapter_and_push_delivers_later(alice, tiny_model
 def test_resume_from_hub_checkpoints_after_the_run_folder_is_gone(alice, tiny_model, tmp_path):
     run_dir = tmp_path / "run"
     cfg = memorise_config(tiny_model, "alice/qa", run_dir, output__push_to="alice/ckpt", output__push_checkpoints=True,
-                          training__max_steps=30, training__save_steps=2, training__logging_steps=1)
+                          training__max_steps=30, training__save_steps=4, training__logging_steps=1)
     cfg_path = write_config(tmp_path / "r.yaml", cfg)
     proc = start_cli("train", str(cfg_path), output=False)
     deadline = time.time() + 120
