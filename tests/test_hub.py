@@ -160,7 +160,7 @@ def test_resume_from_hub_checkpoints_after_the_run_folder_is_gone(alice, tiny_mo
     cfg_path = write_config(tmp_path / "r.yaml", cfg)
     proc = start_cli("train", str(cfg_path), output=False)
     deadline = time.time() + 120
-    while time.time() < deadline and not any(e.get("what") == "checkpoint-4" for e in RunDir(run_dir).read_events()[0]):
+    while time.time() < deadline and not any(e.get("what") == "checkpoint-8" for e in RunDir(run_dir).read_events()[0]):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # a Space restarting without persistent storage
     proc.wait()
@@ -168,7 +168,7 @@ def test_resume_from_hub_checkpoints_after_the_run_folder_is_gone(alice, tiny_mo
     pushed_steps = sorted({int(f.split("/")[0].split("-")[1]) for f in branch_files if f.startswith("checkpoint-")})
     assert "events.jsonl" in branch_files  # each checkpoint travels with the run's events so far
     assert "adapter_model.safetensors" not in alice.files("alice/ckpt")  # main untouched
-    assert pushed_steps[-1] >= 4
+    assert len(pushed_steps) >= 2 and pushed_steps[-1] >= 8  # resume picks the newest of several
     shutil.rmtree(run_dir)
 
     result = run_cli("train", str(cfg_path), "--resume")
