@@ -16,12 +16,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-from phi3space.errors import ModelError, scrub
+from phi3space.errors import Cancelled, ModelError, Phi3SpaceError, scrub
 from phi3space.state import FINAL, RunState  # noqa: F401  (RunState is read through RunDir.state)
 
 EVENT_TYPES = ("run_started", "progress", "eval", "checkpoint", "push", "run_finished", "error", "log",
@@ -278,6 +279,29 @@ class EventWriter:
         self._give_up_reserve()  # said: the room is not needed any more
         return last
 
+    @contextmanager
+    def stages(self, task: str, total: int | None = None, on_stage: Callable[[str], None] | None = None,
+             on_failed: Callable[[], None] | None = None, **started: Any) -> Iterator[Stages]:
+        """A job that is not training (plan, merge, eval, export) from its ``run_started`` (with ``started``) to its
+        last word: ``cancelled`` on Cancelled, ``failed`` with the error's message and hint on any other
+        Phi3SpaceError (then ``on_failed`` clears up; both are raised on), else ``completed``. The ``Stages`` it yields
+        writes the stages between."""
+        stages = Stages(self, task, total, on_stage)
+        self.emit("run_started", task=task, max_steps=total, **started)
+        try:
+            yield stages
+        except Cancelled:
+            self.finish("cancelled", task=task, step=stages.step, adapter=None)
+            raise
+        except Phi3SpaceError as exc:
+            self.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task=task,
+                        step=stages.step, adapter=None)
+            if on_failed is not None:
+                on_failed()
+            raise
+        model = {"model": stages.model} if stages.model is not None else {}
+        self.finish("completed", task=task, step=stages.step, adapter=None, **model)
+
     def _give_up_reserve(self) -> bool:
         if self.path is None:
             return False
@@ -310,3 +334,25 @@ class EventWriter:
             self._cut = False
         finally:
             os.close(fd)
+
+
+class Stages:
+    """The stages of a job that is not training, as ``progress`` events (from ``EventWriter.stages``): ``step`` is the
+    last one written, ``total`` their number when known, and ``model`` (what was made: a folder, a file or a repo
+    URL) is named in the completed last word."""
+
+    def __init__(self, writer: EventWriter, task: str, total: int | None, on_stage: Callable[[str], None] | None):
+        self.writer, self.task, self.total, self.on_stage = writer, task, total, on_stage
+        self.step = 0
+        self.model: str | None = None
+
+    def __call__(self, text: str) -> None:
+        """The next stage begins: one more step, named ``text``."""
+        self.at(self.step + 1, text)
+
+    def at(self, step: int, text: str, **fields: Any) -> None:
+        """Step ``step`` begins, named ``text`` (``fields``: more to say, such as eta_s)."""
+        self.step = step
+        self.writer.emit("progress", task=self.task, step=step, max_steps=self.total, stage=text, **fields)
+        if self.on_stage is not None:
+            self.on_stage(text)

@@ -5,6 +5,7 @@ import json
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from helpers import fake_started as started
 from helpers import job_status as status_of
 from helpers import wait_job as wait
 
-from phi3space.errors import AuthError, ConfigError
+from phi3space.errors import AuthError, Cancelled, ConfigError, HubError
 from phi3space.jobs.local import job_env, last_word
 from phi3space.jobs.scheduler import JobRunner
 from phi3space.jobs.store import Job, JobStore
@@ -92,6 +93,29 @@ def test_the_supervisors_last_word_needs_both_exit_code_and_events(code, events,
 def test_an_earlier_attempts_last_word_does_not_count():
     state = RunState.from_events([{"type": "run_finished", "status": "failed", "time": 5}])
     assert last_word(-9, state, False, since=8).message == "the training process was killed by signal 9"
+
+
+@pytest.mark.parametrize("raised, status", [(None, "completed"), (HubError("push to me/x failed", "Push it later."),
+                                                                     "failed"), (Cancelled("stopped"), "cancelled")])
+def test_a_job_that_does_not_train_writes_its_stages_and_its_last_word(tmp_path, raised, status):
+    run, heard, cleared = RunDir(tmp_path), [], []
+    with pytest.raises(type(raised)) if raised else nullcontext():
+        with run.writer().stages("merge", 3, on_stage=heard.append, on_failed=lambda: cleared.append(True),
+                                 adapter="me/a") as stage:
+            stage("loading")
+            stage("merging")
+            if raised:
+                raise raised
+            stage.model = "https://hub/me/a-merged"
+    events, _ = run.read_events()
+    assert events[0]["type"] == "run_started" and events[0]["adapter"] == "me/a" and events[0]["max_steps"] == 3
+    assert [(e["step"], e["max_steps"], e["stage"]) for e in events if e["type"] == "progress"] == \
+        [(1, 3, "loading"), (2, 3, "merging")] and heard == ["loading", "merging"]
+    state = run.state()
+    assert state.status == status and state.step == 2
+    assert events[-1].get("model") == ("https://hub/me/a-merged" if raised is None else None)
+    assert (state.error or {}).get("hint") == ("Push it later." if status == "failed" else None)
+    assert cleared == ([True] if status == "failed" else [])  # a cancelled job keeps what it made
 
 
 @pytest.mark.parametrize("mode, status", [("complete", "completed"), ("exit0-no-finish", "failed"),

@@ -57,27 +57,34 @@ def estimate_memory_gb(cfg) -> float:
 
 
 
-# Training throughput of Phi-3-mini (3.8 B) with LoRA, bf16, 2048-token rows, tokens/s. H200: measured
-# (bench/results/h200-2026-11-28-len2048.json); the others scaled from it by their dense bf16/fp16 throughput.
-# Rough on purpose: the sign-in expiry check wants an order of magnitude, not a promise.
-TOKENS_PER_S = {"H200": 9800, "H100": 8000, "B200": 15000, "RTX PRO 6000": 4500, "A100": 3100, "L40S": 3600,
-                "A10G": 1250, "L4": 1200, "T4": 650}
-
-
+# Training throughput of Phi-3-mini (3.8 B) with LoRA in bf16 on one H200, tokens/s, by mean row length (measured,
+# bench/results: ~4,300 on ~500-token rows, ~9,800 on 2,048-token rows); other GPUs scaled from it by their dense
+# bf16 tensor throughput (GPU_SPEED). Rough on purpose: the Jobs price tag, the plan's table and the sign-in expiry
+# check want an order of magnitude, not a promise.
+H200_TOKENS_PER_S = ((500, 4300.0), (2048, 9800.0))
+GPU_SPEED = {"B200": 1.53, "H200": 1.0, "H100": 1.0, "A100": 0.32, "L40S": 0.37, "RTX PRO 6000": 0.5, "A10G": 0.13,
+             "L4": 0.12, "T4": 0.066}
+QLORA_SPEED = 0.82  # QLoRA / LoRA on the same GPU (bench: ~3,500 vs ~4,300 tokens/s)
 CPU_TOKENS_PER_S = 20
 
 
 MINI_PARAMS = 3.82e9
 
 
-def tokens_per_s(gpu_name: str | None, params: float, method: str) -> float:
-    """Training tokens per second of a LoRA (or QLoRA) run on ``gpu_name`` (None: the CPU), scaled to the model's
-    size from Phi-3-mini's."""
+def gpu_speed(gpu: str | None) -> float:
+    """A GPU's throughput relative to one H200 (GPU_SPEED; an A10G's when the name is not in the table)."""
+    return next((v for k, v in GPU_SPEED.items() if k.lower() in gpu.lower()), GPU_SPEED["A10G"]) if gpu else GPU_SPEED["A10G"]
+
+
+def tokens_per_s(gpu_name: str | None, params: float, method: str, mean_length: float = 2048) -> float:
+    """Training tokens per second of a LoRA (or QLoRA) run on one ``gpu_name`` (None: the CPU) for rows of
+    ``mean_length`` tokens: the H200 figures at that length scaled by the GPU's speed, and from Phi-3-mini's size
+    to ``params``."""
     base = CPU_TOKENS_PER_S
     if gpu_name:
-        base = next((v for k, v in TOKENS_PER_S.items() if k.lower() in gpu_name.lower()), TOKENS_PER_S["L4"])
-    scale = MINI_PARAMS / max(params, 1e6)
-    return base * scale * (0.83 if method == "qlora" else 1.0)
+        (x0, y0), (x1, y1) = H200_TOKENS_PER_S
+        base = min(max(y0 + (mean_length - x0) * (y1 - y0) / (x1 - x0), y0), y1) * gpu_speed(gpu_name)
+    return base * MINI_PARAMS / max(params, 1e6) * (QLORA_SPEED if method == "qlora" else 1.0)
 
 
 def training_seconds(cfg, gpu_name: str | None = None, rows: int | None = None) -> float | None:

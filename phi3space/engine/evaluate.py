@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phi3space.engine.metrics import SCORES
-from phi3space.errors import Cancelled, DataError, Phi3SpaceError
+from phi3space.errors import DataError
 from phi3space.generation import GenerationSettings
 from phi3space.report import fmt_duration
 from phi3space.run import EventWriter, RunDir
@@ -132,13 +132,13 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
     from phi3space.engine.tokens import tokenize_example, training_template
 
     settings = settings or GenerationSettings()
-    writer.emit("run_started", task="eval", adapter=str(adapter), max_steps=None)
     examples: list[dict] = []
-    try:
+    with writer.stages("eval", adapter=str(adapter)) as stage:
         path = resolve_adapter(str(adapter), token)
         base = adapter_base(path)
         found, dataset = load_eval_rows(path, data, rows, token)
-        writer.emit("progress", task="eval", step=0, max_steps=len(found), stage=f"loading {base} and the adapter")
+        stage.total = len(found)
+        stage.at(0, f"loading {base} and the adapter")
         from peft import PeftModel
 
         tokenizer = load_tokenizer(tokenizer_source(path, base), token)
@@ -158,8 +158,7 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
                                  "tokens": n, "ended_with_end": ended}
             examples.append(example)
             eta = (time.time() - started) / i * (len(found) - i)
-            writer.emit("progress", task="eval", step=i, max_steps=len(found), eta_s=eta,
-                        stage=f"example {i}/{len(found)}, ETA {fmt_duration(eta)}")
+            stage.at(i, f"example {i}/{len(found)}, ETA {fmt_duration(eta)}", eta_s=eta)
             writer.emit("example", task="eval", **example)
         result = {"rows": len(found), "dataset": dataset, "base_model": base,
                   "base": summarise(examples, "base"), "adapter": summarise(examples, "adapter")}
@@ -170,12 +169,4 @@ def evaluate(adapter: str, writer: EventWriter, data: str | None = None, rows: i
             repo = card_repo(path, str(adapter))
             if repo:
                 put_eval_results(repo, result, token, writer)
-    except Cancelled:
-        writer.finish("cancelled", task="eval", step=len(examples), adapter=None)
-        raise
-    except Phi3SpaceError as exc:
-        writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task="eval",
-                      step=len(examples), adapter=None)
-        raise
-    writer.finish("completed", task="eval", step=len(examples), adapter=None)
     return result

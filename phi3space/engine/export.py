@@ -21,7 +21,7 @@ from pathlib import Path
 
 from phi3space.datadir import safe_name
 from phi3space.engine.gguf_file import QUANTS, gguf_file_name, read_vocab, write_gguf
-from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
+from phi3space.errors import ConfigError
 from phi3space.run import EventWriter
 
 MODELFILE = "Modelfile"
@@ -63,18 +63,10 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
     created = not out.exists()  # a folder this export made goes again if it fails
     _check_out(out)
     reclaim_parts(out)
-    total = 4 + (2 if push_to else 0)
-    done = 0
-    writer.emit("run_started", task="export", adapter=str(adapter), push_to=push_to, quant=quant, max_steps=total)
-
-    def stage(text: str) -> None:
-        nonlocal done
-        done += 1
-        writer.emit("progress", task="export", step=done, max_steps=total, stage=text)
-
     name = safe_name(name or Path(str(adapter).rstrip("/")).name)  # a file name, whatever it was given
     result: dict = {"gguf": None, "modelfile": None, "repo_id": None, "url": None}
-    try:
+    with writer.stages("export", 4 + (2 if push_to else 0), adapter=str(adapter), push_to=push_to, quant=quant,
+                     on_failed=(lambda: shutil.rmtree(out, ignore_errors=True)) if created else None) as stage:
         repo_id = None
         if push_to:
             from phi3space.hub.access import check_push_access
@@ -93,16 +85,7 @@ def export(adapter: str, quant: str, writer: EventWriter, out: str | Path, push_
             stage(f"uploading {target.name} ({target.stat().st_size / 1e6:.0f} MB) to {repo_id}")
             pushed = upload_gguf(out, [target.name, MODELFILE], repo_id, token, private, writer, base=base, quant=quant)
             result.update(repo_id=repo_id, url=pushed["url"])
-    except Cancelled:
-        writer.finish("cancelled", task="export", step=done, adapter=None)
-        raise
-    except Phi3SpaceError as exc:
-        writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task="export",
-                      step=done, adapter=None)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    writer.finish("completed", task="export", step=done, adapter=None, model=result["url"] or result["gguf"])
+        stage.model = result["url"] or result["gguf"]
     return result
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from phi3space.engine.adapters import _does_not_fit, adapter_base, resolve_adapter, tokenizer_source
 from phi3space.engine.modeling import load_for_inference, load_tokenizer
-from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
+from phi3space.errors import ConfigError
 from phi3space.run import EventWriter, RunDir
 
 
@@ -84,43 +84,27 @@ def merge_and_push(adapter: str, writer: EventWriter, out: str | Path | None = N
     created = bool(out) and not Path(out).exists()  # a merge that fails leaves no folder it made
     if out:
         _check_out(Path(out))  # before any model loads
-    total = 4 + (2 if push_to else 0)
-    done = 0
-    writer.emit("run_started", task="merge", adapter=str(adapter), push_to=push_to, max_steps=total)
-
-    def stage(text: str) -> None:
-        nonlocal done
-        done += 1
-        writer.emit("progress", task="merge", step=done, max_steps=total, stage=text)
-
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="phi3space-merged-"))
     result: dict = {"out": str(folder) if out else None, "repo_id": None, "url": None}
     try:
-        if push_to:
-            stage(f"checking that you may push to {push_to}")
-            name = f"{Path(str(adapter).rstrip('/')).name}-merged"
-            repo_id = check_push_access(push_to, token, name, private)
-        path = resolve_adapter(str(adapter), token)  # downloaded once, when it is a Hub repo
-        base = base or adapter_base(path)
-        merge_adapter(str(path), folder, base=base, token=token, on_stage=stage)
-        if push_to:
-            RunDir(folder).card.write_text(_card(base, str(adapter), repo_id), encoding="utf-8")
-            stage(f"uploading {_size(folder)} to {repo_id}")
-            pushed = upload_model(folder, repo_id, token, private, writer)
-            result.update(repo_id=repo_id, url=pushed["url"])
-    except Cancelled:
-        writer.finish("cancelled", task="merge", step=done, adapter=None)
-        raise
-    except Phi3SpaceError as exc:
-        writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task="merge", step=done,
-                      adapter=None)
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+        with writer.stages("merge", 4 + (2 if push_to else 0), adapter=str(adapter), push_to=push_to,
+                         on_failed=(lambda: shutil.rmtree(folder, ignore_errors=True)) if created else None) as stage:
+            if push_to:
+                stage(f"checking that you may push to {push_to}")
+                name = f"{Path(str(adapter).rstrip('/')).name}-merged"
+                repo_id = check_push_access(push_to, token, name, private)
+            path = resolve_adapter(str(adapter), token)  # downloaded once, when it is a Hub repo
+            base = base or adapter_base(path)
+            merge_adapter(str(path), folder, base=base, token=token, on_stage=stage)
+            if push_to:
+                RunDir(folder).card.write_text(_card(base, str(adapter), repo_id), encoding="utf-8")
+                stage(f"uploading {_size(folder)} to {repo_id}")
+                pushed = upload_model(folder, repo_id, token, private, writer)
+                result.update(repo_id=repo_id, url=pushed["url"])
+            stage.model = result["url"] or result["out"]
     finally:
         if not out:
             shutil.rmtree(folder, ignore_errors=True)
-    writer.finish("completed", task="merge", step=done, adapter=None, model=result["url"] or result["out"])
     return result
 
 

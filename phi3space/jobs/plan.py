@@ -67,16 +67,14 @@ def _here_name() -> str | None:
 
 def _speed_on(flavor, here_gpu: str | None, measured: float, cfg: RunConfig, mean_length: float) -> tuple[float, float]:
     """Tokens/s on ``flavor`` and the estimate's relative error."""
+    from phi3space.engine.estimates import gpu_speed, model_size
     from phi3space.jobs.hf import flavors as F
 
     if here_gpu:  # measured on a GPU: scaled by the two GPUs' relative throughput (and the flavor's GPUs)
         gpus = max(flavor.gpus, 1)
         parallel = gpus * (F.DATA_PARALLEL_EFFICIENCY if gpus > 1 else 1)
-        return measured * F.gpu_speed(flavor.gpu) / F.gpu_speed(here_gpu) * parallel, SCALED_ERROR
-    from phi3space.engine.estimates import MINI_PARAMS, model_size
-
-    table = F.flavor_tokens_per_s(flavor, mean_length, cfg.model.method)
-    return table * MINI_PARAMS / max(model_size(cfg.model.base)[0], 1e6), TABLE_ERROR  # (the table is Phi-3-mini's)
+        return measured * gpu_speed(flavor.gpu) / gpu_speed(here_gpu) * parallel, SCALED_ERROR
+    return F.flavor_tokens_per_s(flavor, mean_length, cfg.model.method, model_size(cfg.model.base)[0]), TABLE_ERROR
 
 
 def options(cfg: RunConfig, probe: Probe, tokens: float, fits_here: bool, here_gpu: str | None, mean_length: float,
@@ -156,29 +154,9 @@ def plan_run(cfg: RunConfig, token: str | None, writer=None, progress=None) -> d
     None: none), and its end is the run's last word, completed, failed with what to fix, or cancelled."""
     if writer is None:
         return make_plan(cfg, token, progress=progress)
-    from phi3space.errors import Cancelled, Phi3SpaceError
-
-    done = 0
-    writer.emit("run_started", task="plan", adapter=None, max_steps=None)
-
-    def stage(text: str) -> None:
-        nonlocal done
-        done += 1
-        writer.emit("progress", task="plan", step=done, max_steps=None, stage=text)
-        if progress:
-            progress(text)
-
-    try:
+    with writer.stages("plan", on_stage=progress, adapter=None) as stage:
         plan = make_plan(cfg, token, progress=stage)
-    except Cancelled:
-        writer.finish("cancelled", task="plan", step=done, adapter=None)
-        raise
-    except Phi3SpaceError as exc:
-        writer.finish("failed", {"kind": exc.kind, "message": exc.message, "hint": exc.hint}, task="plan", step=done,
-                      adapter=None)
-        raise
-    writer.emit("plan", task="plan", **plan)
-    writer.finish("completed", task="plan", step=done, adapter=None)
+        writer.emit("plan", task="plan", **plan)
     return plan
 
 

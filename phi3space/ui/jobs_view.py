@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from phi3space.errors import AuthError, ConfigError
+from phi3space.errors import AuthError, ConfigError, SignInNeeded
 from phi3space.hub.access import check_push_access
 from phi3space.jobs.followups import Merge
 from phi3space.jobs.kinds import kind_of
@@ -193,7 +193,7 @@ def stop(follower: Follower, profile: gr.OAuthProfile | None, oauth_token: gr.OA
         AuthError: nobody is signed in."""
     owner = identify(profile, oauth_token).owner
     if owner is None:
-        raise AuthError("sign in to stop your jobs", "Press 'Sign in with Hugging Face'.")
+        raise SignInNeeded("sign in to stop your jobs")
     if follower.job_id is None:
         return
     runner = get_runner()
@@ -239,9 +239,10 @@ def merge(follower: Follower, push: bool, repo: str, private: bool, profile: gr.
         repo = check_repo_id(repo, "destination repo", hint="Type the repo the merged model goes to: your-name/my-model, "
                                                            "or untick 'Push to the Hub' to download it from this page.")
         token = visitor.hub_token()
+        if not token and runner.space:
+            raise SignInNeeded("pushing the merged model needs your Hugging Face sign-in")
         if not token:
             raise AuthError("pushing the merged model needs a Hugging Face token",
-                            "Press 'Sign in with Hugging Face'." if runner.space else
                             "Untick 'Push to the Hub' to merge here and download the files from this page; or set "
                             "HF_TOKEN (or run `hf auth login`) and restart the app.")
         check_push_access(repo, token, source.name, bool(private))  # a wrong namespace or a read-only token fails here

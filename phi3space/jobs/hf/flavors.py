@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from phi3space.engine.estimates import MINI_PARAMS, tokens_per_s
 from phi3space.errors import ConfigError
 from phi3space.hub.errors import hub_error
 from phi3space.jobs.spec import JobConfig, timeout_seconds
@@ -121,30 +122,15 @@ def flavor_with_memory(needed_bytes: float, token: str | None = None) -> Flavor:
     return min(fits, key=lambda f: f.price_per_hour) if fits else smallest_gpu_flavor(token)
 
 
-# Rough LoRA throughput of Phi-3-mini per GPU, relative to one H200 (bench/results: ~4,300 tokens/s on ~500-token
-# rows, ~9,800 on 2,048-token rows), scaled by each GPU's dense bf16 tensor throughput. An estimate for a price
-# tag, not a promise.
-H200_TOKENS_PER_S = ((500, 4300.0), (2048, 9800.0))
-GPU_SPEED = {"H200": 1.0, "H100": 1.0, "A100": 0.32, "L40S": 0.37, "RTX PRO 6000": 0.5, "A10G": 0.13, "L4": 0.12,
-             "T4": 0.066}
-QLORA_SPEED = 0.82  # QLoRA / LoRA on the same GPU (bench: ~3,500 vs ~4,300 tokens/s)
 DATA_PARALLEL_EFFICIENCY = 0.9
 STARTUP_S = 10 * 60  # image pull, model download and load, before the first step
 
 
-def gpu_speed(gpu: str) -> float:
-    """A GPU's throughput relative to one H200 (GPU_SPEED; an A10G's when the name is not in the table)."""
-    return next((v for k, v in GPU_SPEED.items() if k.lower() in gpu.lower()), GPU_SPEED["A10G"]) if gpu else GPU_SPEED["A10G"]
-
-
-def flavor_tokens_per_s(flavor: Flavor, mean_length: float, method: str) -> float:
-    """Phi-3-mini's LoRA (or QLoRA) training tokens/s on ``flavor``, all its GPUs, for rows of ``mean_length``
-    tokens: the H200 figures for that length, scaled by the GPU's relative throughput."""
-    (x0, y0), (x1, y1) = H200_TOKENS_PER_S
-    per_gpu = min(max(y0 + (mean_length - x0) * (y1 - y0) / (x1 - x0), y0), y1) * gpu_speed(flavor.gpu)
-    if method == "qlora":
-        per_gpu *= QLORA_SPEED
+def flavor_tokens_per_s(flavor: Flavor, mean_length: float, method: str, params: float = MINI_PARAMS) -> float:
+    """Training tokens/s of a LoRA (or QLoRA) run of a ``params``-sized model on ``flavor``, all its GPUs, for rows
+    of ``mean_length`` tokens (engine.estimates' per-GPU figures; a flavor without a GPU: an A10G's)."""
     gpus = max(flavor.gpus, 1)
+    per_gpu = tokens_per_s(flavor.gpu or "A10G", params, method, mean_length)
     return per_gpu * gpus * (DATA_PARALLEL_EFFICIENCY if gpus > 1 else 1)
 
 
