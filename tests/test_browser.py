@@ -334,19 +334,18 @@ DPO_BY_HAND = [("data.eval_fraction", "0.2"), ("training.learning_rate", "0.002"
                ("training.eval_steps", "6"), ("training.save_steps", "12")]
 
 
-@pytest.mark.parametrize("width", [1280, 390])
-def test_dpo_chosen_in_the_form_trains_and_draws_its_rewards(browser, app, tiny_model, tmp_path, width):
-    """Preference pairs uploaded, DPO chosen as the objective, Inspect shows a prompt with its chosen and rejected
-    answers, Start; the run completes and the chart draws the reward accuracy and margin; the chat answers with the
-    adapter. At 390 px nothing of it is clipped."""
+def test_dpo_chosen_in_the_form_on_a_phone_trains_and_draws_its_rewards_there_and_on_a_laptop(browser, app, tiny_model,
+                                                                                              tmp_path):
+    """On a phone (390 px): preference pairs uploaded, DPO chosen as the objective, Inspect shows a prompt with its
+    chosen and rejected answers, Start; the run completes and the chart draws the reward accuracy and margin, with
+    nothing clipped. Then the page opened on a laptop (1280 px) follows the finished run, draws the same charts, and
+    the chat answers with the adapter."""
     from playwright.sync_api import expect
 
     url, runner = app
     data = write_pairs_jsonl(tmp_path / "pairs.jsonl", preference_pairs(PAIR_THINGS[:24]))
-    phone = width < 500
-    context = browser.new_context(viewport={"width": width, "height": 844 if phone else 1000}, is_mobile=phone,
-                                  has_touch=phone)
-    page = context.new_page()
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = phone.new_page()
     page.set_default_timeout(30_000)
     page.goto(url)
     page.locator("#data-upload input[type=file]").set_input_files(str(data))
@@ -354,7 +353,7 @@ def test_dpo_chosen_in_the_form_trains_and_draws_its_rewards(browser, app, tiny_
     base.fill(str(tiny_model))
     base.press("Enter")
     page.locator("#training-objective").get_by_label("dpo").check()
-    page.locator("#run-name textarea").fill(f"dpo {width}")
+    page.locator("#run-name textarea").fill("dpo by hand")
     for title in PANELS:
         open_panel(page, title)
     for key, value in DPO_BY_HAND:
@@ -372,30 +371,39 @@ def test_dpo_chosen_in_the_form_trains_and_draws_its_rewards(browser, app, tiny_
     expect(report).to_contain_text("rows: 24 read, 24 kept, 0 dropped")
     expect(page.locator("#example")).to_contain_text("Gladly! The")
     expect(page.locator("#example")).to_contain_text("No. Go away,")
-    page.screenshot(path=str(ARTIFACTS / f"{width}-dpo-1-inspected.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "390-dpo-1-inspected.png"), full_page=True)
 
     page.locator("#start").click()
     progress = page.locator("#job-progress")
-    expect(progress).to_contain_text(f"dpo {width}", timeout=90_000)  # the submit checks the data again (busy CI)
+    expect(progress).to_contain_text("dpo by hand", timeout=90_000)  # the submit checks the data again (busy CI)
     expect(progress).to_contain_text("completed", timeout=180_000)
     expect(progress).to_contain_text("step 12/12")
-    job = next(j for j in runner.list("local") if j.name == f"dpo {width}")
+    job = next(j for j in runner.list("local") if j.name == "dpo by hand")
     assert job.run.state().eval_rewards and job.run.state().train_rewards[-1][1] == 1.0
-    page.wait_for_timeout(1500)
-    expect(page.locator("#loss-plot")).to_be_visible()
-    charts = page.locator("#reward-charts")
-    charts.scroll_into_view_if_needed()
-    for metric in ("accuracy", "margin"):  # both lines, train and eval, on each reward chart
-        png = page.locator(f"#reward-{metric}-plot").screenshot()
-        assert colour_pixels(png, TRAIN_RGB) > 100 and colour_pixels(png, EVAL_RGB) > 100, metric
-    expect(page.locator("#job-log textarea")).to_have_value(re.compile(r"eval  step 12 \| eval_loss [\d.]+ \| reward acc 1\.00"))
-    if phone:
-        for selector in ("#model-row", "#training-objective", "#inspection-report", "#example", "#job-progress",
-                         "#loss-plot", "#reward-accuracy-plot", "#reward-margin-plot", "#job-log"):
-            inside_screen(page, selector)
-        assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    page.screenshot(path=str(ARTIFACTS / f"{width}-dpo-2-trained.png"), full_page=True)
-    charts.screenshot(path=str(ARTIFACTS / f"{width}-dpo-3-reward-charts.png"))
+    for width in (390, 1280):
+        if width == 1280:  # the same run, opened on a laptop: the page follows it, charts and all
+            laptop = browser.new_context(viewport={"width": 1280, "height": 1000})
+            page = laptop.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            expect(page.locator("#job-progress")).to_contain_text("dpo by hand")
+        page.wait_for_timeout(1500)
+        expect(page.locator("#loss-plot")).to_be_visible()
+        charts = page.locator("#reward-charts")
+        charts.scroll_into_view_if_needed()
+        for metric in ("accuracy", "margin"):  # both lines, train and eval, on each reward chart
+            png = page.locator(f"#reward-{metric}-plot").screenshot()
+            assert colour_pixels(png, TRAIN_RGB) > 100 and colour_pixels(png, EVAL_RGB) > 100, (width, metric)
+        expect(page.locator("#job-log textarea")).to_have_value(
+            re.compile(r"eval  step 12 \| eval_loss [\d.]+ \| reward acc 1\.00"))
+        if width == 390:
+            for selector in ("#model-row", "#training-objective", "#inspection-report", "#example", "#job-progress",
+                             "#loss-plot", "#reward-accuracy-plot", "#reward-margin-plot", "#job-log"):
+                inside_screen(page, selector)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=str(ARTIFACTS / f"{width}-dpo-2-trained.png"), full_page=True)
+        charts.screenshot(path=str(ARTIFACTS / f"{width}-dpo-3-reward-charts.png"))
+    phone.close()
 
     page.locator("#open-chat").click()
     expect(page.locator("#chat-adapter input")).to_have_value(re.compile(job.id))
@@ -409,5 +417,5 @@ def test_dpo_chosen_in_the_form_trains_and_draws_its_rewards(browser, app, tiny_
     for side in ("adapter", "base"):
         replies = page.locator(f"#chat-{side}-replies .message.bot, #chat-{side}-replies [data-testid=bot]")
         expect(replies.first).to_be_visible(timeout=60_000)
-    page.screenshot(path=str(ARTIFACTS / f"{width}-dpo-4-chat.png"), full_page=True)
-    context.close()
+    page.screenshot(path=str(ARTIFACTS / "1280-dpo-4-chat.png"), full_page=True)
+    laptop.close()
