@@ -7,9 +7,9 @@ import sys
 from dataclasses import fields
 
 from phi3space.chat.engine import ChatEngine
-from phi3space.cli.common import quiet_libraries
 from phi3space.config import DEFAULT_BASE
 from phi3space.engine.adapters import adapter_base, resolve_adapter
+from phi3space.engine.modeling import quiet_libraries
 from phi3space.errors import ConfigError
 from phi3space.generation import GenerationSettings
 from phi3space.hub.auth import resolve_token

@@ -1,14 +1,11 @@
-"""What the subcommands share: their progress lines, quiet libraries, the events file of ``--run-dir``, Stop as a
+"""What the subcommands share: their progress lines, the events file of ``--run-dir``, Stop as a
 signal, the ``--set`` and ``--backend`` arguments, and the one place where an error becomes a message, a hint and
 an exit status."""
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import sys
-import warnings
 from collections.abc import Callable
 
 from phi3space.errors import Cancelled, ConfigError, Phi3SpaceError
@@ -19,23 +16,6 @@ from phi3space.run import EventWriter, RunDir
 
 USER_ERROR = 2  # the exit status of every mistake a user can make (a message and a hint, no traceback)
 STOPPED = 130  # a stopped or interrupted command
-
-
-def quiet_libraries(data: bool = True) -> None:
-    """Our progress lines replace the libraries' progress bars and warnings. ``data``: datasets too (chat never
-    imports it)."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "kernels package missing" on CPU: harmless
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
-    import transformers  # (heavy: only once a command is about to load a model)
-
-    if data:
-        import datasets
-
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def print_event(e: dict) -> None:

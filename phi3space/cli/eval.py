@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
-from phi3space.cli.common import backend_arguments, print_event, quiet_libraries, run_dir_argument, stoppable, writer
+from phi3space.cli.common import backend_arguments, print_event, run_dir_argument, stoppable, writer
 from phi3space.engine.evaluate import evaluate
+from phi3space.engine.modeling import quiet_libraries
 from phi3space.errors import ConfigError
 from phi3space.generation import GenerationSettings
 from phi3space.hub.auth import resolve_token

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phi3space.cli.common import backend_arguments, print_event, quiet_libraries, run_dir_argument, stoppable, writer
+from phi3space.cli.common import backend_arguments, print_event, run_dir_argument, stoppable, writer
 from phi3space.datadir import safe_name
 from phi3space.engine.export import export
 from phi3space.engine.gguf_file import QUANTS
+from phi3space.engine.modeling import quiet_libraries
 from phi3space.errors import ConfigError
 from phi3space.generation import GenerationSettings
 from phi3space.hub.auth import resolve_token

@@ -4,7 +4,8 @@ and one example as the model will see it."""
 from __future__ import annotations
 
 from phi3space import config
-from phi3space.cli.common import quiet_libraries, set_argument
+from phi3space.cli.common import set_argument
+from phi3space.engine.modeling import quiet_libraries
 from phi3space.engine.objectives import objective_of
 from phi3space.hub.auth import resolve_token
 

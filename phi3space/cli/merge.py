@@ -3,8 +3,9 @@ needed to load it) in ``--out``, push it to ``--push-to``, or both; the web app'
 
 from __future__ import annotations
 
-from phi3space.cli.common import quiet_libraries, run_dir_argument, stoppable, writer
+from phi3space.cli.common import run_dir_argument, stoppable, writer
 from phi3space.engine.merge import merge_and_push
+from phi3space.engine.modeling import quiet_libraries
 from phi3space.errors import ConfigError
 from phi3space.hub.auth import resolve_token
 from phi3space.refs import check_repo_id

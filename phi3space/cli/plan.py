@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
-from phi3space.cli.common import quiet_libraries, run_dir_argument, set_argument, stoppable, writer
+from phi3space.cli.common import run_dir_argument, set_argument, stoppable, writer
+from phi3space.engine.modeling import quiet_libraries
 from phi3space.hub.auth import resolve_token
 from phi3space.jobs import spec
 from phi3space.jobs.plan import plan_run

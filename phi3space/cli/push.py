@@ -3,7 +3,7 @@ one whose push failed or was held."""
 
 from __future__ import annotations
 
-from phi3space.cli.common import quiet_libraries
+from phi3space.engine.modeling import quiet_libraries
 from phi3space.hub.auth import resolve_token
 from phi3space.hub.push import push_run
 from phi3space.refs import check_repo_id

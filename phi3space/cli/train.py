@@ -3,7 +3,9 @@ section names (followed here to its end); inside a Hugging Face job, the run tha
 
 from __future__ import annotations
 
-from phi3space.cli.common import print_event, quiet_libraries, set_argument
+import sys
+
+from phi3space.cli.common import print_event, set_argument
 from phi3space.engine.progress import is_main_process
 from phi3space.engine.training import train
 from phi3space.hub.auth import resolve_token
@@ -37,13 +39,11 @@ def main(args) -> int:
         if done is not None:  # it ran elsewhere (Hugging Face Jobs): followed here to its end
             print(done)
             return 0
-    quiet_libraries()
     try:
         run_dir = train(cfg, resume=args.resume, token=resolve_token(), echo=echo)
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():  # under accelerate launch / torchrun
+        dist = sys.modules.get("torch.distributed")  # (a run refused before it loaded torch has none to end)
+        if dist is not None and dist.is_available() and dist.is_initialized():  # under accelerate launch / torchrun
             dist.destroy_process_group()
     print(f"done: {run_dir}")
     return 0

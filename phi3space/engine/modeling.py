@@ -7,6 +7,9 @@ the model still learns to emit EOS/<|end|> where padding would otherwise hide th
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,23 @@ from phi3space.errors import ModelError
 PAD_TOKEN = "<unk>"
 STOP_TOKENS = ("<|end|>", "<|endoftext|>", "<|assistant|>")  # ids 32007, 32000, 32001 in Phi-3
 SUPPORTED_MODEL_TYPES = ("phi3",)
+
+
+def quiet_libraries(data: bool = True) -> None:
+    """Our progress lines and events replace the libraries' progress bars and warnings: called once a command is
+    about to load a model (transformers is heavy to import). ``data``: datasets too (chat never imports it)."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "kernels package missing" on CPU: harmless
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    import transformers
+
+    if data:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 @dataclass

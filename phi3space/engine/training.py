@@ -30,7 +30,7 @@ from phi3space.config import RunConfig
 from phi3space.engine.data import Prepared
 from phi3space.engine.init_adapter import check_init_adapter, with_init_adapter
 from phi3space.engine.memory import check_memory
-from phi3space.engine.modeling import Hardware, check_base, detect_hardware, load_model
+from phi3space.engine.modeling import Hardware, check_base, detect_hardware, load_model, quiet_libraries
 from phi3space.engine.objectives import objective_of
 from phi3space.engine.outdir import Claim, claim
 from phi3space.engine.progress import _events_callback, eval_scores, is_main_process
@@ -51,6 +51,7 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
     # Refused before anything is written: someone's folder, or a run's events and adapter, stay as they are.
     with claim(run, resume, hold=is_main_process()) as held:
         _refuse_a_finished_run(cfg, run, resume)
+        quiet_libraries()  # (only now: a refused run answers before the libraries load)
         writer = run.writer(enabled=is_main_process(), echo=echo)
         with stop_requests() as stop, failures(cfg, run, writer, held) as reached:
             pre = preflight(cfg, run, resume, token, writer)  # 1. set-up: cheap checks and data, then the model
