@@ -100,6 +100,20 @@ def human_duration(seconds: float | None) -> str:
 GB = 1e9
 
 
+PLAN_COLUMNS = ("where", "time", "price", "fits", "error", "hardware")
+
+
+def plan_problem(plan: dict) -> str | None:
+    """Why the run does not fit here as set (the first probe's problem), None when none said."""
+    return next((p["problem"] for p in plan["probes"] if p.get("problem")), None)
+
+
+def plan_option_cells(option: dict) -> tuple[str, ...]:
+    """One row of a plan's table of where the run could run, as text, in PLAN_COLUMNS' order."""
+    return (option["flavor"], fmt_duration(option["eta_s"]), fmt_price(option["cost_usd"]),
+            "yes" if option["fits"] else "no", f"±{option['error']:.0%}", option["hardware"])
+
+
 def plan_lines(plan: dict) -> list[str]:
     """A measured plan (phi3space.jobs.plan.make_plan's JSON) in readable lines: what was measured, whether it
     fits, and a table of where it could run."""
@@ -111,15 +125,14 @@ def plan_lines(plan: dict) -> list[str]:
     if plan["fits"]:
         out.append(f"fits here: yes; the whole run ({plan['tokens']:,} tokens) about {fmt_duration(plan['eta_s'])}")
     else:
-        problem = next((p["problem"] for p in plan["probes"] if p["problem"]), None)
+        problem = plan_problem(plan)
         out.append("fits here: no" + (f" ({problem})" if problem else ""))
         fix = plan["settings_that_fit"]
         out.append(f"it fits with: {' '.join(f'--set {k}={v}' for k, v in fix.items())}" if fix else
                    "nothing tried fits here: choose a larger GPU below")
-    out += ["", "where          time       price     fits  error  hardware"]
-    for o in plan["options"]:
-        out.append(f"{o['flavor']:<14} {fmt_duration(o['eta_s']):<10} {fmt_price(o['cost_usd']):<9} {'yes' if o['fits'] else 'no':<5} "
-                   f"±{o['error']:.0%}{'':<2} {o['hardware']}")
+    widths = (14, 10, 9, 5, 6, 0)
+    out += ["", " ".join(f"{c:<{w}}" for c, w in zip(PLAN_COLUMNS, widths)).rstrip()]
+    out += [" ".join(f"{c:<{w}}" for c, w in zip(plan_option_cells(o), widths)).rstrip() for o in plan["options"]]
     return out
 
 

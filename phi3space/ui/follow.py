@@ -7,7 +7,7 @@ from html import escape
 
 from phi3space.hub.gguf_card import run_commands
 from phi3space.jobs.store import Job
-from phi3space.report import fmt_duration, fmt_gb, fmt_price, format_event
+from phi3space.report import PLAN_COLUMNS, fmt_duration, fmt_gb, format_event, plan_option_cells, plan_problem
 from phi3space.run import RunDir, RunState
 
 
@@ -145,15 +145,14 @@ def plan_html(plan: dict) -> str:
     if plan["fits"]:
         head += f"✅ It fits here: the whole run ({plan['tokens']:,} tokens) takes about <b>{fmt_duration(plan['eta_s'])}</b>."
     else:
-        problem = next((p["problem"] for p in plan["probes"] if p.get("problem")), None)
+        problem = plan_problem(plan)
         head += "⚠️ It does not fit here as set" + (f" ({escape(problem)})" if problem else "") + ". "
         head += (f"It fits with: <code>{escape(', '.join(f'{k} = {v}' for k, v in fix.items()))}</code>." if fix else
                  "Nothing tried fits here: pick a larger GPU below.")
-    rows = "".join(f"<tr><td>{escape(o['flavor'])}</td><td>{fmt_duration(o['eta_s'])}</td><td>{fmt_price(o['cost_usd'])}"
-                   f"</td><td>{'yes' if o['fits'] else 'no'}</td><td>±{o['error']:.0%}</td><td>{escape(o['hardware'])}</td></tr>"
+    header = "".join(f"<th>{c}</th>" for c in PLAN_COLUMNS)
+    rows = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in plan_option_cells(o)) + "</tr>"
                    for o in plan["options"])
-    return head + ("</p><div class='plan-table'><table class='plan-options'><tr><th>where</th><th>time</th><th>price"
-                   "</th><th>fits</th><th>error</th><th>hardware</th></tr>" + rows + "</table></div>")
+    return head + f"</p><div class='plan-table'><table class='plan-options'><tr>{header}</tr>{rows}</table></div>"
 
 
 def progress_html(job: Job | None, status: str | None, state: RunState, queue_position: int | None,
