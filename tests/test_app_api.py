@@ -25,10 +25,19 @@ def config_yaml(tiny_model, qa, tmp_path, **overrides) -> str:
 
 
 @pytest.mark.slow
-def test_submit_follow_then_chat_with_the_trained_adapter(app, tiny_model, qa, tmp_path):
+def test_plan_submit_follow_then_chat_with_the_trained_adapter(app, tiny_model, qa, tmp_path):
+    """A script plans a run (/plan_job), trains it (/submit_job, queued behind the plan), follows it and chats."""
     url, runner = app
     c = client(url)
+    plan_id = c.predict(config_yaml(tiny_model, qa, tmp_path), api_name="/plan_job")
     job_id = c.predict(config_yaml(tiny_model, qa, tmp_path), api_name="/submit_job")
+    p = wait_for(c, plan_id, lambda s: s["status"] in FINAL)
+    assert p["status"] == "completed" and p["kind"] == "plan" and p["adapter"] is None, p
+    plan = p["plan"]
+    assert plan["fits"] is True and plan["peak_memory_bytes"] > 0 and plan["tokens_per_s"] > 0
+    assert plan["tokens"] == pytest.approx(40 * 4 * plan["mean_row_tokens"], rel=0.01)  # max_steps x batch_size rows
+    assert {"here", "a10g-large"} <= {o["flavor"] for o in plan["options"]}
+    assert status(c, job_id)["plan"] is None
     s = wait_for(c, job_id, lambda s: s["status"] in FINAL)
     assert s["status"] == "completed", s
     assert s["step"] == s["max_steps"] == 40 and s["error"] is None

@@ -251,7 +251,7 @@ class JobRunner(FollowUps):
                 "repo_url": s.adapter_url, "checkpoint_url": s.checkpoint_url, "run_dir": self._shown(job.run_dir),
                 "metrics": s.metrics or None, "error": s.error if status == "failed" else None,
                 "push_pending": s.push_pending, "can_resume": s.can_resume, "evaluation": s.evaluation,
-                "exported": s.exported or None,
+                "exported": s.exported or None, "plan": s.plan,
                 "queue_position": self.queue_position(job.id), "created": job.created, "started": job.started,
                 "finished": job.finished}
 

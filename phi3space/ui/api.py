@@ -1,4 +1,4 @@
-"""Named API endpoints for gradio_client: /submit_job, /job_status, /list_jobs, /cancel_job, /resume_job,
+"""Named API endpoints for gradio_client: /submit_job, /plan_job, /job_status, /list_jobs, /cancel_job, /resume_job,
 /push_again, /evaluate_job, /export_job, /chat.
 
 Identity as in the page: the session's OAuth profile, else the owner of the token a client passes with
@@ -18,6 +18,7 @@ from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
 from phi3space.jobs import spec as job_spec
 from phi3space.jobs.followups import Evaluate, Export
+from phi3space.jobs.kinds import PLAN
 from phi3space.ui.chat_service import CHAT_CONCURRENCY, build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import api_errors
 from phi3space.ui.services import get_runner, signed_in
@@ -35,9 +36,22 @@ def submit_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: g
 
 
 @api_errors
+def plan_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
+    """Queue a plan of a training run (the YAML of /submit_job): a few steps of it on this machine, then whether it
+    fits, how long it takes and what it costs here and on each Jobs flavor. Returns the job id; its /job_status
+    carries ``plan`` when done."""
+    visitor = signed_in(profile, oauth_token)
+    owner = visitor.require_owner()
+    runner = get_runner()
+    cfg = job_spec.loads(config_yaml, defaults=runner.pipeline.defaults())
+    return runner.submit(cfg, owner, visitor.token, visitor.expires_at, kind=PLAN).id
+
+
+@api_errors
 def job_status(job_id: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """JSON: status (queued|running|completed|failed|cancelled), step, max_steps, loss, eval_loss, eta_s,
-    adapter (run folder, or the Hub repo when pushed), repo_url, metrics, error, queue_position, push_pending."""
+    adapter (run folder, or the Hub repo when pushed), repo_url, metrics, error, queue_position, push_pending,
+    plan (a plan job's, when done)."""
     owner = signed_in(profile, oauth_token).require_owner()
     runner = get_runner()
     return json.dumps(runner.state(runner.get(job_id, owner)))
@@ -119,6 +133,7 @@ def chat(adapter: str, message: str, system: str = "", max_new_tokens: int = DEF
 def build() -> None:
     """Register the API endpoints (for gradio_client and scripts) on the Blocks being built."""
     gr.api(submit_job, api_name="submit_job")
+    gr.api(plan_job, api_name="plan_job")
     gr.api(job_status, api_name="job_status")
     gr.api(cancel_job, api_name="cancel_job")
     gr.api(resume_job, api_name="resume_job")
