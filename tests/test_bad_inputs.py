@@ -451,20 +451,24 @@ def test_good_inputs_in_the_same_folder_still_work(folder, capsys):
     assert {p.name: p.read_text() for p in (folder / "someones").iterdir()} == SOMEONES
 
 
-@pytest.mark.parametrize("target, fragment", [("someones", "holds no run of this app"), ("busy", "is in use"),
-                                              ("adapter", "already holds a run")])
-def test_a_run_refused_for_its_folder_answers_before_the_libraries_load(folder, target, fragment):
-    """In a process of its own (as a person runs it): the folder refusal comes before torch, transformers or
-    datasets are imported (seconds of a refused run's time)."""
+@pytest.mark.parametrize("setting, fragment", [("output.dir={d}/someones", "holds no run of this app"),
+                                               ("output.dir={d}/busy", "is in use"),
+                                               ("output.dir={d}/adapter", "already holds a run"),
+                                               ("output.push_to=someone/x", "no Hugging Face token")])
+def test_a_run_refused_for_its_folder_or_its_push_answers_before_the_libraries_load(folder, setting, fragment):
+    """In a process of its own (as a person runs it): these refusals come before torch, transformers or datasets
+    are imported (seconds of a refused run's time)."""
     import subprocess
 
     from helpers import ROOT
 
     check = ("import sys\nfrom phi3space import cli\ncode = cli.main(sys.argv[1:])\n"
              "print(code, sorted(m for m in ('torch', 'transformers', 'datasets', 'peft', 'trl') if m in sys.modules))")
-    argv = [a.replace("{d}", str(folder)) for a in T(f"output.dir={{d}}/{target}")]
-    done = subprocess.run([sys.executable, "-c", check, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert fragment in done.stderr and done.stdout.split("\n")[0] == "2 []", (done.stdout, done.stderr)
+    argv = [a.replace("{d}", str(folder)) for a in T("output.dir={d}/refused-run", setting)]
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    done = subprocess.run([sys.executable, "-c", check, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=env)
+    assert fragment in done.stderr and done.stdout.splitlines()[-1] == "2 []", (done.stdout, done.stderr)
 
 
 def test_alias_bomb_is_refused_before_it_expands(folder):

@@ -51,7 +51,6 @@ def train(cfg: RunConfig, resume: bool = False, token: str | None = None, echo=N
     # Refused before anything is written: someone's folder, or a run's events and adapter, stay as they are.
     with claim(run, resume, hold=is_main_process()) as held:
         _refuse_a_finished_run(cfg, run, resume)
-        quiet_libraries()  # (only now: a refused run answers before the libraries load)
         writer = run.writer(enabled=is_main_process(), echo=echo)
         with stop_requests() as stop, failures(cfg, run, writer, held) as reached:
             pre = preflight(cfg, run, resume, token, writer)  # 1. set-up: cheap checks and data, then the model
@@ -89,6 +88,7 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
     ckpt = _checkpoint_to_resume(cfg, run, destination, writer) if resume else None
     if is_main_process():
         cfg.save(run.config)
+    quiet_libraries()  # (only now: a run refused for its folder, its push or its checkpoint answers before they load)
     check_base(cfg.model.base, token)  # a wrong or unreachable model fails before the data is read
     init_adapter = check_init_adapter(cfg, token)
     prepared = objective_of(cfg).rows_to_train(cfg, token)
