@@ -18,7 +18,7 @@ from phi3space.jobs.kinds import EVAL, kind_of
 from phi3space.jobs.spec import backend_class
 from phi3space.refs import check_repo_id
 from phi3space.ui import compute_box
-from phi3space.ui.common import UI_ONLY, user_errors
+from phi3space.ui.common import UI_ONLY, hub_destination, user_errors
 from phi3space.ui.follow import Follower
 from phi3space.ui.jobs_view import acted_on_id, following
 from phi3space.ui.services import acted_on, get_runner, identify, run_status
@@ -177,12 +177,7 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> None:
         with gr.Row(equal_height=True):
             quant = gr.Dropdown(list(QUANTS), value="q8_0", label="Type", scale=1, elem_id="export-quant",
                                 min_width=140)
-            push = gr.Checkbox(value=space, label="Push to the Hub", interactive=not space, scale=1,
-                               elem_id="export-push", elem_classes=["switch"], min_width=140)
-            repo = gr.Textbox(label="Destination repo", placeholder="empty: you/<run name>-GGUF", scale=3,
-                              elem_id="export-repo", min_width=200)
-            private = gr.Checkbox(value=True, label="Private repo", scale=1, elem_id="export-private",
-                                  elem_classes=["switch"])
+            push, repo, private = hub_destination("export", space, "empty: you/<run name>-GGUF")
         with gr.Row(equal_height=True):
             system = gr.Textbox(label="System prompt (Modelfile)", placeholder="optional", scale=3,
                                 elem_id="export-system", min_width=200)

@@ -73,3 +73,13 @@ def user_errors(fn):
 def api_errors(fn):
     """The same for an API endpoint: the message stays plain text for gradio_client."""
     return _wrap(fn, for_html=False)
+
+
+def hub_destination(box: str, space: bool, placeholder: str) -> tuple[gr.Checkbox, gr.Textbox, gr.Checkbox]:
+    """'Push to the Hub' (on, and fixed, on a Space), the destination repo and 'Private repo', in the row being
+    built (elem_ids ``box``-push, ``box``-repo, ``box``-private)."""
+    push = gr.Checkbox(value=space, label="Push to the Hub", interactive=not space, scale=1, elem_id=f"{box}-push",
+                       elem_classes=["switch"], min_width=140)
+    repo = gr.Textbox(label="Destination repo", placeholder=placeholder, scale=3, elem_id=f"{box}-repo", min_width=200)
+    private = gr.Checkbox(value=True, label="Private repo", scale=1, elem_id=f"{box}-private", elem_classes=["switch"])
+    return push, repo, private

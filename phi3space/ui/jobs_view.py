@@ -22,7 +22,7 @@ from phi3space.jobs.kinds import kind_of
 from phi3space.jobs.store import Job
 from phi3space.refs import check_repo_id
 from phi3space.run import FINAL, RunState
-from phi3space.ui.common import UI_ONLY, user_errors
+from phi3space.ui.common import UI_ONLY, hub_destination, user_errors
 from phi3space.ui.follow import Follower, progress_html
 from phi3space.ui.services import acted_on, actions_note, get_runner, identify, run_status, signed_in
 
@@ -270,12 +270,7 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> JobsView:
                     "download here when it is done" + (", and pushed to a Hub repo of yours." if space else
                                                         ", and with 'Push to the Hub' uploaded to a repo of yours."))
         with gr.Row(equal_height=True):
-            merge_push = gr.Checkbox(value=space, label="Push to the Hub", interactive=not space, scale=1,
-                                     elem_id="merge-push", elem_classes=["switch"], min_width=140)
-            merge_repo = gr.Textbox(label="Destination repo", placeholder="you/my-merged-model", scale=3,
-                                    elem_id="merge-repo", min_width=200)
-            merge_private = gr.Checkbox(value=True, label="Private repo", scale=1, elem_id="merge-private",
-                                        elem_classes=["switch"])
+            merge_push, merge_repo, merge_private = hub_destination("merge", space, "you/my-merged-model")
             merge_btn = gr.Button("Merge", variant="primary", interactive=False, scale=1, elem_id="merge",
                                   min_width=140)
     with gr.Row(elem_id="job-charts"):
