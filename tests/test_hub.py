@@ -173,6 +173,7 @@ def test_resume_from_hub_checkpoints_after_the_run_folder_is_gone(alice, tiny_mo
 
     result = run_cli("train", str(cfg_path), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Fetching" not in result.stderr and "it/s]" not in result.stderr  # the download is a line, not a bar
     events = RunDir(run_dir).read_events()[0]
     started = next(e for e in events if e["type"] == "run_started")
     newest = pushed_steps[-1]

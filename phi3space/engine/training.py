@@ -82,13 +82,13 @@ def preflight(cfg: RunConfig, run: RunDir, resume: bool, token: str | None, writ
     """Who pushes where, what to resume from, the base model's config, the data (as the objective prepares it) and
     the tokenizer."""
     destination = Destination.open(cfg, run, token, writer)  # settled before any data or weights are loaded
+    quiet_libraries()  # only now: a run refused for its folder or its push answers before they load
     run.path.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         run.reserve()  # the run's last word gets said even if the disk fills up
     ckpt = _checkpoint_to_resume(cfg, run, destination, writer) if resume else None
     if is_main_process():
         cfg.save(run.config)
-    quiet_libraries()  # (only now: a run refused for its folder, its push or its checkpoint answers before they load)
     check_base(cfg.model.base, token)  # a wrong or unreachable model fails before the data is read
     init_adapter = check_init_adapter(cfg, token)
     prepared = objective_of(cfg).rows_to_train(cfg, token)
