@@ -132,7 +132,7 @@ def test_the_page_and_its_actions_follow_a_runs_last_event_while_its_process_exi
         assert services.run_status(runner.get(job.id, "local"))[0] == "completed"  # the page goes by the event
         follower = Follower()
         out = jobs_view.load(follower, job.id, None, None)
-        stop, chat, merge, note = out[8], out[10], out[11], out[-1]
+        stop, chat, merge, note = out[8], out[10], out[11], out[-2]
         assert "completed" in out[3] and not stop.interactive and chat.interactive and merge.interactive
         assert note == f"Evaluate, Export, Merge and Chat act on **lingers** ({job.id})."
         evaluation = runner.submit(Evaluate(job.id), "local")  # accepted: the adapter is there

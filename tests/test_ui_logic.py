@@ -339,6 +339,7 @@ def test_a_reload_follows_the_remembered_job_else_the_running_one(tmp_path):
         assert out[0] == jobs_view.gr.skip()
         assert follower.job_id == running.id and memory == running.id  # remembered in the browser
         assert stop.value == "Stop" and stop.interactive and not chat.interactive and not merge.interactive
+        assert out[-1].value == jobs_view.POLL_S  # a job is queued or running: the page asks every second
         out = jobs_view.load(follower, queued.id, None, None)
         assert follower.job_id == queued.id and out[8].value == "Cancel" and out[8].interactive
         assert out[2] == jobs_view.gr.skip()  # already what the browser holds
@@ -352,6 +353,27 @@ def test_a_reload_follows_the_remembered_job_else_the_running_one(tmp_path):
         table = jobs_view.poll(follower, seen, None, None)[6]
         row = next(r for r in table if r[-1] == running.id)
         assert row[:4] == ["first", "running", "3/10", "2.5000"]
+    finally:
+        runner.shutdown()
+        services.set_runner(None)
+
+
+def test_the_page_asks_every_few_seconds_while_nothing_runs_and_every_second_once_an_action_wakes_it(tmp_path):
+    from phi3space.ui import jobs_view, services
+
+    runner = JobRunner(tmp_path / "data", slots=1, poll_s=0.05, space=False,
+                       command=lambda p: [sys.executable, "-c", "import time; time.sleep(60)"])
+    services.set_runner(runner)
+    try:
+        follower = Follower()
+        out = jobs_view.load(follower, None, None, None)
+        seen, pace = out[1], out[-1]
+        assert pace.value == jobs_view.IDLE_POLL_S > jobs_view.POLL_S  # nothing of the visitor's is live
+        assert jobs_view.poll(follower, seen, None, None)[-1] == jobs_view.gr.skip()  # unchanged: the pace stays
+        assert jobs_view.wake(seen) == jobs_view.gr.skip()
+        assert jobs_view.wake(None).value == jobs_view.POLL_S  # Start (or any action) forgot the drawing: wake up
+        runner.submit(config.from_dict({"data": {"dataset": "user/data"}}), "local", name="started elsewhere")
+        assert jobs_view.poll(follower, seen, None, None)[-1].value == jobs_view.POLL_S  # seen by the next slow tick
     finally:
         runner.shutdown()
         services.set_runner(None)

@@ -17,7 +17,6 @@ from phi3space.ui.follow import Follower
 TITLE = "phi3space: fine-tune Phi-3 with LoRA / QLoRA"
 INTRO = ("Pick a dataset (a Hub ID or an uploaded file), inspect it, press **Start**, watch the loss fall, then chat "
          "with your adapter. Each run trains in its own process; runs wait in a queue, one per GPU.")
-POLL_S = 1.0
 DEMO_TEXT = (
     "**Demo mode** (this machine has no CUDA GPU): the form starts with a *tiny* Phi-3 (8.5 M parameters, random "
     "weights, built here with Phi-3's real tokenizer) and a demo dataset shipped with the app: 32 questions and answers "
@@ -48,7 +47,7 @@ def build_app() -> gr.Blocks:
             gr.Markdown(f"⚠️ **{problem}**", elem_id="platform-banner")
         follower = gr.State(Follower())
         seen = gr.State(None)  # the job list as last drawn (jobs_view.poll)
-        timer = gr.Timer(POLL_S)
+        timer = gr.Timer(jobs_view.POLL_S)
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 train = train_tab.build(follower, seen, start)

@@ -106,7 +106,7 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     memory = follower.job_id if follower.job_id != follower.remembered else gr.skip()
     follower.remembered = follower.job_id
     if not new and not changed and (job is None or status in FINAL):
-        return (gr.skip(), seen, memory) + (gr.skip(),) * 13
+        return (gr.skip(), seen, memory) + (gr.skip(),) * 14
     stage = None
     if job is not None and not kind_of(job).trains:  # a merge job: what it is doing, rather than steps and losses
         stage = "done" if status == "completed" else (follower.stage or "starting")
@@ -125,8 +125,15 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
     done = run_state is not None and run_state.has_adapter
     push = gr.Button("Push anyway" if state is not None and state.push_held else "Push again",
                      visible=state is not None and state.push_pending)
+    # Every second while one of the visitor's jobs is queued or running, every few seconds while none is.
+    pace = gr.Timer(value=POLL_S if any(s not in FINAL for s in statuses.values()) else IDLE_POLL_S) if changed \
+        else gr.skip()
     return (gr.skip(), signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
-            gr.Button(interactive=done), push, *rewards, actions_note(job, run, run_state))
+            gr.Button(interactive=done), push, *rewards, actions_note(job, run, run_state), pace)
+
+
+POLL_S = 1.0  # how often the page asks about the visitor's jobs while one is queued or running
+IDLE_POLL_S = 5.0  # ... and while none is: a job started elsewhere shows within this; the page's own actions wake it
 
 
 LOSS_COLOURS = {"train": "#1f77b4", "eval": "#ff7f0e"}
@@ -141,6 +148,12 @@ def _rewards_plot(follower: Follower, metric: str):
 def _plot(follower: Follower):
     frame = follower.loss_frame()
     return frame if len(frame) else None  # an empty frame would fix the chart's colour scale with no series
+
+
+def wake(seen: tuple | None):
+    """The timer back to every second once an action (Start, Plan, Evaluate, Export, Merge, Resume, a pick) made the
+    page forget what it drew; the next tick then sets the pace."""
+    return gr.Timer(value=POLL_S) if seen is None else gr.skip()
 
 
 @user_errors
@@ -286,8 +299,10 @@ def build(timer: gr.Timer, follower: gr.State, seen: gr.State) -> JobsView:
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="All your runs", interactive=False, wrap=True,
                          column_widths=TABLE_WIDTHS, elem_id="runs-table")
     outputs = [follower, seen, job_memory, progress, plot, log, table, picker, stop_btn, resume_btn, chat_btn, merge_btn,
-               push_btn, *rewards, note]
+               push_btn, *rewards, note, timer]
     timer.tick(poll, [follower, seen], outputs, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
+    # An action that starts or picks a job forgets what was drawn (seen: None): the page asks every second again.
+    seen.change(wake, seen, timer, show_progress="hidden", queue=False, api_visibility=UI_ONLY)
     picker.input(pick, [picker, follower], [follower, seen], api_visibility=UI_ONLY)
     stop_btn.click(stop, follower, None, api_visibility=UI_ONLY)
     resume_btn.click(resume, follower, seen, api_visibility=UI_ONLY)
