@@ -281,7 +281,7 @@ class EventWriter:
 
     @contextmanager
     def stages(self, task: str, total: int | None = None, on_stage: Callable[[str], None] | None = None,
-             on_failed: Callable[[], None] | None = None, **started: Any) -> Iterator[Stages]:
+               on_failed: Callable[[], None] | None = None, **started: Any) -> Iterator[Stages]:
         """A job that is not training (plan, merge, eval, export) from its ``run_started`` (with ``started``) to its
         last word: ``cancelled`` on Cancelled, ``failed`` with the error's message and hint on any other
         Phi3SpaceError (then ``on_failed`` clears up; both are raised on), else ``completed``. The ``Stages`` it yields

@@ -18,7 +18,7 @@ from phi3space.generation import DEFAULTS, GenerationSettings
 from phi3space.hub.space import on_space
 from phi3space.jobs import spec as job_spec
 from phi3space.jobs.followups import Evaluate, Export
-from phi3space.jobs.kinds import PLAN
+from phi3space.jobs.kinds import PLAN, TRAIN, Kind
 from phi3space.ui.chat_service import CHAT_CONCURRENCY, build_messages, resolve_for_visitor, stream_reply
 from phi3space.ui.common import api_errors
 from phi3space.ui.services import get_runner, signed_in
@@ -28,11 +28,7 @@ from phi3space.ui.services import get_runner, signed_in
 def submit_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
     """Queue a training run from a YAML run config (the format of `python -m phi3space train`); returns the job id.
     output.dir is chosen by the server."""
-    visitor = signed_in(profile, oauth_token)
-    owner = visitor.require_owner()
-    runner = get_runner()
-    cfg = job_spec.loads(config_yaml, defaults=runner.pipeline.defaults())
-    return runner.submit(cfg, owner, visitor.token, visitor.expires_at).id
+    return _queue(config_yaml, profile, oauth_token, TRAIN)
 
 
 @api_errors
@@ -40,11 +36,15 @@ def plan_job(config_yaml: str, profile: gr.OAuthProfile | None, oauth_token: gr.
     """Queue a plan of a training run (the YAML of /submit_job): a few steps of it on this machine, then whether it
     fits, how long it takes and what it costs here and on each Jobs flavor. Returns the job id; its /job_status
     carries ``plan`` when done."""
+    return _queue(config_yaml, profile, oauth_token, PLAN)
+
+
+def _queue(config_yaml: str, profile, oauth_token, kind: Kind) -> str:
     visitor = signed_in(profile, oauth_token)
     owner = visitor.require_owner()
     runner = get_runner()
     cfg = job_spec.loads(config_yaml, defaults=runner.pipeline.defaults())
-    return runner.submit(cfg, owner, visitor.token, visitor.expires_at, kind=PLAN).id
+    return runner.submit(cfg, owner, visitor.token, visitor.expires_at, kind=kind).id
 
 
 @api_errors

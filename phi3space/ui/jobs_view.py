@@ -32,6 +32,10 @@ TABLE_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "adapter / mode
 TABLE_WIDTHS = ["92px", "96px", "72px", "64px", "96px", "260px", "140px", "110px"]  # (a phone: four columns in view)
 
 
+POLL_S = 1.0  # how often the page asks about the visitor's jobs while one is queued or running
+IDLE_POLL_S = 5.0  # ... and while none is: a job started elsewhere shows within this; the page's own actions wake it
+
+
 @dataclass
 class JobsView:
     """What other parts of the page wire to in the jobs view: the followed job, its picker, the chat button, and what
@@ -130,10 +134,6 @@ def poll(follower: Follower, seen: tuple | None, profile: gr.OAuthProfile | None
         else gr.skip()
     return (gr.skip(), signature, memory, html, plot, log, table, picker, stop, resume, gr.Button(interactive=done),
             gr.Button(interactive=done), push, *rewards, actions_note(job, run, run_state), pace)
-
-
-POLL_S = 1.0  # how often the page asks about the visitor's jobs while one is queued or running
-IDLE_POLL_S = 5.0  # ... and while none is: a job started elsewhere shows within this; the page's own actions wake it
 
 
 LOSS_COLOURS = {"train": "#1f77b4", "eval": "#ff7f0e"}
